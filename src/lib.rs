@@ -1,0 +1,2 @@
+//! pitlake: an offline point-in-time feature store engine.
+pub mod asof;
