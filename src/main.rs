@@ -1,1 +1,29 @@
-fn main() {}
+//! The `pitlake` command. Everything happens in the library; this only parses flags, starts the
+//! runtime and turns the outcome into an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use pitlake::cli::{self, args::Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PITLAKE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("Error: cannot start the async runtime: {err}");
+            return ExitCode::from(70);
+        }
+    };
+    runtime.block_on(cli::run(cli))
+}

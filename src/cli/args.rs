@@ -1,0 +1,218 @@
+//! The command line: clap definitions and their validation into [`Settings`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cli::print::OutputFormat;
+use crate::config::{Settings, WarehouseLocation, default_memory_limit, parse_bytes};
+use crate::error::Result;
+
+/// pitlake: a point-in-time feature store engine over Delta Lake tables.
+#[derive(Debug, Parser)]
+#[command(name = "pitlake", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command shares.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The warehouse: a folder (created on first write) or a URL (file://, memory://).
+    #[arg(
+        long,
+        short = 'w',
+        global = true,
+        env = "PITLAKE_WAREHOUSE",
+        default_value = "./warehouse"
+    )]
+    pub warehouse: String,
+
+    /// Memory for query execution (e.g. 2GiB, 512MiB, unlimited); operators spill to disk
+    /// beyond it. Default: half of the physical memory.
+    #[arg(long, global = true, env = "PITLAKE_MEMORY_LIMIT", value_parser = parse_memory_limit)]
+    pub memory_limit: Option<MemoryLimit>,
+
+    /// Parallelism: partitions per query. Default: one per core.
+    #[arg(long, global = true, env = "PITLAKE_TARGET_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub target_partitions: Option<u16>,
+
+    /// Rows per record batch.
+    #[arg(long, global = true, env = "PITLAKE_BATCH_SIZE", value_parser = clap::value_parser!(u32).range(1..=1_048_576))]
+    pub batch_size: Option<u32>,
+
+    /// Folder for spill files (default: the system temp folder).
+    #[arg(long, global = true, env = "PITLAKE_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
+}
+
+/// A memory limit, or none.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryLimit(pub Option<usize>);
+
+fn parse_memory_limit(raw: &str) -> std::result::Result<MemoryLimit, String> {
+    let limit = parse_bytes(raw)?;
+    if let Some(bytes) = limit
+        && bytes < 16 << 20
+    {
+        return Err(format!(
+            "`{raw}` is too small to run queries; use at least 16MiB"
+        ));
+    }
+    Ok(MemoryLimit(limit))
+}
+
+impl GlobalArgs {
+    /// Validates the flags into engine settings.
+    pub fn settings(&self) -> Result<Settings> {
+        let mut settings = Settings::new(WarehouseLocation::parse(&self.warehouse)?);
+        settings.memory_limit = match self.memory_limit {
+            Some(MemoryLimit(limit)) => limit,
+            None => default_memory_limit(),
+        };
+        if let Some(n) = self.target_partitions {
+            settings.target_partitions = usize::from(n);
+        }
+        if let Some(n) = self.batch_size {
+            settings.batch_size = n as usize;
+        }
+        settings.spill_dir = self.spill_dir.clone();
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL statements (separated by `;`) and print their results.
+    Sql(SqlArgs),
+    /// An interactive SQL shell with history and backslash commands (\? for help).
+    Shell(ShellArgs),
+    /// Load CSV, Parquet or JSON files into a table as one Delta commit.
+    Ingest(IngestArgs),
+    /// Build a sample feature warehouse and take a guided tour of it.
+    Demo(DemoArgs),
+}
+
+/// `pitlake sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// The SQL to run. Several statements may be separated by `;`. Use `-` to read standard
+    /// input.
+    #[arg(required_unless_present = "file")]
+    pub query: Option<String>,
+
+    /// Read the SQL from a file instead.
+    #[arg(long, short = 'f', conflicts_with = "query")]
+    pub file: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(long, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// Write results to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+
+    /// Table output shows at most this many rows (0: all). Other formats print every row.
+    #[arg(long, default_value_t = 1000)]
+    pub max_rows: usize,
+
+    /// Confirm destructive statements such as DROP TABLE.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print how long each statement took (to standard error).
+    #[arg(long)]
+    pub timing: bool,
+}
+
+/// `pitlake shell`.
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Output format to start with (\format changes it).
+    #[arg(long, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// Rows shown per result (\maxrows changes it).
+    #[arg(long, default_value_t = 40)]
+    pub max_rows: usize,
+}
+
+/// Input file formats for `ingest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Comma-separated values with a header line.
+    Csv,
+    /// Parquet.
+    Parquet,
+    /// Newline-delimited JSON.
+    Json,
+}
+
+/// How `ingest` treats existing rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Add the rows (create the table if it does not exist).
+    Append,
+    /// Replace all rows, keeping the schema (older versions stay readable).
+    Overwrite,
+}
+
+/// `pitlake ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// The table to load into: `name` or `schema.name`.
+    pub table: String,
+
+    /// The files to load.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// The files' format (default: from the file extension).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+
+    /// Append to or overwrite the table.
+    #[arg(long, value_enum, default_value_t = ModeArg::Append)]
+    pub mode: ModeArg,
+
+    /// Partition a new table by this column (repeat for several).
+    #[arg(long)]
+    pub partition_by: Vec<String>,
+
+    /// CSV: the files have no header line (columns are named column_1, column_2, …).
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// CSV: the field delimiter (one character; default `,`, or tab for .tsv).
+    #[arg(long, value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
+}
+
+fn parse_delimiter(raw: &str) -> std::result::Result<u8, String> {
+    match raw {
+        "\\t" | "tab" => Ok(b'\t'),
+        s if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        other => Err(format!("`{other}` is not one ASCII character")),
+    }
+}
+
+/// `pitlake demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rebuild the sample tables even if they exist (other tables are left alone).
+    #[arg(long)]
+    pub reset: bool,
+
+    /// Build the tables but skip the tour.
+    #[arg(long)]
+    pub no_tour: bool,
+}

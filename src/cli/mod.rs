@@ -1,0 +1,217 @@
+//! The command-line interface: commands, the shell, and result printing. Talks to the
+//! [`Engine`] only.
+
+pub mod args;
+mod demo;
+pub mod print;
+mod shell;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::engine::{Engine, IngestFormat, IngestProgress, IngestRequest, Output, RunOptions};
+use crate::error::{PitlakeError, Result};
+use crate::storage::{TableName, WriteMode};
+use args::{Cli, Command, FormatArg, IngestArgs, ModeArg, SqlArgs};
+use print::{OutputFormat, check_destination, print_stream};
+
+/// Runs a parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match run_command(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {err}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+/// The exit code for an error: 1 for a statement or data the user can fix, 2 for bad settings,
+/// 3 for storage that cannot be reached or written, 70 for a pitlake bug.
+pub fn exit_code(err: &PitlakeError) -> u8 {
+    match err {
+        PitlakeError::TableNotFound { .. }
+        | PitlakeError::TableExists { .. }
+        | PitlakeError::VersionNotFound { .. }
+        | PitlakeError::TimestampTooEarly { .. }
+        | PitlakeError::CorruptTable { .. }
+        | PitlakeError::SchemaMismatch { .. }
+        | PitlakeError::Input { .. }
+        | PitlakeError::Syntax(_)
+        | PitlakeError::Plan(_)
+        | PitlakeError::ConfirmationRequired { .. }
+        | PitlakeError::Unsupported(_)
+        | PitlakeError::Execution(_)
+        | PitlakeError::Arrow(_)
+        | PitlakeError::Parquet(_)
+        | PitlakeError::DataFusion(_)
+        | PitlakeError::Delta(_) => 1,
+        PitlakeError::Config { .. } => 2,
+        PitlakeError::Warehouse { .. } | PitlakeError::ObjectStore(_) | PitlakeError::Io(_) => 3,
+        PitlakeError::Internal(_) => 70,
+    }
+}
+
+fn is_broken_pipe(err: &PitlakeError) -> bool {
+    match err {
+        PitlakeError::Io(e) => e.kind() == std::io::ErrorKind::BrokenPipe,
+        PitlakeError::Arrow(arrow::error::ArrowError::IoError(_, e)) => {
+            e.kind() == std::io::ErrorKind::BrokenPipe
+        }
+        PitlakeError::Arrow(arrow::error::ArrowError::ExternalError(e)) => e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe),
+        _ => false,
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<()> {
+    let settings = cli.global.settings()?;
+    let engine = Engine::new(settings)?;
+    match cli.command {
+        Command::Sql(args) => {
+            engine.warehouse().check_exists()?;
+            run_sql(&engine, args).await
+        }
+        Command::Shell(args) => {
+            engine.warehouse().check_exists()?;
+            shell::run(&engine, args).await
+        }
+        Command::Ingest(args) => run_ingest(&engine, args).await,
+        Command::Demo(args) => demo::run(&engine, args).await,
+    }
+}
+
+fn read_query(args: &SqlArgs) -> Result<String> {
+    if let Some(path) = &args.file {
+        return std::fs::read_to_string(path).map_err(|e| PitlakeError::Input {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        });
+    }
+    match args.query.as_deref() {
+        Some("-") | None => {
+            let mut sql = String::new();
+            std::io::stdin().read_to_string(&mut sql)?;
+            Ok(sql)
+        }
+        Some(sql) => Ok(sql.to_string()),
+    }
+}
+
+async fn run_sql(engine: &Engine, args: SqlArgs) -> Result<()> {
+    let sql = read_query(&args)?;
+    let statements = engine.parse(&sql)?;
+    if statements.is_empty() {
+        return Err(PitlakeError::Syntax("no statement given".into()));
+    }
+    let mut out: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| PitlakeError::Input {
+                path: path.display().to_string(),
+                message: format!("cannot create the output file: {e}"),
+            })?,
+        )),
+        None => {
+            check_destination(args.format, std::io::stdout().is_terminal())?;
+            Box::new(std::io::BufWriter::new(std::io::stdout()))
+        }
+    };
+    let max_rows = (args.max_rows > 0).then_some(args.max_rows);
+    let options = RunOptions { force: args.force };
+    for statement in statements {
+        let started = Instant::now();
+        match engine.run(statement, options).await? {
+            Output::Rows(stream) => {
+                print_stream(stream, args.format, max_rows, out.as_mut()).await?;
+            }
+            Output::Done(message) => {
+                // Reports go where they cannot corrupt machine-readable output.
+                if args.format == OutputFormat::Table && args.output.is_none() {
+                    writeln!(out, "{message}")?;
+                } else {
+                    eprintln!("{message}");
+                }
+            }
+        }
+        out.flush()?;
+        if args.timing {
+            eprintln!("Elapsed: {:.3} s", started.elapsed().as_secs_f64());
+        }
+    }
+    Ok(())
+}
+
+/// Draws ingest progress on a terminal: a bar over the input bytes, with the row count.
+struct BarProgress {
+    bar: ProgressBar,
+    rows: std::sync::atomic::AtomicU64,
+}
+
+impl IngestProgress for BarProgress {
+    fn start(&self, files: usize, total_bytes: u64) {
+        self.bar.set_length(total_bytes);
+        self.bar.set_message(format!(
+            "0 rows from {files} file{}",
+            if files == 1 { "" } else { "s" }
+        ));
+    }
+
+    fn rows(&self, rows: u64) {
+        let total = self
+            .rows
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed)
+            + rows;
+        self.bar.set_message(format!("{total} rows"));
+    }
+
+    fn file_done(&self, _path: &Path, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+async fn run_ingest(engine: &Engine, args: IngestArgs) -> Result<()> {
+    engine.warehouse().ensure_writable()?;
+    let table = TableName::parse(&args.table)?;
+    let mut request = IngestRequest::new(table, args.files);
+    request.format = args.format.map(|f| match f {
+        FormatArg::Csv => IngestFormat::Csv,
+        FormatArg::Parquet => IngestFormat::Parquet,
+        FormatArg::Json => IngestFormat::Json,
+    });
+    request.mode = match args.mode {
+        ModeArg::Append => WriteMode::Append,
+        ModeArg::Overwrite => WriteMode::Overwrite,
+    };
+    request.partition_by = args.partition_by;
+    request.has_header = !args.no_header;
+    request.delimiter = args.delimiter;
+    if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} ingesting [{bar:30}] {bytes}/{total_bytes} {msg} ({elapsed})",
+            )
+            .map_err(|e| PitlakeError::Internal(e.to_string()))?
+            .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        request.progress = Some(Arc::new(BarProgress {
+            bar,
+            rows: Default::default(),
+        }));
+    }
+    let outcome = engine.ingest(request).await?;
+    println!("{}", outcome.message());
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! Validated settings: raw flags become a [`Settings`] before anything runs.
+//!
+//! The CLI, the tests and (later) the server all build a [`Settings`]; nothing below this layer
+//! reads flags or environment variables.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use url::Url;
+
+use crate::error::{PitlakeError, Result};
+
+/// Where the warehouse lives, and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarehouseLocation {
+    /// The root as a URL (`file:///abs/path`, `memory:///name`, `s3://bucket/prefix`).
+    pub url: Url,
+    /// Extra object-store options (endpoint, region, credentials …), passed through unchanged.
+    pub storage_options: HashMap<String, String>,
+}
+
+impl WarehouseLocation {
+    /// Parses a warehouse given as a URL or as a local path (relative paths are resolved against
+    /// the current directory; `~` is expanded).
+    pub fn parse(raw: &str) -> Result<Self> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(PitlakeError::Config {
+                name: "--warehouse".into(),
+                message: "is empty; give a folder (./warehouse) or a URL (file:///…, memory:///)"
+                    .into(),
+            });
+        }
+        let url = match Url::parse(raw) {
+            // A one-letter scheme is a Windows drive letter, not a URL.
+            Ok(url) if url.scheme().len() > 1 => url,
+            _ => local_path_url(raw)?,
+        };
+        match url.scheme() {
+            "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {}
+            other => {
+                return Err(PitlakeError::Config {
+                    name: "--warehouse".into(),
+                    message: format!(
+                        "unknown URL scheme `{other}:`; use a folder path, file://, memory://, or s3://"
+                    ),
+                });
+            }
+        }
+        let mut url = url;
+        // One canonical form: no trailing slash, so `root/table` joins are unambiguous.
+        let trimmed = url.path().trim_end_matches('/').to_string();
+        url.set_path(&trimmed);
+        Ok(Self {
+            url,
+            storage_options: HashMap::new(),
+        })
+    }
+
+    /// The local folder, when the warehouse is on the local file system.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        if self.url.scheme() == "file" {
+            self.url.to_file_path().ok()
+        } else {
+            None
+        }
+    }
+
+    /// The URL as shown to people: a plain path for local folders.
+    pub fn display(&self) -> String {
+        match self.local_path() {
+            Some(p) => p.display().to_string(),
+            None => self.url.to_string(),
+        }
+    }
+}
+
+fn local_path_url(raw: &str) -> Result<Url> {
+    let expanded = if let Some(rest) = raw.strip_prefix("~/") {
+        match std::env::var_os("HOME") {
+            Some(home) => Path::new(&home).join(rest),
+            None => PathBuf::from(raw),
+        }
+    } else {
+        PathBuf::from(raw)
+    };
+    let absolute = if expanded.is_absolute() {
+        expanded
+    } else {
+        std::env::current_dir()?.join(expanded)
+    };
+    let normalized = normalize_path(&absolute);
+    Url::from_file_path(&normalized).map_err(|()| PitlakeError::Config {
+        name: "--warehouse".into(),
+        message: format!("`{raw}` is not a usable path"),
+    })
+}
+
+/// Removes `.` and `..` components without touching the file system (the folder may not exist).
+fn normalize_path(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Settings for one engine: the warehouse and the execution limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The warehouse root.
+    pub warehouse: WarehouseLocation,
+    /// The memory pool size in bytes; operators spill to disk beyond it. `None` = unbounded.
+    pub memory_limit: Option<usize>,
+    /// How many partitions queries run with (parallelism).
+    pub target_partitions: usize,
+    /// Rows per record batch.
+    pub batch_size: usize,
+    /// Where spill files go (`None` = the system temp folder).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Settings with laptop-friendly defaults for the given warehouse: half the physical memory,
+    /// one partition per core, 8192-row batches.
+    pub fn new(warehouse: WarehouseLocation) -> Self {
+        Self {
+            warehouse,
+            memory_limit: default_memory_limit(),
+            target_partitions: default_target_partitions(),
+            batch_size: 8192,
+            spill_dir: None,
+        }
+    }
+
+    /// Validates the numeric settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.target_partitions == 0 || self.target_partitions > 1024 {
+            return Err(PitlakeError::Config {
+                name: "--target-partitions".into(),
+                message: format!("{} is out of range; use 1 to 1024", self.target_partitions),
+            });
+        }
+        if self.batch_size == 0 || self.batch_size > 1 << 20 {
+            return Err(PitlakeError::Config {
+                name: "--batch-size".into(),
+                message: format!("{} is out of range; use 1 to 1048576", self.batch_size),
+            });
+        }
+        if let Some(limit) = self.memory_limit
+            && limit < 16 << 20
+        {
+            return Err(PitlakeError::Config {
+                name: "--memory-limit".into(),
+                message: format!(
+                    "{} is too small to run queries; use at least 16MiB",
+                    format_bytes(limit)
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One partition per available core.
+pub fn default_target_partitions() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Half of the physical memory, read from `/proc/meminfo` where there is one.
+pub fn default_memory_limit() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024 / 2)
+}
+
+/// Parses a byte size: `1GiB`, `512MB`, `2g`, `1048576`, or `unlimited`.
+///
+/// Binary and decimal suffixes both mean powers of 1024, as users of `--memory-limit` expect.
+pub fn parse_bytes(raw: &str) -> std::result::Result<Option<usize>, String> {
+    let s = raw.trim().to_ascii_lowercase();
+    if matches!(s.as_str(), "unlimited" | "none" | "0") {
+        return Ok(None);
+    }
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a size; write it like 512MiB, 2GiB or 1048576"))?;
+    let factor: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{raw}`; use B, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = number * factor;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
+        return Err(format!("`{raw}` is out of range"));
+    }
+    Ok(Some(bytes as usize))
+}
+
+/// Formats a byte count for people (`1.5 GiB`).
+pub fn format_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_bytes("1GiB"), Ok(Some(1 << 30)));
+        assert_eq!(parse_bytes("512mb"), Ok(Some(512 << 20)));
+        assert_eq!(parse_bytes("2g"), Ok(Some(2 << 30)));
+        assert_eq!(parse_bytes("1.5 GiB"), Ok(Some(3 << 29)));
+        assert_eq!(parse_bytes("4096"), Ok(Some(4096)));
+        assert_eq!(parse_bytes("unlimited"), Ok(None));
+        assert!(parse_bytes("lots").is_err());
+        assert!(
+            parse_bytes("3 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn warehouse_paths_become_urls() {
+        let w = WarehouseLocation::parse("/tmp/wh/").unwrap();
+        assert_eq!(w.url.as_str(), "file:///tmp/wh");
+        let w = WarehouseLocation::parse("/tmp/a/../wh").unwrap();
+        assert_eq!(w.url.as_str(), "file:///tmp/wh");
+        let w = WarehouseLocation::parse("memory:///test").unwrap();
+        assert_eq!(w.url.scheme(), "memory");
+        assert!(WarehouseLocation::parse("ftp://x").is_err());
+        assert!(WarehouseLocation::parse("").is_err());
+    }
+
+    #[test]
+    fn validates_ranges() {
+        let mut s = Settings::new(WarehouseLocation::parse("memory:///x").unwrap());
+        assert!(s.validate().is_ok());
+        s.target_partitions = 0;
+        assert!(s.validate().is_err());
+        s.target_partitions = 2;
+        s.memory_limit = Some(1024);
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 16MiB")
+        );
+    }
+}

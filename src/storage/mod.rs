@@ -1,0 +1,14 @@
+//! Storage: finding the Delta tables of a warehouse, opening each at a pinned version or
+//! timestamp, reading their history, and writing to them one commit at a time.
+
+mod catalog;
+mod log;
+mod warehouse;
+mod write;
+
+pub use catalog::{
+    WarehouseCatalog, WarehouseSchema, decode_versioned_name, encode_versioned_name, open_provider,
+};
+pub use log::{CommitSummary, LogListing, format_millis};
+pub use warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
+pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};
