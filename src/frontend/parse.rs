@@ -144,7 +144,16 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
     for range in split_statements(sql) {
         let isolated = isolate(sql, &range);
         let tokens = tokenize(&isolated)?;
-        let statement = parse_tokens(tokens)?;
+        let statement = parse_tokens(tokens).map_err(|err| match err {
+            // sqlparser gives no position for the end of input; say where that end is.
+            PitlakeError::Syntax(msg) if msg.ends_with("found: EOF") => {
+                let line = sql[..range.end].lines().count().max(1);
+                PitlakeError::Syntax(format!(
+                    "{msg} (the statement ends too early, at line {line})"
+                ))
+            }
+            other => other,
+        })?;
         out.push(ParsedStatement {
             text: sql[range].trim().to_string(),
             statement,
