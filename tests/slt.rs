@@ -223,7 +223,11 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     if !filters.is_empty() {
-        files.retain(|f| filters.iter().any(|p| f.to_string_lossy().contains(p.as_str())));
+        files.retain(|f| {
+            filters
+                .iter()
+                .any(|p| f.to_string_lossy().contains(p.as_str()))
+        });
     }
     let complete = std::env::var_os("PITLAKE_SLT_COMPLETE").is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -233,7 +237,11 @@ fn main() {
     let started = Instant::now();
     let mut failed = Vec::new();
     for file in &files {
-        let shown = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+        let shown = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
         let t = Instant::now();
         match runtime.block_on(run_file(file, complete)) {
             Ok(()) => println!("ok    {shown} ({:.1}s)", t.elapsed().as_secs_f64()),

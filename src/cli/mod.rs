@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -20,11 +21,42 @@ use crate::storage::{TableName, WriteMode};
 use args::{Cli, Command, FormatArg, IngestArgs, ModeArg, SqlArgs};
 use print::{OutputFormat, check_destination, print_stream};
 
+/// Set when standard output's reader went away (`pitlake sql … | head`).
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Standard output that remembers a broken pipe: writers such as Arrow's CSV writer turn the
+/// I/O error into their own error type, so the kind would otherwise be lost.
+struct Stdout(std::io::Stdout);
+
+impl Stdout {
+    fn note(result: std::io::Result<usize>) -> std::io::Result<usize> {
+        if let Err(e) = &result
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Stdout::note(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Stdout::note(self.0.flush().map(|()| 0)).map(|_| ())
+    }
+}
+
 /// Runs a parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     match run_command(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        // Whoever reads our output stopped reading: that is their choice, not our failure.
+        Err(err) if is_broken_pipe(&err) || STDOUT_CLOSED.load(Ordering::Relaxed) => {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("Error: {err}");
             ExitCode::from(exit_code(&err))
@@ -120,7 +152,7 @@ async fn run_sql(engine: &Engine, args: SqlArgs) -> Result<()> {
         )),
         None => {
             check_destination(args.format, std::io::stdout().is_terminal())?;
-            Box::new(std::io::BufWriter::new(std::io::stdout()))
+            Box::new(std::io::BufWriter::new(Stdout(std::io::stdout())))
         }
     };
     let max_rows = (args.max_rows > 0).then_some(args.max_rows);

@@ -232,7 +232,7 @@ mod tests {
     #[test]
     fn table_shows_null_and_caps_rows() {
         let b = batch();
-        let text = render_table(&b.schema(), &[b.clone()], Some(2), 3).unwrap();
+        let text = render_table(&b.schema(), std::slice::from_ref(&b), Some(2), 3).unwrap();
         assert!(text.contains("NULL"), "{text}");
         assert!(!text.contains(" c "), "{text}");
         assert!(text.contains("1 more row (3 in all"), "{text}");

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
 use datafusion::catalog::streaming::StreamingTable;
 use datafusion::datasource::file_format::FileFormat;
@@ -121,6 +121,10 @@ impl IngestRequest {
     }
 }
 
+/// The first error an input file raised. deltalake flattens the errors of the plan it writes
+/// into strings, so the file sources keep theirs here, typed, for the final report.
+type FirstError = Arc<std::sync::Mutex<Option<PitlakeError>>>;
+
 /// One input file, opened for reading with the schema the load uses.
 struct FileSource {
     path: PathBuf,
@@ -128,6 +132,7 @@ struct FileSource {
     plan: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
     progress: Option<Arc<dyn IngestProgress>>,
+    first_error: FirstError,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -135,6 +140,33 @@ impl std::fmt::Debug for FileSource {
         f.debug_struct("FileSource")
             .field("path", &self.path)
             .finish()
+    }
+}
+
+impl FileSource {
+    /// Records a read error (the first one wins) and returns it for DataFusion.
+    fn fail(
+        path: &Path,
+        first_error: &FirstError,
+        err: datafusion::error::DataFusionError,
+    ) -> datafusion::error::DataFusionError {
+        let message = match input_error(path, err) {
+            PitlakeError::Input { message, .. } => message,
+            other => other.to_string(),
+        };
+        if let Ok(mut slot) = first_error.lock()
+            && slot.is_none()
+        {
+            *slot = Some(PitlakeError::Input {
+                path: path.display().to_string(),
+                message: message.clone(),
+            });
+        }
+        PitlakeError::Input {
+            path: path.display().to_string(),
+            message,
+        }
+        .into_datafusion()
     }
 }
 
@@ -149,6 +181,7 @@ impl PartitionStream for FileSource {
         let progress = self.progress.clone();
         let on_done = progress.clone();
         let done_path = path.clone();
+        let first_error = self.first_error.clone();
         let stream = match execute_stream(self.plan.clone(), ctx) {
             Ok(stream) => {
                 let counted = stream.map(move |batch| match batch {
@@ -158,7 +191,7 @@ impl PartitionStream for FileSource {
                         }
                         Ok(Some(batch))
                     }
-                    Err(e) => Err(input_error(&path, e)),
+                    Err(e) => Err(FileSource::fail(&path, &first_error, e)),
                 });
                 let done = futures::stream::once(async move {
                     if let Some(p) = &on_done {
@@ -171,21 +204,46 @@ impl PartitionStream for FileSource {
                     .try_filter_map(|item| futures::future::ready(Ok(item)))
                     .boxed()
             }
-            Err(e) => futures::stream::once(async move { Err(input_error(&path, e)) }).boxed(),
+            Err(e) => {
+                let err = FileSource::fail(&path, &first_error, e);
+                futures::stream::once(async move { Err(err) }).boxed()
+            }
         };
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
     }
 }
 
-fn input_error(
-    path: &Path,
-    err: datafusion::error::DataFusionError,
-) -> datafusion::error::DataFusionError {
+/// An input error naming the file, with 1-based line numbers.
+fn input_error(path: &Path, err: datafusion::error::DataFusionError) -> PitlakeError {
     PitlakeError::Input {
         path: path.display().to_string(),
-        message: PitlakeError::from_datafusion(err).to_string(),
+        message: one_based_lines(&PitlakeError::from_datafusion(err).to_string()),
     }
-    .into_datafusion()
+}
+
+/// Arrow's CSV reader counts file lines from 0; people (and editors) count from 1.
+fn one_based_lines(message: &str) -> String {
+    const MARK: &str = "Error while parsing value";
+    const AT: &str = " at line ";
+    let Some(start) = message.find(MARK) else {
+        return message.to_string();
+    };
+    let Some(at) = message[start..].find(AT).map(|i| start + i + AT.len()) else {
+        return message.to_string();
+    };
+    let digits: String = message[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    match digits.parse::<u64>() {
+        Ok(line) => format!(
+            "{}{}{}",
+            &message[..at],
+            line + 1,
+            &message[at + digits.len()..]
+        ),
+        Err(_) => message.to_string(),
+    }
 }
 
 impl Engine {
@@ -251,10 +309,10 @@ impl Engine {
             let schema = options
                 .infer_schema(&state, url)
                 .await
-                .map_err(|e| input_error_pl(path, e))?;
+                .map_err(|e| input_error(path, e))?;
             inferred.push(schema);
         }
-        let file_schema = merge_schemas(&inferred, &request.files)?;
+        let file_schema = merge_schemas(&inferred, &request.files, format.is_text())?;
 
         let existing = if self.warehouse().table_exists(&request.table).await? {
             Some(
@@ -300,22 +358,24 @@ impl Engine {
             progress.start(request.files.len(), sizes.iter().sum());
         }
 
+        let first_error: FirstError = Arc::default();
         let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
         for ((url, path), bytes) in urls.into_iter().zip(&request.files).zip(sizes) {
             let config = ListingTableConfig::new(url)
                 .with_listing_options(options.clone())
                 .with_schema(read_schema.clone());
-            let table = ListingTable::try_new(config).map_err(|e| input_error_pl(path, e))?;
+            let table = ListingTable::try_new(config).map_err(|e| input_error(path, e))?;
             let plan = table
                 .scan(&state, None, &[], None)
                 .await
-                .map_err(|e| input_error_pl(path, e))?;
+                .map_err(|e| input_error(path, e))?;
             partitions.push(Arc::new(FileSource {
                 path: path.clone(),
                 bytes,
                 plan,
                 schema: read_schema.clone(),
                 progress: request.progress.clone(),
+                first_error: first_error.clone(),
             }));
         }
         let source: Arc<dyn TableProvider> =
@@ -328,8 +388,13 @@ impl Engine {
             (WriteMode::Overwrite, Some(_)) => WriteMode::Overwrite,
             _ => WriteMode::Append,
         };
-        self.write(&state, &request.table, plan, mode, &request.partition_by)
-            .await
+        let written = self
+            .write(&state, &request.table, plan, mode, &request.partition_by)
+            .await;
+        written.map_err(|err| {
+            let input = first_error.lock().ok().and_then(|mut slot| slot.take());
+            input.unwrap_or(err)
+        })
     }
 
     fn ingest_format(&self, request: &IngestRequest) -> Result<IngestFormat> {
@@ -386,21 +451,35 @@ impl Engine {
     }
 }
 
-fn input_error_pl(path: &Path, err: datafusion::error::DataFusionError) -> PitlakeError {
-    PitlakeError::Input {
-        path: path.display().to_string(),
-        message: PitlakeError::from_datafusion(err).to_string(),
+/// The type two files' inferences of one column agree on: the same type; the other type when
+/// one file saw only NULLs; a float when one saw integers and the other decimals; text when one
+/// saw text. Anything else is a real disagreement.
+fn unify(a: &DataType, b: &DataType, text_format: bool) -> Option<DataType> {
+    use DataType::*;
+    if a == b {
+        return Some(a.clone());
+    }
+    match (a, b) {
+        (Null, other) | (other, Null) => Some(other.clone()),
+        (x, y) if x.is_integer() && y.is_integer() => Some(Int64),
+        (x, y) if x.is_numeric() && y.is_numeric() => Some(Float64),
+        (Date32, Timestamp(unit, tz)) | (Timestamp(unit, tz), Date32) => {
+            Some(Timestamp(*unit, tz.clone()))
+        }
+        (Utf8, _) | (_, Utf8) if text_format => Some(Utf8),
+        _ => None,
     }
 }
 
-/// One schema for all files: the same column names in the same order, types merged.
-fn merge_schemas(schemas: &[SchemaRef], files: &[PathBuf]) -> Result<SchemaRef> {
+/// One schema for all files: the same column names in the same order, types unified.
+fn merge_schemas(schemas: &[SchemaRef], files: &[PathBuf], text_format: bool) -> Result<SchemaRef> {
     let Some(first) = schemas.first() else {
         return Err(PitlakeError::Internal("no schemas to merge".into()));
     };
+    let first_names: Vec<&String> = first.fields().iter().map(|f| f.name()).collect();
+    let mut fields: Vec<Field> = first.fields().iter().map(|f| f.as_ref().clone()).collect();
     for (schema, path) in schemas.iter().zip(files).skip(1) {
         let names: Vec<&String> = schema.fields().iter().map(|f| f.name()).collect();
-        let first_names: Vec<&String> = first.fields().iter().map(|f| f.name()).collect();
         if names != first_names {
             return Err(PitlakeError::Input {
                 path: path.display().to_string(),
@@ -420,15 +499,53 @@ fn merge_schemas(schemas: &[SchemaRef], files: &[PathBuf]) -> Result<SchemaRef> 
                 ),
             });
         }
+        for (merged, field) in fields.iter_mut().zip(schema.fields()) {
+            let Some(data_type) = unify(merged.data_type(), field.data_type(), text_format) else {
+                return Err(PitlakeError::Input {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "column `{}` is {} here but {} in {}; load them separately or cast \
+                         the column in one of them",
+                        field.name(),
+                        field.data_type(),
+                        merged.data_type(),
+                        files[0].display()
+                    ),
+                });
+            };
+            *merged = merged
+                .clone()
+                .with_data_type(data_type)
+                .with_nullable(merged.is_nullable() || field.is_nullable());
+        }
     }
-    Schema::try_merge(schemas.iter().map(|s| s.as_ref().clone()))
-        .map(Arc::new)
-        .map_err(|e| PitlakeError::Input {
-            path: files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            message: format!("the files disagree on a column's type: {e}"),
-        })
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_lines_count_from_one() {
+        assert_eq!(
+            one_based_lines(
+                "Parser error: Error while parsing value 'x' as type 'Float64' for column 1 \
+                 at line 2. Row data: '[4,x]'"
+            ),
+            "Parser error: Error while parsing value 'x' as type 'Float64' for column 1 at \
+             line 3. Row data: '[4,x]'"
+        );
+        assert_eq!(one_based_lines("at line 2"), "at line 2");
+    }
+
+    #[test]
+    fn inferred_types_unify() {
+        use DataType::*;
+        assert_eq!(unify(&Int64, &Float64, true), Some(Float64));
+        assert_eq!(unify(&Null, &Utf8, true), Some(Utf8));
+        assert_eq!(unify(&Int64, &Utf8, true), Some(Utf8));
+        assert_eq!(unify(&Int64, &Utf8, false), None);
+        assert_eq!(unify(&Boolean, &Int64, false), None);
+    }
 }

@@ -26,7 +26,7 @@ pub enum VersionClause {
     Version(i64),
     /// `TIMESTAMP AS OF expr` / `FOR SYSTEM_TIME AS OF expr`: an expression to evaluate to an
     /// instant.
-    Timestamp(Expr),
+    Timestamp(Box<Expr>),
 }
 
 /// Applies `f` to every sqlparser AST inside a DataFusion statement.
@@ -75,7 +75,7 @@ impl VisitorMut for Collect {
                 )),
             },
             SqlVersion::TimestampAsOf(expr) | SqlVersion::ForSystemTimeAsOf(expr) => {
-                Ok(VersionClause::Timestamp(expr.clone()))
+                Ok(VersionClause::Timestamp(Box::new(expr.clone())))
             }
             other => Err(format!(
                 "`{other}` on `{name}` is not supported; use `VERSION AS OF <n>` or \

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::error::Result as DfResult;
+use datafusion::logical_expr::TableType;
 
 use crate::error::{PitlakeError, Result};
 use crate::storage::warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
@@ -151,6 +152,15 @@ impl SchemaProvider for WarehouseSchema {
             return Ok(None);
         }
         Ok(Some(open_provider(&self.warehouse, &table, version).await?))
+    }
+
+    /// Every warehouse table is a base table; answering without opening it keeps `SHOW TABLES`
+    /// working when one table's log is broken.
+    async fn table_type(&self, name: &str) -> DfResult<Option<TableType>> {
+        let (base, _) = decode_versioned_name(name)?;
+        let table = TableName::new(self.schema.as_deref(), base);
+        let exists = table.validate().is_ok() && self.warehouse.table_exists(&table).await?;
+        Ok(exists.then_some(TableType::Base))
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -1,0 +1,76 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, RecordBatch};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use pitlake::{Engine, Settings, WarehouseLocation};
+
+/// The shared corpus of third-party Delta tables: `PITLAKE_SHARED_TESTDATA`, or
+/// `../shared/testdata` beside the repository, or `/work/shared/testdata`. Its absence fails the
+/// test (it is never skipped).
+pub fn shared_testdata() -> PathBuf {
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
+    let path = std::env::var_os("PITLAKE_SHARED_TESTDATA")
+        .map(PathBuf::from)
+        .or_else(|| beside.join("MANIFEST.md").is_file().then_some(beside))
+        .unwrap_or_else(|| PathBuf::from("/work/shared/testdata"));
+    assert!(
+        path.join("MANIFEST.md").is_file(),
+        "the shared Delta test corpus is not at {} (set PITLAKE_SHARED_TESTDATA)",
+        path.display()
+    );
+    path
+}
+
+/// An engine over `warehouse` with small fixed settings.
+pub fn engine(warehouse: &Path) -> Engine {
+    let mut settings =
+        Settings::new(WarehouseLocation::parse(&warehouse.display().to_string()).unwrap());
+    settings.target_partitions = 2;
+    settings.memory_limit = Some(512 << 20);
+    Engine::new(settings).unwrap()
+}
+
+/// Rows as strings (NULL as `NULL`), in result order.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// One column of a result as strings.
+pub fn column(batches: &[RecordBatch], index: usize) -> Vec<String> {
+    rows(batches)
+        .into_iter()
+        .map(|r| r[index].clone())
+        .collect()
+}
+
+/// Total rows in a result.
+pub fn count(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// Whether any array in the batches has nulls (used to sanity-check fixtures).
+#[allow(dead_code)]
+pub fn has_nulls(batches: &[RecordBatch]) -> bool {
+    batches
+        .iter()
+        .any(|b| b.columns().iter().any(|c| c.null_count() > 0))
+}
