@@ -159,8 +159,8 @@ const NO_GROUP: u32 = u32::MAX;
 const MAX_ROWS: usize = (u32::MAX - 1) as usize;
 
 /// Tied rows are ordered in chunks of about this many rows, to bound the memory of their
-/// row encodings.
-const TIE_CHUNK_ROWS: usize = 1 << 16;
+/// row encodings. Tiny under test, so that the random cases cross chunk boundaries.
+const TIE_CHUNK_ROWS: usize = if cfg!(test) { 5 } else { 1 << 16 };
 
 #[inline]
 fn pack(batch: usize, row: usize) -> u64 {
@@ -433,7 +433,6 @@ impl KeyTable {
             }
             KeyKind::Int => {
                 let null_equal = null_equal[0];
-                ints.reserve(len.min(1024));
                 visit_int_keys(keys[0].as_ref(), |v| {
                     let g = match v {
                         Some(v) => *ints.entry(v).or_insert_with(|| {
@@ -940,16 +939,30 @@ impl IndexBuilder {
     }
 
     /// An upper bound of the bytes [`finish`](Self::finish) allocates beyond
-    /// [`memory_size`](Self::memory_size) at its peak (the sorted entries and the group offsets),
-    /// for reserving memory before calling it. The per-row build arrays are freed before `finish`
-    /// returns, so the index ends up smaller than `memory_size` plus this.
+    /// [`memory_size`](Self::memory_size) at its peak, for reserving memory before calling it:
+    /// the entries (16 bytes per matchable row, 24 with a knowledge time), the group offsets and,
+    /// with a knowledge time, 16 bytes per row of the largest group. The per-row build arrays
+    /// are freed before `finish` returns, so the index ends up smaller than `memory_size` plus
+    /// this.
+    ///
+    /// Not included: ordering rows that tie on key and time encodes them in the row format, in
+    /// chunks of about 64k rows, but a single run of tied rows is encoded whole.
     pub fn finish_scratch_size(&self) -> usize {
-        let entry = if self.opts.has_knowledge {
-            size_of::<KnownEntry>()
+        let num_groups = self.keys.num_groups as usize;
+        let mut counts = vec![0u32; num_groups];
+        for &g in &self.groups {
+            if g != NO_GROUP {
+                counts[g as usize] += 1;
+            }
+        }
+        let matchable: usize = counts.iter().map(|&c| c as usize).sum();
+        let (entry, per_group_row) = if self.opts.has_knowledge {
+            (size_of::<KnownEntry>(), size_of::<(i64, u32)>())
         } else {
-            size_of::<PlainEntry>()
+            (size_of::<PlainEntry>(), 0)
         };
-        self.groups.len() * entry + (self.keys.num_groups as usize + 1) * 2 * size_of::<u32>()
+        let largest = counts.iter().max().copied().unwrap_or(0) as usize;
+        matchable * entry + largest * per_group_row + (num_groups + 1) * 2 * size_of::<u32>()
     }
 
     /// Builds the index. The batches move into it; everything else is dropped.
@@ -1147,6 +1160,8 @@ fn compact_plain(
 
 /// Turns each group (sorted worst to best) into the entries where the best eligible row
 /// changes, keyed by activation `max(t_adj, c)`.
+///
+/// Works in place with one scratch vector of 16 bytes per row of the largest group.
 fn compact_known(
     mut entries: Vec<KnownEntry>,
     offsets: &mut [u32],
@@ -1154,41 +1169,46 @@ fn compact_known(
 ) -> Vec<KnownEntry> {
     let mut w = 0;
     let mut start = 0;
+    // Per row of the group: (activation, rank), then compacted in place to the emitted pairs.
     let mut by_activation: Vec<(i64, u32)> = Vec::new();
-    let mut out: Vec<KnownEntry> = Vec::new();
     for g in 0..offsets.len().saturating_sub(1) {
         let end = offsets[g + 1] as usize;
-        let group = &entries[start..end];
         by_activation.clear();
         by_activation.extend(
-            group
+            entries[start..end]
                 .iter()
                 .enumerate()
                 .map(|(rank, e)| ((e.time + strict).max(e.key), rank as u32)),
         );
         by_activation.sort_unstable_by_key(|&(a, _)| a);
-        out.clear();
+        let mut emitted = 0;
         let mut best: Option<u32> = None;
-        let mut emitted: Option<u32> = None;
+        let mut last: Option<u32> = None;
         for i in 0..by_activation.len() {
             let (a, rank) = by_activation[i];
             best = best.max(Some(rank));
             let last_of_activation = i + 1 == by_activation.len() || by_activation[i + 1].0 != a;
-            if last_of_activation && best != emitted {
-                if let Some(b) = best {
-                    let e = group[b as usize];
-                    out.push(KnownEntry {
-                        key: a,
-                        time: e.time,
-                        rref: e.rref,
-                    });
-                }
-                emitted = best;
+            if let Some(b) = best
+                && last_of_activation
+                && best != last
+            {
+                by_activation[emitted] = (a, b);
+                emitted += 1;
+                last = best;
             }
         }
-        // `out` is no longer than the group, which starts at or after `w`.
-        entries[w..w + out.len()].copy_from_slice(&out);
-        w += out.len();
+        // Emitted ranks strictly increase, so the j-th is read from `start + rank >= start + j`
+        // before anything is written there, and writes go to `w + j <= start + j`.
+        for j in 0..emitted {
+            let (a, rank) = by_activation[j];
+            let e = entries[start + rank as usize];
+            entries[w + j] = KnownEntry {
+                key: a,
+                time: e.time,
+                rref: e.rref,
+            };
+        }
+        w += emitted;
         start = end;
         offsets[g + 1] = w as u32;
     }
@@ -1217,11 +1237,66 @@ pub struct RightIndex {
     null_row: Vec<ArrayRef>,
 }
 
-/// The last entry whose activation is at most `l`.
-#[inline]
-fn last_at_or_before<E>(entries: &[E], l: i64, key: impl Fn(&E) -> i64) -> Option<&E> {
-    let i = entries.partition_point(|e| key(e) <= l);
-    i.checked_sub(1).map(|i| &entries[i])
+/// One left row to look up: its group's entries `start..start + len`, its time key and its
+/// tolerance bound.
+struct Query {
+    row: usize,
+    start: usize,
+    len: usize,
+    l: i64,
+    bound: Option<i64>,
+}
+
+/// How many binary searches advance in lockstep.
+const LANES: usize = 16;
+
+/// Calls `found` with each query and the last entry of its range whose key is at most `q.l`,
+/// for the queries that have one.
+///
+/// The binary searches of [`LANES`] queries advance one step at a time, side by side: each step
+/// is a load from a random place of a large index, usually a cache miss, and independent loads
+/// overlap where the dependent loads of a single search cannot. Each step is branch-free.
+fn search_many<E>(
+    entries: &[E],
+    key: impl Fn(&E) -> i64,
+    queries: &[Query],
+    mut found: impl FnMut(&Query, &E),
+) {
+    for chunk in queries.chunks(LANES) {
+        let mut base = [0usize; LANES];
+        let mut size = [0usize; LANES];
+        for (k, q) in chunk.iter().enumerate() {
+            base[k] = q.start;
+            size[k] = q.len;
+        }
+        loop {
+            let mut active = false;
+            for (k, q) in chunk.iter().enumerate() {
+                let n = size[k];
+                if n > 1 {
+                    // Keep the upper half when its first entry is still `<= l`: the last entry
+                    // `<= l` stays within `base..base + size`.
+                    let half = n / 2;
+                    let mid = base[k] + half;
+                    base[k] = if key(&entries[mid]) <= q.l {
+                        mid
+                    } else {
+                        base[k]
+                    };
+                    size[k] = n - half;
+                    active = true;
+                }
+            }
+            if !active {
+                break;
+            }
+        }
+        for (k, q) in chunk.iter().enumerate() {
+            if q.len > 0 && key(&entries[base[k]]) <= q.l {
+                found(q, &entries[base[k]]);
+            }
+        }
+    }
 }
 
 impl RightIndex {
@@ -1285,34 +1360,52 @@ impl RightIndex {
             Some(b) => Some(time_keys(b.as_ref(), mirror)?),
             None => None,
         };
-        let strict = i64::from(self.opts.spec.strict);
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let g = groups[i];
-            let (Some(l), true) = (times[i], g != NO_GROUP) else {
-                out.push(None);
+        let mut queries = Vec::with_capacity(n);
+        for (row, (&g, &l)) in groups.iter().zip(&times).enumerate() {
+            let (Some(l), true) = (l, g != NO_GROUP) else {
                 continue;
             };
             let bound = match &bounds {
                 None => None,
-                Some(b) => match b[i] {
+                Some(b) => match b[row] {
                     Some(b) => Some(b),
-                    None => {
-                        out.push(None);
-                        continue;
-                    }
+                    // A NULL bound: `r.t >= NULL` is never true.
+                    None => continue,
                 },
             };
-            let range = self.offsets[g as usize] as usize..self.offsets[g as usize + 1] as usize;
-            let found = match &self.entries {
-                Entries::Plain(e) => last_at_or_before(&e[range], l, |e| e.key)
-                    .filter(|e| bound.is_none_or(|b| e.key - strict >= b))
-                    .map(|e| e.rref),
-                Entries::Known(e) => last_at_or_before(&e[range], l, |e| e.key)
-                    .filter(|e| bound.is_none_or(|b| e.time >= b))
-                    .map(|e| e.rref),
-            };
-            out.push(found.map(unpack));
+            let start = self.offsets[g as usize] as usize;
+            let end = self.offsets[g as usize + 1] as usize;
+            queries.push(Query {
+                row,
+                start,
+                len: end - start,
+                l,
+                bound,
+            });
+        }
+        let mut out = vec![None; n];
+        let strict = i64::from(self.opts.spec.strict);
+        match &self.entries {
+            Entries::Plain(entries) => search_many(
+                entries,
+                |e| e.key,
+                &queries,
+                |q, e| {
+                    if q.bound.is_none_or(|b| e.key - strict >= b) {
+                        out[q.row] = Some(unpack(e.rref));
+                    }
+                },
+            ),
+            Entries::Known(entries) => search_many(
+                entries,
+                |e| e.key,
+                &queries,
+                |q, e| {
+                    if q.bound.is_none_or(|b| e.time >= b) {
+                        out[q.row] = Some(unpack(e.rref));
+                    }
+                },
+            ),
         }
         Ok(out)
     }
