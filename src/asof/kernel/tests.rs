@@ -975,6 +975,13 @@ const SMALL: Profile = Profile {
     min_right: 0,
 };
 
+const MEDIUM: Profile = Profile {
+    max_right: 1500,
+    max_left: 100,
+    sizes: &[49, 50, 51, 500],
+    min_right: 200,
+};
+
 const LARGE: Profile = Profile {
     max_right: 20_000,
     max_left: 30,
@@ -1350,22 +1357,35 @@ fn differential(seed: u64, cases: usize, profile: Profile) -> Tally {
 
 #[test]
 fn differential_against_oracle_1() {
-    differential(1, 1000, SMALL);
+    differential(1, 3000, SMALL);
 }
 
 #[test]
 fn differential_against_oracle_2() {
-    differential(2, 1000, SMALL);
+    differential(2, 3000, SMALL);
 }
 
 #[test]
 fn differential_against_oracle_3() {
-    differential(3, 1000, SMALL);
+    differential(3, 3000, SMALL);
+}
+
+#[test]
+fn differential_against_oracle_medium() {
+    differential(6, 400, MEDIUM);
 }
 
 #[test]
 fn differential_against_oracle_large_batches() {
-    differential(4, 6, LARGE);
+    differential(4, 10, LARGE);
+}
+
+/// The index is handed between tasks and shared by the probing ones.
+#[test]
+fn index_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<IndexBuilder>();
+    check::<RightIndex>();
 }
 
 /// The same rows in a shuffled order and other batch splits give the same output.
@@ -1373,7 +1393,7 @@ fn differential_against_oracle_large_batches() {
 fn deterministic_under_order_and_batching() {
     let mut rng = StdRng::seed_from_u64(5);
     let mut tally = Tally::default();
-    for i in 0..300 {
+    for i in 0..1000 {
         let case = random_case(&mut rng, SMALL, format!("seed 5 case {i}"));
         let expected = check_case(&mut rng, &case, &mut tally);
         for _ in 0..3 {
