@@ -5,6 +5,23 @@
 //! or spill bucket), calls [`IndexBuilder::finish`], then streams left batches through
 //! [`RightIndex::probe`] and [`RightIndex::gather`].
 //!
+//! # What it computes
+//!
+//! For each left row, the right row with equal keys whose time is the greatest `<=` (`<`) the
+//! left time (backward), or the least `>=` (`>`) it (forward); within the tolerance bound if one
+//! is given; known (`c <= l.t`) if a knowledge time is given. Ties on time go to the row that
+//! sorts first under `TIEBREAK BY`, then to the greatest row comparing all columns (NULL lowest).
+//! NULL keys match nothing unless compared with `IS NOT DISTINCT FROM`; NULL or NaN times, NULL
+//! knowledge times and NULL bounds match nothing; `-0.0` is `0.0`. Unmatched left rows get
+//! `None`, which [`RightIndex::gather`] turns into NULLs.
+//!
+//! ```text
+//!  right: k t  v          left: k t    backward >= : v     forward < : v
+//!         1 5  a                1 7                  a                 b
+//!         1 10 b                1 10                 b                 NULL
+//!         2 3  c                3 1                  NULL              NULL
+//! ```
+//!
 //! ```text
 //!  right batches ──push──▶ IndexBuilder ──finish──▶ RightIndex ◀──probe── left keys, time, bound
 //!   (kept whole)     keys ─▶ dense group ids                │
@@ -33,8 +50,9 @@
 //!   by `a` and only the entries where the best row so far (in time, tie-break, whole-row order)
 //!   changes are kept, with the winner's time for the tolerance check: 24 bytes.
 //!
-//! A probe is a hash lookup and one binary search in the group's entries; the tolerance check
-//! looks at the found entry only, because the best eligible row has the greatest time.
+//! A probe is a hash lookup and one binary search in the group's entries (run for 16 left rows in
+//! lockstep, so their cache misses overlap); the tolerance check looks at the found entry only,
+//! because the best eligible row has the greatest time.
 //!
 //! # Complexity
 //!
@@ -42,7 +60,7 @@
 //! time-tied rows only. Probe: `O(log g)` per left row. Memory after `finish`: the right batches,
 //! 16 (24 with a knowledge time) bytes per distinct (key, time), 4 bytes per group plus the hash
 //! table and the distinct key bytes. While building, 12 (20) bytes per right row; `finish` needs
-//! another 16 (24) bytes per eligible right row at its peak (see
+//! another 16 (24) bytes per matchable right row at its peak (see
 //! [`IndexBuilder::finish_scratch_size`]).
 
 use std::hash::BuildHasher;
@@ -877,8 +895,6 @@ impl IndexBuilder {
     ) -> Result<()> {
         self.check_push(&batch, keys, time, knowledge, tiebreak)?;
         let n = batch.num_rows();
-        let base = self.groups.len();
-        self.keys.assign(keys, n, &mut self.groups)?;
         let mirror = self.opts.spec.direction == Direction::Forward;
         let strict = self.opts.spec.strict;
         let times = time_keys(time.as_ref(), mirror)?;
@@ -886,6 +902,12 @@ impl IndexBuilder {
             Some(k) => Some(time_keys(k.as_ref(), false)?),
             None => None,
         };
+        let base = self.groups.len();
+        if let Err(e) = self.keys.assign(keys, n, &mut self.groups) {
+            // Keep the per-row arrays aligned; keys interned so far only make empty groups.
+            self.groups.truncate(base);
+            return Err(e);
+        }
         self.times.reserve(n);
         for (i, t) in times.into_iter().enumerate() {
             let group = &mut self.groups[base + i];

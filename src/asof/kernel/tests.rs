@@ -1089,7 +1089,12 @@ fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
     let schema = Arc::new(Schema::new(fields));
 
     let key_nulls = null_rate(rng);
-    let time_nulls = null_rate(rng).min(0.3);
+    // Now and then every time is NULL; mostly few are, so that rows match.
+    let time_nulls = if rng.random_bool(0.03) {
+        1.0
+    } else {
+        null_rate(rng).min(0.3)
+    };
     let know_nulls = null_rate(rng).min(0.3);
     let tb_nulls = null_rate(rng);
     let n_right = rng.random_range(profile.min_right..=profile.max_right);
