@@ -1,15 +1,28 @@
-//! The as-of join (see docs/semantics.md).
+//! The as-of join (the exact contract is docs/semantics.md): for each left row, the right row
+//! with equal keys and the latest time at or before the left time (`>=`, `>`), or the earliest
+//! at or after it (`<=`, `<`); ties broken by `TIEBREAK BY`, then by the greatest full row;
+//! NULL keys and times never match; a left-preserving join keeps every left row once, in the
+//! left's order.
 //!
-//! `kernel` is the pure matching code over Arrow arrays; `oracle` is its naive reference, used by
-//! the tests.
+//! `logical` is the DataFusion logical node, `exec` the physical operator, `stream` its probe
+//! stream, `kernel` the pure matching code over Arrow arrays, `oracle` its naive reference.
 
+mod exec;
 mod kernel;
+mod logical;
+mod metrics;
 #[doc(hidden)]
 pub mod oracle;
+mod stream;
 mod time;
+mod tolerance;
 
+pub use exec::AsOfJoinExec;
 pub use kernel::{
     Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, RightIndex, RowRef, TiebreakSpec,
     full_row_comparable, supported_key_type, supported_tiebreak_type,
 };
+pub use logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
+pub use metrics::AsOfJoinMetrics;
 pub use time::supported_time_type;
+pub use tolerance::tolerance_bound;

@@ -134,8 +134,10 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_query_planner(Arc::new(PitlakeQueryPlanner))
+            .with_analyzer_rule(Arc::new(frontend::AsOfRule))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(frontend::marker_udf());
         ctx.register_catalog(CATALOG, catalog.clone());
         Ok(Self {
             ctx,
@@ -212,6 +214,12 @@ impl Engine {
     async fn run_sql(&self, mut statement: DFStatement, options: RunOptions) -> Result<Output> {
         let state = self.ctx.state();
         self.resolve_time_travel(&mut statement, &state).await?;
+        let normalize = state
+            .config()
+            .options()
+            .sql_parser
+            .enable_ident_normalization;
+        frontend::rewrite_asof(&mut statement, normalize)?;
         if self.touches_information_schema(&state, &statement) {
             self.catalog.refresh().await?;
         }

@@ -1,10 +1,14 @@
 //! The SQL front end: pitlake's dialect, statement splitting, pitlake's own statements, and the
-//! rewrites that turn pitlake syntax (time travel) into plans DataFusion can build.
+//! rewrites that turn pitlake syntax (time travel, as-of joins) into plans DataFusion can build.
 
+mod asof;
 mod dialect;
 mod parse;
 mod time_travel;
 
+pub use asof::{
+    AsOfMarker, AsOfRule, MARKER as ASOF_MARKER, marker_udf, rewrite_ast as rewrite_asof,
+};
 pub use dialect::PitlakeDialect;
 pub use parse::{ParsedStatement, Statement, parse_sql, split_statements};
 pub use time_travel::{VersionClause, apply_versions, collect_versions};

@@ -179,6 +179,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
     {
         return parse_describe_history(tokens);
     }
+    let tokens = crate::frontend::asof::rewrite_tokens(tokens)?;
     let dialect = PitlakeDialect::default();
     let mut parser = DFParserBuilder::new(tokens)
         .with_dialect(&dialect)

@@ -3,14 +3,19 @@
 
 use std::sync::Arc;
 
+use arrow::compute::SortOptions;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::context::QueryPlanner;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
+
+use crate::asof::{AsOfJoin, AsOfJoinExec};
 
 /// Plans logical plans, including pitlake's and deltalake's extension nodes.
 #[derive(Debug, Default)]
@@ -18,7 +23,7 @@ pub struct PitlakeQueryPlanner;
 
 impl PitlakeQueryPlanner {
     fn extension_planners() -> Vec<Arc<dyn ExtensionPlanner + Send + Sync>> {
-        vec![DeltaExtensionPlanner::new()]
+        vec![Arc::new(AsOfPlanner), DeltaExtensionPlanner::new()]
     }
 }
 
@@ -32,5 +37,75 @@ impl QueryPlanner for PitlakeQueryPlanner {
         DefaultPhysicalPlanner::with_extension_planners(Self::extension_planners())
             .create_physical_plan(logical_plan, session)
             .await
+    }
+}
+
+/// Plans [`AsOfJoin`] nodes as [`AsOfJoinExec`].
+#[derive(Debug, Default)]
+pub struct AsOfPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for AsOfPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(join) = node.as_any().downcast_ref::<AsOfJoin>() else {
+            return Ok(None);
+        };
+        let ([left_plan, right_plan], [left, right]) = (logical_inputs, physical_inputs) else {
+            return Err(DataFusionError::Internal(
+                "AsOfJoin has two inputs".to_string(),
+            ));
+        };
+        let (ls, rs) = (left_plan.schema(), right_plan.schema());
+        let on = join
+            .on
+            .iter()
+            .map(|(l, r)| {
+                Ok((
+                    planner.create_physical_expr(l, ls, session, planning_ctx)?,
+                    planner.create_physical_expr(r, rs, session, planning_ctx)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tiebreak = join
+            .tiebreak
+            .iter()
+            .map(|s| {
+                Ok(PhysicalSortExpr::new(
+                    planner.create_physical_expr(&s.expr, rs, session, planning_ctx)?,
+                    SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let known_at = join
+            .known_at
+            .as_ref()
+            .map(|e| planner.create_physical_expr(e, rs, session, planning_ctx))
+            .transpose()?;
+        let exec = AsOfJoinExec::try_new(
+            left.clone(),
+            right.clone(),
+            on,
+            join.null_equal.clone(),
+            planner.create_physical_expr(&join.left_time, ls, session, planning_ctx)?,
+            planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?,
+            join.op,
+            join.join_type,
+            join.tolerance.clone(),
+            tiebreak,
+            known_at,
+            Arc::new(node.schema().as_arrow().clone()),
+        )?;
+        Ok(Some(Arc::new(exec)))
     }
 }
