@@ -36,7 +36,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::future::{BoxFuture, Shared};
+use futures::future::{BoxFuture, Shared, WeakShared};
 use futures::{FutureExt, StreamExt};
 
 use super::kernel::{IndexBuilder, KernelOptions, KeySpec, RightIndex, TiebreakSpec};
@@ -51,8 +51,29 @@ pub(crate) struct BuildSide {
     _reservations: Vec<MemoryReservation>,
 }
 
-pub(crate) type SharedBuild =
-    Shared<BoxFuture<'static, std::result::Result<Arc<BuildSide>, Arc<DataFusionError>>>>;
+type BuildFuture = BoxFuture<'static, std::result::Result<Arc<BuildSide>, Arc<DataFusionError>>>;
+
+pub(crate) type SharedBuild = Shared<BuildFuture>;
+
+/// The build shared by the partitions of one execution.
+///
+/// The operator holds the build strongly only until every left partition has started; after
+/// that only the streams do, so dropping them (a cancelled query, a `LIMIT` that is satisfied)
+/// stops the build tasks and frees the index at once, even while the plan itself lives on.
+#[derive(Default)]
+struct BuildSlot {
+    strong: Option<SharedBuild>,
+    weak: Option<WeakShared<BuildFuture>>,
+    started: usize,
+}
+
+impl fmt::Debug for BuildSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BuildSlot")
+            .field("started", &self.started)
+            .finish()
+    }
+}
 
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
@@ -71,7 +92,7 @@ pub struct AsOfJoinExec {
     kernel: KernelOptions,
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
-    build: Mutex<Option<SharedBuild>>,
+    build: Mutex<BuildSlot>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -153,7 +174,7 @@ impl AsOfJoinExec {
             kernel,
             schema,
             cache,
-            build: Mutex::new(None),
+            build: Mutex::new(BuildSlot::default()),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -242,13 +263,33 @@ impl AsOfJoinExec {
 
     /// The shared build, started by the first partition that executes.
     fn shared_build(&self, context: &Arc<TaskContext>) -> Result<SharedBuild> {
-        let mut guard = self
+        let mut slot = self
             .build
             .lock()
             .map_err(|_| DataFusionError::Internal("AsOfJoinExec: build lock poisoned".into()))?;
-        if let Some(build) = guard.as_ref() {
-            return Ok(build.clone());
+        let existing = slot
+            .strong
+            .clone()
+            .or_else(|| slot.weak.as_ref().and_then(WeakShared::upgrade));
+        let build = match existing {
+            Some(build) => build,
+            None => {
+                let build = self.start_build(context);
+                slot.weak = build.downgrade();
+                slot.strong = Some(build.clone());
+                slot.started = 0;
+                build
+            }
+        };
+        slot.started += 1;
+        if slot.started >= self.left.output_partitioning().partition_count() {
+            slot.strong = None;
         }
+        Ok(build)
+    }
+
+    /// Spawns one build task per right partition and returns their joint result.
+    fn start_build(&self, context: &Arc<TaskContext>) -> SharedBuild {
         let partitions = self.right.output_partitioning().partition_count();
         let mut tasks = Vec::with_capacity(partitions);
         for partition in 0..partitions {
@@ -266,28 +307,25 @@ impl AsOfJoinExec {
             // Spawned now, not on first poll: every as-of join of a query builds at once.
             tasks.push(SpawnedTask::spawn(job.run()));
         }
-        let build: BoxFuture<'static, std::result::Result<Arc<BuildSide>, Arc<DataFusionError>>> =
-            async move {
-                let mut shards = Vec::with_capacity(tasks.len());
-                let mut reservations = Vec::with_capacity(tasks.len());
-                for task in tasks {
-                    let (index, reservation) = task
-                        .join_unwind()
-                        .await
-                        .map_err(|e| Arc::new(DataFusionError::ExecutionJoin(Box::new(e))))?
-                        .map_err(Arc::new)?;
-                    shards.push(index);
-                    reservations.push(reservation);
-                }
-                Ok(Arc::new(BuildSide {
-                    shards,
-                    _reservations: reservations,
-                }))
+        let build: BuildFuture = async move {
+            let mut shards = Vec::with_capacity(tasks.len());
+            let mut reservations = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                let (index, reservation) = task
+                    .join_unwind()
+                    .await
+                    .map_err(|e| Arc::new(DataFusionError::ExecutionJoin(Box::new(e))))?
+                    .map_err(Arc::new)?;
+                shards.push(index);
+                reservations.push(reservation);
             }
-            .boxed();
-        let shared = build.shared();
-        *guard = Some(shared.clone());
-        Ok(shared)
+            Ok(Arc::new(BuildSide {
+                shards,
+                _reservations: reservations,
+            }))
+        }
+        .boxed();
+        build.shared()
     }
 }
 

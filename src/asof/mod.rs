@@ -8,6 +8,8 @@
 //! stream, `kernel` the pure matching code over Arrow arrays, `oracle` its naive reference.
 
 mod exec;
+#[cfg(test)]
+mod exec_tests;
 mod kernel;
 mod logical;
 mod metrics;

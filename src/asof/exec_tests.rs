@@ -1,0 +1,462 @@
+//! The operator against the oracle: random inputs run through [`AsOfJoinExec`] with every batch
+//! size, left and right partition count, join type and memory limit, compared row for row (and
+//! in order, per left partition) with [`oracle_asof`].
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_expr::expressions::col;
+use datafusion::physical_expr::{Partitioning, PhysicalExprRef, PhysicalSortExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, collect_partitioned};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::oracle::{RightInput, oracle_asof};
+use super::{
+    AsOfJoinExec, AsOfJoinType, AsOfOperator, IndexBuilder, KernelOptions, KeySpec, TiebreakSpec,
+    Tolerance, tolerance_bound,
+};
+
+/// One random case.
+struct Case {
+    timestamp: bool,
+    two_keys: bool,
+    op: AsOfOperator,
+    join_type: AsOfJoinType,
+    tolerance: Option<i64>,
+    tiebreak: Option<SortOptions>,
+    known: bool,
+    null_equal: bool,
+    left: Vec<Vec<RecordBatch>>,
+    right: Vec<RecordBatch>,
+    right_partitions: usize,
+    batch_size: usize,
+}
+
+fn schema(prefix: &str, timestamp: bool, two_keys: bool, right: bool) -> SchemaRef {
+    let time = if timestamp {
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+    } else {
+        DataType::Int64
+    };
+    let mut fields = vec![Field::new(format!("{prefix}k"), DataType::Int64, true)];
+    if two_keys {
+        fields.push(Field::new(format!("{prefix}k2"), DataType::Utf8, true));
+    }
+    fields.push(Field::new(format!("{prefix}t"), time.clone(), true));
+    if right {
+        fields.push(Field::new("rc", time, true));
+    }
+    fields.push(Field::new(format!("{prefix}id"), DataType::Int64, false));
+    if right {
+        fields.push(Field::new("rv", DataType::Int64, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn time_array(values: Vec<Option<i64>>, timestamp: bool) -> ArrayRef {
+    if timestamp {
+        Arc::new(TimestampMillisecondArray::from(values).with_timezone("UTC"))
+    } else {
+        Arc::new(Int64Array::from(values))
+    }
+}
+
+/// Rows of one side, cut into batches of `batch_size`.
+#[allow(clippy::too_many_arguments)]
+fn rows(
+    rng: &mut StdRng,
+    n: usize,
+    keys: i64,
+    times: i64,
+    nulls: f64,
+    timestamp: bool,
+    two_keys: bool,
+    right: bool,
+    first_id: i64,
+    batch_size: usize,
+) -> Vec<RecordBatch> {
+    let schema = schema(if right { "r" } else { "l" }, timestamp, two_keys, right);
+    let null = |rng: &mut StdRng| rng.random_bool(nulls);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = batch_size.min(n - start);
+        let k: Vec<Option<i64>> = (0..len)
+            .map(|_| (!null(rng)).then(|| rng.random_range(0..keys)))
+            .collect();
+        let k2: Vec<Option<String>> = (0..len)
+            .map(|_| (!null(rng)).then(|| ["a", "b"][rng.random_range(0..2)].to_string()))
+            .collect();
+        let t: Vec<Option<i64>> = (0..len)
+            .map(|_| (!null(rng)).then(|| rng.random_range(0..times)))
+            .collect();
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(k))];
+        if two_keys {
+            columns.push(Arc::new(StringArray::from(k2)));
+        }
+        columns.push(time_array(t.clone(), timestamp));
+        if right {
+            // Known a little after the event, sometimes much later, sometimes never.
+            let c: Vec<Option<i64>> = t
+                .iter()
+                .map(|t| {
+                    let t = (*t)?;
+                    (!null(rng)).then(|| t + rng.random_range(0..3) * rng.random_range(0..times))
+                })
+                .collect();
+            columns.push(time_array(c, timestamp));
+        }
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            (start..start + len).map(|i| first_id + i as i64),
+        )));
+        if right {
+            let v: Vec<Option<i64>> = (0..len).map(|_| Some(rng.random_range(0..3))).collect();
+            columns.push(Arc::new(Int64Array::from(v)));
+        }
+        out.push(RecordBatch::try_new(schema.clone(), columns).unwrap());
+        start += len;
+    }
+    out
+}
+
+fn random_case(rng: &mut StdRng) -> Case {
+    const BATCH_SIZES: [usize; 7] = [1, 2, 7, 49, 50, 51, 8192];
+    let timestamp = rng.random_bool(0.5);
+    let two_keys = rng.random_bool(0.3);
+    let op = [
+        AsOfOperator::GtEq,
+        AsOfOperator::Gt,
+        AsOfOperator::LtEq,
+        AsOfOperator::Lt,
+    ][rng.random_range(0..4)];
+    let backward = matches!(op, AsOfOperator::GtEq | AsOfOperator::Gt);
+    let keys = [1, 3, 20, 1000][rng.random_range(0..4)];
+    let times = [2, 5, 30, 10_000][rng.random_range(0..4)];
+    let nulls = [0.0, 0.0, 0.1, 0.5][rng.random_range(0..4)];
+    let batch_size = BATCH_SIZES[rng.random_range(0..BATCH_SIZES.len())];
+    let left_partitions = rng.random_range(1..=4);
+    let left_rows = [0, 1, 10, 60, 300][rng.random_range(0..5)];
+    let right_rows = [0, 1, 10, 80, 400][rng.random_range(0..5)];
+    let mut left = Vec::new();
+    let mut id = 0;
+    for p in 0..left_partitions {
+        let n = left_rows / left_partitions + usize::from(p == 0) * (left_rows % left_partitions);
+        left.push(rows(
+            rng, n, keys, times, nulls, timestamp, two_keys, false, id, batch_size,
+        ));
+        id += n as i64;
+    }
+    let right = rows(
+        rng, right_rows, keys, times, nulls, timestamp, two_keys, true, 0, batch_size,
+    );
+    Case {
+        timestamp,
+        two_keys,
+        op,
+        join_type: if rng.random_bool(0.5) {
+            AsOfJoinType::Left
+        } else {
+            AsOfJoinType::Inner
+        },
+        tolerance: rng
+            .random_bool(0.3)
+            .then(|| rng.random_range(0..=times / 2)),
+        tiebreak: rng.random_bool(0.5).then(|| SortOptions {
+            descending: rng.random_bool(0.5),
+            nulls_first: rng.random_bool(0.3),
+        }),
+        known: backward && rng.random_bool(0.4),
+        null_equal: rng.random_bool(0.3),
+        left,
+        right,
+        right_partitions: rng.random_range(1..=8),
+        batch_size,
+    }
+}
+
+impl Case {
+    fn key_columns(&self, prefix: &str, schema: &SchemaRef) -> Vec<PhysicalExprRef> {
+        let mut keys = vec![col(&format!("{prefix}k"), schema).unwrap()];
+        if self.two_keys {
+            keys.push(col(&format!("{prefix}k2"), schema).unwrap());
+        }
+        keys
+    }
+
+    fn tolerance(&self) -> Option<Tolerance> {
+        self.tolerance.map(|d| {
+            if self.timestamp {
+                Tolerance::Duration(i128::from(d) * 1_000_000)
+            } else {
+                Tolerance::Number(ScalarValue::Int64(Some(d)))
+            }
+        })
+    }
+
+    fn plan(&self) -> Arc<dyn ExecutionPlan> {
+        let ls = schema("l", self.timestamp, self.two_keys, false);
+        let rs = schema("r", self.timestamp, self.two_keys, true);
+        let left = MemorySourceConfig::try_new_exec(&self.left, ls.clone(), None).unwrap();
+        let right_source =
+            MemorySourceConfig::try_new_exec(&[self.right.clone()], rs.clone(), None).unwrap();
+        let right: Arc<dyn ExecutionPlan> = Arc::new(
+            RepartitionExec::try_new(
+                right_source,
+                Partitioning::Hash(self.key_columns("r", &rs), self.right_partitions),
+            )
+            .unwrap(),
+        );
+        let lkeys = self.key_columns("l", &ls);
+        let rkeys = self.key_columns("r", &rs);
+        let on = lkeys.into_iter().zip(rkeys).collect::<Vec<_>>();
+        let null_equal = vec![self.null_equal; on.len()];
+        let tiebreak = self
+            .tiebreak
+            .map(|options| PhysicalSortExpr::new(col("rc", &rs).unwrap(), options))
+            .into_iter()
+            .collect();
+        let known = self.known.then(|| col("rc", &rs).unwrap());
+        let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(
+            rs.fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        Arc::new(
+            AsOfJoinExec::try_new(
+                left,
+                right,
+                on,
+                null_equal,
+                col("lt", &ls).unwrap(),
+                col("rt", &rs).unwrap(),
+                self.op,
+                self.join_type,
+                self.tolerance(),
+                tiebreak,
+                known,
+                Arc::new(Schema::new(fields)),
+            )
+            .unwrap(),
+        )
+    }
+
+    /// Per left partition, the expected (left id, right id) pairs in order.
+    fn expected(&self) -> Vec<Vec<(i64, Option<i64>)>> {
+        let rs = schema("r", self.timestamp, self.two_keys, true);
+        let ls = schema("l", self.timestamp, self.two_keys, false);
+        let time_type = rs.field_with_name("rt").unwrap().data_type().clone();
+        let mut keys = vec![KeySpec {
+            data_type: DataType::Int64,
+            null_equal: self.null_equal,
+        }];
+        if self.two_keys {
+            keys.push(KeySpec {
+                data_type: DataType::Utf8,
+                null_equal: self.null_equal,
+            });
+        }
+        let opts = KernelOptions {
+            spec: self.op.spec(),
+            keys,
+            time_type: time_type.clone(),
+            tiebreak: self
+                .tiebreak
+                .map(|options| TiebreakSpec {
+                    data_type: time_type,
+                    options,
+                })
+                .into_iter()
+                .collect(),
+            has_knowledge: self.known,
+        };
+        // The operator builds with the same options; make sure they are valid.
+        IndexBuilder::try_new(opts.clone(), rs.clone()).unwrap();
+        let column = |batch: &RecordBatch, name: &str| -> ArrayRef {
+            batch.column(batch.schema().index_of(name).unwrap()).clone()
+        };
+        let right: Vec<RightInput> = self
+            .right
+            .iter()
+            .map(|b| RightInput {
+                batch: b.clone(),
+                keys: std::iter::once(column(b, "rk"))
+                    .chain(self.two_keys.then(|| column(b, "rk2")))
+                    .collect(),
+                time: column(b, "rt"),
+                knowledge: self.known.then(|| column(b, "rc")),
+                tiebreak: self.tiebreak.map(|_| column(b, "rc")).into_iter().collect(),
+            })
+            .collect();
+        let _ = ls;
+        let mut out = Vec::new();
+        for partition in &self.left {
+            let mut expected = Vec::new();
+            for batch in partition {
+                let keys: Vec<ArrayRef> = std::iter::once(column(batch, "lk"))
+                    .chain(self.two_keys.then(|| column(batch, "lk2")))
+                    .collect();
+                let time = column(batch, "lt");
+                let bound = self
+                    .tolerance()
+                    .map(|t| tolerance_bound(&time, &t, self.op.spec().direction).unwrap());
+                let found = oracle_asof(&opts, &right, &keys, &time, bound.as_ref()).unwrap();
+                let ids = column(batch, "lid");
+                let ids = ids.as_primitive::<Int64Type>();
+                for (row, hit) in found.into_iter().enumerate() {
+                    let rid = hit.map(|r| {
+                        let b = &self.right[r.batch as usize];
+                        column(b, "rid")
+                            .as_primitive::<Int64Type>()
+                            .value(r.row as usize)
+                    });
+                    if rid.is_some() || self.join_type == AsOfJoinType::Left {
+                        expected.push((ids.value(row), rid));
+                    }
+                }
+            }
+            out.push(expected);
+        }
+        out
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "ts={} two_keys={} op={:?} type={:?} tol={:?} tiebreak={:?} known={} null_equal={} \
+             left_partitions={} left_rows={} right_rows={} right_partitions={} batch={}",
+            self.timestamp,
+            self.two_keys,
+            self.op,
+            self.join_type,
+            self.tolerance,
+            self.tiebreak,
+            self.known,
+            self.null_equal,
+            self.left.len(),
+            self.left
+                .iter()
+                .flatten()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            self.right.iter().map(|b| b.num_rows()).sum::<usize>(),
+            self.right_partitions,
+            self.batch_size
+        )
+    }
+}
+
+fn context(batch_size: usize, pool: Option<Arc<dyn MemoryPool>>) -> SessionContext {
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(pool) = pool {
+        runtime = runtime.with_memory_pool(pool);
+    }
+    SessionContext::new_with_config_rt(
+        SessionConfig::new().with_batch_size(batch_size),
+        runtime.build_arc().unwrap(),
+    )
+}
+
+async fn run(case: &Case, ctx: &SessionContext) -> Vec<Vec<(i64, Option<i64>)>> {
+    let plan = case.plan();
+    let out = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
+    out.into_iter()
+        .map(|batches| {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let lid = b.column(b.schema().index_of("lid").unwrap()).clone();
+                    let rid = b.column(b.schema().index_of("rid").unwrap()).clone();
+                    let lid = lid.as_primitive::<Int64Type>().clone();
+                    let rid = rid.as_primitive::<Int64Type>().clone();
+                    (0..b.num_rows())
+                        .map(|i| (lid.value(i), (!rid.is_null(i)).then(|| rid.value(i))))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_matches_the_oracle() {
+    let mut rng = StdRng::seed_from_u64(20_261_126);
+    let mut matched = 0usize;
+    let mut checked = 0usize;
+    for i in 0..1500 {
+        let case = random_case(&mut rng);
+        let ctx = context(case.batch_size, None);
+        let got = run(&case, &ctx).await;
+        let want = case.expected();
+        assert_eq!(got, want, "case {i}: {}", case.describe());
+        checked += want.iter().map(Vec::len).sum::<usize>();
+        matched += want.iter().flatten().filter(|(_, r)| r.is_some()).count();
+    }
+    // The generator must produce matches, or the comparison proves nothing.
+    assert!(
+        checked > 50_000 && matched > checked / 5,
+        "{checked} rows, {matched} matched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_limit_too_small_for_the_right_side_is_a_clear_error_not_a_crash() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut case = random_case(&mut rng);
+    case.right = rows(
+        &mut rng, 200_000, 1000, 10_000, 0.0, false, false, true, 0, 8192,
+    );
+    case.two_keys = false;
+    case.timestamp = false;
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(1 << 20));
+    let ctx = context(8192, Some(pool.clone()));
+    let err = collect_partitioned(case.plan(), ctx.task_ctx())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AsOfJoin[build"), "{err}");
+    assert_eq!(pool.reserved(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_streams_releases_the_build_and_its_memory() {
+    use futures::StreamExt;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut case = random_case(&mut rng);
+    case.left = vec![rows(
+        &mut rng, 50_000, 100, 1000, 0.0, false, false, false, 0, 1024,
+    )];
+    case.right = rows(
+        &mut rng, 300_000, 100, 1000, 0.0, false, false, true, 0, 8192,
+    );
+    case.two_keys = false;
+    case.timestamp = false;
+    case.join_type = AsOfJoinType::Left;
+    let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(1 << 30));
+    let ctx = context(1024, Some(pool.clone()));
+    let plan = case.plan();
+    let mut stream = plan.execute(0, ctx.task_ctx()).unwrap();
+    // Read one batch: the build is done and holds memory.
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.num_rows() > 0);
+    assert!(pool.reserved() > 0);
+    drop(stream);
+    // The plan still exists, but nothing runs and nothing is held.
+    for _ in 0..100 {
+        if pool.reserved() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(pool.reserved(), 0);
+    drop(plan);
+}
