@@ -21,15 +21,15 @@ use std::sync::{Arc, Mutex};
 
 use arrow::compute::SortOptions;
 use arrow::datatypes::SchemaRef;
+use datafusion::common::JoinType;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::physical_expr::{
-    EquivalenceProperties, PhysicalExpr, PhysicalExprRef, PhysicalSortExpr,
-};
+use datafusion::physical_expr::equivalence::join_equivalence_properties;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::{
@@ -158,7 +158,7 @@ impl AsOfJoinExec {
         };
         // Fail at planning, not at execution, if the kernel would refuse these options.
         IndexBuilder::try_new(kernel.clone(), rs.clone())?;
-        let cache = Arc::new(Self::compute_properties(&left, schema.clone()));
+        let cache = Arc::new(Self::compute_properties(&left, &right, schema.clone())?);
         Ok(Self {
             left,
             right,
@@ -179,19 +179,31 @@ impl AsOfJoinExec {
         })
     }
 
-    fn compute_properties(left: &Arc<dyn ExecutionPlan>, schema: SchemaRef) -> PlanProperties {
-        // Left columns keep their positions in the output, so the left's ordering and
-        // partitioning describe the output too.
-        let orderings: Vec<Vec<PhysicalSortExpr>> = left
-            .output_ordering()
-            .map(|o| vec![o.iter().cloned().collect()])
-            .unwrap_or_default();
-        PlanProperties::new(
-            EquivalenceProperties::new_with_orderings(schema, orderings),
+    fn compute_properties(
+        left: &Arc<dyn ExecutionPlan>,
+        right: &Arc<dyn ExecutionPlan>,
+        schema: SchemaRef,
+    ) -> Result<PlanProperties> {
+        // Left columns keep their positions in the output and every left row's order within
+        // its partition is kept, so the left's orderings and constants describe the output too.
+        // The right side contributes nothing (its rows are looked up, not streamed).
+        let left_eq = left.equivalence_properties().clone();
+        let mut eq = join_equivalence_properties(
+            left_eq.clone(),
+            right.equivalence_properties().clone(),
+            &JoinType::Left,
+            schema,
+            &[true, false],
+            None,
+            &[],
+        )?;
+        eq.add_constants(left_eq.constants())?;
+        Ok(PlanProperties::new(
+            eq,
             left.output_partitioning().clone(),
             EmissionType::Incremental,
             left.boundedness(),
-        )
+        ))
     }
 
     /// The left input.

@@ -209,7 +209,8 @@ impl Case {
         let rs = schema("r", self.timestamp, self.two_keys, true);
         let left = MemorySourceConfig::try_new_exec(&self.left, ls.clone(), None).unwrap();
         let right_source =
-            MemorySourceConfig::try_new_exec(&[self.right.clone()], rs.clone(), None).unwrap();
+            MemorySourceConfig::try_new_exec(std::slice::from_ref(&self.right), rs.clone(), None)
+                .unwrap();
         let right: Arc<dyn ExecutionPlan> = Arc::new(
             RepartitionExec::try_new(
                 right_source,

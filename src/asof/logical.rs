@@ -294,11 +294,9 @@ impl AsOfJoin {
                 );
             }
         }
-        let join = match join_type {
-            AsOfJoinType::Left => JoinType::Left,
-            AsOfJoinType::Inner => JoinType::Inner,
-        };
-        let schema = Arc::new(build_join_schema(ls, rs, &join)?);
+        // The right columns are nullable for both join types: the SQL lowering replaces a
+        // `LEFT JOIN` whose schema the rest of the plan already refers to.
+        let schema = Arc::new(build_join_schema(ls, rs, &JoinType::Left)?);
         Ok(Self {
             left,
             right,

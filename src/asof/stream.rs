@@ -198,8 +198,8 @@ impl Stream for AsOfStream {
                             match out {
                                 Ok(out) if out.num_rows() == 0 => continue,
                                 Ok(out) => {
-                                    self.metrics.baseline.record_output(out.num_rows());
-                                    return Poll::Ready(Some(Ok(out)));
+                                    let poll = Poll::Ready(Some(Ok(out)));
+                                    return self.metrics.baseline.record_poll(poll);
                                 }
                                 Err(err) => {
                                     self.state = State::Done;

@@ -114,7 +114,10 @@ impl Engine {
             .set_usize(
                 "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
                 0,
-            );
+            )
+            // Spark writes timestamps as INT96; read as nanoseconds they overflow past 2262
+            // (9999-12-31 would come back as 1816). Delta timestamps are microseconds.
+            .set_str("datafusion.execution.parquet.coerce_int96", "us");
 
         let disk = match &settings.spill_dir {
             Some(dir) => DiskManagerBuilder::default()

