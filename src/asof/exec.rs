@@ -27,29 +27,22 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::equivalence::join_equivalence_properties;
 use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef, PhysicalSortExpr};
 use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet, SpillMetrics};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
+use futures::FutureExt;
 use futures::future::{BoxFuture, Shared, WeakShared};
-use futures::{FutureExt, StreamExt};
 
-use super::kernel::{IndexBuilder, KernelOptions, KeySpec, RightIndex, TiebreakSpec};
+use super::build::{self, BuildSide, RightExprs};
+use super::kernel::{IndexBuilder, KernelOptions, KeySpec, TiebreakSpec};
 use super::logical::{AsOfJoinType, AsOfOperator, Tolerance};
 use super::metrics::AsOfJoinMetrics;
-use super::stream::AsOfStream;
-
-/// The right side, built: one index per right partition, with the memory it holds.
-#[derive(Debug)]
-pub(crate) struct BuildSide {
-    pub(crate) shards: Vec<RightIndex>,
-    _reservations: Vec<MemoryReservation>,
-}
+use super::stream::{AsOfStream, Probe, SpillContext};
 
 type BuildFuture = BoxFuture<'static, std::result::Result<Arc<BuildSide>, Arc<DataFusionError>>>;
 
@@ -93,6 +86,7 @@ pub struct AsOfJoinExec {
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
     build: Mutex<BuildSlot>,
+    spill_turn: Arc<tokio::sync::Mutex<()>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
@@ -175,6 +169,7 @@ impl AsOfJoinExec {
             schema,
             cache,
             build: Mutex::new(BuildSlot::default()),
+            spill_turn: Arc::default(),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -300,91 +295,39 @@ impl AsOfJoinExec {
         Ok(build)
     }
 
-    /// Spawns one build task per right partition and returns their joint result.
+    /// The expressions the build and the spilled runs evaluate on right batches.
+    fn right_exprs(&self) -> Arc<RightExprs> {
+        Arc::new(RightExprs {
+            keys: self.on.iter().map(|(_, r)| r.clone()).collect(),
+            time: self.right_time.clone(),
+            known_at: self.known_at.clone(),
+            tiebreak: self.tiebreak.iter().map(|s| s.expr.clone()).collect(),
+        })
+    }
+
+    /// Spawns the build (one task per right partition) and returns its shared result.
     fn start_build(&self, context: &Arc<TaskContext>) -> SharedBuild {
-        let partitions = self.right.output_partitioning().partition_count();
-        let mut tasks = Vec::with_capacity(partitions);
-        for partition in 0..partitions {
-            let job = BuildJob {
-                right: self.right.clone(),
-                keys: self.on.iter().map(|(_, r)| r.clone()).collect(),
-                time: self.right_time.clone(),
-                known_at: self.known_at.clone(),
-                tiebreak: self.tiebreak.iter().map(|s| s.expr.clone()).collect(),
-                kernel: self.kernel.clone(),
-                metrics: AsOfJoinMetrics::new(&self.metrics, partition),
-                partition,
-                context: context.clone(),
-            };
-            // Spawned now, not on first poll: every as-of join of a query builds at once.
-            tasks.push(SpawnedTask::spawn(job.run()));
-        }
+        let metrics = self.metrics.clone();
+        let spill_metrics = SpillMetrics::new(&self.metrics, 0);
+        let job = build::build(
+            self.right.clone(),
+            self.right_exprs(),
+            self.kernel.clone(),
+            move |partition| AsOfJoinMetrics::new(&metrics, partition),
+            spill_metrics,
+            context.clone(),
+        );
+        // Spawned now, not on first poll: every as-of join of a query builds at once.
+        let task = SpawnedTask::spawn(job);
         let build: BuildFuture = async move {
-            let mut shards = Vec::with_capacity(tasks.len());
-            let mut reservations = Vec::with_capacity(tasks.len());
-            for task in tasks {
-                let (index, reservation) = task
-                    .join_unwind()
-                    .await
-                    .map_err(|e| Arc::new(DataFusionError::ExecutionJoin(Box::new(e))))?
-                    .map_err(Arc::new)?;
-                shards.push(index);
-                reservations.push(reservation);
-            }
-            Ok(Arc::new(BuildSide {
-                shards,
-                _reservations: reservations,
-            }))
+            task.join_unwind()
+                .await
+                .map_err(|e| Arc::new(DataFusionError::ExecutionJoin(Box::new(e))))?
+                .map(Arc::new)
+                .map_err(Arc::new)
         }
         .boxed();
         build.shared()
-    }
-}
-
-/// Reads one right partition into an index.
-struct BuildJob {
-    right: Arc<dyn ExecutionPlan>,
-    keys: Vec<PhysicalExprRef>,
-    time: PhysicalExprRef,
-    known_at: Option<PhysicalExprRef>,
-    tiebreak: Vec<PhysicalExprRef>,
-    kernel: KernelOptions,
-    metrics: AsOfJoinMetrics,
-    partition: usize,
-    context: Arc<TaskContext>,
-}
-
-impl BuildJob {
-    async fn run(self) -> Result<(RightIndex, MemoryReservation)> {
-        let reservation = MemoryConsumer::new(format!("AsOfJoin[build {}]", self.partition))
-            .register(self.context.memory_pool());
-        let mut stream = self.right.execute(self.partition, self.context.clone())?;
-        let mut builder = IndexBuilder::try_new(self.kernel.clone(), self.right.schema())?;
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let rows = batch.num_rows();
-            if rows == 0 {
-                continue;
-            }
-            let timer = self.metrics.build_time.timer();
-            let eval = |e: &PhysicalExprRef| e.evaluate(&batch)?.into_array(rows);
-            let keys = self.keys.iter().map(eval).collect::<Result<Vec<_>>>()?;
-            let time = eval(&self.time)?;
-            let known = self.known_at.as_ref().map(eval).transpose()?;
-            let tiebreak = self.tiebreak.iter().map(eval).collect::<Result<Vec<_>>>()?;
-            builder.push(batch, &keys, &time, known.as_ref(), &tiebreak)?;
-            timer.done();
-            self.metrics.right_rows.add(rows);
-            // Account before holding more: a limit that is too small fails here, not as an
-            // out-of-memory kill later.
-            reservation.try_resize(builder.memory_size())?;
-        }
-        reservation.try_resize(builder.memory_size() + builder.finish_scratch_size())?;
-        let timer = self.metrics.build_time.timer();
-        let index = builder.finish()?;
-        timer.done();
-        reservation.try_resize(index.memory_size())?;
-        Ok((index, reservation))
     }
 }
 
@@ -528,17 +471,22 @@ impl ExecutionPlan for AsOfJoinExec {
         let build = self.shared_build(&context)?;
         let left = self.left.execute(partition, context.clone())?;
         let metrics = AsOfJoinMetrics::new(&self.metrics, partition);
-        let stream = AsOfStream::new(
-            self.schema.clone(),
-            left,
-            build,
-            self.on.iter().map(|(l, _)| l.clone()).collect(),
-            self.left_time.clone(),
-            self.tolerance.clone(),
-            self.op.spec().direction,
-            self.join_type,
-            metrics,
-        );
+        let probe = Probe {
+            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
+            left_time: self.left_time.clone(),
+            tolerance: self.tolerance.clone(),
+            direction: self.op.spec().direction,
+            join_type: self.join_type,
+        };
+        let spill = SpillContext {
+            right: self.right_exprs(),
+            kernel: self.kernel.clone(),
+            right_schema: self.right.schema(),
+            context: context.clone(),
+            partition,
+            turn: self.spill_turn.clone(),
+        };
+        let stream = AsOfStream::new(self.schema.clone(), left, build, probe, spill, metrics);
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
             stream,
         )))

@@ -11,7 +11,7 @@ use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{Partitioning, PhysicalExprRef, PhysicalSortExpr};
@@ -410,21 +410,145 @@ async fn operator_matches_the_oracle() {
     );
 }
 
+/// Runs a case under a memory pool of `limit` bytes; returns the rows and whether it spilled.
+async fn run_limited(case: &Case, limit: usize) -> (Vec<Vec<(i64, Option<i64>)>>, usize) {
+    // Tracking the largest consumers makes an out-of-memory failure say who held the memory.
+    let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+        FairSpillPool::new(limit),
+        std::num::NonZeroUsize::new(5).unwrap(),
+    ));
+    let ctx = context(case.batch_size, Some(pool.clone()));
+    let plan = case.plan();
+    let out = collect_partitioned(plan.clone(), ctx.task_ctx())
+        .await
+        .unwrap();
+    let spills = plan
+        .metrics()
+        .and_then(|m| m.spill_count())
+        .unwrap_or_default();
+    assert_eq!(pool.reserved(), 0, "memory left reserved after the query");
+    let rows = out
+        .into_iter()
+        .map(|batches| {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let lid = b.column(b.schema().index_of("lid").unwrap()).clone();
+                    let rid = b.column(b.schema().index_of("rid").unwrap()).clone();
+                    let lid = lid.as_primitive::<Int64Type>().clone();
+                    let rid = rid.as_primitive::<Int64Type>().clone();
+                    (0..b.num_rows())
+                        .map(|i| (lid.value(i), (!rid.is_null(i)).then(|| rid.value(i))))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .collect();
+    (rows, spills)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_limit_too_small_for_the_right_side_is_a_clear_error_not_a_crash() {
+async fn spilling_gives_the_same_answer_in_the_same_order() {
+    let mut rng = StdRng::seed_from_u64(424_242);
+    let mut spilled = 0;
+    for i in 0..24 {
+        let mut case = random_case(&mut rng);
+        // A right side of a few MiB (its index about twice that) against a pool of 1 or 2 MiB.
+        let right_rows = rng.random_range(20_000..40_000);
+        let batch = [512, 1000, 8192][rng.random_range(0..3)];
+        let keys = [500, 2000][rng.random_range(0..2)];
+        case.right = rows(
+            &mut rng,
+            right_rows,
+            keys,
+            5000,
+            0.05,
+            case.timestamp,
+            case.two_keys,
+            true,
+            0,
+            batch,
+        );
+        // At most two left partitions: each runs its own buckets, all under one small pool.
+        let left_partitions = case.left.len().min(2);
+        case.left = (0..left_partitions)
+            .map(|p| {
+                // Few left rows: the oracle is quadratic, and spilling depends on the right.
+                rows(
+                    &mut rng,
+                    400,
+                    keys,
+                    5000,
+                    0.05,
+                    case.timestamp,
+                    case.two_keys,
+                    false,
+                    (p * 400) as i64,
+                    batch,
+                )
+            })
+            .collect();
+        case.batch_size = batch;
+        let limit = [1 << 20, 2 << 20][rng.random_range(0..2)];
+        let (got, spills) = run_limited(&case, limit).await;
+        spilled += usize::from(spills > 0);
+        assert_eq!(
+            got,
+            case.expected(),
+            "case {i} (limit {limit}): {}",
+            case.describe()
+        );
+    }
+    // Most cases must really have spilled, or this proves nothing about spilling.
+    assert!(spilled >= 16, "only {spilled} of 24 cases spilled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_side_without_keys_that_does_not_fit_is_a_clear_error() {
     let mut rng = StdRng::seed_from_u64(7);
     let mut case = random_case(&mut rng);
+    case.timestamp = false;
+    case.two_keys = false;
     case.right = rows(
         &mut rng, 200_000, 1000, 10_000, 0.0, false, false, true, 0, 8192,
     );
-    case.two_keys = false;
-    case.timestamp = false;
+    let ls = schema("l", false, false, false);
+    let rs = schema("r", false, false, true);
+    let left = MemorySourceConfig::try_new_exec(&case.left, ls.clone(), None).unwrap();
+    let right =
+        MemorySourceConfig::try_new_exec(std::slice::from_ref(&case.right), rs.clone(), None)
+            .unwrap();
+    let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(
+        rs.fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
+    let plan = Arc::new(
+        AsOfJoinExec::try_new(
+            left,
+            right,
+            vec![],
+            vec![],
+            col("lt", &ls).unwrap(),
+            col("rt", &rs).unwrap(),
+            AsOfOperator::GtEq,
+            AsOfJoinType::Left,
+            None,
+            vec![],
+            None,
+            Arc::new(Schema::new(fields)),
+        )
+        .unwrap(),
+    );
     let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(1 << 20));
     let ctx = context(8192, Some(pool.clone()));
-    let err = collect_partitioned(case.plan(), ctx.task_ctx())
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("AsOfJoin[build"), "{err}");
+    let err = collect_partitioned(plan, ctx.task_ctx()).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the right side of an as-of join without keys must fit in memory"),
+        "{err}"
+    );
     assert_eq!(pool.reserved(), 0);
 }
 

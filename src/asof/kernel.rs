@@ -987,6 +987,11 @@ impl IndexBuilder {
         matchable * entry + largest * per_group_row + (num_groups + 1) * 2 * size_of::<u32>()
     }
 
+    /// Gives the pushed batches back (the operator spills them when memory runs out).
+    pub fn into_batches(self) -> Vec<RecordBatch> {
+        self.batches
+    }
+
     /// Builds the index. The batches move into it; everything else is dropped.
     pub fn finish(self) -> Result<RightIndex> {
         let Self {
@@ -1333,6 +1338,11 @@ impl RightIndex {
             + self.offsets.capacity() * size_of::<u32>()
             + self.keys.memory_size()
             + null_row_size(&self.null_row)
+    }
+
+    /// Gives the right batches back (the operator spills them when another shard could not fit).
+    pub fn into_batches(self) -> Vec<RecordBatch> {
+        self.batches
     }
 
     /// The number of right rows pushed, matchable or not.

@@ -1,7 +1,7 @@
 //! The as-of join's metrics: DataFusion's baseline (output rows, compute time) plus its own.
 
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, Time,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, SpillMetrics, Time,
 };
 
 /// Metrics of one partition of an [`AsOfJoinExec`](super::AsOfJoinExec).
@@ -19,10 +19,8 @@ pub struct AsOfJoinMetrics {
     pub build_time: Time,
     /// Time spent in the matching kernel: probing and gathering right columns.
     pub probe_time: Time,
-    /// Spill files written.
-    pub spill_count: Count,
-    /// Bytes written to spill files.
-    pub spilled_bytes: Count,
+    /// Spill files, bytes and rows written when the right side did not fit in memory.
+    pub spill: SpillMetrics,
 }
 
 impl AsOfJoinMetrics {
@@ -35,8 +33,7 @@ impl AsOfJoinMetrics {
             matched_rows: MetricBuilder::new(metrics).counter("matched_rows", partition),
             build_time: MetricBuilder::new(metrics).subset_time("build_time", partition),
             probe_time: MetricBuilder::new(metrics).subset_time("probe_time", partition),
-            spill_count: MetricBuilder::new(metrics).spill_count(partition),
-            spilled_bytes: MetricBuilder::new(metrics).spilled_bytes(partition),
+            spill: SpillMetrics::new(metrics, partition),
         }
     }
 }

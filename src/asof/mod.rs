@@ -7,6 +7,7 @@
 //! `logical` is the DataFusion logical node, `exec` the physical operator, `stream` its probe
 //! stream, `kernel` the pure matching code over Arrow arrays, `oracle` its naive reference.
 
+mod build;
 mod exec;
 #[cfg(test)]
 mod exec_tests;
@@ -15,6 +16,7 @@ mod logical;
 mod metrics;
 #[doc(hidden)]
 pub mod oracle;
+mod spill;
 mod stream;
 mod time;
 mod tolerance;
