@@ -100,7 +100,7 @@ impl std::fmt::Debug for BuildSide {
 
 /// What one right partition became.
 enum Shard {
-    Memory(RightIndex, MemoryReservation),
+    Memory(Box<RightIndex>, MemoryReservation),
     Spilled(Vec<Option<Arc<dyn SpillFile>>>),
 }
 
@@ -196,7 +196,7 @@ impl BuildJob {
         let index = builder.finish()?;
         timer.done();
         reservation.try_resize(index.memory_size())?;
-        Ok(Shard::Memory(index, reservation))
+        Ok(Shard::Memory(Box::new(index), reservation))
     }
 
     fn spill_builder(&self, builder: Option<IndexBuilder>) -> Result<BucketWriter> {
@@ -246,7 +246,7 @@ pub(crate) async fn build(
         let (shards, reservations) = shards
             .into_iter()
             .filter_map(|s| match s {
-                Shard::Memory(index, reservation) => Some((index, reservation)),
+                Shard::Memory(index, reservation) => Some((*index, reservation)),
                 Shard::Spilled(_) => None,
             })
             .unzip();
