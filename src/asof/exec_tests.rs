@@ -357,6 +357,22 @@ impl Case {
     }
 }
 
+/// (left id, right id) per output row, in order.
+fn pairs(batches: &[RecordBatch]) -> Vec<(i64, Option<i64>)> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let lid = b.column(b.schema().index_of("lid").unwrap()).clone();
+            let rid = b.column(b.schema().index_of("rid").unwrap()).clone();
+            let lid = lid.as_primitive::<Int64Type>().clone();
+            let rid = rid.as_primitive::<Int64Type>().clone();
+            (0..b.num_rows())
+                .map(|i| (lid.value(i), (!rid.is_null(i)).then(|| rid.value(i))))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn context(batch_size: usize, pool: Option<Arc<dyn MemoryPool>>) -> SessionContext {
     let mut runtime = RuntimeEnvBuilder::new();
     if let Some(pool) = pool {
@@ -371,22 +387,7 @@ fn context(batch_size: usize, pool: Option<Arc<dyn MemoryPool>>) -> SessionConte
 async fn run(case: &Case, ctx: &SessionContext) -> Vec<Vec<(i64, Option<i64>)>> {
     let plan = case.plan();
     let out = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
-    out.into_iter()
-        .map(|batches| {
-            batches
-                .iter()
-                .flat_map(|b| {
-                    let lid = b.column(b.schema().index_of("lid").unwrap()).clone();
-                    let rid = b.column(b.schema().index_of("rid").unwrap()).clone();
-                    let lid = lid.as_primitive::<Int64Type>().clone();
-                    let rid = rid.as_primitive::<Int64Type>().clone();
-                    (0..b.num_rows())
-                        .map(|i| (lid.value(i), (!rid.is_null(i)).then(|| rid.value(i))))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
-        .collect()
+    out.iter().map(|batches| pairs(batches)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,23 +428,7 @@ async fn run_limited(case: &Case, limit: usize) -> (Vec<Vec<(i64, Option<i64>)>>
         .and_then(|m| m.spill_count())
         .unwrap_or_default();
     assert_eq!(pool.reserved(), 0, "memory left reserved after the query");
-    let rows = out
-        .into_iter()
-        .map(|batches| {
-            batches
-                .iter()
-                .flat_map(|b| {
-                    let lid = b.column(b.schema().index_of("lid").unwrap()).clone();
-                    let rid = b.column(b.schema().index_of("rid").unwrap()).clone();
-                    let lid = lid.as_primitive::<Int64Type>().clone();
-                    let rid = rid.as_primitive::<Int64Type>().clone();
-                    (0..b.num_rows())
-                        .map(|i| (lid.value(i), (!rid.is_null(i)).then(|| rid.value(i))))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
-        .collect();
+    let rows = out.iter().map(|batches| pairs(batches)).collect();
     (rows, spills)
 }
 
@@ -584,4 +569,32 @@ async fn dropping_the_streams_releases_the_build_and_its_memory() {
     }
     assert_eq!(pool.reserved(), 0);
     drop(plan);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn physical_plans_serialize_with_the_codec() {
+    use datafusion::physical_plan::displayable;
+    use datafusion_proto::bytes::{
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+    use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+
+    let codec = super::AsOfPhysicalCodec::new(Arc::new(DefaultPhysicalExtensionCodec {}));
+    let mut rng = StdRng::seed_from_u64(31);
+    for i in 0..40 {
+        let case = random_case(&mut rng);
+        let plan = case.plan();
+        let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
+        let ctx = context(case.batch_size, None);
+        let back =
+            physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).unwrap();
+        assert_eq!(
+            displayable(back.as_ref()).indent(true).to_string(),
+            displayable(plan.as_ref()).indent(true).to_string(),
+            "case {i}"
+        );
+        let out = collect_partitioned(back, ctx.task_ctx()).await.unwrap();
+        let got: Vec<Vec<(i64, Option<i64>)>> = out.iter().map(|b| pairs(b)).collect();
+        assert_eq!(got, case.expected(), "case {i}: {}", case.describe());
+    }
 }

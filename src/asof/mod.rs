@@ -8,6 +8,7 @@
 //! stream, `kernel` the pure matching code over Arrow arrays, `oracle` its naive reference.
 
 mod build;
+mod codec;
 mod exec;
 #[cfg(test)]
 mod exec_tests;
@@ -21,6 +22,7 @@ mod stream;
 mod time;
 mod tolerance;
 
+pub use codec::{AsOfLogicalCodec, AsOfPhysicalCodec};
 pub use exec::AsOfJoinExec;
 pub use kernel::{
     Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, RightIndex, RowRef, TiebreakSpec,

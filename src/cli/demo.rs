@@ -303,6 +303,40 @@ fn tour() -> Vec<(&'static str, &'static str)> {
             "SELECT order_id, driver_id, customer_id, event_ts, label FROM orders \
              ORDER BY order_id LIMIT 5",
         ),
+        (
+            "An as-of join: each order with its driver's latest stats at the order time",
+            "SELECT o.order_id, o.event_ts, d.event_ts AS stats_hour, d.conv_rate \
+             FROM orders o \
+             ASOF LEFT JOIN driver_hourly_stats d \
+               ON o.driver_id = d.driver_id AND o.event_ts >= d.event_ts \
+             ORDER BY o.order_id LIMIT 5",
+        ),
+        (
+            "Leakage-free: newest delivery wins a tie, but only what was known at the order \
+             time, and nothing older than 2 hours; plus the customer's daily profile",
+            "SELECT o.order_id, o.event_ts, d.conv_rate, d.created_ts AS known_since, \
+                    c.current_balance \
+             FROM orders o \
+             ASOF LEFT JOIN driver_hourly_stats d \
+               ON o.driver_id = d.driver_id AND o.event_ts >= d.event_ts \
+               TOLERANCE INTERVAL '2 hours' TIEBREAK BY d.created_ts DESC KNOWN AT d.created_ts \
+             ASOF LEFT JOIN customer_profile c \
+               ON o.customer_id = c.customer_id AND o.event_ts >= c.event_ts \
+               TIEBREAK BY c.created_ts DESC KNOWN AT c.created_ts \
+             ORDER BY o.order_id LIMIT 5",
+        ),
+        (
+            "How often each join found a value: labels with no features stay, with NULLs",
+            "SELECT count(*) AS orders, count(d.conv_rate) AS with_driver_stats, \
+                    count(c.current_balance) AS with_profile \
+             FROM orders o \
+             ASOF LEFT JOIN driver_hourly_stats d \
+               ON o.driver_id = d.driver_id AND o.event_ts >= d.event_ts \
+               TIEBREAK BY d.created_ts DESC KNOWN AT d.created_ts \
+             ASOF LEFT JOIN customer_profile c \
+               ON o.customer_id = c.customer_id AND o.event_ts >= c.event_ts \
+               KNOWN AT c.created_ts",
+        ),
     ]
 }
 

@@ -311,6 +311,55 @@ impl Engine {
         }
     }
 
+    /// The optimized logical plan of one query (as-of joins and time travel included).
+    pub async fn logical_plan(&self, sql: &str) -> Result<LogicalPlan> {
+        let mut statements = self.parse(sql)?;
+        let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
+            return Err(PitlakeError::Plan("expected exactly one statement".into()));
+        };
+        let Statement::Sql(mut statement) = statement.statement else {
+            return Err(PitlakeError::Plan(
+                "only queries have a logical plan".into(),
+            ));
+        };
+        let state = self.ctx.state();
+        self.resolve_time_travel(&mut statement, &state).await?;
+        let normalize = state
+            .config()
+            .options()
+            .sql_parser
+            .enable_ident_normalization;
+        frontend::rewrite_asof(&mut statement, normalize)?;
+        let plan = match state.statement_to_plan(*statement).await {
+            Ok(plan) => plan,
+            Err(err) => return Err(self.explain_plan_error(err).await),
+        };
+        Ok(state.optimize(&plan)?)
+    }
+
+    /// Runs a logical plan (for example one decoded with [`Engine::logical_codec`]).
+    pub async fn execute_plan(&self, plan: LogicalPlan) -> Result<SendableRecordBatchStream> {
+        let df = DataFrame::new(self.ctx.state(), plan);
+        Ok(df.execute_stream().await?)
+    }
+
+    /// The codec that serializes this engine's logical plans (`datafusion-proto`): as-of joins
+    /// and Delta table scans.
+    pub fn logical_codec(&self) -> crate::asof::AsOfLogicalCodec {
+        crate::asof::AsOfLogicalCodec::new(Arc::new(
+            deltalake::delta_datafusion::DeltaLogicalCodec {},
+        ))
+    }
+
+    /// The codec that serializes physical plans with as-of joins (`datafusion-proto`).
+    /// deltalake 1.1 has no codec for its scan operator yet, so a physical plan that reads
+    /// Delta tables does not serialize; plans over other sources do.
+    pub fn physical_codec(&self) -> crate::asof::AsOfPhysicalCodec {
+        crate::asof::AsOfPhysicalCodec::new(Arc::new(
+            datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec {},
+        ))
+    }
+
     /// Writes a plan's rows into a table as one commit.
     pub async fn write(
         &self,

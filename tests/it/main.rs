@@ -1,5 +1,6 @@
 //! pitlake's integration tests, one binary with a module per theme.
 //!
+//! - `asof`: as-of joins end to end over Delta tables, against the oracle; plan serialization;
 //! - `cli`: the built `pitlake` binary: commands, output formats, exit codes, bad input;
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
@@ -7,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod asof;
 mod cli;
 mod common;
 mod conformance;

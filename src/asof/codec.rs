@@ -1,0 +1,460 @@
+//! Serializing as-of joins with DataFusion's extension codecs (`datafusion-proto`), so the same
+//! plans can be shipped to remote executors (Ballista runs DataFusion 55 plans this way).
+//!
+//! Both codecs wrap another codec and hand it everything that is not an as-of join (deltalake's
+//! codec for Delta table providers, for example). An encoded join is a magic prefix, a small JSON
+//! header with the join's options, then its expressions as length-delimited protobuf messages in
+//! a fixed order.
+
+use std::sync::Arc;
+
+use arrow::compute::SortOptions;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::catalog::TableProvider;
+use datafusion::common::{Result, ScalarValue, TableReference, internal_datafusion_err};
+use datafusion::datasource::file_format::FileFormatFactory;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::expr::Sort;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan};
+use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef, PhysicalSortExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::logical_plan::from_proto::parse_expr;
+use datafusion_proto::logical_plan::to_proto::serialize_expr;
+use datafusion_proto::physical_plan::from_proto::parse_physical_expr;
+use datafusion_proto::physical_plan::to_proto::serialize_physical_expr;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::protobuf::{LogicalExprNode, PhysicalExprNode};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::exec::AsOfJoinExec;
+use super::logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
+
+const MAGIC: &[u8; 8] = b"PLASOF01";
+
+/// The options of a join; the expressions follow in the buffer.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    keys: usize,
+    null_equal: Vec<bool>,
+    op: String,
+    join_type: String,
+    /// Nanoseconds, as a string (JSON numbers lose precision past 2^53).
+    tolerance_nanos: Option<String>,
+    /// A numeric tolerance travels as one more (literal) expression, last.
+    tolerance_number: bool,
+    /// (ascending or descending, nulls first)
+    tiebreak: Vec<(bool, bool)>,
+    known_at: bool,
+}
+
+fn op_name(op: AsOfOperator) -> &'static str {
+    match op {
+        AsOfOperator::GtEq => ">=",
+        AsOfOperator::Gt => ">",
+        AsOfOperator::LtEq => "<=",
+        AsOfOperator::Lt => "<",
+    }
+}
+
+fn op_from(name: &str) -> Result<AsOfOperator> {
+    Ok(match name {
+        ">=" => AsOfOperator::GtEq,
+        ">" => AsOfOperator::Gt,
+        "<=" => AsOfOperator::LtEq,
+        "<" => AsOfOperator::Lt,
+        other => return Err(internal_datafusion_err!("as-of codec: operator {other}")),
+    })
+}
+
+fn join_type_from(name: &str) -> Result<AsOfJoinType> {
+    Ok(match name {
+        "Left" => AsOfJoinType::Left,
+        "Inner" => AsOfJoinType::Inner,
+        other => return Err(internal_datafusion_err!("as-of codec: join type {other}")),
+    })
+}
+
+fn header(
+    keys: usize,
+    null_equal: &[bool],
+    op: AsOfOperator,
+    join_type: AsOfJoinType,
+    tolerance: Option<&Tolerance>,
+    tiebreak: Vec<(bool, bool)>,
+    known_at: bool,
+) -> Header {
+    Header {
+        keys,
+        null_equal: null_equal.to_vec(),
+        op: op_name(op).to_string(),
+        join_type: join_type.to_string(),
+        tolerance_nanos: match tolerance {
+            Some(Tolerance::Duration(n)) => Some(n.to_string()),
+            _ => None,
+        },
+        tolerance_number: matches!(tolerance, Some(Tolerance::Number(_))),
+        tiebreak,
+        known_at,
+    }
+}
+
+fn write_header(header: &Header, buf: &mut Vec<u8>) -> Result<()> {
+    let json =
+        serde_json::to_vec(header).map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&json);
+    Ok(())
+}
+
+/// Reads the header; `None` if the buffer is not an as-of join.
+fn read_header(buf: &[u8]) -> Result<Option<(Header, &[u8])>> {
+    let Some(rest) = buf.strip_prefix(MAGIC.as_slice()) else {
+        return Ok(None);
+    };
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or_else(|| internal_datafusion_err!("as-of codec: truncated header"))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if rest.len() < len {
+        return Err(internal_datafusion_err!("as-of codec: truncated header"));
+    }
+    let header: Header = serde_json::from_slice(&rest[..len])
+        .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+    Ok(Some((header, &rest[len..])))
+}
+
+fn read_messages<M: Message + Default>(mut rest: &[u8]) -> Result<Vec<M>> {
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        out.push(
+            M::decode_length_delimited(&mut rest)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+fn tolerance_from(header: &Header, number: Option<ScalarValue>) -> Result<Option<Tolerance>> {
+    Ok(match (&header.tolerance_nanos, number) {
+        (Some(n), _) => {
+            Some(Tolerance::Duration(n.parse().map_err(|_| {
+                internal_datafusion_err!("as-of codec: tolerance {n}")
+            })?))
+        }
+        (None, Some(value)) => Some(Tolerance::Number(value)),
+        (None, None) => None,
+    })
+}
+
+/// Encodes and decodes [`AsOfJoin`] logical nodes; everything else goes to `inner`.
+#[derive(Debug)]
+pub struct AsOfLogicalCodec {
+    inner: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl AsOfLogicalCodec {
+    /// Wraps `inner`, which handles every other node and every table provider.
+    pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
+        Self { inner }
+    }
+}
+
+impl LogicalExtensionCodec for AsOfLogicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[LogicalPlan],
+        ctx: &TaskContext,
+    ) -> Result<Extension> {
+        let Some((header, rest)) = read_header(buf)? else {
+            return self.inner.try_decode(buf, inputs, ctx);
+        };
+        let [left, right] = inputs else {
+            return Err(internal_datafusion_err!(
+                "as-of codec: {} inputs",
+                inputs.len()
+            ));
+        };
+        let mut exprs = read_messages::<LogicalExprNode>(rest)?
+            .iter()
+            .map(|node| parse_expr(node, ctx, self).map_err(DataFusionError::from))
+            .collect::<Result<Vec<Expr>>>()?;
+        let number = if header.tolerance_number {
+            match exprs.pop() {
+                Some(Expr::Literal(value, _)) => Some(value),
+                _ => return Err(internal_datafusion_err!("as-of codec: tolerance literal")),
+            }
+        } else {
+            None
+        };
+        let k = header.keys;
+        let t = header.tiebreak.len();
+        let expected = 2 * k + 2 + t + usize::from(header.known_at);
+        if exprs.len() != expected {
+            return Err(internal_datafusion_err!(
+                "as-of codec: {} expressions, expected {expected}",
+                exprs.len()
+            ));
+        }
+        let known_at = header.known_at.then(|| exprs[expected - 1].clone());
+        let tiebreak = header
+            .tiebreak
+            .iter()
+            .zip(&exprs[2 * k + 2..2 * k + 2 + t])
+            .map(|((asc, nulls_first), e)| Sort::new(e.clone(), *asc, *nulls_first))
+            .collect();
+        let node = AsOfJoin::try_new(
+            Arc::new(left.clone()),
+            Arc::new(right.clone()),
+            exprs[..k]
+                .iter()
+                .cloned()
+                .zip(exprs[k..2 * k].iter().cloned())
+                .collect(),
+            header.null_equal.clone(),
+            exprs[2 * k].clone(),
+            exprs[2 * k + 1].clone(),
+            op_from(&header.op)?,
+            join_type_from(&header.join_type)?,
+            tolerance_from(&header, number)?,
+            tiebreak,
+            known_at,
+        )?;
+        Ok(Extension {
+            node: Arc::new(node),
+        })
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        let Some(join) = node.node.as_any().downcast_ref::<AsOfJoin>() else {
+            return self.inner.try_encode(node, buf);
+        };
+        let tiebreak = join
+            .tiebreak
+            .iter()
+            .map(|s| (s.asc, s.nulls_first))
+            .collect();
+        write_header(
+            &header(
+                join.on.len(),
+                &join.null_equal,
+                join.op,
+                join.join_type,
+                join.tolerance.as_ref(),
+                tiebreak,
+                join.known_at.is_some(),
+            ),
+            buf,
+        )?;
+        let mut exprs = {
+            use datafusion::logical_expr::UserDefinedLogicalNodeCore;
+            join.expressions()
+        };
+        if let Some(Tolerance::Number(value)) = &join.tolerance {
+            exprs.push(Expr::Literal(value.clone(), None));
+        }
+        for expr in &exprs {
+            serialize_expr(expr, self)?
+                .encode_length_delimited(buf)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        self.inner
+            .try_decode_table_provider(buf, table_ref, schema, ctx)
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.inner.try_encode_table_provider(table_ref, node, buf)
+    }
+
+    fn try_decode_file_format(
+        &self,
+        buf: &[u8],
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn FileFormatFactory>> {
+        self.inner.try_decode_file_format(buf, ctx)
+    }
+
+    fn try_encode_file_format(
+        &self,
+        buf: &mut Vec<u8>,
+        node: Arc<dyn FileFormatFactory>,
+    ) -> Result<()> {
+        self.inner.try_encode_file_format(buf, node)
+    }
+}
+
+/// Encodes and decodes [`AsOfJoinExec`]; everything else goes to `inner`.
+#[derive(Debug)]
+pub struct AsOfPhysicalCodec {
+    inner: Arc<dyn PhysicalExtensionCodec>,
+}
+
+impl AsOfPhysicalCodec {
+    /// Wraps `inner`, which handles every other operator.
+    pub fn new(inner: Arc<dyn PhysicalExtensionCodec>) -> Self {
+        Self { inner }
+    }
+}
+
+/// The output schema of an as-of join of these inputs: left, then right made nullable.
+fn output_schema(left: &SchemaRef, right: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = left.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(
+        right
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+impl PhysicalExtensionCodec for AsOfPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some((header, rest)) = read_header(buf)? else {
+            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let [left, right] = inputs else {
+            return Err(internal_datafusion_err!(
+                "as-of codec: {} inputs",
+                inputs.len()
+            ));
+        };
+        let (ls, rs) = (left.schema(), right.schema());
+        let nodes = read_messages::<PhysicalExprNode>(rest)?;
+        let k = header.keys;
+        let t = header.tiebreak.len();
+        let expected =
+            2 * k + 2 + t + usize::from(header.known_at) + usize::from(header.tolerance_number);
+        if nodes.len() != expected {
+            return Err(internal_datafusion_err!(
+                "as-of codec: {} expressions, expected {expected}",
+                nodes.len()
+            ));
+        }
+        let parse = |node: &PhysicalExprNode, schema: &Schema| -> Result<PhysicalExprRef> {
+            parse_physical_expr(node, ctx, schema, self)
+        };
+        let mut on = Vec::with_capacity(k);
+        for i in 0..k {
+            on.push((parse(&nodes[i], &ls)?, parse(&nodes[k + i], &rs)?));
+        }
+        let left_time = parse(&nodes[2 * k], &ls)?;
+        let right_time = parse(&nodes[2 * k + 1], &rs)?;
+        let tiebreak = header
+            .tiebreak
+            .iter()
+            .zip(&nodes[2 * k + 2..2 * k + 2 + t])
+            .map(|((asc, nulls_first), node)| {
+                Ok(PhysicalSortExpr::new(
+                    parse(node, &rs)?,
+                    SortOptions {
+                        descending: !asc,
+                        nulls_first: *nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut next = 2 * k + 2 + t;
+        let known_at = if header.known_at {
+            next += 1;
+            Some(parse(&nodes[next - 1], &rs)?)
+        } else {
+            None
+        };
+        let number = if header.tolerance_number {
+            let literal = parse(&nodes[next], &ls)?;
+            let value = literal
+                .downcast_ref::<Literal>()
+                .map(|l| l.value().clone())
+                .ok_or_else(|| internal_datafusion_err!("as-of codec: tolerance literal"))?;
+            Some(value)
+        } else {
+            None
+        };
+        let exec = AsOfJoinExec::try_new(
+            left.clone(),
+            right.clone(),
+            on,
+            header.null_equal.clone(),
+            left_time,
+            right_time,
+            op_from(&header.op)?,
+            join_type_from(&header.join_type)?,
+            tolerance_from(&header, number)?,
+            tiebreak,
+            known_at,
+            output_schema(&ls, &rs),
+        )?;
+        Ok(Arc::new(exec))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(join) = node.downcast_ref::<AsOfJoinExec>() else {
+            return self.inner.try_encode(node, buf, proto_converter);
+        };
+        let tiebreak = join
+            .tiebreak()
+            .iter()
+            .map(|s| (!s.options.descending, s.options.nulls_first))
+            .collect();
+        write_header(
+            &header(
+                join.on().len(),
+                join.null_equal(),
+                join.op(),
+                join.join_type(),
+                join.tolerance(),
+                tiebreak,
+                join.known_at().is_some(),
+            ),
+            buf,
+        )?;
+        let (left_time, right_time) = join.times();
+        let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();
+        exprs.extend(join.on().iter().map(|(_, r)| r.clone()));
+        exprs.push(left_time.clone());
+        exprs.push(right_time.clone());
+        exprs.extend(join.tiebreak().iter().map(|s| s.expr.clone()));
+        exprs.extend(join.known_at().cloned());
+        if let Some(Tolerance::Number(value)) = join.tolerance() {
+            exprs.push(Arc::new(Literal::new(value.clone())) as Arc<dyn PhysicalExpr>);
+        }
+        for expr in &exprs {
+            serialize_physical_expr(expr, self)?
+                .encode_length_delimited(buf)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+        }
+        Ok(())
+    }
+}
