@@ -5,6 +5,7 @@
 //! ingest — goes through it; the CLI (and later the Flight server) only talk to the engine.
 
 mod ingest;
+pub mod serving;
 
 use std::sync::Arc;
 

@@ -1,0 +1,629 @@
+//! What a network front end (the Flight SQL server) needs from the engine beyond running a
+//! statement: planning one without running it (for its result schema and its parameters),
+//! finding every object it reads or changes (for authorization), and running it with a memory
+//! limit of its own.
+//!
+//! The objects a statement touches are read from its *logical plan*, not from its text: every
+//! `TableScan` in the plan and in its subqueries (CTEs are inlined, `EXISTS`/`IN`/scalar
+//! subqueries are visited, time-travel names are decoded back to their table), every DDL and DML
+//! node, `COPY`, and `SET`. A table that the text names but the plan does not read (a CTE that
+//! shadows it) is therefore not required, and a table that the plan reads through a subquery is.
+//! The only statement whose plan does not name its table, `DESCRIBE t`, is read from the text.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ScalarValue, TableReference};
+use datafusion::dataframe::DataFrame;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::memory_pool::{
+    MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DFStatement;
+use sqlparser::ast::{Expr as SqlExpr, Value, VisitMut, VisitorMut};
+
+pub use crate::storage::TableName;
+
+use crate::engine::{Engine, Output, RunOptions};
+use crate::error::{PitlakeError, Result};
+use crate::frontend::{ParsedStatement, Statement};
+use crate::storage::decode_versioned_name;
+
+/// Table functions that compute their rows and read nothing; every other table function may
+/// read files and needs the `files` permission.
+pub const HARMLESS_TABLE_FUNCTIONS: &[&str] = &["generate_series", "range"];
+
+/// Everything a statement reads or changes: what an authorizer must allow before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Tables (and `information_schema` views) whose rows the statement reads.
+    pub reads: BTreeSet<TableName>,
+    /// Tables the statement creates, writes or drops.
+    pub writes: BTreeSet<TableName>,
+    /// Table functions other than [`HARMLESS_TABLE_FUNCTIONS`] that the statement calls.
+    pub functions: BTreeSet<String>,
+    /// The statement reads or writes files of the server (`COPY`, `CREATE EXTERNAL TABLE`).
+    pub files: bool,
+    /// The statement changes settings of the engine's shared session (`SET`).
+    pub session: bool,
+    /// DDL that is not about one table (`CREATE SCHEMA`, `CREATE FUNCTION` …), by plan name.
+    pub other_ddl: Option<String>,
+}
+
+/// A statement planned but not run.
+#[derive(Debug, Clone)]
+pub struct PlannedStatement {
+    statement: ParsedStatement,
+    plan: Option<LogicalPlan>,
+    rows: bool,
+    schema: SchemaRef,
+    parameters: Vec<Option<DataType>>,
+    /// What the statement reads and changes.
+    pub access: Access,
+}
+
+impl PlannedStatement {
+    /// The statement's text.
+    pub fn text(&self) -> &str {
+        &self.statement.text
+    }
+
+    /// The schema of the rows running it produces. A statement that changes something produces
+    /// one row with one column, `result`, the report it would print.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Whether it is a query (rows), rather than a statement that changes something.
+    pub fn is_query(&self) -> bool {
+        self.rows
+    }
+
+    /// The types of its parameters `$1`, `$2` … in order (`None` where the plan does not tell).
+    pub fn parameter_types(&self) -> &[Option<DataType>] {
+        &self.parameters
+    }
+
+    /// Its parameters as a schema: fields `$1`, `$2` …, typed `Null` where unknown.
+    pub fn parameter_schema(&self) -> Schema {
+        Schema::new(
+            self.parameters
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    Field::new(
+                        format!("${}", i + 1),
+                        t.clone().unwrap_or(DataType::Null),
+                        true,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// The schema of the one-row report a statement that changes something produces.
+pub fn report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(
+        "result",
+        DataType::Utf8,
+        false,
+    )]))
+}
+
+impl Engine {
+    /// Parses exactly one statement. JDBC/ODBC-style `?` placeholders become `$1`, `$2` … in the
+    /// order they are written, so clients that bind positionally (ADBC, DBAPI) work.
+    pub fn parse_one(&self, sql: &str) -> Result<ParsedStatement> {
+        let mut statements = self.parse(sql)?;
+        let mut statement = match (statements.pop(), statements.is_empty()) {
+            (Some(statement), true) => statement,
+            (None, _) => return Err(PitlakeError::Syntax("no statement given".into())),
+            (Some(_), false) => {
+                return Err(PitlakeError::Plan(
+                    "expected one statement, found several; send them one at a time".into(),
+                ));
+            }
+        };
+        if let Statement::Sql(sql) = &mut statement.statement {
+            number_question_marks(sql)?;
+        }
+        Ok(statement)
+    }
+
+    /// Plans one statement without running it: its result schema, its parameters and the
+    /// objects it touches. Nothing is written and no rows are read.
+    pub async fn plan_statement(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
+        let Statement::Sql(sql) = &statement.statement else {
+            // DESCRIBE HISTORY: a read of the table's log.
+            let Statement::DescribeHistory { table, limit } = &statement.statement else {
+                // Statements beyond SQL (the DSL) touch objects this module does not know how
+                // to enumerate yet; refusing them is the safe default for a front end that
+                // authorizes by what a statement touches.
+                return Err(PitlakeError::Unsupported(format!(
+                    "`{}` over Flight SQL; run it with the pitlake CLI",
+                    statement.text
+                )));
+            };
+            let name = self.table_name(table)?;
+            let schema = self.history(&name, *limit).await?.schema();
+            let access = Access {
+                reads: BTreeSet::from([name]),
+                ..Access::default()
+            };
+            return Ok(PlannedStatement {
+                statement,
+                plan: None,
+                rows: true,
+                schema,
+                parameters: Vec::new(),
+                access,
+            });
+        };
+        let mut sql = sql.as_ref().clone();
+        let state = self.ctx.state();
+        self.resolve_time_travel(&mut sql, &state).await?;
+        let normalize = state
+            .config()
+            .options()
+            .sql_parser
+            .enable_ident_normalization;
+        crate::frontend::rewrite_asof(&mut sql, normalize)?;
+        if self.touches_information_schema(&state, &sql) {
+            self.catalog.refresh().await?;
+        }
+        let described = match &sql {
+            DFStatement::Statement(inner) => match inner.as_ref() {
+                sqlparser::ast::Statement::ExplainTable { table_name, .. } => {
+                    Some(self.table_name(table_name)?)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        let plan = match state.statement_to_plan(sql).await {
+            Ok(plan) => plan,
+            Err(err) => return Err(self.explain_plan_error(err).await),
+        };
+        let mut access = self.access_of(&state, &plan).await?;
+        access.reads.extend(described);
+        let rows = !matches!(
+            plan,
+            LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)
+        );
+        let schema = if rows {
+            Arc::new(plan.schema().as_arrow().clone())
+        } else {
+            report_schema()
+        };
+        let parameters = parameter_types(&plan)?;
+        Ok(PlannedStatement {
+            statement,
+            plan: Some(plan),
+            rows,
+            schema,
+            parameters,
+            access,
+        })
+    }
+
+    /// Runs a planned statement with its parameter values (one per parameter, in order).
+    ///
+    /// A query runs under its own memory limit when `memory_limit` is given: its operators
+    /// spill (or fail) when *it* reaches the limit, as well as when the engine's pool is full.
+    /// A statement that changes something runs as [`Engine::run`] runs it, confirmed (the
+    /// caller has authorized it).
+    pub async fn execute_planned(
+        &self,
+        planned: PlannedStatement,
+        parameters: Vec<ScalarValue>,
+        memory_limit: Option<usize>,
+    ) -> Result<Output> {
+        if parameters.len() != planned.parameters.len() {
+            return Err(PitlakeError::Plan(format!(
+                "the statement has {} parameter(s) but {} value(s) were bound",
+                planned.parameters.len(),
+                parameters.len()
+            )));
+        }
+        let confirmed = RunOptions { force: true };
+        let Some(plan) = planned.plan else {
+            return self.run(planned.statement, confirmed).await;
+        };
+        if !planned.rows {
+            if !parameters.is_empty() {
+                return Err(PitlakeError::Unsupported(
+                    "parameters in statements that change tables; write the values into the \
+                     statement"
+                        .into(),
+                ));
+            }
+            return self.run(planned.statement, confirmed).await;
+        }
+        let plan = if parameters.is_empty() {
+            plan
+        } else {
+            let mut values = Vec::with_capacity(parameters.len());
+            for (i, (value, expected)) in
+                parameters.into_iter().zip(&planned.parameters).enumerate()
+            {
+                values.push(match expected {
+                    Some(t) if value.data_type() != *t => value.cast_to(t).map_err(|e| {
+                        PitlakeError::Plan(format!(
+                            "parameter ${}: cannot use a {} value as {t}: {}",
+                            i + 1,
+                            value.data_type(),
+                            PitlakeError::from_datafusion(e)
+                        ))
+                    })?,
+                    _ => value,
+                });
+            }
+            plan.with_param_values(values)?
+        };
+        let state = self.query_state(memory_limit);
+        let df = DataFrame::new(state, plan);
+        Ok(Output::Rows(df.execute_stream().await?))
+    }
+
+    /// A session state for one query: the engine's, with a memory pool that caps this query
+    /// inside the engine's pool.
+    fn query_state(&self, memory_limit: Option<usize>) -> SessionState {
+        let state = self.ctx.state();
+        let Some(limit) = memory_limit else {
+            return state;
+        };
+        let mut runtime = state.runtime_env().as_ref().clone();
+        runtime.memory_pool = Arc::new(QueryPool {
+            engine: runtime.memory_pool.clone(),
+            limit,
+            used: AtomicUsize::new(0),
+        });
+        SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(Arc::new(runtime))
+            .build()
+    }
+
+    /// Every object a plan reads or changes.
+    async fn access_of(&self, state: &SessionState, plan: &LogicalPlan) -> Result<Access> {
+        let mut access = Access::default();
+        let mut scans: Vec<TableReference> = Vec::new();
+        let mut writes: Vec<TableReference> = Vec::new();
+        plan.apply_with_subqueries(|node| {
+            match node {
+                LogicalPlan::TableScan(scan) => scans.push(scan.table_name.clone()),
+                LogicalPlan::Ddl(ddl) => match ddl {
+                    DdlStatement::CreateMemoryTable(create) => writes.push(create.name.clone()),
+                    DdlStatement::DropTable(drop) => writes.push(drop.name.clone()),
+                    DdlStatement::CreateView(create) => writes.push(create.name.clone()),
+                    DdlStatement::DropView(drop) => writes.push(drop.name.clone()),
+                    DdlStatement::CreateExternalTable(create) => {
+                        access.files = true;
+                        writes.push(create.name.clone());
+                    }
+                    other => access.other_ddl = Some(other.name().to_string()),
+                },
+                LogicalPlan::Dml(dml) => {
+                    writes.push(dml.table_name.clone());
+                    if matches!(dml.op, WriteOp::MergeInto(_)) {
+                        access.other_ddl = Some("MERGE".into());
+                    }
+                }
+                LogicalPlan::Copy(_) => access.files = true,
+                LogicalPlan::Statement(_) => access.session = true,
+                _ => {}
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let functions = state.table_functions();
+        for reference in scans {
+            if reference.schema().is_none() {
+                let bare = reference.table();
+                let function = bare.strip_suffix("()").unwrap_or(bare);
+                if functions.contains_key(function) {
+                    if !HARMLESS_TABLE_FUNCTIONS.contains(&function) {
+                        access.functions.insert(function.to_string());
+                    }
+                    // A table named like a function (a folder `range`) is a table all the same.
+                    let named = TableName::bare(bare);
+                    if named.validate().is_err() || !self.warehouse.table_exists(&named).await? {
+                        continue;
+                    }
+                }
+            }
+            access.reads.insert(self.scanned_table(&reference)?);
+        }
+        for reference in writes {
+            access.writes.insert(self.scanned_table(&reference)?);
+        }
+        Ok(access)
+    }
+
+    /// The warehouse table behind a name in a plan (`orders@v3` is `orders`).
+    fn scanned_table(&self, reference: &TableReference) -> Result<TableName> {
+        let name = self.reference_to_name(reference)?;
+        let (base, _) = decode_versioned_name(&name.table)?;
+        Ok(TableName {
+            schema: name.schema.clone(),
+            table: base.to_string(),
+        })
+    }
+}
+
+/// The types of a plan's parameters `$1` … `$n`, in order.
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    let found: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+    let mut numbered = Vec::with_capacity(found.len());
+    for (name, data_type) in found {
+        let index = name
+            .strip_prefix('$')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| {
+                PitlakeError::Plan(format!(
+                    "parameter `{name}`: write parameters as $1, $2 … or ?"
+                ))
+            })?;
+        numbered.push((index, data_type));
+    }
+    numbered.sort_by_key(|(index, _)| *index);
+    for (position, (index, _)) in numbered.iter().enumerate() {
+        if *index != position + 1 {
+            return Err(PitlakeError::Plan(format!(
+                "parameter ${} is used but ${} is not; number parameters from $1 without gaps",
+                index,
+                position + 1
+            )));
+        }
+    }
+    Ok(numbered.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Rewrites `?` placeholders to `$1`, `$2` … in the order the parser meets them.
+fn number_question_marks(statement: &mut DFStatement) -> Result<()> {
+    struct Numbering {
+        next: usize,
+        mixed: bool,
+    }
+    impl VisitorMut for Numbering {
+        type Break = ();
+        fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> std::ops::ControlFlow<()> {
+            if let SqlExpr::Value(value) = expr
+                && let Value::Placeholder(p) = &mut value.value
+            {
+                if p == "?" {
+                    self.next += 1;
+                    *p = format!("${}", self.next);
+                } else {
+                    self.mixed = true;
+                }
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut numbering = Numbering {
+        next: 0,
+        mixed: false,
+    };
+    let _ = match statement {
+        DFStatement::Statement(inner) => inner.visit(&mut numbering),
+        DFStatement::Explain(explain) => match explain.statement.as_mut() {
+            DFStatement::Statement(inner) => inner.visit(&mut numbering),
+            _ => std::ops::ControlFlow::Continue(()),
+        },
+        _ => std::ops::ControlFlow::Continue(()),
+    };
+    if numbering.next > 0 && numbering.mixed {
+        return Err(PitlakeError::Plan(
+            "a statement uses both `?` and `$n` parameters; use one style".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A memory pool for one query inside the engine's: every reservation counts against both, so
+/// one query cannot take the whole engine pool, and all queries together cannot exceed it.
+///
+/// Exceeding the query's limit is `ResourcesExhausted`, the error spilling operators answer by
+/// spilling, exactly as they do when the engine's pool is full.
+#[derive(Debug)]
+struct QueryPool {
+    engine: Arc<dyn MemoryPool>,
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl std::fmt::Display for QueryPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "query pool ({} of {} bytes) in {}",
+            self.reserved(),
+            self.limit,
+            self.engine
+        )
+    }
+}
+
+impl MemoryPool for QueryPool {
+    fn name(&self) -> &str {
+        "query"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.engine.register(consumer);
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.engine.unregister(consumer);
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.engine.grow(reservation, additional);
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.engine.shrink(reservation, shrink);
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        // Claim first, so two partitions growing at once cannot both slip under the limit.
+        let before = self.used.fetch_add(additional, Ordering::Relaxed);
+        if before.saturating_add(additional) > self.limit {
+            self.used.fetch_sub(additional, Ordering::Relaxed);
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{} could not reserve {additional} bytes: the query uses {before} of its limit of \
+                 {} bytes (the server's --query-memory-limit)",
+                reservation.consumer().name(),
+                self.limit
+            )));
+        }
+        if let Err(err) = self.engine.try_grow(reservation, additional) {
+            self.used.fetch_sub(additional, Ordering::Relaxed);
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Settings, WarehouseLocation};
+
+    async fn engine_with_tables() -> (tempfile::TempDir, Engine) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings =
+            Settings::new(WarehouseLocation::parse(&dir.path().display().to_string()).unwrap());
+        settings.target_partitions = 2;
+        let engine = Engine::new(settings).unwrap();
+        engine
+            .run_script(
+                "CREATE TABLE a AS SELECT 1 AS id, 10 AS v; \
+                 CREATE TABLE b AS SELECT 1 AS id, 20 AS w; \
+                 CREATE TABLE s.c AS SELECT 1 AS id",
+                RunOptions::default(),
+            )
+            .await
+            .unwrap();
+        (dir, engine)
+    }
+
+    async fn access(engine: &Engine, sql: &str) -> Access {
+        let statement = engine.parse_one(sql).unwrap();
+        engine.plan_statement(statement).await.unwrap().access
+    }
+
+    fn names(set: &BTreeSet<TableName>) -> Vec<String> {
+        set.iter().map(|t| t.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn finds_tables_through_subqueries_ctes_and_time_travel() {
+        let (_dir, engine) = engine_with_tables().await;
+        let got = access(
+            &engine,
+            "WITH x AS (SELECT * FROM a VERSION AS OF 0) \
+             SELECT * FROM x WHERE id IN (SELECT id FROM b) \
+             AND EXISTS (SELECT 1 FROM s.c WHERE s.c.id = x.id)",
+        )
+        .await;
+        assert_eq!(names(&got.reads), vec!["a", "b", "s.c"]);
+        assert!(got.writes.is_empty());
+        // A CTE that shadows a table reads what the CTE reads.
+        let got = access(&engine, "WITH b AS (SELECT * FROM a) SELECT * FROM b").await;
+        assert_eq!(names(&got.reads), vec!["a"]);
+        let got = access(&engine, "EXPLAIN SELECT * FROM b").await;
+        assert_eq!(names(&got.reads), vec!["b"]);
+        let got = access(&engine, "DESCRIBE s.c").await;
+        assert_eq!(names(&got.reads), vec!["s.c"]);
+        let got = access(&engine, "DESCRIBE HISTORY a").await;
+        assert_eq!(names(&got.reads), vec!["a"]);
+        let got = access(&engine, "SELECT * FROM generate_series(1, 3)").await;
+        assert!(got.reads.is_empty() && got.functions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn finds_writes_and_session_changes() {
+        let (_dir, engine) = engine_with_tables().await;
+        let got = access(&engine, "CREATE TABLE d AS SELECT * FROM a").await;
+        assert_eq!(names(&got.writes), vec!["d"]);
+        assert_eq!(names(&got.reads), vec!["a"]);
+        let got = access(&engine, "INSERT INTO b SELECT id, v FROM a").await;
+        assert_eq!(names(&got.writes), vec!["b"]);
+        assert_eq!(names(&got.reads), vec!["a"]);
+        let got = access(&engine, "DROP TABLE s.c").await;
+        assert_eq!(names(&got.writes), vec!["s.c"]);
+        let got = access(&engine, "SET datafusion.execution.batch_size = 10").await;
+        assert!(got.session);
+        let got = access(&engine, "COPY (SELECT 1) TO '/tmp/x.csv'").await;
+        assert!(got.files);
+        let planned = engine
+            .plan_statement(engine.parse_one("CREATE TABLE e (x INT)").unwrap())
+            .await
+            .unwrap();
+        assert!(!planned.is_query());
+        assert_eq!(planned.schema(), report_schema());
+        // Planning wrote nothing.
+        assert!(
+            !engine
+                .list_tables()
+                .await
+                .unwrap()
+                .iter()
+                .any(|t| t.table == "e")
+        );
+    }
+
+    #[tokio::test]
+    async fn parameters_are_numbered_typed_and_bound() {
+        let (_dir, engine) = engine_with_tables().await;
+        let planned = engine
+            .plan_statement(
+                engine
+                    .parse_one("SELECT v FROM a WHERE id = ? AND v > ?")
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            planned.parameter_types(),
+            &[Some(DataType::Int64), Some(DataType::Int64)]
+        );
+        let out = engine
+            .execute_planned(
+                planned,
+                vec![ScalarValue::Int32(Some(1)), ScalarValue::Int64(Some(5))],
+                Some(64 << 20),
+            )
+            .await
+            .unwrap();
+        let Output::Rows(stream) = out else {
+            panic!("expected rows")
+        };
+        let batches: Vec<_> = futures::TryStreamExt::try_collect(stream).await.unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        let mixed = engine.parse_one("SELECT * FROM a WHERE id = ? AND v = $1");
+        assert!(mixed.is_err());
+    }
+}
