@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod flight;
 pub mod frontend;
 pub mod planner;
 pub mod storage;

@@ -99,6 +99,9 @@ pub enum Command {
     Ingest(IngestArgs),
     /// Build a sample feature warehouse and take a guided tour of it.
     Demo(DemoArgs),
+    /// Serve the warehouse over Arrow Flight SQL, with TLS, users and grants (see
+    /// docs/operations.md).
+    Serve(ServeArgs),
 }
 
 /// `pitlake sql`.
@@ -215,4 +218,60 @@ pub struct DemoArgs {
     /// Build the tables but skip the tour.
     #[arg(long)]
     pub no_tour: bool,
+}
+
+/// `pitlake serve`. Users and passwords are never flags: they come from `--auth-file` or the
+/// `PITLAKE_AUTH` environment variable.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on.
+    #[arg(long, env = "PITLAKE_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+
+    /// Users, roles and grants: a TOML file (or JSON, by its .json extension). Without it, the
+    /// environment variable PITLAKE_AUTH must hold the same settings (TOML or JSON).
+    #[arg(long, env = "PITLAKE_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
+    /// The server's TLS certificate chain (PEM).
+    #[arg(long, env = "PITLAKE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The server's TLS private key (PEM).
+    #[arg(long, env = "PITLAKE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that clients must present a certificate from (mutual TLS).
+    #[arg(long, env = "PITLAKE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve without TLS: passwords, tokens and data travel in the clear. Only on a loopback
+    /// address, unless --insecure-plaintext-on-network is given too.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
+
+    /// With --insecure-plaintext: allow a non-loopback address (behind a proxy that encrypts).
+    #[arg(long, requires = "insecure_plaintext")]
+    pub insecure_plaintext_on_network: bool,
+
+    /// Queries that may run at once; more wait for a slot (within their timeout).
+    #[arg(long, env = "PITLAKE_MAX_CONCURRENT_QUERIES", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_concurrent_queries: u32,
+
+    /// How long one query may run (e.g. 30s, 15m, 2h); past it, it is cancelled.
+    #[arg(long, env = "PITLAKE_QUERY_TIMEOUT", default_value = "15m", value_parser = crate::flight::auth::parse_duration)]
+    pub query_timeout: std::time::Duration,
+
+    /// Memory one query may use (e.g. 512MiB), inside --memory-limit; operators spill beyond
+    /// it. Default: only --memory-limit applies.
+    #[arg(long, env = "PITLAKE_QUERY_MEMORY_LIMIT", value_parser = parse_memory_limit)]
+    pub query_memory_limit: Option<MemoryLimit>,
+
+    /// On SIGTERM or Ctrl-C, how long running queries may finish before they are cancelled.
+    #[arg(long, env = "PITLAKE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::flight::auth::parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+
+    /// Read a password from standard input, print its argon2 hash for the auth file, and exit.
+    #[arg(long)]
+    pub hash_password: bool,
 }

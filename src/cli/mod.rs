@@ -4,6 +4,7 @@
 pub mod args;
 mod demo;
 pub mod print;
+mod serve;
 mod shell;
 
 use std::io::{IsTerminal, Read, Write};
@@ -117,6 +118,7 @@ async fn run_command(cli: Cli) -> Result<()> {
         }
         Command::Ingest(args) => run_ingest(&engine, args).await,
         Command::Demo(args) => demo::run(&engine, args).await,
+        Command::Serve(args) => serve::run(engine, args).await,
     }
 }
 

@@ -1,0 +1,130 @@
+//! `pitlake serve`: flags and files become a validated [`ServerConfig`]; the server runs until
+//! SIGTERM or Ctrl-C, then stops gracefully.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use crate::cli::args::{MemoryLimit, ServeArgs};
+use crate::engine::Engine;
+use crate::error::{PitlakeError, Result};
+use crate::flight::auth::AuthFormat;
+use crate::flight::{AuthConfig, Limits, ServerConfig, Transport, hash_password};
+
+/// The environment variable that may hold the auth settings inline.
+const AUTH_ENV: &str = "PITLAKE_AUTH";
+
+/// Runs the server (or, with `--hash-password`, hashes a password and exits).
+pub async fn run(engine: Engine, args: ServeArgs) -> Result<()> {
+    if args.hash_password {
+        let mut password = String::new();
+        std::io::stdin().lock().read_line(&mut password)?;
+        let password = password.trim_end_matches(['\n', '\r']);
+        if password.is_empty() {
+            return Err(PitlakeError::Config {
+                name: "--hash-password".into(),
+                message: "standard input held no password".into(),
+            });
+        }
+        let mut out = std::io::stdout();
+        writeln!(out, "{}", hash_password(password)?)?;
+        return Ok(());
+    }
+    engine.warehouse().check_exists()?;
+    let config = server_config(&args)?;
+    let warehouse = engine.warehouse().location().display();
+    let server = crate::flight::start(Arc::new(engine), config).await?;
+    eprintln!(
+        "pitlake: serving warehouse {warehouse} over Flight SQL at {} (SIGTERM or Ctrl-C stops)",
+        server.url()
+    );
+    stop_signal().await;
+    eprintln!(
+        "pitlake: stopping; {} running quer{} may finish within {}s",
+        server.active_queries(),
+        if server.active_queries() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        args.shutdown_grace.as_secs()
+    );
+    server.shutdown().await
+}
+
+fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
+    let (auth, auth_origin) = match (&args.auth_file, std::env::var(AUTH_ENV)) {
+        (Some(path), _) => (AuthConfig::from_file(path)?, Some(path.clone())),
+        (None, Ok(text)) => {
+            let format = if text.trim_start().starts_with('{') {
+                AuthFormat::Json
+            } else {
+                AuthFormat::Toml
+            };
+            (AuthConfig::parse(&text, format, AUTH_ENV)?, None)
+        }
+        (None, Err(_)) => {
+            return Err(PitlakeError::Config {
+                name: "--auth-file".into(),
+                message: format!(
+                    "the server needs users: give --auth-file (TOML or JSON) or set {AUTH_ENV}; \
+                     see docs/operations.md"
+                ),
+            });
+        }
+    };
+    let transport = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
+        (Some(cert), Some(key), _) => {
+            Transport::tls_from_files(cert, key, args.tls_client_ca.as_deref())?
+        }
+        (_, _, true) => Transport::Plaintext {
+            non_loopback: args.insecure_plaintext_on_network,
+        },
+        _ => {
+            return Err(PitlakeError::Config {
+                name: "--tls-cert".into(),
+                message: "the server encrypts connections: give --tls-cert and --tls-key (PEM), \
+                          or --insecure-plaintext to serve unencrypted on a loopback address"
+                    .into(),
+            });
+        }
+    };
+    let limits = Limits {
+        max_concurrent_queries: args.max_concurrent_queries as usize,
+        query_timeout: args.query_timeout,
+        query_memory_limit: args.query_memory_limit.and_then(|MemoryLimit(limit)| limit),
+        shutdown_grace: args.shutdown_grace,
+        ..Limits::default()
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        transport,
+        limits,
+        auth,
+        auth_origin,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

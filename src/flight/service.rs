@@ -1,0 +1,808 @@
+//! The Flight SQL handlers.
+//!
+//! Every handler starts from the [`Principal`] the auth layer put in the request. Statements go
+//! parse → plan (no rows read) → authorize → ticket in `GetFlightInfo`, and ticket → parse →
+//! plan → authorize → run in `DoGet`: the second authorization is the one that counts, the first
+//! only refuses early. Metadata calls list only what the caller may read.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
+    TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
+    IpcMessage, SchemaAsIpc, Ticket,
+};
+use datafusion::common::ScalarValue;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::serving::{PlannedStatement, TableName, report_schema};
+use crate::engine::{CATALOG, Engine, Output};
+use crate::flight::auth::{Authenticator, Principal, random_bytes};
+use crate::flight::config::Limits;
+use crate::flight::grants::Pattern;
+use crate::flight::layer::principal;
+use crate::flight::prepared::PreparedStatements;
+use crate::flight::status::status_for_principal;
+use crate::flight::stream::{Bounds, FlightStream, QueryRecord, flight_stream};
+use crate::flight::tickets::{TicketSigner, decode_parameters};
+
+/// Statements are logged up to this many characters.
+const LOGGED_SQL_CHARS: usize = 1000;
+
+/// State shared by all calls.
+pub(crate) struct Shared {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Authenticator>,
+    pub tickets: TicketSigner,
+    pub prepared: PreparedStatements,
+    pub limits: Limits,
+    pub slots: Arc<Semaphore>,
+    /// Cancelled when the shutdown grace period is over: running queries stop.
+    pub cancel_queries: CancellationToken,
+    /// Queries whose streams are open.
+    pub active: Arc<AtomicUsize>,
+    pub sql_info: SqlInfoData,
+}
+
+/// The Flight SQL service over an engine.
+#[derive(Clone)]
+pub(crate) struct PitlakeFlightSql {
+    shared: Arc<Shared>,
+}
+
+impl PitlakeFlightSql {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// What `GetSqlInfo` reports.
+pub(crate) fn sql_info(limits: &Limits) -> crate::error::Result<SqlInfoData> {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "pitlake");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(
+        SqlInfo::FlightSqlServerStatementTimeout,
+        i32::try_from(limits.query_timeout.as_secs()).unwrap_or(i32::MAX),
+    );
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, false);
+    b.append(SqlInfo::SqlDdlTable, true);
+    b.build()
+        .map_err(|e| crate::error::PitlakeError::Internal(format!("building SqlInfo: {e}")))
+}
+
+fn new_query_id() -> Result<String, Status> {
+    Ok(random_bytes::<8>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn logged(sql: &str) -> &str {
+    match sql.char_indices().nth(LOGGED_SQL_CHARS) {
+        Some((end, _)) => &sql[..end],
+        None => sql,
+    }
+}
+
+fn schema_ipc(schema: &Schema) -> Result<bytes::Bytes, Status> {
+    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(|e| Status::internal(format!("encoding a schema failed: {e}")))?;
+    Ok(message.0)
+}
+
+fn flight_info(
+    schema: &Schema,
+    ticket: Vec<u8>,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(format!("encoding a schema failed: {e}")))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_ordered(true);
+    Ok(Response::new(info))
+}
+
+fn batch_stream(schema: SchemaRef, batch: RecordBatch) -> FlightStream {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::once(async move { Ok(batch) }))
+        .map_err(|e| match e {
+            FlightError::Tonic(status) => *status,
+            other => Status::internal(other.to_string()),
+        });
+    Box::pin(stream)
+}
+
+/// One row of Arrow IPC parameters as values.
+fn parameter_values(encoded: Option<&[u8]>) -> Result<Vec<ScalarValue>, Status> {
+    let Some(bytes) = encoded else {
+        return Ok(Vec::new());
+    };
+    let bad = |why: String| Status::invalid_argument(format!("bound parameters: {why}"));
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| bad(e.to_string()))?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(Vec::new());
+    };
+    if rows != 1 {
+        return Err(bad(format!(
+            "{rows} rows were bound; bind exactly one row of values per execution"
+        )));
+    }
+    batch
+        .columns()
+        .iter()
+        .map(|c| ScalarValue::try_from_array(c, 0).map_err(|e| bad(e.to_string())))
+        .collect()
+}
+
+fn encode_batches(batches: &[RecordBatch]) -> Result<Vec<u8>, Status> {
+    let Some(first) = batches.first() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    let fail = |e: arrow::error::ArrowError| Status::internal(format!("storing parameters: {e}"));
+    let mut writer = StreamWriter::try_new(&mut out, &first.schema()).map_err(fail)?;
+    for batch in batches {
+        writer.write(batch).map_err(fail)?;
+    }
+    writer.finish().map_err(fail)?;
+    drop(writer);
+    Ok(out)
+}
+
+impl PitlakeFlightSql {
+    /// Parses, plans and authorizes a statement for a caller.
+    async fn plan(&self, principal: &Principal, sql: &str) -> Result<PlannedStatement, Status> {
+        let engine = &self.shared.engine;
+        let statement = engine
+            .parse_one(sql)
+            .map_err(|e| status_for_principal(e, principal))?;
+        let planned = engine
+            .plan_statement(statement)
+            .await
+            .map_err(|e| status_for_principal(e, principal))?;
+        if let Err(status) = principal.grants.authorize(&principal.user, &planned.access) {
+            tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                reason = status.message(),
+                "statement refused: permission denied"
+            );
+            return Err(status);
+        }
+        Ok(planned)
+    }
+
+    /// Waits for a query slot, until the deadline.
+    async fn slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout_at(deadline, self.shared.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(Status::unavailable("the server is shutting down")),
+            Err(_) => Err(Status::resource_exhausted(format!(
+                "all {} query slots stayed busy for the whole query timeout \
+                 (--max-concurrent-queries); try again later",
+                self.shared.limits.max_concurrent_queries
+            ))),
+        }
+    }
+
+    /// Runs a statement and streams its result.
+    async fn run_query(
+        &self,
+        principal: Principal,
+        query_id: String,
+        sql: &str,
+        parameters: Option<&[u8]>,
+    ) -> Result<Response<FlightStream>, Status> {
+        if self.shared.cancel_queries.is_cancelled() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
+        let values = parameter_values(parameters)?;
+        let permit = self.slot(deadline).await?;
+        let record = Arc::new(QueryRecord::new(
+            &principal.user,
+            &query_id,
+            self.shared.active.clone(),
+        ));
+        tracing::info!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            query_id = %query_id,
+            sql = logged(sql),
+            "query started"
+        );
+        let started = async {
+            let planned = self.plan(&principal, sql).await?;
+            self.shared
+                .engine
+                .execute_planned(planned, values, self.shared.limits.query_memory_limit)
+                .await
+                .map_err(|e| status_for_principal(e, &principal))
+        };
+        let output = match tokio::time::timeout_at(deadline, started).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(status)) => {
+                record.failed(status.message());
+                return Err(status);
+            }
+            Err(_) => {
+                let status = Status::deadline_exceeded(
+                    "the query ran longer than the server's --query-timeout and was cancelled",
+                );
+                record.failed(status.message());
+                return Err(status);
+            }
+        };
+        let stream = match output {
+            Output::Rows(stream) => stream,
+            Output::Done(message) => {
+                let schema = report_schema();
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(StringArray::from(vec![message]))],
+                )
+                .map_err(|e| Status::internal(e.to_string()))?;
+                Box::pin(RecordBatchStreamAdapter::new(
+                    schema,
+                    futures::stream::iter(vec![Ok(batch)]),
+                ))
+            }
+        };
+        let bounds = Bounds {
+            deadline,
+            shutdown: self.shared.cancel_queries.clone(),
+            _permit: Some(permit),
+        };
+        Ok(Response::new(flight_stream(
+            stream, bounds, record, principal,
+        )))
+    }
+
+    /// Runs a statement that changes something (`DoPut` updates).
+    async fn run_update(
+        &self,
+        principal: Principal,
+        sql: &str,
+        parameters: Option<&[u8]>,
+    ) -> Result<i64, Status> {
+        let query_id = new_query_id()?;
+        let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
+        let values = parameter_values(parameters)?;
+        let _permit = self.slot(deadline).await?;
+        let record = QueryRecord::new(&principal.user, &query_id, self.shared.active.clone());
+        tracing::info!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            query_id = %query_id,
+            sql = logged(sql),
+            "update started"
+        );
+        let run = async {
+            let planned = self.plan(&principal, sql).await?;
+            if planned.is_query() {
+                return Err(Status::invalid_argument(
+                    "the statement is a query: it returns rows; execute it as a query \
+                     (CommandStatementQuery), not as an update",
+                ));
+            }
+            self.shared
+                .engine
+                .execute_planned(planned, values, self.shared.limits.query_memory_limit)
+                .await
+                .map_err(|e| status_for_principal(e, &principal))
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(Output::Done(message))) => {
+                tracing::info!(
+                    target: "pitlake::flight",
+                    user = %principal.user,
+                    query_id = %query_id,
+                    result = %message,
+                    "update done"
+                );
+                record.finished();
+                // The engine reports writes as sentences; the row count is not known here.
+                Ok(-1)
+            }
+            Ok(Ok(Output::Rows(_))) => {
+                record.failed("not an update");
+                Err(Status::invalid_argument(
+                    "the statement returns rows; execute it as a query",
+                ))
+            }
+            Ok(Err(status)) => {
+                record.failed(status.message());
+                Err(status)
+            }
+            Err(_) => {
+                record.failed("timed out");
+                Err(Status::deadline_exceeded(
+                    "the statement ran longer than the server's --query-timeout",
+                ))
+            }
+        }
+    }
+
+    /// The tables a caller may read.
+    async fn readable_tables(&self, principal: &Principal) -> Result<Vec<TableName>, Status> {
+        let tables = self
+            .shared
+            .engine
+            .list_tables()
+            .await
+            .map_err(|e| status_for_principal(e, principal))?;
+        Ok(tables
+            .into_iter()
+            .filter(|t| principal.grants.can_read_table(t))
+            .collect())
+    }
+}
+
+fn schema_name(table: &TableName) -> &str {
+    table.schema.as_deref().unwrap_or("public")
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for PitlakeFlightSql {
+    type FlightService = PitlakeFlightSql;
+
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let headers = request.metadata().clone().into_headers();
+        let auth = self.shared.auth.clone();
+        // argon2 is deliberately slow: keep it off the threads that serve streams.
+        let outcome = tokio::task::spawn_blocking(move || auth.login_basic(&headers))
+            .await
+            .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
+        let (principal, token) = match outcome {
+            Ok(done) => done,
+            Err(status) => {
+                tracing::info!(
+                    target: "pitlake::flight",
+                    reason = status.message(),
+                    "handshake refused"
+                );
+                return Err(status);
+            }
+        };
+        tracing::info!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            ttl_s = self.shared.auth.token_ttl().as_secs(),
+            "handshake: token issued"
+        );
+        let header = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::internal("the token is not a valid header value"))?;
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.into_bytes().into(),
+        };
+        let stream: Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>> =
+            Box::pin(futures::stream::iter(vec![Ok(reply)]));
+        let mut response = Response::new(stream);
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = principal(&request)?;
+        let query_id = new_query_id()?;
+        let planned = self.plan(&principal, &query.query).await?;
+        tracing::debug!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            query_id = %query_id,
+            sql = logged(&query.query),
+            "statement planned"
+        );
+        let ticket = self
+            .shared
+            .tickets
+            .issue(&query_id, &principal.user, &query.query, None)?;
+        let ticket = TicketStatementQuery {
+            statement_handle: ticket,
+        };
+        flight_info(
+            &planned.schema(),
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let principal = principal(&request)?;
+        let prepared = self
+            .shared
+            .prepared
+            .get(&command.prepared_statement_handle, &principal.user)?;
+        let planned = self.plan(&principal, &prepared.sql).await?;
+        if !planned.parameter_types().is_empty() && prepared.parameters.is_none() {
+            return Err(Status::invalid_argument(format!(
+                "the statement has {} parameter(s); bind their values before executing it",
+                planned.parameter_types().len()
+            )));
+        }
+        let query_id = new_query_id()?;
+        let ticket = self.shared.tickets.issue(
+            &query_id,
+            &principal.user,
+            &prepared.sql,
+            prepared.parameters.as_deref(),
+        )?;
+        let ticket = TicketStatementQuery {
+            statement_handle: ticket,
+        };
+        flight_info(
+            &planned.schema(),
+            ticket.as_any().encode_to_vec(),
+            request.into_inner(),
+        )
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        principal(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        principal(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        principal(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        principal(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        principal(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let schema = query.into_builder(&self.shared.sql_info).schema();
+        flight_info(&schema, ticket, request.into_inner())
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = principal(&request)?;
+        let claims = match self
+            .shared
+            .tickets
+            .redeem(&ticket.statement_handle, &principal.user)
+        {
+            Ok(claims) => claims,
+            Err(status) => {
+                tracing::info!(
+                    target: "pitlake::flight",
+                    user = %principal.user,
+                    reason = status.message(),
+                    "ticket refused"
+                );
+                return Err(status);
+            }
+        };
+        let parameters = claims
+            .parameters
+            .as_deref()
+            .map(decode_parameters)
+            .transpose()?;
+        self.run_query(
+            principal,
+            claims.query_id,
+            &claims.sql,
+            parameters.as_deref(),
+        )
+        .await
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = principal(&request)?;
+        let prepared = self
+            .shared
+            .prepared
+            .get(&command.prepared_statement_handle, &principal.user)?;
+        self.run_query(
+            principal,
+            new_query_id()?,
+            &prepared.sql,
+            prepared.parameters.as_deref(),
+        )
+        .await
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        principal(&request)?;
+        let mut builder = query.into_builder();
+        builder.append(CATALOG);
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = principal(&request)?;
+        let mut schemas: std::collections::BTreeSet<String> =
+            std::collections::BTreeSet::from(["public".to_string()]);
+        for table in self.readable_tables(&principal).await? {
+            schemas.insert(schema_name(&table).to_string());
+        }
+        if principal
+            .grants
+            .has(&crate::flight::grants::Grant::ReadTable(Pattern::All))
+            || principal
+                .grants
+                .can_read_table(&TableName::new(Some("information_schema"), "tables"))
+        {
+            schemas.insert("information_schema".to_string());
+        }
+        let mut builder = query.into_builder();
+        for schema in schemas {
+            builder.append(CATALOG, schema);
+        }
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let principal = principal(&request)?;
+        let include_schema = query.include_schema;
+        let mut builder = query.into_builder();
+        let empty = Schema::empty();
+        for table in self.readable_tables(&principal).await? {
+            let schema = if include_schema {
+                match self.shared.engine.describe_table(&table).await {
+                    Ok(columns) => Schema::new(
+                        columns
+                            .into_iter()
+                            .map(|c| arrow::datatypes::Field::new(c.name, c.data_type, c.nullable))
+                            .collect::<Vec<_>>(),
+                    ),
+                    Err(err) => {
+                        // One unreadable table must not hide the others.
+                        tracing::warn!(
+                            target: "pitlake::flight",
+                            table = %table,
+                            error = %err,
+                            "GetTables: skipping a table that cannot be read"
+                        );
+                        continue;
+                    }
+                }
+            } else {
+                empty.clone()
+            };
+            builder
+                .append(CATALOG, schema_name(&table), &table.table, "TABLE", &schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        principal(&request)?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        principal(&request)?;
+        let builder = query.into_builder(&self.shared.sql_info);
+        let schema = builder.schema();
+        let batch = builder
+            .build()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(batch_stream(schema, batch)))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let principal = principal(&request)?;
+        self.run_update(principal, &command.query, None).await
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        command: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let principal = principal(&request)?;
+        // Check ownership before reading what may be a large upload.
+        self.shared
+            .prepared
+            .get(&command.prepared_statement_handle, &principal.user)?;
+        let data = request.into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
+                .take(16)
+                .try_collect()
+                .await
+                .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
+        let encoded = encode_batches(&batches)?;
+        // Refuse a bad binding now rather than at execution.
+        parameter_values(
+            Some(&encoded)
+                .filter(|e| !e.is_empty())
+                .map(|e| e.as_slice()),
+        )?;
+        self.shared
+            .prepared
+            .bind(&command.prepared_statement_handle, &principal.user, encoded)?;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(command.prepared_statement_handle),
+        })
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let principal = principal(&request)?;
+        let prepared = self
+            .shared
+            .prepared
+            .get(&command.prepared_statement_handle, &principal.user)?;
+        self.run_update(principal, &prepared.sql, prepared.parameters.as_deref())
+            .await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let principal = principal(&request)?;
+        let planned = self.plan(&principal, &query.query).await?;
+        let handle = self.shared.prepared.insert(&principal.user, &query.query)?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into_bytes().into(),
+            dataset_schema: schema_ipc(&planned.schema())?,
+            parameter_schema: schema_ipc(&planned.parameter_schema())?,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let principal = principal(&request)?;
+        self.shared
+            .prepared
+            .remove(&query.prepared_statement_handle, &principal.user)
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}

@@ -1,0 +1,96 @@
+//! The engine's errors as gRPC statuses: one match, naming every variant.
+
+use tonic::{Code, Status};
+
+use crate::engine::serving::TableName;
+use crate::error::PitlakeError;
+use crate::flight::auth::Principal;
+
+/// The status a client receives for an engine error. Its message is the error's own, written
+/// for a person.
+pub fn status_for(err: &PitlakeError) -> Status {
+    let code = match err {
+        PitlakeError::TableNotFound { .. } | PitlakeError::VersionNotFound { .. } => {
+            Code::NotFound
+        }
+        PitlakeError::TimestampTooEarly { .. } => Code::NotFound,
+        PitlakeError::TableExists { .. } => Code::AlreadyExists,
+        PitlakeError::SchemaMismatch { .. }
+        | PitlakeError::Input { .. }
+        | PitlakeError::Syntax(_)
+        | PitlakeError::Plan(_)
+        // Arrow errors while running a query are the data's: a cast that overflows, a division
+        // by zero.
+        | PitlakeError::Arrow(_) => Code::InvalidArgument,
+        PitlakeError::ConfirmationRequired { .. } | PitlakeError::CorruptTable { .. } => {
+            Code::FailedPrecondition
+        }
+        PitlakeError::Unsupported(_) => Code::Unimplemented,
+        // The engine reports an exhausted memory pool as an execution error whose message it
+        // writes itself (see `PitlakeError::from_datafusion`).
+        PitlakeError::Execution(msg) if msg.starts_with("out of memory") => {
+            Code::ResourceExhausted
+        }
+        PitlakeError::Execution(_) => Code::Unknown,
+        PitlakeError::Config { .. } => Code::FailedPrecondition,
+        PitlakeError::Warehouse { .. } | PitlakeError::ObjectStore(_) => Code::Unavailable,
+        PitlakeError::Io(_)
+        | PitlakeError::Parquet(_)
+        | PitlakeError::Delta(_)
+        | PitlakeError::DataFusion(_)
+        | PitlakeError::Internal(_) => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+/// Like [`status_for`], but a "table does not exist" lists only tables the caller may read:
+/// the engine's suggestions would otherwise tell anyone every table's name.
+pub fn status_for_principal(err: PitlakeError, principal: &Principal) -> Status {
+    match err {
+        PitlakeError::TableNotFound { name, candidates } => {
+            let candidates = candidates
+                .into_iter()
+                .filter(|c| {
+                    TableName::parse(c)
+                        .map(|t| principal.grants.can_read_table(&t))
+                        .unwrap_or(false)
+                })
+                .collect();
+            status_for(&PitlakeError::TableNotFound { name, candidates })
+        }
+        other => status_for(&other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::flight::auth::Method;
+    use crate::flight::grants::{Grant, Grants};
+
+    #[test]
+    fn not_found_lists_only_readable_tables() {
+        let principal = Principal {
+            user: "bob".into(),
+            grants: Arc::new(Grants::new([Grant::parse("table:orders").unwrap()])),
+            method: Method::Session,
+        };
+        let err = PitlakeError::TableNotFound {
+            name: "order".into(),
+            candidates: vec!["orders".into(), "salaries".into()],
+        };
+        let status = status_for_principal(err, &principal);
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().contains("orders"));
+        assert!(!status.message().contains("salaries"));
+        assert_eq!(
+            status_for(&PitlakeError::Execution(
+                "out of memory: query pool (raise --memory-limit)".into()
+            ))
+            .code(),
+            Code::ResourceExhausted
+        );
+    }
+}
