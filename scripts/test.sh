@@ -19,3 +19,13 @@ fi
 
 cargo test --all-targets "$@"
 cargo test --doc "$@"
+
+# ---- The Flight SQL server with real Python clients (ADBC's Flight SQL driver, pyarrow.flight)
+# against a `pitlake serve` the tests start themselves. The venv is made once and reused.
+PITLAKE_PY_VENV="${PITLAKE_PY_VENV:-$HOME/.cache/pitlake-py-venv}"
+if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest" 2>/dev/null; then
+  python3 -m venv "$PITLAKE_PY_VENV"
+  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest
+fi
+cargo build --bin pitlake
+PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q tests/python

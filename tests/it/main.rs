@@ -4,6 +4,7 @@
 //! - `cli`: the built `pitlake` binary: commands, output formats, exit codes, bad input;
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
+//! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
 //! - `time_travel`: commit-time resolution with pinned log times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -12,4 +13,5 @@ mod asof;
 mod cli;
 mod common;
 mod conformance;
+mod flight;
 mod time_travel;
