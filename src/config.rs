@@ -1,7 +1,20 @@
 //! Validated settings: raw flags become a [`Settings`] before anything runs.
 //!
 //! The CLI, the tests and (later) the server all build a [`Settings`]; nothing below this layer
-//! reads flags or environment variables.
+//! reads flags or environment variables. The one exception is object-store credentials: the
+//! `AWS_*` / `GOOGLE_*` / `AZURE_*` variables and AWS profiles are read when the warehouse
+//! connects (`storage::options` documents the order), as every object-store client does.
+//!
+//! A config file ([`ConfigFile`], TOML) can hold the warehouse and its object-store options:
+//!
+//! ```toml
+//! warehouse = "s3://features/prod"
+//!
+//! [storage]
+//! region = "eu-west-1"
+//! aws_server_side_encryption = "aws:kms"
+//! aws_sse_kms_key_id = "arn:aws:kms:eu-west-1:111122223333:key/…"
+//! ```
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +28,9 @@ use crate::error::{PitlakeError, Result};
 pub struct WarehouseLocation {
     /// The root as a URL (`file:///abs/path`, `memory:///name`, `s3://bucket/prefix`).
     pub url: Url,
-    /// Extra object-store options (endpoint, region, credentials …), passed through unchanged.
+    /// Explicit object-store options (endpoint, region, credentials …): `--storage-option`
+    /// values over the config file's `[storage]` table. Keys are object_store's
+    /// (`aws_endpoint`, `region`, `allow_http` …) plus pitlake's retry and concurrency keys.
     pub storage_options: HashMap<String, String>,
 }
 
@@ -37,12 +52,24 @@ impl WarehouseLocation {
             _ => local_path_url(raw)?,
         };
         match url.scheme() {
+            "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss"
+                if url.host_str().is_none_or(str::is_empty) =>
+            {
+                return Err(PitlakeError::Config {
+                    name: "--warehouse".into(),
+                    message: format!(
+                        "`{raw}` names no bucket; write it like {}://bucket/prefix",
+                        url.scheme()
+                    ),
+                });
+            }
             "file" | "memory" | "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss" => {}
             other => {
                 return Err(PitlakeError::Config {
                     name: "--warehouse".into(),
                     message: format!(
-                        "unknown URL scheme `{other}:`; use a folder path, file://, memory://, or s3://"
+                        "unknown URL scheme `{other}:`; use a folder path, file://, memory://, \
+                         s3://, gs:// or az://"
                     ),
                 });
             }
@@ -55,6 +82,15 @@ impl WarehouseLocation {
             url,
             storage_options: HashMap::new(),
         })
+    }
+
+    /// The same location with these explicit object-store options (later keys win).
+    pub fn with_storage_options(
+        mut self,
+        options: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
+        self.storage_options.extend(options);
+        self
     }
 
     /// The local folder, when the warehouse is on the local file system.
@@ -109,6 +145,84 @@ fn normalize_path(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Parses one `--storage-option`: `key=value` (the value may contain `=`).
+pub fn parse_storage_option(raw: &str) -> std::result::Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_string(), value.trim().to_string()))
+        }
+        _ => Err(format!(
+            "`{raw}` is not key=value; write it like region=eu-west-1 or allow_http=true"
+        )),
+    }
+}
+
+/// A pitlake config file: the warehouse and its object-store options.
+///
+/// Flags and their environment variables win over the file; the file wins over defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// `warehouse = "…"`: the warehouse, as `--warehouse` takes it.
+    pub warehouse: Option<String>,
+    /// The `[storage]` table: object-store options (strings, numbers and booleans).
+    pub storage: HashMap<String, String>,
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| PitlakeError::Config {
+            name: "--config".into(),
+            message: format!("cannot read `{}`: {e}", path.display()),
+        })?;
+        Self::parse(&text).map_err(|message| PitlakeError::Config {
+            name: "--config".into(),
+            message: format!("`{}`: {message}", path.display()),
+        })
+    }
+
+    /// Parses a config file's text; the error says what is wrong and where.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        let mut out = Self::default();
+        for (key, value) in table {
+            match (key.as_str(), value) {
+                ("warehouse", toml::Value::String(w)) => out.warehouse = Some(w),
+                ("storage", toml::Value::Table(storage)) => {
+                    for (k, v) in storage {
+                        let v = match v {
+                            toml::Value::String(s) => s,
+                            toml::Value::Integer(i) => i.to_string(),
+                            toml::Value::Float(f) => f.to_string(),
+                            toml::Value::Boolean(b) => b.to_string(),
+                            other => {
+                                return Err(format!(
+                                    "[storage] {k} is a {}; give a string, number or boolean",
+                                    other.type_str()
+                                ));
+                            }
+                        };
+                        out.storage.insert(k, v);
+                    }
+                }
+                ("warehouse" | "storage", other) => {
+                    return Err(format!(
+                        "`{key}` is a {}; warehouse is a string and storage a table ([storage])",
+                        other.type_str()
+                    ));
+                }
+                (other, _) => {
+                    return Err(format!(
+                        "unknown key `{other}`; a config file holds `warehouse` and a \
+                         [storage] table"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// Settings for one engine: the warehouse and the execution limits.
@@ -262,7 +376,36 @@ mod tests {
         let w = WarehouseLocation::parse("memory:///test").unwrap();
         assert_eq!(w.url.scheme(), "memory");
         assert!(WarehouseLocation::parse("ftp://x").is_err());
+        let w = WarehouseLocation::parse("s3://bucket/team/prod/").unwrap();
+        assert_eq!(w.url.as_str(), "s3://bucket/team/prod");
+        assert!(WarehouseLocation::parse("s3:///nobucket").is_err());
         assert!(WarehouseLocation::parse("").is_err());
+    }
+
+    #[test]
+    fn config_files_and_storage_options_parse() {
+        let c = ConfigFile::parse(
+            "warehouse = \"s3://b/p\"\n[storage]\nregion = \"eu-west-1\"\nallow_http = true\nmax_retries = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.warehouse.as_deref(), Some("s3://b/p"));
+        assert_eq!(c.storage["allow_http"], "true");
+        assert_eq!(c.storage["max_retries"], "3");
+        assert!(
+            ConfigFile::parse("wherehouse = 1")
+                .unwrap_err()
+                .contains("unknown key")
+        );
+        assert!(
+            ConfigFile::parse("[storage]\nx = [1]")
+                .unwrap_err()
+                .contains("array")
+        );
+        assert_eq!(
+            parse_storage_option("aws_sse_customer_key_base64=ab=="),
+            Ok(("aws_sse_customer_key_base64".into(), "ab==".into()))
+        );
+        assert!(parse_storage_option("region").is_err());
     }
 
     #[test]

@@ -1,9 +1,15 @@
-//! Runs every `sql/**/*.slt` file with sqllogictest, each against its own empty warehouse in a
-//! temporary folder.
+//! Runs every `sql/**/*.slt` file with sqllogictest, each against its own empty warehouse, once
+//! per storage backend: a temporary local folder, and `s3://<bucket>/<unique prefix>/warehouse`
+//! on an S3-compatible server (see `tests/it/s3/server.rs` for how the server is found or
+//! started; without one the S3 runs fail, they are never skipped).
 //!
 //! `cargo test --test slt` runs them all; `cargo test --test slt -- asof` runs the files whose
-//! path contains `asof`. Set `PITLAKE_SLT_COMPLETE=1` to rewrite the expected results in place
-//! (review the diff before committing it).
+//! path contains `asof`. `PITLAKE_SLT_BACKENDS=local` (or `s3`) runs one backend only. Set
+//! `PITLAKE_SLT_COMPLETE=1` to rewrite the expected results in place (review the diff before
+//! committing it; completion runs on the local backend).
+//!
+//! A file that is inherently about local folders opts out of the S3 run with a header line
+//! `# backends: local (<why>)`.
 //!
 //! Harness conventions:
 //! - a statement whose text starts with `-- force` runs as if `--force` were given (for
@@ -24,6 +30,45 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use pitlake::{Engine, Output, PitlakeError, RunOptions, Settings, WarehouseLocation};
 use sqllogictest::{DBOutput, DefaultColumnType};
+
+#[path = "it/s3/server.rs"]
+mod s3_server;
+
+/// Where a file's warehouse lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// A temporary local folder.
+    Local,
+    /// A fresh prefix on the S3-compatible test server.
+    S3,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::S3 => "s3",
+        }
+    }
+}
+
+/// The backends a file runs on: both, unless its header says `# backends: local (…)`.
+fn file_backends(path: &Path) -> Vec<Backend> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let local_only = text
+        .lines()
+        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+        .any(|l| {
+            l.trim_start_matches('#')
+                .trim()
+                .starts_with("backends: local")
+        });
+    if local_only {
+        vec![Backend::Local]
+    } else {
+        vec![Backend::Local, Backend::S3]
+    }
+}
 
 struct PitlakeDb {
     engine: Engine,
@@ -175,15 +220,28 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-async fn run_file(path: &Path, complete: bool) -> Result<(), String> {
+async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let warehouse = dir.path().join("warehouse");
-    std::fs::create_dir_all(&warehouse).map_err(|e| e.to_string())?;
+    let location = match backend {
+        Backend::Local => {
+            let warehouse = dir.path().join("warehouse");
+            std::fs::create_dir_all(&warehouse).map_err(|e| e.to_string())?;
+            WarehouseLocation::parse(&warehouse.display().to_string()).map_err(|e| e.to_string())?
+        }
+        Backend::S3 => {
+            let server = s3_server::s3_server()?;
+            // `…/warehouse` like the local folder, so pinned plans read the same.
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("file");
+            let url = format!("{}/warehouse", server.warehouse(&format!("slt-{stem}")));
+            WarehouseLocation::parse(&url)
+                .map_err(|e| e.to_string())?
+                .with_storage_options(server.options())
+        }
+    };
     let make = move || {
-        let warehouse = warehouse.clone();
+        let location = location.clone();
         async move {
-            let mut settings =
-                Settings::new(WarehouseLocation::parse(&warehouse.display().to_string())?);
+            let mut settings = Settings::new(location);
             // Small, fixed settings: results must not depend on the machine.
             settings.target_partitions = 2;
             settings.memory_limit = Some(512 << 20);
@@ -234,31 +292,59 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let wanted: Vec<String> = std::env::var("PITLAKE_SLT_BACKENDS")
+        .unwrap_or_else(|_| "local,s3".to_string())
+        .split(',')
+        .map(|b| b.trim().to_ascii_lowercase())
+        .collect();
     let started = Instant::now();
     let mut failed = Vec::new();
+    let mut runs = 0;
+    let mut wanted = wanted;
+    if wanted.iter().any(|w| w == "s3")
+        && !complete
+        && let Err(why) = s3_server::s3_server()
+    {
+        // Said once, not once per file; the S3 runs count as failed, never as skipped.
+        println!("FAIL  [s3] every file: {why}\n");
+        failed.push("[s3] every file (no S3 server)".to_string());
+        runs += 1;
+        wanted.retain(|w| w != "s3");
+    }
     for file in &files {
         let shown = file
             .strip_prefix(&root)
             .unwrap_or(file)
             .display()
             .to_string();
-        let t = Instant::now();
-        match runtime.block_on(run_file(file, complete)) {
-            Ok(()) => println!("ok    {shown} ({:.1}s)", t.elapsed().as_secs_f64()),
-            Err(err) => {
-                println!("FAIL  {shown}\n{err}\n");
-                failed.push(shown);
+        for backend in file_backends(file) {
+            // Completion rewrites the file: once is enough.
+            if !wanted.iter().any(|w| w == backend.name())
+                || (complete && backend != Backend::Local)
+            {
+                continue;
+            }
+            runs += 1;
+            let t = Instant::now();
+            let label = format!("[{}] {shown}", backend.name());
+            match runtime.block_on(run_file(file, backend, complete)) {
+                Ok(()) => println!("ok    {label} ({:.1}s)", t.elapsed().as_secs_f64()),
+                Err(err) => {
+                    println!("FAIL  {label}\n{err}\n");
+                    failed.push(label);
+                }
             }
         }
     }
     println!(
-        "\n{} files, {} failed, {:.1}s",
+        "\n{} files, {runs} runs ({}), {} failed, {:.1}s",
         files.len(),
+        wanted.join(", "),
         failed.len(),
         started.elapsed().as_secs_f64()
     );
-    if files.is_empty() {
-        eprintln!("no .slt files matched");
+    if files.is_empty() || runs == 0 {
+        eprintln!("no .slt files matched (or PITLAKE_SLT_BACKENDS named no backend: local, s3)");
         std::process::exit(1);
     }
     if !failed.is_empty() {

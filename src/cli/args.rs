@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cli::print::OutputFormat;
-use crate::config::{Settings, WarehouseLocation, default_memory_limit, parse_bytes};
+use crate::config::{
+    ConfigFile, Settings, WarehouseLocation, default_memory_limit, parse_bytes, parse_storage_option,
+};
 use crate::error::Result;
 
 /// pitlake: a point-in-time feature store engine over Delta Lake tables.
@@ -24,15 +26,28 @@ pub struct Cli {
 /// Settings every command shares.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// The warehouse: a folder (created on first write) or a URL (file://, memory://).
+    /// The warehouse: a folder (created on first write) or a URL (file://, memory://,
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix). Default: the config
+    /// file's `warehouse`, else ./warehouse.
+    #[arg(long, short = 'w', global = true, env = "PITLAKE_WAREHOUSE")]
+    pub warehouse: Option<String>,
+
+    /// An object-store setting, KEY=VALUE (repeat for several): endpoint, region, credentials,
+    /// allow_http, aws_virtual_hosted_style_request, aws_server_side_encryption,
+    /// aws_sse_kms_key_id, max_retries, retry_timeout, concurrency_limit … Wins over the config
+    /// file, the environment (AWS_*) and AWS profiles. See docs/operations.md.
     #[arg(
-        long,
-        short = 'w',
+        long = "storage-option",
         global = true,
-        env = "PITLAKE_WAREHOUSE",
-        default_value = "./warehouse"
+        value_name = "KEY=VALUE",
+        value_parser = parse_storage_option
     )]
-    pub warehouse: String,
+    pub storage_options: Vec<(String, String)>,
+
+    /// A config file (TOML) with `warehouse = "…"` and a `[storage]` table of object-store
+    /// settings; flags win over it.
+    #[arg(long, global = true, env = "PITLAKE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// Memory for query execution (e.g. 2GiB, 512MiB, unlimited); operators spill to disk
     /// beyond it. Default: half of the physical memory.
@@ -71,7 +86,20 @@ fn parse_memory_limit(raw: &str) -> std::result::Result<MemoryLimit, String> {
 impl GlobalArgs {
     /// Validates the flags into engine settings.
     pub fn settings(&self) -> Result<Settings> {
-        let mut settings = Settings::new(WarehouseLocation::parse(&self.warehouse)?);
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        let warehouse = self
+            .warehouse
+            .as_deref()
+            .or(file.warehouse.as_deref())
+            .unwrap_or("./warehouse");
+        // Flags after the file, so that a flag wins over the same key in the file.
+        let location = WarehouseLocation::parse(warehouse)?
+            .with_storage_options(file.storage)
+            .with_storage_options(self.storage_options.iter().cloned());
+        let mut settings = Settings::new(location);
         settings.memory_limit = match self.memory_limit {
             Some(MemoryLimit(limit)) => limit,
             None => default_memory_limit(),

@@ -3,6 +3,8 @@
 
 mod catalog;
 mod log;
+mod options;
+mod store;
 mod warehouse;
 mod write;
 

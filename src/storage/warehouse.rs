@@ -18,6 +18,8 @@ use url::Url;
 use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result, closest_first};
 use crate::storage::log::LogListing;
+use crate::storage::options::{self, Backend, Environment};
+use crate::storage::store;
 
 /// The schema that tables directly under the root belong to.
 pub const DEFAULT_SCHEMA: &str = "public";
@@ -139,33 +141,67 @@ pub struct Warehouse {
     store: Arc<dyn ObjectStore>,
     /// The warehouse root inside `store`.
     root: Path,
+    /// Whether this store is known to refuse overwriting a commit (checked on the first write).
+    commits_safe: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Warehouse {
     /// Connects to a warehouse. Nothing is read or created yet.
+    ///
+    /// Object-store settings are resolved here: the location's explicit options, then the
+    /// environment and AWS profiles (see `storage::options` for the order).
     pub fn connect(location: WarehouseLocation) -> Result<Self> {
-        let (store, root): (Arc<dyn ObjectStore>, Path) = if location.url.scheme() == "memory" {
-            (
+        let backend =
+            Backend::of_scheme(location.url.scheme()).ok_or_else(|| PitlakeError::Warehouse {
+                url: location.display(),
+                message: "has a URL scheme pitlake cannot store tables on; use a folder, \
+                          file://, memory://, s3://, gs:// or az://"
+                    .into(),
+            })?;
+        let (store, root): (Arc<dyn ObjectStore>, Path) = match backend {
+            Backend::Memory => (
                 memory_store(&location.url),
                 Path::from_url_path(location.url.path()).map_err(|e| PitlakeError::Warehouse {
                     url: location.display(),
                     message: format!("is not a valid path: {e}"),
                 })?,
-            )
-        } else {
-            let (store, root) =
-                object_store::parse_url_opts(&location.url, location.storage_options.iter())
-                    .map_err(|e| PitlakeError::Warehouse {
+            ),
+            Backend::Local => {
+                let (store, root) = object_store::parse_url(&location.url).map_err(|e| {
+                    PitlakeError::Warehouse {
                         url: location.display(),
-                        message: format!("cannot open the object store: {e}"),
-                    })?;
-            (Arc::from(store), root)
+                        message: format!("cannot open the folder: {e}"),
+                    }
+                })?;
+                (Arc::from(store), root)
+            }
+            Backend::S3 | Backend::Gcs | Backend::Azure => {
+                let options =
+                    options::resolve(backend, &location.storage_options, &Environment::current())?;
+                store::register_log_stores();
+                store::build_cloud_store(backend, &location.url, &options)?
+            }
         };
         Ok(Self {
             location,
             store,
             root,
+            commits_safe: Arc::default(),
         })
+    }
+
+    /// Checks, once per warehouse, that the store refuses to overwrite an existing object, so
+    /// concurrent commits cannot be lost (see `storage::store`). Local folders and memory stores
+    /// always do.
+    pub async fn check_commit_safety(&self) -> Result<()> {
+        if matches!(self.location.url.scheme(), "file" | "memory") {
+            return Ok(());
+        }
+        let shown = self.location.display();
+        self.commits_safe
+            .get_or_try_init(|| store::check_commit_safety(self.store.as_ref(), &self.root, &shown))
+            .await?;
+        Ok(())
     }
 
     /// Where the warehouse is.
@@ -254,7 +290,11 @@ impl Warehouse {
         match listing.next().await {
             Some(Ok(_)) => Ok(true),
             Some(Err(object_store::Error::NotFound { .. })) | None => Ok(false),
-            Some(Err(e)) => Err(e.into()),
+            Some(Err(e)) => Err(store::storage_error(
+                &self.location.display(),
+                &format!("cannot list table `{name}`"),
+                e,
+            )),
         }
     }
 
@@ -295,7 +335,13 @@ impl Warehouse {
         let listing = match self.store.list_with_delimiter(Some(path)).await {
             Ok(listing) => listing,
             Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(store::storage_error(
+                    &self.location.display(),
+                    "cannot list tables",
+                    e,
+                ));
+            }
         };
         let mut names: Vec<String> = listing
             .common_prefixes
@@ -322,9 +368,10 @@ impl Warehouse {
     /// A builder for the Delta table at `name`, sharing this warehouse's store.
     pub fn table_builder(&self, name: &TableName) -> Result<DeltaTableBuilder> {
         let url = self.table_url(name)?;
-        let builder = DeltaTableBuilder::from_url(url.clone())?
-            .with_storage_backend(self.store.clone(), url)
-            .with_storage_options(self.location.storage_options.clone());
+        // The store is pitlake's, fully configured; deltalake gets no options of its own to
+        // build another from.
+        let builder =
+            DeltaTableBuilder::from_url(url.clone())?.with_storage_backend(self.store.clone(), url);
         Ok(builder)
     }
 
@@ -407,6 +454,15 @@ impl Warehouse {
 /// Classifies a failure to load a table: a missing version stays that, the rest is a table
 /// that cannot be read.
 pub(crate) fn corrupt(name: &TableName, err: DeltaTableError) -> PitlakeError {
+    // An unreachable store is not a broken table: say so, and exit as a storage failure.
+    let err = match err {
+        DeltaTableError::ObjectStore { source }
+            if !matches!(source, object_store::Error::NotFound { .. }) =>
+        {
+            return store::storage_error(&name.to_string(), "cannot read", source);
+        }
+        other => other,
+    };
     PitlakeError::CorruptTable {
         table: name.to_string(),
         message: err.to_string(),

@@ -75,6 +75,7 @@ pub async fn write_plan(
     partition_by: &[String],
 ) -> Result<WriteOutcome> {
     name.validate()?;
+    warehouse.check_commit_safety().await?;
     let exists = warehouse.table_exists(name).await?;
     let existing = if exists {
         Some(warehouse.open(name, TableVersion::Latest).await?)
@@ -190,10 +191,9 @@ fn write_error(name: &TableName, err: DeltaTableError, not_null: &[String]) -> P
         };
     }
     match err {
-        DeltaTableError::ObjectStore { source } => PitlakeError::Warehouse {
-            url: name.to_string(),
-            message: format!("cannot write: {source}"),
-        },
+        DeltaTableError::ObjectStore { source } => {
+            crate::storage::store::storage_error(&name.to_string(), "cannot write", source)
+        }
         other => {
             // Errors raised by the input plan (a bad CSV line, a failed cast) arrive wrapped in
             // Delta's error; show them as the query errors they are.
