@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the sqllogictest files under sql/, the integration tests
-# (CLI, Delta conformance against ../shared/testdata, time travel) and doc tests.
+# (CLI, Delta conformance against ../shared/testdata, time travel, S3) and doc tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,14 @@ if [ -z "${PITLAKE_SHARED_TESTDATA:-}" ]; then
       break
     fi
   done
+fi
+
+# ---- The S3-compatible server (moto, installed into the Python venv below) that the S3 runs of
+# the .slt files and tests/it/s3 use: started once for the whole run on 127.0.0.1, stopped at
+# exit. A server already named by PITLAKE_TEST_S3_ENDPOINT is used as it is.
+if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ]; then
+  eval "$(scripts/s3-server.sh start)"
+  trap 'scripts/s3-server.sh stop' EXIT
 fi
 
 cargo test --all-targets "$@"

@@ -180,6 +180,10 @@ pub(crate) async fn check_commit_safety(
 /// An object-store failure, said for people: what was being done and where, and for requests
 /// that ran out of retries, which setting bounds them.
 pub(crate) fn storage_error(url: &str, doing: &str, err: object_store::Error) -> PitlakeError {
+    storage_error_text(url, doing, &err)
+}
+
+fn storage_error_text(url: &str, doing: &str, err: &object_store::Error) -> PitlakeError {
     let text = err.to_string();
     let hint = if text.contains("retries") || text.contains("error sending request") {
         " (the object store did not answer; check the endpoint and the network. Retries are \
@@ -191,6 +195,41 @@ pub(crate) fn storage_error(url: &str, doing: &str, err: object_store::Error) ->
         url: url.to_string(),
         message: format!("{doing}: {text}{hint}"),
     }
+}
+
+/// The object-store failure somewhere in `err`'s chain of causes (deltalake wraps a failed
+/// upload in a Parquet error, for one), said as [`storage_error`] says it; `None` when the
+/// failure was not the store's, or was only a missing object.
+pub(crate) fn storage_cause(
+    url: &str,
+    doing: &str,
+    err: &(dyn std::error::Error + 'static),
+) -> Option<PitlakeError> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if let Some(store) = e.downcast_ref::<object_store::Error>() {
+            if matches!(store, object_store::Error::NotFound { .. }) {
+                return None;
+            }
+            return Some(storage_error_text(url, doing, store));
+        }
+        if let Some(parquet::errors::ParquetError::External(inner)) =
+            e.downcast_ref::<parquet::errors::ParquetError>()
+        {
+            current = Some(inner.as_ref());
+            continue;
+        }
+        // An io::Error's `source` skips the error it wraps; `get_ref` is that error.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            current = Some(inner);
+            continue;
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// A store whose put-if-absent is a check followed by a put. Safe only with one writer: two

@@ -190,6 +190,13 @@ fn write_error(name: &TableName, err: DeltaTableError, not_null: &[String]) -> P
             ),
         };
     }
+    // A failed upload arrives wrapped (in a Parquet error, say): report the store's failure.
+    if !matches!(err, DeltaTableError::ObjectStore { .. })
+        && let Some(storage) =
+            crate::storage::store::storage_cause(&name.to_string(), "cannot write", &err)
+    {
+        return storage;
+    }
     match err {
         DeltaTableError::ObjectStore { source } => {
             crate::storage::store::storage_error(&name.to_string(), "cannot write", source)

@@ -5,6 +5,8 @@
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
+//! - `s3`: warehouses on a real S3-compatible server: the CLI, settings, concurrent writers,
+//!   commit safety and faults;
 //! - `time_travel`: commit-time resolution with pinned log times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,4 +16,5 @@ mod cli;
 mod common;
 mod conformance;
 mod flight;
+mod s3;
 mod time_travel;
