@@ -137,6 +137,32 @@ impl Engine {
         Ok(statement)
     }
 
+    /// The tables a statement names (CTE names and table functions excepted), read from its
+    /// text before anything is planned or opened. Authorizers check these first, so a
+    /// statement about a table the caller may not touch fails the same way whether the table
+    /// exists or not, and nothing about it (its versions, its history) is read on the caller's
+    /// behalf. The check on the plan ([`PlannedStatement::access`]) is the precise one.
+    pub fn named_tables(&self, statement: &ParsedStatement) -> Result<BTreeSet<TableName>> {
+        let sql = match &statement.statement {
+            Statement::Sql(sql) => sql,
+            Statement::DescribeHistory { table, .. } => {
+                return Ok(BTreeSet::from([self.table_name(table)?]));
+            }
+            #[allow(unreachable_patterns)]
+            _ => return Ok(BTreeSet::new()),
+        };
+        let state = self.ctx.state();
+        let functions = state.table_functions();
+        let mut names = BTreeSet::new();
+        for reference in state.resolve_table_references(sql)? {
+            if reference.schema().is_none() && functions.contains_key(reference.table()) {
+                continue;
+            }
+            names.insert(self.scanned_table(&reference)?);
+        }
+        Ok(names)
+    }
+
     /// Plans one statement without running it: its result schema, its parameters and the
     /// objects it touches. Nothing is written and no rows are read.
     pub async fn plan_statement(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
@@ -561,6 +587,24 @@ mod tests {
         assert_eq!(names(&got.reads), vec!["a"]);
         let got = access(&engine, "SELECT * FROM generate_series(1, 3)").await;
         assert!(got.reads.is_empty() && got.functions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn names_tables_before_planning() {
+        let (_dir, engine) = engine_with_tables().await;
+        let named = |sql: &str| {
+            let statement = engine.parse_one(sql).unwrap();
+            names(&engine.named_tables(&statement).unwrap())
+        };
+        assert_eq!(
+            named("WITH a AS (SELECT 1) SELECT * FROM a, b VERSION AS OF 7, nope"),
+            vec!["b", "nope"]
+        );
+        assert_eq!(
+            named("INSERT INTO s.c SELECT * FROM generate_series(1, 2)"),
+            vec!["s.c"]
+        );
+        assert_eq!(named("DESCRIBE HISTORY zzz"), vec!["zzz"]);
     }
 
     #[tokio::test]

@@ -200,6 +200,29 @@ impl PitlakeFlightSql {
         let statement = engine
             .parse_one(sql)
             .map_err(|e| status_for_principal(e, principal))?;
+        // Before planning opens anything: every table the text names must be one the caller
+        // may read or write, so a forbidden table's existence, versions and history stay
+        // hidden.
+        let named = engine
+            .named_tables(&statement)
+            .map_err(|e| status_for_principal(e, principal))?;
+        if let Some(table) = named
+            .iter()
+            .find(|t| !principal.grants.can_read_table(t) && !principal.grants.can_write_table(t))
+        {
+            let status = Status::permission_denied(format!(
+                "user `{}` may not use table `{table}`: none of its roles grants \
+                 `table:{table}` or `write:{table}`",
+                principal.user
+            ));
+            tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                reason = status.message(),
+                "statement refused: permission denied"
+            );
+            return Err(status);
+        }
         let planned = engine
             .plan_statement(statement)
             .await

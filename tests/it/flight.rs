@@ -262,6 +262,20 @@ impl Fixture {
     }
 }
 
+/// Waits until the server has no open query stream (a stream is dropped just after its last
+/// message is sent, so a client may see the end first).
+async fn until_idle(server: &RunningServer) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.active_queries() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a query kept running: {} open",
+            server.active_queries()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn code(err: &FlightError) -> Code {
     match err {
         FlightError::Tonic(status) => status.code(),
@@ -686,10 +700,28 @@ async fn grants_are_enforced_on_every_table_a_statement_touches() {
     assert_eq!(rows(&labels_after), rows(&labels_before));
     assert!(!std::path::Path::new("/tmp/pitlake-stolen.csv").exists());
 
-    // A "does not exist" does not list tables bob may not read.
-    let err = query(&mut bob, "SELECT * FROM secrets").await.unwrap_err();
+    // Whether a table bob may not read exists, and which versions it has, stays hidden: the
+    // answer is the same refusal, given before anything is opened.
+    for sql in [
+        "SELECT * FROM secrets",
+        "SELECT * FROM secret VERSION AS OF 99",
+        "DESCRIBE HISTORY nothing_here",
+    ] {
+        let err = query(&mut bob, sql).await.unwrap_err();
+        assert_eq!(
+            code(&err),
+            Code::PermissionDenied,
+            "{sql}: {}",
+            message(&err)
+        );
+    }
+    // alice may read every table; a "does not exist" names the tables she could mean.
+    let mut alice = fixture.login("alice", "alice-pw").await;
+    let err = query(&mut alice, "SELECT * FROM secrets")
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), Code::NotFound);
-    assert!(!message(&err).contains("secret`"), "{}", message(&err));
+    assert!(message(&err).contains("`secret`"), "{}", message(&err));
 
     // The admin may write.
     let mut admin = fixture.login("admin", "admin-pw").await;
@@ -817,7 +849,7 @@ async fn thirty_two_clients_get_complete_results_at_once() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_eq!(fixture.server().active_queries(), 0);
+    until_idle(fixture.server()).await;
 }
 
 /// Rows enough to outlast any test, produced lazily.
@@ -836,14 +868,7 @@ async fn a_client_that_goes_away_cancels_its_query() {
         assert_eq!(fixture.server().active_queries(), 1);
         // The client drops its stream and its connection here.
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while fixture.server().active_queries() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the query kept running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_idle(fixture.server()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,7 +884,7 @@ async fn queries_past_their_timeout_are_cancelled() {
     let mut alice = fixture.login("alice", "alice-pw").await;
     let err = query(&mut alice, ENDLESS).await.unwrap_err();
     assert_eq!(code(&err), Code::DeadlineExceeded, "{}", message(&err));
-    assert_eq!(fixture.server().active_queries(), 0);
+    until_idle(fixture.server()).await;
     // Short queries still run.
     assert!(query(&mut alice, "SELECT 1").await.is_ok());
 }
