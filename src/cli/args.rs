@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cli::print::OutputFormat;
 use crate::config::{
-    ConfigFile, Settings, WarehouseLocation, default_memory_limit, parse_bytes, parse_storage_option,
+    ConfigFile, Settings, WarehouseLocation, default_memory_limit, parse_bytes,
+    parse_storage_option,
 };
 use crate::error::Result;
 
