@@ -167,3 +167,70 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flight::auth::AuthFormat;
+
+    fn config(listen: &str, transport: Transport) -> ServerConfig {
+        let auth = AuthConfig::parse(
+            &format!(
+                "[users.a]\ntokens = [{{ sha256 = \"{}\" }}]",
+                "0".repeat(64)
+            ),
+            AuthFormat::Toml,
+            "test",
+        )
+        .unwrap();
+        ServerConfig {
+            listen: listen.parse().unwrap(),
+            transport,
+            limits: Limits::default(),
+            auth,
+            auth_origin: None,
+        }
+    }
+
+    #[test]
+    fn plaintext_only_on_loopback_unless_asked_twice() {
+        let plain = Transport::Plaintext {
+            non_loopback: false,
+        };
+        assert!(config("127.0.0.1:0", plain.clone()).validate().is_ok());
+        assert!(config("[::1]:0", plain.clone()).validate().is_ok());
+        let err = config("0.0.0.0:50051", plain).validate().unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+        let twice = Transport::Plaintext { non_loopback: true };
+        assert!(config("0.0.0.0:50051", twice).validate().is_ok());
+    }
+
+    #[test]
+    fn limits_and_users_are_checked() {
+        let plain = Transport::Plaintext {
+            non_loopback: false,
+        };
+        let mut c = config("127.0.0.1:0", plain);
+        c.limits.max_concurrent_queries = 0;
+        assert!(c.validate().is_err());
+        c.limits.max_concurrent_queries = 1;
+        c.limits.query_memory_limit = Some(1024);
+        assert!(c.validate().unwrap_err().to_string().contains("1MiB"));
+        c.limits.query_memory_limit = None;
+        c.auth = AuthConfig::parse("", AuthFormat::Toml, "empty").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("no users"));
+    }
+
+    #[test]
+    fn tls_files_must_hold_pem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        let err = Transport::tls_from_files(&cert, &key, None).unwrap_err();
+        assert!(err.to_string().contains("--tls-cert"), "{err}");
+        let missing = Transport::tls_from_files(&dir.path().join("nope"), &key, None).unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+}

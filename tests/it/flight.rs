@@ -932,3 +932,40 @@ async fn shutdown_lets_queries_finish_then_cancels_them() {
     drop(alice);
     let _ = &fixture.dir;
 }
+
+#[test]
+fn serve_refuses_unsafe_or_incomplete_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(&auth, auth_text("1h")).unwrap();
+    let serve = |extra: &[&str], with_auth: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pitlake"));
+        command
+            .arg("--warehouse")
+            .arg(dir.path())
+            .arg("serve")
+            .args(extra)
+            .env_remove("PITLAKE_AUTH")
+            .env_remove("PITLAKE_AUTH_FILE");
+        if with_auth {
+            command.arg("--auth-file").arg(&auth);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // Neither TLS nor an explicit plaintext: refused.
+    let (code, err) = serve(&[], true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+    // Plaintext on a network address needs a second flag.
+    let (code, err) = serve(&["--insecure-plaintext", "--listen", "0.0.0.0:0"], true);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("loopback"), "{err}");
+    // No users: nobody could connect.
+    let (code, err) = serve(&["--insecure-plaintext"], false);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("PITLAKE_AUTH"), "{err}");
+}
