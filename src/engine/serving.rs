@@ -54,6 +54,10 @@ pub struct Access {
     pub session: bool,
     /// DDL that is not about one table (`CREATE SCHEMA`, `CREATE FUNCTION` …), by plan name.
     pub other_ddl: Option<String>,
+    /// Feature views the statement reads (through the registry), by name.
+    pub views: BTreeSet<TableName>,
+    /// The statement changes the feature registry.
+    pub registry_write: bool,
 }
 
 /// A statement planned but not run.

@@ -165,6 +165,13 @@ impl Grants {
             .any(|g| matches!(g, Grant::WriteTable(p) if p.matches(table)))
     }
 
+    /// Whether the feature view may be read.
+    pub fn can_read_view(&self, view: &TableName) -> bool {
+        self.0
+            .iter()
+            .any(|g| matches!(g, Grant::ReadView(p) if p.matches(view)))
+    }
+
     /// Whether the grant is held exactly.
     pub fn has(&self, grant: &Grant) -> bool {
         self.0.contains(grant)
@@ -192,6 +199,12 @@ impl Grants {
         {
             return Err(denied(format!("run {ddl}"), "write:*".into()));
         }
+        if access.registry_write && !self.has(&Grant::RegistryWrite) {
+            return Err(denied(
+                "change the feature registry".into(),
+                "registry:write".into(),
+            ));
+        }
         if access.session && !self.has(&Grant::Session) {
             return Err(denied(
                 "change session settings (SET changes them for every user of the server)".into(),
@@ -211,6 +224,14 @@ impl Grants {
                 format!("call table function `{function}`"),
                 "files".into(),
             ));
+        }
+        for view in &access.views {
+            if !self.can_read_view(view) {
+                return Err(denied(
+                    format!("read feature view `{view}`"),
+                    format!("view:{view}"),
+                ));
+            }
         }
         for table in &access.reads {
             if !self.can_read_table(table) {
@@ -301,5 +322,38 @@ mod tests {
         };
         assert!(g.authorize("bob", &access).is_err());
         assert!(grants(&["session"]).authorize("bob", &access).is_ok());
+    }
+
+    #[test]
+    fn views_and_the_registry_have_their_own_grants() {
+        let mut access = Access::default();
+        access.views.insert(TableName::bare("driver_features"));
+        let err = grants(&["table:*"]).authorize("bob", &access).unwrap_err();
+        assert!(
+            err.message()
+                .contains("read feature view `driver_features`"),
+            "{}",
+            err.message()
+        );
+        assert!(grants(&["view:*"]).authorize("bob", &access).is_ok());
+        assert!(
+            grants(&["view:driver_features"])
+                .authorize("bob", &access)
+                .is_ok()
+        );
+        let access = Access {
+            registry_write: true,
+            ..Access::default()
+        };
+        assert!(
+            grants(&["table:*", "view:*"])
+                .authorize("bob", &access)
+                .is_err()
+        );
+        assert!(
+            grants(&["registry:write"])
+                .authorize("bob", &access)
+                .is_ok()
+        );
     }
 }
