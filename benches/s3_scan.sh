@@ -5,7 +5,7 @@
 #   benches/s3_scan.sh [PITLAKE_BIN] [REPS]
 #
 # Needs /tmp/pitdata/medium/delta (../shared/bench/gen.py --scale medium). Starts its own
-# S3 server (scripts/s3-server.sh), copies feat_0 into it with boto3, and stops it at exit.
+# S3 server (scripts/storage-servers.sh start s3), copies feat_0 into it with boto3, and stops it at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-${CARGO_TARGET_DIR:-$HOME/.cache/pitlake-target}/debug/pitlake}"
@@ -14,8 +14,8 @@ DATA=/tmp/pitdata/medium/delta
 VENV="${PITLAKE_PY_VENV:-$HOME/.cache/pitlake-py-venv}"
 QUERY="${QUERY:-SELECT count(*), sum(f0_a), sum(f0_b), sum(f0_c), max(created_ts) FROM feat_0}"
 
-eval "$(PITLAKE_TEST_S3_BUCKET=pitlake-bench scripts/s3-server.sh start)"
-trap 'scripts/s3-server.sh stop' EXIT
+eval "$(PITLAKE_TEST_S3_BUCKET=pitlake-bench scripts/storage-servers.sh start s3)"
+trap 'scripts/storage-servers.sh stop' EXIT
 "$VENV/bin/python" - "$PITLAKE_TEST_S3_ENDPOINT" "$DATA/feat_0" <<'EOF'
 import os, sys, boto3
 from boto3.s3.transfer import TransferConfig

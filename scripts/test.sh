@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the sqllogictest files under sql/, the integration tests
-# (CLI, Delta conformance against ../shared/testdata, time travel, S3) and doc tests.
+# (CLI, Delta conformance against ../shared/testdata, time travel, S3 and Azure) and doc tests.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,12 +17,13 @@ if [ -z "${PITLAKE_SHARED_TESTDATA:-}" ]; then
   done
 fi
 
-# ---- The S3-compatible server (moto, installed into the Python venv below) that the S3 runs of
-# the .slt files and tests/it/s3 use: started once for the whole run on 127.0.0.1, stopped at
-# exit. A server already named by PITLAKE_TEST_S3_ENDPOINT is used as it is.
-if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ]; then
-  eval "$(scripts/s3-server.sh start)"
-  trap 'scripts/s3-server.sh stop' EXIT
+# ---- The object-store servers that the S3 and Azure runs of the .slt files and tests/it/s3 use:
+# moto (PyPI, into the Python venv below) and Azurite (npm), started once for the whole run on
+# 127.0.0.1 and stopped at exit. Servers already named by PITLAKE_TEST_S3_ENDPOINT and
+# PITLAKE_TEST_AZURE_ENDPOINT are used as they are.
+if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ] || [ -z "${PITLAKE_TEST_AZURE_ENDPOINT:-}" ]; then
+  eval "$(scripts/storage-servers.sh start)"
+  trap 'scripts/storage-servers.sh stop' EXIT
 fi
 
 cargo test --all-targets "$@"

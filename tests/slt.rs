@@ -1,14 +1,17 @@
 //! Runs every `sql/**/*.slt` file with sqllogictest, each against its own empty warehouse, once
-//! per storage backend: a temporary local folder, and `s3://<bucket>/<unique prefix>/warehouse`
-//! on an S3-compatible server (see `tests/it/s3/server.rs` for how the server is found or
-//! started; without one the S3 runs fail, they are never skipped).
+//! per storage backend: a temporary local folder, `s3://<bucket>/<unique prefix>/warehouse` on an
+//! S3 server (moto) and `az://<container>/<unique prefix>/warehouse` on an Azure Blob Storage
+//! emulator (Azurite). `tests/it/s3/server.rs` says how the servers are found or started;
+//! without one, its runs fail: they are never skipped.
 //!
 //! `cargo test --test slt` runs them all; `cargo test --test slt -- asof` runs the files whose
-//! path contains `asof`. `PITLAKE_SLT_BACKENDS=local` (or `s3`) runs one backend only. Set
+//! path contains `asof`. `PITLAKE_SLT_BACKENDS=local` (or `s3`, `azure`, `local,s3` …) runs
+//! some backends only. Set
 //! `PITLAKE_SLT_COMPLETE=1` to rewrite the expected results in place (review the diff before
 //! committing it; completion runs on the local backend).
 //!
-//! A file that is inherently about local folders opts out of the S3 run with a header line
+//! A file that is inherently about local folders opts out of the object-store runs with a header
+//! line
 //! `# backends: local (<why>)`.
 //!
 //! Harness conventions:
@@ -32,15 +35,17 @@ use pitlake::{Engine, Output, PitlakeError, RunOptions, Settings, WarehouseLocat
 use sqllogictest::{DBOutput, DefaultColumnType};
 
 #[path = "it/s3/server.rs"]
-mod s3_server;
+mod store_servers;
 
 /// Where a file's warehouse lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     /// A temporary local folder.
     Local,
-    /// A fresh prefix on the S3-compatible test server.
+    /// A fresh prefix on the S3 test server.
     S3,
+    /// A fresh prefix on the Azure Blob Storage test server.
+    Azure,
 }
 
 impl Backend {
@@ -48,6 +53,15 @@ impl Backend {
         match self {
             Backend::Local => "local",
             Backend::S3 => "s3",
+            Backend::Azure => "azure",
+        }
+    }
+
+    fn server(self) -> Result<&'static store_servers::StoreServer, String> {
+        match self {
+            Backend::Local => Err("a local folder has no server".into()),
+            Backend::S3 => store_servers::s3_server(),
+            Backend::Azure => store_servers::azure_server(),
         }
     }
 }
@@ -66,7 +80,7 @@ fn file_backends(path: &Path) -> Vec<Backend> {
     if local_only {
         vec![Backend::Local]
     } else {
-        vec![Backend::Local, Backend::S3]
+        vec![Backend::Local, Backend::S3, Backend::Azure]
     }
 }
 
@@ -228,8 +242,8 @@ async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), S
             std::fs::create_dir_all(&warehouse).map_err(|e| e.to_string())?;
             WarehouseLocation::parse(&warehouse.display().to_string()).map_err(|e| e.to_string())?
         }
-        Backend::S3 => {
-            let server = s3_server::s3_server()?;
+        Backend::S3 | Backend::Azure => {
+            let server = backend.server()?;
             // `…/warehouse` like the local folder, so pinned plans read the same.
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("file");
             let url = format!("{}/warehouse", server.warehouse(&format!("slt-{stem}")));
@@ -293,7 +307,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let wanted: Vec<String> = std::env::var("PITLAKE_SLT_BACKENDS")
-        .unwrap_or_else(|_| "local,s3".to_string())
+        .unwrap_or_else(|_| "local,s3,azure".to_string())
         .split(',')
         .map(|b| b.trim().to_ascii_lowercase())
         .collect();
@@ -301,15 +315,18 @@ fn main() {
     let mut failed = Vec::new();
     let mut runs = 0;
     let mut wanted = wanted;
-    if wanted.iter().any(|w| w == "s3")
-        && !complete
-        && let Err(why) = s3_server::s3_server()
-    {
-        // Said once, not once per file; the S3 runs count as failed, never as skipped.
-        println!("FAIL  [s3] every file: {why}\n");
-        failed.push("[s3] every file (no S3 server)".to_string());
-        runs += 1;
-        wanted.retain(|w| w != "s3");
+    for backend in [Backend::S3, Backend::Azure] {
+        let name = backend.name();
+        if wanted.iter().any(|w| w == name)
+            && !complete
+            && let Err(why) = backend.server()
+        {
+            // Said once, not once per file; the runs count as failed, never as skipped.
+            println!("FAIL  [{name}] every file: {why}\n");
+            failed.push(format!("[{name}] every file (no server)"));
+            runs += 1;
+            wanted.retain(|w| w != name);
+        }
     }
     for file in &files {
         let shown = file
@@ -344,7 +361,9 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     if files.is_empty() || runs == 0 {
-        eprintln!("no .slt files matched (or PITLAKE_SLT_BACKENDS named no backend: local, s3)");
+        eprintln!(
+            "no .slt files matched (or PITLAKE_SLT_BACKENDS named no backend: local, s3, azure)"
+        );
         std::process::exit(1);
     }
     if !failed.is_empty() {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -103,11 +104,10 @@ pub(crate) fn build_cloud_store(
         Some(limit) => Arc::new(LimitStore::new(store, limit)),
         None => store,
     };
-    let store: Arc<dyn ObjectStore> = if options.allow_unsafe_rename && backend == Backend::S3 {
-        Arc::new(SingleWriterStore { inner: store })
-    } else {
-        store
-    };
+    let store: Arc<dyn ObjectStore> = Arc::new(GuardedStore {
+        inner: store,
+        single_writer: options.allow_unsafe_rename && backend == Backend::S3,
+    });
     // `s3://bucket/a/b`, `gs://bucket/a/b`, `az://container/a/b`: the bucket or container is
     // the host, the path is the warehouse inside it.
     let root = Path::parse(url.path().trim_matches('/')).map_err(|e| PitlakeError::Warehouse {
@@ -232,28 +232,39 @@ pub(crate) fn storage_cause(
     None
 }
 
-/// A store whose put-if-absent is a check followed by a put. Safe only with one writer: two
-/// writers can both pass the check. Used only when the user asked for it by name.
+/// A cloud store with two guards:
+///
+/// - listings "after an offset" hold only names after it, even from a server that ignores the
+///   offset parameter (Azurite ignores Azure's `startFrom`; some S3-compatible servers ignore
+///   `start-after`). The Delta kernel finds the newest commit by listing after a version and
+///   fails on an older one in the list;
+/// - with `single_writer` (only when the user asked for it by name), put-if-absent is a check
+///   followed by a put. Safe only with one writer: two writers can both pass the check.
 #[derive(Debug)]
-struct SingleWriterStore {
+struct GuardedStore {
     inner: Arc<dyn ObjectStore>,
+    single_writer: bool,
 }
 
-impl fmt::Display for SingleWriterStore {
+impl fmt::Display for GuardedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SingleWriter({})", self.inner)
+        if self.single_writer {
+            write!(f, "SingleWriter({})", self.inner)
+        } else {
+            write!(f, "{}", self.inner)
+        }
     }
 }
 
 #[async_trait]
-impl ObjectStore for SingleWriterStore {
+impl ObjectStore for GuardedStore {
     async fn put_opts(
         &self,
         location: &Path,
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        if matches!(opts.mode, PutMode::Create) {
+        if self.single_writer && matches!(opts.mode, PutMode::Create) {
             match self.inner.head(location).await {
                 Ok(_) => {
                     return Err(object_store::Error::AlreadyExists {
@@ -313,7 +324,11 @@ impl ObjectStore for SingleWriterStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        let offset = offset.clone();
+        self.inner
+            .list_with_offset(prefix, &offset)
+            .try_filter(move |meta| futures::future::ready(meta.location > offset))
+            .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {

@@ -1,12 +1,13 @@
-//! Warehouses on S3, against a real S3-compatible server (moto; see `server.rs` for how it is
-//! found or started — without one these tests fail, they never skip).
+//! Warehouses on object storage, against real servers: S3 (moto) and Azure Blob Storage
+//! (Azurite); see `server.rs` for how they are found or started — without them these tests
+//! fail, they never skip.
 //!
-//! - the CLI end to end on `s3://`: ingest, query, time travel by version and by commit time,
-//!   as-of joins, history, drop;
+//! - the CLI end to end on `s3://` and `az://`: ingest, query, time travel by version and by
+//!   commit time, as-of joins, history, drop;
 //! - every way of configuring the store: flags, a config file, `AWS_*` variables, a profile,
 //!   and their precedence;
-//! - concurrent writers: N processes appending to one table at once end with exactly N new
-//!   versions and every row;
+//! - concurrent writers, on S3 and on Azure: N processes appending to one table at once end with
+//!   exactly N new versions and every row;
 //! - commit safety: a store without put-if-absent (or one that ignores it) gets no writes;
 //! - faults, through [`proxy::FaultProxy`]: a dead endpoint, a hanging one, 503s, and the server
 //!   dying in the middle of a write (before the data is stored, and at the commit) — the command
@@ -21,10 +22,17 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proxy::{FaultProxy, Mode};
-use server::{S3Server, s3_server};
+use server::{StoreServer, azure_server, s3_server};
 
-fn server() -> &'static S3Server {
+fn server() -> &'static StoreServer {
     match s3_server() {
+        Ok(server) => server,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn azure() -> &'static StoreServer {
+    match azure_server() {
         Ok(server) => server,
         Err(why) => panic!("{why}"),
     }
@@ -115,9 +123,17 @@ fn impatient(mut options: Vec<(String, String)>) -> Vec<(String, String)> {
 
 #[test]
 fn the_cli_works_the_same_on_s3() {
-    let s3 = server();
-    let w = s3.warehouse("cli");
-    let o = s3.options();
+    cli_round_trip(server());
+}
+
+#[test]
+fn the_cli_works_the_same_on_azure() {
+    cli_round_trip(azure());
+}
+
+fn cli_round_trip(store: &StoreServer) {
+    let w = store.warehouse("cli");
+    let o = store.options();
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("stats.csv");
     std::fs::write(
@@ -340,11 +356,19 @@ fn settings_come_from_flags_a_config_file_the_environment_and_profiles() {
 }
 
 #[test]
-fn concurrent_writers_lose_no_commit() {
+fn concurrent_writers_lose_no_commit_on_s3() {
+    concurrent_appends(server());
+}
+
+#[test]
+fn concurrent_writers_lose_no_commit_on_azure() {
+    concurrent_appends(azure());
+}
+
+fn concurrent_appends(store: &StoreServer) {
     const WRITERS: usize = 8;
-    let s3 = server();
-    let w = s3.warehouse("concurrent");
-    let o = s3.options();
+    let w = store.warehouse("concurrent");
+    let o = store.options();
     ok(pitlake(
         &w,
         &o,
