@@ -185,9 +185,12 @@ pub(crate) fn storage_error(url: &str, doing: &str, err: object_store::Error) ->
 
 fn storage_error_text(url: &str, doing: &str, err: &object_store::Error) -> PitlakeError {
     let text = err.to_string();
-    let hint = if text.contains("retries") || text.contains("error sending request") {
+    let hint = if text.contains("error sending request") || text.contains("timed out") {
         " (the object store did not answer; check the endpoint and the network. Retries are \
          bounded by the max_retries and retry_timeout storage options)"
+    } else if text.contains("status code: 5") {
+        " (the object store answered with a server error; retries are bounded by the \
+         max_retries and retry_timeout storage options)"
     } else {
         ""
     };
