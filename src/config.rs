@@ -238,6 +238,9 @@ pub struct Settings {
     pub batch_size: usize,
     /// Where spill files go (`None` = the system temp folder).
     pub spill_dir: Option<PathBuf>,
+    /// Who is acting: recorded as the author of registry changes and exports. Default:
+    /// `PITLAKE_USER`, else the operating-system user (`USER`, `USERNAME`), else `unknown`.
+    pub user: String,
 }
 
 impl Settings {
@@ -250,6 +253,7 @@ impl Settings {
             target_partitions: default_target_partitions(),
             batch_size: 8192,
             spill_dir: None,
+            user: default_user(),
         }
     }
 
@@ -280,6 +284,14 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// `PITLAKE_USER`, else the operating-system user, else `unknown`.
+pub fn default_user() -> String {
+    ["PITLAKE_USER", "USER", "USERNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// One partition per available core.

@@ -32,6 +32,7 @@ pub mod error;
 pub mod flight;
 pub mod frontend;
 pub mod planner;
+pub mod registry;
 pub mod storage;
 
 pub use config::{Settings, WarehouseLocation};

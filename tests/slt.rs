@@ -259,6 +259,7 @@ async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), S
             // Small, fixed settings: results must not depend on the machine.
             settings.target_partitions = 2;
             settings.memory_limit = Some(512 << 20);
+            settings.user = "slt".into();
             Ok::<_, PitlakeError>(PitlakeDb {
                 engine: Engine::new(settings)?,
             })

@@ -131,6 +131,73 @@ pub enum Command {
     /// Serve the warehouse over Arrow Flight SQL, with TLS, users and grants (see
     /// docs/operations.md).
     Serve(ServeArgs),
+    /// Compare a folder of definition files (*.sql) with the registry and list what `apply`
+    /// would change.
+    Plan(DefinitionsArgs),
+    /// Make the registry match a folder of definition files, as one registry commit.
+    Apply(DefinitionsArgs),
+    /// Export a training set (Parquet, CSV or a Delta table) with a manifest that pins every
+    /// input version.
+    Export(ExportArgs),
+    /// Rebuild an exported training set from its manifest and check it is identical (exit 1 if
+    /// it is not).
+    Reproduce(ReproduceArgs),
+    /// Check a training set for leakage and report feature coverage and age (exit 1 on a
+    /// violation).
+    Audit(AuditArgs),
+}
+
+/// `pitlake plan` and `pitlake apply`.
+#[derive(Debug, Args)]
+pub struct DefinitionsArgs {
+    /// The folder of definition files: CREATE ENTITY, CREATE FEATURE VIEW, CREATE FEATURE
+    /// SERVICE and REGISTER MODEL statements (see docs/dsl.md). Subfolders are read too.
+    pub dir: PathBuf,
+}
+
+/// `pitlake export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The training set: `TRAINING SET LABELS … AT … FEATURES (…)` (see docs/dsl.md), or `-`
+    /// to read it from standard input.
+    #[arg(required_unless_present = "file")]
+    pub training_set: Option<String>,
+
+    /// Read the training set from a file instead.
+    #[arg(long, short = 'f', conflicts_with = "training_set")]
+    pub file: Option<PathBuf>,
+
+    /// Where to write it: a file path, a folder for `--format delta`, or an object-store URL.
+    /// The manifest goes beside it as `<to>.manifest.json`.
+    #[arg(long)]
+    pub to: String,
+
+    /// parquet, csv or delta (default: from the extension of --to, else parquet).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// `pitlake reproduce`.
+#[derive(Debug, Args)]
+pub struct ReproduceArgs {
+    /// The manifest of an export (`<output>.manifest.json`).
+    pub manifest: String,
+
+    /// Also write the rebuilt rows here (in the manifest's format).
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// `pitlake audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// A manifest (`….manifest.json`) to audit the export it describes, or a `TRAINING SET …`
+    /// statement to audit it as it would be built now.
+    pub target: String,
+
+    /// Output format.
+    #[arg(long, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
 }
 
 /// `pitlake sql`.

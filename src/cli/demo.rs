@@ -8,6 +8,10 @@
 //! - `customer_profile(customer_id, event_ts, created_ts, current_balance, avg_passenger_count,
 //!   lifetime_trip_count)`: daily snapshots for 200 customers, in two commits;
 //! - `orders(order_id, driver_id, customer_id, event_ts, label)`: 2 000 labelled orders.
+//!
+//! It also registers the matching feature definitions (entities `driver` and `customer`, feature
+//! views `driver_stats` and `customer_profile`, the feature service `churn_v1`), builds a training
+//! set from them and, for a local warehouse, exports it beside the warehouse with its manifest.
 
 use std::sync::Arc;
 
@@ -263,6 +267,37 @@ async fn build(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
+/// The demo's feature definitions, in the DSL (docs/dsl.md).
+const DEFINITIONS: [&str; 5] = [
+    "CREATE ENTITY driver (driver_id BIGINT) COMMENT 'a driver'",
+    "CREATE ENTITY customer (customer_id BIGINT) COMMENT 'a rider'",
+    "CREATE FEATURE VIEW driver_stats ENTITY driver FROM driver_hourly_stats \
+     EVENT TIME event_ts CREATED TIME created_ts TTL INTERVAL '2 hours' \
+     FEATURES (conv_rate DOUBLE COMMENT 'conversions per trip offer', acc_rate DOUBLE, \
+     avg_daily_trips BIGINT) OWNER 'demo' COMMENT 'hourly driver statistics'",
+    "CREATE FEATURE VIEW customer_profile ENTITY customer FROM customer_profile \
+     EVENT TIME event_ts CREATED TIME created_ts TTL INTERVAL '2 days' \
+     FEATURES (current_balance, lifetime_trip_count) COMMENT 'daily customer snapshot'",
+    "CREATE FEATURE SERVICE churn_v1 (driver_stats.conv_rate, driver_stats.acc_rate, \
+     customer_profile.*) COMMENT 'inputs of the churn model'",
+];
+
+/// The demo's training set.
+const TRAINING_SET: &str = "TRAINING SET LABELS (SELECT order_id, driver_id, customer_id, \
+     event_ts, label FROM orders) AT event_ts FEATURES (SERVICE churn_v1)";
+
+/// Registers the definitions, unless the registry already has them.
+async fn register(engine: &Engine) -> Result<()> {
+    if engine.registry().version().await?.is_some() {
+        return Ok(());
+    }
+    for statement in DEFINITIONS {
+        engine.sql(statement).await?;
+    }
+    println!("  registered entities, feature views and the feature service churn_v1");
+    Ok(())
+}
+
 /// The tour: (what it shows, the SQL).
 fn tour() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -337,6 +372,14 @@ fn tour() -> Vec<(&'static str, &'static str)> {
                ON o.customer_id = c.customer_id AND o.event_ts >= c.event_ts \
                KNOWN AT c.created_ts",
         ),
+        (
+            "The feature registry: views defined once, with entity, times and TTL",
+            "SHOW FEATURE VIEWS",
+        ),
+        (
+            "A training set from the registry: the same point-in-time rules, one line",
+            TRAINING_SET,
+        ),
     ]
 }
 
@@ -373,7 +416,10 @@ pub async fn run(engine: &Engine, args: DemoArgs) -> Result<()> {
         present.clear();
     }
     match present.len() {
-        0 => build(engine).await?,
+        0 => {
+            build(engine).await?;
+            register(engine).await?;
+        }
         n if n == TABLES.len() => println!(
             "The demo warehouse is already built in {} (run `pitlake demo --reset` to rebuild it).",
             engine.warehouse().location().display()
@@ -386,6 +432,7 @@ pub async fn run(engine: &Engine, args: DemoArgs) -> Result<()> {
             )));
         }
     }
+    register(engine).await?;
     if args.no_tour {
         return Ok(());
     }
@@ -407,8 +454,42 @@ pub async fn run(engine: &Engine, args: DemoArgs) -> Result<()> {
         )
         .await?;
     }
+    export(engine).await?;
     println!(
-        "\nNext: `pitlake shell` to explore (\\d lists tables, \\history driver_hourly_stats shows commits)."
+        "\nNext: `pitlake shell` to explore (\\d lists tables, \\history driver_hourly_stats shows \
+         commits); docs/dsl.md for feature views, training sets and exports."
+    );
+    Ok(())
+}
+
+/// Exports the training set beside a local warehouse (`<warehouse>/../exports/`), the batch
+/// job's output, and shows that its manifest rebuilds it.
+async fn export(engine: &Engine) -> Result<()> {
+    let Some(warehouse) = engine.warehouse().location().local_path() else {
+        return Ok(());
+    };
+    let folder = std::path::absolute(&warehouse)?
+        .parent()
+        .map(|p| p.join("exports"))
+        .unwrap_or_else(|| std::path::PathBuf::from("exports"));
+    let to = folder.join("churn_v1.parquet").display().to_string();
+    let statement = format!("EXPORT {TRAINING_SET} TO '{to}'");
+    println!(
+        "\n-- The batch job: export the training set with a manifest pinning every input\n{statement};"
+    );
+    match engine.sql(&statement).await? {
+        Output::Done(message) => println!("{message}"),
+        Output::Rows(_) => {}
+    }
+    let manifest = crate::engine::manifest_location(&to);
+    let again = engine.reproduce(&manifest, None).await?;
+    println!(
+        "`pitlake reproduce {manifest}` rebuilds it: {}",
+        if again.actual == again.expected {
+            "identical"
+        } else {
+            "DIFFERENT"
+        }
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ mod demo;
 pub mod print;
 mod serve;
 mod shell;
+mod training;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
@@ -119,6 +120,20 @@ async fn run_command(cli: Cli) -> Result<()> {
         Command::Ingest(args) => run_ingest(&engine, args).await,
         Command::Demo(args) => demo::run(&engine, args).await,
         Command::Serve(args) => serve::run(engine, args).await,
+        Command::Plan(args) => training::run_plan(&engine, args).await,
+        Command::Apply(args) => training::run_apply(&engine, args).await,
+        Command::Export(args) => {
+            engine.warehouse().check_exists()?;
+            training::run_export(&engine, args).await
+        }
+        Command::Reproduce(args) => {
+            engine.warehouse().check_exists()?;
+            training::run_reproduce(&engine, args).await
+        }
+        Command::Audit(args) => {
+            engine.warehouse().check_exists()?;
+            training::run_audit(&engine, args).await
+        }
     }
 }
 

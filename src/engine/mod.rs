@@ -4,8 +4,12 @@
 //! spilling, partitions, batch size). Everything a user can do — a SQL statement, a history, an
 //! ingest — goes through it; the CLI (and later the Flight server) only talk to the engine.
 
+mod definitions;
+mod export;
 mod ingest;
+mod registry;
 pub mod serving;
+mod training;
 
 use std::sync::Arc;
 
@@ -28,7 +32,13 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::ObjectName;
 
+pub use definitions::{DefinitionPlan, PlannedChange};
+pub use export::{
+    ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction, is_manifest,
+    manifest_location, plan_from_manifest,
+};
 pub use ingest::{IngestFormat, IngestProgress, IngestRequest};
+pub use training::{PinnedInput, TrainingPlan, ViewUse};
 
 use crate::config::Settings;
 use crate::error::{PitlakeError, Result};
@@ -212,6 +222,15 @@ impl Engine {
                 self.history(&name, limit).await.map(Output::Rows)
             }
             Statement::Sql(statement) => self.run_sql(*statement, options).await,
+            Statement::Dsl(dsl) => {
+                use crate::frontend::dsl::DslStatement;
+                match *dsl {
+                    dsl @ (DslStatement::TrainingSet(_) | DslStatement::Export { .. }) => {
+                        self.run_training(dsl, &statement.text).await
+                    }
+                    dsl => self.run_registry(dsl, &statement.text).await,
+                }
+            }
         }
     }
 

@@ -152,7 +152,6 @@ impl Engine {
             Statement::DescribeHistory { table, .. } => {
                 return Ok(BTreeSet::from([self.table_name(table)?]));
             }
-            #[allow(unreachable_patterns)]
             _ => return Ok(BTreeSet::new()),
         };
         let state = self.ctx.state();
@@ -173,13 +172,7 @@ impl Engine {
         let Statement::Sql(sql) = &statement.statement else {
             // DESCRIBE HISTORY: a read of the table's log.
             let Statement::DescribeHistory { table, limit } = &statement.statement else {
-                // Statements beyond SQL (the DSL) touch objects this module does not know how
-                // to enumerate yet; refusing them is the safe default for a front end that
-                // authorizes by what a statement touches.
-                return Err(PitlakeError::Unsupported(format!(
-                    "`{}` over Flight SQL; run it with the pitlake CLI",
-                    statement.text
-                )));
+                return Box::pin(self.plan_dsl(statement)).await;
             };
             let name = self.table_name(table)?;
             let schema = self.history(&name, *limit).await?.schema();
@@ -241,6 +234,96 @@ impl Engine {
             parameters,
             access,
         })
+    }
+
+    /// Plans a DSL statement. A training set lowers to its pinned SQL query, planned like any
+    /// query (so its reads are the tables the plan scans) plus the feature views it uses; an
+    /// export also writes files of the server; registry changes need the registry grant (and
+    /// a new feature view reads its source); registry reads name the views they show.
+    async fn plan_dsl(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
+        use crate::frontend::dsl::{DslStatement, SourceSql};
+        use crate::registry::Kind;
+        let Statement::Dsl(dsl) = &statement.statement else {
+            return Err(PitlakeError::Internal(
+                "plan_dsl: not a DSL statement".into(),
+            ));
+        };
+        let view_names = |views: &[crate::engine::ViewUse]| -> BTreeSet<TableName> {
+            views.iter().map(|v| TableName::bare(&v.view)).collect()
+        };
+        match dsl.as_ref() {
+            DslStatement::TrainingSet(spec) => {
+                let plan = self.plan_training_set(spec).await?;
+                let query = self.parse_one(&plan.query)?;
+                let mut planned = self.plan_statement(query).await?;
+                planned.access.views = view_names(&plan.views);
+                planned.statement = statement;
+                Ok(planned)
+            }
+            DslStatement::Export { training_set, .. } => {
+                let plan = self.plan_training_set(training_set).await?;
+                let query = self.parse_one(&plan.query)?;
+                let mut access = self.plan_statement(query).await?.access;
+                access.views = view_names(&plan.views);
+                access.files = true;
+                Ok(PlannedStatement {
+                    statement,
+                    plan: None,
+                    rows: false,
+                    schema: report_schema(),
+                    parameters: Vec::new(),
+                    access,
+                })
+            }
+            DslStatement::Show { .. }
+            | DslStatement::Describe { .. }
+            | DslStatement::History { .. }
+            | DslStatement::Diff { .. } => {
+                let mut access = Access::default();
+                if let DslStatement::Describe { kind, name, .. }
+                | DslStatement::History { kind, name, .. }
+                | DslStatement::Diff { kind, name, .. } = dsl.as_ref()
+                    && *kind == Kind::FeatureView
+                {
+                    access.views.insert(TableName::bare(name));
+                }
+                // Registry reads are small: run once for the schema.
+                let schema = match self.run(statement.clone(), RunOptions::default()).await? {
+                    Output::Rows(stream) => stream.schema(),
+                    Output::Done(_) => report_schema(),
+                };
+                Ok(PlannedStatement {
+                    statement,
+                    plan: None,
+                    rows: true,
+                    schema,
+                    parameters: Vec::new(),
+                    access,
+                })
+            }
+            other => {
+                let mut access = Access {
+                    registry_write: true,
+                    ..Access::default()
+                };
+                if let DslStatement::CreateFeatureView { source, .. } = other {
+                    let relation = match source {
+                        SourceSql::Table { name, .. } => name.clone(),
+                        SourceSql::Query(sql) => format!("({sql})"),
+                    };
+                    let query = self.parse_one(&format!("SELECT * FROM {relation}"))?;
+                    access.reads = self.named_tables(&query)?;
+                }
+                Ok(PlannedStatement {
+                    statement,
+                    plan: None,
+                    rows: false,
+                    schema: report_schema(),
+                    parameters: Vec::new(),
+                    access,
+                })
+            }
+        }
     }
 
     /// Runs a planned statement with its parameter values (one per parameter, in order).

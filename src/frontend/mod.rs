@@ -3,8 +3,9 @@
 
 mod asof;
 mod dialect;
+pub mod dsl;
 mod parse;
-mod time_travel;
+pub(crate) mod time_travel;
 
 pub use asof::{
     AsOfMarker, AsOfRule, MARKER as ASOF_MARKER, marker_udf, rewrite_ast as rewrite_asof,

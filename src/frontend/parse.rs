@@ -18,6 +18,8 @@ use crate::frontend::dialect::PitlakeDialect;
 pub enum Statement {
     /// A statement DataFusion plans (queries, DDL, DML, `EXPLAIN` …).
     Sql(Box<DFStatement>),
+    /// A statement of the point-in-time DSL (registry, training sets).
+    Dsl(Box<crate::frontend::dsl::DslStatement>),
     /// `DESCRIBE HISTORY t [LIMIT n]`: the table's commits, newest first.
     DescribeHistory {
         /// The table.
@@ -168,6 +170,11 @@ fn is_word(token: &Token, keyword: Keyword) -> bool {
 
 /// Parses the tokens of exactly one statement.
 pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
+    if crate::frontend::dsl::is_dsl(&tokens) {
+        return Ok(Statement::Dsl(Box::new(crate::frontend::dsl::parse_dsl(
+            tokens,
+        )?)));
+    }
     let significant: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)

@@ -649,3 +649,103 @@ fn a_closed_pipe_is_not_an_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `plan`, `apply`, `export`, `reproduce` and `audit`: their output and exit codes.
+#[test]
+fn registry_and_training_set_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = dir.path().join("warehouse");
+    let defs = dir.path().join("features");
+    std::fs::create_dir(&defs).unwrap();
+    std::fs::create_dir(&warehouse).unwrap();
+    ok(pitlake(
+        &warehouse,
+        &[
+            "sql",
+            "CREATE TABLE labels AS SELECT * FROM (VALUES (1, 7, TIMESTAMP '2026-01-05 00:00:00'), (2, 8, TIMESTAMP '2026-01-05 00:00:00')) AS v(label_id, driver_id, at); \
+             CREATE TABLE stats AS SELECT * FROM (VALUES (7, TIMESTAMP '2026-01-01 00:00:00', 0.5)) AS v(driver_id, event_ts, rate)",
+        ],
+    ));
+    write_file(
+        &defs,
+        "driver.sql",
+        "CREATE ENTITY driver (driver_id BIGINT);\n\
+         CREATE FEATURE VIEW stats ENTITY driver FROM stats EVENT TIME event_ts FEATURES (rate);\n",
+    );
+    let dir_arg = defs.display().to_string();
+    let planned = ok(pitlake(&warehouse, &["plan", &dir_arg])).stdout;
+    assert!(
+        planned.contains("Would apply 2 change(s) to an empty registry"),
+        "{planned}"
+    );
+    assert!(planned.contains("+ create entity `driver`"), "{planned}");
+    let applied = ok(pitlake(&warehouse, &["apply", &dir_arg])).stdout;
+    assert!(applied.contains("Applied 2 change(s)"), "{applied}");
+    assert!(applied.contains("Registry version 0."), "{applied}");
+    let again = ok(pitlake(&warehouse, &["apply", &dir_arg])).stdout;
+    assert!(again.contains("No changes"), "{again}");
+
+    let to = dir.path().join("out/set.parquet").display().to_string();
+    let training_set = "TRAINING SET LABELS labels AT at FEATURES (stats.rate)";
+    let exported = ok(pitlake(&warehouse, &["export", training_set, "--to", &to])).stdout;
+    assert!(exported.contains("Exported 2 rows"), "{exported}");
+    assert!(
+        exported.contains("labels v0, stats v0 with registry version 0"),
+        "{exported}"
+    );
+    let manifest = format!("{to}.manifest.json");
+    let reproduced = ok(pitlake(&warehouse, &["reproduce", &manifest])).stdout;
+    assert!(reproduced.contains("Identical"), "{reproduced}");
+    let audited = ok(pitlake(
+        &warehouse,
+        &["audit", &manifest, "--format", "csv"],
+    ))
+    .stdout;
+    assert!(
+        audited.starts_with("view,label_rows,training_rows,matched"),
+        "{audited}"
+    );
+    assert!(audited.contains("stats,2,2,1,0.5,0,0,0,"), "{audited}");
+    let audited = ok(pitlake(
+        &warehouse,
+        &["audit", training_set, "--format", "csv"],
+    ))
+    .stdout;
+    assert!(audited.contains("stats,2,2,1"), "{audited}");
+
+    // A manifest whose hash does not match what its inputs give: exit 1, both hashes named.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let hash = json["output"]["content_hash"].as_str().unwrap().to_string();
+    let tampered = dir.path().join("tampered.manifest.json");
+    std::fs::write(
+        &tampered,
+        text.replace(&hash, &format!("{}0", &hash[..hash.len() - 1])),
+    )
+    .unwrap();
+    let run = pitlake(&warehouse, &["reproduce", &tampered.display().to_string()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("differs from the export"),
+        "{}",
+        run.stderr
+    );
+
+    // Not a training set, not a manifest.
+    let run = pitlake(&warehouse, &["export", "SELECT 1", "--to", &to]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("expected `TRAINING SET LABELS"),
+        "{}",
+        run.stderr
+    );
+    let run = pitlake(
+        &warehouse,
+        &[
+            "reproduce",
+            &dir.path().join("missing.json").display().to_string(),
+        ],
+    );
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("missing.json"), "{}", run.stderr);
+}

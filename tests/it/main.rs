@@ -7,7 +7,9 @@
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
 //! - `s3`: warehouses on a real S3-compatible server: the CLI, settings, concurrent writers,
 //!   commit safety and faults;
-//! - `time_travel`: commit-time resolution with pinned log times.
+//! - `time_travel`: commit-time resolution with pinned log times;
+//! - `training`: training sets through the registry against brute force; exports, manifests,
+//!   reproduction and audits; definitions applied from a folder; concurrent registry writers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,3 +20,4 @@ mod conformance;
 mod flight;
 mod s3;
 mod time_travel;
+mod training;

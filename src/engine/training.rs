@@ -1,0 +1,505 @@
+//! Training sets: a label relation joined, as of each label's time, to registered feature views.
+//!
+//! A training set lowers to one SQL query: the labels, then one `ASOF LEFT JOIN` per feature
+//! view on the entity's join keys, with the view's TTL as tolerance, its created time as the
+//! tie-break (newest delivery wins) and — unless switched off — as the knowledge time (a value is
+//! used only if it had been delivered by the label time). Every table the query reads is pinned to
+//! the Delta version current when it was planned, so the same query rebuilds the same rows later.
+//!
+//! Rows come out sorted by label time, then the entity keys, then the other label columns: a
+//! deterministic order, so an export is identical when rebuilt.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use arrow::datatypes::{DataType, SchemaRef};
+use serde::{Deserialize, Serialize};
+use sqlparser::ast::{
+    Expr as SqlExpr, Query, TableFactor, TableVersion as SqlVersion, Value, VisitorMut,
+};
+
+use super::Engine;
+use super::registry::{key_type_matches, resolve_items};
+use crate::error::{PitlakeError, Result};
+use crate::frontend::dsl::{SourceSql, TrainingSetSql};
+use crate::frontend::{Statement, parse_sql};
+use crate::registry::{Entity, FeatureView, Kind, Object};
+
+/// A table a training set reads, at the version it reads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PinnedInput {
+    /// The table.
+    pub table: String,
+    /// Its Delta version.
+    pub version: i64,
+    /// Why it is read (`labels`, `feature view driver_stats`).
+    pub role: String,
+}
+
+/// How one feature view takes part in a training set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewUse {
+    /// The view.
+    pub view: String,
+    /// The features taken from it.
+    pub features: Vec<String>,
+    /// Its TTL in seconds.
+    pub ttl_seconds: Option<i64>,
+    /// The created-time column used as tie-break and knowledge time.
+    pub created_time: Option<String>,
+    /// Whether values had to be known by the label time.
+    pub knowledge_time: bool,
+    /// The output column with the matched event time in the audit query.
+    pub event_time_column: String,
+    /// The output column with the matched created time in the audit query.
+    pub created_time_column: Option<String>,
+}
+
+/// A training set, planned: the pinned query and what it was built from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingPlan {
+    /// The query producing the training set, every table pinned.
+    pub query: String,
+    /// The same with, per view, the matched event and created times (for audits).
+    pub audit_query: String,
+    /// The pinned label relation (`SELECT * FROM …`), for counting label rows.
+    pub labels_query: String,
+    /// The label-time column.
+    pub label_time: String,
+    /// The registry version the views were read at.
+    pub registry_version: Option<i64>,
+    /// Every table read, at its version.
+    pub inputs: Vec<PinnedInput>,
+    /// The views.
+    pub views: Vec<ViewUse>,
+}
+
+/// Quotes an identifier for generated SQL.
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+struct Pin {
+    ctes: Vec<String>,
+    tables: Vec<(sqlparser::ast::ObjectName, Option<i64>)>,
+    error: Option<PitlakeError>,
+}
+
+impl VisitorMut for Pin {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.push(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            version,
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        if name.0.len() == 1
+            && self
+                .ctes
+                .iter()
+                .any(|c| name.to_string().eq_ignore_ascii_case(c))
+        {
+            return ControlFlow::Continue(());
+        }
+        let pinned = match version {
+            None => None,
+            Some(SqlVersion::VersionAsOf(SqlExpr::Value(v))) => match &v.value {
+                Value::Number(n, _) => n.parse().ok(),
+                _ => None,
+            },
+            Some(other) => {
+                self.error = Some(PitlakeError::Plan(format!(
+                    "`{name} {other}`: a training set pins tables by version; write VERSION AS \
+                     OF <n>"
+                )));
+                return ControlFlow::Break(());
+            }
+        };
+        self.tables.push((name.clone(), pinned));
+        ControlFlow::Continue(())
+    }
+}
+
+struct Apply<'a> {
+    versions: std::slice::Iter<'a, i64>,
+    ctes: Vec<String>,
+}
+
+impl VisitorMut for Apply<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let Some(with) = &query.with {
+            for cte in &with.cte_tables {
+                self.ctes.push(cte.alias.name.value.to_lowercase());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            version,
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        if name.0.len() == 1
+            && self
+                .ctes
+                .iter()
+                .any(|c| name.to_string().eq_ignore_ascii_case(c))
+        {
+            return ControlFlow::Continue(());
+        }
+        if let Some(v) = self.versions.next() {
+            *version = Some(SqlVersion::VersionAsOf(SqlExpr::Value(
+                Value::Number(v.to_string(), false).with_empty_span(),
+            )));
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Engine {
+    /// Pins every table a relation reads to a version (the latest, unless the relation already
+    /// names one). Returns the pinned relation as a subquery and the tables with versions.
+    pub(crate) async fn pin_relation(
+        &self,
+        relation: &str,
+    ) -> Result<(String, Vec<(String, i64)>)> {
+        let sql = format!("SELECT * FROM {relation}");
+        let mut statements = parse_sql(&sql)?;
+        let Some(Statement::Sql(mut statement)) = statements.pop().map(|s| s.statement) else {
+            return Err(PitlakeError::Internal("pinning: not a query".into()));
+        };
+        let mut pin = Pin {
+            ctes: Vec::new(),
+            tables: Vec::new(),
+            error: None,
+        };
+        let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut pin);
+        if let Some(err) = pin.error {
+            return Err(err);
+        }
+        let mut versions = Vec::with_capacity(pin.tables.len());
+        let mut inputs = Vec::with_capacity(pin.tables.len());
+        for (name, pinned) in pin.tables {
+            let table = self.table_name(&name)?;
+            if !self.warehouse().table_exists(&table).await? {
+                return Err(self.warehouse().not_found(&table).await);
+            }
+            let version = match pinned {
+                Some(v) => self
+                    .warehouse()
+                    .log_listing(&table)
+                    .await?
+                    .check_version(&table, v)?,
+                None => self
+                    .warehouse()
+                    .log_listing(&table)
+                    .await?
+                    .latest()
+                    .ok_or_else(|| PitlakeError::CorruptTable {
+                        table: table.to_string(),
+                        message: "its log has no versions".into(),
+                    })?,
+            };
+            versions.push(version);
+            inputs.push((table.to_string(), version));
+        }
+        let mut apply = Apply {
+            versions: versions.iter(),
+            ctes: Vec::new(),
+        };
+        let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut apply);
+        let text = statement.to_string();
+        let relation = text
+            .strip_prefix("SELECT * FROM ")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("({text})"));
+        Ok((relation, inputs))
+    }
+
+    /// Plans a training set against the current registry.
+    pub async fn plan_training_set(&self, spec: &TrainingSetSql) -> Result<TrainingPlan> {
+        let state = self.registry().state(None).await?;
+        let pairs = resolve_items(&state, &spec.items)?;
+        if pairs.is_empty() {
+            return Err(PitlakeError::Plan("a training set needs FEATURES".into()));
+        }
+        // Group the wanted features by view, keeping first-mention order.
+        let mut order: Vec<String> = Vec::new();
+        let mut wanted: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
+        for (view, feature) in pairs {
+            if !order.contains(&view) {
+                order.push(view.clone());
+            }
+            let entry = wanted.entry(view).or_insert(Some(Vec::new()));
+            match (entry.as_mut(), feature) {
+                (Some(list), Some(f)) => {
+                    if !list.contains(&f) {
+                        list.push(f);
+                    }
+                }
+                (_, None) => *entry = None,
+                (None, Some(_)) => {}
+            }
+        }
+
+        let label_relation = match &spec.labels {
+            SourceSql::Table {
+                name,
+                version: Some(v),
+            } => format!("{name} VERSION AS OF {v}"),
+            SourceSql::Table {
+                name,
+                version: None,
+            } => name.clone(),
+            SourceSql::Query(sql) => format!("({sql})"),
+        };
+        let (labels, label_inputs) = self.pin_relation(&label_relation).await?;
+        let label_schema = self.relation_schema(&labels).await?;
+        let label_time_type = label_schema
+            .field_with_name(&spec.at)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| {
+                PitlakeError::Plan(format!(
+                    "the labels have no column `{}` for AT; their columns are: {}",
+                    spec.at,
+                    columns(&label_schema)
+                ))
+            })?;
+
+        let mut inputs: Vec<PinnedInput> = label_inputs
+            .into_iter()
+            .map(|(table, version)| PinnedInput {
+                table,
+                version,
+                role: "labels".into(),
+            })
+            .collect();
+        let mut select = vec!["l.*".to_string()];
+        let mut audit_select = vec!["l.*".to_string()];
+        let mut joins = String::new();
+        let mut views = Vec::new();
+        let mut key_columns: Vec<String> = Vec::new();
+        for (i, view_name) in order.iter().enumerate() {
+            let (view, entity) = view_and_entity(&state, view_name)?;
+            check_label_keys(&label_schema, entity, view_name)?;
+            for key in &entity.join_keys {
+                if !key_columns.contains(&key.name) {
+                    key_columns.push(key.name.clone());
+                }
+            }
+            let (source, pinned) = self.pin_relation(&view.source.relation()).await?;
+            inputs.extend(pinned.iter().map(|(table, version)| PinnedInput {
+                table: table.clone(),
+                version: *version,
+                role: format!("feature view {view_name}"),
+            }));
+            let alias = format!("v{i}");
+            let features: Vec<String> = match &wanted[view_name] {
+                Some(list) => list.clone(),
+                None => view.features.iter().map(|f| f.name.clone()).collect(),
+            };
+            for feature in &features {
+                let column = format!(
+                    "{alias}.{} AS {}",
+                    quote(feature),
+                    quote(&format!("{view_name}__{feature}"))
+                );
+                select.push(column.clone());
+                audit_select.push(column);
+            }
+            let event_column = format!("{view_name}__event_time");
+            let created_column = view
+                .created_time
+                .as_ref()
+                .map(|_| format!("{view_name}__created_time"));
+            if spec.options.event_times {
+                select.push(format!(
+                    "{alias}.{} AS {}",
+                    quote(&view.event_time),
+                    quote(&event_column)
+                ));
+            }
+            audit_select.push(format!(
+                "{alias}.{} AS {}",
+                quote(&view.event_time),
+                quote(&event_column)
+            ));
+            if let (Some(created), Some(column)) = (&view.created_time, &created_column) {
+                audit_select.push(format!("{alias}.{} AS {}", quote(created), quote(column)));
+            }
+            if spec.options.versions {
+                let version = match (&view.source, pinned.as_slice()) {
+                    (crate::registry::Source::Table { .. }, [(_, v)]) => v.to_string(),
+                    _ => "CAST(NULL AS BIGINT)".to_string(),
+                };
+                select.push(format!(
+                    "{version} AS {}",
+                    quote(&format!("{view_name}__table_version"))
+                ));
+            }
+            let on: Vec<String> = entity
+                .join_keys
+                .iter()
+                .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
+                .chain(std::iter::once(format!(
+                    "l.{} >= {alias}.{}",
+                    quote(&spec.at),
+                    quote(&view.event_time)
+                )))
+                .collect();
+            let mut clause = format!(
+                "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
+                on.join(" AND ")
+            );
+            if let Some(ttl) = view.ttl_seconds {
+                if is_temporal(&label_time_type) {
+                    clause.push_str(&format!(" TOLERANCE INTERVAL '{ttl} seconds'"));
+                } else {
+                    clause.push_str(&format!(" TOLERANCE {ttl}"));
+                }
+            }
+            if let Some(created) = &view.created_time {
+                clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
+                if spec.options.knowledge_time {
+                    clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
+                }
+            }
+            joins.push_str(&clause);
+            views.push(ViewUse {
+                view: view_name.clone(),
+                features,
+                ttl_seconds: view.ttl_seconds,
+                created_time: view.created_time.clone(),
+                knowledge_time: spec.options.knowledge_time && view.created_time.is_some(),
+                event_time_column: event_column,
+                created_time_column: created_column,
+            });
+        }
+        // Deterministic order: label time, keys, then every other label column.
+        let mut order_by = vec![format!("l.{}", quote(&spec.at))];
+        for key in &key_columns {
+            order_by.push(format!("l.{}", quote(key)));
+        }
+        for field in label_schema.fields() {
+            if field.name() != &spec.at
+                && !key_columns.contains(field.name())
+                && is_orderable(field.data_type())
+            {
+                order_by.push(format!("l.{}", quote(field.name())));
+            }
+        }
+        let from = format!(
+            "FROM (SELECT * FROM {labels}) AS l{joins}\nORDER BY {}",
+            order_by.join(", ")
+        );
+        inputs.sort();
+        inputs.dedup();
+        Ok(TrainingPlan {
+            query: format!("SELECT {}\n{from}", select.join(", ")),
+            audit_query: format!("SELECT {}\n{from}", audit_select.join(", ")),
+            labels_query: format!("SELECT * FROM {labels}"),
+            label_time: spec.at.clone(),
+            registry_version: state.version,
+            inputs,
+            views,
+        })
+    }
+}
+
+fn is_temporal(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64
+    )
+}
+
+fn is_orderable(t: &DataType) -> bool {
+    !matches!(
+        t,
+        DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(_, _)
+            | DataType::Struct(_)
+            | DataType::Map(_, _)
+            | DataType::Union(_, _)
+    )
+}
+
+fn columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn view_and_entity<'a>(
+    state: &'a crate::registry::RegistryState,
+    view: &str,
+) -> Result<(&'a FeatureView, &'a Entity)> {
+    let Some(Object::FeatureView(v)) = state.get(Kind::FeatureView, view) else {
+        return Err(PitlakeError::Plan(format!(
+            "feature view `{view}` does not exist"
+        )));
+    };
+    let Some(Object::Entity(e)) = state.get(Kind::Entity, &v.entity) else {
+        return Err(PitlakeError::Plan(format!(
+            "feature view `{view}` refers to entity `{}`, which no longer exists",
+            v.entity
+        )));
+    };
+    Ok((v, e))
+}
+
+/// The labels must carry the entity's join keys, with the keys' types.
+fn check_label_keys(labels: &SchemaRef, entity: &Entity, view: &str) -> Result<()> {
+    for key in &entity.join_keys {
+        match labels.field_with_name(&key.name) {
+            Ok(field) if key_type_matches(field.data_type(), &key.data_type) => {}
+            Ok(field) => {
+                return Err(PitlakeError::Plan(format!(
+                    "the labels' `{}` is {} but entity `{}` (of feature view `{view}`) keys on \
+                     {} {}; cast the label column",
+                    key.name,
+                    field.data_type(),
+                    entity.name,
+                    key.name,
+                    key.data_type
+                )));
+            }
+            Err(_) => {
+                return Err(PitlakeError::Plan(format!(
+                    "the labels have no column `{}`, the join key of entity `{}` (feature view \
+                     `{view}` needs it); their columns are: {}",
+                    key.name,
+                    entity.name,
+                    columns(labels)
+                )));
+            }
+        }
+    }
+    Ok(())
+}

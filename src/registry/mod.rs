@@ -1,0 +1,12 @@
+//! The feature registry: entities, feature views, feature services and models, kept as events in
+//! a versioned Delta table under `<warehouse>/_pitlake/`, with history, lineage and safe
+//! concurrent changes.
+
+mod model;
+mod store;
+
+pub use model::{
+    Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind, Model, Object,
+    Source, model_key,
+};
+pub use store::{Action, Change, Event, Registry, RegistryState};
