@@ -25,9 +25,11 @@ use serde::{Deserialize, Serialize};
 
 use super::training::{PinnedInput, TrainingPlan, ViewUse, quote};
 use super::{Engine, Output, RunOptions};
+use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result};
 use crate::frontend::Statement;
 use crate::frontend::dsl::TrainingSetSql;
+use crate::storage::Warehouse;
 
 /// The manifest format's version.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -205,6 +207,14 @@ pub fn manifest_location(to: &str) -> String {
     format!("{}.manifest.json", to.trim_end_matches('/'))
 }
 
+/// The store and path of an output URL on object storage, built like the warehouse's store
+/// (the same settings, resolved in the same order; see `storage::options`).
+fn output_store(engine: &Engine, url: &str) -> Result<Warehouse> {
+    let location = WarehouseLocation::parse(url)?
+        .with_storage_options(engine.settings().warehouse.storage_options.clone());
+    Warehouse::connect(location)
+}
+
 async fn write_bytes(engine: &Engine, to: &str, bytes: Vec<u8>) -> Result<()> {
     match local_path(to) {
         Some(path) => {
@@ -217,38 +227,35 @@ async fn write_bytes(engine: &Engine, to: &str, bytes: Vec<u8>) -> Result<()> {
             })
         }
         None => {
-            let url = url::Url::parse(to)
-                .map_err(|e| PitlakeError::Plan(format!("`{to}` is not a URL: {e}")))?;
-            let (store, path) = object_store::parse_url_opts(
-                &url,
-                engine.settings().warehouse.storage_options.iter(),
-            )?;
-            store.put(&path, bytes.into()).await?;
+            let out = output_store(engine, to)?;
+            out.store().put(out.root(), bytes.into()).await?;
             Ok(())
         }
     }
 }
 
 async fn read_text(engine: &Engine, from: &str) -> Result<String> {
-    match local_path(from) {
-        Some(path) => std::fs::read_to_string(&path).map_err(|e| PitlakeError::Input {
+    let bytes = match local_path(from) {
+        Some(path) => std::fs::read(&path).map_err(|e| PitlakeError::Input {
             path: path.display().to_string(),
             message: format!("cannot read: {e}"),
-        }),
+        })?,
         None => {
-            let url = url::Url::parse(from)
-                .map_err(|e| PitlakeError::Plan(format!("`{from}` is not a URL: {e}")))?;
-            let (store, path) = object_store::parse_url_opts(
-                &url,
-                engine.settings().warehouse.storage_options.iter(),
-            )?;
-            let bytes = store.get(&path).await?.bytes().await?;
-            String::from_utf8(bytes.to_vec()).map_err(|e| PitlakeError::Input {
-                path: from.to_string(),
-                message: format!("is not text: {e}"),
-            })
+            let out = output_store(engine, from)?;
+            let found = out.store().get(out.root()).await.map_err(|e| match e {
+                object_store::Error::NotFound { .. } => PitlakeError::Input {
+                    path: from.to_string(),
+                    message: "does not exist".into(),
+                },
+                other => PitlakeError::ObjectStore(other),
+            })?;
+            found.bytes().await?.to_vec()
         }
-    }
+    };
+    String::from_utf8(bytes).map_err(|e| PitlakeError::Input {
+        path: from.to_string(),
+        message: format!("is not text: {e}"),
+    })
 }
 
 impl Engine {
@@ -472,18 +479,22 @@ impl Engine {
     /// Writes a stream as a Delta table at `to`: created by the first export, a new version of
     /// it (all rows replaced) by later ones; one commit either way.
     async fn write_delta(&self, stream: SendableRecordBatchStream, to: &str) -> Result<()> {
-        let url = match local_path(to) {
+        let mut table = match local_path(to) {
             Some(path) => {
                 std::fs::create_dir_all(&path)?;
-                url::Url::from_directory_path(std::path::absolute(&path)?)
-                    .map_err(|()| PitlakeError::Plan(format!("`{to}` is not a usable folder")))?
+                let url = url::Url::from_directory_path(std::path::absolute(&path)?)
+                    .map_err(|()| PitlakeError::Plan(format!("`{to}` is not a usable folder")))?;
+                deltalake::DeltaTableBuilder::from_url(url)?.build()?
             }
-            None => url::Url::parse(to)
-                .map_err(|e| PitlakeError::Plan(format!("`{to}` is not a URL: {e}")))?,
+            None => {
+                let out = output_store(self, to)?;
+                out.check_commit_safety().await?;
+                let url = out.location().url.clone();
+                deltalake::DeltaTableBuilder::from_url(url.clone())?
+                    .with_storage_backend(out.store().clone(), url)
+                    .build()?
+            }
         };
-        let mut table = deltalake::DeltaTableBuilder::from_url(url)?
-            .with_storage_options(self.settings().warehouse.storage_options.clone())
-            .build()?;
         let exists = table.load().await.is_ok();
         let schema = stream.schema();
         let source: Arc<dyn datafusion::catalog::TableProvider> =

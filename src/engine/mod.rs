@@ -89,7 +89,9 @@ pub struct ColumnInfo {
     pub partition: bool,
 }
 
-/// The pitlake engine: a warehouse and a DataFusion session over it.
+/// The pitlake engine: a warehouse and a DataFusion session over it. Clones share the session,
+/// the warehouse and the catalog.
+#[derive(Clone)]
 pub struct Engine {
     ctx: SessionContext,
     warehouse: Arc<Warehouse>,
@@ -164,6 +166,14 @@ impl Engine {
     /// The settings this engine runs with.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The same engine acting for `user`: registry changes and exports record them as author
+    /// (a server runs each client's statements this way).
+    pub fn for_user(&self, user: &str) -> Engine {
+        let mut engine = self.clone();
+        engine.settings.user = user.to_string();
+        engine
     }
 
     /// The warehouse.

@@ -285,6 +285,7 @@ impl PitlakeFlightSql {
             let planned = self.plan(&principal, sql).await?;
             self.shared
                 .engine
+                .for_user(&principal.user)
                 .execute_planned(planned, values, self.shared.limits.query_memory_limit)
                 .await
                 .map_err(|e| status_for_principal(e, &principal))
@@ -357,6 +358,7 @@ impl PitlakeFlightSql {
             }
             self.shared
                 .engine
+                .for_user(&principal.user)
                 .execute_planned(planned, values, self.shared.limits.query_memory_limit)
                 .await
                 .map_err(|e| status_for_principal(e, &principal))

@@ -214,6 +214,11 @@ impl Warehouse {
         &self.store
     }
 
+    /// The warehouse root inside [`Warehouse::store`].
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Checks that the warehouse root exists (local folders only; object stores have no folders).
     pub fn check_exists(&self) -> Result<()> {
         if let Some(path) = self.location.local_path() {

@@ -59,6 +59,9 @@ roles = ["labeler"]
 [users.admin]
 password_hash = "{admin}"
 roles = ["analyst", "admin"]
+[users.carol]
+password_hash = "{bob}"
+roles = ["labeler", "curator"]
 [users.svc]
 tokens = [{{ sha256 = "{svc}" }}]
 roles = ["analyst"]
@@ -68,6 +71,8 @@ grants = ["table:*"]
 grants = ["table:labels", "table:driver_stats"]
 [roles.admin]
 grants = ["write:*", "session", "files"]
+[roles.curator]
+grants = ["view:driver_rates", "registry:write"]
 "#
     )
 }
@@ -968,4 +973,84 @@ fn serve_refuses_unsafe_or_incomplete_settings() {
     let (code, err) = serve(&["--insecure-plaintext"], false);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("PITLAKE_AUTH"), "{err}");
+}
+
+/// The DSL over Flight SQL: a training set needs its feature views granted as well as the tables
+/// they read; registry changes need `registry:write`, and record the client as their author.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_sets_and_registry_changes_need_their_grants() {
+    let fixture = Fixture::start(Options::default()).await;
+    fixture
+        .engine
+        .run_script(
+            "CREATE ENTITY driver (driver_id BIGINT); \
+             CREATE FEATURE VIEW driver_rates ENTITY driver FROM driver_stats \
+               EVENT TIME event_ts FEATURES (conv_rate); \
+             CREATE FEATURE VIEW secret_rates ENTITY driver \
+               FROM (SELECT salary AS driver_id, TIMESTAMP '2026-01-01 00:00:00' AS event_ts, salary FROM secret) \
+               EVENT TIME event_ts FEATURES (salary)",
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let training_set = "TRAINING SET LABELS labels AT ts FEATURES (driver_rates.conv_rate)";
+    let expected = rows(&fixture.engine.collect(training_set).await.unwrap());
+    assert_eq!(expected.len(), 4);
+
+    // bob reads both tables but holds no view grant.
+    let mut bob = fixture.login("bob", "bob-pw").await;
+    let err = query(&mut bob, training_set).await.unwrap_err();
+    assert_eq!(code(&err), Code::PermissionDenied, "{}", message(&err));
+    assert!(
+        message(&err).contains("feature view `driver_rates`"),
+        "{}",
+        message(&err)
+    );
+    let before = fixture.engine.registry().version().await.unwrap();
+    let err = bob
+        .execute_update("CREATE ENTITY rider (rider_id BIGINT)".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::PermissionDenied, "{}", message(&err));
+    assert!(
+        message(&err).contains("registry:write"),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(fixture.engine.registry().version().await.unwrap(), before);
+
+    // carol holds view:driver_rates and registry:write.
+    let mut carol = fixture.login("carol", "bob-pw").await;
+    let got = query(&mut carol, training_set).await.unwrap();
+    assert_eq!(rows(&got), expected);
+    // A view she may not read, and a view whose source reads a table she may not read.
+    let err = query(
+        &mut carol,
+        "TRAINING SET LABELS labels AT ts FEATURES (secret_rates.*)",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(code(&err), Code::PermissionDenied, "{}", message(&err));
+    let shown = query(&mut carol, "SHOW FEATURE VIEWS").await.unwrap();
+    assert_eq!(count(&shown), 2);
+    carol
+        .execute_update("CREATE ENTITY rider (rider_id BIGINT)".into(), None)
+        .await
+        .unwrap();
+    let history = fixture
+        .engine
+        .collect("SHOW HISTORY OF ENTITY rider")
+        .await
+        .unwrap();
+    assert_eq!(crate::common::column(&history, 3), ["carol"]);
+    // Exports write the server's files: refused without the `files` grant.
+    let err = carol
+        .execute_update(
+            format!("EXPORT {training_set} TO '/tmp/pitlake-flight-export.parquet'"),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), Code::PermissionDenied, "{}", message(&err));
+    assert!(message(&err).contains("files"), "{}", message(&err));
 }

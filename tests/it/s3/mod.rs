@@ -215,6 +215,61 @@ fn cli_round_trip(store: &StoreServer) {
     );
     assert_eq!(joined_v0, "id,rate\n10,0.5\n11,0.7\n");
 
+    // The registry lives in the store too; exports go to it, with their manifests, and
+    // reproduce from it.
+    ok(pitlake(
+        &w,
+        &o,
+        &[
+            "sql",
+            "CREATE ENTITY driver (driver BIGINT); \
+             CREATE FEATURE VIEW stats ENTITY driver FROM stats EVENT TIME event_ts FEATURES (rate)",
+        ],
+    ));
+    let training_set = "TRAINING SET LABELS labels AT at FEATURES (stats.rate)";
+    assert_eq!(
+        csv(&w, &o, training_set),
+        "id,driver,at,stats__rate\n10,1,2026-01-01T12:00:00,0.5\n11,2,2026-01-05T00:00:00,0.9\n"
+    );
+    for (to, format) in [
+        (format!("{w}-exports/set.parquet"), "parquet"),
+        (format!("{w}-exports/set_delta"), "delta"),
+    ] {
+        let exported = ok(pitlake(
+            &w,
+            &o,
+            &["export", training_set, "--to", &to, "--format", format],
+        ));
+        assert!(
+            exported.stdout.contains("Exported 2 rows"),
+            "{}",
+            exported.stdout
+        );
+        let manifest = format!("{to}.manifest.json");
+        let again = ok(pitlake(&w, &o, &["reproduce", &manifest]));
+        assert!(again.stdout.contains("Identical"), "{}", again.stdout);
+    }
+    // The Delta export is a table of a warehouse at its folder.
+    assert_eq!(
+        csv(
+            &format!("{w}-exports"),
+            &o,
+            "SELECT count(*) AS n FROM set_delta"
+        ),
+        "n\n2\n"
+    );
+    let missing = pitlake(
+        &w,
+        &o,
+        &["reproduce", &format!("{w}-exports/none.manifest.json")],
+    );
+    assert_eq!(missing.code, 1, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("does not exist"),
+        "{}",
+        missing.stderr
+    );
+
     // Drop: refused without --force, then every object goes.
     let refused = pitlake(&w, &o, &["sql", "DROP TABLE stats"]);
     assert_ne!(refused.code, 0);
