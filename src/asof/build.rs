@@ -213,6 +213,7 @@ pub(crate) async fn build(
     right: Arc<dyn ExecutionPlan>,
     exprs: Arc<RightExprs>,
     kernel: KernelOptions,
+    right_output: Vec<usize>,
     metrics: impl Fn(usize) -> AsOfJoinMetrics,
     spill_metrics: SpillMetrics,
     context: Arc<TaskContext>,
@@ -249,6 +250,15 @@ pub(crate) async fn build(
                 Shard::Memory(index, reservation) => Some((*index, reservation)),
                 Shard::Spilled(_) => None,
             })
+            .map(|(mut index, reservation)| {
+                // Only now: until every shard is built, any of them may still have to go to
+                // disk, which needs the key and time columns.
+                index.retain_columns(&right_output)?;
+                reservation.try_resize(index.memory_size())?;
+                Ok((index, reservation))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
             .unzip();
         return Ok(BuildSide::Memory {
             shards,

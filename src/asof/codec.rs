@@ -49,6 +49,9 @@ struct Header {
     /// (ascending or descending, nulls first)
     tiebreak: Vec<(bool, bool)>,
     known_at: bool,
+    /// The right columns shown, when a projection was absorbed (all of them when absent).
+    #[serde(default)]
+    right_output: Option<Vec<usize>>,
 }
 
 fn op_name(op: AsOfOperator) -> &'static str {
@@ -99,6 +102,7 @@ fn header(
         tolerance_number: matches!(tolerance, Some(Tolerance::Number(_))),
         tiebreak,
         known_at,
+        right_output: None,
     }
 }
 
@@ -411,6 +415,10 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
             known_at,
             output_schema(&ls, &rs),
         )?;
+        let exec = match header.right_output {
+            Some(keep) => exec.with_right_output(keep)?,
+            None => exec,
+        };
         Ok(Arc::new(exec))
     }
 
@@ -428,18 +436,19 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
             .iter()
             .map(|s| (!s.options.descending, s.options.nulls_first))
             .collect();
-        write_header(
-            &header(
-                join.on().len(),
-                join.null_equal(),
-                join.op(),
-                join.join_type(),
-                join.tolerance(),
-                tiebreak,
-                join.known_at().is_some(),
-            ),
-            buf,
-        )?;
+        let mut header = header(
+            join.on().len(),
+            join.null_equal(),
+            join.op(),
+            join.join_type(),
+            join.tolerance(),
+            tiebreak,
+            join.known_at().is_some(),
+        );
+        if join.right_output().len() < join.right().schema().fields().len() {
+            header.right_output = Some(join.right_output().to_vec());
+        }
+        write_header(&header, buf)?;
         let (left_time, right_time) = join.times();
         let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();
         exprs.extend(join.on().iter().map(|(_, r)| r.clone()));

@@ -11,26 +11,39 @@
 //! ```
 //!
 //! The right input is hash-partitioned on its keys, so each key lives in exactly one partition;
-//! each partition is read into its own index by its own task, all in parallel, as soon as the
-//! operator starts (every as-of join of a query builds at once). The left input streams: each
-//! left batch is looked up in the indexes without being sorted, and leaves in the order it came,
-//! with the right columns gathered only for the rows that matched.
+//! each partition is read into its own index by its own task, all in parallel, when the first
+//! left partition asks for it. A chain of joins (labels joined to K feature tables) thus builds
+//! one right side after the other, top down: each build already has every core, and a finished
+//! index is trimmed to the columns the output shows before the next one is read, so the peak
+//! memory is the finished indexes plus one being built, not K being built at once.
+//!
+//! The left input streams: each left batch is looked up in the indexes without being sorted,
+//! and leaves in the order it came, with the right columns gathered only for the rows that
+//! matched.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::compute::SortOptions;
-use arrow::datatypes::SchemaRef;
+use std::collections::BTreeSet;
+
+use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::equivalence::join_equivalence_properties;
-use datafusion::physical_expr::{PhysicalExpr, PhysicalExprRef, PhysicalSortExpr};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::projection::ProjectionExpr;
+use datafusion::physical_expr::utils::collect_columns;
+use datafusion::physical_expr::{
+    EquivalenceProperties, PhysicalExpr, PhysicalExprRef, PhysicalSortExpr,
+};
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet, SpillMetrics};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
@@ -68,6 +81,35 @@ impl fmt::Debug for BuildSlot {
     }
 }
 
+/// `expr` with each column `c@i` renumbered to `c@map(i)`; `None` if a column has no new place.
+fn remap_columns(
+    expr: &PhysicalExprRef,
+    map: &dyn Fn(usize) -> Option<usize>,
+) -> Result<Option<PhysicalExprRef>> {
+    let mut lost = false;
+    let out = expr.clone().transform_up(|e| {
+        let Some(column) = e.downcast_ref::<Column>() else {
+            return Ok(Transformed::no(e));
+        };
+        match map(column.index()) {
+            Some(i) if i == column.index() => Ok(Transformed::no(e)),
+            Some(i) => Ok(Transformed::yes(
+                Arc::new(Column::new(column.name(), i)) as PhysicalExprRef
+            )),
+            None => {
+                lost = true;
+                Ok(Transformed::no(e))
+            }
+        }
+    })?;
+    Ok((!lost).then_some(out.data))
+}
+
+/// The column indices `expr` reads.
+fn columns_of(expr: &PhysicalExprRef) -> impl Iterator<Item = usize> {
+    collect_columns(expr).into_iter().map(|c| c.index())
+}
+
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -83,6 +125,12 @@ pub struct AsOfJoinExec {
     tiebreak: Vec<PhysicalSortExpr>,
     known_at: Option<PhysicalExprRef>,
     kernel: KernelOptions,
+    /// Left ++ every right column: the schema given to [`AsOfJoinExec::try_new`].
+    full_schema: SchemaRef,
+    /// The right input's columns the output shows, ascending (all of them unless a projection
+    /// above was absorbed, see [`AsOfJoinExec::with_right_output`]).
+    right_output: Vec<usize>,
+    /// Left ++ the `right_output` columns.
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
     build: Mutex<BuildSlot>,
@@ -152,7 +200,13 @@ impl AsOfJoinExec {
         };
         // Fail at planning, not at execution, if the kernel would refuse these options.
         IndexBuilder::try_new(kernel.clone(), rs.clone())?;
-        let cache = Arc::new(Self::compute_properties(&left, &right, schema.clone())?);
+        let right_output: Vec<usize> = (0..rs.fields().len()).collect();
+        let cache = Arc::new(Self::compute_properties(
+            &left,
+            &right,
+            &right_output,
+            schema.clone(),
+        )?);
         Ok(Self {
             left,
             right,
@@ -166,6 +220,8 @@ impl AsOfJoinExec {
             tiebreak,
             known_at,
             kernel,
+            full_schema: schema.clone(),
+            right_output,
             schema,
             cache,
             build: Mutex::new(BuildSlot::default()),
@@ -174,18 +230,60 @@ impl AsOfJoinExec {
         })
     }
 
+    /// Shows only the right columns `keep` (ascending indices into the right input's schema,
+    /// each one shown now): the index then drops the others once it is built, and the output
+    /// carries only these. The physical optimizer calls this through
+    /// [`ExecutionPlan::try_swapping_with_projection`].
+    pub fn with_right_output(mut self, keep: Vec<usize>) -> Result<Self> {
+        if keep.windows(2).any(|w| w[0] >= w[1])
+            || keep
+                .iter()
+                .any(|c| self.right_output.binary_search(c).is_err())
+        {
+            return internal_err!(
+                "AsOfJoinExec: right columns {keep:?} are not ascending columns of {:?}",
+                self.right_output
+            );
+        }
+        let left_width = self.left.schema().fields().len();
+        let mut fields: Vec<FieldRef> = self.full_schema.fields()[..left_width].to_vec();
+        fields.extend(
+            keep.iter()
+                .map(|&c| self.full_schema.fields()[left_width + c].clone()),
+        );
+        self.schema = Arc::new(Schema::new_with_metadata(
+            fields,
+            self.full_schema.metadata().clone(),
+        ));
+        self.cache = Arc::new(Self::compute_properties(
+            &self.left,
+            &self.right,
+            &keep,
+            self.schema.clone(),
+        )?);
+        self.right_output = keep;
+        Ok(self)
+    }
+
+    /// The right input's columns the output shows, ascending.
+    pub fn right_output(&self) -> &[usize] {
+        &self.right_output
+    }
+
     fn compute_properties(
         left: &Arc<dyn ExecutionPlan>,
         right: &Arc<dyn ExecutionPlan>,
+        right_output: &[usize],
         schema: SchemaRef,
     ) -> Result<PlanProperties> {
         // Left columns keep their positions in the output and every left row's order within
         // its partition is kept, so the left's orderings and constants describe the output too.
         // The right side contributes nothing (its rows are looked up, not streamed).
         let left_eq = left.equivalence_properties().clone();
+        let right_schema = Arc::new(right.schema().project(right_output)?);
         let mut eq = join_equivalence_properties(
             left_eq.clone(),
-            right.equivalence_properties().clone(),
+            EquivalenceProperties::new(right_schema),
             &JoinType::Left,
             schema,
             &[true, false],
@@ -264,8 +362,9 @@ impl AsOfJoinExec {
             self.tolerance.clone(),
             self.tiebreak.clone(),
             self.known_at.clone(),
-            self.schema.clone(),
-        )
+            self.full_schema.clone(),
+        )?
+        .with_right_output(self.right_output.clone())
     }
 
     /// The shared build, started by the first partition that executes.
@@ -313,14 +412,15 @@ impl AsOfJoinExec {
             self.right.clone(),
             self.right_exprs(),
             self.kernel.clone(),
+            self.right_output.clone(),
             move |partition| AsOfJoinMetrics::new(&metrics, partition),
             spill_metrics,
             context.clone(),
         );
-        // Spawned now, not on first poll: every as-of join of a query builds at once.
-        let task = SpawnedTask::spawn(job);
+        // Spawned on first poll, not now: the joins of a chain build one after the other.
         let build: BuildFuture = async move {
-            task.join_unwind()
+            SpawnedTask::spawn(job)
+                .join_unwind()
                 .await
                 .map_err(|e| Arc::new(DataFusionError::ExecutionJoin(Box::new(e))))?
                 .map(Arc::new)
@@ -391,6 +491,15 @@ impl DisplayAs for AsOfJoinExec {
         if let Some(known) = &self.known_at {
             write!(f, ", known_at={known}")?;
         }
+        let right = self.right.schema();
+        if self.right_output.len() < right.fields().len() {
+            let shown: Vec<String> = self
+                .right_output
+                .iter()
+                .map(|&c| format!("{}@{c}", right.field(c).name()))
+                .collect();
+            write!(f, ", right_output=[{}]", shown.join(", "))?;
+        }
         Ok(())
     }
 }
@@ -447,6 +556,117 @@ impl ExecutionPlan for AsOfJoinExec {
         Ok(TreeNodeRecursion::Continue)
     }
 
+    /// Absorbs a projection above: the right columns it does not read are neither kept in the
+    /// index nor gathered, and the left columns neither it nor the join reads are projected
+    /// away below (where the next join down can absorb that projection in turn).
+    fn try_swapping_with_projection(
+        &self,
+        projection: &ProjectionExec,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let left_schema = self.left.schema();
+        let left_width = left_schema.fields().len();
+        let used: BTreeSet<usize> = projection
+            .expr()
+            .iter()
+            .flat_map(|e| columns_of(&e.expr))
+            .collect();
+        let mut left_keep: BTreeSet<usize> =
+            used.iter().copied().filter(|&i| i < left_width).collect();
+        for (l, _) in &self.on {
+            left_keep.extend(columns_of(l));
+        }
+        left_keep.extend(columns_of(&self.left_time));
+        let left_keep: Vec<usize> = left_keep.into_iter().collect();
+        let right_keep: Vec<usize> = used
+            .iter()
+            .filter(|&&i| i >= left_width)
+            .map(|&i| self.right_output[i - left_width])
+            .collect();
+        let prune_left = left_keep.len() < left_width;
+        if !prune_left && right_keep.len() == self.right_output.len() {
+            return Ok(None);
+        }
+        let left_map = |i: usize| left_keep.binary_search(&i).ok();
+        let (left, on, left_time) = if prune_left {
+            let exprs = left_keep
+                .iter()
+                .map(|&i| {
+                    let name = left_schema.field(i).name();
+                    ProjectionExpr::new(Arc::new(Column::new(name, i)), name.clone())
+                })
+                .collect::<Vec<_>>();
+            let left: Arc<dyn ExecutionPlan> =
+                Arc::new(ProjectionExec::try_new(exprs, self.left.clone())?);
+            let mut on = Vec::with_capacity(self.on.len());
+            for (l, r) in &self.on {
+                let Some(l) = remap_columns(l, &left_map)? else {
+                    return Ok(None);
+                };
+                on.push((l, r.clone()));
+            }
+            let Some(left_time) = remap_columns(&self.left_time, &left_map)? else {
+                return Ok(None);
+            };
+            (left, on, left_time)
+        } else {
+            (self.left.clone(), self.on.clone(), self.left_time.clone())
+        };
+        let kept: Vec<usize> = left_keep
+            .iter()
+            .copied()
+            .chain(right_keep.iter().map(|&c| {
+                let at = self.right_output.binary_search(&c).unwrap_or_default();
+                left_width + at
+            }))
+            .collect();
+        let full_schema = Arc::new(Schema::new_with_metadata(
+            left.schema()
+                .fields()
+                .iter()
+                .cloned()
+                .chain(self.full_schema.fields()[left_width..].iter().cloned())
+                .collect::<Vec<FieldRef>>(),
+            self.full_schema.metadata().clone(),
+        ));
+        let join = Self::try_new(
+            left,
+            self.right.clone(),
+            on,
+            self.null_equal.clone(),
+            left_time,
+            self.right_time.clone(),
+            self.op,
+            self.join_type,
+            self.tolerance.clone(),
+            self.tiebreak.clone(),
+            self.known_at.clone(),
+            full_schema,
+        )?
+        .with_right_output(right_keep)?;
+        let join: Arc<dyn ExecutionPlan> = Arc::new(join);
+        // The projection over the new join: each old output column at its new place.
+        let out_map = |i: usize| kept.binary_search(&i).ok();
+        let mut exprs = Vec::with_capacity(projection.expr().len());
+        for e in projection.expr() {
+            let Some(expr) = remap_columns(&e.expr, &out_map)? else {
+                return Ok(None);
+            };
+            exprs.push(ProjectionExpr::new(expr, e.alias.clone()));
+        }
+        let schema = join.schema();
+        let identity = exprs.len() == schema.fields().len()
+            && exprs.iter().enumerate().all(|(i, e)| {
+                e.expr
+                    .downcast_ref::<Column>()
+                    .is_some_and(|c| c.index() == i && c.name() == e.alias)
+            })
+            && projection.schema() == schema;
+        if identity {
+            return Ok(Some(join));
+        }
+        Ok(Some(Arc::new(ProjectionExec::try_new(exprs, join)?)))
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
@@ -482,6 +702,7 @@ impl ExecutionPlan for AsOfJoinExec {
             right: self.right_exprs(),
             kernel: self.kernel.clone(),
             right_schema: self.right.schema(),
+            right_output: self.right_output.clone(),
             context: context.clone(),
             partition,
             turn: self.spill_turn.clone(),

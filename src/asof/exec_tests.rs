@@ -41,6 +41,8 @@ struct Case {
     right: Vec<RecordBatch>,
     right_partitions: usize,
     batch_size: usize,
+    /// Whether the join shows only the right's `rid` (as under a projection).
+    only_rid: bool,
 }
 
 fn schema(prefix: &str, timestamp: bool, two_keys: bool, right: bool) -> SchemaRef {
@@ -182,6 +184,7 @@ fn random_case(rng: &mut StdRng) -> Case {
         right,
         right_partitions: rng.random_range(1..=8),
         batch_size,
+        only_rid: rng.random_bool(0.5),
     }
 }
 
@@ -234,23 +237,28 @@ impl Case {
                 .iter()
                 .map(|f| f.as_ref().clone().with_nullable(true)),
         );
-        Arc::new(
-            AsOfJoinExec::try_new(
-                left,
-                right,
-                on,
-                null_equal,
-                col("lt", &ls).unwrap(),
-                col("rt", &rs).unwrap(),
-                self.op,
-                self.join_type,
-                self.tolerance(),
-                tiebreak,
-                known,
-                Arc::new(Schema::new(fields)),
-            )
-            .unwrap(),
+        let join = AsOfJoinExec::try_new(
+            left,
+            right,
+            on,
+            null_equal,
+            col("lt", &ls).unwrap(),
+            col("rt", &rs).unwrap(),
+            self.op,
+            self.join_type,
+            self.tolerance(),
+            tiebreak,
+            known,
+            Arc::new(Schema::new(fields)),
         )
+        .unwrap();
+        let join = if self.only_rid {
+            join.with_right_output(vec![rs.index_of("rid").unwrap()])
+                .unwrap()
+        } else {
+            join
+        };
+        Arc::new(join)
     }
 
     /// Per left partition, the expected (left id, right id) pairs in order.
@@ -335,7 +343,7 @@ impl Case {
     fn describe(&self) -> String {
         format!(
             "ts={} two_keys={} op={:?} type={:?} tol={:?} tiebreak={:?} known={} null_equal={} \
-             left_partitions={} left_rows={} right_rows={} right_partitions={} batch={}",
+             left_partitions={} left_rows={} right_rows={} right_partitions={} batch={} only_rid={}",
             self.timestamp,
             self.two_keys,
             self.op,
@@ -352,7 +360,8 @@ impl Case {
                 .sum::<usize>(),
             self.right.iter().map(|b| b.num_rows()).sum::<usize>(),
             self.right_partitions,
-            self.batch_size
+            self.batch_size,
+            self.only_rid
         )
     }
 }

@@ -65,6 +65,7 @@
 
 use std::hash::BuildHasher;
 use std::ops::Range;
+use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_empty_array, new_null_array};
 use arrow::buffer::NullBuffer;
@@ -396,6 +397,101 @@ impl ByteGroups {
     }
 }
 
+/// The largest span of integer keys a direct table covers: 4M slots, 16 MiB.
+const DIRECT_SPAN_MAX: u64 = 1 << 22;
+/// Spans up to this many slots (4 MiB) are always direct; beyond, only while the table has at
+/// most 4 slots per row seen, so sparse keys do not cost more than a hash map.
+const DIRECT_SPAN_FREE: u64 = 1 << 20;
+
+/// Group ids of single integer keys: a direct table indexed by `value - base` while the keys
+/// seen span a small range (entity ids usually do), a hash map once they do not. The direct
+/// table turns a build's hash insert and a probe's hash lookup, each a likely cache miss, into
+/// one array access.
+#[derive(Debug, Default)]
+struct IntGroups {
+    /// Whether `map` is in use (the keys spread too far for a direct table).
+    hashed: bool,
+    base: u64,
+    /// `slots[v - base]`: the group of key `v`, or [`NO_GROUP`].
+    slots: Vec<u32>,
+    map: HashMap<u64, u32>,
+    rows: u64,
+}
+
+impl IntGroups {
+    /// Makes room for keys in `lo..=hi` (in `u64` order), or switches to the hash map.
+    fn cover(&mut self, lo: u64, hi: u64, rows: usize) {
+        self.rows += rows as u64;
+        if self.hashed {
+            return;
+        }
+        let (lo, hi) = if self.slots.is_empty() {
+            (lo, hi)
+        } else {
+            (
+                lo.min(self.base),
+                hi.max(self.base + self.slots.len() as u64 - 1),
+            )
+        };
+        let limit = DIRECT_SPAN_MAX.min(DIRECT_SPAN_FREE.max(4 * self.rows));
+        if hi - lo >= limit {
+            for (i, &g) in self.slots.iter().enumerate() {
+                if g != NO_GROUP {
+                    self.map.insert(self.base + i as u64, g);
+                }
+            }
+            self.slots = Vec::new();
+            self.hashed = true;
+            return;
+        }
+        let span = hi - lo + 1;
+        if self.slots.is_empty() || lo < self.base {
+            let mut slots = vec![NO_GROUP; span as usize];
+            if !self.slots.is_empty() {
+                let at = (self.base - lo) as usize;
+                slots[at..at + self.slots.len()].copy_from_slice(&self.slots);
+            }
+            self.slots = slots;
+            self.base = lo;
+        } else if span as usize > self.slots.len() {
+            self.slots.resize(span as usize, NO_GROUP);
+        }
+    }
+
+    /// The group of `v`, created if new (call [`IntGroups::cover`] for its batch first).
+    #[inline]
+    fn intern(&mut self, v: u64, num_groups: &mut u32) -> u32 {
+        let slot = if self.hashed {
+            self.map.entry(v).or_insert(NO_GROUP)
+        } else {
+            &mut self.slots[(v - self.base) as usize]
+        };
+        if *slot == NO_GROUP {
+            *slot = *num_groups;
+            *num_groups += 1;
+        }
+        *slot
+    }
+
+    #[inline]
+    fn get(&self, v: u64) -> u32 {
+        if self.hashed {
+            self.map.get(&v).copied().unwrap_or(NO_GROUP)
+        } else {
+            let i = v.wrapping_sub(self.base);
+            if i < self.slots.len() as u64 {
+                self.slots[i as usize]
+            } else {
+                NO_GROUP
+            }
+        }
+    }
+
+    fn memory_size(&self) -> usize {
+        self.slots.capacity() * size_of::<u32>() + self.map.allocation_size()
+    }
+}
+
 /// Maps key tuples to dense group ids.
 #[derive(Debug)]
 struct KeyTable {
@@ -404,7 +500,7 @@ struct KeyTable {
     num_groups: u32,
     /// `Int` and `Bytes` under `IS NOT DISTINCT FROM`: the group of the NULL key, once seen.
     null_group: Option<u32>,
-    ints: HashMap<u64, u32>,
+    ints: IntGroups,
     bytes: ByteGroups,
 }
 
@@ -426,7 +522,7 @@ impl KeyTable {
             null_equal: keys.iter().map(|k| k.null_equal).collect(),
             num_groups: 0,
             null_group: None,
-            ints: HashMap::default(),
+            ints: IntGroups::default(),
             bytes: ByteGroups::default(),
         })
     }
@@ -451,12 +547,19 @@ impl KeyTable {
             }
             KeyKind::Int => {
                 let null_equal = null_equal[0];
+                let (mut lo, mut hi) = (u64::MAX, 0u64);
+                visit_int_keys(keys[0].as_ref(), |v| {
+                    if let Some(v) = v {
+                        lo = lo.min(v);
+                        hi = hi.max(v);
+                    }
+                })?;
+                if lo <= hi {
+                    ints.cover(lo, hi, len);
+                }
                 visit_int_keys(keys[0].as_ref(), |v| {
                     let g = match v {
-                        Some(v) => *ints.entry(v).or_insert_with(|| {
-                            *num_groups += 1;
-                            *num_groups - 1
-                        }),
+                        Some(v) => ints.intern(v, num_groups),
                         None if null_equal => *null_group.get_or_insert_with(|| {
                             *num_groups += 1;
                             *num_groups - 1
@@ -506,7 +609,7 @@ impl KeyTable {
                 let null_group = self.null_group.unwrap_or(NO_GROUP);
                 visit_int_keys(keys[0].as_ref(), |v| {
                     out.push(match v {
-                        Some(v) => self.ints.get(&v).copied().unwrap_or(NO_GROUP),
+                        Some(v) => self.ints.get(v),
                         None => null_group,
                     })
                 })?;
@@ -539,7 +642,7 @@ impl KeyTable {
             KeyKind::Rows(c) => c.size(),
             _ => 0,
         };
-        converter + self.ints.allocation_size() + self.bytes.memory_size()
+        converter + self.ints.memory_size() + self.bytes.memory_size()
     }
 }
 
@@ -1345,6 +1448,38 @@ impl RightIndex {
         self.batches
     }
 
+    /// Keeps only the right columns `keep` (ascending indices into the right input's schema):
+    /// once the index is built, matching needs none of the columns, so those the output does
+    /// not show (keys, times, tie-breaks, usually) can go. [`RightIndex::gather`] then returns
+    /// these columns, in this order.
+    pub fn retain_columns(&mut self, keep: &[usize]) -> Result<()> {
+        if keep.windows(2).any(|w| w[0] >= w[1])
+            || keep
+                .last()
+                .is_some_and(|&c| c >= self.schema.fields().len())
+        {
+            return internal_err!(
+                "as-of index: columns {keep:?} to keep are not ascending indices"
+            );
+        }
+        if keep.len() == self.schema.fields().len() {
+            return Ok(());
+        }
+        let mut batches = Vec::with_capacity(self.batches.len());
+        for batch in &self.batches {
+            batches.push(batch.project(keep)?);
+        }
+        self.batches = batches;
+        self.schema = Arc::new(self.schema.project(keep)?);
+        self.null_row = keep.iter().map(|&c| self.null_row[c].clone()).collect();
+        self.batch_bytes = self
+            .batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        Ok(())
+    }
+
     /// The number of right rows pushed, matchable or not.
     pub fn num_rows(&self) -> usize {
         self.num_rows
@@ -1355,7 +1490,8 @@ impl RightIndex {
         self.keys.num_groups as usize
     }
 
-    /// The right input's schema, as given to [`IndexBuilder::try_new`].
+    /// The schema of the columns held: the right input's, as given to [`IndexBuilder::try_new`],
+    /// less those dropped by [`RightIndex::retain_columns`].
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
@@ -1440,6 +1576,63 @@ impl RightIndex {
             ),
         }
         Ok(out)
+    }
+
+    /// Like [`RightIndex::gather`] over several indexes of the same right input (hash
+    /// partitions): `refs` name the index and the row. One interleave per column, whatever the
+    /// number of indexes.
+    pub fn gather_from(
+        indexes: &[&RightIndex],
+        refs: &[Option<(usize, RowRef)>],
+    ) -> Result<Vec<ArrayRef>> {
+        let Some(first) = indexes.first() else {
+            return internal_err!("as-of gather without a right index");
+        };
+        if indexes.len() == 1 {
+            let one: Vec<Option<RowRef>> = refs.iter().map(|r| r.map(|(_, row)| row)).collect();
+            return first.gather(&one);
+        }
+        // Number every batch of every index: (index, batch) -> flat batch id.
+        let mut offsets = Vec::with_capacity(indexes.len());
+        let mut owners: Vec<(usize, usize)> = Vec::new();
+        for (i, index) in indexes.iter().enumerate() {
+            if index.schema != first.schema {
+                return internal_err!("as-of gather over indexes of different schemas");
+            }
+            offsets.push(owners.len());
+            owners.extend((0..index.batches.len()).map(|b| (i, b)));
+        }
+        let mut flat = Vec::with_capacity(refs.len());
+        for r in refs {
+            flat.push(match r {
+                None => None,
+                Some((i, row)) => {
+                    let rows = indexes
+                        .get(*i)
+                        .and_then(|index| index.batches.get(row.batch as usize))
+                        .map(RecordBatch::num_rows);
+                    if rows.is_none_or(|rows| row.row as usize >= rows) {
+                        return internal_err!("as-of row reference {i}:{row:?} is out of range");
+                    }
+                    Some(RowRef {
+                        batch: (offsets[*i] + row.batch as usize) as u32,
+                        row: row.row,
+                    })
+                }
+            });
+        }
+        let plan = Interleaving::new(owners.len(), flat.into_iter());
+        first
+            .null_row
+            .iter()
+            .enumerate()
+            .map(|(c, null)| {
+                plan.column(null.as_ref(), |b| {
+                    let (i, batch) = owners[b];
+                    indexes[i].batches[batch].column(c).as_ref()
+                })
+            })
+            .collect()
     }
 
     /// The right input's columns for `refs`, one output row per ref; `None` gives NULL in every

@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt64Array};
-use arrow::compute::{SortOptions, concat_batches, filter_record_batch, interleave};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::compute::{SortOptions, concat_batches, filter_record_batch};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
@@ -105,51 +105,7 @@ impl Probe {
 
 /// The right columns for every left row (NULL where unmatched), from whichever shards matched.
 fn gather(shards: &[&RightIndex], refs: &[Option<(usize, RowRef)>]) -> Result<Vec<ArrayRef>> {
-    let mut used: Vec<usize> = refs.iter().flatten().map(|(s, _)| *s).collect();
-    used.sort_unstable();
-    used.dedup();
-    let first = shards
-        .first()
-        .ok_or_else(|| DataFusionError::Internal("as-of join without a right shard".into()))?;
-    match used.as_slice() {
-        // No match, or matches from one shard: one gather straight from that shard.
-        [] => first.gather(&vec![None; refs.len()]),
-        [shard] => {
-            let one: Vec<Option<RowRef>> = refs.iter().map(|r| r.map(|(_, row)| row)).collect();
-            shards[*shard].gather(&one)
-        }
-        // Several shards: gather from each, then pick per row.
-        used => {
-            let mut parts: Vec<Vec<ArrayRef>> = Vec::with_capacity(used.len());
-            for &shard in used {
-                let mine: Vec<Option<RowRef>> = refs
-                    .iter()
-                    .map(|r| match r {
-                        Some((s, row)) if *s == shard => Some(*row),
-                        _ => None,
-                    })
-                    .collect();
-                parts.push(shards[shard].gather(&mine)?);
-            }
-            let pick: Vec<(usize, usize)> = refs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let part = r
-                        .and_then(|(s, _)| used.iter().position(|x| *x == s))
-                        .unwrap_or(0);
-                    (part, i)
-                })
-                .collect();
-            let columns = parts.first().map(|p| p.len()).unwrap_or(0);
-            (0..columns)
-                .map(|c| {
-                    let arrays: Vec<&dyn Array> = parts.iter().map(|p| p[c].as_ref()).collect();
-                    Ok(interleave(&arrays, &pick)?)
-                })
-                .collect()
-        }
-    }
+    RightIndex::gather_from(shards, refs)
 }
 
 /// Everything a spilled run needs besides the left stream.
@@ -158,6 +114,8 @@ pub(crate) struct SpillContext {
     pub(crate) right: Arc<RightExprs>,
     pub(crate) kernel: KernelOptions,
     pub(crate) right_schema: SchemaRef,
+    /// The right columns the output shows (see [`RightIndex::retain_columns`]).
+    pub(crate) right_output: Vec<usize>,
     pub(crate) context: Arc<TaskContext>,
     pub(crate) partition: usize,
     /// Taken by a spilled partition from its first bucket to the end of its output, so the
@@ -322,7 +280,8 @@ async fn spilled_join(
         reservation
             .try_resize(builder.memory_size() + builder.finish_scratch_size())
             .map_err(too_big)?;
-        let index = builder.finish()?;
+        let mut index = builder.finish()?;
+        index.retain_columns(&spill.right_output)?;
         reservation
             .try_resize(index.memory_size())
             .map_err(too_big)?;

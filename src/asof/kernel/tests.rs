@@ -1443,3 +1443,44 @@ fn memory_is_about_sixteen_bytes_per_distinct_time() {
     );
     assert_eq!(index.num_groups(), 1000);
 }
+
+/// Integer keys get the same group ids whether the direct table is in use, is re-based to
+/// lower keys, grows, or gives way to the hash map (keys spread too far, negative keys).
+#[test]
+fn int_groups_keep_ids_across_direct_and_hashed() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for case in 0..200 {
+        let mut groups = IntGroups::default();
+        let mut reference: HashMap<u64, u32> = HashMap::default();
+        let mut num_groups = 0u32;
+        for _batch in 0..rng.random_range(1..6) {
+            let (base, spread): (i64, i64) = match rng.random_range(0..4) {
+                0 => (rng.random_range(0..1000), 50),
+                1 => (rng.random_range(-100..100), 500),
+                2 => (rng.random_range(0..10_000_000), 3_000_000),
+                _ => (rng.random_range(i64::MIN / 2..i64::MAX / 2), i64::MAX / 4),
+            };
+            let keys: Vec<u64> = (0..rng.random_range(1..300))
+                .map(|_| base.wrapping_add(rng.random_range(0..spread)) as u64)
+                .collect();
+            let (lo, hi) = (*keys.iter().min().unwrap(), *keys.iter().max().unwrap());
+            groups.cover(lo, hi, keys.len());
+            for &k in &keys {
+                let g = groups.intern(k, &mut num_groups);
+                let want = *reference.entry(k).or_insert(g);
+                assert_eq!(g, want, "case {case}: key {k}");
+            }
+        }
+        for (&k, &g) in &reference {
+            assert_eq!(groups.get(k), g, "case {case}: lookup of {k}");
+            assert_eq!(
+                groups.get(k.wrapping_add(1 << 40)),
+                reference
+                    .get(&k.wrapping_add(1 << 40))
+                    .copied()
+                    .unwrap_or(NO_GROUP)
+            );
+        }
+        assert_eq!(num_groups as usize, reference.len());
+    }
+}
