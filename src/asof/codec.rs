@@ -52,6 +52,10 @@ struct Header {
     /// The right columns shown, when a projection was absorbed (all of them when absent).
     #[serde(default)]
     right_output: Option<Vec<usize>>,
+    /// Logical: whether the right input (already in the plan) was filtered to the left's time
+    /// range.
+    #[serde(default)]
+    right_pruned: bool,
 }
 
 fn op_name(op: AsOfOperator) -> &'static str {
@@ -103,6 +107,7 @@ fn header(
         tiebreak,
         known_at,
         right_output: None,
+        right_pruned: false,
     }
 }
 
@@ -229,6 +234,8 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
             tiebreak,
             known_at,
         )?;
+        let mut node = node;
+        node.right_pruned = header.right_pruned;
         Ok(Extension {
             node: Arc::new(node),
         })
@@ -243,18 +250,17 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
             .iter()
             .map(|s| (s.asc, s.nulls_first))
             .collect();
-        write_header(
-            &header(
-                join.on.len(),
-                &join.null_equal,
-                join.op,
-                join.join_type,
-                join.tolerance.as_ref(),
-                tiebreak,
-                join.known_at.is_some(),
-            ),
-            buf,
-        )?;
+        let mut header = header(
+            join.on.len(),
+            &join.null_equal,
+            join.op,
+            join.join_type,
+            join.tolerance.as_ref(),
+            tiebreak,
+            join.known_at.is_some(),
+        );
+        header.right_pruned = join.right_pruned;
+        write_header(&header, buf)?;
         let mut exprs = {
             use datafusion::logical_expr::UserDefinedLogicalNodeCore;
             join.expressions()
@@ -287,6 +293,12 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
+        // A warehouse table travels as deltalake's provider (its column ranges are only a
+        // planning aid, already used by the time a plan is encoded).
+        let node = match crate::storage::as_warehouse_table(&node) {
+            Some(table) => table.inner().clone(),
+            None => node,
+        };
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 

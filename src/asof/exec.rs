@@ -30,6 +30,7 @@ use std::collections::BTreeSet;
 use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
@@ -44,6 +45,8 @@ use datafusion::physical_expr::{
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet, SpillMetrics};
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::{ColumnStatistics, Statistics};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
@@ -521,6 +524,33 @@ impl ExecutionPlan for AsOfJoinExec {
             Distribution::HashPartitioned(self.on.iter().map(|(_, r)| r.clone()).collect())
         };
         vec![Distribution::UnspecifiedDistribution, right]
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition), ChildStats::Skip]
+    }
+
+    /// The left's row count and column statistics carry over (every left row is kept once; an
+    /// inner join keeps a subset, so its figures become bounds); the right's columns are unknown.
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        let Some(left) = input_stats.first() else {
+            return Ok(Arc::new(Statistics::new_unknown(&self.schema)));
+        };
+        let mut columns = left.column_statistics.clone();
+        columns.resize(self.schema.fields().len(), ColumnStatistics::new_unknown());
+        let stats = Statistics {
+            num_rows: left.num_rows,
+            total_byte_size: Precision::Absent,
+            column_statistics: columns,
+        };
+        Ok(Arc::new(match self.join_type {
+            AsOfJoinType::Left => stats,
+            AsOfJoinType::Inner => stats.to_inexact(),
+        }))
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {

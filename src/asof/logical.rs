@@ -154,6 +154,9 @@ pub struct AsOfJoin {
     pub tiebreak: Vec<Sort>,
     /// `KNOWN AT`, over the right input (same type as the times).
     pub known_at: Option<Expr>,
+    /// Whether a filter to the left's time range was put on the right input (so it is not put
+    /// there twice; see [`super::AsOfRangePruning`]).
+    pub right_pruned: bool,
     schema: DFSchemaRef,
 }
 
@@ -309,6 +312,7 @@ impl AsOfJoin {
             tolerance,
             tiebreak,
             known_at,
+            right_pruned: false,
             schema,
         })
     }
@@ -457,6 +461,10 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
             tiebreak,
             known_at,
         )
+        .map(|mut join| {
+            join.right_pruned = self.right_pruned;
+            join
+        })
     }
 
     /// Filters are not pushed through: a filter on the right would change which row matches,

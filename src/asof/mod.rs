@@ -17,6 +17,7 @@ mod logical;
 mod metrics;
 #[doc(hidden)]
 pub mod oracle;
+mod prune;
 mod spill;
 mod stream;
 mod time;
@@ -30,5 +31,6 @@ pub use kernel::{
 };
 pub use logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 pub use metrics::AsOfJoinMetrics;
+pub use prune::AsOfRangePruning;
 pub use time::supported_time_type;
 pub use tolerance::tolerance_bound;

@@ -27,6 +27,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::optimizer::Optimizer;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
@@ -151,6 +152,12 @@ impl Engine {
             .with_default_features()
             .with_query_planner(Arc::new(PitlakeQueryPlanner))
             .with_analyzer_rule(Arc::new(frontend::AsOfRule))
+            // Before DataFusion's own rules, so that filter pushdown hands the range to the scans.
+            .with_optimizer_rules(
+                std::iter::once(Arc::new(crate::asof::AsOfRangePruning) as _)
+                    .chain(Optimizer::new().rules)
+                    .collect(),
+            )
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(frontend::marker_udf());

@@ -16,6 +16,7 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::TableType;
 
 use crate::error::{PitlakeError, Result};
+use crate::storage::table::WarehouseTable;
 use crate::storage::warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
 
 /// Splits `name@v3` / `name@t123` into the table and the version to read.
@@ -48,7 +49,8 @@ pub fn encode_versioned_name(table: &str, version: TableVersion) -> String {
     }
 }
 
-/// Opens a table at a version and wraps it as a DataFusion table provider.
+/// Opens a table at a version and wraps it as a DataFusion table provider (deltalake's, with
+/// the ranges of its time-like columns: see [`WarehouseTable`]).
 pub async fn open_provider(
     warehouse: &Warehouse,
     name: &TableName,
@@ -64,7 +66,7 @@ pub async fn open_provider(
                 table: name.to_string(),
                 message: PitlakeError::from_datafusion(e).to_string(),
             })?;
-    Ok(Arc::new(provider))
+    Ok(Arc::new(WarehouseTable::new(Arc::new(provider), &table)))
 }
 
 /// The catalog of a warehouse. Schema and table *names* (for `SHOW TABLES` and

@@ -5,6 +5,7 @@ mod catalog;
 mod log;
 mod options;
 mod store;
+mod table;
 mod warehouse;
 mod write;
 
@@ -12,5 +13,6 @@ pub use catalog::{
     WarehouseCatalog, WarehouseSchema, decode_versioned_name, encode_versioned_name, open_provider,
 };
 pub use log::{CommitSummary, LogListing, format_millis};
+pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};

@@ -1,0 +1,283 @@
+//! A warehouse table as DataFusion sees it: deltalake's own table provider (which does the
+//! scanning, filter pushdown and file skipping), plus the range of each time-like column taken
+//! from the Delta log's per-file statistics, which the as-of join uses to prune its right input
+//! (see `asof::AsOfRangePruning`). deltalake's provider parses file statistics only for the
+//! columns a query filters on, so DataFusion alone would not know these ranges.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Int64Type, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, Constraints, DFSchemaRef, Result, ScalarValue, Statistics};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, LogicalPlan, MergeIntoClause, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use deltalake::DeltaTable;
+
+/// Whether a column's statistics give exact, comparable bounds of the kind an as-of join's time
+/// uses: integers, dates and timestamps (not floats, whose statistics may be NaN-blind, nor
+/// strings, whose statistics may be truncated).
+pub fn bounded_type(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
+    )
+}
+
+/// The smallest and largest non-NULL value of a column over every file of a table version.
+pub type ColumnRange = (ScalarValue, ScalarValue);
+
+/// A warehouse table at one version: deltalake's provider and its columns' ranges.
+#[derive(Debug)]
+pub struct WarehouseTable {
+    inner: Arc<dyn TableProvider>,
+    ranges: HashMap<String, ColumnRange>,
+}
+
+impl WarehouseTable {
+    /// Wraps deltalake's provider for `table`, reading the ranges of its time-like columns from
+    /// the snapshot's file statistics (already in memory; no I/O).
+    pub fn new(inner: Arc<dyn TableProvider>, table: &DeltaTable) -> Self {
+        let ranges = column_ranges(table, &inner.schema());
+        Self { inner, ranges }
+    }
+
+    /// The range of column `name`, when every file's statistics give it. A file whose values
+    /// of the column are all NULL does not widen it; a file without statistics for the column
+    /// leaves it unknown.
+    pub fn column_range(&self, name: &str) -> Option<&ColumnRange> {
+        self.ranges.get(name)
+    }
+
+    /// deltalake's provider.
+    pub fn inner(&self) -> &Arc<dyn TableProvider> {
+        &self.inner
+    }
+}
+
+fn count(array: Option<&ArrayRef>, i: usize) -> Option<i64> {
+    let array = array?;
+    let array = array.as_primitive_opt::<Int64Type>()?;
+    array.is_valid(i).then(|| array.value(i))
+}
+
+fn column_ranges(table: &DeltaTable, schema: &SchemaRef) -> HashMap<String, ColumnRange> {
+    let mut ranges = HashMap::new();
+    let Ok(state) = table.snapshot() else {
+        return ranges;
+    };
+    let log = state.log_data();
+    let rows = log.row_counts();
+    for field in schema.fields() {
+        if !bounded_type(field.data_type()) {
+            continue;
+        }
+        let column = Column::from_name(field.name());
+        let (Some(mins), Some(maxs)) = (log.min_values(&column), log.max_values(&column)) else {
+            continue;
+        };
+        let nulls = log.null_counts(&column);
+        if let Some(range) = range_of(
+            &mins,
+            &maxs,
+            nulls.as_ref(),
+            rows.as_ref(),
+            field.data_type(),
+        ) {
+            ranges.insert(field.name().clone(), range);
+        }
+    }
+    ranges
+}
+
+/// The range over files `mins[i]..=maxs[i]`, cast to `data_type`; `None` when a file's bounds
+/// are missing and its values are not all NULL, or when nothing is known.
+fn range_of(
+    mins: &ArrayRef,
+    maxs: &ArrayRef,
+    nulls: Option<&ArrayRef>,
+    rows: Option<&ArrayRef>,
+    data_type: &DataType,
+) -> Option<ColumnRange> {
+    if mins.len() != maxs.len() {
+        return None;
+    }
+    let mut range: Option<ColumnRange> = None;
+    for i in 0..mins.len() {
+        if mins.is_null(i) || maxs.is_null(i) {
+            let all_null =
+                matches!((count(nulls, i), count(rows, i)), (Some(n), Some(r)) if n == r);
+            if all_null {
+                continue;
+            }
+            return None;
+        }
+        let lo = ScalarValue::try_from_array(mins, i)
+            .ok()?
+            .cast_to(data_type)
+            .ok()?;
+        let hi = ScalarValue::try_from_array(maxs, i)
+            .ok()?
+            .cast_to(data_type)
+            .ok()?;
+        range = Some(match range {
+            None => (lo, hi),
+            Some((min, max)) => (
+                if lo.partial_cmp(&min)? == Ordering::Less {
+                    lo
+                } else {
+                    min
+                },
+                if hi.partial_cmp(&max)? == Ordering::Greater {
+                    hi
+                } else {
+                    max
+                },
+            ),
+        });
+    }
+    range
+}
+
+#[async_trait]
+impl TableProvider for WarehouseTable {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn constraints(&self) -> Option<&Constraints> {
+        self.inner.constraints()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.inner.get_table_definition()
+    }
+
+    fn get_logical_plan(&'_ self) -> Option<Cow<'_, LogicalPlan>> {
+        self.inner.get_logical_plan()
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.inner.get_column_default(column)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    fn statistics(&self) -> Option<Statistics> {
+        self.inner.statistics()
+    }
+
+    async fn insert_into(
+        &self,
+        state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.insert_into(state, input, insert_op).await
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.delete_from(state, filters).await
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.update(state, assignments, filters).await
+    }
+
+    async fn truncate(&self, state: &dyn Session) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner.truncate(state).await
+    }
+
+    async fn merge_into(
+        &self,
+        state: &dyn Session,
+        source: Arc<dyn ExecutionPlan>,
+        merge_schema: DFSchemaRef,
+        on: Expr,
+        clauses: Vec<MergeIntoClause>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.inner
+            .merge_into(state, source, merge_schema, on, clauses)
+            .await
+    }
+}
+
+/// `provider` as a warehouse table, if it is one.
+pub fn as_warehouse_table(provider: &Arc<dyn TableProvider>) -> Option<&WarehouseTable> {
+    (provider.as_ref() as &dyn Any).downcast_ref::<WarehouseTable>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+
+    fn ts(values: Vec<Option<i64>>) -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from(values))
+    }
+
+    #[test]
+    fn ranges_span_every_file_and_skip_all_null_ones() {
+        let t = DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None);
+        let mins = ts(vec![Some(50), None, Some(10)]);
+        let maxs = ts(vec![Some(90), None, Some(60)]);
+        let rows: ArrayRef = Arc::new(Int64Array::from(vec![5, 3, 4]));
+        let all_null: ArrayRef = Arc::new(Int64Array::from(vec![0, 3, 1]));
+        let (lo, hi) = range_of(&mins, &maxs, Some(&all_null), Some(&rows), &t).unwrap();
+        assert_eq!(lo, ScalarValue::TimestampMicrosecond(Some(10), None));
+        assert_eq!(hi, ScalarValue::TimestampMicrosecond(Some(90), None));
+        // The middle file has values but no statistics: nothing is known.
+        let some_null: ArrayRef = Arc::new(Int64Array::from(vec![0, 1, 1]));
+        assert!(range_of(&mins, &maxs, Some(&some_null), Some(&rows), &t).is_none());
+        assert!(range_of(&mins, &maxs, None, None, &t).is_none());
+        // No files: nothing is known.
+        let empty = ts(vec![]);
+        assert!(range_of(&empty, &empty, None, None, &t).is_none());
+    }
+}
