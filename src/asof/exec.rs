@@ -21,12 +21,11 @@
 //! and leaves in the order it came, with the right columns gathered only for the rows that
 //! matched.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::compute::SortOptions;
-use std::collections::BTreeSet;
-
 use arrow::datatypes::{FieldRef, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::runtime::SpawnedTask;

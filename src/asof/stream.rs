@@ -85,7 +85,9 @@ impl Probe {
         }
         let matched = refs.iter().filter(|r| r.is_some()).count();
         metrics.matched_rows.add(matched);
-        let right = gather(shards, &refs)?;
+        // The right columns for every left row (NULL where unmatched), from whichever shards
+        // matched, in one interleave.
+        let right = RightIndex::gather_from(shards, &refs)?;
         timer.done();
 
         let mut columns: Vec<ArrayRef> = batch.columns()[..left_width].to_vec();
@@ -101,11 +103,6 @@ impl Probe {
             }
         }
     }
-}
-
-/// The right columns for every left row (NULL where unmatched), from whichever shards matched.
-fn gather(shards: &[&RightIndex], refs: &[Option<(usize, RowRef)>]) -> Result<Vec<ArrayRef>> {
-    RightIndex::gather_from(shards, refs)
 }
 
 /// Everything a spilled run needs besides the left stream.
