@@ -9,9 +9,12 @@
 //! which skips the files (and Parquet row groups) outside it: training on last quarter's labels
 //! reads last quarter's features (and, with a TTL, not much before), not the whole history.
 //!
-//! The range is a superset of the left's times (filters below only narrow it), so the answer
-//! never changes. Timestamps are widened by one millisecond on each side, since Delta keeps
-//! timestamp statistics at millisecond precision.
+//! Integer keys get the same treatment: a right row whose key is outside the range of the
+//! left's keys never matches.
+//!
+//! The ranges are supersets of the left's values (filters below only narrow them), so the
+//! answer never changes. Timestamps are widened by one millisecond on each side, since Delta
+//! keeps timestamp statistics at millisecond precision.
 
 use std::sync::Arc;
 
@@ -157,39 +160,46 @@ fn shifted_by_tolerance(join: &AsOfJoin, value: &ScalarValue) -> Result<Option<S
     Ok(Some(ScalarValue::try_from_array(&bound, 0)?))
 }
 
-/// The filter on the right input that keeps the rows some left row could match.
-fn right_filter(join: &AsOfJoin) -> Result<Option<Expr>> {
-    let Expr::Column(column) = &join.left_time else {
+/// The range of `expr` over the left's rows, if it is a column whose warehouse statistics give
+/// one of its own type.
+fn left_range(join: &AsOfJoin, expr: &Expr) -> Result<Option<ColumnRange>> {
+    let Expr::Column(column) = expr else {
         return Ok(None);
     };
     let (_, field) = join.left.schema().qualified_field_from_column(column)?;
-    let data_type = field.data_type().clone();
-    if !bounded_type(&data_type) {
+    let data_type = field.data_type();
+    if !bounded_type(data_type) {
         return Ok(None);
     }
-    let Some((min, max)) = column_range(&join.left, column) else {
-        return Ok(None);
-    };
-    if min.data_type() != data_type || max.data_type() != data_type {
-        return Ok(None);
+    Ok(column_range(&join.left, column)
+        .filter(|(min, max)| &min.data_type() == data_type && &max.data_type() == data_type))
+}
+
+/// The filter on the right input that keeps the rows some left row could match: the time range
+/// (see the module documentation) and the range of each integer, date or timestamp key (a key
+/// outside the left's never matches; keys compared with `IS NOT DISTINCT FROM` are left alone,
+/// as their NULLs match).
+fn right_filter(join: &AsOfJoin) -> Result<Option<Expr>> {
+    let mut conjuncts = Vec::new();
+    if let Some((min, max)) = left_range(join, &join.left_time)? {
+        let (min, max) = (widen(min, true), widen(max, false));
+        let (lower, upper) = match join.op.spec().direction {
+            Direction::Backward => (shifted_by_tolerance(join, &min)?, Some(max)),
+            Direction::Forward => (Some(min), shifted_by_tolerance(join, &max)?),
+        };
+        conjuncts.extend(lower.map(|lo| join.right_time.clone().gt_eq(lit(lo))));
+        conjuncts.extend(upper.map(|hi| join.right_time.clone().lt_eq(lit(hi))));
     }
-    let (min, max) = (widen(min, true), widen(max, false));
-    let (lower, upper) = match join.op.spec().direction {
-        Direction::Backward => (shifted_by_tolerance(join, &min)?, Some(max)),
-        Direction::Forward => (Some(min), shifted_by_tolerance(join, &max)?),
-    };
-    let right_time = join.right_time.clone();
-    Ok(match (lower, upper) {
-        (Some(lo), Some(hi)) => Some(
-            right_time
-                .clone()
-                .gt_eq(lit(lo))
-                .and(right_time.lt_eq(lit(hi))),
-        ),
-        (Some(lo), None) => Some(right_time.gt_eq(lit(lo))),
-        (None, Some(hi)) => Some(right_time.lt_eq(lit(hi))),
-        (None, None) => None,
-    })
+    for ((left, right), null_equal) in join.on.iter().zip(&join.null_equal) {
+        if *null_equal {
+            continue;
+        }
+        if let Some((min, max)) = left_range(join, left)? {
+            conjuncts.push(right.clone().gt_eq(lit(widen(min, true))));
+            conjuncts.push(right.clone().lt_eq(lit(widen(max, false))));
+        }
+    }
+    Ok(conjuncts.into_iter().reduce(Expr::and))
 }
 
 #[cfg(test)]

@@ -44,17 +44,18 @@ async fn write(engine: &Engine, name: &str, batch: RecordBatch, mode: WriteMode)
         .unwrap();
 }
 
-/// `n` labels over `keys` entities at whole seconds in `times`.
-fn labels(rng: &mut StdRng, n: usize, keys: i64, times: Range<i64>) -> RecordBatch {
+/// `n` labels over the entities `keys` at whole seconds in `times`.
+fn labels(rng: &mut StdRng, n: usize, keys: Range<i64>, times: Range<i64>) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![
         Field::new("label_id", DataType::Int64, false),
         Field::new("entity_id", DataType::Int64, true),
         Field::new("label_ts", ts_type(), true),
     ]));
     let ids = Int64Array::from_iter_values(0..n as i64);
-    let keys = Int64Array::from_iter(
-        (0..n).map(|_| rng.random_bool(0.97).then(|| rng.random_range(0..keys))),
-    );
+    let keys = Int64Array::from_iter((0..n).map(|_| {
+        rng.random_bool(0.97)
+            .then(|| rng.random_range(keys.clone()))
+    }));
     let ts = TimestampMicrosecondArray::from_iter((0..n).map(|_| {
         rng.random_bool(0.97)
             .then(|| rng.random_range(times.clone()) * 1_000_000)
@@ -201,7 +202,14 @@ async fn sql_over_delta_tables_matches_the_oracle() {
         } else {
             0..times
         };
-        let label_batch = labels(&mut rng, 300, keys, window);
+        // And half label a subset of the entities, so the right side is pruned to their keys.
+        let entities = if rng.random_bool(0.5) {
+            let first = rng.random_range(0..keys);
+            first..rng.random_range(first + 1..=keys)
+        } else {
+            0..keys
+        };
+        let label_batch = labels(&mut rng, 300, entities, window);
         write(&engine, "labels", label_batch.clone(), WriteMode::Create).await;
         // Features over several commits (several files), each commit a slice of the span.
         let mut feature_batches = Vec::new();
@@ -281,7 +289,7 @@ async fn several_feature_tables_never_sort_the_labels() {
     write(
         &engine,
         "labels",
-        labels(&mut rng, 100, 10, 0..100),
+        labels(&mut rng, 100, 0..10, 0..100),
         WriteMode::Create,
     )
     .await;
@@ -324,7 +332,7 @@ async fn logical_plans_serialize_with_the_codec() {
     write(
         &engine,
         "labels",
-        labels(&mut rng, 200, 10, 0..1000),
+        labels(&mut rng, 200, 0..10, 0..1000),
         WriteMode::Create,
     )
     .await;
