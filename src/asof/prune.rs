@@ -175,31 +175,61 @@ fn left_range(join: &AsOfJoin, expr: &Expr) -> Result<Option<ColumnRange>> {
         .filter(|(min, max)| &min.data_type() == data_type && &max.data_type() == data_type))
 }
 
+/// Whether `right >= lo` (`at_least`) or `right <= hi` would keep every right row anyway, by
+/// the right's own statistics: such a filter prunes nothing, and costs a Parquet row filter.
+fn redundant(join: &AsOfJoin, right: &Expr, bound: &ScalarValue, at_least: bool) -> bool {
+    let Expr::Column(column) = right else {
+        return false;
+    };
+    let Some((min, max)) = column_range(&join.right, column) else {
+        return false;
+    };
+    if min.data_type() != bound.data_type() || max.data_type() != bound.data_type() {
+        return false;
+    }
+    if at_least {
+        widen(min, true) >= *bound
+    } else {
+        widen(max, false) <= *bound
+    }
+}
+
 /// The filter on the right input that keeps the rows some left row could match: the time range
 /// (see the module documentation) and the range of each integer, date or timestamp key (a key
 /// outside the left's never matches; keys compared with `IS NOT DISTINCT FROM` are left alone,
-/// as their NULLs match).
+/// as their NULLs match). Bounds the right's own statistics already satisfy are left out.
 fn right_filter(join: &AsOfJoin) -> Result<Option<Expr>> {
-    let mut conjuncts = Vec::new();
+    // (right expression, bound, whether it is a lower bound)
+    let mut bounds: Vec<(Expr, ScalarValue, bool)> = Vec::new();
     if let Some((min, max)) = left_range(join, &join.left_time)? {
         let (min, max) = (widen(min, true), widen(max, false));
         let (lower, upper) = match join.op.spec().direction {
             Direction::Backward => (shifted_by_tolerance(join, &min)?, Some(max)),
             Direction::Forward => (Some(min), shifted_by_tolerance(join, &max)?),
         };
-        conjuncts.extend(lower.map(|lo| join.right_time.clone().gt_eq(lit(lo))));
-        conjuncts.extend(upper.map(|hi| join.right_time.clone().lt_eq(lit(hi))));
+        bounds.extend(lower.map(|lo| (join.right_time.clone(), lo, true)));
+        bounds.extend(upper.map(|hi| (join.right_time.clone(), hi, false)));
     }
     for ((left, right), null_equal) in join.on.iter().zip(&join.null_equal) {
         if *null_equal {
             continue;
         }
         if let Some((min, max)) = left_range(join, left)? {
-            conjuncts.push(right.clone().gt_eq(lit(widen(min, true))));
-            conjuncts.push(right.clone().lt_eq(lit(widen(max, false))));
+            bounds.push((right.clone(), widen(min, true), true));
+            bounds.push((right.clone(), widen(max, false), false));
         }
     }
-    Ok(conjuncts.into_iter().reduce(Expr::and))
+    Ok(bounds
+        .into_iter()
+        .filter(|(right, bound, at_least)| !redundant(join, right, bound, *at_least))
+        .map(|(right, bound, at_least)| {
+            if at_least {
+                right.gt_eq(lit(bound))
+            } else {
+                right.lt_eq(lit(bound))
+            }
+        })
+        .reduce(Expr::and))
 }
 
 #[cfg(test)]
