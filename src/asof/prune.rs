@@ -1,4 +1,4 @@
-//! Pruning the right input of an as-of join to the times the left can reach.
+//! Pruning the right input of an as-of join to the times and keys the left can reach.
 //!
 //! A backward join (`l.t >= r.t`) never uses a right row later than the latest left time, and
 //! with a tolerance `d` never one earlier than the earliest left time minus `d`; a forward join
@@ -9,8 +9,9 @@
 //! which skips the files (and Parquet row groups) outside it: training on last quarter's labels
 //! reads last quarter's features (and, with a TTL, not much before), not the whole history.
 //!
-//! Integer keys get the same treatment: a right row whose key is outside the range of the
-//! left's keys never matches.
+//! Integer, date and timestamp keys get the same treatment: a right row whose key is outside
+//! the range of the left's keys never matches. A bound that the right's own statistics already
+//! meet is left out: it would prune nothing and still cost a Parquet row filter.
 //!
 //! The ranges are supersets of the left's values (filters below only narrow them), so the
 //! answer never changes. Timestamps are widened by one millisecond on each side, since Delta
@@ -34,7 +35,7 @@ use super::tolerance::tolerance_bound;
 use crate::storage::{ColumnRange, as_warehouse_table, bounded_type};
 
 /// The logical optimizer rule that filters each as-of join's right input to the left's time
-/// range (see the module documentation).
+/// and key ranges (see the module documentation).
 #[derive(Debug, Default)]
 pub struct AsOfRangePruning;
 
