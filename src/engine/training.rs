@@ -15,7 +15,7 @@ use std::ops::ControlFlow;
 use arrow::datatypes::{DataType, SchemaRef};
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{
-    Expr as SqlExpr, Query, TableFactor, TableVersion as SqlVersion, Value, VisitorMut,
+    Expr as SqlExpr, ObjectName, Query, TableFactor, TableVersion as SqlVersion, Value, VisitorMut,
 };
 
 use super::Engine;
@@ -79,13 +79,29 @@ pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-struct Pin {
+/// Calls `visit` with each warehouse table a statement names, in order, with its version
+/// clause: not the names of its CTEs, not table functions.
+struct WarehouseTables<F> {
     ctes: Vec<String>,
-    tables: Vec<(sqlparser::ast::ObjectName, Option<i64>)>,
-    error: Option<PitlakeError>,
+    visit: F,
 }
 
-impl VisitorMut for Pin {
+impl<F> WarehouseTables<F>
+where
+    F: FnMut(&ObjectName, &mut Option<SqlVersion>) -> ControlFlow<()>,
+{
+    fn new(visit: F) -> Self {
+        Self {
+            ctes: Vec::new(),
+            visit,
+        }
+    }
+}
+
+impl<F> VisitorMut for WarehouseTables<F>
+where
+    F: FnMut(&ObjectName, &mut Option<SqlVersion>) -> ControlFlow<()>,
+{
     type Break = ();
 
     fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
@@ -115,66 +131,7 @@ impl VisitorMut for Pin {
         {
             return ControlFlow::Continue(());
         }
-        let pinned = match version {
-            None => None,
-            Some(SqlVersion::VersionAsOf(SqlExpr::Value(v))) => match &v.value {
-                Value::Number(n, _) => n.parse().ok(),
-                _ => None,
-            },
-            Some(other) => {
-                self.error = Some(PitlakeError::Plan(format!(
-                    "`{name} {other}`: a training set pins tables by version; write VERSION AS \
-                     OF <n>"
-                )));
-                return ControlFlow::Break(());
-            }
-        };
-        self.tables.push((name.clone(), pinned));
-        ControlFlow::Continue(())
-    }
-}
-
-struct Apply<'a> {
-    versions: std::slice::Iter<'a, i64>,
-    ctes: Vec<String>,
-}
-
-impl VisitorMut for Apply<'_> {
-    type Break = ();
-
-    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
-                self.ctes.push(cte.alias.name.value.to_lowercase());
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table {
-            name,
-            version,
-            args: None,
-            ..
-        } = factor
-        else {
-            return ControlFlow::Continue(());
-        };
-        if name.0.len() == 1
-            && self
-                .ctes
-                .iter()
-                .any(|c| name.to_string().eq_ignore_ascii_case(c))
-        {
-            return ControlFlow::Continue(());
-        }
-        if let Some(v) = self.versions.next() {
-            *version = Some(SqlVersion::VersionAsOf(SqlExpr::Value(
-                Value::Number(v.to_string(), false).with_empty_span(),
-            )));
-        }
-        ControlFlow::Continue(())
+        (self.visit)(name, version)
     }
 }
 
@@ -190,18 +147,33 @@ impl Engine {
         let Some(Statement::Sql(mut statement)) = statements.pop().map(|s| s.statement) else {
             return Err(PitlakeError::Internal("pinning: not a query".into()));
         };
-        let mut pin = Pin {
-            ctes: Vec::new(),
-            tables: Vec::new(),
-            error: None,
-        };
+        let mut tables: Vec<(ObjectName, Option<i64>)> = Vec::new();
+        let mut error = None;
+        let mut pin = WarehouseTables::new(|name, version| {
+            let pinned = match version {
+                None => None,
+                Some(SqlVersion::VersionAsOf(SqlExpr::Value(v))) => match &v.value {
+                    Value::Number(n, _) => n.parse().ok(),
+                    _ => None,
+                },
+                Some(other) => {
+                    error = Some(PitlakeError::Plan(format!(
+                        "`{name} {other}`: a training set pins tables by version; write VERSION \
+                         AS OF <n>"
+                    )));
+                    return ControlFlow::Break(());
+                }
+            };
+            tables.push((name.clone(), pinned));
+            ControlFlow::Continue(())
+        });
         let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut pin);
-        if let Some(err) = pin.error {
+        if let Some(err) = error {
             return Err(err);
         }
-        let mut versions = Vec::with_capacity(pin.tables.len());
-        let mut inputs = Vec::with_capacity(pin.tables.len());
-        for (name, pinned) in pin.tables {
+        let mut versions = Vec::with_capacity(tables.len());
+        let mut inputs = Vec::with_capacity(tables.len());
+        for (name, pinned) in tables {
             let table = self.table_name(&name)?;
             if !self.warehouse().table_exists(&table).await? {
                 return Err(self.warehouse().not_found(&table).await);
@@ -225,10 +197,15 @@ impl Engine {
             versions.push(version);
             inputs.push((table.to_string(), version));
         }
-        let mut apply = Apply {
-            versions: versions.iter(),
-            ctes: Vec::new(),
-        };
+        let mut pinned = versions.iter();
+        let mut apply = WarehouseTables::new(|_, version| {
+            if let Some(v) = pinned.next() {
+                *version = Some(SqlVersion::VersionAsOf(SqlExpr::Value(
+                    Value::Number(v.to_string(), false).with_empty_span(),
+                )));
+            }
+            ControlFlow::Continue(())
+        });
         let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut apply);
         let text = statement.to_string();
         let relation = text
