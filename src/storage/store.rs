@@ -52,48 +52,29 @@ pub(crate) fn build_cloud_store(
         url: shown.clone(),
         message: format!("cannot set up the object store: {e}"),
     };
+    // The three cloud builders share no trait; each takes the options and the retry settings
+    // the same way.
+    macro_rules! configured {
+        ($builder:expr) => {{
+            let mut builder = $builder;
+            for (key, value) in &options.store {
+                let key = key.parse().map_err(failed)?;
+                builder = builder.with_config(key, value);
+            }
+            Arc::new(
+                builder
+                    .with_retry(options.retry.clone())
+                    .build()
+                    .map_err(failed)?,
+            )
+        }};
+    }
     let store: Arc<dyn ObjectStore> = match backend {
-        Backend::S3 => {
-            // Not `from_env`: the environment was merged into the options already, in the
-            // documented order (see `storage::options`).
-            let mut builder = AmazonS3Builder::new().with_url(url.as_str());
-            for (key, value) in &options.store {
-                let key = key.parse().map_err(failed)?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(
-                builder
-                    .with_retry(options.retry.clone())
-                    .build()
-                    .map_err(failed)?,
-            )
-        }
-        Backend::Gcs => {
-            let mut builder = GoogleCloudStorageBuilder::from_env().with_url(url.as_str());
-            for (key, value) in &options.store {
-                let key = key.parse().map_err(failed)?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(
-                builder
-                    .with_retry(options.retry.clone())
-                    .build()
-                    .map_err(failed)?,
-            )
-        }
-        Backend::Azure => {
-            let mut builder = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
-            for (key, value) in &options.store {
-                let key = key.parse().map_err(failed)?;
-                builder = builder.with_config(key, value);
-            }
-            Arc::new(
-                builder
-                    .with_retry(options.retry.clone())
-                    .build()
-                    .map_err(failed)?,
-            )
-        }
+        // Not `from_env`: the environment was merged into the options already, in the
+        // documented order (see `storage::options`).
+        Backend::S3 => configured!(AmazonS3Builder::new().with_url(url.as_str())),
+        Backend::Gcs => configured!(GoogleCloudStorageBuilder::from_env().with_url(url.as_str())),
+        Backend::Azure => configured!(MicrosoftAzureBuilder::from_env().with_url(url.as_str())),
         Backend::Local | Backend::Memory => {
             return Err(PitlakeError::Internal(format!(
                 "build_cloud_store called for a local warehouse {url}"
