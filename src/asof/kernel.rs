@@ -1578,9 +1578,10 @@ impl RightIndex {
         Ok(out)
     }
 
-    /// Like [`RightIndex::gather`] over several indexes of the same right input (hash
-    /// partitions): `refs` name the index and the row. One interleave per column, whatever the
-    /// number of indexes.
+    /// The right columns for `refs` from several indexes of the same right input (hash
+    /// partitions): each ref names the index and the row, one output row per ref; `None` gives
+    /// NULL in every column. One interleave per column, whatever the number of indexes. Types
+    /// are kept (dictionaries stay dictionaries, views stay views).
     pub fn gather_from(
         indexes: &[&RightIndex],
         refs: &[Option<(usize, RowRef)>],
@@ -1588,9 +1589,16 @@ impl RightIndex {
         let Some(first) = indexes.first() else {
             return internal_err!("as-of gather without a right index");
         };
-        if indexes.len() == 1 {
-            let one: Vec<Option<RowRef>> = refs.iter().map(|r| r.map(|(_, row)| row)).collect();
-            return first.gather(&one);
+        if refs.iter().all(Option::is_none) {
+            return Ok(first
+                .schema
+                .fields()
+                .iter()
+                .map(|f| match refs.len() {
+                    0 => new_empty_array(f.data_type()),
+                    n => new_null_array(f.data_type(), n),
+                })
+                .collect());
         }
         // Number every batch of every index: (index, batch) -> flat batch id.
         let mut offsets = Vec::with_capacity(indexes.len());
@@ -1636,34 +1644,11 @@ impl RightIndex {
     }
 
     /// The right input's columns for `refs`, one output row per ref; `None` gives NULL in every
-    /// column. Types are kept (dictionaries stay dictionaries, views stay views).
+    /// column (see [`RightIndex::gather_from`]).
     pub fn gather(&self, refs: &[Option<RowRef>]) -> Result<Vec<ArrayRef>> {
-        if refs.iter().all(Option::is_none) {
-            return Ok(self
-                .schema
-                .fields()
-                .iter()
-                .map(|f| match refs.len() {
-                    0 => new_empty_array(f.data_type()),
-                    n => new_null_array(f.data_type(), n),
-                })
-                .collect());
-        }
-        for r in refs.iter().flatten() {
-            let rows = self
-                .batches
-                .get(r.batch as usize)
-                .map(RecordBatch::num_rows);
-            if rows.is_none_or(|rows| r.row as usize >= rows) {
-                return internal_err!("as-of row reference {r:?} is out of range");
-            }
-        }
-        let plan = Interleaving::new(self.batches.len(), refs.iter().copied());
-        self.null_row
-            .iter()
-            .enumerate()
-            .map(|(c, null)| plan.column(null.as_ref(), |b| self.batches[b].column(c).as_ref()))
-            .collect()
+        let refs: Vec<Option<(usize, RowRef)>> =
+            refs.iter().map(|r| r.map(|row| (0, row))).collect();
+        Self::gather_from(&[self], &refs)
     }
 }
 
