@@ -92,7 +92,7 @@ fn column_range(plan: &LogicalPlan, column: &Column) -> Option<ColumnRange> {
             let provider = source_as_provider(&scan.source).ok()?;
             let table = as_warehouse_table(&provider)?;
             let field = scan.projected_schema.field(index);
-            table.column_range(field.name()).cloned()
+            table.column_range(field.name())
         }
         LogicalPlan::SubqueryAlias(alias) => pass_through(&alias.input),
         LogicalPlan::Filter(filter) => pass_through(&filter.input),

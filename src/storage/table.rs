@@ -1,6 +1,7 @@
 //! A warehouse table as DataFusion sees it: deltalake's own table provider (which does the
-//! scanning, filter pushdown and file skipping), plus the range of each time-like column taken
-//! from the Delta log's per-file statistics, which the as-of join uses to prune its right input
+//! scanning, filter pushdown and file skipping), plus, on demand, the range of an integer, date
+//! or timestamp column from the Delta log's per-file statistics, which the as-of join uses to
+//! prune its right input
 //! (see `asof::AsOfRangePruning`). deltalake's provider parses file statistics only for the
 //! columns a query filters on, so DataFusion alone would not know these ranges.
 
@@ -8,7 +9,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Int64Type, SchemaRef};
@@ -21,6 +22,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, LogicalPlan, MergeIntoClause, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use deltalake::DeltaTable;
+use deltalake::table::state::DeltaTableState;
 
 /// Whether a column's statistics give exact, comparable bounds of the kind an as-of join's time
 /// uses: integers, dates and timestamps (not floats, whose statistics may be NaN-blind, nor
@@ -49,22 +51,53 @@ pub type ColumnRange = (ScalarValue, ScalarValue);
 #[derive(Debug)]
 pub struct WarehouseTable {
     inner: Arc<dyn TableProvider>,
-    ranges: HashMap<String, ColumnRange>,
+    /// The snapshot the provider reads (an `Arc` inside), for the file statistics.
+    state: Option<DeltaTableState>,
+    /// The ranges asked for so far: computed on demand, since most statements never ask.
+    ranges: Mutex<HashMap<String, Option<ColumnRange>>>,
 }
 
 impl WarehouseTable {
-    /// Wraps deltalake's provider for `table`, reading the ranges of its time-like columns from
-    /// the snapshot's file statistics (already in memory; no I/O).
+    /// Wraps deltalake's provider for `table`.
     pub fn new(inner: Arc<dyn TableProvider>, table: &DeltaTable) -> Self {
-        let ranges = column_ranges(table, &inner.schema());
-        Self { inner, ranges }
+        Self {
+            inner,
+            state: table.snapshot().ok().cloned(),
+            ranges: Mutex::default(),
+        }
     }
 
-    /// The range of column `name`, when every file's statistics give it. A file whose values
-    /// of the column are all NULL does not widen it; a file without statistics for the column
-    /// leaves it unknown.
-    pub fn column_range(&self, name: &str) -> Option<&ColumnRange> {
-        self.ranges.get(name)
+    /// The range of column `name` (an integer, date or timestamp column), when every file's
+    /// statistics give it, from the snapshot's file statistics (in memory; no I/O). A file
+    /// whose values of the column are all NULL does not widen it; a file without statistics
+    /// for the column leaves it unknown.
+    pub fn column_range(&self, name: &str) -> Option<ColumnRange> {
+        let mut ranges = match self.ranges.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        ranges
+            .entry(name.to_string())
+            .or_insert_with(|| self.compute_range(name))
+            .clone()
+    }
+
+    fn compute_range(&self, name: &str) -> Option<ColumnRange> {
+        let schema = self.inner.schema();
+        let data_type = schema.field_with_name(name).ok()?.data_type();
+        if !bounded_type(data_type) {
+            return None;
+        }
+        let log = self.state.as_ref()?.log_data();
+        let column = Column::from_name(name);
+        let (mins, maxs) = (log.min_values(&column)?, log.max_values(&column)?);
+        range_of(
+            &mins,
+            &maxs,
+            log.null_counts(&column).as_ref(),
+            log.row_counts().as_ref(),
+            data_type,
+        )
     }
 
     /// deltalake's provider.
@@ -77,35 +110,6 @@ fn count(array: Option<&ArrayRef>, i: usize) -> Option<i64> {
     let array = array?;
     let array = array.as_primitive_opt::<Int64Type>()?;
     array.is_valid(i).then(|| array.value(i))
-}
-
-fn column_ranges(table: &DeltaTable, schema: &SchemaRef) -> HashMap<String, ColumnRange> {
-    let mut ranges = HashMap::new();
-    let Ok(state) = table.snapshot() else {
-        return ranges;
-    };
-    let log = state.log_data();
-    let rows = log.row_counts();
-    for field in schema.fields() {
-        if !bounded_type(field.data_type()) {
-            continue;
-        }
-        let column = Column::from_name(field.name());
-        let (Some(mins), Some(maxs)) = (log.min_values(&column), log.max_values(&column)) else {
-            continue;
-        };
-        let nulls = log.null_counts(&column);
-        if let Some(range) = range_of(
-            &mins,
-            &maxs,
-            nulls.as_ref(),
-            rows.as_ref(),
-            field.data_type(),
-        ) {
-            ranges.insert(field.name().clone(), range);
-        }
-    }
-    ranges
 }
 
 /// The range over files `mins[i]..=maxs[i]`, cast to `data_type`; `None` when a file's bounds
