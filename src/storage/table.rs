@@ -1,9 +1,9 @@
 //! A warehouse table as DataFusion sees it: deltalake's own table provider (which does the
 //! scanning, filter pushdown and file skipping), plus, on demand, the range of an integer, date
 //! or timestamp column from the Delta log's per-file statistics, which the as-of join uses to
-//! prune its right input
-//! (see `asof::AsOfRangePruning`). deltalake's provider parses file statistics only for the
-//! columns a query filters on, so DataFusion alone would not know these ranges.
+//! prune its right input (see `asof::AsOfRangePruning`). deltalake's provider parses file
+//! statistics only for the columns a query filters on, so DataFusion alone would not know these
+//! ranges.
 
 use std::any::Any;
 use std::borrow::Cow;
