@@ -15,8 +15,11 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Planning walks statement trees recursively; the parser bounds their depth, and worker
+    // stacks larger than tokio's 2 MiB default leave a margin for the deepest allowed.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
     {
         Ok(runtime) => runtime,

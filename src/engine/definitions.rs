@@ -191,7 +191,7 @@ impl Engine {
                             objects: declared.clone(),
                         };
                         let features =
-                            resolve_items(&state, items).map_err(|e| in_file(file, e))?;
+                            resolve_items(&state, items, self.sight()).map_err(|e| in_file(file, e))?;
                         Object::FeatureService(FeatureService {
                             name: name.clone(),
                             features: features

@@ -295,18 +295,24 @@ impl Engine {
 
     /// Runs one query and returns its rows as a stream.
     ///
-    /// Only plain SQL is accepted, so the DSL can call this without recursing into itself.
+    /// Only a plain SQL query is accepted: the DSL calls this without recursing into itself, and
+    /// `reproduce` and `audit` run a manifest's queries through it, which must never write.
     pub(crate) async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
         let mut statements = self.parse(sql)?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(statement), true) => statement,
             _ => return Err(PitlakeError::Internal(format!("expected one query: {sql}"))),
         };
-        let Statement::Sql(statement) = statement.statement else {
-            return Err(PitlakeError::Internal(format!(
-                "expected a SQL query: {sql}"
-            )));
+        let Statement::Sql(mut statement) = statement.statement else {
+            return Err(PitlakeError::Plan(
+                "a training set's query must be a SQL query (SELECT …); this one is a DSL \
+                 statement"
+                    .into(),
+            ));
         };
+        // The text may come from a manifest, which anyone can edit: run queries only, never a
+        // statement that writes, reads files or changes settings.
+        crate::frontend::bounds::ensure_query(&mut statement, "a training set's query")?;
         match self.run_sql(*statement, RunOptions::default()).await? {
             Output::Rows(stream) => Ok(stream),
             Output::Done(_) => Err(PitlakeError::Internal("a query returned no rows".into())),
@@ -577,6 +583,15 @@ impl Engine {
     /// the TTL, known by the label time; no label row dropped or duplicated; per view the match
     /// rate and the distribution of feature age at label time. One row per view.
     pub async fn audit(&self, plan: &TrainingPlan) -> Result<SendableRecordBatchStream> {
+        // The plan may come from a manifest anyone can edit; its queries are embedded in the
+        // audit's own, so each must be one query on its own first.
+        for (what, sql) in [
+            ("the manifest's query", &plan.query),
+            ("the manifest's audit_query", &plan.audit_query),
+            ("the manifest's labels_query", &plan.labels_query),
+        ] {
+            ensure_one_query(sql, what)?;
+        }
         let count = |sql: String| async move {
             let batches = self.sql_batches(&sql).await?;
             batches
@@ -743,6 +758,24 @@ pub fn plan_from_manifest(manifest: &Manifest) -> TrainingPlan {
         registry_version: manifest.registry_version,
         inputs: manifest.inputs.clone(),
         views: manifest.views.clone(),
+    }
+}
+
+/// Refuses `sql` unless it is exactly one query (see `bounds::ensure_query`).
+fn ensure_one_query(sql: &str, what: &str) -> Result<()> {
+    let mut statements = crate::frontend::parse_sql(sql)?;
+    match (statements.pop(), statements.is_empty()) {
+        (
+            Some(crate::frontend::ParsedStatement {
+                statement: Statement::Sql(mut statement),
+                ..
+            }),
+            true,
+        ) => crate::frontend::bounds::ensure_query(&mut statement, what),
+        _ => Err(PitlakeError::Plan(format!(
+            "{what} must be a query (SELECT …), but it is not one statement of SQL; pitlake \
+             runs only queries from it"
+        ))),
     }
 }
 

@@ -50,6 +50,33 @@ use crate::storage::{
     write_plan,
 };
 
+/// A table a statement may name: a valid warehouse name, and not in pitlake's own schema. The
+/// registry's table (`_pitlake.registry`) is reachable only through the registry statements,
+/// so no SQL statement can read its history, write it or drop it.
+fn user_table(name: TableName) -> Result<TableName> {
+    if name
+        .schema
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("_pitlake"))
+    {
+        return Err(PitlakeError::Plan(format!(
+            "`{name}` is pitlake's own: the feature registry is read and changed only through \
+             the registry statements (SHOW/DESCRIBE/CREATE/DROP FEATURE VIEW …)"
+        )));
+    }
+    name.validate()?;
+    Ok(name)
+}
+
+/// Runs a query over constants (no tables: the session has none) and collects its rows. For
+/// the expressions pitlake evaluates while planning: time-travel bounds, TTLs.
+pub(crate) async fn constant_batches(sql: &str) -> Result<Vec<RecordBatch>> {
+    static CONSTANTS: std::sync::LazyLock<SessionContext> =
+        std::sync::LazyLock::new(SessionContext::new);
+    let df = CONSTANTS.sql(sql).await.map_err(PitlakeError::from_datafusion)?;
+    df.collect().await.map_err(PitlakeError::from_datafusion)
+}
+
 /// The catalog name the warehouse is registered under.
 pub const CATALOG: &str = "pitlake";
 
@@ -98,6 +125,8 @@ pub struct Engine {
     warehouse: Arc<Warehouse>,
     catalog: Arc<WarehouseCatalog>,
     settings: Settings,
+    /// What the caller may see (`None`: everything).
+    caller: Option<Arc<dyn serving::Visibility>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -167,6 +196,7 @@ impl Engine {
             warehouse,
             catalog,
             settings,
+            caller: None,
         })
     }
 
@@ -181,6 +211,19 @@ impl Engine {
         let mut engine = self.clone();
         engine.settings.user = user.to_string();
         engine
+    }
+
+    /// The same engine acting for `user`, who sees only what `visibility` allows (a server
+    /// plans and runs each client's statements this way; see [`serving::Visibility`]).
+    pub fn for_caller(&self, user: &str, visibility: Arc<dyn serving::Visibility>) -> Engine {
+        let mut engine = self.for_user(user);
+        engine.caller = Some(visibility);
+        engine
+    }
+
+    /// What the caller may see, if the engine acts for one.
+    pub(crate) fn caller(&self) -> Option<&dyn serving::Visibility> {
+        self.caller.as_deref()
     }
 
     /// The warehouse.
@@ -269,7 +312,7 @@ impl Engine {
         };
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
-                let name = self.reference_to_name(&create.name)?;
+                let name = user_table(self.reference_to_name(&create.name)?)?;
                 let mode = match (create.or_replace, create.if_not_exists) {
                     (true, _) => WriteMode::CreateOrReplace,
                     (false, true) => WriteMode::CreateIfNotExists,
@@ -280,7 +323,7 @@ impl Engine {
                 Ok(Output::Done(outcome.message()))
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => {
-                let name = self.reference_to_name(&drop.name)?;
+                let name = user_table(self.reference_to_name(&drop.name)?)?;
                 if !self.warehouse.table_exists(&name).await? {
                     if drop.if_exists {
                         return Ok(Output::Done(format!("table `{name}` does not exist")));
@@ -315,7 +358,7 @@ impl Engine {
                 input,
                 ..
             }) => {
-                let name = self.reference_to_name(&table_name)?;
+                let name = user_table(self.reference_to_name(&table_name)?)?;
                 let mode = match insert {
                     InsertOp::Append => WriteMode::Append,
                     InsertOp::Overwrite => WriteMode::Overwrite,
@@ -443,6 +486,8 @@ impl Engine {
     }
 
     /// Evaluates a constant SQL expression to an instant (milliseconds since the epoch, UTC).
+    /// The parser let only constants through (`bounds::ensure_constant`); they are evaluated
+    /// in a session without tables all the same, so no expression can read data here.
     async fn evaluate_instant(&self, expr: &sqlparser::ast::Expr) -> Result<i64> {
         let query = format!("SELECT CAST(({expr}) AS TIMESTAMP(3) WITH TIME ZONE) AS t");
         let fail = |reason: String| {
@@ -451,15 +496,9 @@ impl Engine {
                  '2026-01-01T00:00:00Z' or now() - INTERVAL '1 day'"
             ))
         };
-        let df = self
-            .ctx
-            .sql(&query)
+        let batches = constant_batches(&query)
             .await
-            .map_err(|e| fail(PitlakeError::from_datafusion(e).to_string()))?;
-        let batches = df
-            .collect()
-            .await
-            .map_err(|e| fail(PitlakeError::from_datafusion(e).to_string()))?;
+            .map_err(|e| fail(e.to_string()))?;
         let value = batches.iter().find(|b| b.num_rows() > 0).and_then(|b| {
             let column = arrow::compute::cast(
                 b.column(0),
@@ -547,7 +586,7 @@ impl Engine {
             }
             _ => return Err(PitlakeError::Plan(format!("`{name}` is not a table name"))),
         };
-        self.reference_to_name(&reference)
+        user_table(self.reference_to_name(&reference)?)
     }
 
     /// Every table in the warehouse.

@@ -12,6 +12,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use super::Engine;
+use super::serving::{TableName, Visibility};
 use crate::error::{PitlakeError, Result, closest_first};
 use crate::frontend::dsl::{DslStatement, FeatureItem, FeatureSql, SourceSql};
 use crate::registry::{
@@ -52,9 +53,58 @@ pub(crate) fn key_type_matches(actual: &DataType, declared: &str) -> bool {
         || (is_string(actual) && is_string(&declared))
 }
 
-/// A name that does not exist in the registry: the error lists what does.
-fn unknown(state: &RegistryState, kind: Kind, name: &str) -> PitlakeError {
-    let existing: Vec<String> = state.of_kind(kind).map(Object::key).collect();
+/// Which registry objects the caller of a statement may see: all of them without a caller
+/// (the CLI); with one, by its grants (documented in docs/operations.md):
+/// - a feature view with `view:<name>`;
+/// - a feature service when the caller sees every view it uses;
+/// - a model when the caller sees its service (a model whose service is gone: with
+///   `registry:write`);
+/// - an entity when the caller sees a view of it, or holds `registry:write`.
+#[derive(Clone, Copy)]
+pub(crate) struct Sight<'a>(pub(crate) Option<&'a dyn Visibility>);
+
+impl Sight<'_> {
+    /// Whether `object` (in `state`) is visible.
+    pub(crate) fn sees(&self, state: &RegistryState, object: &Object) -> bool {
+        let Some(caller) = self.0 else {
+            return true;
+        };
+        let view = |name: &str| caller.can_read_view(&TableName::bare(name));
+        match object {
+            Object::FeatureView(v) => view(&v.name),
+            Object::FeatureService(s) => s.features.iter().all(|f| view(&f.view)),
+            Object::Model(m) => match state.get(Kind::FeatureService, &m.service) {
+                Some(service) => self.sees(state, service),
+                None => caller.can_write_registry(),
+            },
+            Object::Entity(e) => {
+                caller.can_write_registry()
+                    || state.of_kind(Kind::FeatureView).any(|o| {
+                        matches!(o, Object::FeatureView(v) if v.entity == e.name && view(&v.name))
+                    })
+            }
+        }
+    }
+
+    /// The object `kind`/`key` of `state`, if it exists and is visible.
+    pub(crate) fn get<'s>(
+        &self,
+        state: &'s RegistryState,
+        kind: Kind,
+        key: &str,
+    ) -> Option<&'s Object> {
+        state.get(kind, key).filter(|o| self.sees(state, o))
+    }
+}
+
+/// A name that does not exist (or is hidden from the caller) in the registry: the error lists
+/// what does, of what the caller may see.
+fn unknown(state: &RegistryState, kind: Kind, name: &str, sight: Sight<'_>) -> PitlakeError {
+    let existing: Vec<String> = state
+        .of_kind(kind)
+        .filter(|o| sight.sees(state, o))
+        .map(Object::key)
+        .collect();
     let hint = if existing.is_empty() {
         format!("no {} is registered yet", kind.label())
     } else {
@@ -76,8 +126,14 @@ fn unknown(state: &RegistryState, kind: Kind, name: &str) -> PitlakeError {
     PitlakeError::Plan(format!("{} `{name}` does not exist; {hint}", kind.label()))
 }
 
-/// The registry objects that refer to `kind`/`key` (what would break if it went away).
-pub(crate) fn dependents(state: &RegistryState, kind: Kind, key: &str) -> Vec<String> {
+/// The registry objects that refer to `kind`/`key` (what would break if it went away), of those
+/// the caller may see.
+pub(crate) fn dependents(
+    state: &RegistryState,
+    kind: Kind,
+    key: &str,
+    sight: Sight<'_>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for object in state.objects.values() {
         let uses = match (kind, object) {
@@ -88,11 +144,22 @@ pub(crate) fn dependents(state: &RegistryState, kind: Kind, key: &str) -> Vec<St
             (Kind::FeatureService, Object::Model(m)) => m.service == key,
             _ => false,
         };
-        if uses {
+        if uses && sight.sees(state, object) {
             out.push(format!("{} `{}`", object.kind().label(), object.key()));
         }
     }
     out
+}
+
+/// [`dependents`] for a message: those the caller may see, and how many others there are.
+fn shown_dependents(state: &RegistryState, kind: Kind, key: &str, sight: Sight<'_>) -> String {
+    let all = dependents(state, kind, key, Sight(None)).len();
+    let mut shown = dependents(state, kind, key, sight);
+    let hidden = all - shown.len();
+    if hidden > 0 {
+        shown.push(format!("{hidden} object(s) you may not see"));
+    }
+    shown.join(", ")
 }
 
 /// How a CREATE treats an existing object.
@@ -128,6 +195,11 @@ fn upsert(state: &RegistryState, object: Object, mode: CreateMode) -> Result<Vec
 }
 
 impl Engine {
+    /// Which registry objects this engine's caller may see.
+    pub(crate) fn sight(&self) -> Sight<'_> {
+        Sight(self.caller())
+    }
+
     /// The feature registry of this warehouse.
     pub fn registry(&self) -> Registry {
         Registry::new(self.warehouse().clone())
@@ -150,31 +222,59 @@ impl Engine {
         Ok(plan.schema().field(0).data_type().clone())
     }
 
-    /// Evaluates a constant interval (`INTERVAL '2 hours'`) to whole seconds.
+    /// Evaluates a TTL, a constant interval (`INTERVAL '2 hours'`) or a whole number of
+    /// seconds (`1800`), to whole seconds. The parser let only constants through
+    /// (`bounds::ensure_constant`), and they are evaluated where no table exists.
     pub(crate) async fn interval_seconds(&self, sql: &str) -> Result<i64> {
-        let batches = self
-            .sql_batches(&format!(
-                "SELECT CAST(extract(epoch FROM ({sql})) AS BIGINT) AS s, \
-                 CAST(extract(month FROM ({sql})) AS BIGINT) AS m"
-            ))
+        let advice = "write an interval such as INTERVAL '2 hours' or a whole number of seconds";
+        let batches = super::constant_batches(&format!("SELECT ({sql}) AS ttl"))
             .await
-            .map_err(|e| PitlakeError::Plan(format!("TTL {sql} is not an interval: {e}")))?;
-        let value = |col: usize| {
-            batches
-                .first()
-                .and_then(|b| b.column(col).as_any().downcast_ref::<Int64Array>().cloned())
-                .filter(|a| !a.is_empty() && a.null_count() == 0)
-                .map(|a| a.value(0))
+            .map_err(|e| PitlakeError::Plan(format!("TTL {sql}: {e}; {advice}")))?;
+        let Some(column) = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .map(|b| b.column(0).clone())
+            .filter(|c| !c.is_null(0))
+        else {
+            return Err(PitlakeError::Plan(format!("TTL {sql} is NULL; {advice}")));
         };
-        match (value(0), value(1)) {
-            (Some(_), Some(m)) if m != 0 => Err(PitlakeError::Plan(format!(
-                "TTL {sql}: months and years have no fixed length; give days"
-            ))),
-            (Some(s), _) if s < 0 => Err(PitlakeError::Plan(format!(
+        let seconds = match column.data_type() {
+            DataType::Interval(_) => {
+                let interval = arrow::compute::cast(
+                    &column,
+                    &DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+                )?;
+                let value = interval
+                    .as_any()
+                    .downcast_ref::<arrow::array::IntervalMonthDayNanoArray>()
+                    .map(|a| a.value(0))
+                    .ok_or_else(|| PitlakeError::Internal("TTL: interval cast".into()))?;
+                if value.months != 0 {
+                    return Err(PitlakeError::Plan(format!(
+                        "TTL {sql}: months and years have no fixed length; give days"
+                    )));
+                }
+                i64::from(value.days)
+                    .checked_mul(86_400)
+                    .and_then(|s| s.checked_add(value.nanoseconds / 1_000_000_000))
+            }
+            t if t.is_integer() => arrow::compute::cast(&column, &DataType::Int64)
+                .ok()
+                .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0))),
+            other => {
+                return Err(PitlakeError::Plan(format!(
+                    "TTL {sql} is a {other}, not an interval; {advice}"
+                )));
+            }
+        };
+        match seconds {
+            Some(s) if s < 0 => Err(PitlakeError::Plan(format!(
                 "TTL {sql} is negative; a TTL is how old a value may be"
             ))),
-            (Some(s), _) => Ok(s),
-            _ => Err(PitlakeError::Plan(format!("TTL {sql} is not an interval"))),
+            Some(s) => Ok(s),
+            None => Err(PitlakeError::Plan(format!(
+                "TTL {sql} is out of range; {advice}"
+            ))),
         }
     }
 
@@ -328,6 +428,7 @@ impl Engine {
         use super::Output;
         let registry = self.registry();
         let author = author(self);
+        let sight = self.sight();
         let done = |version: Option<i64>, what: String| {
             Output::Done(match version {
                 Some(v) => format!("{what} (registry version {v})"),
@@ -363,12 +464,12 @@ impl Engine {
                         if let Some(Object::Entity(old)) = state.get(Kind::Entity, &name)
                             && old.join_keys != entity.join_keys
                         {
-                            let users = dependents(state, Kind::Entity, &name);
+                            let users = dependents(state, Kind::Entity, &name, Sight(None));
                             if !users.is_empty() {
                                 return Err(PitlakeError::Plan(format!(
                                     "entity `{name}` keeps its join keys while {} use it; drop or \
                                      move them first",
-                                    users.join(", ")
+                                    shown_dependents(state, Kind::Entity, &name, sight)
                                 )));
                             }
                         }
@@ -390,7 +491,7 @@ impl Engine {
                 let state = registry.state(None).await?;
                 let entity = match state.get(Kind::Entity, &view.entity) {
                     Some(Object::Entity(e)) => e.clone(),
-                    _ => return Err(unknown(&state, Kind::Entity, &view.entity)),
+                    _ => return Err(unknown(&state, Kind::Entity, &view.entity, sight)),
                 };
                 self.check_view_keys(&view, &entity).await?;
                 let mode = CreateMode {
@@ -409,7 +510,9 @@ impl Engine {
                                     view.entity
                                 )));
                             }
-                            None => return Err(unknown(state, Kind::Entity, &view.entity)),
+                            None => {
+                                return Err(unknown(state, Kind::Entity, &view.entity, sight));
+                            }
                         }
                         upsert(state, Object::FeatureView(view.clone()), mode)
                     })
@@ -429,7 +532,7 @@ impl Engine {
                 };
                 let version = registry
                     .commit(text, &author, |state| {
-                        let features = resolve_items(state, &items)?;
+                        let features = resolve_items(state, &items, sight)?;
                         let service = FeatureService {
                             name: name.clone(),
                             features: features
@@ -474,8 +577,8 @@ impl Engine {
                 };
                 let committed = registry
                     .commit(text, &author, |state| {
-                        if state.get(Kind::FeatureService, &service).is_none() {
-                            return Err(unknown(state, Kind::FeatureService, &service));
+                        if sight.get(state, Kind::FeatureService, &service).is_none() {
+                            return Err(unknown(state, Kind::FeatureService, &service, sight));
                         }
                         upsert(state, Object::Model(model.clone()), mode)
                     })
@@ -501,12 +604,13 @@ impl Engine {
                             // Every version of the model.
                             state
                                 .of_kind(Kind::Model)
+                                .filter(|o| sight.sees(state, o))
                                 .filter_map(|o| match o {
                                     Object::Model(m) if m.name == name => Some(o.key()),
                                     _ => None,
                                 })
                                 .collect()
-                        } else if state.get(kind, &key).is_some() {
+                        } else if sight.get(state, kind, &key).is_some() {
                             vec![key.clone()]
                         } else {
                             Vec::new()
@@ -515,15 +619,14 @@ impl Engine {
                             return if if_exists {
                                 Ok(Vec::new())
                             } else {
-                                Err(unknown(state, kind, &key))
+                                Err(unknown(state, kind, &key, sight))
                             };
                         }
-                        let users = dependents(state, kind, &key);
-                        if !users.is_empty() {
+                        if !dependents(state, kind, &key, Sight(None)).is_empty() {
                             return Err(PitlakeError::Plan(format!(
                                 "{} `{key}` is used by {}; drop those first",
                                 kind.label(),
-                                users.join(", ")
+                                shown_dependents(state, kind, &key, sight)
                             )));
                         }
                         Ok(keys
@@ -586,7 +689,11 @@ impl Engine {
     }
 
     fn show(&self, state: &RegistryState, kind: Kind) -> Result<SendableRecordBatchStream> {
-        let objects: Vec<&Object> = state.of_kind(kind).collect();
+        let sight = self.sight();
+        let objects: Vec<&Object> = state
+            .of_kind(kind)
+            .filter(|o| sight.sees(state, o))
+            .collect();
         let summary = |o: &Object| -> String {
             match o {
                 Object::Entity(e) => e
@@ -646,10 +753,11 @@ impl Engine {
         at: Option<i64>,
     ) -> Result<SendableRecordBatchStream> {
         let registry = self.registry();
+        let sight = self.sight();
         let state = registry.state(at).await?;
-        let object = state
-            .get(kind, key)
-            .ok_or_else(|| unknown(&state, kind, key))?;
+        let object = sight
+            .get(&state, kind, key)
+            .ok_or_else(|| unknown(&state, kind, key, sight))?;
         let (_, events) = registry.events(at).await?;
         let mine: Vec<_> = events
             .iter()
@@ -678,7 +786,7 @@ impl Engine {
                 ),
             ));
         }
-        let used_by = dependents(&state, kind, key);
+        let used_by = dependents(&state, kind, key, sight);
         props.push((
             "used by".into(),
             if used_by.is_empty() {
@@ -692,6 +800,7 @@ impl Engine {
                 // Lineage down to models: which models use this view through a service.
                 let models: Vec<String> = state
                     .of_kind(Kind::Model)
+                    .filter(|o| sight.sees(&state, o))
                     .filter_map(|o| match o {
                         Object::Model(m) => match state.get(Kind::FeatureService, &m.service) {
                             Some(Object::FeatureService(s))
@@ -745,14 +854,28 @@ impl Engine {
 
     async fn history_of(&self, kind: Kind, key: &str) -> Result<SendableRecordBatchStream> {
         let (_, events) = self.registry().events(None).await?;
+        let state = self.registry().state(None).await?;
+        let sight = self.sight();
         let mine: Vec<_> = events
             .iter()
             .filter(|e| e.change.kind == kind && e.change.key == key)
             .collect();
-        if mine.is_empty() {
-            let state = self.registry().state(None).await?;
-            return Err(unknown(&state, kind, key));
+        // Visible as its last definition is; and of its past, only the definitions (and the
+        // statements that wrote them) the caller could see: an old service may have used a
+        // view the caller may not see.
+        let last = mine.iter().rev().find_map(|e| e.change.object.as_ref());
+        if !last.is_some_and(|o| sight.sees(&state, o)) {
+            return Err(unknown(&state, kind, key, sight));
         }
+        let mine: Vec<_> = mine
+            .into_iter()
+            .filter(|e| {
+                e.change
+                    .object
+                    .as_ref()
+                    .is_none_or(|o| sight.sees(&state, o))
+            })
+            .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("registry_version", DataType::Int64, false),
             Field::new("action", DataType::Utf8, false),
@@ -815,7 +938,16 @@ impl Engine {
                 _ => BTreeMap::new(),
             }
         };
-        if before.get(kind, key).is_none() && after.get(kind, key).is_none() {
+        let sight = self.sight();
+        let hidden = |state: &RegistryState| {
+            state
+                .get(kind, key)
+                .is_some_and(|o| !sight.sees(state, o))
+        };
+        if (before.get(kind, key).is_none() && after.get(kind, key).is_none())
+            || hidden(&before)
+            || hidden(&after)
+        {
             return Err(PitlakeError::Plan(format!(
                 "{} `{key}` exists at neither registry version {from} nor {to}",
                 kind.label()
@@ -851,6 +983,7 @@ impl Engine {
 pub(crate) fn resolve_items(
     state: &RegistryState,
     items: &[FeatureItem],
+    sight: Sight<'_>,
 ) -> Result<Vec<(String, Option<String>)>> {
     let mut out: Vec<(String, Option<String>)> = Vec::new();
     let mut push = |pair: (String, Option<String>)| {
@@ -861,14 +994,14 @@ pub(crate) fn resolve_items(
     for item in items {
         match item {
             FeatureItem::View(view) => {
-                if state.get(Kind::FeatureView, view).is_none() {
-                    return Err(unknown(state, Kind::FeatureView, view));
+                if sight.get(state, Kind::FeatureView, view).is_none() {
+                    return Err(unknown(state, Kind::FeatureView, view, sight));
                 }
                 push((view.clone(), None));
             }
             FeatureItem::Feature(view, feature) => {
-                let Some(Object::FeatureView(v)) = state.get(Kind::FeatureView, view) else {
-                    return Err(unknown(state, Kind::FeatureView, view));
+                let Some(Object::FeatureView(v)) = sight.get(state, Kind::FeatureView, view) else {
+                    return Err(unknown(state, Kind::FeatureView, view, sight));
                 };
                 if !v.features.iter().any(|f| &f.name == feature) {
                     let names: Vec<String> = v.features.iter().map(|f| f.name.clone()).collect();
@@ -880,9 +1013,10 @@ pub(crate) fn resolve_items(
                 push((view.clone(), Some(feature.clone())));
             }
             FeatureItem::Service(service) => {
-                let Some(Object::FeatureService(s)) = state.get(Kind::FeatureService, service)
+                let Some(Object::FeatureService(s)) =
+                    sight.get(state, Kind::FeatureService, service)
                 else {
-                    return Err(unknown(state, Kind::FeatureService, service));
+                    return Err(unknown(state, Kind::FeatureService, service, sight));
                 };
                 for f in &s.features {
                     push((f.view.clone(), f.feature.clone()));
@@ -902,37 +1036,12 @@ fn column_list(schema: &SchemaRef) -> String {
         .join(", ")
 }
 
-/// A one-line summary of an export manifest (its inputs and versions), or why it cannot be read.
+/// How `DESCRIBE MODEL` shows the manifest a model was registered with: its location as
+/// recorded, never its content. A registry writer may record any path; opening it on the
+/// server (a FIFO, `/dev/zero`, another user's file) would hang, exhaust or leak.
 fn manifest_summary(location: &str) -> String {
-    match std::fs::read_to_string(location)
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-    {
-        Some(manifest) => {
-            let inputs = manifest
-                .get("inputs")
-                .and_then(|i| i.as_array())
-                .map(|inputs| {
-                    inputs
-                        .iter()
-                        .filter_map(|i| {
-                            Some(format!(
-                                "{} v{}",
-                                i.get("table")?.as_str()?,
-                                i.get("version")?.as_i64()?
-                            ))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
-            let registry = manifest
-                .get("registry_version")
-                .and_then(|v| v.as_i64())
-                .map(|v| format!("registry version {v}"))
-                .unwrap_or_default();
-            format!("{location}: {inputs}; {registry}")
-        }
-        None => format!("{location} (not readable here)"),
-    }
+    format!(
+        "{location} (as recorded; pitlake does not open paths stored in the registry: run \
+         `pitlake verify` or `pitlake reproduce` on it for its inputs)"
+    )
 }

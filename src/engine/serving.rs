@@ -60,6 +60,23 @@ pub struct Access {
     pub registry_write: bool,
 }
 
+/// What the caller of a statement may see and change. A server gives the engine one for each
+/// client ([`Engine::for_caller`]); the engine consults it wherever an answer or an error
+/// could name an object: registry listings, descriptions, histories and diffs show only what
+/// the caller may see, and "does not exist" hints list only such objects, so a hidden object
+/// is as absent as one that does not exist. Without one (the CLI, the shell) everything is
+/// visible.
+pub trait Visibility: Send + Sync + std::fmt::Debug {
+    /// Whether the table's rows may be read.
+    fn can_read_table(&self, table: &TableName) -> bool;
+    /// Whether the table may be created, written or dropped.
+    fn can_write_table(&self, table: &TableName) -> bool;
+    /// Whether the feature view may be read.
+    fn can_read_view(&self, view: &TableName) -> bool;
+    /// Whether the feature registry may be changed.
+    fn can_write_registry(&self) -> bool;
+}
+
 /// A statement planned but not run.
 #[derive(Debug, Clone)]
 pub struct PlannedStatement {
@@ -152,7 +169,7 @@ impl Engine {
             Statement::DescribeHistory { table, .. } => {
                 return Ok(BTreeSet::from([self.table_name(table)?]));
             }
-            _ => return Ok(BTreeSet::new()),
+            Statement::Dsl(dsl) => return self.dsl_named_tables(dsl),
         };
         let state = self.ctx.state();
         let functions = state.table_functions();
@@ -164,6 +181,31 @@ impl Engine {
             names.insert(self.scanned_table(&reference)?);
         }
         Ok(names)
+    }
+
+    /// The tables a DSL statement's text names: a training set's (or export's) labels, a new
+    /// feature view's source. Training sets read these before anything else (their schema
+    /// shapes the plan, and errors list their columns), so they are checked first like a
+    /// query's tables.
+    fn dsl_named_tables(
+        &self,
+        dsl: &crate::frontend::dsl::DslStatement,
+    ) -> Result<BTreeSet<TableName>> {
+        use crate::frontend::dsl::{DslStatement, SourceSql};
+        let source = match dsl {
+            DslStatement::TrainingSet(spec)
+            | DslStatement::Export {
+                training_set: spec, ..
+            } => &spec.labels,
+            DslStatement::CreateFeatureView { source, .. } => source,
+            _ => return Ok(BTreeSet::new()),
+        };
+        let relation = match source {
+            SourceSql::Table { name, .. } => name.clone(),
+            SourceSql::Query(sql) => format!("({sql})"),
+        };
+        let query = self.parse_one(&format!("SELECT * FROM {relation}"))?;
+        self.named_tables(&query)
     }
 
     /// Plans one statement without running it: its result schema, its parameters and the
@@ -347,7 +389,12 @@ impl Engine {
         }
         let confirmed = RunOptions { force: true };
         let Some(plan) = planned.plan else {
-            return self.run(planned.statement, confirmed).await;
+            // DSL statements (a training set exported, registry changes) and DESCRIBE HISTORY:
+            // everything they run counts against the query's limit.
+            return self
+                .with_memory_limit(memory_limit)
+                .run(planned.statement, confirmed)
+                .await;
         };
         if !planned.rows {
             if !parameters.is_empty() {
@@ -357,7 +404,14 @@ impl Engine {
                         .into(),
                 ));
             }
-            return self.run(planned.statement, confirmed).await;
+            // `SET` changes the engine's shared session, so it runs there; a write reads its
+            // input under the query's limit.
+            let engine = if matches!(plan, LogicalPlan::Statement(_)) {
+                self.clone()
+            } else {
+                self.with_memory_limit(memory_limit)
+            };
+            return engine.run(planned.statement, confirmed).await;
         }
         let plan = if parameters.is_empty() {
             plan
@@ -383,6 +437,16 @@ impl Engine {
         let state = self.query_state(memory_limit);
         let df = DataFrame::new(state, plan);
         Ok(Output::Rows(df.execute_stream().await?))
+    }
+
+    /// This engine with a session whose memory pool caps what runs on it at `limit` bytes
+    /// inside the engine's pool (unchanged without a limit).
+    fn with_memory_limit(&self, limit: Option<usize>) -> Engine {
+        let mut engine = self.clone();
+        if limit.is_some() {
+            engine.ctx = datafusion::prelude::SessionContext::new_with_state(self.query_state(limit));
+        }
+        engine
     }
 
     /// A session state for one query: the engine's, with a memory pool that caps this query
@@ -462,7 +526,7 @@ impl Engine {
     fn scanned_table(&self, reference: &TableReference) -> Result<TableName> {
         let name = self.reference_to_name(reference)?;
         let (base, _) = decode_versioned_name(&name.table)?;
-        Ok(TableName {
+        super::user_table(TableName {
             schema: name.schema.clone(),
             table: base.to_string(),
         })

@@ -218,7 +218,7 @@ impl Engine {
     /// Plans a training set against the current registry.
     pub async fn plan_training_set(&self, spec: &TrainingSetSql) -> Result<TrainingPlan> {
         let state = self.registry().state(None).await?;
-        let pairs = resolve_items(&state, &spec.items)?;
+        let pairs = resolve_items(&state, &spec.items, self.sight())?;
         if pairs.is_empty() {
             return Err(PitlakeError::Plan("a training set needs FEATURES".into()));
         }

@@ -5,9 +5,9 @@
 //! | grant | allows |
 //! |---|---|
 //! | `table:<pattern>` | reading matching tables: queries, as-of joins, time travel, `DESCRIBE`, `DESCRIBE HISTORY`, `GetTables` |
-//! | `view:<pattern>` | reading matching feature views (the registry; reserved until it exists) |
+//! | `view:<pattern>` | reading matching feature views: training sets over them, and seeing them in the registry (`SHOW`, `DESCRIBE`, history, diffs, "did you mean" hints); a service is seen with every view it uses, a model with its service, an entity with one of its views |
 //! | `write:<pattern>` | `CREATE TABLE`, `INSERT`, `DROP TABLE` on matching tables |
-//! | `registry:write` | changing the feature registry (reserved until it exists) |
+//! | `registry:write` | changing the feature registry through its statements; also shows every entity (what a writer needs to define views), not the views themselves |
 //! | `files` | statements that read or write the server's files: `COPY … TO`, `CREATE EXTERNAL TABLE`, table functions other than `generate_series`/`range` |
 //! | `session` | `SET`: it changes settings of the one engine session every user shares |
 //!
@@ -17,14 +17,15 @@
 //! tables the user may not be allowed to know of.
 //!
 //! Nothing is allowed without a grant; DDL other than on tables (`CREATE SCHEMA`, views,
-//! functions) needs `write:*`.
+//! functions) needs `write:*`. No grant reaches pitlake's own schema `_pitlake` (the registry's
+//! table): not `table:*`, not `write:*`.
 
 use std::collections::BTreeSet;
 use std::fmt;
 
 use tonic::Status;
 
-use crate::engine::serving::{Access, TableName};
+use crate::engine::serving::{Access, TableName, Visibility};
 use crate::error::{PitlakeError, Result};
 
 /// Which tables a grant covers.
@@ -59,8 +60,12 @@ impl Pattern {
         }
     }
 
-    /// Whether the pattern covers a table.
+    /// Whether the pattern covers a table. No pattern covers pitlake's own schema
+    /// (`_pitlake`, the registry), not even `*`: it is reached through the registry statements.
     pub fn matches(&self, name: &TableName) -> bool {
+        if name.schema.as_deref().is_some_and(|s| s.starts_with('_')) {
+            return false;
+        }
         match self {
             Pattern::All => true,
             Pattern::Schema(schema) => name.schema == *schema,
@@ -242,6 +247,24 @@ impl Grants {
             }
         }
         Ok(())
+    }
+}
+
+impl Visibility for Grants {
+    fn can_read_table(&self, table: &TableName) -> bool {
+        Grants::can_read_table(self, table)
+    }
+
+    fn can_write_table(&self, table: &TableName) -> bool {
+        Grants::can_write_table(self, table)
+    }
+
+    fn can_read_view(&self, view: &TableName) -> bool {
+        Grants::can_read_view(self, view)
+    }
+
+    fn can_write_registry(&self) -> bool {
+        self.has(&Grant::RegistryWrite)
     }
 }
 

@@ -194,9 +194,18 @@ fn encode_batches(batches: &[RecordBatch]) -> Result<Vec<u8>, Status> {
 }
 
 impl PitlakeFlightSql {
+    /// The engine acting for a caller: it records them as author and shows them only what
+    /// their grants let them see (registry listings, hints in errors).
+    fn engine_for(&self, principal: &Principal) -> Engine {
+        self.shared
+            .engine
+            .for_caller(&principal.user, principal.grants.clone())
+    }
+
     /// Parses, plans and authorizes a statement for a caller.
     async fn plan(&self, principal: &Principal, sql: &str) -> Result<PlannedStatement, Status> {
-        let engine = &self.shared.engine;
+        crate::frontend::bounds::check_size(sql).map_err(|e| status_for_principal(e, principal))?;
+        let engine = &self.engine_for(principal);
         let statement = engine
             .parse_one(sql)
             .map_err(|e| status_for_principal(e, principal))?;
@@ -237,6 +246,46 @@ impl PitlakeFlightSql {
             return Err(status);
         }
         Ok(planned)
+    }
+
+    /// Plans a statement for `GetFlightInfo` as query work: it waits for a query slot, counts
+    /// against the query timeout, and is logged whatever its outcome.
+    async fn plan_for_info(
+        &self,
+        principal: &Principal,
+        query_id: &str,
+        sql: &str,
+    ) -> Result<PlannedStatement, Status> {
+        if self.shared.cancel_queries.is_cancelled() {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
+        let _permit = self.slot(deadline).await?;
+        let outcome = match tokio::time::timeout_at(deadline, self.plan(principal, sql)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Status::deadline_exceeded(
+                "planning the statement took longer than the server's --query-timeout",
+            )),
+        };
+        match &outcome {
+            Ok(_) => tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                query_id = %query_id,
+                sql = logged(sql),
+                "statement planned"
+            ),
+            Err(status) => tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                query_id = %query_id,
+                sql = logged(sql),
+                code = ?status.code(),
+                reason = status.message(),
+                "planning failed"
+            ),
+        }
+        outcome
     }
 
     /// Waits for a query slot, until the deadline.
@@ -283,9 +332,7 @@ impl PitlakeFlightSql {
         );
         let started = async {
             let planned = self.plan(&principal, sql).await?;
-            self.shared
-                .engine
-                .for_user(&principal.user)
+            self.engine_for(&principal)
                 .execute_planned(planned, values, self.shared.limits.query_memory_limit)
                 .await
                 .map_err(|e| status_for_principal(e, &principal))
@@ -356,9 +403,7 @@ impl PitlakeFlightSql {
                      (CommandStatementQuery), not as an update",
                 ));
             }
-            self.shared
-                .engine
-                .for_user(&principal.user)
+            self.engine_for(&principal)
                 .execute_planned(planned, values, self.shared.limits.query_memory_limit)
                 .await
                 .map_err(|e| status_for_principal(e, &principal))
@@ -468,14 +513,9 @@ impl FlightSqlService for PitlakeFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let principal = principal(&request)?;
         let query_id = new_query_id()?;
-        let planned = self.plan(&principal, &query.query).await?;
-        tracing::debug!(
-            target: "pitlake::flight",
-            user = %principal.user,
-            query_id = %query_id,
-            sql = logged(&query.query),
-            "statement planned"
-        );
+        let planned = self
+            .plan_for_info(&principal, &query_id, &query.query)
+            .await?;
         let ticket = self
             .shared
             .tickets
@@ -500,14 +540,16 @@ impl FlightSqlService for PitlakeFlightSql {
             .shared
             .prepared
             .get(&command.prepared_statement_handle, &principal.user)?;
-        let planned = self.plan(&principal, &prepared.sql).await?;
+        let query_id = new_query_id()?;
+        let planned = self
+            .plan_for_info(&principal, &query_id, &prepared.sql)
+            .await?;
         if !planned.parameter_types().is_empty() && prepared.parameters.is_none() {
             return Err(Status::invalid_argument(format!(
                 "the statement has {} parameter(s); bind their values before executing it",
                 planned.parameter_types().len()
             )));
         }
-        let query_id = new_query_id()?;
         let ticket = self.shared.tickets.issue(
             &query_id,
             &principal.user,
@@ -809,7 +851,10 @@ impl FlightSqlService for PitlakeFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let principal = principal(&request)?;
-        let planned = self.plan(&principal, &query.query).await?;
+        let query_id = new_query_id()?;
+        let planned = self
+            .plan_for_info(&principal, &query_id, &query.query)
+            .await?;
         let handle = self.shared.prepared.insert(&principal.user, &query.query)?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.into_bytes().into(),

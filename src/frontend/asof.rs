@@ -1024,7 +1024,13 @@ fn lower_join(join: Join, args: &[Expr]) -> Result<LogicalPlan> {
             (&known_type, &time_type),
             (DataType::Timestamp(_, a), DataType::Timestamp(_, b)) if a.is_some() == b.is_some()
         ) || (known_type.is_integer() && time_type.is_integer())
-            || (known_type.is_numeric() && time_type.is_floating());
+            || (known_type.is_numeric() && time_type.is_floating())
+            // A date is its midnight, as SQL compares a date with a timestamp.
+            || (matches!(known_type, DataType::Date32 | DataType::Date64)
+                && matches!(
+                    time_type,
+                    DataType::Timestamp(_, _) | DataType::Date32 | DataType::Date64
+                ));
         Some(if known_type != time_type && coercible {
             known.clone().cast_to(&time_type, &right)?
         } else {

@@ -375,7 +375,8 @@ impl DslParser<'_> {
 
     fn source(&mut self) -> Result<SourceSql> {
         if self.p.consume_token(&Token::LParen) {
-            let query = self.p.parse_query().map_err(syntax)?;
+            let mut query = self.p.parse_query().map_err(syntax)?;
+            crate::frontend::bounds::check_nesting(&mut *query)?;
             self.p.expect_token(&Token::RParen).map_err(syntax)?;
             return Ok(SourceSql::Query(query.to_string()));
         }
@@ -690,7 +691,11 @@ impl DslParser<'_> {
             } else if self.words(&["CREATED", "TIME"]) {
                 created_time = Some(self.name()?);
             } else if self.word("TTL") {
-                ttl = Some(self.p.parse_expr().map_err(syntax)?.to_string());
+                let mut expr = self.p.parse_expr().map_err(syntax)?;
+                crate::frontend::bounds::check_nesting(&mut expr)?;
+                // Evaluated while the view is defined, before any grant on it is checked.
+                crate::frontend::bounds::ensure_constant(&expr, "TTL")?;
+                ttl = Some(expr.to_string());
             } else if self.word("FEATURES") {
                 self.p.expect_token(&Token::LParen).map_err(syntax)?;
                 let mut list = Vec::new();

@@ -2,6 +2,7 @@
 //! rewrites that turn pitlake syntax (time travel, as-of joins) into plans DataFusion can build.
 
 mod asof;
+pub mod bounds;
 mod dialect;
 pub mod dsl;
 mod parse;

@@ -1,16 +1,18 @@
 //! Splitting a script into statements and parsing each one.
 //!
-//! Every statement is parsed from the *whole* script text with the other statements blanked
-//! out (each of their characters replaced by a space, newlines kept), so the line and column in
-//! a syntax error point into the text the user wrote, not into a fragment of it.
+//! The script is split at top-level `;` in one pass; each statement is tokenized on its own and
+//! its tokens are moved to where it starts in the script, so the line and column in a syntax
+//! error point into the text the user wrote, not into a fragment of it. Every statement is
+//! bounded before it is planned (see [`bounds`]): its size, and how deep it nests.
 
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use sqlparser::ast::{BinaryOperator, Expr as SqlExpr, ObjectName, VisitorMut};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
-use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Word};
+use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{PitlakeError, Result};
+use crate::frontend::bounds;
 use crate::frontend::dialect::PitlakeDialect;
 
 /// One parsed statement.
@@ -118,34 +120,102 @@ fn has_content(fragment: &str) -> bool {
     }
 }
 
-/// `sql` with every character outside `range` replaced by a space (newlines kept), so positions
-/// inside the range stay what they were in the full text.
-fn isolate(sql: &str, range: &std::ops::Range<usize>) -> String {
-    sql.char_indices()
-        .map(|(i, c)| {
-            if range.contains(&i) || c == '\n' {
-                c
-            } else {
-                ' '
-            }
-        })
-        .collect()
+/// A position in a script, moved forward through it once: each statement's tokens are
+/// located relative to its own start, then shifted by where it starts, so errors point into
+/// the text the user wrote without tokenizing the whole script once per statement.
+struct Cursor<'a> {
+    sql: &'a str,
+    offset: usize,
+    at: Location,
 }
 
-/// Tokenizes a statement's isolated text, keeping positions.
-pub fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>> {
-    let dialect = PitlakeDialect::default();
-    Tokenizer::new(&dialect, text)
-        .tokenize_with_location()
-        .map_err(|e| PitlakeError::Syntax(e.to_string()))
+impl<'a> Cursor<'a> {
+    fn new(sql: &'a str) -> Self {
+        Self {
+            sql,
+            offset: 0,
+            at: Location::new(1, 1),
+        }
+    }
+
+    /// The line and column of byte `offset` (not before the last one asked for), counted as
+    /// sqlparser's tokenizer counts them: characters, a new line at each `\n`.
+    fn advance_to(&mut self, offset: usize) -> Location {
+        for c in self.sql[self.offset..offset].chars() {
+            if c == '\n' {
+                self.at = Location::new(self.at.line + 1, 1);
+            } else {
+                self.at.column += 1;
+            }
+        }
+        self.offset = offset;
+        self.at
+    }
 }
+
+/// `location` (relative to a fragment) moved to where the fragment starts in the script.
+fn shift(location: Location, origin: Location) -> Location {
+    match location.line {
+        // Line 0 marks an empty span.
+        0 => location,
+        1 => Location::new(origin.line, origin.column + location.column - 1),
+        line => Location::new(origin.line + line - 1, location.column),
+    }
+}
+
+/// Tokenizes one statement's text, located as if it started at `origin` in its script.
+fn tokenize_at(text: &str, origin: Location) -> Result<Vec<TokenWithSpan>> {
+    let dialect = PitlakeDialect::default();
+    let mut tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|mut e| {
+            e.location = shift(e.location, origin);
+            PitlakeError::Syntax(e.to_string())
+        })?;
+    for token in &mut tokens {
+        token.span = Span::new(
+            shift(token.span.start, origin),
+            shift(token.span.end, origin),
+        );
+    }
+    Ok(tokens)
+}
+
+/// Tokenizes a statement's text, keeping positions.
+#[cfg(test)]
+pub fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>> {
+    tokenize_at(text, Location::new(1, 1))
+}
+
+/// The stack of the thread that parses. A statement within [`bounds::MAX_STATEMENT_BYTES`] can
+/// still parse into a tree half a million levels deep (`1+1+…`): the parser builds it without
+/// recursing, but dropping it recurses once per level. Parsing on a thread of its own, with a
+/// stack that holds the deepest such tree, lets [`bounds::check_nesting`] refuse it and drop it
+/// there; only trees within [`bounds::MAX_NESTING`] leave that thread. The stack is reserved
+/// address space, touched only as deep as a statement goes.
+const PARSER_STACK_BYTES: usize = 1 << 30;
 
 /// Parses a script of one or more `;`-separated statements.
 pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
+    std::thread::scope(|scope| {
+        let parser = std::thread::Builder::new()
+            .name("pitlake-parser".into())
+            .stack_size(PARSER_STACK_BYTES)
+            .spawn_scoped(scope, || parse_script(sql))
+            .map_err(|e| PitlakeError::Internal(format!("cannot start the parser thread: {e}")))?;
+        parser
+            .join()
+            .unwrap_or_else(|_| Err(PitlakeError::Internal("the SQL parser panicked".into())))
+    })
+}
+
+fn parse_script(sql: &str) -> Result<Vec<ParsedStatement>> {
     let mut out = Vec::new();
+    let mut cursor = Cursor::new(sql);
     for range in split_statements(sql) {
-        let isolated = isolate(sql, &range);
-        let tokens = tokenize(&isolated)?;
+        let text = &sql[range.clone()];
+        bounds::check_size(text)?;
+        let tokens = tokenize_at(text, cursor.advance_to(range.start))?;
         let statement = parse_tokens(tokens).map_err(|err| match err {
             // sqlparser gives no position for the end of input; say where that end is.
             PitlakeError::Syntax(msg) if msg.ends_with("found: EOF") => {
@@ -157,7 +227,7 @@ pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
             other => other,
         })?;
         out.push(ParsedStatement {
-            text: sql[range].trim().to_string(),
+            text: text.trim().to_string(),
             statement,
         });
     }
@@ -197,6 +267,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
         .map_err(PitlakeError::from_datafusion)?;
     match (statements.pop_front(), statements.is_empty()) {
         (Some(mut statement), true) => {
+            bounds::check_statement_nesting(&mut statement)?;
             let _ = crate::frontend::time_travel::visit_statement_mut(
                 &mut statement,
                 &mut DistinctFromPrecedence,
@@ -318,6 +389,42 @@ mod tests {
         let err = parse_sql("select 1;\nselect * frm t").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("Line: 2"), "{msg}");
+    }
+
+    #[test]
+    fn positions_are_those_of_the_whole_script() {
+        let alone = parse_sql("          select * frm t").unwrap_err().to_string();
+        let after = parse_sql("select 1; select * frm t").unwrap_err().to_string();
+        assert_eq!(alone, after);
+        let tokens = tokenize_at("a\n b", Location::new(3, 5)).unwrap();
+        let words: Vec<_> = tokens
+            .iter()
+            .filter(|t| matches!(t.token, Token::Word(_)))
+            .map(|t| (t.span.start.line, t.span.start.column))
+            .collect();
+        assert_eq!(words, vec![(3, 5), (4, 2)]);
+    }
+
+    #[test]
+    fn splits_thousands_of_statements() {
+        let script = "SELECT 1;".repeat(4000);
+        assert_eq!(parse_sql(&script).unwrap().len(), 4000);
+    }
+
+    #[test]
+    fn deep_chains_are_refused_without_overflowing() {
+        // Half a million levels: any recursion on this thread's stack would overflow it.
+        let deep = format!("SELECT {}1", "1+".repeat(500_000));
+        let err = parse_sql(&deep).unwrap_err().to_string();
+        assert!(err.contains("levels deep"), "{err}");
+        let err = parse_sql(&format!("SELECT 1 WHERE {}", "true AND ".repeat(300) + "true"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("levels deep"), "{err}");
+        parse_sql(&format!("SELECT {}1", "1+".repeat(200))).unwrap();
+        let big = format!("SELECT '{}'", "x".repeat(bounds::MAX_STATEMENT_BYTES));
+        let err = parse_sql(&big).unwrap_err().to_string();
+        assert!(err.contains("1 MiB"), "{err}");
     }
 
     #[test]

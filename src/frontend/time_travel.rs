@@ -17,6 +17,7 @@ use sqlparser::ast::{
 };
 
 use crate::error::{PitlakeError, Result};
+use crate::frontend::bounds;
 use crate::storage::{TableVersion, encode_versioned_name};
 
 /// A version clause as written, before timestamps are evaluated.
@@ -24,8 +25,8 @@ use crate::storage::{TableVersion, encode_versioned_name};
 pub enum VersionClause {
     /// `VERSION AS OF n`.
     Version(i64),
-    /// `TIMESTAMP AS OF expr` / `FOR SYSTEM_TIME AS OF expr`: an expression to evaluate to an
-    /// instant.
+    /// `TIMESTAMP AS OF expr` / `FOR SYSTEM_TIME AS OF expr`: a constant expression (see
+    /// [`bounds::ensure_constant`]) to evaluate to an instant.
     Timestamp(Box<Expr>),
 }
 
@@ -75,6 +76,13 @@ impl VisitorMut for Collect {
                 )),
             },
             SqlVersion::TimestampAsOf(expr) | SqlVersion::ForSystemTimeAsOf(expr) => {
+                // Evaluated before the statement's grants are checked: a constant, or nothing.
+                if let Err(err) =
+                    bounds::ensure_constant(expr, &format!("TIMESTAMP AS OF on `{name}`"))
+                {
+                    self.error = Some(err);
+                    return ControlFlow::Break(());
+                }
                 Ok(VersionClause::Timestamp(Box::new(expr.clone())))
             }
             other => Err(format!(
@@ -227,6 +235,23 @@ mod tests {
         assert!(text.contains(r#""orders@v1" o"#), "{text}");
         assert!(text.contains(r#""orders@t5" AS "orders""#), "{text}");
         assert!(!text.contains("AS OF"), "{text}");
+    }
+
+    #[test]
+    fn timestamps_are_constants_only() {
+        for sql in [
+            "with salaries as (select 1 as x) select * from orders timestamp as of \
+             (select string_agg(ssn, ',') from salaries)",
+            "select * from orders for system_time as of (select max(ts) from salaries)",
+            "select * from orders timestamp as of orders.ts",
+            "select * from orders where id in (select id from t timestamp as of \
+             now() - (select 1))",
+        ] {
+            let err = collect_versions(&mut sql_statement(sql)).unwrap_err();
+            assert!(err.to_string().contains("must be a constant"), "{sql}: {err}");
+        }
+        let ok = "select * from t timestamp as of now() - interval '1 day'";
+        assert_eq!(collect_versions(&mut sql_statement(ok)).unwrap().len(), 1);
     }
 
     #[test]

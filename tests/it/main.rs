@@ -5,6 +5,8 @@
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
+//!   `flight::adversarial` attacks it as a user with few grants would;
+//! - `fuzz`: random and mutated statements through the parser, the DSL and the planner;
 //! - `s3`: warehouses on a real S3-compatible server: the CLI, settings, concurrent writers,
 //!   commit safety and faults;
 //! - `time_travel`: commit-time resolution with pinned log times;
@@ -18,6 +20,7 @@ mod cli;
 mod common;
 mod conformance;
 mod flight;
+mod fuzz;
 mod s3;
 mod time_travel;
 mod training;
