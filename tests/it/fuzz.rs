@@ -64,7 +64,8 @@ fn random_statement(rng: &mut SmallRng) -> String {
 fn mutated_statement(rng: &mut SmallRng) -> String {
     let seed = SEEDS[rng.random_range(0..SEEDS.len())];
     let mut words: Vec<String> = seed.split(' ').map(str::to_string).collect();
-    for _ in 0..rng.random_range(1..4) {
+    // Some seeds go through whole, so the planner sees valid statements of every kind too.
+    for _ in 0..rng.random_range(0..3) {
         let at = rng.random_range(0..words.len());
         match rng.random_range(0..4) {
             0 => {
@@ -144,7 +145,7 @@ async fn parser_dsl_and_planner_survive_random_and_mutated_statements() {
     }
     // The generator reaches the parser's and the planner's paths, not only its errors.
     assert!(parsed > cases / 20, "only {parsed} of {cases} parsed");
-    assert!(planned > 10, "only {planned} planned");
+    assert!(planned > 50, "only {planned} of {parsed} parsed statements planned");
     // And nothing was changed by planning.
     assert_eq!(engine.registry().version().await.unwrap(), Some(1));
     let tables = engine.list_tables().await.unwrap();
