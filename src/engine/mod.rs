@@ -294,7 +294,15 @@ impl Engine {
         }
     }
 
-    async fn run_sql(&self, mut statement: DFStatement, options: RunOptions) -> Result<Output> {
+    /// The one planning pipeline every SQL statement goes through, whoever runs it (the CLI,
+    /// the server, training sets): time travel resolved (its bounds are constants, checked by
+    /// the parser), as-of joins rewritten, the information schema refreshed when the
+    /// statement reads it, the statement planned, and a planning error explained. Returns the
+    /// session state it planned in, to run the plan in.
+    pub(crate) async fn plan_sql(
+        &self,
+        mut statement: DFStatement,
+    ) -> Result<(SessionState, LogicalPlan)> {
         let state = self.ctx.state();
         self.resolve_time_travel(&mut statement, &state).await?;
         let normalize = state
@@ -306,10 +314,14 @@ impl Engine {
         if self.touches_information_schema(&state, &statement) {
             self.catalog.refresh().await?;
         }
-        let plan = match state.statement_to_plan(statement).await {
-            Ok(plan) => plan,
-            Err(err) => return Err(self.explain_plan_error(err).await),
-        };
+        match state.statement_to_plan(statement).await {
+            Ok(plan) => Ok((state, plan)),
+            Err(err) => Err(self.explain_plan_error(err).await),
+        }
+    }
+
+    async fn run_sql(&self, statement: DFStatement, options: RunOptions) -> Result<Output> {
+        let (state, plan) = self.plan_sql(statement).await?;
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let name = user_table(self.reference_to_name(&create.name)?)?;
@@ -397,23 +409,12 @@ impl Engine {
         let (Some(statement), true) = (statements.pop(), statements.is_empty()) else {
             return Err(PitlakeError::Plan("expected exactly one statement".into()));
         };
-        let Statement::Sql(mut statement) = statement.statement else {
+        let Statement::Sql(statement) = statement.statement else {
             return Err(PitlakeError::Plan(
                 "only queries have a logical plan".into(),
             ));
         };
-        let state = self.ctx.state();
-        self.resolve_time_travel(&mut statement, &state).await?;
-        let normalize = state
-            .config()
-            .options()
-            .sql_parser
-            .enable_ident_normalization;
-        frontend::rewrite_asof(&mut statement, normalize)?;
-        let plan = match state.statement_to_plan(*statement).await {
-            Ok(plan) => plan,
-            Err(err) => return Err(self.explain_plan_error(err).await),
-        };
+        let (state, plan) = self.plan_sql(*statement).await?;
         Ok(state.optimize(&plan)?)
     }
 

@@ -183,6 +183,42 @@ impl Engine {
         Ok(names)
     }
 
+    /// The feature views a statement's text names: in a training set's (or export's)
+    /// `FEATURES`, or as the object of `DESCRIBE`, `SHOW HISTORY OF` or `SHOW DIFF OF`.
+    /// Authorizers check these before planning, as they check [`Engine::named_tables`], so a
+    /// view the caller may not read is refused the same way whether it exists or not. (Views
+    /// reached through a service are checked on the plan, [`Access::views`].)
+    pub fn named_views(&self, statement: &ParsedStatement) -> BTreeSet<TableName> {
+        use crate::frontend::dsl::{DslStatement, FeatureItem};
+        use crate::registry::Kind;
+        let Statement::Dsl(dsl) = &statement.statement else {
+            return BTreeSet::new();
+        };
+        match dsl.as_ref() {
+            DslStatement::TrainingSet(spec)
+            | DslStatement::Export {
+                training_set: spec, ..
+            } => spec
+                .items
+                .iter()
+                .filter_map(|item| match item {
+                    FeatureItem::View(view) | FeatureItem::Feature(view, _) => {
+                        Some(TableName::bare(view))
+                    }
+                    FeatureItem::Service(_) => None,
+                })
+                .collect(),
+            DslStatement::Describe { kind, name, .. }
+            | DslStatement::History { kind, name, .. }
+            | DslStatement::Diff { kind, name, .. }
+                if *kind == Kind::FeatureView =>
+            {
+                BTreeSet::from([TableName::bare(name)])
+            }
+            _ => BTreeSet::new(),
+        }
+    }
+
     /// The tables a DSL statement's text names: a training set's (or export's) labels, a new
     /// feature view's source. Training sets read these before anything else (their schema
     /// shapes the plan, and errors list their columns), so they are checked first like a
@@ -231,18 +267,7 @@ impl Engine {
                 access,
             });
         };
-        let mut sql = sql.as_ref().clone();
-        let state = self.ctx.state();
-        self.resolve_time_travel(&mut sql, &state).await?;
-        let normalize = state
-            .config()
-            .options()
-            .sql_parser
-            .enable_ident_normalization;
-        crate::frontend::rewrite_asof(&mut sql, normalize)?;
-        if self.touches_information_schema(&state, &sql) {
-            self.catalog.refresh().await?;
-        }
+        let sql = sql.as_ref().clone();
         let described = match &sql {
             DFStatement::Statement(inner) => match inner.as_ref() {
                 sqlparser::ast::Statement::ExplainTable { table_name, .. } => {
@@ -252,10 +277,7 @@ impl Engine {
             },
             _ => None,
         };
-        let plan = match state.statement_to_plan(sql).await {
-            Ok(plan) => plan,
-            Err(err) => return Err(self.explain_plan_error(err).await),
-        };
+        let (state, plan) = self.plan_sql(sql).await?;
         let mut access = self.access_of(&state, &plan).await?;
         access.reads.extend(described);
         let rows = !matches!(

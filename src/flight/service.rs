@@ -232,6 +232,24 @@ impl PitlakeFlightSql {
             );
             return Err(status);
         }
+        if let Some(view) = engine
+            .named_views(&statement)
+            .into_iter()
+            .find(|v| !principal.grants.can_read_view(v))
+        {
+            let status = Status::permission_denied(format!(
+                "user `{}` may not read feature view `{view}`: none of its roles grants \
+                 `view:{view}`",
+                principal.user
+            ));
+            tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                reason = status.message(),
+                "statement refused: permission denied"
+            );
+            return Err(status);
+        }
         let planned = engine
             .plan_statement(statement)
             .await
