@@ -52,6 +52,32 @@ pub enum PitlakeError {
         name: String,
     },
 
+    /// A registry object (entity, feature view, feature service, model) that the statement names
+    /// does not exist, or is hidden from the caller (the two read the same).
+    #[error("{kind} `{name}` does not exist; {hint}")]
+    NotFound {
+        /// What kind of object (`feature view`).
+        kind: String,
+        /// The name as written.
+        name: String,
+        /// What does exist, closest first, as a sentence.
+        hint: String,
+    },
+
+    /// A registry object that a statement wants to create exists already, defined otherwise.
+    #[error("{kind} `{name}` already exists; use CREATE OR REPLACE to change it")]
+    AlreadyExists {
+        /// What kind of object.
+        kind: String,
+        /// Its name.
+        name: String,
+    },
+
+    /// Other writers kept committing to the registry while a change was retried: nothing was
+    /// written, and trying again later succeeds.
+    #[error("{0}")]
+    RegistryConflict(String),
+
     /// A time-travel version that the table does not have.
     #[error("table `{table}` has no version {requested}; {available}")]
     VersionNotFound {

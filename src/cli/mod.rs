@@ -71,6 +71,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 pub fn exit_code(err: &PitlakeError) -> u8 {
     match err {
         PitlakeError::TableNotFound { .. }
+        | PitlakeError::NotFound { .. }
+        | PitlakeError::AlreadyExists { .. }
+        | PitlakeError::RegistryConflict(_)
         | PitlakeError::TableExists { .. }
         | PitlakeError::VersionNotFound { .. }
         | PitlakeError::TimestampTooEarly { .. }

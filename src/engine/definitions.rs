@@ -190,8 +190,8 @@ impl Engine {
                             version: None,
                             objects: declared.clone(),
                         };
-                        let features =
-                            resolve_items(&state, items, self.sight()).map_err(|e| in_file(file, e))?;
+                        let features = resolve_items(&state, items, self.sight())
+                            .map_err(|e| in_file(file, e))?;
                         Object::FeatureService(FeatureService {
                             name: name.clone(),
                             features: features

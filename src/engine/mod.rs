@@ -73,7 +73,10 @@ fn user_table(name: TableName) -> Result<TableName> {
 pub(crate) async fn constant_batches(sql: &str) -> Result<Vec<RecordBatch>> {
     static CONSTANTS: std::sync::LazyLock<SessionContext> =
         std::sync::LazyLock::new(SessionContext::new);
-    let df = CONSTANTS.sql(sql).await.map_err(PitlakeError::from_datafusion)?;
+    let df = CONSTANTS
+        .sql(sql)
+        .await
+        .map_err(PitlakeError::from_datafusion)?;
     df.collect().await.map_err(PitlakeError::from_datafusion)
 }
 

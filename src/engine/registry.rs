@@ -77,12 +77,10 @@ impl Sight<'_> {
                 Some(service) => self.sees(state, service),
                 None => caller.can_write_registry(),
             },
-            Object::Entity(e) => {
-                caller.can_write_registry()
-                    || state.of_kind(Kind::FeatureView).any(|o| {
-                        matches!(o, Object::FeatureView(v) if v.entity == e.name && view(&v.name))
-                    })
-            }
+            Object::Entity(e) => caller.can_write_registry()
+                || state.of_kind(Kind::FeatureView).any(
+                    |o| matches!(o, Object::FeatureView(v) if v.entity == e.name && view(&v.name)),
+                ),
         }
     }
 
@@ -123,7 +121,11 @@ fn unknown(state: &RegistryState, kind: Kind, name: &str, sight: Sight<'_>) -> P
             )
         }
     };
-    PitlakeError::Plan(format!("{} `{name}` does not exist; {hint}", kind.label()))
+    PitlakeError::NotFound {
+        kind: kind.label().to_string(),
+        name: name.to_string(),
+        hint,
+    }
 }
 
 /// The registry objects that refer to `kind`/`key` (what would break if it went away), of those
@@ -177,10 +179,10 @@ fn upsert(state: &RegistryState, object: Object, mode: CreateMode) -> Result<Vec
     match state.get(kind, &key) {
         Some(existing) if *existing == object => Ok(Vec::new()),
         Some(_) if mode.if_not_exists => Ok(Vec::new()),
-        Some(_) if !mode.or_replace => Err(PitlakeError::Plan(format!(
-            "{} `{key}` already exists; use CREATE OR REPLACE to change it",
-            kind.label()
-        ))),
+        Some(_) if !mode.or_replace => Err(PitlakeError::AlreadyExists {
+            kind: kind.label().to_string(),
+            name: key,
+        }),
         existing => Ok(vec![Change {
             kind,
             key,
@@ -939,11 +941,8 @@ impl Engine {
             }
         };
         let sight = self.sight();
-        let hidden = |state: &RegistryState| {
-            state
-                .get(kind, key)
-                .is_some_and(|o| !sight.sees(state, o))
-        };
+        let hidden =
+            |state: &RegistryState| state.get(kind, key).is_some_and(|o| !sight.sees(state, o));
         if (before.get(kind, key).is_none() && after.get(kind, key).is_none())
             || hidden(&before)
             || hidden(&after)

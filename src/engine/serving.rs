@@ -466,7 +466,8 @@ impl Engine {
     fn with_memory_limit(&self, limit: Option<usize>) -> Engine {
         let mut engine = self.clone();
         if limit.is_some() {
-            engine.ctx = datafusion::prelude::SessionContext::new_with_state(self.query_state(limit));
+            engine.ctx =
+                datafusion::prelude::SessionContext::new_with_state(self.query_state(limit));
         }
         engine
     }

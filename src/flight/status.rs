@@ -10,11 +10,15 @@ use crate::flight::auth::Principal;
 /// for a person.
 pub fn status_for(err: &PitlakeError) -> Status {
     let code = match err {
-        PitlakeError::TableNotFound { .. } | PitlakeError::VersionNotFound { .. } => {
-            Code::NotFound
-        }
+        PitlakeError::TableNotFound { .. }
+        | PitlakeError::NotFound { .. }
+        | PitlakeError::VersionNotFound { .. } => Code::NotFound,
         PitlakeError::TimestampTooEarly { .. } => Code::NotFound,
-        PitlakeError::TableExists { .. } => Code::AlreadyExists,
+        PitlakeError::TableExists { .. } | PitlakeError::AlreadyExists { .. } => {
+            Code::AlreadyExists
+        }
+        // Retrying later succeeds: the client's retry policy applies.
+        PitlakeError::RegistryConflict(_) => Code::Aborted,
         PitlakeError::SchemaMismatch { .. }
         | PitlakeError::Input { .. }
         | PitlakeError::Syntax(_)

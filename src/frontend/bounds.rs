@@ -141,12 +141,20 @@ struct OnlyQueries {
 impl VisitorMut for OnlyQueries {
     type Break = ();
 
-    fn pre_visit_statement(&mut self, statement: &mut sqlparser::ast::Statement) -> ControlFlow<()> {
+    fn pre_visit_statement(
+        &mut self,
+        statement: &mut sqlparser::ast::Statement,
+    ) -> ControlFlow<()> {
         if matches!(statement, sqlparser::ast::Statement::Query(_)) {
             return ControlFlow::Continue(());
         }
         let text = statement.to_string();
-        self.found = Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+        self.found = Some(
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         ControlFlow::Break(())
     }
 }
@@ -164,7 +172,11 @@ pub fn ensure_query(statement: &mut DFStatement, what: &str) -> Result<()> {
     let DFStatement::Statement(inner) = statement else {
         let text = statement.to_string();
         return Err(refuse(
-            &text.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            &text
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         ));
     };
     let mut only = OnlyQueries { found: None };
@@ -244,9 +256,11 @@ fn non_constant(expr: &Expr, depth: usize) -> Option<String> {
                 .collect::<Vec<_>>()
                 .join(".")
         )),
-        _ => Some("an expression other than literals, intervals, casts, arithmetic and time \
+        _ => Some(
+            "an expression other than literals, intervals, casts, arithmetic and time \
                    functions"
-            .into()),
+                .into(),
+        ),
     }
 }
 

@@ -393,8 +393,12 @@ mod tests {
 
     #[test]
     fn positions_are_those_of_the_whole_script() {
-        let alone = parse_sql("          select * frm t").unwrap_err().to_string();
-        let after = parse_sql("select 1; select * frm t").unwrap_err().to_string();
+        let alone = parse_sql("          select * frm t")
+            .unwrap_err()
+            .to_string();
+        let after = parse_sql("select 1; select * frm t")
+            .unwrap_err()
+            .to_string();
         assert_eq!(alone, after);
         let tokens = tokenize_at("a\n b", Location::new(3, 5)).unwrap();
         let words: Vec<_> = tokens
@@ -417,9 +421,12 @@ mod tests {
         let deep = format!("SELECT {}1", "1+".repeat(500_000));
         let err = parse_sql(&deep).unwrap_err().to_string();
         assert!(err.contains("levels deep"), "{err}");
-        let err = parse_sql(&format!("SELECT 1 WHERE {}", "true AND ".repeat(300) + "true"))
-            .unwrap_err()
-            .to_string();
+        let err = parse_sql(&format!(
+            "SELECT 1 WHERE {}",
+            "true AND ".repeat(300) + "true"
+        ))
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("levels deep"), "{err}");
         parse_sql(&format!("SELECT {}1", "1+".repeat(200))).unwrap();
         let big = format!("SELECT '{}'", "x".repeat(bounds::MAX_STATEMENT_BYTES));

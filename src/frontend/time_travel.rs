@@ -248,7 +248,10 @@ mod tests {
              now() - (select 1))",
         ] {
             let err = collect_versions(&mut sql_statement(sql)).unwrap_err();
-            assert!(err.to_string().contains("must be a constant"), "{sql}: {err}");
+            assert!(
+                err.to_string().contains("must be a constant"),
+                "{sql}: {err}"
+            );
         }
         let ok = "select * from t timestamp as of now() - interval '1 day'";
         assert_eq!(collect_versions(&mut sql_statement(ok)).unwrap().len(), 1);

@@ -127,6 +127,15 @@ impl RegistryState {
     }
 }
 
+/// A number in `0..bound`, different at each call (std's per-call hash seeds; no need for
+/// cryptographic quality to spread retries).
+fn random_below(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(bound);
+    hasher.finish() % bound.max(1)
+}
+
 fn registry_table() -> TableName {
     TableName {
         schema: Some("_pitlake".to_string()),
@@ -256,18 +265,17 @@ impl Registry {
                 Ok(()) => return Ok(Some(next)),
                 Err(err) if is_conflict(&err) => {
                     // Someone else committed this version: re-read, re-check, try again after
-                    // a short, growing, jittered pause so writers do not collide in lockstep.
-                    let jitter = u64::from(std::process::id() % 7) + attempt as u64;
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        5 * (attempt as u64 + 1) + jitter,
-                    ))
-                    .await;
+                    // a pause that doubles each time, drawn at random below that bound, so
+                    // writers (tasks of one process too) do not collide in lockstep.
+                    let bound = 10u64 << attempt.min(6);
+                    tokio::time::sleep(std::time::Duration::from_millis(random_below(bound))).await;
                 }
                 Err(err) => return Err(err),
             }
         }
-        Err(PitlakeError::Plan(format!(
-            "the registry kept changing under this change ({ATTEMPTS} attempts); try again"
+        Err(PitlakeError::RegistryConflict(format!(
+            "the registry kept changing under this change ({ATTEMPTS} attempts); nothing was \
+             written, try again"
         )))
     }
 

@@ -92,21 +92,25 @@ async fn time_travel_bounds_and_ttls_cannot_read_around_the_grants() {
     .unwrap();
     assert_eq!(count(&got), 1);
     // The same through a prepared statement and an update.
-    let shadowed = format!(
-        "WITH salaries AS (SELECT 1 AS x) SELECT * FROM labels TIMESTAMP AS OF {leak}"
-    );
-    let err = bob
-        .prepare(shadowed.clone(), None)
-        .await
-        .unwrap_err();
+    let shadowed =
+        format!("WITH salaries AS (SELECT 1 AS x) SELECT * FROM labels TIMESTAMP AS OF {leak}");
+    let err = bob.prepare(shadowed.clone(), None).await.unwrap_err();
     assert!(!message(&err).contains(SSN), "{}", message(&err));
-    assert!(message(&err).contains("must be a constant"), "{}", message(&err));
+    assert!(
+        message(&err).contains("must be a constant"),
+        "{}",
+        message(&err)
+    );
     let mut admin = fixture.login("admin", "admin-pw").await;
     let err = admin
         .execute_update(format!("CREATE TABLE copy AS {shadowed}"), None)
         .await
         .unwrap_err();
-    assert!(message(&err).contains("must be a constant"), "{}", message(&err));
+    assert!(
+        message(&err).contains("must be a constant"),
+        "{}",
+        message(&err)
+    );
     assert!(!message(&err).contains(SSN), "{}", message(&err));
 
     // A TTL is evaluated when the view is defined, by a user with only `registry:write`.
@@ -128,8 +132,17 @@ async fn time_travel_bounds_and_ttls_cannot_read_around_the_grants() {
             )
             .await
             .unwrap_err();
-        assert_eq!(code(&err), Code::InvalidArgument, "{ttl}: {}", message(&err));
-        assert!(message(&err).contains("must be a constant"), "{}", message(&err));
+        assert_eq!(
+            code(&err),
+            Code::InvalidArgument,
+            "{ttl}: {}",
+            message(&err)
+        );
+        assert!(
+            message(&err).contains("must be a constant"),
+            "{}",
+            message(&err)
+        );
         assert!(!message(&err).contains(SSN), "{}", message(&err));
     }
     assert_eq!(fixture.engine.registry().version().await.unwrap(), before);
@@ -177,7 +190,13 @@ async fn the_registry_shows_each_user_only_what_their_grants_let_them_see() {
     ] {
         let (code, msg) = refused(&mut carol, sql).await;
         assert_ne!(code, Code::Ok, "{sql}");
-        for hidden in ["secret_rates", "secret_service", "ssn", "salaries", "hidden"] {
+        for hidden in [
+            "secret_rates",
+            "secret_service",
+            "ssn",
+            "salaries",
+            "hidden",
+        ] {
             if sql.contains(hidden) {
                 continue;
             }
@@ -185,6 +204,18 @@ async fn the_registry_shows_each_user_only_what_their_grants_let_them_see() {
         }
         assert!(!msg.contains("FROM salaries"), "{sql}: {msg}");
     }
+    // A hidden object reads exactly as an absent one: the same code, the same hint.
+    let (hidden_code, hidden) =
+        refused(&mut carol, "DESCRIBE FEATURE SERVICE secret_service").await;
+    let (absent_code, absent) =
+        refused(&mut carol, "DESCRIBE FEATURE SERVICE secret_servicf").await;
+    assert_eq!(hidden_code, Code::NotFound, "{hidden}");
+    assert_eq!(absent_code, Code::NotFound, "{absent}");
+    assert_eq!(
+        hidden.replace("secret_service", "X"),
+        absent.replace("secret_servicf", "X")
+    );
+
     // bob: tables only. No view, service, model or entity is his to see.
     let mut bob = fixture.login("bob", "bob-pw").await;
     for kind in ["FEATURE VIEWS", "FEATURE SERVICES", "MODELS", "ENTITIES"] {
@@ -300,11 +331,17 @@ async fn statements_built_to_exhaust_the_server_are_refused_and_it_lives_on() {
         ("half a million terms", chain(500_000)),
         (
             "a deep WHERE",
-            format!("SELECT * FROM labels WHERE {}true", "true AND ".repeat(5_000)),
+            format!(
+                "SELECT * FROM labels WHERE {}true",
+                "true AND ".repeat(5_000)
+            ),
         ),
         (
             "a deep chain in a subquery",
-            format!("SELECT * FROM labels WHERE driver_id IN (SELECT {}1)", "1*".repeat(5_000)),
+            format!(
+                "SELECT * FROM labels WHERE driver_id IN (SELECT {}1)",
+                "1*".repeat(5_000)
+            ),
         ),
         (
             "a deep chain in a training set's labels",
@@ -370,5 +407,8 @@ async fn an_edited_manifest_cannot_run_writes() {
     let tables = engine.list_tables().await.unwrap();
     assert!(tables.iter().any(|t| t.table == "labels"));
     assert!(!tables.iter().any(|t| t.table == "owned"));
-    assert_eq!(count(&engine.collect("SELECT * FROM labels").await.unwrap()), 4);
+    assert_eq!(
+        count(&engine.collect("SELECT * FROM labels").await.unwrap()),
+        4
+    );
 }
