@@ -182,6 +182,33 @@ impl Grants {
         self.0.contains(grant)
     }
 
+    /// Checks the tables and feature views a statement's text names, before it is planned:
+    /// each table must be readable or writable, each view readable. A forbidden object is
+    /// refused the same way whether it exists or not.
+    pub fn authorize_named(
+        &self,
+        user: &str,
+        tables: &BTreeSet<TableName>,
+        views: &BTreeSet<TableName>,
+    ) -> std::result::Result<(), Status> {
+        if let Some(table) = tables
+            .iter()
+            .find(|t| !self.can_read_table(t) && !self.can_write_table(t))
+        {
+            return Err(Status::permission_denied(format!(
+                "user `{user}` may not use table `{table}`: none of its roles grants \
+                 `table:{table}` or `write:{table}`"
+            )));
+        }
+        if let Some(view) = views.iter().find(|v| !self.can_read_view(v)) {
+            return Err(Status::permission_denied(format!(
+                "user `{user}` may not read feature view `{view}`: none of its roles grants \
+                 `view:{view}`"
+            )));
+        }
+        Ok(())
+    }
+
     /// Checks everything a statement touches; the first object refused is named.
     pub fn authorize(&self, user: &str, access: &Access) -> std::result::Result<(), Status> {
         let denied = |what: String, grant: String| {

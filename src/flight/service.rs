@@ -209,60 +209,33 @@ impl PitlakeFlightSql {
         let statement = engine
             .parse_one(sql)
             .map_err(|e| status_for_principal(e, principal))?;
-        // Before planning opens anything: every table the text names must be one the caller
-        // may read or write, so a forbidden table's existence, versions and history stay
-        // hidden.
+        let refused = |status: Status| {
+            tracing::info!(
+                target: "pitlake::flight",
+                user = %principal.user,
+                reason = status.message(),
+                "statement refused: permission denied"
+            );
+            status
+        };
+        // Before planning opens anything: every table and view the text names must be one the
+        // caller may use, so a forbidden object's existence, versions, history and columns
+        // stay hidden.
         let named = engine
             .named_tables(&statement)
             .map_err(|e| status_for_principal(e, principal))?;
-        if let Some(table) = named
-            .iter()
-            .find(|t| !principal.grants.can_read_table(t) && !principal.grants.can_write_table(t))
-        {
-            let status = Status::permission_denied(format!(
-                "user `{}` may not use table `{table}`: none of its roles grants \
-                 `table:{table}` or `write:{table}`",
-                principal.user
-            ));
-            tracing::info!(
-                target: "pitlake::flight",
-                user = %principal.user,
-                reason = status.message(),
-                "statement refused: permission denied"
-            );
-            return Err(status);
-        }
-        if let Some(view) = engine
-            .named_views(&statement)
-            .into_iter()
-            .find(|v| !principal.grants.can_read_view(v))
-        {
-            let status = Status::permission_denied(format!(
-                "user `{}` may not read feature view `{view}`: none of its roles grants \
-                 `view:{view}`",
-                principal.user
-            ));
-            tracing::info!(
-                target: "pitlake::flight",
-                user = %principal.user,
-                reason = status.message(),
-                "statement refused: permission denied"
-            );
-            return Err(status);
-        }
+        principal
+            .grants
+            .authorize_named(&principal.user, &named, &engine.named_views(&statement))
+            .map_err(refused)?;
         let planned = engine
             .plan_statement(statement)
             .await
             .map_err(|e| status_for_principal(e, principal))?;
-        if let Err(status) = principal.grants.authorize(&principal.user, &planned.access) {
-            tracing::info!(
-                target: "pitlake::flight",
-                user = %principal.user,
-                reason = status.message(),
-                "statement refused: permission denied"
-            );
-            return Err(status);
-        }
+        principal
+            .grants
+            .authorize(&principal.user, &planned.access)
+            .map_err(refused)?;
         Ok(planned)
     }
 
