@@ -21,8 +21,9 @@
 //! ```
 //!
 //! The crate is layered (see `docs/architecture.md`): [`error`] and [`config`] at the bottom,
-//! [`storage`] and [`asof`] above them, [`frontend`] next, [`engine`] as the composition root,
-//! and [`cli`] on top.
+//! [`storage`] and [`asof`] above them, [`frontend`], [`planner`] and [`registry`] next,
+//! [`engine`] as the composition root, the Flight SQL server [`flight`] above it, and [`cli`]
+//! on top.
 
 pub mod asof;
 pub mod cli;

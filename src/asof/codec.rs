@@ -164,12 +164,14 @@ fn tolerance_from(header: &Header, number: Option<ScalarValue>) -> Result<Option
 #[derive(Debug)]
 pub struct AsOfLogicalCodec {
     inner: Arc<dyn LogicalExtensionCodec>,
+    facts: Arc<dyn super::TableFacts>,
 }
 
 impl AsOfLogicalCodec {
-    /// Wraps `inner`, which handles every other node and every table provider.
-    pub fn new(inner: Arc<dyn LogicalExtensionCodec>) -> Self {
-        Self { inner }
+    /// Wraps `inner`, which handles every other node and every table provider; `facts` says
+    /// which providers travel as another (see [`super::TableFacts::serialized`]).
+    pub fn new(inner: Arc<dyn LogicalExtensionCodec>, facts: Arc<dyn super::TableFacts>) -> Self {
+        Self { inner, facts }
     }
 }
 
@@ -293,12 +295,8 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         node: Arc<dyn TableProvider>,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        // A warehouse table travels as deltalake's provider (its column ranges are only a
-        // planning aid, already used by the time a plan is encoded).
-        let node = match crate::storage::as_warehouse_table(&node) {
-            Some(table) => table.inner().clone(),
-            None => node,
-        };
+        // A warehouse table travels as the provider it wraps.
+        let node = self.facts.serialized(&node).unwrap_or(node);
         self.inner.try_encode_table_provider(table_ref, node, buf)
     }
 

@@ -143,7 +143,10 @@ pub struct AsOfJoinExec {
 impl AsOfJoinExec {
     /// Builds the operator, checking that the expressions fit the inputs. The logical node has
     /// already refused user mistakes, so a mismatch here is an internal error.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per part of the join; the logical node builds it"
+    )]
     pub fn try_new(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
@@ -506,7 +509,10 @@ impl DisplayAs for AsOfJoinExec {
     }
 }
 
-#[allow(deprecated)]
+#[expect(
+    deprecated,
+    reason = "ExecutionPlan still requires its deprecated methods to be implemented"
+)]
 impl ExecutionPlan for AsOfJoinExec {
     fn name(&self) -> &'static str {
         "AsOfJoinExec"

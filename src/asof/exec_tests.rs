@@ -75,7 +75,10 @@ fn time_array(values: Vec<Option<i64>>, timestamp: bool) -> ArrayRef {
 }
 
 /// Rows of one side, cut into batches of `batch_size`.
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a test helper that builds every option"
+)]
 fn rows(
     rng: &mut StdRng,
     n: usize,

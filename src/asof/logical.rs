@@ -209,7 +209,10 @@ impl AsOfJoin {
     /// Builds and validates an as-of join. User mistakes (types that do not match, a tie-break
     /// over the left side, a volatile expression, `KNOWN AT` with a forward condition) are plan
     /// errors that say what is allowed.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per part of the join, each validated here"
+    )]
     pub fn try_new(
         left: Arc<LogicalPlan>,
         right: Arc<LogicalPlan>,

@@ -4,8 +4,12 @@
 //! NULL keys and times never match; a left-preserving join keeps every left row once, in the
 //! left's order.
 //!
-//! `logical` is the DataFusion logical node, `exec` the physical operator, `stream` its probe
-//! stream, `kernel` the pure matching code over Arrow arrays, `oracle` its naive reference.
+//! `logical` is the DataFusion logical node, `exec` the physical operator, `build` the right
+//! side's index build, `stream` its probe stream, `spill` the path for a right side larger than
+//! memory, `kernel` the pure matching code over Arrow arrays, `time` and `tolerance` the time
+//! types and bounds, `prune` the rule that narrows the right input to what the left can reach,
+//! `codec` the plan serialization, `metrics` the operator's counters, `oracle` the naive
+//! reference the tests compare with.
 
 mod build;
 mod codec;
@@ -31,6 +35,6 @@ pub use kernel::{
 };
 pub use logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 pub use metrics::AsOfJoinMetrics;
-pub use prune::AsOfRangePruning;
+pub use prune::{AsOfRangePruning, ColumnRange, TableFacts};
 pub use time::supported_time_type;
 pub use tolerance::tolerance_bound;

@@ -20,6 +20,8 @@
 use std::sync::Arc;
 
 use arrow::array::Array;
+use arrow::datatypes::DataType;
+use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::datasource::source_as_provider;
@@ -32,12 +34,38 @@ use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use super::kernel::Direction;
 use super::logical::AsOfJoin;
 use super::tolerance::tolerance_bound;
-use crate::storage::{ColumnRange, as_warehouse_table, bounded_type};
+
+/// The least and greatest value of a column, as far as a table's statistics know them exactly.
+pub type ColumnRange = (ScalarValue, ScalarValue);
+
+/// What pruning (and plan serialization) needs to know of the tables a plan scans. `asof` knows
+/// no storage: the engine injects the warehouse's answers.
+pub trait TableFacts: std::fmt::Debug + Send + Sync {
+    /// Whether statistics of columns of this type give exact bounds (not floats, whose
+    /// statistics may ignore NaN, nor strings, whose statistics may be truncated).
+    fn exact_ranges(&self, data_type: &DataType) -> bool;
+
+    /// The range of `column`'s values in the table behind `provider`, if its statistics tell.
+    fn column_range(&self, provider: &Arc<dyn TableProvider>, column: &str) -> Option<ColumnRange>;
+
+    /// The provider a plan serializes in place of `provider`, when `provider` only wraps one
+    /// for planning (its ranges are a planning aid, used up by the time a plan is encoded).
+    fn serialized(&self, provider: &Arc<dyn TableProvider>) -> Option<Arc<dyn TableProvider>>;
+}
 
 /// The logical optimizer rule that filters each as-of join's right input to the left's time
 /// and key ranges (see the module documentation).
-#[derive(Debug, Default)]
-pub struct AsOfRangePruning;
+#[derive(Debug)]
+pub struct AsOfRangePruning {
+    facts: Arc<dyn TableFacts>,
+}
+
+impl AsOfRangePruning {
+    /// The rule, reading ranges through `facts`.
+    pub fn new(facts: Arc<dyn TableFacts>) -> Self {
+        Self { facts }
+    }
+}
 
 impl OptimizerRule for AsOfRangePruning {
     fn name(&self) -> &str {
@@ -66,7 +94,7 @@ impl OptimizerRule for AsOfRangePruning {
         if join.right_pruned {
             return Ok(Transformed::no(plan));
         }
-        let Some(predicate) = right_filter(join)? else {
+        let Some(predicate) = right_filter(self.facts.as_ref(), join)? else {
             return Ok(Transformed::no(plan));
         };
         let right = LogicalPlan::Filter(Filter::try_new(predicate, join.right.clone())?);
@@ -81,18 +109,21 @@ impl OptimizerRule for AsOfRangePruning {
 
 /// The range of `column` (of `plan`'s output) from the statistics of the warehouse table it
 /// comes from, if it comes from one unchanged.
-fn column_range(plan: &LogicalPlan, column: &Column) -> Option<ColumnRange> {
+fn column_range(
+    facts: &dyn TableFacts,
+    plan: &LogicalPlan,
+    column: &Column,
+) -> Option<ColumnRange> {
     let index = plan.schema().index_of_column(column).ok()?;
     let pass_through = |input: &LogicalPlan| {
         let (qualifier, field) = input.schema().qualified_field(index);
-        column_range(input, &Column::new(qualifier.cloned(), field.name()))
+        column_range(facts, input, &Column::new(qualifier.cloned(), field.name()))
     };
     match plan {
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source).ok()?;
-            let table = as_warehouse_table(&provider)?;
             let field = scan.projected_schema.field(index);
-            table.column_range(field.name())
+            facts.column_range(&provider, field.name())
         }
         LogicalPlan::SubqueryAlias(alias) => pass_through(&alias.input),
         LogicalPlan::Filter(filter) => pass_through(&filter.input),
@@ -105,7 +136,7 @@ fn column_range(plan: &LogicalPlan, column: &Column) -> Option<ColumnRange> {
                 expr = &alias.expr;
             }
             match expr {
-                Expr::Column(inner) => column_range(&projection.input, inner),
+                Expr::Column(inner) => column_range(facts, &projection.input, inner),
                 _ => None,
             }
         }
@@ -163,26 +194,32 @@ fn shifted_by_tolerance(join: &AsOfJoin, value: &ScalarValue) -> Result<Option<S
 
 /// The range of `expr` over the left's rows, if it is a column whose warehouse statistics give
 /// one of its own type.
-fn left_range(join: &AsOfJoin, expr: &Expr) -> Result<Option<ColumnRange>> {
+fn left_range(facts: &dyn TableFacts, join: &AsOfJoin, expr: &Expr) -> Result<Option<ColumnRange>> {
     let Expr::Column(column) = expr else {
         return Ok(None);
     };
     let (_, field) = join.left.schema().qualified_field_from_column(column)?;
     let data_type = field.data_type();
-    if !bounded_type(data_type) {
+    if !facts.exact_ranges(data_type) {
         return Ok(None);
     }
-    Ok(column_range(&join.left, column)
+    Ok(column_range(facts, &join.left, column)
         .filter(|(min, max)| &min.data_type() == data_type && &max.data_type() == data_type))
 }
 
 /// Whether `right >= lo` (`at_least`) or `right <= hi` would keep every right row anyway, by
 /// the right's own statistics: such a filter prunes nothing, and costs a Parquet row filter.
-fn redundant(join: &AsOfJoin, right: &Expr, bound: &ScalarValue, at_least: bool) -> bool {
+fn redundant(
+    facts: &dyn TableFacts,
+    join: &AsOfJoin,
+    right: &Expr,
+    bound: &ScalarValue,
+    at_least: bool,
+) -> bool {
     let Expr::Column(column) = right else {
         return false;
     };
-    let Some((min, max)) = column_range(&join.right, column) else {
+    let Some((min, max)) = column_range(facts, &join.right, column) else {
         return false;
     };
     if min.data_type() != bound.data_type() || max.data_type() != bound.data_type() {
@@ -199,10 +236,10 @@ fn redundant(join: &AsOfJoin, right: &Expr, bound: &ScalarValue, at_least: bool)
 /// (see the module documentation) and the range of each integer, date or timestamp key (a key
 /// outside the left's never matches; keys compared with `IS NOT DISTINCT FROM` are left alone,
 /// as their NULLs match). Bounds the right's own statistics already satisfy are left out.
-fn right_filter(join: &AsOfJoin) -> Result<Option<Expr>> {
+fn right_filter(facts: &dyn TableFacts, join: &AsOfJoin) -> Result<Option<Expr>> {
     // (right expression, bound, whether it is a lower bound)
     let mut bounds: Vec<(Expr, ScalarValue, bool)> = Vec::new();
-    if let Some((min, max)) = left_range(join, &join.left_time)? {
+    if let Some((min, max)) = left_range(facts, join, &join.left_time)? {
         let (min, max) = (widen(min, true), widen(max, false));
         let (lower, upper) = match join.op.spec().direction {
             Direction::Backward => (shifted_by_tolerance(join, &min)?, Some(max)),
@@ -215,14 +252,14 @@ fn right_filter(join: &AsOfJoin) -> Result<Option<Expr>> {
         if *null_equal {
             continue;
         }
-        if let Some((min, max)) = left_range(join, left)? {
+        if let Some((min, max)) = left_range(facts, join, left)? {
             bounds.push((right.clone(), widen(min, true), true));
             bounds.push((right.clone(), widen(max, false), false));
         }
     }
     Ok(bounds
         .into_iter()
-        .filter(|(right, bound, at_least)| !redundant(join, right, bound, *at_least))
+        .filter(|(right, bound, at_least)| !redundant(facts, join, right, bound, *at_least))
         .map(|(right, bound, at_least)| {
             if at_least {
                 right.gt_eq(lit(bound))

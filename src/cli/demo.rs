@@ -19,14 +19,12 @@ use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::LogicalPlanBuilder;
 
 use crate::cli::args::DemoArgs;
 use crate::cli::print::{OutputFormat, print_stream};
 use crate::engine::{Engine, Output, RunOptions};
+use crate::engine::{TableName, WriteMode, format_millis};
 use crate::error::{PitlakeError, Result};
-use crate::storage::{TableName, WriteMode, format_millis};
 
 /// The demo's tables.
 pub const TABLES: [&str; 3] = ["driver_hourly_stats", "customer_profile", "orders"];
@@ -226,12 +224,8 @@ fn order_rows(rng: &mut Rng) -> Result<RecordBatch> {
 }
 
 async fn write(engine: &Engine, table: &str, batch: RecordBatch, mode: WriteMode) -> Result<()> {
-    let schema = batch.schema();
-    let source = Arc::new(MemTable::try_new(schema, vec![vec![batch]])?);
-    let plan = LogicalPlanBuilder::scan(table, provider_as_source(source), None)?.build()?;
-    let name = TableName::bare(table);
     let outcome = engine
-        .write(&engine.state(), &name, plan, mode, &[])
+        .write_batches(&TableName::bare(table), vec![batch], mode)
         .await?;
     println!("  {}", outcome.message());
     Ok(())

@@ -9,9 +9,9 @@ use rustyline::error::ReadlineError;
 
 use crate::cli::args::ShellArgs;
 use crate::cli::print::{OutputFormat, print_stream, render_table};
+use crate::engine::TableName;
 use crate::engine::{Engine, Output, RunOptions};
 use crate::error::{PitlakeError, Result};
-use crate::storage::TableName;
 
 /// A backslash command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +115,7 @@ fn help() -> String {
 
 /// Whether the buffered text ends a statement: its last significant character is `;`.
 fn complete(buffer: &str) -> bool {
-    let ranges = crate::frontend::split_statements(buffer);
+    let ranges = crate::engine::split_statements(buffer);
     match ranges.last() {
         // Text after the last `;` that is not just whitespace/comments is unfinished.
         Some(last) => last.end < buffer.len() && buffer[last.end..].trim_start().starts_with(';'),

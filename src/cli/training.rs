@@ -15,8 +15,6 @@ use crate::engine::{
     DefinitionPlan, Engine, ExportProgress, is_manifest, manifest_location, plan_from_manifest,
 };
 use crate::error::{PitlakeError, Result};
-use crate::frontend::Statement;
-use crate::frontend::dsl::{DslStatement, TrainingSetSql};
 
 fn print_plan(plan: &DefinitionPlan, applied: bool) {
     let base = match plan.base_version {
@@ -85,36 +83,6 @@ fn training_set_text(text: Option<&str>, file: Option<&std::path::Path>) -> Resu
     }
 }
 
-/// Parses `TRAINING SET …` (one statement, a trailing `;` allowed).
-fn parse_training_set(engine: &Engine, text: &str) -> Result<(TrainingSetSql, String)> {
-    let mut statements = engine.parse(text)?;
-    let statement = match (statements.pop(), statements.is_empty()) {
-        (Some(statement), true) => statement,
-        (None, _) => return Err(PitlakeError::Syntax("no training set given".into())),
-        (Some(_), false) => {
-            return Err(PitlakeError::Syntax(
-                "expected one TRAINING SET statement, found several".into(),
-            ));
-        }
-    };
-    match statement.statement {
-        Statement::Dsl(dsl) => match *dsl {
-            DslStatement::TrainingSet(spec) => Ok((spec, statement.text)),
-            DslStatement::Export { training_set, .. } => Ok((training_set, statement.text)),
-            _ => Err(not_a_training_set(&statement.text)),
-        },
-        _ => Err(not_a_training_set(&statement.text)),
-    }
-}
-
-fn not_a_training_set(text: &str) -> PitlakeError {
-    PitlakeError::Syntax(format!(
-        "expected `TRAINING SET LABELS <table or (query)> AT <column> FEATURES (<view>.*, …)`, \
-         found `{}`",
-        text.chars().take(80).collect::<String>()
-    ))
-}
-
 /// Draws export progress on a terminal: rows written so far.
 struct ExportBar {
     bar: ProgressBar,
@@ -135,7 +103,7 @@ impl ExportProgress for ExportBar {
 /// `pitlake export`.
 pub async fn run_export(engine: &Engine, args: ExportArgs) -> Result<()> {
     let text = training_set_text(args.training_set.as_deref(), args.file.as_deref())?;
-    let (spec, statement) = parse_training_set(engine, &text)?;
+    let (spec, statement) = engine.parse_training_set(&text)?;
     let progress: Option<Arc<dyn ExportProgress>> = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(
@@ -205,7 +173,7 @@ pub async fn run_audit(engine: &Engine, args: AuditArgs) -> Result<()> {
     let plan = if is_manifest(&args.target) {
         plan_from_manifest(&engine.read_manifest(&args.target).await?)
     } else {
-        let (spec, _) = parse_training_set(engine, &args.target)?;
+        let (spec, _) = engine.parse_training_set(&args.target)?;
         engine.plan_training_set(&spec).await?
     };
     let stream = engine.audit(&plan).await?;

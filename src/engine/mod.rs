@@ -1,8 +1,11 @@
 //! The composition root: the only place that builds or changes the DataFusion session.
 //!
 //! An [`Engine`] owns a warehouse and a session configured from [`Settings`] (memory pool with
-//! spilling, partitions, batch size). Everything a user can do — a SQL statement, a history, an
-//! ingest — goes through it; the CLI (and later the Flight server) only talk to the engine.
+//! spilling, partitions, batch size). Everything a user can do — a SQL statement, a DSL
+//! statement, a history, an ingest, an export — goes through it, and every SQL statement is
+//! planned by one pipeline, [`Engine::plan_sql`]. The CLI and the Flight server talk to the
+//! engine; a server gives it each caller's [`serving::Visibility`], so answers and errors name
+//! only what that caller may see.
 
 mod definitions;
 mod export;
@@ -41,14 +44,43 @@ pub use export::{
 pub use ingest::{IngestFormat, IngestProgress, IngestRequest};
 pub use training::{PinnedInput, TrainingPlan, ViewUse};
 
+// The engine's API speaks of these; callers above it (the CLI, the server) name them here.
+pub use crate::frontend::dsl::TrainingSetSql;
+pub use crate::frontend::split_statements;
+pub use crate::storage::{TableName, WriteMode, WriteOutcome, format_millis};
+
 use crate::config::Settings;
 use crate::error::{PitlakeError, Result};
 use crate::frontend::{self, ParsedStatement, Statement, VersionClause};
 use crate::planner::PitlakeQueryPlanner;
-use crate::storage::{
-    DEFAULT_SCHEMA, TableName, TableVersion, Warehouse, WarehouseCatalog, WriteMode, WriteOutcome,
-    write_plan,
-};
+use crate::storage::{DEFAULT_SCHEMA, TableVersion, Warehouse, WarehouseCatalog, write_plan};
+
+/// What the as-of join's pruning and codecs learn of warehouse tables: ranges from the Delta
+/// log's statistics ([`crate::storage::WarehouseTable`]), injected into `asof`, which knows no
+/// storage.
+#[derive(Debug)]
+struct WarehouseFacts;
+
+impl crate::asof::TableFacts for WarehouseFacts {
+    fn exact_ranges(&self, data_type: &DataType) -> bool {
+        crate::storage::bounded_type(data_type)
+    }
+
+    fn column_range(
+        &self,
+        provider: &Arc<dyn datafusion::catalog::TableProvider>,
+        column: &str,
+    ) -> Option<crate::asof::ColumnRange> {
+        crate::storage::as_warehouse_table(provider)?.column_range(column)
+    }
+
+    fn serialized(
+        &self,
+        provider: &Arc<dyn datafusion::catalog::TableProvider>,
+    ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+        crate::storage::as_warehouse_table(provider).map(|table| table.inner().clone())
+    }
+}
 
 /// A table a statement may name: a valid warehouse name, and not in pitlake's own schema. The
 /// registry's table (`_pitlake.registry`) is reachable only through the registry statements,
@@ -186,9 +218,11 @@ impl Engine {
             .with_analyzer_rule(Arc::new(frontend::AsOfRule))
             // Before DataFusion's own rules, so that filter pushdown hands the range to the scans.
             .with_optimizer_rules(
-                std::iter::once(Arc::new(crate::asof::AsOfRangePruning) as _)
-                    .chain(Optimizer::new().rules)
-                    .collect(),
+                std::iter::once(Arc::new(crate::asof::AsOfRangePruning::new(Arc::new(
+                    WarehouseFacts,
+                ))) as _)
+                .chain(Optimizer::new().rules)
+                .collect(),
             )
             .build();
         let ctx = SessionContext::new_with_state(state);
@@ -430,9 +464,10 @@ impl Engine {
     /// The codec that serializes this engine's logical plans (`datafusion-proto`): as-of joins
     /// and Delta table scans.
     pub fn logical_codec(&self) -> crate::asof::AsOfLogicalCodec {
-        crate::asof::AsOfLogicalCodec::new(Arc::new(
-            deltalake::delta_datafusion::DeltaLogicalCodec {},
-        ))
+        crate::asof::AsOfLogicalCodec::new(
+            Arc::new(deltalake::delta_datafusion::DeltaLogicalCodec {}),
+            Arc::new(WarehouseFacts),
+        )
     }
 
     /// The codec that serializes physical plans with as-of joins (`datafusion-proto`).
@@ -460,6 +495,32 @@ impl Engine {
             self.warehouse.ensure_writable()?;
         }
         write_plan(&self.warehouse, state, name, plan, mode, partition_by).await
+    }
+
+    /// Writes batches held in memory into a table as one commit (the demo's generated data,
+    /// tests' fixtures).
+    pub async fn write_batches(
+        &self,
+        name: &TableName,
+        batches: Vec<RecordBatch>,
+        mode: WriteMode,
+    ) -> Result<WriteOutcome> {
+        let Some(schema) = batches.first().map(RecordBatch::schema) else {
+            return Err(PitlakeError::Plan(format!(
+                "nothing to write to `{name}`: no batches were given"
+            )));
+        };
+        let source = Arc::new(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![batches],
+        )?);
+        let plan = datafusion::logical_expr::LogicalPlanBuilder::scan(
+            name.table.as_str(),
+            datafusion::datasource::provider_as_source(source),
+            None,
+        )?
+        .build()?;
+        self.write(&self.state(), name, plan, mode, &[]).await
     }
 
     /// Evaluates `TIMESTAMP AS OF` expressions and rewrites versioned references.

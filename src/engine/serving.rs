@@ -141,7 +141,9 @@ pub fn report_schema() -> SchemaRef {
 impl Engine {
     /// Parses exactly one statement. JDBC/ODBC-style `?` placeholders become `$1`, `$2` … in the
     /// order they are written, so clients that bind positionally (ADBC, DBAPI) work.
+    /// The text is bounded as one statement is (1 MiB), before it is even split.
     pub fn parse_one(&self, sql: &str) -> Result<ParsedStatement> {
+        crate::frontend::bounds::check_size(sql)?;
         let mut statements = self.parse(sql)?;
         let mut statement = match (statements.pop(), statements.is_empty()) {
             (Some(statement), true) => statement,

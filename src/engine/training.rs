@@ -215,6 +215,38 @@ impl Engine {
         Ok((relation, inputs))
     }
 
+    /// Parses `TRAINING SET …` or `EXPORT TRAINING SET …` (one statement, a trailing `;`
+    /// allowed) into its training set and its text.
+    pub fn parse_training_set(&self, text: &str) -> Result<(TrainingSetSql, String)> {
+        use crate::frontend::Statement;
+        use crate::frontend::dsl::DslStatement;
+        let not_a_training_set = |text: &str| {
+            PitlakeError::Syntax(format!(
+                "expected `TRAINING SET LABELS <table or (query)> AT <column> FEATURES \
+                 (<view>.*, …)`, found `{}`",
+                text.chars().take(80).collect::<String>()
+            ))
+        };
+        let mut statements = self.parse(text)?;
+        let statement = match (statements.pop(), statements.is_empty()) {
+            (Some(statement), true) => statement,
+            (None, _) => return Err(PitlakeError::Syntax("no training set given".into())),
+            (Some(_), false) => {
+                return Err(PitlakeError::Syntax(
+                    "expected one TRAINING SET statement, found several".into(),
+                ));
+            }
+        };
+        match statement.statement {
+            Statement::Dsl(dsl) => match *dsl {
+                DslStatement::TrainingSet(spec) => Ok((spec, statement.text)),
+                DslStatement::Export { training_set, .. } => Ok((training_set, statement.text)),
+                _ => Err(not_a_training_set(&statement.text)),
+            },
+            _ => Err(not_a_training_set(&statement.text)),
+        }
+    }
+
     /// Plans a training set against the current registry.
     pub async fn plan_training_set(&self, spec: &TrainingSetSql) -> Result<TrainingPlan> {
         let state = self.registry().state(None).await?;

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
-use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::LogicalPlanBuilder;
 use futures::TryStreamExt;
 use pitlake::asof::oracle::{RightInput, oracle_asof};
 use pitlake::asof::{
@@ -33,13 +31,8 @@ fn engine_with(dir: &std::path::Path, partitions: usize, batch: usize) -> Engine
 }
 
 async fn write(engine: &Engine, name: &str, batch: RecordBatch, mode: WriteMode) {
-    let source = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
-    let plan = LogicalPlanBuilder::scan(name, provider_as_source(source), None)
-        .unwrap()
-        .build()
-        .unwrap();
     engine
-        .write(&engine.state(), &TableName::bare(name), plan, mode, &[])
+        .write_batches(&TableName::bare(name), vec![batch], mode)
         .await
         .unwrap();
 }

@@ -7,6 +7,7 @@
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
 //!   `flight::adversarial` attacks it as a user with few grants would;
 //! - `fuzz`: random and mutated statements through the parser, the DSL and the planner;
+//! - `layers`: the crate's layers, checked on its source;
 //! - `s3`: warehouses on a real S3-compatible server: the CLI, settings, concurrent writers,
 //!   commit safety and faults;
 //! - `time_travel`: commit-time resolution with pinned log times;
@@ -21,6 +22,7 @@ mod common;
 mod conformance;
 mod flight;
 mod fuzz;
+mod layers;
 mod s3;
 mod time_travel;
 mod training;

@@ -9,8 +9,6 @@ use std::sync::Arc;
 
 use arrow::array::{Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::logical_expr::LogicalPlanBuilder;
 use pitlake::storage::{TableName, WriteMode};
 use pitlake::{Engine, Output, PitlakeError};
 use rand::rngs::StdRng;
@@ -25,13 +23,8 @@ fn ts_type() -> DataType {
 }
 
 async fn write(engine: &Engine, name: &str, batch: RecordBatch, mode: WriteMode) {
-    let source = Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap());
-    let plan = LogicalPlanBuilder::scan(name, provider_as_source(source), None)
-        .unwrap()
-        .build()
-        .unwrap();
     engine
-        .write(&engine.state(), &TableName::bare(name), plan, mode, &[])
+        .write_batches(&TableName::bare(name), vec![batch], mode)
         .await
         .unwrap();
 }
