@@ -33,9 +33,17 @@ pub fn is_secret_option(key: &str) -> bool {
     if PUBLIC.contains(&key.as_str()) {
         return false;
     }
-    ["secret", "password", "token", "sas", "key", "credential", "auth"]
-        .iter()
-        .any(|word| key.contains(word))
+    [
+        "secret",
+        "password",
+        "token",
+        "sas",
+        "key",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
 }
 
 /// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`.
@@ -502,11 +510,20 @@ mod tests {
             .with_storage_options([
                 ("region".to_string(), "eu-west-1".to_string()),
                 ("aws_secret_access_key".to_string(), "SECRET-1".to_string()),
-                ("azure_storage_account_key".to_string(), "SECRET-2".to_string()),
+                (
+                    "azure_storage_account_key".to_string(),
+                    "SECRET-2".to_string(),
+                ),
                 ("azure_storage_sas_key".to_string(), "SECRET-3".to_string()),
                 ("aws_session_token".to_string(), "SECRET-4".to_string()),
-                ("google_service_account_key".to_string(), "SECRET-5".to_string()),
-                ("aws_sse_customer_key_base64".to_string(), "SECRET-6".to_string()),
+                (
+                    "google_service_account_key".to_string(),
+                    "SECRET-5".to_string(),
+                ),
+                (
+                    "aws_sse_customer_key_base64".to_string(),
+                    "SECRET-6".to_string(),
+                ),
             ]);
         let settings = Settings::new(location.clone());
         let file = ConfigFile {

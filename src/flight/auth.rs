@@ -292,7 +292,11 @@ impl AuthConfig {
             AuthFormat::Toml => toml::from_str(text).map_err(|e: toml::de::Error| {
                 let line = e.span().map(|span| {
                     let start = span.start.min(text.len());
-                    text.as_bytes()[..start].iter().filter(|b| **b == b'\n').count() + 1
+                    text.as_bytes()[..start]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1
                 });
                 bad(match line {
                     Some(line) => format!("line {line}: {}", e.message()),
@@ -788,7 +792,11 @@ impl Authenticator {
     ) -> std::result::Result<(Principal, String), Status> {
         let state = self.state();
         let user = credentials.user.as_str();
-        let known = state.config.users.get(user).filter(|u| u.password_hash.is_some());
+        let known = state
+            .config
+            .users
+            .get(user)
+            .filter(|u| u.password_hash.is_some());
         let hash = match known.and_then(|u| u.password_hash.as_deref()) {
             Some(hash) => hash,
             None => self.decoy_for(&state, user),
@@ -877,9 +885,8 @@ fn verify_static_token(state: &AuthState, token: &str) -> std::result::Result<Pr
 /// A new random static token (32 bytes, URL-safe base64: 43 characters) and the SHA-256 (hex)
 /// the auth file holds for it.
 pub fn new_static_token() -> Result<(String, String)> {
-    let token = URL_SAFE_NO_PAD.encode(
-        random_bytes::<32>().map_err(|s| PitlakeError::Internal(s.message().to_string()))?,
-    );
+    let token = URL_SAFE_NO_PAD
+        .encode(random_bytes::<32>().map_err(|s| PitlakeError::Internal(s.message().to_string()))?);
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let hex = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Ok((token, hex))
@@ -1040,9 +1047,16 @@ grants = ["table:*"]
         for i in 0..64 {
             let name = format!("nobody{i}");
             let decoy = auth.decoy_for(&state, &name);
-            assert_eq!(decoy, auth.decoy_for(&state, &name), "a name keeps its decoy");
+            assert_eq!(
+                decoy,
+                auth.decoy_for(&state, &name),
+                "a name keeps its decoy"
+            );
             let p = params(decoy);
-            assert!(configured.contains(&p), "{p} is none of the configured sets");
+            assert!(
+                configured.contains(&p),
+                "{p} is none of the configured sets"
+            );
             seen.insert(p);
         }
         assert_eq!(seen.len(), 2, "both parameter sets serve as decoys");
@@ -1060,7 +1074,10 @@ grants = ["table:*"]
             .to_string()
         };
         let weak = err(&hash_with("pw", argon2::Algorithm::Argon2id, 1024, 1));
-        assert!(weak.contains("too weak") && weak.contains("m=1024"), "{weak}");
+        assert!(
+            weak.contains("too weak") && weak.contains("m=1024"),
+            "{weak}"
+        );
         assert!(weak.contains("--hash-password"), "{weak}");
         let argon2i = err(&hash_with("pw", argon2::Algorithm::Argon2i, 19456, 2));
         assert!(argon2i.contains("argon2id only"), "{argon2i}");
@@ -1089,8 +1106,14 @@ grants = ["table:*"]
             .authenticate_bearer(&headers(&format!("Bearer {OLD_TOKEN}")))
             .unwrap_err();
         assert!(err.message().contains("expired"));
-        let short = auth.authenticate_bearer(&headers("Bearer nope")).unwrap_err();
-        assert!(short.message().contains("at least 32"), "{}", short.message());
+        let short = auth
+            .authenticate_bearer(&headers("Bearer nope"))
+            .unwrap_err();
+        assert!(
+            short.message().contains("at least 32"),
+            "{}",
+            short.message()
+        );
         assert!(
             auth.authenticate_bearer(&headers(&format!("Bearer {}", "x".repeat(40))))
                 .is_err()
@@ -1179,7 +1202,10 @@ grants = ["table:*"]
         assert!(err("bogus = 1").contains("bogus"));
         // A syntax error names the line but does not quote it (it may hold a hash).
         let quoted = err("[users.a]\npassword_hash = \"$argon2id$secret-hash\" x\n");
-        assert!(quoted.contains("line 2") && !quoted.contains("secret-hash"), "{quoted}");
+        assert!(
+            quoted.contains("line 2") && !quoted.contains("secret-hash"),
+            "{quoted}"
+        );
         let json = AuthConfig::parse(
             r#"{"users": {}, "roles": {"r": {"grants": ["files"]}}}"#,
             AuthFormat::Json,

@@ -43,7 +43,9 @@ impl std::fmt::Debug for Transport {
                 .field("key_pem", &format_args!("<redacted>"))
                 .field(
                     "client_ca_pem",
-                    &client_ca_pem.as_ref().map(|c| format!("<{} bytes>", c.len())),
+                    &client_ca_pem
+                        .as_ref()
+                        .map(|c| format!("<{} bytes>", c.len())),
                 )
                 .finish(),
             Transport::Plaintext { non_loopback } => f
@@ -250,7 +252,11 @@ impl ServerConfig {
                 message: "must be longer than 0s".into(),
             });
         }
-        if self.limits.auth_reload_interval.is_some_and(|i| i.is_zero()) {
+        if self
+            .limits
+            .auth_reload_interval
+            .is_some_and(|i| i.is_zero())
+        {
             return Err(PitlakeError::Config {
                 name: "--auth-reload-interval".into(),
                 message: "must be longer than 0s (or `off`)".into(),

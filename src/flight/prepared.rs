@@ -314,19 +314,29 @@ mod tests {
         let mut one = budget.reservation("alice");
         let err = one.grow(101).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(err.message().contains("(--max-parameter-bytes)"), "{}", err.message());
+        assert!(
+            err.message().contains("(--max-parameter-bytes)"),
+            "{}",
+            err.message()
+        );
         one.grow(60).unwrap();
         one.grow(40).unwrap();
         assert!(one.grow(1).is_err());
         let h1 = store.insert("alice", "SELECT $1").unwrap();
         one.resize(80).unwrap();
-        store.bind(h1.as_bytes(), "alice", vec![0; 80], one).unwrap();
+        store
+            .bind(h1.as_bytes(), "alice", vec![0; 80], one)
+            .unwrap();
         assert_eq!(budget.held_by("alice"), 80);
         // A second upload of alice's passes her per-user limit.
         let mut two = budget.reservation("alice");
         two.grow(70).unwrap();
         let err = two.grow(1).unwrap_err();
-        assert!(err.message().contains("--max-parameter-bytes-per-user"), "{}", err.message());
+        assert!(
+            err.message().contains("--max-parameter-bytes-per-user"),
+            "{}",
+            err.message()
+        );
         drop(two);
         // Others fill the server.
         let mut bob = budget.reservation("bob");
@@ -334,7 +344,11 @@ mod tests {
         let mut carol = budget.reservation("carol");
         carol.grow(70).unwrap();
         let err = carol.grow(1).unwrap_err();
-        assert!(err.message().contains("--max-parameter-bytes-total"), "{}", err.message());
+        assert!(
+            err.message().contains("--max-parameter-bytes-total"),
+            "{}",
+            err.message()
+        );
         // Closing alice's statement gives her bytes back.
         store.remove(h1.as_bytes(), "alice").unwrap();
         assert_eq!(budget.held_by("alice"), 0);

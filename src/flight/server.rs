@@ -342,9 +342,11 @@ async fn reload_from(path: &Path, auth: &Arc<Authenticator>) -> Result<()> {
 }
 
 fn digest_of(path: &Path) -> Option<Vec<u8>> {
-    std::fs::read(path)
-        .ok()
-        .map(|bytes| ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref().to_vec())
+    std::fs::read(path).ok().map(|bytes| {
+        ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec()
+    })
 }
 
 /// Re-reads the auth file whenever its content changes, until `stop`.

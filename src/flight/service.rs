@@ -467,11 +467,10 @@ impl FlightSqlService for PitlakeFlightSql {
         // argon2 is deliberately slow: keep it off the threads that serve streams. The attempt
         // (with its check slot) moves into the blocking task, so the slot is held until argon2
         // returns even if the client has gone, and the outcome is counted all the same.
-        let outcome = tokio::task::spawn_blocking(move || {
-            attempt.run(|| auth.check_password(&credentials))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
+        let outcome =
+            tokio::task::spawn_blocking(move || attempt.run(|| auth.check_password(&credentials)))
+                .await
+                .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
         let (principal, token) = outcome.map_err(refused)?;
         tracing::info!(
             target: "pitlake::flight",

@@ -270,11 +270,7 @@ impl LoginThrottle {
 
     /// Admits a login attempt, or refuses it before any password work. The attempt counts
     /// against the user name and the peer until it is settled (or dropped).
-    pub fn admit(
-        self: &Arc<Self>,
-        user: &str,
-        peer: Option<IpAddr>,
-    ) -> Result<Attempt, Status> {
+    pub fn admit(self: &Arc<Self>, user: &str, peer: Option<IpAddr>) -> Result<Attempt, Status> {
         let now = Instant::now();
         let peer = peer.map(peer_key);
         let lockout = self.limits.lockout;
@@ -469,7 +465,11 @@ mod tests {
         fail(&throttle, "alice", None);
         let err = throttle.admit("alice", None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(err.message().contains("try again in 60s"), "{}", err.message());
+        assert!(
+            err.message().contains("try again in 60s"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]
@@ -496,7 +496,11 @@ mod tests {
         // The same /64 is one peer: three failures lock it for any name.
         let err = throttle.admit("carol", Some(neighbour)).unwrap_err();
         assert!(err.message().contains("2001:db8::"), "{}", err.message());
-        assert!(throttle.admit("carol", Some("192.0.2.1".parse().unwrap())).is_ok());
+        assert!(
+            throttle
+                .admit("carol", Some("192.0.2.1".parse().unwrap()))
+                .is_ok()
+        );
     }
 
     #[test]

@@ -136,7 +136,11 @@ impl std::fmt::Debug for StoreOptions {
             .store
             .iter()
             .map(|(k, v)| {
-                let shown = if is_secret_option(k) { "<redacted>" } else { v.as_str() };
+                let shown = if is_secret_option(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
                 (k.as_str(), shown)
             })
             .collect();

@@ -277,7 +277,10 @@ async fn parameter_messages(handle: &bytes::Bytes, batch: RecordBatch) -> Vec<Fl
 }
 
 /// Uploads raw messages to a statement: the status, or OK.
-async fn upload(client: &mut FlightSqlServiceClient<Channel>, messages: Vec<FlightData>) -> (Code, String) {
+async fn upload(
+    client: &mut FlightSqlServiceClient<Channel>,
+    messages: Vec<FlightData>,
+) -> (Code, String) {
     let outcome = async {
         let mut results = client.do_put(futures::stream::iter(messages)).await?;
         while results.message().await?.is_some() {}
@@ -292,7 +295,11 @@ async fn upload(client: &mut FlightSqlServiceClient<Channel>, messages: Vec<Flig
 
 fn text_row(bytes: usize) -> RecordBatch {
     let schema = Arc::new(Schema::new(vec![Field::new("p", DataType::Utf8, false)]));
-    RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["x".repeat(bytes)]))]).unwrap()
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(StringArray::from(vec!["x".repeat(bytes)]))],
+    )
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,7 +316,11 @@ async fn parameter_uploads_are_bounded_and_the_server_keeps_serving() {
     let s1 = prepare(&mut alice, sql).await;
 
     // One oversized upload: refused, and named.
-    let (code, why) = upload(&mut alice, parameter_messages(&s1, text_row(100 << 10)).await).await;
+    let (code, why) = upload(
+        &mut alice,
+        parameter_messages(&s1, text_row(100 << 10)).await,
+    )
+    .await;
     assert_eq!(code, Code::ResourceExhausted, "{why}");
     assert!(why.contains("--max-parameter-bytes"), "{why}");
 
@@ -339,19 +350,31 @@ async fn parameter_uploads_are_bounded_and_the_server_keeps_serving() {
         let (code, why) = upload(&mut alice, parameter_messages(s, text_row(60 << 10)).await).await;
         assert_eq!(code, Code::Ok, "{why}");
     }
-    let (code, why) = upload(&mut alice, parameter_messages(&s3, text_row(60 << 10)).await).await;
+    let (code, why) = upload(
+        &mut alice,
+        parameter_messages(&s3, text_row(60 << 10)).await,
+    )
+    .await;
     assert_eq!(code, Code::ResourceExhausted, "{why}");
     assert!(why.contains("--max-parameter-bytes-per-user"), "{why}");
     // … until one statement is closed, which gives its bytes back.
     close(&mut alice, &s1).await;
-    let (code, why) = upload(&mut alice, parameter_messages(&s3, text_row(60 << 10)).await).await;
+    let (code, why) = upload(
+        &mut alice,
+        parameter_messages(&s3, text_row(60 << 10)).await,
+    )
+    .await;
     assert_eq!(code, Code::Ok, "{why}");
 
     // Server-wide (200 KiB): alice holds about 120 KiB; admin's 60 KiB fits, svc's next 60 KiB
     // does not.
     let mut admin = fixture.login("admin", "admin-pw").await;
     let a1 = prepare(&mut admin, sql).await;
-    let (code, why) = upload(&mut admin, parameter_messages(&a1, text_row(60 << 10)).await).await;
+    let (code, why) = upload(
+        &mut admin,
+        parameter_messages(&a1, text_row(60 << 10)).await,
+    )
+    .await;
     assert_eq!(code, Code::Ok, "{why}");
     let mut svc = fixture.service().await;
     let v1 = prepare(&mut svc, sql).await;
@@ -362,11 +385,18 @@ async fn parameter_uploads_are_bounded_and_the_server_keeps_serving() {
     // Everyone else is still served, prepared statements with small parameters included.
     let mut bob = fixture.login("bob", "bob-pw").await;
     assert_eq!(
-        rows(&query(&mut bob, "SELECT count(*) FROM labels").await.unwrap()),
+        rows(
+            &query(&mut bob, "SELECT count(*) FROM labels")
+                .await
+                .unwrap()
+        ),
         vec![vec!["4"]]
     );
     let mut statement = bob
-        .prepare("SELECT label FROM labels WHERE driver_id = ? ORDER BY ts".into(), None)
+        .prepare(
+            "SELECT label FROM labels WHERE driver_id = ? ORDER BY ts".into(),
+            None,
+        )
         .await
         .unwrap();
     let param = RecordBatch::try_new(
@@ -397,7 +427,10 @@ fn auth_with(alice_epoch: u64, bob_epoch: u64, svc_token: bool) -> String {
         let other = "0".repeat(64);
         let start = text.find("tokens = [{ sha256 = \"").unwrap();
         let end = start + text[start..].find('\n').unwrap();
-        text.replace_range(start..end, &format!("tokens = [{{ sha256 = \"{other}\" }}]"));
+        text.replace_range(
+            start..end,
+            &format!("tokens = [{{ sha256 = \"{other}\" }}]"),
+        );
     }
     text
 }
@@ -488,7 +521,10 @@ fn weak_password_hashes_are_refused_at_start() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("user `alice`") && err.contains("too weak"), "{err}");
+    assert!(
+        err.contains("user `alice`") && err.contains("too weak"),
+        "{err}"
+    );
     assert!(err.contains("--hash-password"), "{err}");
 }
 
@@ -525,16 +561,35 @@ fn printed_settings_hold_no_secret() {
     let location = pitlake::WarehouseLocation::parse("s3://bucket/features")
         .unwrap()
         .with_storage_options([
-            ("secret_access_key".to_string(), "hunter2-secret".to_string()),
-            ("azure_storage_sas_key".to_string(), "hunter2-sas".to_string()),
+            (
+                "secret_access_key".to_string(),
+                "hunter2-secret".to_string(),
+            ),
+            (
+                "azure_storage_sas_key".to_string(),
+                "hunter2-sas".to_string(),
+            ),
             ("region".to_string(), "eu-west-1".to_string()),
         ]);
     let settings = pitlake::Settings::new(location);
-    for shown in [format!("{server:?}"), format!("{settings:?}"), format!("{server:#?}")] {
+    for shown in [
+        format!("{server:?}"),
+        format!("{settings:?}"),
+        format!("{server:#?}"),
+    ] {
         assert!(!shown.contains(&key_body), "the TLS key is shown: {shown}");
-        assert!(!shown.contains("argon2id"), "a password hash is shown: {shown}");
-        assert!(!shown.contains(&"ab".repeat(32)), "a token hash is shown: {shown}");
-        assert!(!shown.contains("hunter2"), "a storage secret is shown: {shown}");
+        assert!(
+            !shown.contains("argon2id"),
+            "a password hash is shown: {shown}"
+        );
+        assert!(
+            !shown.contains(&"ab".repeat(32)),
+            "a token hash is shown: {shown}"
+        );
+        assert!(
+            !shown.contains("hunter2"),
+            "a storage secret is shown: {shown}"
+        );
     }
     assert!(format!("{settings:?}").contains("eu-west-1"));
 }
