@@ -23,8 +23,42 @@ use url::Url;
 
 use crate::error::{PitlakeError, Result};
 
-/// Where the warehouse lives, and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Whether a storage option (or environment variable) holds a secret: credentials, keys,
+/// tokens, SAS signatures, passwords. `Debug` output shows such values as `<redacted>`. The test
+/// is by name and errs on the side of hiding (an access key id is hidden too).
+pub fn is_secret_option(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    // Names with `key` in them that are not secret: which KMS key, whether a bucket key is on.
+    const PUBLIC: &[&str] = &["aws_sse_kms_key_id", "aws_sse_bucket_key_enabled"];
+    if PUBLIC.contains(&key.as_str()) {
+        return false;
+    }
+    [
+        "secret",
+        "password",
+        "token",
+        "sas",
+        "key",
+        "credential",
+        "auth",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`.
+pub fn redacted_options<'a>(
+    options: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    options
+        .into_iter()
+        .map(|(k, v)| (k, if is_secret_option(k) { "<redacted>" } else { v }))
+        .collect()
+}
+
+/// Where the warehouse lives, and how to reach it. Its `Debug` hides secret storage options
+/// and any password in the URL.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WarehouseLocation {
     /// The root as a URL (`file:///abs/path`, `memory:///name`, `s3://bucket/prefix`).
     pub url: Url,
@@ -32,6 +66,26 @@ pub struct WarehouseLocation {
     /// values over the config file's `[storage]` table. Keys are object_store's
     /// (`aws_endpoint`, `region`, `allow_http` …) plus pitlake's retry and concurrency keys.
     pub storage_options: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for WarehouseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("<redacted>"));
+        }
+        f.debug_struct("WarehouseLocation")
+            .field("url", &url.as_str())
+            .field(
+                "storage_options",
+                &redacted_options(
+                    self.storage_options
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )
+            .finish()
+    }
 }
 
 impl WarehouseLocation {
@@ -162,12 +216,25 @@ pub fn parse_storage_option(raw: &str) -> std::result::Result<(String, String), 
 /// A pitlake config file: the warehouse and its object-store options.
 ///
 /// Flags and their environment variables win over the file; the file wins over defaults.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Its `Debug` hides secret storage options.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ConfigFile {
     /// `warehouse = "…"`: the warehouse, as `--warehouse` takes it.
     pub warehouse: Option<String>,
     /// The `[storage]` table: object-store options (strings, numbers and booleans).
     pub storage: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for ConfigFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigFile")
+            .field("warehouse", &self.warehouse)
+            .field(
+                "storage",
+                &redacted_options(self.storage.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            )
+            .finish()
+    }
 }
 
 impl ConfigFile {
@@ -434,5 +501,40 @@ mod tests {
                 .to_string()
                 .contains("at least 16MiB")
         );
+    }
+
+    #[test]
+    fn debug_hides_secret_storage_options() {
+        let location = WarehouseLocation::parse("s3://bucket/prefix")
+            .unwrap()
+            .with_storage_options([
+                ("region".to_string(), "eu-west-1".to_string()),
+                ("aws_secret_access_key".to_string(), "SECRET-1".to_string()),
+                (
+                    "azure_storage_account_key".to_string(),
+                    "SECRET-2".to_string(),
+                ),
+                ("azure_storage_sas_key".to_string(), "SECRET-3".to_string()),
+                ("aws_session_token".to_string(), "SECRET-4".to_string()),
+                (
+                    "google_service_account_key".to_string(),
+                    "SECRET-5".to_string(),
+                ),
+                (
+                    "aws_sse_customer_key_base64".to_string(),
+                    "SECRET-6".to_string(),
+                ),
+            ]);
+        let settings = Settings::new(location.clone());
+        let file = ConfigFile {
+            warehouse: None,
+            storage: location.storage_options.clone(),
+        };
+        for shown in [format!("{settings:?}"), format!("{file:?}")] {
+            assert!(!shown.contains("SECRET-"), "{shown}");
+            assert!(shown.contains("eu-west-1"), "{shown}");
+        }
+        assert!(!is_secret_option("aws_sse_kms_key_id"));
+        assert!(!is_secret_option("endpoint"));
     }
 }

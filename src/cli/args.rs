@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::cli::print::OutputFormat;
 use crate::config::{
     ConfigFile, Settings, WarehouseLocation, default_memory_limit, parse_bytes,
-    parse_storage_option,
+    parse_storage_option, redacted_options,
 };
 use crate::error::Result;
 
@@ -24,8 +24,8 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Settings every command shares.
-#[derive(Debug, Args)]
+/// Settings every command shares. Its `Debug` hides secret storage options.
+#[derive(Args)]
 pub struct GlobalArgs {
     /// The warehouse: a folder (created on first write) or a URL (file://, memory://,
     /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix). Default: the config
@@ -66,6 +66,27 @@ pub struct GlobalArgs {
     /// Folder for spill files (default: the system temp folder).
     #[arg(long, global = true, env = "PITLAKE_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for GlobalArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalArgs")
+            .field("warehouse", &self.warehouse)
+            .field(
+                "storage_options",
+                &redacted_options(
+                    self.storage_options
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                ),
+            )
+            .field("config", &self.config)
+            .field("memory_limit", &self.memory_limit)
+            .field("target_partitions", &self.target_partitions)
+            .field("batch_size", &self.batch_size)
+            .field("spill_dir", &self.spill_dir)
+            .finish()
+    }
 }
 
 /// A memory limit, or none.
@@ -367,7 +388,83 @@ pub struct ServeArgs {
     #[arg(long, env = "PITLAKE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::flight::auth::parse_duration)]
     pub shutdown_grace: std::time::Duration,
 
+    /// Connections open at once (TLS handshakes included); a connection past it is closed as
+    /// soon as it arrives, and its client sees UNAVAILABLE.
+    #[arg(long, env = "PITLAKE_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Calls (HTTP/2 streams) one connection may have open at once.
+    #[arg(long, env = "PITLAKE_MAX_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+
+    /// Password checks (argon2, about 19 MiB and tens of milliseconds each) running at once.
+    /// Default: one per core.
+    #[arg(long, env = "PITLAKE_MAX_CONCURRENT_LOGINS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_concurrent_logins: Option<u32>,
+
+    /// Logins waiting for a password check; more are refused at once with UNAVAILABLE.
+    #[arg(long, env = "PITLAKE_MAX_QUEUED_LOGINS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub max_queued_logins: u32,
+
+    /// Failed logins of one user name within --login-lockout before the name is locked out
+    /// (even the right password is then refused until the lockout ends).
+    #[arg(long, env = "PITLAKE_MAX_FAILED_LOGINS_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_failed_logins_per_user: u32,
+
+    /// Failed logins from one address (IPv6: its /64) within --login-lockout before the address
+    /// is locked out, whatever the user names. Raise it behind a proxy or a NAT.
+    #[arg(long, env = "PITLAKE_MAX_FAILED_LOGINS_PER_PEER", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_failed_logins_per_peer: u32,
+
+    /// The window failed logins are counted in, and the first lockout; each lockout in a row
+    /// doubles it, up to 1h.
+    #[arg(long, env = "PITLAKE_LOGIN_LOCKOUT", default_value = "1m", value_parser = crate::flight::auth::parse_duration)]
+    pub login_lockout: std::time::Duration,
+
+    /// Bytes of one upload of bound parameters (DoPut to a prepared statement), e.g. 4MiB.
+    #[arg(long, env = "PITLAKE_MAX_PARAMETER_BYTES", default_value = "4MiB", value_parser = parse_size)]
+    pub max_parameter_bytes: usize,
+
+    /// Bytes of bound parameters one user's uploads and prepared statements hold at once.
+    #[arg(long, env = "PITLAKE_MAX_PARAMETER_BYTES_PER_USER", default_value = "64MiB", value_parser = parse_size)]
+    pub max_parameter_bytes_per_user: usize,
+
+    /// Bytes of bound parameters all users' uploads and prepared statements hold at once.
+    #[arg(long, env = "PITLAKE_MAX_PARAMETER_BYTES_TOTAL", default_value = "512MiB", value_parser = parse_size)]
+    pub max_parameter_bytes_total: usize,
+
+    /// How often the auth file is checked for changes and re-read (e.g. 10s), or `off`: then
+    /// only SIGHUP re-reads it.
+    #[arg(long, env = "PITLAKE_AUTH_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_reload_interval)]
+    pub auth_reload_interval: ReloadInterval,
+
     /// Read a password from standard input, print its argon2 hash for the auth file, and exit.
     #[arg(long)]
     pub hash_password: bool,
+
+    /// Print a new random static token and the line the auth file needs for it, and exit.
+    #[arg(long, conflicts_with = "hash_password")]
+    pub new_token: bool,
+}
+
+/// How often the auth file is checked for changes; `None`: never (SIGHUP only).
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadInterval(pub Option<std::time::Duration>);
+
+fn parse_reload_interval(raw: &str) -> std::result::Result<ReloadInterval, String> {
+    if raw.trim().eq_ignore_ascii_case("off") {
+        return Ok(ReloadInterval(None));
+    }
+    let every = crate::flight::auth::parse_duration(raw)?;
+    if every < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "`{raw}` is too often; check at least 1s apart, or write `off`"
+        ));
+    }
+    Ok(ReloadInterval(Some(every)))
+}
+
+/// A size in bytes that must be given (not `unlimited`).
+fn parse_size(raw: &str) -> std::result::Result<usize, String> {
+    parse_bytes(raw)?.ok_or_else(|| format!("`{raw}` is not a size; write it like 4MiB or 65536"))
 }

@@ -4,11 +4,14 @@
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use crate::cli::args::{MemoryLimit, ServeArgs};
+use crate::cli::args::{MemoryLimit, ReloadInterval, ServeArgs};
 use crate::engine::Engine;
 use crate::error::{PitlakeError, Result};
 use crate::flight::auth::AuthFormat;
-use crate::flight::{AuthConfig, Limits, ServerConfig, Transport, hash_password};
+use crate::flight::config::default_concurrent_logins;
+use crate::flight::{
+    AuthConfig, Limits, RunningServer, ServerConfig, Transport, hash_password, new_static_token,
+};
 
 /// The environment variable that may hold the auth settings inline.
 const AUTH_ENV: &str = "PITLAKE_AUTH";
@@ -29,6 +32,16 @@ pub async fn run(engine: Engine, args: ServeArgs) -> Result<()> {
         writeln!(out, "{}", hash_password(password)?)?;
         return Ok(());
     }
+    if args.new_token {
+        let (token, sha256) = new_static_token()?;
+        let mut out = std::io::stdout();
+        writeln!(out, "token:     {token}")?;
+        writeln!(
+            out,
+            "auth file: tokens = [{{ sha256 = \"{sha256}\", expires = \"…\" }}]"
+        )?;
+        return Ok(());
+    }
     engine.warehouse().check_exists()?;
     let config = server_config(&args)?;
     let warehouse = engine.warehouse().location().display();
@@ -37,7 +50,7 @@ pub async fn run(engine: Engine, args: ServeArgs) -> Result<()> {
         "pitlake: serving warehouse {warehouse} over Flight SQL at {} (SIGTERM or Ctrl-C stops)",
         server.url()
     );
-    stop_signal().await;
+    serve_until_stopped(&server).await;
     eprintln!(
         "pitlake: stopping; {} running quer{} may finish within {}s",
         server.active_queries(),
@@ -93,6 +106,22 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
         query_timeout: args.query_timeout,
         query_memory_limit: args.query_memory_limit.and_then(|MemoryLimit(limit)| limit),
         shutdown_grace: args.shutdown_grace,
+        max_connections: args.max_connections as usize,
+        max_streams_per_connection: args.max_streams_per_connection,
+        max_concurrent_logins: args
+            .max_concurrent_logins
+            .map_or_else(default_concurrent_logins, |n| n as usize),
+        max_queued_logins: args.max_queued_logins as usize,
+        max_failed_logins_per_user: args.max_failed_logins_per_user,
+        max_failed_logins_per_peer: args.max_failed_logins_per_peer,
+        login_lockout: args.login_lockout,
+        max_parameter_bytes: args.max_parameter_bytes,
+        max_parameter_bytes_per_user: args.max_parameter_bytes_per_user,
+        max_parameter_bytes_total: args.max_parameter_bytes_total,
+        auth_reload_interval: {
+            let ReloadInterval(every) = args.auth_reload_interval;
+            every
+        },
         ..Limits::default()
     };
     let config = ServerConfig {
@@ -104,6 +133,32 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
     };
     config.validate()?;
     Ok(config)
+}
+
+/// Serves until Ctrl-C or SIGTERM; on SIGHUP (Unix) re-reads the auth file.
+async fn serve_until_stopped(server: &RunningServer) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            let stop = stop_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hangup.recv() => match server.reload_auth().await {
+                        Ok(()) => eprintln!("pitlake: SIGHUP: auth settings re-read"),
+                        Err(err) => eprintln!(
+                            "pitlake: SIGHUP: the auth settings were not re-read, the previous \
+                             ones stay in force: {err}"
+                        ),
+                    },
+                }
+            }
+        }
+    }
+    let _ = server;
+    stop_signal().await;
 }
 
 /// Waits for Ctrl-C or, on Unix, SIGTERM.

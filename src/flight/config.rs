@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::error::{PitlakeError, Result};
 use crate::flight::auth::AuthConfig;
 
-/// How connections are protected.
-#[derive(Debug, Clone)]
+/// How connections are protected. Its `Debug` shows no key material.
+#[derive(Clone)]
 pub enum Transport {
     /// TLS (rustls) with a certificate chain and key in PEM; with `client_ca`, clients must
     /// present a certificate signed by it (mutual TLS).
@@ -28,6 +28,32 @@ pub enum Transport {
         /// The operator also asked for plaintext on a non-loopback address.
         non_loopback: bool,
     },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tls {
+                cert_pem,
+                key_pem: _,
+                client_ca_pem,
+            } => f
+                .debug_struct("Tls")
+                .field("cert_pem", &format_args!("<{} bytes>", cert_pem.len()))
+                .field("key_pem", &format_args!("<redacted>"))
+                .field(
+                    "client_ca_pem",
+                    &client_ca_pem
+                        .as_ref()
+                        .map(|c| format!("<{} bytes>", c.len())),
+                )
+                .finish(),
+            Transport::Plaintext { non_loopback } => f
+                .debug_struct("Plaintext")
+                .field("non_loopback", non_loopback)
+                .finish(),
+        }
+    }
 }
 
 impl Transport {
@@ -88,6 +114,36 @@ pub struct Limits {
     pub ticket_ttl: Duration,
     /// Prepared statements one user may hold open.
     pub max_prepared_per_user: usize,
+    /// Connections open at once (TLS handshakes included); more are closed as they arrive.
+    pub max_connections: usize,
+    /// Calls (HTTP/2 streams) one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Password checks (argon2) running at once; each takes the hash's memory (19 MiB with the
+    /// default parameters).
+    pub max_concurrent_logins: usize,
+    /// Logins waiting for a password check; more are refused with `UNAVAILABLE`.
+    pub max_queued_logins: usize,
+    /// Failed logins (or checks in flight) of one user name within the lockout window before
+    /// it is locked out.
+    pub max_failed_logins_per_user: u32,
+    /// The same for one peer address (IPv6: its /64).
+    pub max_failed_logins_per_peer: u32,
+    /// The failure window and the first lockout; each lockout in a row doubles it (to 1h).
+    pub login_lockout: Duration,
+    /// Bytes of one parameter upload (`DoPut` to a prepared statement).
+    pub max_parameter_bytes: usize,
+    /// Bytes of bound parameters one user's uploads and prepared statements hold at once.
+    pub max_parameter_bytes_per_user: usize,
+    /// The same for all users together.
+    pub max_parameter_bytes_total: usize,
+    /// How often the auth file is checked for changes (re-read when it changed); `None`: only
+    /// on SIGHUP.
+    pub auth_reload_interval: Option<Duration>,
+}
+
+/// One password check per core: argon2 is CPU- and memory-bound, more at once only queue.
+pub fn default_concurrent_logins() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl Default for Limits {
@@ -99,6 +155,17 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             ticket_ttl: Duration::from_secs(15 * 60),
             max_prepared_per_user: 256,
+            max_connections: 1024,
+            max_streams_per_connection: 100,
+            max_concurrent_logins: default_concurrent_logins(),
+            max_queued_logins: 64,
+            max_failed_logins_per_user: 5,
+            max_failed_logins_per_peer: 20,
+            login_lockout: Duration::from_secs(60),
+            max_parameter_bytes: 4 << 20,
+            max_parameter_bytes_per_user: 64 << 20,
+            max_parameter_bytes_total: 512 << 20,
+            auth_reload_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -154,6 +221,60 @@ impl ServerConfig {
             return Err(PitlakeError::Config {
                 name: "--query-memory-limit".into(),
                 message: format!("{limit} bytes is too small; use at least 1MiB"),
+            });
+        }
+        let at_least_one = [
+            ("--max-connections", self.limits.max_connections),
+            (
+                "--max-streams-per-connection",
+                self.limits.max_streams_per_connection as usize,
+            ),
+            ("--max-concurrent-logins", self.limits.max_concurrent_logins),
+            (
+                "--max-failed-logins-per-user",
+                self.limits.max_failed_logins_per_user as usize,
+            ),
+            (
+                "--max-failed-logins-per-peer",
+                self.limits.max_failed_logins_per_peer as usize,
+            ),
+            ("--max-parameter-bytes", self.limits.max_parameter_bytes),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, n)| *n == 0) {
+            return Err(PitlakeError::Config {
+                name: (*name).into(),
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.limits.login_lockout.is_zero() {
+            return Err(PitlakeError::Config {
+                name: "--login-lockout".into(),
+                message: "must be longer than 0s".into(),
+            });
+        }
+        if self
+            .limits
+            .auth_reload_interval
+            .is_some_and(|i| i.is_zero())
+        {
+            return Err(PitlakeError::Config {
+                name: "--auth-reload-interval".into(),
+                message: "must be longer than 0s (or `off`)".into(),
+            });
+        }
+        let (upload, user, total) = (
+            self.limits.max_parameter_bytes,
+            self.limits.max_parameter_bytes_per_user,
+            self.limits.max_parameter_bytes_total,
+        );
+        if upload > user || user > total {
+            return Err(PitlakeError::Config {
+                name: "--max-parameter-bytes".into(),
+                message: format!(
+                    "the parameter limits must grow from one upload ({upload}) to one user \
+                     ({user}, --max-parameter-bytes-per-user) to the server ({total}, \
+                     --max-parameter-bytes-total)"
+                ),
             });
         }
         if self.auth.users().next().is_none() {
@@ -219,6 +340,38 @@ mod tests {
         c.limits.query_memory_limit = None;
         c.auth = AuthConfig::parse("", AuthFormat::Toml, "empty").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("no users"));
+    }
+
+    #[test]
+    fn limits_must_be_usable() {
+        let plain = Transport::Plaintext {
+            non_loopback: false,
+        };
+        let mut c = config("127.0.0.1:0", plain);
+        c.limits.max_concurrent_logins = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--max-concurrent-logins"), "{err}");
+        c.limits.max_concurrent_logins = 1;
+        c.limits.max_parameter_bytes = c.limits.max_parameter_bytes_per_user + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("must grow from one upload"), "{err}");
+        c.limits = Limits::default();
+        c.limits.login_lockout = Duration::ZERO;
+        assert!(c.validate().is_err());
+        c.limits = Limits::default();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn debug_hides_the_tls_key() {
+        let transport = Transport::Tls {
+            cert_pem: "-----BEGIN CERTIFICATE-----cert".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----very-secret-key".into(),
+            client_ca_pem: None,
+        };
+        let shown = format!("{:?}", config("127.0.0.1:0", transport));
+        assert!(!shown.contains("very-secret-key"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

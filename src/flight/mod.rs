@@ -16,6 +16,9 @@
 //! - `tickets`: tickets signed with the user inside, so they cannot be forged or used by another.
 //! - `service`: the Flight SQL handlers; `stream`: a query's stream under its limits.
 //! - [`config`] and [`server`]: validated settings, TLS, start and graceful stop.
+//! - `throttle`: bounds on logging in (password checks at once, failed logins per user name and
+//!   per peer); `connections`: the bound on open connections; `prepared`: prepared statements
+//!   and the byte budget of their bound parameters.
 //!
 //! Errors: the engine's [`crate::PitlakeError`] becomes a gRPC status in one match (`status`);
 //! refusals born here (no credential, no grant, a bad ticket, a full server) are statuses from
@@ -25,6 +28,7 @@
 
 pub mod auth;
 pub mod config;
+mod connections;
 pub mod grants;
 mod layer;
 mod prepared;
@@ -32,10 +36,12 @@ pub mod server;
 mod service;
 mod status;
 mod stream;
+mod throttle;
 mod tickets;
 
-pub use auth::{AuthConfig, Principal, hash_password};
+pub use auth::{AuthConfig, Principal, hash_password, new_static_token};
 pub use config::{Limits, ServerConfig, Transport};
 pub use grants::{Grant, Grants};
 pub use server::{RunningServer, start};
 pub use status::status_for;
+pub use throttle::LoginStats;

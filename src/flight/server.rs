@@ -5,8 +5,16 @@
 //! queries finish for the grace period, then cancels the ones still running (their clients
 //! receive `UNAVAILABLE`), and returns once every connection has closed. Dropping a
 //! [`RunningServer`] stops it at once.
+//!
+//! Bounds that hold before any handler runs: at most `max_connections` connections (more are
+//! closed as they arrive, see `connections`), `max_streams_per_connection` calls on each, a TLS
+//! handshake within [`TLS_HANDSHAKE_TIMEOUT`], HTTP/2 and TCP keepalives that notice vanished
+//! clients. The auth file is re-read when it changes (checked every `auth_reload_interval`) and
+//! on [`RunningServer::reload_auth`] (SIGHUP in `pitlake serve`); a file that does not parse
+//! leaves the previous settings in force.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -20,11 +28,13 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::engine::Engine;
 use crate::error::{PitlakeError, Result};
-use crate::flight::auth::Authenticator;
+use crate::flight::auth::{AuthConfig, Authenticator};
 use crate::flight::config::{ServerConfig, Transport};
+use crate::flight::connections::{Refusals, limit_connections};
 use crate::flight::layer::AuthLayer;
-use crate::flight::prepared::PreparedStatements;
+use crate::flight::prepared::{ParameterLimits, PreparedStatements};
 use crate::flight::service::{PitlakeFlightSql, Shared, sql_info};
+use crate::flight::throttle::{LoginLimits, LoginStats, LoginThrottle};
 use crate::flight::tickets::TicketSigner;
 
 /// Prepared statements unused for this long are dropped.
@@ -33,6 +43,9 @@ const PREPARED_IDLE: Duration = Duration::from_secs(3600);
 /// After the grace period, how long cancelled streams get to close before the server task is
 /// stopped regardless (a client that stopped reading cannot see its stream end).
 const HARD_STOP_AFTER_GRACE: Duration = Duration::from_secs(10);
+
+/// A TLS handshake must finish within this, or the connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server serving in the background.
 #[derive(Debug)]
@@ -44,6 +57,10 @@ pub struct RunningServer {
     active: Arc<AtomicUsize>,
     grace: Duration,
     task: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    auth: Arc<Authenticator>,
+    auth_origin: Option<PathBuf>,
+    logins: Arc<LoginThrottle>,
+    refused_connections: Arc<Refusals>,
 }
 
 impl RunningServer {
@@ -61,6 +78,31 @@ impl RunningServer {
     /// Queries whose result streams are open right now.
     pub fn active_queries(&self) -> usize {
         self.active.load(Ordering::SeqCst)
+    }
+
+    /// Counters of the login gates (the most password checks that ran at once).
+    pub fn login_stats(&self) -> LoginStats {
+        self.logins.stats()
+    }
+
+    /// Connections closed so far because `max_connections` were open.
+    pub fn refused_connections(&self) -> usize {
+        self.refused_connections.count()
+    }
+
+    /// Re-reads the auth file: users, roles, grants, static tokens and `token_epoch`s take
+    /// effect for every later call; sessions of users whose epoch is unchanged stay valid. On an
+    /// error the previous settings stay in force.
+    pub async fn reload_auth(&self) -> Result<()> {
+        let Some(path) = &self.auth_origin else {
+            return Err(PitlakeError::Config {
+                name: "--auth-file".into(),
+                message: "the auth settings came from PITLAKE_AUTH, which a running server \
+                          cannot re-read; restart it, or use --auth-file"
+                    .into(),
+            });
+        };
+        reload_from(path, &self.auth).await
     }
 
     /// Stops gracefully (see the module documentation) and reports how serving ended.
@@ -133,33 +175,64 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     // through the AWS SDK), so rustls cannot pick one by itself. Choose ring for the process;
     // if something installed a provider already, that one stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let auth = Arc::new(Authenticator::new(config.auth.clone())?);
+    log_auth_warnings(&config.auth);
+    let auth = {
+        let settings = config.auth.clone();
+        // Making the decoy hashes runs argon2.
+        tokio::task::spawn_blocking(move || Authenticator::new(settings))
+            .await
+            .map_err(|e| PitlakeError::Internal(format!("starting authentication: {e}")))??
+    };
+    let auth = Arc::new(auth);
     let limits = config.limits.clone();
     let cancel_queries = CancellationToken::new();
     let active = Arc::new(AtomicUsize::new(0));
+    let logins = Arc::new(LoginThrottle::new(LoginLimits {
+        max_concurrent: limits.max_concurrent_logins,
+        max_queued: limits.max_queued_logins,
+        max_failed_per_user: limits.max_failed_logins_per_user,
+        max_failed_per_peer: limits.max_failed_logins_per_peer,
+        lockout: limits.login_lockout,
+    }));
     let shared = Arc::new(Shared {
         engine,
         auth: auth.clone(),
         tickets: TicketSigner::new(limits.ticket_ttl)?,
-        prepared: PreparedStatements::new(limits.max_prepared_per_user, PREPARED_IDLE),
+        prepared: PreparedStatements::new(
+            limits.max_prepared_per_user,
+            PREPARED_IDLE,
+            ParameterLimits {
+                per_upload: limits.max_parameter_bytes,
+                per_user: limits.max_parameter_bytes_per_user,
+                total: limits.max_parameter_bytes_total,
+            },
+        ),
         slots: Arc::new(Semaphore::new(limits.max_concurrent_queries)),
         cancel_queries: cancel_queries.clone(),
         active: active.clone(),
         sql_info: sql_info(&limits)?,
         limits: limits.clone(),
+        logins: logins.clone(),
     });
 
     let mut builder = Server::builder()
         // A client that vanished without closing is noticed, and its query dropped.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        // Streams past the limit are refused by HTTP/2 itself (clients queue them); the tower
+        // limit holds back the calls of a client that ignores the setting.
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize);
     if let Transport::Tls {
         cert_pem,
         key_pem,
         client_ca_pem,
     } = &config.transport
     {
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
+        let mut tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
         if let Some(ca) = client_ca_pem {
             tls = tls.client_ca_root(Certificate::from_pem(ca));
         }
@@ -176,16 +249,29 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
             message: format!("cannot listen on {}: {e}", config.listen),
         })?;
     let addr = listener.local_addr()?;
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let refused_connections = Arc::new(Refusals::default());
+    let incoming = limit_connections(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        limits.max_connections,
+        refused_connections.clone(),
+    );
     let service =
         FlightServiceServer::new(PitlakeFlightSql::new(shared)).max_decoding_message_size(16 << 20);
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
     let serving = builder
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth.clone()))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
     let task = tokio::spawn(serving);
+    if let (Some(path), Some(every)) = (&config.auth_origin, limits.auth_reload_interval) {
+        tokio::spawn(watch_auth_file(
+            path.clone(),
+            auth.clone(),
+            every,
+            stop_accepting.clone(),
+        ));
+    }
     tracing::info!(
         target: "pitlake::flight",
         %addr,
@@ -196,6 +282,11 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
         max_concurrent_queries = limits.max_concurrent_queries,
         query_timeout_s = limits.query_timeout.as_secs(),
         query_memory_limit = ?limits.query_memory_limit,
+        max_connections = limits.max_connections,
+        max_streams_per_connection = limits.max_streams_per_connection,
+        max_concurrent_logins = limits.max_concurrent_logins,
+        password_check_memory_mib =
+            (config.auth.max_password_check_bytes() * limits.max_concurrent_logins as u64) >> 20,
         "Flight SQL server listening"
     );
     Ok(RunningServer {
@@ -206,5 +297,90 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
         active,
         grace: limits.shutdown_grace,
         task: Some(task),
+        auth,
+        auth_origin: config.auth_origin.clone(),
+        logins,
+        refused_connections,
     })
+}
+
+fn log_auth_warnings(auth: &AuthConfig) {
+    for warning in auth.warnings() {
+        tracing::warn!(target: "pitlake::flight", "auth settings: {warning}");
+    }
+}
+
+/// Reads the auth file and puts it in force (or leaves the previous settings, on an error).
+async fn reload_from(path: &Path, auth: &Arc<Authenticator>) -> Result<()> {
+    let path = path.to_path_buf();
+    let auth = auth.clone();
+    // Reading is quick; making the decoy hashes runs argon2.
+    tokio::task::spawn_blocking(move || {
+        let config = AuthConfig::from_file(&path)?;
+        if config.users().next().is_none() {
+            return Err(PitlakeError::Config {
+                name: "--auth-file".into(),
+                message: format!(
+                    "`{}` now defines no users; keeping the previous settings",
+                    path.display()
+                ),
+            });
+        }
+        log_auth_warnings(&config);
+        let users = config.users().count();
+        auth.reload(config)?;
+        tracing::info!(
+            target: "pitlake::flight",
+            auth_file = %path.display(),
+            users,
+            "auth settings re-read"
+        );
+        Ok(())
+    })
+    .await
+    .map_err(|e| PitlakeError::Internal(format!("re-reading the auth file: {e}")))?
+}
+
+fn digest_of(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok().map(|bytes| {
+        ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .to_vec()
+    })
+}
+
+/// Re-reads the auth file whenever its content changes, until `stop`.
+async fn watch_auth_file(
+    path: PathBuf,
+    auth: Arc<Authenticator>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut last = digest_of(&path);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || digest_of(&path))
+                .await
+                .ok()
+                .flatten()
+        };
+        // A file that is missing for a moment (replaced by a rename) is not a change.
+        if now.is_none() || now == last {
+            continue;
+        }
+        last = now;
+        if let Err(err) = reload_from(&path, &auth).await {
+            tracing::error!(
+                target: "pitlake::flight",
+                auth_file = %path.display(),
+                error = %err,
+                "the auth file changed but cannot be used; the previous settings stay in force"
+            );
+        }
+    }
 }

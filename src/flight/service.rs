@@ -40,17 +40,33 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::serving::{PlannedStatement, TableName, report_schema};
 use crate::engine::{CATALOG, Engine, Output};
-use crate::flight::auth::{Authenticator, Principal, random_bytes};
+use crate::flight::auth::{Authenticator, Principal, basic_credentials, random_bytes};
 use crate::flight::config::Limits;
 use crate::flight::grants::Pattern;
 use crate::flight::layer::principal;
 use crate::flight::prepared::PreparedStatements;
 use crate::flight::status::status_for_principal;
 use crate::flight::stream::{Bounds, FlightStream, QueryRecord, flight_stream};
+use crate::flight::throttle::LoginThrottle;
 use crate::flight::tickets::{TicketSigner, decode_parameters};
 
 /// Statements are logged up to this many characters.
 const LOGGED_SQL_CHARS: usize = 1000;
+
+/// Messages one parameter upload may have: a schema, dictionary batches and record batches
+/// (one row of values needs one record batch and a dictionary batch per dictionary column).
+pub(crate) const MAX_UPLOAD_MESSAGES: usize = 64;
+
+/// How long one parameter upload may take from its first message to its last.
+pub(crate) const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The bytes a Flight message occupies: header, body, metadata and descriptor.
+fn flight_data_bytes(data: &arrow_flight::FlightData) -> usize {
+    let descriptor = data.flight_descriptor.as_ref().map_or(0, |d| {
+        d.cmd.len() + d.path.iter().map(String::len).sum::<usize>()
+    });
+    data.data_header.len() + data.data_body.len() + data.app_metadata.len() + descriptor
+}
 
 /// State shared by all calls.
 pub(crate) struct Shared {
@@ -65,6 +81,8 @@ pub(crate) struct Shared {
     /// Queries whose streams are open.
     pub active: Arc<AtomicUsize>,
     pub sql_info: SqlInfoData,
+    /// The bounds on logging in.
+    pub logins: Arc<LoginThrottle>,
 }
 
 /// The Flight SQL service over an engine.
@@ -460,23 +478,35 @@ impl FlightSqlService for PitlakeFlightSql {
         Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
         Status,
     > {
+        let peer = request.remote_addr();
         let headers = request.metadata().clone().into_headers();
-        let auth = self.shared.auth.clone();
-        // argon2 is deliberately slow: keep it off the threads that serve streams.
-        let outcome = tokio::task::spawn_blocking(move || auth.login_basic(&headers))
-            .await
-            .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
-        let (principal, token) = match outcome {
-            Ok(done) => done,
-            Err(status) => {
-                tracing::info!(
-                    target: "pitlake::flight",
-                    reason = status.message(),
-                    "handshake refused"
-                );
-                return Err(status);
-            }
+        let refused = |status: Status| {
+            tracing::info!(
+                target: "pitlake::flight",
+                peer = ?peer,
+                reason = status.message(),
+                "handshake refused"
+            );
+            status
         };
+        let credentials = basic_credentials(&headers).map_err(refused)?;
+        // Lockouts and a full queue are refused here, before any password work; a client that
+        // goes away while waiting for a check slot drops this future and the attempt with it.
+        let mut attempt = self
+            .shared
+            .logins
+            .admit(&credentials.user, peer.map(|p| p.ip()))
+            .map_err(refused)?;
+        attempt.wait_for_slot().await.map_err(refused)?;
+        let auth = self.shared.auth.clone();
+        // argon2 is deliberately slow: keep it off the threads that serve streams. The attempt
+        // (with its check slot) moves into the blocking task, so the slot is held until argon2
+        // returns even if the client has gone, and the outcome is counted all the same.
+        let outcome =
+            tokio::task::spawn_blocking(move || attempt.run(|| auth.check_password(&credentials)))
+                .await
+                .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
+        let (principal, token) = outcome.map_err(refused)?;
         tracing::info!(
             target: "pitlake::flight",
             user = %principal.user,
@@ -799,23 +829,65 @@ impl FlightSqlService for PitlakeFlightSql {
         self.shared
             .prepared
             .get(&command.prepared_statement_handle, &principal.user)?;
-        let data = request.into_inner().map_err(FlightError::from);
+        // Every message counts (schema, dictionary batches, record batches) and its bytes are
+        // reserved before anything is decoded: per upload, per user and server-wide.
+        let mut reservation = self.shared.prepared.budget().reservation(&principal.user);
+        let mut incoming = request.into_inner();
+        let mut messages = Vec::new();
+        let upload = async {
+            while let Some(message) = incoming.next().await {
+                let message = message?;
+                if messages.len() >= MAX_UPLOAD_MESSAGES {
+                    return Err(Status::resource_exhausted(format!(
+                        "the parameter upload has more than {MAX_UPLOAD_MESSAGES} messages \
+                         (schema, dictionary and record batches); bind one row of values"
+                    )));
+                }
+                reservation.grow(flight_data_bytes(&message))?;
+                messages.push(message);
+            }
+            Ok::<(), Status>(())
+        };
+        match tokio::time::timeout(UPLOAD_TIMEOUT, upload).await {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => {
+                tracing::info!(
+                    target: "pitlake::flight",
+                    user = %principal.user,
+                    reason = status.message(),
+                    "parameter upload refused"
+                );
+                return Err(status);
+            }
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "the parameter upload took longer than {}s",
+                    UPLOAD_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        let data = futures::stream::iter(messages.into_iter().map(Ok::<_, FlightError>));
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
-                .take(16)
                 .try_collect()
                 .await
                 .map_err(|e| Status::invalid_argument(format!("bound parameters: {e}")))?;
         let encoded = encode_batches(&batches)?;
+        drop(batches);
         // Refuse a bad binding now rather than at execution.
         parameter_values(
             Some(&encoded)
                 .filter(|e| !e.is_empty())
                 .map(|e| e.as_slice()),
         )?;
-        self.shared
-            .prepared
-            .bind(&command.prepared_statement_handle, &principal.user, encoded)?;
+        // What the statement keeps is the encoding; the reservation follows it.
+        reservation.resize(encoded.len())?;
+        self.shared.prepared.bind(
+            &command.prepared_statement_handle,
+            &principal.user,
+            encoded,
+            reservation,
+        )?;
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(command.prepared_statement_handle),
         })

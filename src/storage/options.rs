@@ -41,6 +41,7 @@ use object_store::azure::AzureConfigKey;
 use object_store::gcp::GoogleConfigKey;
 use object_store::{BackoffConfig, RetryConfig};
 
+use crate::config::{is_secret_option, redacted_options};
 use crate::error::{PitlakeError, Result, closest_first};
 
 /// The kinds of store a warehouse can live on.
@@ -73,13 +74,25 @@ impl Backend {
 }
 
 /// The environment the options are resolved in: variables and the home folder. Tests pass their
-/// own, so resolution never depends on the machine it runs on.
-#[derive(Debug, Clone, Default)]
+/// own, so resolution never depends on the machine it runs on. Its `Debug` shows variable names
+/// only (values may be credentials).
+#[derive(Clone, Default)]
 pub(crate) struct Environment {
     /// Environment variables.
     pub vars: HashMap<String, String>,
     /// The home folder (for `~/.aws/…`).
     pub home: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Environment")
+            .field("vars", &names)
+            .field("home", &self.home)
+            .finish()
+    }
 }
 
 impl Environment {
@@ -101,8 +114,8 @@ impl Environment {
     }
 }
 
-/// Everything a store is built with, resolved and validated.
-#[derive(Debug, Clone)]
+/// Everything a store is built with, resolved and validated. Its `Debug` hides secret values.
+#[derive(Clone)]
 pub(crate) struct StoreOptions {
     /// The store's own options (object_store config keys, canonical names), in the order given.
     pub store: Vec<(String, String)>,
@@ -115,6 +128,30 @@ pub(crate) struct StoreOptions {
     /// Where the credentials came from, for messages (`--storage-option`, `environment`,
     /// `profile default`); `None` when none were found.
     pub credentials_from: Option<String>,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store: Vec<(&str, &str)> = self
+            .store
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_option(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("StoreOptions")
+            .field("store", &store)
+            .field("retry", &self.retry)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("allow_unsafe_rename", &self.allow_unsafe_rename)
+            .field("credentials_from", &self.credentials_from)
+            .finish()
+    }
 }
 
 impl StoreOptions {
@@ -283,11 +320,23 @@ const TOKEN: &str = "aws_session_token";
 const REGION: &str = "aws_region";
 const ENDPOINT: &str = "aws_endpoint";
 
-/// One source of S3 settings, canonical keys.
-#[derive(Debug, Default)]
+/// One source of S3 settings, canonical keys. Its `Debug` hides secret values.
+#[derive(Default)]
 struct Source {
     name: String,
     values: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("name", &self.name)
+            .field(
+                "values",
+                &redacted_options(self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            )
+            .finish()
+    }
 }
 
 impl Source {
@@ -875,5 +924,28 @@ mod tests {
         assert_eq!(parse_duration("k", "2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("k", "3").unwrap(), Duration::from_secs(3));
         assert!(parse_duration("k", "soon").is_err());
+    }
+
+    #[test]
+    fn debug_hides_credentials() {
+        let e = env(&[
+            ("AWS_SECRET_ACCESS_KEY", "hunter-env"),
+            ("AWS_REGION", "eu-west-1"),
+        ]);
+        let o = resolve(
+            Backend::S3,
+            &explicit(&[
+                ("access_key_id", "key-id"),
+                ("secret_access_key", "hunter-flag"),
+                ("session_token", "hunter-token"),
+            ]),
+            &e,
+        )
+        .unwrap();
+        assert_eq!(o.get("aws_secret_access_key"), Some("hunter-flag"));
+        for shown in [format!("{o:?}"), format!("{e:?}")] {
+            assert!(!shown.contains("hunter"), "{shown}");
+        }
+        assert!(format!("{e:?}").contains("AWS_SECRET_ACCESS_KEY"));
     }
 }

@@ -21,7 +21,6 @@ use arrow_flight::{FlightInfo, HandshakeRequest, Ticket};
 use base64::Engine as _;
 use futures::{StreamExt, TryStreamExt};
 use pitlake::Engine;
-use pitlake::flight::auth::AuthFormat;
 use pitlake::flight::{AuthConfig, Limits, RunningServer, ServerConfig, Transport, hash_password};
 use prost::Message;
 use tempfile::TempDir;
@@ -30,7 +29,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::common::{count, engine, rows};
 
-const SVC_TOKEN: &str = "svc-static-token-0123456789";
+const SVC_TOKEN: &str = "svc-static-token-0123456789-abcdefghijkl";
 
 /// Password hashes are slow by design; hash each test password once per test binary.
 fn auth_text(token_ttl: &str) -> String {
@@ -167,6 +166,8 @@ struct Options {
     mtls: bool,
     token_ttl: &'static str,
     limits: Limits,
+    /// The auth file's text instead of `auth_text(token_ttl)`.
+    auth: Option<String>,
 }
 
 impl Default for Options {
@@ -180,6 +181,7 @@ impl Default for Options {
                 query_memory_limit: Some(64 << 20),
                 ..Limits::default()
             },
+            auth: None,
         }
     }
 }
@@ -207,13 +209,19 @@ impl Fixture {
                 non_loopback: false,
             },
         };
+        // The auth settings come from a file, as in production, so they can be re-read.
+        let auth_file = dir.path().join("auth.toml");
+        let auth = options
+            .auth
+            .clone()
+            .unwrap_or_else(|| auth_text(options.token_ttl));
+        std::fs::write(&auth_file, &auth).unwrap();
         let config = ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             transport,
             limits: options.limits,
-            auth: AuthConfig::parse(&auth_text(options.token_ttl), AuthFormat::Toml, "test")
-                .unwrap(),
-            auth_origin: None,
+            auth: AuthConfig::from_file(&auth_file).unwrap(),
+            auth_origin: Some(auth_file),
         };
         let server = pitlake::flight::start(engine.clone(), config)
             .await
@@ -1056,4 +1064,8 @@ async fn training_sets_and_registry_changes_need_their_grants() {
     assert!(message(&err).contains("files"), "{}", message(&err));
 }
 
+/// Reads around the grants and statements built to take the server down.
 mod adversarial;
+/// The server under attack: login floods and guessing, connection and upload exhaustion, token
+/// revocation, secrets in settings.
+mod hardening;

@@ -238,3 +238,163 @@ def test_pyarrow_flight(server, tmp_path):
     with pytest.raises(flight.FlightUnauthorizedError, match="secret"):
         client.get_flight_info(secret, bob)
     client.close()
+
+
+def start_server(root, warehouse, auth, *extra):
+    """Starts `pitlake serve` on a free loopback port; returns (process, uri, log path)."""
+    port = free_port()
+    log_path = root / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [
+            pitlake_bin(),
+            "--warehouse",
+            str(warehouse),
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--auth-file",
+            str(auth),
+            "--insecure-plaintext",
+            "--shutdown-grace",
+            "2s",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PITLAKE_LOG": "pitlake=info"},
+    )
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                log.close()
+                pytest.fail("pitlake serve did not start:\n" + log_path.read_text())
+            time.sleep(0.1)
+    return process, log, f"grpc://127.0.0.1:{port}", log_path
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A server with a small failed-login limit, a static token made by `--new-token`, and the
+    auth file re-read only on SIGHUP."""
+    root = tmp_path_factory.mktemp("guarded")
+    warehouse = root / "warehouse"
+    warehouse.mkdir()
+    run_pitlake(warehouse, "sql", "CREATE TABLE t AS SELECT 1 AS x")
+    made = run_pitlake(warehouse, "serve", "--new-token").stdout.decode()
+    token = re.search(r"token:\s+(\S+)", made).group(1)
+    sha256 = re.search(r'sha256 = "([0-9a-f]{64})"', made).group(1)
+    alice = hash_password(warehouse, "alice-pw")
+    auth = root / "auth.toml"
+
+    def write_auth(with_token):
+        tokens = f'tokens = [{{ sha256 = "{sha256}" }}]' if with_token else 'tokens = []'
+        auth.write_text(
+            f"""
+[users.alice]
+password_hash = "{alice}"
+roles = ["analyst"]
+[users.svc]
+password_hash = "{alice}"
+{tokens}
+roles = ["analyst"]
+[roles.analyst]
+grants = ["table:*"]
+"""
+        )
+
+    write_auth(True)
+    process, log, uri, log_path = start_server(
+        root,
+        warehouse,
+        auth,
+        "--max-failed-logins-per-user",
+        "3",
+        "--login-lockout",
+        "3s",
+        "--auth-reload-interval",
+        "off",
+    )
+    yield {
+        "uri": uri,
+        "token": token,
+        "process": process,
+        "write_auth": write_auth,
+        "log": log_path,
+    }
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=60)
+    log.close()
+    text = log_path.read_text()
+    assert code == 0, text
+    # Secrets never reach the log.
+    assert "alice-pw" not in text and token not in text and "argon2id$" not in text
+
+
+def eventually(what, check, timeout=30):
+    deadline = time.time() + timeout
+    while not check():
+        if time.time() > deadline:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.2)
+
+
+def test_failed_logins_lock_a_user_out_then_recover(guarded):
+    client = flight.FlightClient(guarded["uri"])
+    for _ in range(3):
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            client.authenticate_basic_token(b"alice", b"wrong")
+    # Locked out: the right password is refused too, with a reason (pyarrow raises
+    # RESOURCE_EXHAUSTED as ArrowInvalid).
+    with pytest.raises((flight.FlightError, pa.ArrowException)) as err:
+        client.authenticate_basic_token(b"alice", b"alice-pw")
+    assert "too many failed logins" in str(err.value)
+    assert "try again in" in str(err.value)
+
+    def logs_in():
+        try:
+            client.authenticate_basic_token(b"alice", b"alice-pw")
+            return True
+        except (flight.FlightError, pa.ArrowException) as e:
+            assert "too many failed logins" in str(e), str(e)
+            return False
+
+    eventually("the lockout ends", logs_in)
+    client.close()
+
+
+def test_a_static_token_is_revoked_on_sighup(guarded):
+    client = flight.FlightClient(guarded["uri"])
+    bearer = flight.FlightCallOptions(
+        headers=[(b"authorization", b"Bearer " + guarded["token"].encode())]
+    )
+    descriptor = flight.FlightDescriptor.for_command(flight_sql_command("SELECT x FROM t"))
+    info = client.get_flight_info(descriptor, bearer)
+    assert client.do_get(info.endpoints[0].ticket, bearer).read_all().num_rows == 1
+    # A short token is refused with the reason.
+    short = flight.FlightCallOptions(headers=[(b"authorization", b"Bearer short")])
+    with pytest.raises(flight.FlightUnauthenticatedError, match="at least 32"):
+        client.get_flight_info(descriptor, short)
+
+    guarded["write_auth"](False)
+    guarded["process"].send_signal(signal.SIGHUP)
+
+    def refused():
+        try:
+            client.get_flight_info(descriptor, bearer)
+            return False
+        except flight.FlightUnauthenticatedError:
+            return True
+
+    eventually("the removed token is refused", refused)
+    # The server lives on; passwords still work.
+    header = client.authenticate_basic_token(b"svc", b"alice-pw")
+    options = flight.FlightCallOptions(headers=[header])
+    info = client.get_flight_info(descriptor, options)
+    assert client.do_get(info.endpoints[0].ticket, options).read_all().num_rows == 1
+    client.close()
+    assert "without `expires`" in guarded["log"].read_text()
