@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Engine;
-use super::registry::{author, resolve_items};
+use super::registry_statements::{author, resolve_items};
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl::DslStatement;
 use crate::frontend::{Statement, parse_sql};

@@ -347,7 +347,7 @@ impl Engine {
             manifest_version: MANIFEST_VERSION,
             pitlake_version: env!("CARGO_PKG_VERSION").to_string(),
             created_at: chrono::Utc::now().to_rfc3339(),
-            created_by: super::registry::author(self),
+            created_by: super::registry_statements::author(self),
             warehouse: self.warehouse().location().display(),
             statement: statement.to_string(),
             query: plan.query.clone(),
@@ -701,7 +701,7 @@ impl Engine {
             Arc::new(Float64Array::from(max)),
             Arc::new(arrow::array::BooleanArray::from(ok)),
         ];
-        super::registry::rows(schema, columns)
+        super::registry_statements::rows(schema, columns)
     }
 }
 

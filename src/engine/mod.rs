@@ -4,14 +4,14 @@
 //! spilling, partitions, batch size). Everything a user can do — a SQL statement, a DSL
 //! statement, a history, an ingest, an export — goes through it, and every SQL statement is
 //! planned by one pipeline, [`Engine::plan_sql`]. The CLI and the Flight server talk to the
-//! engine; a server gives it each caller's [`serving::Visibility`], so answers and errors name
+//! engine; a server gives it each caller's [`planning::Visibility`], so answers and errors name
 //! only what that caller may see.
 
 mod definitions;
 mod export;
 mod ingest;
-mod registry;
-pub mod serving;
+mod registry_statements;
+pub mod planning;
 mod training;
 
 use std::sync::Arc;
@@ -161,7 +161,7 @@ pub struct Engine {
     catalog: Arc<WarehouseCatalog>,
     settings: Settings,
     /// What the caller may see (`None`: everything).
-    caller: Option<Arc<dyn serving::Visibility>>,
+    caller: Option<Arc<dyn planning::Visibility>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -251,15 +251,15 @@ impl Engine {
     }
 
     /// The same engine acting for `user`, who sees only what `visibility` allows (a server
-    /// plans and runs each client's statements this way; see [`serving::Visibility`]).
-    pub fn for_caller(&self, user: &str, visibility: Arc<dyn serving::Visibility>) -> Engine {
+    /// plans and runs each client's statements this way; see [`planning::Visibility`]).
+    pub fn for_caller(&self, user: &str, visibility: Arc<dyn planning::Visibility>) -> Engine {
         let mut engine = self.for_user(user);
         engine.caller = Some(visibility);
         engine
     }
 
     /// What the caller may see, if the engine acts for one.
-    pub(crate) fn caller(&self) -> Option<&dyn serving::Visibility> {
+    pub(crate) fn caller(&self) -> Option<&dyn planning::Visibility> {
         self.caller.as_deref()
     }
 

@@ -19,7 +19,7 @@ use sqlparser::ast::{
 };
 
 use super::Engine;
-use super::registry::{key_type_matches, resolve_items};
+use super::registry_statements::{key_type_matches, resolve_items};
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl::{SourceSql, TrainingSetSql};
 use crate::frontend::{Statement, parse_sql};

@@ -25,7 +25,7 @@ use std::fmt;
 
 use tonic::Status;
 
-use crate::engine::serving::{Access, TableName, Visibility};
+use crate::engine::planning::{Access, TableName, Visibility};
 use crate::error::{PitlakeError, Result};
 
 /// Which tables a grant covers.

@@ -24,7 +24,7 @@
 //! refusals born here (no credential, no grant, a bad ticket, a full server) are statuses from
 //! the start, so they can never surface as `INTERNAL`.
 //!
-//! [`Access`]: crate::engine::serving::Access
+//! [`Access`]: crate::engine::planning::Access
 
 pub mod auth;
 pub mod config;

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::engine::serving::{PlannedStatement, TableName, report_schema};
+use crate::engine::planning::{PlannedStatement, TableName, report_schema};
 use crate::engine::{CATALOG, Engine, Output};
 use crate::flight::auth::{Authenticator, Principal, basic_credentials, random_bytes};
 use crate::flight::config::Limits;

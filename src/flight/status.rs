@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::engine::serving::TableName;
+use crate::engine::planning::TableName;
 use crate::error::PitlakeError;
 use crate::flight::auth::Principal;
 

@@ -3,10 +3,10 @@
 //! concurrent changes.
 
 mod model;
-mod store;
+mod events;
 
 pub use model::{
     Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind, Model, Object,
     Source, model_key,
 };
-pub use store::{Action, Change, Event, Registry, RegistryState};
+pub use events::{Action, Change, Event, Registry, RegistryState};

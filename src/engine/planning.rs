@@ -1,7 +1,7 @@
-//! What a network front end (the Flight SQL server) needs from the engine beyond running a
-//! statement: planning one without running it (for its result schema and its parameters),
-//! finding every object it reads or changes (for authorization), and running it with a memory
-//! limit of its own.
+//! Planning a statement for a caller without running it, as a network front end (the Flight
+//! SQL server) needs: its result schema and parameters, every object it names (checked before
+//! planning) and every object its plan reads or changes (for authorization), the caller's
+//! [`Visibility`], and running it afterwards with a memory limit of its own.
 //!
 //! The objects a statement touches are read from its *logical plan*, not from its text: every
 //! `TableScan` in the plan and in its subqueries (CTEs are inlined, `EXISTS`/`IN`/scalar

@@ -12,7 +12,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
 use super::Engine;
-use super::serving::{TableName, Visibility};
+use super::planning::{TableName, Visibility};
 use crate::error::{PitlakeError, Result, closest_first};
 use crate::frontend::dsl::{DslStatement, FeatureItem, FeatureSql, SourceSql};
 use crate::registry::{
