@@ -36,5 +36,7 @@ if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, ad
   python3 -m venv "$PITLAKE_PY_VENV"
   "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest
 fi
-cargo build --bin pitlake
+# The binary as `cargo test --all-targets` built it: `cargo build --bin` alone resolves the
+# dependencies' features without the dev-dependencies and would rebuild all of them.
+cargo build --all-targets
 PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q tests/python

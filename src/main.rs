@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     // stacks larger than tokio's 2 MiB default leave a margin for the deepest allowed.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .thread_stack_size(8 << 20)
+        .thread_stack_size(16 << 20)
         .build()
     {
         Ok(runtime) => runtime,

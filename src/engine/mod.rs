@@ -10,8 +10,8 @@
 mod definitions;
 mod export;
 mod ingest;
-mod registry_statements;
 pub mod planning;
+mod registry_statements;
 mod training;
 
 use std::sync::Arc;
@@ -100,16 +100,28 @@ fn user_table(name: TableName) -> Result<TableName> {
     Ok(name)
 }
 
+/// A session with no tables, for what pitlake evaluates or plans from a caller's text while
+/// planning: whatever the text says, it can read nothing.
+static CONSTANTS: std::sync::LazyLock<SessionContext> =
+    std::sync::LazyLock::new(SessionContext::new);
+
 /// Runs a query over constants (no tables: the session has none) and collects its rows. For
 /// the expressions pitlake evaluates while planning: time-travel bounds, TTLs.
 pub(crate) async fn constant_batches(sql: &str) -> Result<Vec<RecordBatch>> {
-    static CONSTANTS: std::sync::LazyLock<SessionContext> =
-        std::sync::LazyLock::new(SessionContext::new);
     let df = CONSTANTS
         .sql(sql)
         .await
         .map_err(PitlakeError::from_datafusion)?;
     df.collect().await.map_err(PitlakeError::from_datafusion)
+}
+
+/// The result schema of a query over constants, planned (not run) where no table exists.
+pub(crate) async fn constant_schema(sql: &str) -> Result<SchemaRef> {
+    let df = CONSTANTS
+        .sql(sql)
+        .await
+        .map_err(PitlakeError::from_datafusion)?;
+    Ok(Arc::new(df.schema().as_arrow().clone()))
 }
 
 /// The catalog name the warehouse is registered under.

@@ -173,9 +173,25 @@ struct CreateMode {
 
 /// The change for creating or replacing `object` given the current state (no change when it
 /// is already defined exactly so).
-fn upsert(state: &RegistryState, object: Object, mode: CreateMode) -> Result<Vec<Change>> {
+fn upsert(
+    state: &RegistryState,
+    object: Object,
+    mode: CreateMode,
+    sight: Sight<'_>,
+) -> Result<Vec<Change>> {
     let kind = object.kind();
     let key = object.key();
+    // A writer may not replace, or learn the definition of, what their grants hide; that the
+    // name is taken is all they learn (docs/operations.md).
+    if let Some(existing) = state.get(kind, &key)
+        && !sight.sees(state, existing)
+    {
+        return Err(PitlakeError::Plan(format!(
+            "{} `{key}` cannot be created or replaced: the name is taken by an object your \
+             grants do not let you see; choose another name, or ask for a `view:` grant",
+            kind.label()
+        )));
+    }
     match state.get(kind, &key) {
         Some(existing) if *existing == object => Ok(Vec::new()),
         Some(_) if mode.if_not_exists => Ok(Vec::new()),
@@ -216,12 +232,14 @@ impl Engine {
     }
 
     /// The Arrow type of a SQL type name (`BIGINT` → `Int64`).
+    /// Only type names pass (`bounds::ensure_type_name`), and they are planned where no table
+    /// exists: a type name cannot carry a query.
     pub(crate) async fn sql_type(&self, sql_type: &str) -> Result<DataType> {
-        let plan = self
-            .logical_plan(&format!("SELECT CAST(NULL AS {sql_type}) AS x"))
+        crate::frontend::bounds::ensure_type_name(sql_type)?;
+        let schema = super::constant_schema(&format!("SELECT CAST(NULL AS {sql_type}) AS x"))
             .await
             .map_err(|e| PitlakeError::Plan(format!("`{sql_type}` is not a SQL type: {e}")))?;
-        Ok(plan.schema().field(0).data_type().clone())
+        Ok(schema.field(0).data_type().clone())
     }
 
     /// Evaluates a TTL, a constant interval (`INTERVAL '2 hours'`) or a whole number of
@@ -475,7 +493,7 @@ impl Engine {
                                 )));
                             }
                         }
-                        upsert(state, Object::Entity(entity.clone()), mode)
+                        upsert(state, Object::Entity(entity.clone()), mode, sight)
                     })
                     .await?;
                 Ok(done(version, format!("entity `{name}`")))
@@ -516,7 +534,7 @@ impl Engine {
                                 return Err(unknown(state, Kind::Entity, &view.entity, sight));
                             }
                         }
-                        upsert(state, Object::FeatureView(view.clone()), mode)
+                        upsert(state, Object::FeatureView(view.clone()), mode, sight)
                     })
                     .await?;
                 Ok(done(version, format!("feature view `{name}`")))
@@ -543,7 +561,7 @@ impl Engine {
                                 .collect(),
                             description: comment.clone(),
                         };
-                        upsert(state, Object::FeatureService(service), mode)
+                        upsert(state, Object::FeatureService(service), mode, sight)
                     })
                     .await?;
                 Ok(done(version, format!("feature service `{name}`")))
@@ -582,7 +600,7 @@ impl Engine {
                         if sight.get(state, Kind::FeatureService, &service).is_none() {
                             return Err(unknown(state, Kind::FeatureService, &service, sight));
                         }
-                        upsert(state, Object::Model(model.clone()), mode)
+                        upsert(state, Object::Model(model.clone()), mode, sight)
                     })
                     .await?;
                 Ok(done(

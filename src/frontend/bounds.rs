@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::{
-    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, VisitMut, VisitorMut,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Query, SetExpr, VisitMut, VisitorMut,
 };
 
 use crate::error::{PitlakeError, Result};
@@ -90,13 +90,83 @@ impl VisitorMut for Depth {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
-        self.enter()
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        // A chain of set operations (`… UNION ALL … UNION ALL …`) is one query whose body nests
+        // once per operator; the parser builds it in a loop, so it is counted here, without
+        // recursing. (Queries nested inside it are met by the visitor itself.)
+        let chain = set_operation_depth(&query.body);
+        self.current += chain;
+        let entered = self.enter();
+        self.current -= chain;
+        entered
     }
 
     fn post_visit_query(&mut self, _: &mut Query) -> ControlFlow<()> {
         self.current -= 1;
         ControlFlow::Continue(())
+    }
+}
+
+/// How deep set operations nest in a query body, walked with a stack of its own.
+fn set_operation_depth(body: &SetExpr) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(body, 0usize)];
+    while let Some((node, depth)) = pending.pop() {
+        if let SetExpr::SetOperation { left, right, .. } = node {
+            deepest = deepest.max(depth + 1);
+            pending.push((left, depth + 1));
+            pending.push((right, depth + 1));
+        }
+    }
+    deepest
+}
+
+/// How deep any tree may nest, counted over *every* type of node (one level per struct, enum,
+/// list or box, as `{:#?}` indents them), as a backstop behind [`MAX_NESTING`], which counts
+/// expressions, queries and set operations: a construct the parser builds in a loop and no
+/// check knows of (nested array types `INT[][]…`, say) is refused all the same. A statement
+/// within [`MAX_NESTING`] stays far below it.
+const MAX_TREE_DEPTH: usize = 2_048;
+
+/// Counts the indentation of pretty `Debug` output as it is written, keeping nothing, and stops
+/// the formatting (with an error) at the first line deeper than [`MAX_TREE_DEPTH`]: the walk
+/// never recurses past that depth however deep the tree is.
+struct IndentProbe {
+    at_line_start: bool,
+    indent: usize,
+}
+
+impl std::fmt::Write for IndentProbe {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        for byte in text.bytes() {
+            match byte {
+                b'\n' => {
+                    self.at_line_start = true;
+                    self.indent = 0;
+                }
+                b' ' if self.at_line_start => {
+                    self.indent += 1;
+                    if self.indent / 4 > MAX_TREE_DEPTH {
+                        return Err(std::fmt::Error);
+                    }
+                }
+                _ => self.at_line_start = false,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a tree deeper than [`MAX_TREE_DEPTH`] levels of any kind (see there).
+pub fn check_tree_depth<T: std::fmt::Debug + ?Sized>(node: &T) -> Result<()> {
+    use std::fmt::Write;
+    let mut probe = IndentProbe {
+        at_line_start: true,
+        indent: 0,
+    };
+    match write!(probe, "{node:#?}") {
+        Ok(()) => Ok(()),
+        Err(_) => Err(too_deep()),
     }
 }
 
@@ -111,14 +181,14 @@ fn too_deep() -> PitlakeError {
 /// Refuses a parsed node (statement, query or expression) that nests deeper than
 /// [`MAX_NESTING`]. The walk itself is safe at any depth: sqlparser's visitor grows its stack
 /// as it recurses.
-pub fn check_nesting<T: VisitMut + ?Sized>(node: &mut T) -> Result<()> {
+pub fn check_nesting<T: VisitMut + std::fmt::Debug + ?Sized>(node: &mut T) -> Result<()> {
     let mut depth = Depth {
         current: 0,
         deepest: 0,
     };
     match node.visit(&mut depth) {
         ControlFlow::Break(()) => Err(too_deep()),
-        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Continue(()) => check_tree_depth(node),
     }
 }
 
@@ -130,7 +200,7 @@ pub fn check_statement_nesting(statement: &mut DFStatement) -> Result<()> {
     };
     match crate::frontend::time_travel::visit_statement_mut(statement, &mut depth) {
         ControlFlow::Break(()) => Err(too_deep()),
-        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Continue(()) => check_tree_depth(statement),
     }
 }
 
@@ -140,6 +210,15 @@ struct OnlyQueries {
 
 impl VisitorMut for OnlyQueries {
     type Break = ();
+
+    fn pre_visit_select(&mut self, select: &mut sqlparser::ast::Select) -> ControlFlow<()> {
+        // `SELECT … INTO t` is a query that creates a table.
+        if select.into.is_some() {
+            self.found = Some("SELECT … INTO".into());
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
 
     fn pre_visit_statement(
         &mut self,
@@ -185,6 +264,45 @@ pub fn ensure_query(statement: &mut DFStatement, what: &str) -> Result<()> {
         Some(found) => Err(refuse(&found)),
         None => Ok(()),
     }
+}
+
+/// Refuses a SQL type name that holds anything but words, numbers and the punctuation of
+/// types (`DECIMAL(10, 2)`, `ARRAY<INT>`, `INT[]`): no string literal, comment or statement
+/// can ride in one. A type name from the registry is pasted into SQL to learn its Arrow type.
+pub fn ensure_type_name(text: &str) -> Result<()> {
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = crate::frontend::dialect::PitlakeDialect::default();
+    let refuse = || {
+        PitlakeError::Plan(format!(
+            "`{}` is not a SQL type; write a type such as BIGINT, VARCHAR, DECIMAL(10, 2), \
+             TIMESTAMP or INT[]",
+            text.chars().take(80).collect::<String>()
+        ))
+    };
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize()
+        .map_err(|_| refuse())?;
+    let fine = tokens.iter().all(|t| {
+        matches!(
+            t,
+            Token::Word(w) if w.quote_style.is_none()
+        ) || matches!(
+            t,
+            Token::Number(_, _)
+                | Token::LParen
+                | Token::RParen
+                | Token::Comma
+                | Token::Lt
+                | Token::Gt
+                | Token::LBracket
+                | Token::RBracket
+                | Token::Whitespace(sqlparser::tokenizer::Whitespace::Space)
+        )
+    });
+    if !fine || text.len() > 256 {
+        return Err(refuse());
+    }
+    Ok(())
 }
 
 /// Refuses an expression that is not a constant (see the module doc). `clause` names where it
@@ -345,11 +463,34 @@ mod tests {
             "SET datafusion.execution.batch_size = 1",
             "EXPLAIN SELECT 1",
             "WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a",
+            "SELECT * INTO pwned FROM secret",
         ] {
             let err = ensure_query(&mut statement(bad), "the manifest's query")
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("must be a query"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn type_names_carry_no_sql() {
+        for ok in [
+            "BIGINT",
+            "DECIMAL(10, 2)",
+            "ARRAY<INT>",
+            "INT[]",
+            "TIMESTAMP(3)",
+        ] {
+            ensure_type_name(ok).unwrap();
+        }
+        for bad in [
+            "foo('1)) AS x FROM secret --')",
+            "INT) AS x FROM secret --",
+            "INT; DROP TABLE t",
+            "\"INT\"",
+            "INT /* x */",
+        ] {
+            assert!(ensure_type_name(bad).is_err(), "{bad}");
         }
     }
 

@@ -429,6 +429,22 @@ mod tests {
         .to_string();
         assert!(err.contains("levels deep"), "{err}");
         parse_sql(&format!("SELECT {}1", "1+".repeat(200))).unwrap();
+        // Chains built from set operations and from types, not expressions.
+        let unions = format!("SELECT 1 AS a{}", " UNION ALL SELECT 1 AS a".repeat(2_000));
+        assert!(
+            parse_sql(&unions)
+                .unwrap_err()
+                .to_string()
+                .contains("levels deep")
+        );
+        let arrays = format!("SELECT CAST(NULL AS INT{})", "[]".repeat(100_000));
+        assert!(
+            parse_sql(&arrays)
+                .unwrap_err()
+                .to_string()
+                .contains("levels deep")
+        );
+        parse_sql(&format!("SELECT CAST(NULL AS INT{})", "[]".repeat(3))).unwrap();
         let big = format!("SELECT '{}'", "x".repeat(bounds::MAX_STATEMENT_BYTES));
         let err = parse_sql(&big).unwrap_err().to_string();
         assert!(err.contains("1 MiB"), "{err}");

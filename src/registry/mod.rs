@@ -2,11 +2,11 @@
 //! a versioned Delta table under `<warehouse>/_pitlake/`, with history, lineage and safe
 //! concurrent changes.
 
-mod model;
 mod events;
+mod model;
 
+pub use events::{Action, Change, Event, Registry, RegistryState};
 pub use model::{
     Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind, Model, Object,
     Source, model_key,
 };
-pub use events::{Action, Change, Event, Registry, RegistryState};

@@ -52,9 +52,17 @@ def test_deep_and_huge_statements_are_refused_and_the_server_lives_on(server):
         ("SELECT " + "1+" * 400_000 + "1", "levels deep"),
         ("SELECT '" + "x" * (2 << 20) + "'", "1 MiB"),
         ("SELECT 1;" * 4000, "one at a time"),
+        ("SELECT 1 AS a" + " UNION ALL SELECT 1 AS a" * 600, "levels deep"),
+        ("SELECT CAST(NULL AS INT" + "[]" * 30_000 + ")", "levels deep"),
     ]:
         message = refused(server, "bob", "bob-pw", sql)
         assert reason in message, message[:500]
+    # Within the bounds, deep statements are answered by the real server's threads.
+    with connect(server, "bob", "bob-pw") as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 AS a" + " UNION ALL SELECT 1 AS a" * 200)
+        assert cur.fetch_arrow_table().num_rows == 201
+        cur.execute("SELECT " + "1+" * 250 + "1 AS n")
+        assert cur.fetch_arrow_table().column("n").to_pylist() == [251]
     for user in ["bob", "alice"]:
         with connect(server, user, f"{user}-pw") as conn, conn.cursor() as cur:
             cur.execute(TRAINING_SET)

@@ -116,6 +116,20 @@ async fn time_travel_bounds_and_ttls_cannot_read_around_the_grants() {
     // A TTL is evaluated when the view is defined, by a user with only `registry:write`.
     let mut carol = fixture.login("carol", "bob-pw").await;
     let before = fixture.engine.registry().version().await.unwrap();
+    // A type name is pasted into SQL to learn its Arrow type: it must carry no query.
+    for sql in [
+        "CREATE ENTITY inj (k foo('1)) AS x FROM salaries WHERE zzz = 1 --'))",
+        "CREATE ENTITY inj (k foo('1)) AS x FROM nosuchtable --'))",
+        "CREATE FEATURE VIEW inj ENTITY driver FROM driver_stats EVENT TIME event_ts \
+         FEATURES (conv_rate foo('1)) AS x FROM salaries VERSION AS OF 7 --'))",
+    ] {
+        let err = carol.execute_update(sql.into(), None).await.unwrap_err();
+        let msg = message(&err);
+        assert!(msg.contains("is not a SQL type"), "{sql}: {msg}");
+        for hidden in ["ssn", "secret", "version 0", "tables are"] {
+            assert!(!msg.contains(hidden), "{sql}: {msg}");
+        }
+    }
     for ttl in [
         leak.to_string(),
         format!("INTERVAL '1 day' + {leak}"),
@@ -224,6 +238,34 @@ async fn the_registry_shows_each_user_only_what_their_grants_let_them_see() {
     }
     let (_, msg) = refused(&mut bob, "DESCRIBE ENTITY employe").await;
     assert!(!msg.contains("employee"), "{msg}");
+
+    // A writer cannot replace what their grants hide, under any form of CREATE.
+    let before = fixture.engine.registry().version().await.unwrap();
+    for sql in [
+        "CREATE OR REPLACE FEATURE SERVICE secret_service (driver_rates.conv_rate)",
+        "CREATE FEATURE SERVICE secret_service (driver_rates.conv_rate)",
+        "CREATE OR REPLACE FEATURE VIEW secret_rates ENTITY driver FROM driver_stats \
+         EVENT TIME event_ts FEATURES (conv_rate)",
+        "REGISTER OR REPLACE MODEL secret_model VERSION '1' SERVICE rates_service",
+        "DROP FEATURE SERVICE secret_service",
+        "DROP MODEL secret_model",
+    ] {
+        let err = carol.execute_update(sql.into(), None).await.unwrap_err();
+        assert!(
+            !message(&err).contains("ssn") && !message(&err).contains("salaries"),
+            "{sql}: {}",
+            message(&err)
+        );
+    }
+    assert_eq!(fixture.engine.registry().version().await.unwrap(), before);
+    let views = cells(
+        &fixture
+            .engine
+            .collect("DESCRIBE FEATURE VIEW secret_rates")
+            .await
+            .unwrap(),
+    );
+    assert!(views.contains("salaries"), "{views}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,6 +394,22 @@ async fn statements_built_to_exhaust_the_server_are_refused_and_it_lives_on() {
             ),
         ),
         ("two MiB", format!("SELECT '{}'", "x".repeat(2 << 20))),
+        // Chains the parser builds in a loop from other parts than expressions.
+        (
+            "600 set operations",
+            format!("SELECT 1 AS a{}", " UNION ALL SELECT 1 AS a".repeat(600)),
+        ),
+        (
+            "30,000 nested array types",
+            format!("SELECT CAST(NULL AS INT{})", "[]".repeat(30_000)),
+        ),
+        (
+            "nested array types in a time-travel bound",
+            format!(
+                "SELECT * FROM labels TIMESTAMP AS OF CAST(NULL AS INT{})",
+                "[]".repeat(10_000)
+            ),
+        ),
         ("4,000 statements", "SELECT 1;".repeat(4_000)),
     ] {
         let (code, msg) = refused(&mut bob, &sql).await;
@@ -387,6 +445,7 @@ async fn an_edited_manifest_cannot_run_writes() {
         "CREATE TABLE owned AS SELECT * FROM labels",
         "COPY (SELECT * FROM labels) TO '/tmp/pitlake-owned.csv'",
         "WITH a AS (SELECT 1) INSERT INTO labels SELECT * FROM labels",
+        "SELECT * INTO owned FROM labels",
         "SET datafusion.execution.batch_size = 1",
     ] {
         let mut manifest: serde_json::Value = serde_json::from_str(&original).unwrap();
