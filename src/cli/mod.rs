@@ -80,6 +80,7 @@ pub fn exit_code(err: &PitlakeError) -> u8 {
         | PitlakeError::Syntax(_)
         | PitlakeError::Plan(_)
         | PitlakeError::ConfirmationRequired { .. }
+        | PitlakeError::ConcurrentWrite { .. }
         | PitlakeError::Unsupported(_)
         | PitlakeError::Execution(_)
         | PitlakeError::Arrow(_)

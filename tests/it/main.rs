@@ -2,6 +2,8 @@
 //!
 //! - `asof`: as-of joins end to end over Delta tables, against the oracle; plan serialization;
 //! - `cli`: the built `pitlake` binary: commands, output formats, exit codes, bad input;
+//! - `concurrent_writes`: a replace or overwrite racing an append on a local folder ends in a
+//!   conflict, never a table mixing the two;
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
