@@ -2,6 +2,7 @@
 //! timestamp, reading their history, and writing to them one commit at a time.
 
 mod catalog;
+mod drop;
 mod log;
 mod options;
 mod store;
