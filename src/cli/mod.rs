@@ -131,6 +131,8 @@ async fn run_command(cli: Cli) -> Result<()> {
             engine.warehouse().check_exists()?;
             training::run_reproduce(&engine, args).await
         }
+        // Verifying reads only the export and its manifest, never the warehouse.
+        Command::Verify(args) => training::run_verify(&engine, args).await,
         Command::Audit(args) => {
             engine.warehouse().check_exists()?;
             training::run_audit(&engine, args).await

@@ -17,3 +17,4 @@ pub use log::{CommitSummary, LogListing, format_millis};
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};
+pub(crate) use write::{concurrent_write, single_attempt};

@@ -11,13 +11,15 @@
 //!   commit safety and faults;
 //! - `time_travel`: commit-time resolution with pinned log times;
 //! - `training`: training sets through the registry against brute force; exports, manifests,
-//!   reproduction and audits; definitions applied from a folder; concurrent registry writers.
+//!   reproduction, verification and audits; definitions applied from a folder; concurrent
+//!   registry writers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod asof;
 mod cli;
 mod common;
+mod concurrent_writes;
 mod conformance;
 mod flight;
 mod s3;
