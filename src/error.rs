@@ -135,6 +135,20 @@ pub enum PitlakeError {
     #[error("SQL syntax error: {0}")]
     Syntax(String),
 
+    /// Another writer committed to a table while a statement was writing it, in a way the
+    /// statement's commit cannot be reconciled with (a replaced schema, an overwrite racing an
+    /// append). Nothing of the statement was committed; running it again is safe.
+    #[error(
+        "table `{table}` changed while this statement ran ({message}); nothing was written: run \
+         the statement again"
+    )]
+    ConcurrentWrite {
+        /// The table (or export location) written.
+        table: String,
+        /// What the other writer did, as far as Delta Lake tells.
+        message: String,
+    },
+
     /// The statement parses but cannot be planned (unknown column, wrong types, unsupported form).
     #[error("{0}")]
     Plan(String),

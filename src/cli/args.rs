@@ -160,9 +160,12 @@ pub enum Command {
     /// Export a training set (Parquet, CSV or a Delta table) with a manifest that pins every
     /// input version.
     Export(ExportArgs),
-    /// Rebuild an exported training set from its manifest and check it is identical (exit 1 if
-    /// it is not).
+    /// Rebuild an exported training set from its manifest and check it is identical, and that
+    /// the exported file is still the one the manifest describes (exit 1 if not).
     Reproduce(ReproduceArgs),
+    /// Check an exported training set against its manifest: read the exported file (or Delta
+    /// table) and compare its size and byte hash, or its rows (exit 1 if it differs).
+    Verify(VerifyArgs),
     /// Check a training set for leakage and report feature coverage and age (exit 1 on a
     /// violation).
     Audit(AuditArgs),
@@ -207,6 +210,13 @@ pub struct ReproduceArgs {
     /// Also write the rebuilt rows here (in the manifest's format).
     #[arg(long)]
     pub to: Option<String>,
+}
+
+/// `pitlake verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The manifest of an export (`<output>.manifest.json`), a path or an object-store URL.
+    pub manifest: String,
 }
 
 /// `pitlake audit`.

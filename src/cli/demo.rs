@@ -479,11 +479,7 @@ async fn export(engine: &Engine) -> Result<()> {
     let again = engine.reproduce(&manifest, None).await?;
     println!(
         "`pitlake reproduce {manifest}` rebuilds it: {}",
-        if again.actual == again.expected {
-            "identical"
-        } else {
-            "DIFFERENT"
-        }
+        if again.ok() { "identical" } else { "DIFFERENT" }
     );
     Ok(())
 }

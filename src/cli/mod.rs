@@ -83,6 +83,7 @@ pub fn exit_code(err: &PitlakeError) -> u8 {
         | PitlakeError::Syntax(_)
         | PitlakeError::Plan(_)
         | PitlakeError::ConfirmationRequired { .. }
+        | PitlakeError::ConcurrentWrite { .. }
         | PitlakeError::Unsupported(_)
         | PitlakeError::Execution(_)
         | PitlakeError::Arrow(_)
@@ -133,6 +134,8 @@ async fn run_command(cli: Cli) -> Result<()> {
             engine.warehouse().check_exists()?;
             training::run_reproduce(&engine, args).await
         }
+        // Verifying reads only the export and its manifest, never the warehouse.
+        Command::Verify(args) => training::run_verify(&engine, args).await,
         Command::Audit(args) => {
             engine.warehouse().check_exists()?;
             training::run_audit(&engine, args).await

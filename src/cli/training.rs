@@ -9,7 +9,7 @@ use arrow::array::{Array, BooleanArray, RecordBatch};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::args::{AuditArgs, DefinitionsArgs, ExportArgs, ReproduceArgs};
+use super::args::{AuditArgs, DefinitionsArgs, ExportArgs, ReproduceArgs, VerifyArgs};
 use super::print::{check_destination, print_stream};
 use crate::engine::{
     DefinitionPlan, Engine, ExportProgress, is_manifest, manifest_location, plan_from_manifest,
@@ -149,23 +149,55 @@ pub async fn run_export(engine: &Engine, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
-/// `pitlake reproduce`: exit 1 when the rebuilt rows differ from the export.
+/// `pitlake reproduce`: exit 1 when the rebuilt rows differ from the export, or the exported
+/// file is not the one the manifest describes.
 pub async fn run_reproduce(engine: &Engine, args: ReproduceArgs) -> Result<()> {
     let outcome = engine.reproduce(&args.manifest, args.to.as_deref()).await?;
     if let Some(to) = &outcome.written_to {
         println!("Rebuilt rows written to {to}.");
     }
-    if outcome.expected == outcome.actual {
+    if outcome.ok() {
         println!("Identical: content hash {}.", outcome.actual);
-        Ok(())
-    } else {
-        Err(PitlakeError::Execution(format!(
+        println!("The export at {} matches its manifest:", outcome.file.url);
+        for line in outcome.file.report() {
+            println!("  {line}");
+        }
+        return Ok(());
+    }
+    let mut problems = Vec::new();
+    if outcome.expected != outcome.actual {
+        problems.push(format!(
             "the rebuilt training set differs from the export: the manifest records {}, the \
              rebuild gives {}. An input was changed in place (a vacuum or a rewrite of the \
              pinned versions), or the pitlake version differs",
             outcome.expected, outcome.actual
-        )))
+        ));
+    } else {
+        println!("Identical: content hash {}.", outcome.actual);
     }
+    if !outcome.file.ok() {
+        problems.push(outcome.file.mismatch());
+    }
+    Err(PitlakeError::Execution(problems.join("; and ")))
+}
+
+/// `pitlake verify`: exit 1 when the export is not the one its manifest describes.
+pub async fn run_verify(engine: &Engine, args: VerifyArgs) -> Result<()> {
+    let verification = engine.verify(&args.manifest).await?;
+    if !verification.ok() {
+        for note in &verification.notes {
+            eprintln!("note: {note}");
+        }
+        return Err(PitlakeError::Execution(verification.mismatch()));
+    }
+    println!(
+        "Verified: the {} export at {} matches its manifest.",
+        verification.format, verification.url
+    );
+    for line in verification.report() {
+        println!("  {line}");
+    }
+    Ok(())
 }
 
 /// `pitlake audit`: prints one row per feature view; exit 1 when any row is not ok.

@@ -3,12 +3,28 @@
 //! An export streams the training set (never collected) into Parquet, CSV or a Delta table at a
 //! local path or object-store URL, and writes `<output>.manifest.json` beside it: the pinned
 //! query, every input table with the exact Delta version read, the registry version, pitlake's
-//! version, the semantics options, the row count and a content hash. `reproduce` re-runs the
-//! pinned query and proves the rows identical; `audit` checks a training set for leakage and
-//! reports how fresh its features were.
+//! version, the semantics options, the row count and a content hash, and what identifies the
+//! data written (a file's size and byte hash, a Delta table's version). `reproduce` re-runs the
+//! pinned query and proves the rows identical; `verify` reads the exported data and proves it
+//! is the manifest's; `audit` checks a training set for leakage and reports how fresh its
+//! features were.
 //!
 //! Export lives in the engine rather than in a layer above it because `EXPORT TRAINING SET` is a
 //! statement: the shell, scripts and the Flight server all reach it through `Engine::run`.
+//!
+//! # An export and its manifest, published in an order a reader can check
+//!
+//! Two files (or a table and a file) cannot be replaced together atomically, on a disk or on
+//! an object store. So each is published atomically on its own (a rename of a temporary file
+//! beside it; a completed multipart upload or one PUT; a Delta commit), **data first, then the
+//! manifest**, and the manifest records what it belongs to: a Parquet or CSV file's size and
+//! the SHA-256 of its bytes (`output.bytes`, `output.sha256`), a Delta table's committed version
+//! (`output.delta_version`, whose rows hash to `output.content_hash`). Whatever a crash or two
+//! concurrent exports to one place leave — new data under an old manifest, one export's data
+//! under the other's manifest — `pitlake verify` (and `reproduce`) reads the data and says it
+//! does not belong to the manifest; a pair that verifies is one export's data and its own
+//! manifest. Naming the data file by its hash would avoid the mismatch altogether, but exports
+//! go where the user said, to be read by name; the check keeps that.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,8 +36,12 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
+
+mod sink;
+
+use sink::{Destination, ExportSink, FileDigest, digest_of};
 
 use super::training::{PinnedInput, TrainingPlan, ViewUse, quote};
 use super::{Engine, Output, RunOptions};
@@ -29,7 +49,7 @@ use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result};
 use crate::frontend::Statement;
 use crate::frontend::dsl::TrainingSetSql;
-use crate::storage::Warehouse;
+use crate::storage::{Warehouse, concurrent_write, single_attempt};
 
 /// The manifest format's version.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -47,6 +67,17 @@ pub struct OutputInfo {
     pub content_hash: String,
     /// The columns, as `name type`.
     pub schema: Vec<String>,
+    /// A Parquet or CSV file's size in bytes. Absent for Delta outputs and in manifests written
+    /// before pitlake recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The SHA-256 of a Parquet or CSV file's bytes (lowercase hex). Absent like `bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The Delta version a `delta` export committed. Absent for files and in manifests written
+    /// before pitlake recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta_version: Option<i64>,
 }
 
 /// Everything needed to rebuild an exported training set exactly.
@@ -192,6 +223,105 @@ pub struct Reproduction {
     pub actual: String,
     /// Where the rebuilt rows were written, if asked.
     pub written_to: Option<String>,
+    /// The exported data checked against the manifest (see [`Engine::verify`]).
+    pub file: Verification,
+}
+
+impl Reproduction {
+    /// Whether the rebuild gives the manifest's rows and the exported data is the manifest's.
+    pub fn ok(&self) -> bool {
+        self.expected == self.actual && self.file.ok()
+    }
+}
+
+/// One comparison of an export with its manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    /// What was compared: `file` (present), `size`, `sha256`, `rows` (the content hash of the
+    /// rows read back) or `row count`.
+    pub what: String,
+    /// What the manifest records.
+    pub expected: String,
+    /// What the export holds.
+    pub actual: String,
+}
+
+impl Check {
+    fn new(what: &str, expected: impl Into<String>, actual: impl Into<String>) -> Self {
+        Self {
+            what: what.to_string(),
+            expected: expected.into(),
+            actual: actual.into(),
+        }
+    }
+
+    /// Whether the export holds what the manifest records.
+    pub fn matches(&self) -> bool {
+        self.expected == self.actual
+    }
+}
+
+/// An exported output checked against its manifest (`pitlake verify`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verification {
+    /// The output's location.
+    pub url: String,
+    /// Its format.
+    pub format: String,
+    /// The comparisons made, in order.
+    pub checks: Vec<Check>,
+    /// What could not be checked, and why (older manifests record less).
+    pub notes: Vec<String>,
+}
+
+impl Verification {
+    /// Whether every check matched (and at least one was made).
+    pub fn ok(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(Check::matches)
+    }
+
+    /// One line per check, for people.
+    pub fn report(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .checks
+            .iter()
+            .map(|c| {
+                if c.matches() {
+                    format!("{}: {} (matches the manifest)", c.what, c.actual)
+                } else {
+                    format!(
+                        "{}: the manifest records {}, the export has {}",
+                        c.what, c.expected, c.actual
+                    )
+                }
+            })
+            .collect();
+        lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        lines
+    }
+
+    /// Why the export does not match its manifest, naming each differing check.
+    pub fn mismatch(&self) -> String {
+        let differing: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| !c.matches())
+            .map(|c| {
+                format!(
+                    "{}: the manifest records {}, the export has {}",
+                    c.what, c.expected, c.actual
+                )
+            })
+            .collect();
+        format!(
+            "the {} export at {} does not match its manifest ({}). It was changed or truncated \
+             after the export, or another export to the same place replaced it or its manifest; \
+             export again, or rebuild it with `pitlake reproduce MANIFEST --to …`",
+            self.format,
+            self.url,
+            differing.join("; ")
+        )
+    }
 }
 
 fn local_path(to: &str) -> Option<PathBuf> {
@@ -215,21 +345,29 @@ fn output_store(engine: &Engine, url: &str) -> Result<Warehouse> {
     Warehouse::connect(location)
 }
 
-async fn write_bytes(engine: &Engine, to: &str, bytes: Vec<u8>) -> Result<()> {
-    match local_path(to) {
-        Some(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&path, bytes).map_err(|e| PitlakeError::Input {
-                path: path.display().to_string(),
-                message: format!("cannot write: {e}"),
-            })
-        }
+/// Where a file named by the user goes: a local path, or an object of a store built like the
+/// warehouse's.
+fn destination(engine: &Engine, to: &str) -> Result<Destination> {
+    Ok(match local_path(to) {
+        Some(path) => Destination::Local(path),
         None => {
             let out = output_store(engine, to)?;
-            out.store().put(out.root(), bytes.into()).await?;
-            Ok(())
+            Destination::Store {
+                store: out.store().clone(),
+                path: out.root().clone(),
+            }
+        }
+    })
+}
+
+/// Writes a small file (a manifest) under a temporary name and publishes it in one step.
+async fn publish_bytes(engine: &Engine, to: &str, bytes: &[u8]) -> Result<FileDigest> {
+    let mut sink = ExportSink::create(destination(engine, to)?, to)?;
+    match sink.put(bytes).await {
+        Ok(()) => sink.publish().await,
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
         }
     }
 }
@@ -361,7 +499,19 @@ impl Engine {
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| PitlakeError::Internal(format!("manifest: {e}")))?;
-        write_bytes(self, &manifest_location(to), json).await?;
+        // The data is published; the manifest goes second (see the module docs). If it cannot
+        // be written, an older manifest at its place no longer matches the data, and says so.
+        let location = manifest_location(to);
+        publish_bytes(self, &location, &json)
+            .await
+            .map_err(|e| PitlakeError::Input {
+                path: location.clone(),
+                message: format!(
+                    "the training set was written to {to}, but its manifest could not be ({e}); \
+                     export again so that the two match (`pitlake verify` tells a mismatched \
+                     pair)"
+                ),
+            })?;
         Ok(manifest)
     }
 
@@ -396,12 +546,12 @@ impl Engine {
         };
         let counting: SendableRecordBatchStream =
             Box::pin(RecordBatchStreamAdapter::new(schema.clone(), counting));
-        match format {
+        let (file, delta_version) = match format {
             ExportFormat::Parquet | ExportFormat::Csv => {
-                self.write_file(counting, to, format).await?
+                (Some(self.write_file(counting, to, format).await?), None)
             }
-            ExportFormat::Delta => self.write_delta(counting, to).await?,
-        }
+            ExportFormat::Delta => (None, self.write_delta(counting, to).await?),
+        };
         let hash = hash
             .lock()
             .map_err(|_| PitlakeError::Internal("export hash lock".into()))?;
@@ -415,77 +565,68 @@ impl Engine {
                 .iter()
                 .map(|f| format!("{} {}", f.name(), f.data_type()))
                 .collect(),
+            bytes: file.as_ref().map(|f| f.bytes),
+            sha256: file.map(|f| f.sha256),
+            delta_version,
         })
     }
 
-    /// Writes one Parquet or CSV file, first to a temporary file: beside the target for a local
-    /// path (then renamed over it, atomically), in the temp folder for an object store (then
-    /// uploaded whole). A failed export never leaves half a file behind nor spoils an earlier
-    /// export at the same place.
+    /// Writes one Parquet or CSV file under a temporary name and publishes it in one step (see
+    /// `sink`): a failed export never leaves half a file behind nor spoils an earlier export at
+    /// the same place. Returns the file's size and SHA-256.
     async fn write_file(
         &self,
         mut stream: SendableRecordBatchStream,
         to: &str,
         format: ExportFormat,
-    ) -> Result<()> {
+    ) -> Result<FileDigest> {
         let schema = stream.schema();
-        let local = local_path(to);
-        let temp = match &local {
-            Some(path) => {
-                let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    Some(parent) => parent.to_path_buf(),
-                    None => PathBuf::from("."),
-                };
-                std::fs::create_dir_all(&parent).map_err(|e| PitlakeError::Input {
-                    path: parent.display().to_string(),
-                    message: format!("cannot create the output folder: {e}"),
-                })?;
-                tempfile::Builder::new()
-                    .prefix(".pitlake-export-")
-                    .tempfile_in(&parent)
-                    .map_err(|e| PitlakeError::Input {
-                        path: parent.display().to_string(),
-                        message: format!("cannot write to the output folder: {e}"),
-                    })?
+        let sink = ExportSink::create(destination(self, to)?, to)?;
+        let (sink, written) = if format == ExportFormat::Parquet {
+            let mut writer = parquet::arrow::AsyncArrowWriter::try_new(sink, schema, None)?;
+            let written = async {
+                while let Some(batch) = stream.next().await {
+                    writer.write(&batch?).await?;
+                }
+                writer.finish().await?;
+                Ok::<_, PitlakeError>(())
             }
-            None => tempfile::NamedTempFile::new()?,
-        };
-        let sink = std::io::BufWriter::new(temp.reopen()?);
-        if format == ExportFormat::Parquet {
-            let mut writer = parquet::arrow::ArrowWriter::try_new(sink, schema, None)?;
-            while let Some(batch) = stream.next().await {
-                writer.write(&batch?)?;
-            }
-            writer.close()?;
+            .await;
+            (writer.into_inner(), written)
         } else {
-            let mut writer = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(sink);
-            while let Some(batch) = stream.next().await {
-                writer.write(&batch?)?;
+            let mut sink = sink;
+            let written = async {
+                // One CSV writer per batch into a reused buffer, the header with the first: the
+                // same bytes as one writer over the whole file, sent on as they are made.
+                let mut buffer = Vec::new();
+                let mut header = true;
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    buffer.clear();
+                    arrow::csv::WriterBuilder::new()
+                        .with_header(header)
+                        .build(&mut buffer)
+                        .write(&batch)?;
+                    header = false;
+                    sink.put(&buffer).await?;
+                }
+                Ok::<_, PitlakeError>(())
             }
-            use std::io::Write;
-            writer.into_inner().flush()?;
+            .await;
+            (sink, written)
+        };
+        match written {
+            Ok(()) => sink.publish().await,
+            Err(e) => {
+                sink.abort().await;
+                Err(e)
+            }
         }
-        match local {
-            Some(path) => {
-                temp.persist(&path).map_err(|e| PitlakeError::Input {
-                    path: path.display().to_string(),
-                    message: format!("cannot replace: {}", e.error),
-                })?;
-            }
-            None => {
-                let bytes = std::fs::read(temp.path())?;
-                write_bytes(self, to, bytes).await?;
-            }
-        }
-        Ok(())
     }
 
-    /// Writes a stream as a Delta table at `to`: created by the first export, a new version of
-    /// it (all rows replaced) by later ones; one commit either way.
-    async fn write_delta(&self, stream: SendableRecordBatchStream, to: &str) -> Result<()> {
-        let mut table = match local_path(to) {
+    /// A handle on the Delta table an export writes at `to` (not loaded).
+    fn delta_output(&self, to: &str) -> Result<deltalake::DeltaTable> {
+        Ok(match local_path(to) {
             Some(path) => {
                 std::fs::create_dir_all(&path)?;
                 let url = url::Url::from_directory_path(std::path::absolute(&path)?)
@@ -494,13 +635,27 @@ impl Engine {
             }
             None => {
                 let out = output_store(self, to)?;
-                out.check_commit_safety().await?;
                 let url = out.location().url.clone();
                 deltalake::DeltaTableBuilder::from_url(url.clone())?
                     .with_storage_backend(out.store().clone(), url)
                     .build()?
             }
-        };
+        })
+    }
+
+    /// Writes a stream as a Delta table at `to`: created by the first export, a new version of
+    /// it (all rows replaced) by later ones; one commit either way, returning its version. A
+    /// later export replaces the rows only if nothing else committed since it read the table
+    /// (see `storage::write`): two exports racing to one table never leave both one's rows.
+    async fn write_delta(
+        &self,
+        stream: SendableRecordBatchStream,
+        to: &str,
+    ) -> Result<Option<i64>> {
+        if local_path(to).is_none() {
+            output_store(self, to)?.check_commit_safety().await?;
+        }
+        let mut table = self.delta_output(to)?;
         let exists = table.load().await.is_ok();
         let schema = stream.schema();
         let source: Arc<dyn datafusion::catalog::TableProvider> =
@@ -523,12 +678,15 @@ impl Engine {
             .write(Vec::new())
             .with_input_plan(plan)
             .with_save_mode(mode)
+            .with_commit_properties(single_attempt())
             .with_session_state(Arc::new(self.state()));
         if exists {
             builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
         }
-        builder.await?;
-        Ok(())
+        let written = builder
+            .await
+            .map_err(|e| concurrent_write(to, &e).unwrap_or(PitlakeError::Delta(e)))?;
+        Ok(written.version().map(|v| v as i64))
     }
 
     /// Rebuilds an exported training set from its manifest and compares it with the original.
@@ -564,11 +722,174 @@ impl Engine {
                 hash.finish()
             }
         };
+        // The rebuild proves the inputs still give the manifest's rows; the exported data
+        // must also still be the manifest's (a truncated or replaced file would otherwise pass).
+        let file = self.verify_output(&manifest.output).await?;
         Ok(Reproduction {
             expected: manifest.output.content_hash,
             actual,
             written_to: output.map(str::to_string),
+            file,
         })
+    }
+
+    /// Checks an export against its manifest by reading the exported data (never the inputs):
+    ///
+    /// - a Parquet or CSV file: its size and the SHA-256 of its bytes against `output.bytes` and
+    ///   `output.sha256`; for a manifest written before those were recorded, the content hash
+    ///   of a Parquet file's rows against `output.content_hash`, and a CSV file's row count
+    ///   against `output.rows` (CSV text cannot give back exact rows: NULL and empty text are
+    ///   both written as nothing);
+    /// - a Delta table: the content hash of its rows at `output.delta_version` (the latest
+    ///   version for older manifests) against `output.content_hash`.
+    ///
+    /// A missing output is a failed check, not an error; an unreadable manifest is an error.
+    pub async fn verify(&self, manifest_at: &str) -> Result<Verification> {
+        let manifest = self.read_manifest(manifest_at).await?;
+        if manifest.manifest_version != MANIFEST_VERSION {
+            return Err(PitlakeError::Input {
+                path: manifest_at.to_string(),
+                message: format!(
+                    "manifest version {} is not supported (this pitlake reads version \
+                     {MANIFEST_VERSION})",
+                    manifest.manifest_version
+                ),
+            });
+        }
+        self.verify_output(&manifest.output).await
+    }
+
+    /// Reads an export and compares it with its manifest's `output` (see [`Engine::verify`]).
+    async fn verify_output(&self, output: &OutputInfo) -> Result<Verification> {
+        let format = ExportFormat::resolve(Some(&output.format), &output.url)?;
+        let mut verification = Verification {
+            url: output.url.clone(),
+            format: format.as_str().to_string(),
+            checks: Vec::new(),
+            notes: Vec::new(),
+        };
+        let missing = |what: &str| Check::new(what, "present", "nothing there");
+        match (format, output.bytes, &output.sha256) {
+            (ExportFormat::Delta, _, _) => match self.delta_output_rows(output).await? {
+                None => verification.checks.push(missing("table")),
+                Some((version, rows)) => {
+                    if output.delta_version.is_none() {
+                        verification.notes.push(format!(
+                            "the manifest does not record which Delta version its export \
+                             committed (it predates `output.delta_version`), so the latest \
+                             version, {version}, was checked"
+                        ));
+                    }
+                    verification
+                        .checks
+                        .push(Check::new("rows", &output.content_hash, rows));
+                }
+            },
+            (_, Some(bytes), Some(sha256)) => {
+                let source = destination(self, &output.url)?;
+                match digest_of(&source, &output.url, None).await? {
+                    None => verification.checks.push(missing("file")),
+                    Some(found) => {
+                        verification.checks.push(Check::new(
+                            "size",
+                            format!("{bytes} bytes"),
+                            format!("{} bytes", found.bytes),
+                        ));
+                        verification
+                            .checks
+                            .push(Check::new("sha256", sha256, found.sha256));
+                    }
+                }
+            }
+            (_, _, _) => {
+                verification.notes.push(
+                    "the manifest predates byte hashes (`output.bytes`, `output.sha256`), so the \
+                     file's rows were checked instead of its bytes"
+                        .into(),
+                );
+                // Rows are read from a local file: an object is downloaded to one first.
+                let (path, _download) = match destination(self, &output.url)? {
+                    Destination::Local(path) => (path, None),
+                    source @ Destination::Store { .. } => {
+                        let mut download = tempfile::NamedTempFile::new()?;
+                        let found =
+                            digest_of(&source, &output.url, Some(download.as_file_mut())).await?;
+                        if found.is_none() {
+                            verification.checks.push(missing("file"));
+                            return Ok(verification);
+                        }
+                        (download.path().to_path_buf(), Some(download))
+                    }
+                };
+                if !path.is_file() {
+                    verification.checks.push(missing("file"));
+                    return Ok(verification);
+                }
+                if format == ExportFormat::Parquet {
+                    let rows = parquet_rows(&path, &output.schema)
+                        .await
+                        .unwrap_or_else(|e| format!("a file that does not read as Parquet ({e})"));
+                    verification
+                        .checks
+                        .push(Check::new("rows", &output.content_hash, rows));
+                } else {
+                    verification.notes.push(
+                        "a CSV file's rows cannot be compared exactly (NULL and empty text are \
+                         both written as nothing), so only its row count was checked; export \
+                         again for a manifest that records the file's bytes"
+                            .into(),
+                    );
+                    let count = csv_rows(&path, output.schema.len())?;
+                    verification.checks.push(Check::new(
+                        "row count",
+                        output.rows.to_string(),
+                        count.to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(verification)
+    }
+
+    /// The version and the content hash of the rows of the Delta table an export wrote, at the
+    /// version the manifest records (else the latest); `None` when there is no table there.
+    async fn delta_output_rows(&self, output: &OutputInfo) -> Result<Option<(i64, String)>> {
+        let out = output_store(self, &output.url)?;
+        let log = out.root().clone().join("_delta_log");
+        match out.store().list(Some(&log)).next().await {
+            None | Some(Err(object_store::Error::NotFound { .. })) => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(_)) => {}
+        }
+        let url = out.location().url.clone();
+        let mut table = deltalake::DeltaTableBuilder::from_url(url.clone())?
+            .with_storage_backend(out.store().clone(), url)
+            .build()?;
+        let loaded = match output.delta_version {
+            Some(version) => table.load_version(version as u64).await,
+            None => table.load().await,
+        };
+        loaded.map_err(|e| PitlakeError::Input {
+            path: output.url.clone(),
+            message: format!(
+                "cannot read the exported Delta table{}: {e}",
+                output
+                    .delta_version
+                    .map(|v| format!(" at version {v}, the one its manifest records"))
+                    .unwrap_or_default()
+            ),
+        })?;
+        let version = table.version().map(|v| v as i64).unwrap_or_default();
+        let provider = table.table_provider().build().await?;
+        let ctx = datafusion::prelude::SessionContext::new_with_state(self.state());
+        let stream = ctx.read_table(Arc::new(provider))?.execute_stream().await?;
+        let rows = hash_rows(
+            stream.schema(),
+            stream.map(|b| b.map_err(PitlakeError::from)),
+            &output.schema,
+        )
+        .await?;
+        Ok(Some((version, rows)))
     }
 
     /// Loads a manifest.
@@ -703,6 +1024,104 @@ impl Engine {
         ];
         super::registry_statements::rows(schema, columns)
     }
+}
+
+/// The schema to hash rows read back from an export with: the types the manifest records
+/// (`name type`, in order) where they parse, so that a reader's choice of types (a view or a
+/// large string, a timestamp unit) does not change the hash of the same values.
+fn recorded_schema(read: &SchemaRef, recorded: &[String]) -> SchemaRef {
+    if read.fields().len() != recorded.len() {
+        return read.clone();
+    }
+    let fields: Vec<Field> = read
+        .fields()
+        .iter()
+        .zip(recorded)
+        .map(|(field, recorded)| {
+            let data_type = recorded
+                .strip_prefix(field.name().as_str())
+                .and_then(|t| t.strip_prefix(' '))
+                .and_then(|t| t.parse::<DataType>().ok())
+                .unwrap_or_else(|| field.data_type().clone());
+            Field::new(field.name(), data_type, true)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// The content hash of rows read back from an export (see [`recorded_schema`]).
+async fn hash_rows(
+    read: SchemaRef,
+    mut batches: impl futures::Stream<Item = Result<RecordBatch>> + Unpin,
+    recorded: &[String],
+) -> Result<String> {
+    let target = recorded_schema(&read, recorded);
+    let mut hash = ContentHash::new(&target)?;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(column.clone())
+                } else {
+                    arrow::compute::cast(column, field.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+        let options =
+            arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        hash.update(&RecordBatch::try_new_with_options(
+            target.clone(),
+            columns,
+            &options,
+        )?)?;
+    }
+    Ok(hash.finish())
+}
+
+/// The content hash of a local Parquet file's rows.
+async fn parquet_rows(path: &Path, recorded: &[String]) -> Result<String> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| PitlakeError::Input {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+    let stream = parquet::arrow::ParquetRecordBatchStreamBuilder::new(file)
+        .await?
+        .build()?;
+    let schema = stream.schema().clone();
+    hash_rows(
+        schema,
+        stream.map(|b| b.map_err(PitlakeError::from)),
+        recorded,
+    )
+    .await
+}
+
+/// The number of records of a local CSV file with a header and `columns` columns.
+fn csv_rows(path: &Path, columns: usize) -> Result<u64> {
+    let file = std::fs::File::open(path).map_err(|e| PitlakeError::Input {
+        path: path.display().to_string(),
+        message: format!("cannot read: {e}"),
+    })?;
+    // Every column as text: only the records are counted, so nothing need parse as a value.
+    let schema = Arc::new(Schema::new(
+        (0..columns.max(1))
+            .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ));
+    let reader = arrow::csv::ReaderBuilder::new(schema)
+        .with_header(true)
+        .build(file)?;
+    let mut rows = 0u64;
+    for batch in reader {
+        rows += batch?.num_rows() as u64;
+    }
+    Ok(rows)
 }
 
 /// A stream handed to DataFusion as a one-partition table (executed once).

@@ -38,8 +38,8 @@ use sqlparser::ast::ObjectName;
 
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
-    ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction, is_manifest,
-    manifest_location, plan_from_manifest,
+    Check, ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction,
+    Verification, is_manifest, manifest_location, plan_from_manifest,
 };
 pub use ingest::{IngestFormat, IngestProgress, IngestRequest};
 pub use training::{PinnedInput, TrainingPlan, ViewUse};

@@ -30,6 +30,7 @@ pub fn status_for(err: &PitlakeError) -> Status {
             Code::FailedPrecondition
         }
         PitlakeError::Unsupported(_) => Code::Unimplemented,
+        PitlakeError::ConcurrentWrite { .. } => Code::Aborted,
         // The engine reports an exhausted memory pool as an execution error whose message it
         // writes itself (see `PitlakeError::from_datafusion`).
         PitlakeError::Execution(msg) if msg.starts_with("out of memory") => {

@@ -2,6 +2,7 @@
 //! timestamp, reading their history, and writing to them one commit at a time.
 
 mod catalog;
+mod drop;
 mod log;
 mod options;
 mod store;
@@ -16,3 +17,4 @@ pub use log::{CommitSummary, LogListing, format_millis};
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};
+pub(crate) use write::{concurrent_write, single_attempt};

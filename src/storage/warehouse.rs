@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -86,7 +86,7 @@ impl TableName {
         Ok(())
     }
 
-    fn segments(&self) -> Vec<&str> {
+    pub(crate) fn segments(&self) -> Vec<&str> {
         self.schema
             .iter()
             .map(String::as_str)
@@ -405,54 +405,6 @@ impl Warehouse {
         };
         loaded.map_err(|e| corrupt(name, e))?;
         Ok(table)
-    }
-
-    /// Deletes every object of one table. Refuses when the folder holds another table below it,
-    /// so a drop can never take another table's files with it.
-    pub async fn drop_table(&self, name: &TableName) -> Result<usize> {
-        if !self.table_exists(name).await? {
-            return Err(self.not_found(name).await);
-        }
-        let prefix = self.table_path(name);
-        let objects: Vec<Path> = self
-            .store
-            .list(Some(&prefix))
-            .map_ok(|meta| meta.location)
-            .try_collect()
-            .await?;
-        let own_log = prefix.clone().join("_delta_log");
-        if let Some(nested) = objects.iter().find(|p| {
-            !p.prefix_matches(&own_log) && p.parts().any(|part| part.as_ref() == "_delta_log")
-        }) {
-            return Err(PitlakeError::Plan(format!(
-                "refusing to drop `{name}`: its folder also holds another Delta table ({nested}); \
-                 move that table out first"
-            )));
-        }
-        // Delete the log last, newest commit first: if the process dies midway the table either
-        // still opens at an older version or is gone, never half a log over missing files.
-        let (mut log, data): (Vec<Path>, Vec<Path>) = objects
-            .into_iter()
-            .partition(|p| p.prefix_matches(&own_log));
-        log.sort();
-        log.reverse();
-        let count = data.len() + log.len();
-        for batch in [data, log] {
-            let stream = futures::stream::iter(batch.into_iter().map(Ok)).boxed();
-            self.store
-                .delete_stream(stream)
-                .try_collect::<Vec<_>>()
-                .await?;
-        }
-        if let Some(local) = self.location.local_path() {
-            // Local folders outlive their files; remove the now-empty directories too.
-            let dir = name
-                .segments()
-                .into_iter()
-                .fold(local, |p, segment| p.join(segment));
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        Ok(count)
     }
 }
 

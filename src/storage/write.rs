@@ -4,6 +4,19 @@
 //! writer, so a write never holds its input in memory. Files are written first and the commit
 //! last; a failure before the commit leaves the table at its previous version (any orphaned data
 //! file is invisible to readers and removed by `VACUUM`).
+//!
+//! # Concurrent writers
+//!
+//! Delta commits are optimistic: a writer reads version `n`, writes its files, and commits
+//! `n + 1`; if another writer committed first, delta-rs checks whether the two commits conflict
+//! and, if not, commits on top. Its check treats a full overwrite as reading nothing, so an
+//! `INSERT OVERWRITE` or `CREATE OR REPLACE` that raced an append would "succeed" on top of it:
+//! the appended files (old schema, or rows the overwrite was meant to replace) would stay in
+//! the table beside the new ones. A write that replaces the table's rows therefore commits
+//! with no retry ([`single_attempt`]): if anything was committed since it read the table, it
+//! fails with [`PitlakeError::ConcurrentWrite`] and leaves the table as the other writer left
+//! it. Appends keep delta-rs's retries; an append that raced a schema change fails the same
+//! way (delta-rs reports the changed metadata as a conflict).
 
 use std::sync::Arc;
 
@@ -11,6 +24,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::Column;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 
@@ -135,6 +149,9 @@ pub async fn write_plan(
     if replace_schema && exists {
         builder = builder.with_schema_mode(deltalake::operations::write::SchemaMode::Overwrite);
     }
+    if save_mode == SaveMode::Overwrite {
+        builder = builder.with_commit_properties(single_attempt());
+    }
     let written: DeltaTable = builder.await.map_err(|e| write_error(name, e, &not_null))?;
     let version = written.version().map(|v| v as i64);
     let listing = warehouse.log_listing(name).await?;
@@ -172,7 +189,40 @@ fn plan_not_null_columns(table: &Option<DeltaTable>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Commit properties for a write that replaces a table's rows: one attempt, no conflict
+/// resolution (see the module docs: delta-rs would otherwise keep rows a concurrent append
+/// committed after this write read the table).
+pub(crate) fn single_attempt() -> CommitProperties {
+    CommitProperties::default().with_max_retries(0)
+}
+
+/// The error for a commit that lost a race with another writer, if `err` is one.
+pub(crate) fn concurrent_write(table: &str, err: &DeltaTableError) -> Option<PitlakeError> {
+    let message = match err {
+        DeltaTableError::VersionAlreadyExists(version) => {
+            format!("another writer committed version {version} first")
+        }
+        DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(_),
+        } => "another writer committed a new version after this statement read the table".into(),
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(conflict),
+        } => format!(
+            "a concurrent commit conflicts with this one: {}",
+            conflict.to_string().trim_end_matches('.')
+        ),
+        _ => return None,
+    };
+    Some(PitlakeError::ConcurrentWrite {
+        table: table.to_string(),
+        message,
+    })
+}
+
 fn write_error(name: &TableName, err: DeltaTableError, not_null: &[String]) -> PitlakeError {
+    if let Some(conflict) = concurrent_write(&name.to_string(), &err) {
+        return conflict;
+    }
     if err
         .to_string()
         .contains("non-nullable but contains null values")

@@ -748,4 +748,44 @@ fn registry_and_training_set_commands() {
     );
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("missing.json"), "{}", run.stderr);
+
+    // `verify` reads the exported file: exit 0 while it is the manifest's, 1 once it is not,
+    // naming what differs; `reproduce` then fails too, though the rebuild is identical.
+    let verified = ok(pitlake(&warehouse, &["verify", &manifest])).stdout;
+    assert!(
+        verified.contains("Verified: the parquet export at") && verified.contains("sha256: "),
+        "{verified}"
+    );
+    let bytes = std::fs::read(&to).unwrap();
+    std::fs::write(&to, &bytes[..bytes.len() / 2]).unwrap();
+    let run = pitlake(&warehouse, &["verify", &manifest]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("does not match its manifest")
+            && run.stderr.contains(&format!(
+                "size: the manifest records {} bytes, the export has {} bytes",
+                bytes.len(),
+                bytes.len() / 2
+            )),
+        "{}",
+        run.stderr
+    );
+    let run = pitlake(&warehouse, &["reproduce", &manifest]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stdout.contains("Identical"), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("does not match its manifest"),
+        "{}",
+        run.stderr
+    );
+    // Verifying needs no warehouse; a missing manifest is named.
+    let run = pitlake(
+        &dir.path().join("no-warehouse"),
+        &[
+            "verify",
+            &dir.path().join("missing.json").display().to_string(),
+        ],
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("missing.json"), "{}", run.stderr);
 }

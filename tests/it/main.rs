@@ -2,6 +2,8 @@
 //!
 //! - `asof`: as-of joins end to end over Delta tables, against the oracle; plan serialization;
 //! - `cli`: the built `pitlake` binary: commands, output formats, exit codes, bad input;
+//! - `concurrent_writes`: a replace or overwrite racing an append on a local folder ends in a
+//!   conflict, never a table mixing the two;
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
 //!   (`../shared/testdata`, see its MANIFEST.md);
 //! - `flight`: the Flight SQL server with the Rust Flight SQL client: auth, grants, TLS, limits;
@@ -12,13 +14,15 @@
 //!   commit safety and faults;
 //! - `time_travel`: commit-time resolution with pinned log times;
 //! - `training`: training sets through the registry against brute force; exports, manifests,
-//!   reproduction and audits; definitions applied from a folder; concurrent registry writers.
+//!   reproduction, verification and audits; definitions applied from a folder; concurrent
+//!   registry writers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod asof;
 mod cli;
 mod common;
+mod concurrent_writes;
 mod conformance;
 mod flight;
 mod fuzz;

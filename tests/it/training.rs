@@ -379,6 +379,8 @@ async fn exports_reproduce_after_the_inputs_move_on() {
         let again = engine.reproduce(&location, None).await.unwrap();
         assert_eq!(again.expected, manifest.output.content_hash);
         assert_eq!(again.actual, again.expected, "{to} rebuilds identically");
+        assert!(again.file.ok(), "{to}: {:?}", again.file);
+        assert!(again.ok());
     }
     // Rebuilt into a new file: byte-identical Parquet for the same rows and writer.
     let rebuilt = out.path().join("rebuilt.parquet").display().to_string();
@@ -389,6 +391,226 @@ async fn exports_reproduce_after_the_inputs_move_on() {
         std::fs::read(&manifests[0].0).unwrap(),
         std::fs::read(&rebuilt).unwrap(),
         "the rebuilt Parquet file is bit for bit the export"
+    );
+}
+
+/// The names of a folder's entries, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Writes a manifest with its `output` fields changed by `edit`, beside the original.
+fn edited_manifest(
+    location: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> String {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(location).unwrap()).unwrap();
+    edit(json["output"].as_object_mut().unwrap());
+    let to = Path::new(location).with_file_name(name);
+    std::fs::write(&to, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    to.display().to_string()
+}
+
+/// `verify` reads the export and checks it against the manifest: the file's size and byte hash
+/// (or a Delta table's rows at the version the export committed). A truncated or altered file,
+/// a file from another export under this manifest (what a crash between publishing the data and
+/// the manifest, or two exports to one place, can leave) and a missing file each fail, naming
+/// what differs; `reproduce` fails on them too. Manifests without the new fields still verify,
+/// by rows (Parquet, Delta) or row count (CSV).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reads_the_export_and_catches_what_does_not_belong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let engine = engine(&dir.path().join("warehouse"));
+    driver_warehouse(&engine).await;
+    let export = |name: &str| {
+        let to = out.path().join(name).display().to_string();
+        let engine = &engine;
+        async move {
+            // Temporary folders have dots in their names: say which format the folder is.
+            let format = if to.ends_with("_delta") {
+                " FORMAT delta"
+            } else {
+                ""
+            };
+            run(engine, &format!("EXPORT {TRAINING_SET} TO '{to}'{format}")).await;
+            let location = pitlake::engine::manifest_location(&to);
+            let manifest = engine.read_manifest(&location).await.unwrap();
+            (to, location, manifest)
+        }
+    };
+    let (parquet, parquet_manifest, first) = export("set.parquet").await;
+    let (csv, csv_manifest, _) = export("set.csv").await;
+    let (_, delta_manifest, delta_first) = export("set_delta").await;
+    // Files record their size and byte hash, the Delta table the version committed.
+    assert_eq!(
+        first.output.bytes,
+        Some(std::fs::metadata(&parquet).unwrap().len())
+    );
+    assert_eq!(first.output.sha256.as_deref().map(str::len), Some(64));
+    assert_eq!(delta_first.output.delta_version, Some(0));
+    assert_eq!(delta_first.output.bytes, None);
+    // Published under their names; no temporary file is left.
+    assert_eq!(
+        entries(out.path()),
+        [
+            "set.csv",
+            "set.csv.manifest.json",
+            "set.parquet",
+            "set.parquet.manifest.json",
+            "set_delta",
+            "set_delta.manifest.json"
+        ]
+    );
+    for location in [&parquet_manifest, &csv_manifest, &delta_manifest] {
+        let verified = engine.verify(location).await.unwrap();
+        assert!(verified.ok(), "{location}: {verified:?}");
+        assert!(verified.notes.is_empty(), "{verified:?}");
+    }
+    let checks = |v: &pitlake::engine::Verification| {
+        v.checks
+            .iter()
+            .map(|c| (c.what.clone(), c.matches()))
+            .collect::<Vec<_>>()
+    };
+    let parquet_ok = engine.verify(&parquet_manifest).await.unwrap();
+    assert_eq!(
+        checks(&parquet_ok),
+        [("size".to_string(), true), ("sha256".to_string(), true)]
+    );
+
+    // The inputs move on; a second export to the same places replaces data and manifest.
+    run(
+        &engine,
+        "INSERT INTO labels VALUES (4, 8, TIMESTAMP '2026-01-07 00:00:00', false)",
+    )
+    .await;
+    let old_parquet_manifest = std::fs::read(&parquet_manifest).unwrap();
+    let old_delta_manifest = std::fs::read(&delta_manifest).unwrap();
+    let (_, _, second) = export("set.parquet").await;
+    let (_, _, delta_second) = export("set_delta").await;
+    assert_eq!(second.output.rows, 4);
+    assert_eq!(delta_second.output.delta_version, Some(1));
+    assert!(engine.verify(&parquet_manifest).await.unwrap().ok());
+    assert!(engine.verify(&delta_manifest).await.unwrap().ok());
+    // The first export's Delta manifest still verifies: it pins version 0.
+    std::fs::write(&delta_manifest, &old_delta_manifest).unwrap();
+    assert!(engine.verify(&delta_manifest).await.unwrap().ok());
+
+    // New data under the old manifest: a crash after the data was published and before the
+    // manifest was, or the other half of two racing exports.
+    std::fs::write(&parquet_manifest, &old_parquet_manifest).unwrap();
+    let mixed = engine.verify(&parquet_manifest).await.unwrap();
+    assert!(!mixed.ok());
+    assert_eq!(
+        checks(&mixed),
+        [("size".to_string(), false), ("sha256".to_string(), false)]
+    );
+    assert!(
+        mixed.mismatch().contains("does not match its manifest"),
+        "{}",
+        mixed.mismatch()
+    );
+    // `reproduce` rebuilds the old manifest's rows identically, and still fails: the file is
+    // not that export's.
+    let again = engine.reproduce(&parquet_manifest, None).await.unwrap();
+    assert_eq!(again.actual, again.expected);
+    assert!(!again.file.ok());
+    assert!(!again.ok());
+
+    // A truncated file: the size differs. A changed byte: only the hash does.
+    let (_, _, _) = export("set.parquet").await;
+    let bytes = std::fs::read(&parquet).unwrap();
+    std::fs::write(&parquet, &bytes[..bytes.len() - 10]).unwrap();
+    let truncated = engine.verify(&parquet_manifest).await.unwrap();
+    assert_eq!(
+        checks(&truncated),
+        [("size".to_string(), false), ("sha256".to_string(), false)]
+    );
+    assert!(
+        truncated.mismatch().contains(&format!(
+            "size: the manifest records {} bytes, the export has {} bytes",
+            bytes.len(),
+            bytes.len() - 10
+        )),
+        "{}",
+        truncated.mismatch()
+    );
+    assert!(
+        !engine
+            .reproduce(&parquet_manifest, None)
+            .await
+            .unwrap()
+            .ok()
+    );
+    let mut text = std::fs::read(&csv).unwrap();
+    let last = text.len() - 2;
+    text[last] = if text[last] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&csv, &text).unwrap();
+    let altered = engine.verify(&csv_manifest).await.unwrap();
+    assert_eq!(
+        checks(&altered),
+        [("size".to_string(), true), ("sha256".to_string(), false)]
+    );
+    // A missing file.
+    std::fs::remove_file(&csv).unwrap();
+    let missing = engine.verify(&csv_manifest).await.unwrap();
+    assert_eq!(checks(&missing), [("file".to_string(), false)]);
+
+    // Manifests from before the byte hashes and the Delta version: still read, checked by
+    // what the export holds.
+    std::fs::write(&parquet, &bytes).unwrap();
+    let old = edited_manifest(&parquet_manifest, "old.parquet.manifest.json", |o| {
+        o.remove("bytes");
+        o.remove("sha256");
+    });
+    let by_rows = engine.verify(&old).await.unwrap();
+    assert!(by_rows.ok(), "{by_rows:?}");
+    assert_eq!(checks(&by_rows), [("rows".to_string(), true)]);
+    assert_eq!(by_rows.notes.len(), 1, "{by_rows:?}");
+    std::fs::write(&parquet, &bytes[..bytes.len() - 10]).unwrap();
+    let unreadable = engine.verify(&old).await.unwrap();
+    assert_eq!(checks(&unreadable), [("rows".to_string(), false)]);
+    let (csv, _, _) = export("set.csv").await;
+    let old_csv = edited_manifest(&csv_manifest, "old.csv.manifest.json", |o| {
+        o.remove("bytes");
+        o.remove("sha256");
+    });
+    let by_count = engine.verify(&old_csv).await.unwrap();
+    assert!(by_count.ok(), "{by_count:?}");
+    assert_eq!(checks(&by_count), [("row count".to_string(), true)]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let fewer: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(&csv, fewer.join("\n") + "\n").unwrap();
+    let short = engine.verify(&old_csv).await.unwrap();
+    assert_eq!(short.checks[0].expected, "4");
+    assert_eq!(short.checks[0].actual, "2");
+    // An old Delta manifest is checked against the latest version: here, the second export.
+    let old_delta = edited_manifest(&delta_manifest, "old_delta.manifest.json", |o| {
+        o.remove("delta_version");
+    });
+    let latest = engine.verify(&old_delta).await.unwrap();
+    assert!(!latest.ok(), "{latest:?}");
+    assert!(
+        latest.notes[0].contains("version, 1, was checked"),
+        "{latest:?}"
+    );
+    // A manifest that is not one.
+    std::fs::write(out.path().join("bad.json"), "{}").unwrap();
+    let err = engine
+        .verify(&out.path().join("bad.json").display().to_string())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is not a pitlake manifest"),
+        "{err}"
     );
 }
 

@@ -1,0 +1,443 @@
+//! An export's bytes on their way to a file or an object: written under a temporary name and
+//! published in one step, counted and hashed (SHA-256) on the way; and the same bytes read back.
+//!
+//! - A local file is written to a temporary file beside the target (`.pitlake-export-*`),
+//!   flushed to disk, then renamed over the target: readers see the old file or the new one,
+//!   never part of one. A failure or a cancelled export deletes the temporary file; a process
+//!   that dies leaves it behind (hidden, never read; delete it at leisure).
+//! - An object is uploaded with a single PUT when it is small (under [`PART`]) and otherwise
+//!   streamed as a multipart upload in parts of [`PART`], at most [`PARTS_IN_FLIGHT`] at a
+//!   time, so an export never holds more than that in memory. The object appears when the
+//!   upload completes, whole; a failure or a cancelled export aborts the upload. A process
+//!   that dies leaves an incomplete upload, invisible to readers, which the bucket's lifecycle
+//!   rule for incomplete multipart uploads removes (see docs/operations.md).
+
+use std::io::Write;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use parquet::arrow::async_writer::AsyncFileWriter;
+
+use crate::error::{PitlakeError, Result};
+
+/// The size of one multipart part (and the largest object uploaded with one PUT).
+pub(super) const PART: usize = 10 << 20;
+/// Parts uploading at once.
+pub(super) const PARTS_IN_FLIGHT: usize = 4;
+
+/// The size and SHA-256 of a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileDigest {
+    /// Bytes.
+    pub bytes: u64,
+    /// SHA-256 of the bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// Counts and hashes bytes.
+struct Hasher {
+    bytes: u64,
+    digest: ring::digest::Context,
+}
+
+impl Hasher {
+    fn new() -> Self {
+        Self {
+            bytes: 0,
+            digest: ring::digest::Context::new(&ring::digest::SHA256),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.bytes += data.len() as u64;
+        self.digest.update(data);
+    }
+
+    fn finish(self) -> FileDigest {
+        let sha256 = self
+            .digest
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        FileDigest {
+            bytes: self.bytes,
+            sha256,
+        }
+    }
+}
+
+/// Where an export's file goes.
+#[derive(Debug, Clone)]
+pub(super) enum Destination {
+    /// A local file.
+    Local(PathBuf),
+    /// An object.
+    Store {
+        /// The store.
+        store: Arc<dyn ObjectStore>,
+        /// The object.
+        path: Path,
+    },
+}
+
+enum Target {
+    Local {
+        temp: tempfile::NamedTempFile,
+        out: std::io::BufWriter<std::fs::File>,
+        path: PathBuf,
+    },
+    Store {
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        upload: Upload,
+    },
+}
+
+enum Upload {
+    /// Not yet [`PART`] bytes: one PUT at the end.
+    Buffer(Vec<u8>),
+    /// A multipart upload under way.
+    Multipart(WriteMultipart),
+}
+
+/// A file being written under a temporary name (see the module docs).
+pub(super) struct ExportSink {
+    shown: String,
+    hasher: Option<Hasher>,
+    /// `None` once published or aborted.
+    target: Option<Target>,
+}
+
+impl ExportSink {
+    /// Starts a file at `destination`; `shown` names it in errors.
+    pub fn create(destination: Destination, shown: &str) -> Result<Self> {
+        let target = match destination {
+            Destination::Local(path) => {
+                let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(parent) => parent.to_path_buf(),
+                    None => PathBuf::from("."),
+                };
+                std::fs::create_dir_all(&parent).map_err(|e| PitlakeError::Input {
+                    path: parent.display().to_string(),
+                    message: format!("cannot create the output folder: {e}"),
+                })?;
+                let temp = tempfile::Builder::new()
+                    .prefix(".pitlake-export-")
+                    .tempfile_in(&parent)
+                    .map_err(|e| PitlakeError::Input {
+                        path: parent.display().to_string(),
+                        message: format!("cannot write to the output folder: {e}"),
+                    })?;
+                let out = std::io::BufWriter::new(temp.as_file().try_clone()?);
+                Target::Local { temp, out, path }
+            }
+            Destination::Store { store, path } => Target::Store {
+                store,
+                path,
+                upload: Upload::Buffer(Vec::new()),
+            },
+        };
+        Ok(Self {
+            shown: shown.to_string(),
+            hasher: Some(Hasher::new()),
+            target: Some(target),
+        })
+    }
+
+    fn write_error(&self, message: String) -> PitlakeError {
+        PitlakeError::Input {
+            path: self.shown.clone(),
+            message,
+        }
+    }
+
+    /// Appends bytes.
+    pub async fn put(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(data);
+        }
+        let shown = self.shown.clone();
+        match &mut self.target {
+            None => Err(PitlakeError::Internal(format!(
+                "export sink for {shown} written after it was closed"
+            ))),
+            Some(Target::Local { out, .. }) => {
+                out.write_all(data).map_err(|e| PitlakeError::Input {
+                    path: shown,
+                    message: format!("cannot write: {e}"),
+                })
+            }
+            Some(Target::Store {
+                store,
+                path,
+                upload,
+            }) => {
+                match upload {
+                    Upload::Buffer(buffer) if buffer.len() + data.len() < PART => {
+                        buffer.extend_from_slice(data);
+                    }
+                    Upload::Buffer(buffer) => {
+                        let started = store.put_multipart(path).await?;
+                        let mut multipart = WriteMultipart::new_with_chunk_size(started, PART);
+                        multipart.put(Bytes::from(std::mem::take(buffer)));
+                        multipart.write(data);
+                        *upload = Upload::Multipart(multipart);
+                    }
+                    Upload::Multipart(multipart) => {
+                        // Back pressure: at most PARTS_IN_FLIGHT parts in memory.
+                        multipart.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                        multipart.write(data);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Publishes the file under its name, in one step, and returns its size and hash. On
+    /// failure nothing is published and the temporary file or upload is gone.
+    pub async fn publish(mut self) -> Result<FileDigest> {
+        let digest = self.hasher.take().map(Hasher::finish);
+        let shown = self.shown.clone();
+        match self.target.take() {
+            None => {
+                return Err(PitlakeError::Internal(format!(
+                    "export sink for {shown} published twice"
+                )));
+            }
+            Some(Target::Local { temp, out, path }) => {
+                let file = out
+                    .into_inner()
+                    .map_err(|e| self.write_error(format!("cannot write: {}", e.error())))?;
+                // On disk before the rename, so a power cut cannot publish an empty file.
+                file.sync_all()
+                    .map_err(|e| self.write_error(format!("cannot write: {e}")))?;
+                drop(file);
+                temp.persist(&path).map_err(|e| PitlakeError::Input {
+                    path: path.display().to_string(),
+                    message: format!("cannot replace: {}", e.error),
+                })?;
+                sync_parent(&path);
+            }
+            Some(Target::Store {
+                store,
+                path,
+                upload,
+            }) => match upload {
+                Upload::Buffer(buffer) => {
+                    store.put(&path, Bytes::from(buffer).into()).await?;
+                }
+                Upload::Multipart(mut multipart) => {
+                    // `finish` aborts the upload when completing fails, not when a part does.
+                    if let Err(e) = multipart.wait_for_capacity(0).await {
+                        let _ = multipart.abort().await;
+                        return Err(e.into());
+                    }
+                    multipart.finish().await?;
+                }
+            },
+        }
+        digest.ok_or_else(|| PitlakeError::Internal(format!("export sink for {shown}: no hash")))
+    }
+
+    /// Discards the file: deletes the temporary file, or aborts the upload.
+    pub async fn abort(mut self) {
+        // A temporary file deletes itself when dropped; a buffer was never sent.
+        if let Some(Target::Store {
+            upload: Upload::Multipart(multipart),
+            ..
+        }) = self.target.take()
+            && let Err(e) = multipart.abort().await
+        {
+            tracing::warn!(output = %self.shown, error = %e, "cannot abort the upload");
+        }
+    }
+}
+
+impl Drop for ExportSink {
+    /// A sink dropped unpublished (an export cancelled mid-way) aborts its upload in the
+    /// background; a temporary file deletes itself.
+    fn drop(&mut self) {
+        if let Some(Target::Store {
+            upload: Upload::Multipart(multipart),
+            ..
+        }) = self.target.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = multipart.abort().await;
+            });
+        }
+    }
+}
+
+/// Parquet's async writer writes through the sink; publishing stays with the caller.
+impl AsyncFileWriter for ExportSink {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async move {
+            self.put(&bs)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        })
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Flushes a folder's entries (the rename just made) to disk, where the platform can; a
+/// failure only weakens durability against a power cut, so it is not an error.
+fn sync_parent(path: &FsPath) {
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => parent.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    if let Ok(dir) = std::fs::File::open(parent) {
+        let _ = dir.sync_all();
+    }
+}
+
+/// Reads a file or object whole, in chunks, returning its size and hash (`None` when it does
+/// not exist). With `copy_to`, the bytes are also written there (to read an object's rows from
+/// a local copy).
+pub(super) async fn digest_of(
+    source: &Destination,
+    shown: &str,
+    mut copy_to: Option<&mut std::fs::File>,
+) -> Result<Option<FileDigest>> {
+    let mut hasher = Hasher::new();
+    let read_error = |e: std::io::Error| PitlakeError::Input {
+        path: shown.to_string(),
+        message: format!("cannot read: {e}"),
+    };
+    match source {
+        Destination::Local(path) => {
+            use tokio::io::AsyncReadExt;
+            let mut file = match tokio::fs::File::open(path).await {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(read_error(e)),
+            };
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buffer).await.map_err(read_error)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n]);
+                if let Some(copy) = copy_to.as_mut() {
+                    copy.write_all(&buffer[..n])?;
+                }
+            }
+        }
+        Destination::Store { store, path } => {
+            let found = match store.get(path).await {
+                Ok(found) => found,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let mut chunks = found.into_stream();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                if let Some(copy) = copy_to.as_mut() {
+                    copy.write_all(&chunk)?;
+                }
+            }
+        }
+    }
+    if let Some(copy) = copy_to {
+        copy.flush()?;
+    }
+    Ok(Some(hasher.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_files_appear_whole_and_failed_ones_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/x.bin");
+        let mut sink = ExportSink::create(Destination::Local(path.clone()), "x").unwrap();
+        sink.put(b"hello ").await.unwrap();
+        sink.put(b"world").await.unwrap();
+        // Nothing under the name until published; only the hidden temporary file.
+        assert!(!path.exists());
+        let digest = sink.publish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        assert_eq!(digest.bytes, 11);
+        assert_eq!(
+            digest.sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        let read = digest_of(&Destination::Local(path.clone()), "x", None)
+            .await
+            .unwrap();
+        assert_eq!(read, Some(digest));
+
+        // An aborted sink leaves the published file as it was and no temporary file.
+        let mut sink = ExportSink::create(Destination::Local(path.clone()), "x").unwrap();
+        sink.put(b"other").await.unwrap();
+        sink.abort().await;
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello world");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("x.bin")]);
+        assert_eq!(
+            digest_of(&Destination::Local(dir.path().join("nope")), "nope", None)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn objects_stream_in_parts_and_appear_when_complete() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let path = Path::from("exports/big.bin");
+        let destination = Destination::Store {
+            store: store.clone(),
+            path: path.clone(),
+        };
+        let mut sink = ExportSink::create(destination.clone(), "big").unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let total = PART * 2 + 12345;
+        let mut written = 0;
+        while written < total {
+            let n = chunk.len().min(total - written);
+            sink.put(&chunk[..n]).await.unwrap();
+            written += n;
+        }
+        // A multipart upload is under way; the object is not there yet.
+        assert!(store.head(&path).await.is_err());
+        let digest = sink.publish().await.unwrap();
+        assert_eq!(digest.bytes, total as u64);
+        assert_eq!(store.head(&path).await.unwrap().size, total as u64);
+        let read = digest_of(&destination, "big", None).await.unwrap();
+        assert_eq!(read, Some(digest));
+
+        // An aborted upload publishes nothing.
+        let other = Destination::Store {
+            store: store.clone(),
+            path: Path::from("exports/other.bin"),
+        };
+        let mut sink = ExportSink::create(other, "other").unwrap();
+        for _ in 0..(PART / chunk.len() + 2) {
+            sink.put(&chunk).await.unwrap();
+        }
+        sink.abort().await;
+        assert!(store.head(&Path::from("exports/other.bin")).await.is_err());
+    }
+}
