@@ -223,8 +223,15 @@ impl PitlakeFlightSql {
     /// Parses, plans and authorizes a statement for a caller.
     async fn plan(&self, principal: &Principal, sql: &str) -> Result<PlannedStatement, Status> {
         let engine = &self.engine_for(principal);
-        let statement = engine
-            .parse_one(sql)
+        // Parsing is synchronous and a large statement may wait for its turn (see
+        // `frontend::parse_sql`): keep it off the threads that serve streams.
+        let parsing = {
+            let (engine, sql) = (engine.clone(), sql.to_string());
+            tokio::task::spawn_blocking(move || engine.parse_one(&sql))
+        };
+        let statement = parsing
+            .await
+            .map_err(|e| Status::internal(format!("the parser task failed: {e}")))?
             .map_err(|e| status_for_principal(e, principal))?;
         let refused = |status: Status| {
             tracing::info!(

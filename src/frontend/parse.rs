@@ -195,8 +195,21 @@ pub fn tokenize(text: &str) -> Result<Vec<TokenWithSpan>> {
 /// address space, touched only as deep as a statement goes.
 const PARSER_STACK_BYTES: usize = 1 << 30;
 
-/// Parses a script of one or more `;`-separated statements.
+/// Scripts longer than this are parsed one at a time: a 1 MiB statement can make a tree of a
+/// few hundred MB before it is refused, and sixteen at once (one per query slot) would take
+/// gigabytes.
+const LARGE_SCRIPT_BYTES: usize = 64 << 10;
+
+static LARGE_SCRIPTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Parses a script of one or more `;`-separated statements. A large script waits for its turn
+/// (see [`LARGE_SCRIPT_BYTES`]), blocking the calling thread: a server calls this from a
+/// blocking task.
 pub fn parse_sql(sql: &str) -> Result<Vec<ParsedStatement>> {
+    let _turn = (sql.len() > LARGE_SCRIPT_BYTES).then(|| match LARGE_SCRIPTS.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    });
     std::thread::scope(|scope| {
         let parser = std::thread::Builder::new()
             .name("pitlake-parser".into())
