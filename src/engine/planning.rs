@@ -90,6 +90,19 @@ pub struct PlannedStatement {
 }
 
 impl PlannedStatement {
+    /// A DSL statement that changes something, planned as its access: it runs as a whole,
+    /// and answers with a one-row report.
+    fn change(statement: ParsedStatement, access: Access) -> Self {
+        Self {
+            statement,
+            plan: None,
+            rows: false,
+            schema: report_schema(),
+            parameters: Vec::new(),
+            access,
+        }
+    }
+
     /// The statement's text.
     pub fn text(&self) -> &str {
         &self.statement.text
@@ -332,14 +345,7 @@ impl Engine {
                 let mut access = self.plan_statement(query).await?.access;
                 access.views = view_names(&plan.views);
                 access.files = true;
-                Ok(PlannedStatement {
-                    statement,
-                    plan: None,
-                    rows: false,
-                    schema: report_schema(),
-                    parameters: Vec::new(),
-                    access,
-                })
+                Ok(PlannedStatement::change(statement, access))
             }
             DslStatement::Show { .. }
             | DslStatement::Describe { .. }
@@ -380,14 +386,7 @@ impl Engine {
                     let query = self.parse_one(&format!("SELECT * FROM {relation}"))?;
                     access.reads = self.named_tables(&query)?;
                 }
-                Ok(PlannedStatement {
-                    statement,
-                    plan: None,
-                    rows: false,
-                    schema: report_schema(),
-                    parameters: Vec::new(),
-                    access,
-                })
+                Ok(PlannedStatement::change(statement, access))
             }
         }
     }

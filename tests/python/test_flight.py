@@ -94,37 +94,8 @@ grants = ["table:*"]
 grants = ["table:labels", "table:driver_stats"]
 """
     )
-    port = free_port()
-    log = open(root / "server.log", "wb")
-    process = subprocess.Popen(
-        [
-            pitlake_bin(),
-            "--warehouse",
-            str(warehouse),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--auth-file",
-            str(auth),
-            "--insecure-plaintext",
-            "--shutdown-grace",
-            "2s",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PITLAKE_LOG": "pitlake=info"},
-    )
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                log.close()
-                pytest.fail("pitlake serve did not start:\n" + (root / "server.log").read_text())
-            time.sleep(0.1)
-    yield {"uri": f"grpc://127.0.0.1:{port}", "warehouse": warehouse, "log": root / "server.log"}
+    process, log, uri, _ = start_server(root, warehouse, auth)
+    yield {"uri": uri, "warehouse": warehouse, "log": root / "server.log"}
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=60)
     log.close()
