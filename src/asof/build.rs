@@ -299,3 +299,12 @@ pub(crate) fn with_ordinal(schema: &SchemaRef) -> SchemaRef {
 
 /// The name of the ordinal column.
 pub(crate) const ORDINAL: &str = "__pitlake_left_ordinal";
+
+/// A build in progress, whose result the partitions of one execution share.
+pub(crate) type BuildFuture = futures::future::BoxFuture<
+    'static,
+    std::result::Result<Arc<BuildSide>, Arc<datafusion::error::DataFusionError>>,
+>;
+
+/// The shared handle on a [`BuildFuture`].
+pub(crate) type SharedBuild = futures::future::Shared<BuildFuture>;

@@ -51,17 +51,16 @@ use datafusion::physical_plan::{
     PlanProperties, SendableRecordBatchStream,
 };
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared, WeakShared};
+use futures::future::WeakShared;
 
-use super::build::{self, BuildSide, RightExprs};
+use super::build::{self, RightExprs};
+use super::build::{BuildFuture, SharedBuild};
 use super::kernel::{IndexBuilder, KernelOptions, KeySpec, TiebreakSpec};
 use super::logical::{AsOfJoinType, AsOfOperator, Tolerance};
 use super::metrics::AsOfJoinMetrics;
-use super::stream::{AsOfStream, Probe, SpillContext};
-
-type BuildFuture = BoxFuture<'static, std::result::Result<Arc<BuildSide>, Arc<DataFusionError>>>;
-
-pub(crate) type SharedBuild = Shared<BuildFuture>;
+use super::probe::Probe;
+use super::spill::SpillContext;
+use super::stream::AsOfStream;
 
 /// The build shared by the partitions of one execution.
 ///

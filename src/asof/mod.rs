@@ -5,11 +5,11 @@
 //! left's order.
 //!
 //! `logical` is the DataFusion logical node, `exec` the physical operator, `build` the right
-//! side's index build, `stream` its probe stream, `spill` the path for a right side larger than
-//! memory, `kernel` the pure matching code over Arrow arrays, `time` and `tolerance` the time
-//! types and bounds, `prune` the rule that narrows the right input to what the left can reach,
-//! `codec` the plan serialization, `metrics` the operator's counters, `oracle` the naive
-//! reference the tests compare with.
+//! side's index build, `probe` the join of a left batch against the indexes, `stream` the probe
+//! stream, `spill` the run for a right side larger than memory, `kernel` the pure matching code
+//! over Arrow arrays, `time` and `tolerance` the time types and bounds, `prune` the rule that
+//! narrows the right input to what the left can reach, `codec` the plan serialization,
+//! `metrics` the operator's counters, `oracle` the naive reference the tests compare with.
 
 mod build;
 mod codec;
@@ -21,6 +21,7 @@ mod logical;
 mod metrics;
 #[doc(hidden)]
 pub mod oracle;
+mod probe;
 mod prune;
 mod spill;
 mod stream;

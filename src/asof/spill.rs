@@ -17,12 +17,29 @@
 
 use std::sync::Arc;
 
+use super::build::{BuildSide, ORDINAL, RightExprs, with_ordinal};
+use super::kernel::{IndexBuilder, KernelOptions};
+use super::metrics::AsOfJoinMetrics;
+use super::probe::Probe;
+use arrow::array::UInt64Array;
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
+use arrow::compute::{SortOptions, concat_batches};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
+use datafusion::error::DataFusionError;
 use datafusion::execution::SpillFile;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use datafusion::physical_plan::sorts::streaming_merge::{SortedSpillFile, StreamingMergeBuilder};
 use datafusion::physical_plan::spill::SpillManager;
+use datafusion::physical_plan::spill::get_record_batch_memory_size;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 
 /// How many buckets a spilled as-of join splits each input into.
 pub(crate) const BUCKETS: usize = 64;
@@ -131,4 +148,188 @@ mod tests {
         assert_eq!(buckets_of(&[s], 3).unwrap().len(), 3);
         assert_eq!(buckets_of(&[], 2).unwrap(), vec![0, 0]);
     }
+}
+
+/// Everything a spilled run needs besides the left stream.
+#[derive(Clone)]
+pub(crate) struct SpillContext {
+    pub(crate) right: Arc<RightExprs>,
+    pub(crate) kernel: KernelOptions,
+    pub(crate) right_schema: SchemaRef,
+    /// The right columns the output shows (see [`RightIndex::retain_columns`]).
+    pub(crate) right_output: Vec<usize>,
+    pub(crate) context: Arc<TaskContext>,
+    pub(crate) partition: usize,
+    /// Taken by a spilled partition from its first bucket to the end of its output, so the
+    /// partitions of one join take turns: each bucket index and each merge then has the pool to
+    /// itself instead of a merge in one partition starving an index in another.
+    pub(crate) turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Runs the join bucket by bucket (the right side is in bucket files) and returns the output,
+/// merged back into the left's order.
+pub(crate) async fn spilled_join(
+    mut left: SendableRecordBatchStream,
+    side: Arc<BuildSide>,
+    probe: Probe,
+    spill: SpillContext,
+    schema: SchemaRef,
+    metrics: AsOfJoinMetrics,
+) -> Result<SendableRecordBatchStream> {
+    let BuildSide::Spilled {
+        buckets,
+        manager: right_manager,
+    } = side.as_ref()
+    else {
+        return Err(DataFusionError::Internal(
+            "as-of join: spilled run without spilled right side".into(),
+        ));
+    };
+    let env = spill.context.runtime_env();
+    let pool = spill.context.memory_pool();
+    let partition = spill.partition;
+
+    // 1. The left partition into buckets, each row tagged with its ordinal.
+    let left_schema = left.schema();
+    let left_width = left_schema.fields().len();
+    let tagged = with_ordinal(&left_schema);
+    let left_manager = SpillManager::new(env.clone(), metrics.spill.clone(), tagged.clone());
+    let mut writer = BucketWriter::new(left_manager.clone(), format!("AsOfJoin[{partition}]"));
+    let mut ordinal = 0u64;
+    while let Some(batch) = left.next().await {
+        let batch = batch?;
+        let rows = batch.num_rows() as u64;
+        if rows == 0 {
+            continue;
+        }
+        let keys = probe.keys(&batch)?;
+        let buckets_of_rows = buckets_of(&keys, batch.num_rows())?;
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            ordinal..ordinal + rows,
+        )));
+        ordinal += rows;
+        writer.write(
+            &RecordBatch::try_new(tagged.clone(), columns)?,
+            &buckets_of_rows,
+        )?;
+    }
+    let left_files = writer.finish()?;
+    let turn = spill.turn.clone().lock_owned().await;
+
+    // 2. Each bucket: index the right rows, probe the left rows, spill the results.
+    let results_schema = with_ordinal(&schema);
+    let results_manager =
+        SpillManager::new(env.clone(), metrics.spill.clone(), results_schema.clone());
+    let reservation = MemoryConsumer::new(format!("AsOfJoin[{partition}]")).register(pool);
+    let mut results = Vec::new();
+    for (bucket, left_file) in left_files.into_iter().enumerate() {
+        let Some(left_file) = left_file else {
+            continue;
+        };
+        let timer = metrics.build_time.timer();
+        let too_big = |e: DataFusionError| {
+            DataFusionError::ResourcesExhausted(format!(
+                "as-of join: one bucket of the right input does not fit in memory even after \
+                 spilling (many rows share a few keys?): {e}"
+            ))
+        };
+        // Batches read back from a spill file are slices of one buffer per message, which
+        // Arrow's size functions count once per column; the file sizes are the honest measure,
+        // and one contiguous batch per bucket keeps the index's own accounting exact.
+        let on_disk: u64 = buckets[bucket].iter().filter_map(|f| f.size()).sum();
+        reservation
+            .try_resize(2 * usize::try_from(on_disk).unwrap_or(usize::MAX))
+            .map_err(too_big)?;
+        let mut parts = Vec::new();
+        for file in &buckets[bucket] {
+            let mut stream = right_manager.read_spill_as_stream(file.clone(), None)?;
+            while let Some(batch) = stream.next().await {
+                parts.push(batch?);
+            }
+        }
+        let mut builder = IndexBuilder::try_new(spill.kernel.clone(), spill.right_schema.clone())?;
+        if !parts.is_empty() {
+            let whole = concat_batches(&spill.right_schema, &parts)?;
+            drop(parts);
+            spill.right.push(&mut builder, whole)?;
+        }
+        reservation
+            .try_resize(builder.memory_size())
+            .map_err(too_big)?;
+        reservation
+            .try_resize(builder.memory_size() + builder.finish_scratch_size())
+            .map_err(too_big)?;
+        let mut index = builder.finish()?;
+        index.retain_columns(&spill.right_output)?;
+        reservation
+            .try_resize(index.memory_size())
+            .map_err(too_big)?;
+        timer.done();
+        let mut out = BucketWriter::new(
+            results_manager.clone(),
+            format!("AsOfJoin[{partition}] out"),
+        );
+        let mut largest = 0;
+        let mut stream = left_manager.read_spill_as_stream(left_file, None)?;
+        while let Some(batch) = stream.next().await {
+            let joined = probe.join(&[&index], &batch?, left_width, &results_schema, &metrics)?;
+            if joined.num_rows() > 0 {
+                largest = largest.max(get_record_batch_memory_size(&joined));
+                out.write(&joined, &vec![0; joined.num_rows()])?;
+            }
+        }
+        drop(index);
+        reservation.free();
+        results.extend(
+            out.finish()?
+                .into_iter()
+                .flatten()
+                .map(|file| SortedSpillFile {
+                    file,
+                    max_record_batch_memory: largest,
+                }),
+        );
+    }
+
+    // 3. Merge the buckets' results back into the left's order. The merge reads as many result
+    // files at once as memory allows, merging in several passes when it must.
+    let ordinal_column = results_schema.fields().len() - 1;
+    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
+        Arc::new(Column::new(ORDINAL, ordinal_column)),
+        SortOptions::default(),
+    )])
+    .ok_or_else(|| DataFusionError::Internal("as-of merge ordering".into()))?;
+    if results.is_empty() {
+        drop(turn);
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::empty(),
+        )));
+    }
+    let merged = StreamingMergeBuilder::new()
+        .with_sorted_spill_files(results)
+        .with_spill_manager(results_manager)
+        .with_schema(results_schema)
+        .with_expressions(&ordering)
+        .with_metrics(BaselineMetrics::new(
+            &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet::new(),
+            partition,
+        ))
+        .with_batch_size(spill.context.session_config().batch_size())
+        // The merge can merge in passes and spill between them, so it takes only its fair
+        // share of the pool and never starves another partition's bucket index.
+        .with_reservation(
+            MemoryConsumer::new(format!("AsOfJoin[{partition}] merge"))
+                .with_can_spill(true)
+                .register(spill.context.memory_pool()),
+        )
+        .build()?;
+    let projection: Vec<usize> = (0..ordinal_column).collect();
+    let output = merged.map(move |batch| {
+        // The turn ends when this stream is dropped (finished or cancelled).
+        let _turn = &turn;
+        Ok(batch?.project(&projection)?)
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
 }
