@@ -10,11 +10,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "tests" / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "python"))
 os.environ.setdefault("PITLAKE_BIN", os.path.expanduser("~/.cache/pitlake-target/debug/pitlake"))
-import test_flight as tf
-from pathlib import Path
-import tempfile
+import test_flight as tf  # noqa: E402  (found through the path above)
 root = Path(tempfile.mkdtemp()); wh = root / "wh"; wh.mkdir()
 tf.run_pitlake(wh, "sql", "CREATE TABLE labels AS SELECT 1 AS k")
 h = tf.hash_password(wh, "bob-pw")
