@@ -691,21 +691,7 @@ impl Engine {
 
     /// Rebuilds an exported training set from its manifest and compares it with the original.
     pub async fn reproduce(&self, manifest_at: &str, output: Option<&str>) -> Result<Reproduction> {
-        let manifest: Manifest = serde_json::from_str(&read_text(self, manifest_at).await?)
-            .map_err(|e| PitlakeError::Input {
-                path: manifest_at.to_string(),
-                message: format!("is not a pitlake manifest: {e}"),
-            })?;
-        if manifest.manifest_version != MANIFEST_VERSION {
-            return Err(PitlakeError::Input {
-                path: manifest_at.to_string(),
-                message: format!(
-                    "manifest version {} is not supported (this pitlake reads version \
-                     {MANIFEST_VERSION})",
-                    manifest.manifest_version
-                ),
-            });
-        }
+        let manifest = self.read_supported_manifest(manifest_at).await?;
         let actual = match output {
             Some(to) => {
                 let format = ExportFormat::resolve(Some(&manifest.output.format), to)?;
@@ -745,10 +731,17 @@ impl Engine {
     ///
     /// A missing output is a failed check, not an error; an unreadable manifest is an error.
     pub async fn verify(&self, manifest_at: &str) -> Result<Verification> {
-        let manifest = self.read_manifest(manifest_at).await?;
+        let manifest = self.read_supported_manifest(manifest_at).await?;
+        self.verify_output(&manifest.output).await
+    }
+
+    /// Loads a manifest of the version this pitlake writes (`reproduce` and `verify` compare
+    /// hashes whose meaning the version fixes).
+    async fn read_supported_manifest(&self, at: &str) -> Result<Manifest> {
+        let manifest = self.read_manifest(at).await?;
         if manifest.manifest_version != MANIFEST_VERSION {
             return Err(PitlakeError::Input {
-                path: manifest_at.to_string(),
+                path: at.to_string(),
                 message: format!(
                     "manifest version {} is not supported (this pitlake reads version \
                      {MANIFEST_VERSION})",
@@ -756,7 +749,7 @@ impl Engine {
                 ),
             });
         }
-        self.verify_output(&manifest.output).await
+        Ok(manifest)
     }
 
     /// Reads an export and compares it with its manifest's `output` (see [`Engine::verify`]).

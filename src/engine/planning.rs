@@ -320,7 +320,7 @@ impl Engine {
     /// export also writes files of the server; registry changes need the registry grant (and
     /// a new feature view reads its source); registry reads name the views they show.
     async fn plan_dsl(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
-        use crate::frontend::dsl::{DslStatement, SourceSql};
+        use crate::frontend::dsl::DslStatement;
         use crate::registry::Kind;
         let Statement::Dsl(dsl) = &statement.statement else {
             return Err(PitlakeError::Internal(
@@ -378,14 +378,8 @@ impl Engine {
                     registry_write: true,
                     ..Access::default()
                 };
-                if let DslStatement::CreateFeatureView { source, .. } = other {
-                    let relation = match source {
-                        SourceSql::Table { name, .. } => name.clone(),
-                        SourceSql::Query(sql) => format!("({sql})"),
-                    };
-                    let query = self.parse_one(&format!("SELECT * FROM {relation}"))?;
-                    access.reads = self.named_tables(&query)?;
-                }
+                // A new feature view reads its source.
+                access.reads = self.dsl_named_tables(other)?;
                 Ok(PlannedStatement::change(statement, access))
             }
         }

@@ -63,13 +63,11 @@ pub fn check_size(text: &str) -> Result<()> {
 
 struct Depth {
     current: usize,
-    deepest: usize,
 }
 
 impl Depth {
     fn enter(&mut self) -> ControlFlow<()> {
         self.current += 1;
-        self.deepest = self.deepest.max(self.current);
         if self.current > MAX_NESTING {
             ControlFlow::Break(())
         } else {
@@ -182,10 +180,7 @@ fn too_deep() -> PitlakeError {
 /// [`MAX_NESTING`]. The walk itself is safe at any depth: sqlparser's visitor grows its stack
 /// as it recurses.
 pub fn check_nesting<T: VisitMut + std::fmt::Debug + ?Sized>(node: &mut T) -> Result<()> {
-    let mut depth = Depth {
-        current: 0,
-        deepest: 0,
-    };
+    let mut depth = Depth { current: 0 };
     match node.visit(&mut depth) {
         ControlFlow::Break(()) => Err(too_deep()),
         ControlFlow::Continue(()) => check_tree_depth(node),
@@ -194,10 +189,7 @@ pub fn check_nesting<T: VisitMut + std::fmt::Debug + ?Sized>(node: &mut T) -> Re
 
 /// [`check_nesting`] for a DataFusion statement.
 pub fn check_statement_nesting(statement: &mut DFStatement) -> Result<()> {
-    let mut depth = Depth {
-        current: 0,
-        deepest: 0,
-    };
+    let mut depth = Depth { current: 0 };
     match crate::frontend::time_travel::visit_statement_mut(statement, &mut depth) {
         ControlFlow::Break(()) => Err(too_deep()),
         ControlFlow::Continue(()) => check_tree_depth(statement),

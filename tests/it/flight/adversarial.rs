@@ -130,6 +130,22 @@ async fn time_travel_bounds_and_ttls_cannot_read_around_the_grants() {
             assert!(!msg.contains(hidden), "{sql}: {msg}");
         }
     }
+    // Deeply nested or oversized types in a definition: refused, and the server lives on.
+    for sql in [
+        format!("CREATE ENTITY deep (k INT{})", "[]".repeat(30_000)),
+        format!(
+            "CREATE FEATURE VIEW deep ENTITY driver FROM driver_stats EVENT TIME event_ts \
+             FEATURES (conv_rate DECIMAL(10, 2){})",
+            "[]".repeat(30_000)
+        ),
+        format!(
+            "CREATE ENTITY wide (k STRUCT<{}>)",
+            "a INT, ".repeat(200) + "z INT"
+        ),
+    ] {
+        let err = carol.execute_update(sql.clone(), None).await.unwrap_err();
+        assert_eq!(code(&err), Code::InvalidArgument, "{}", message(&err));
+    }
     for ttl in [
         leak.to_string(),
         format!("INTERVAL '1 day' + {leak}"),
