@@ -11,9 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::args::{AuditArgs, DefinitionsArgs, ExportArgs, ReproduceArgs, VerifyArgs};
 use super::print::{check_destination, print_stream};
-use crate::engine::{
-    DefinitionPlan, Engine, ExportProgress, is_manifest, manifest_location, plan_from_manifest,
-};
+use crate::engine::{DefinitionPlan, Engine, ExportProgress, is_manifest, manifest_location};
 use crate::error::{PitlakeError, Result};
 
 fn print_plan(plan: &DefinitionPlan, applied: bool) {
@@ -133,6 +131,7 @@ pub async fn run_export(engine: &Engine, args: ExportArgs) -> Result<()> {
     );
     println!("Content hash {}.", manifest.output.content_hash);
     let inputs: Vec<String> = manifest
+        .plan
         .inputs
         .iter()
         .map(|i| format!("{} v{}", i.table, i.version))
@@ -141,6 +140,7 @@ pub async fn run_export(engine: &Engine, args: ExportArgs) -> Result<()> {
         "Read {}{}.",
         inputs.join(", "),
         manifest
+            .plan
             .registry_version
             .map(|v| format!(" with registry version {v}"))
             .unwrap_or_default()
@@ -203,7 +203,7 @@ pub async fn run_verify(engine: &Engine, args: VerifyArgs) -> Result<()> {
 /// `pitlake audit`: prints one row per feature view; exit 1 when any row is not ok.
 pub async fn run_audit(engine: &Engine, args: AuditArgs) -> Result<()> {
     let plan = if is_manifest(&args.target) {
-        plan_from_manifest(&engine.read_manifest(&args.target).await?)
+        engine.read_manifest(&args.target).await?.plan
     } else {
         let (spec, _) = engine.parse_training_set(&args.target)?;
         engine.plan_training_set(&spec).await?

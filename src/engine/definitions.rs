@@ -11,14 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Engine;
-use super::registry_statements::{author, resolve_items};
+use super::dsl::{Known, author};
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl::DslStatement;
 use crate::frontend::{Statement, parse_sql};
-use crate::registry::{
-    Action, Change, Entity, FeatureRef, FeatureService, KeyColumn, Kind, Model, Object,
-    RegistryState,
-};
+use crate::registry::{Action, Change, Kind, Object, RegistryState};
 
 /// One planned change, for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,197 +76,80 @@ fn changed_fields(old: &Object, new: &Object) -> String {
         .join(", ")
 }
 
+/// The statements of a folder of definitions, in file order: each with its file and text.
+fn read_statements(dir: &Path) -> Result<Vec<(PathBuf, String, DslStatement)>> {
+    let mut files = Vec::new();
+    sql_files(dir, &mut files)?;
+    if files.is_empty() {
+        return Err(PitlakeError::Input {
+            path: dir.display().to_string(),
+            message: "holds no .sql definition files".into(),
+        });
+    }
+    let mut statements = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| in_file(file, format!("cannot read: {e}")))?;
+        for statement in parse_sql(&text).map_err(|e| in_file(file, e))? {
+            let Statement::Dsl(dsl) = statement.statement else {
+                return Err(in_file(
+                    file,
+                    format!(
+                        "definition files hold CREATE ENTITY, CREATE FEATURE VIEW, CREATE \
+                         FEATURE SERVICE and REGISTER MODEL statements; found `{}`",
+                        statement.text
+                    ),
+                ));
+            };
+            statements.push((file.clone(), statement.text, *dsl));
+        }
+    }
+    Ok(statements)
+}
+
+/// An error about a definition file.
+fn in_file(file: &Path, message: impl ToString) -> PitlakeError {
+    PitlakeError::Input {
+        path: file.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
 impl Engine {
-    /// Reads and validates a folder of definitions into the objects it declares.
-    async fn declared(
-        &self,
-        dir: &Path,
-    ) -> Result<(BTreeMap<(Kind, String), Object>, Vec<String>)> {
-        let mut files = Vec::new();
-        sql_files(dir, &mut files)?;
-        if files.is_empty() {
-            return Err(PitlakeError::Input {
-                path: dir.display().to_string(),
-                message: "holds no .sql definition files".into(),
-            });
-        }
-        let mut statements = Vec::new();
-        for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|e| PitlakeError::Input {
-                path: file.display().to_string(),
-                message: format!("cannot read: {e}"),
-            })?;
-            let parsed = parse_sql(&text).map_err(|e| PitlakeError::Input {
-                path: file.display().to_string(),
-                message: e.to_string(),
-            })?;
-            for statement in parsed {
-                match statement.statement {
-                    Statement::Dsl(dsl) => statements.push((file.clone(), statement.text, *dsl)),
-                    _ => {
-                        return Err(PitlakeError::Input {
-                            path: file.display().to_string(),
-                            message: format!(
-                                "definition files hold CREATE ENTITY, CREATE FEATURE VIEW, \
-                                 CREATE FEATURE SERVICE and REGISTER MODEL statements; found `{}`",
-                                statement.text
-                            ),
-                        });
-                    }
-                }
-            }
-        }
-        let mut declared: BTreeMap<(Kind, String), Object> = BTreeMap::new();
-        let mut sources = Vec::new();
-        let in_file = |file: &Path, e: PitlakeError| PitlakeError::Input {
-            path: file.display().to_string(),
-            message: e.to_string(),
+    /// Reads and validates a folder of definitions into the objects it declares. Entities
+    /// come first, then views, then services and models, whatever the file order, each
+    /// checked against what the folder declares before it.
+    async fn declared(&self, dir: &Path) -> Result<BTreeMap<(Kind, String), Object>> {
+        let statements = read_statements(dir)?;
+        let mut declared = RegistryState {
+            version: None,
+            objects: BTreeMap::new(),
         };
-        // Entities first, then views, then services and models, whatever the file order.
-        for pass in Kind::ALL {
+        for kind in Kind::ALL {
             for (file, text, statement) in &statements {
-                let object = match (pass, statement) {
-                    (
-                        Kind::Entity,
-                        DslStatement::CreateEntity {
-                            name,
-                            keys,
-                            comment,
-                            ..
-                        },
-                    ) => {
-                        let mut join_keys = Vec::new();
-                        for (column, sql_type) in keys {
-                            join_keys.push(KeyColumn {
-                                name: column.clone(),
-                                data_type: self
-                                    .sql_type(sql_type)
-                                    .await
-                                    .map_err(|e| in_file(file, e))?
-                                    .to_string(),
-                            });
-                        }
-                        Object::Entity(Entity {
-                            name: name.clone(),
-                            join_keys,
-                            description: comment.clone(),
-                        })
-                    }
-                    (Kind::FeatureView, s @ DslStatement::CreateFeatureView { .. }) => {
-                        let view = self
-                            .feature_view_definition(s)
-                            .await
-                            .map_err(|e| in_file(file, e))?;
-                        let Some(Object::Entity(entity)) =
-                            declared.get(&(Kind::Entity, view.entity.clone()))
-                        else {
-                            return Err(in_file(
-                                file,
-                                PitlakeError::Plan(format!(
-                                    "feature view `{}` uses entity `{}`, which no definition \
-                                     file declares",
-                                    view.name, view.entity
-                                )),
-                            ));
-                        };
-                        self.check_view_keys(&view, entity)
-                            .await
-                            .map_err(|e| in_file(file, e))?;
-                        Object::FeatureView(view)
-                    }
-                    (
-                        Kind::FeatureService,
-                        DslStatement::CreateFeatureService {
-                            name,
-                            items,
-                            comment,
-                            ..
-                        },
-                    ) => {
-                        let state = RegistryState {
-                            version: None,
-                            objects: declared.clone(),
-                        };
-                        let features = resolve_items(&state, items, self.sight())
-                            .map_err(|e| in_file(file, e))?;
-                        Object::FeatureService(FeatureService {
-                            name: name.clone(),
-                            features: features
-                                .into_iter()
-                                .map(|(view, feature)| FeatureRef { view, feature })
-                                .collect(),
-                            description: comment.clone(),
-                        })
-                    }
-                    (
-                        Kind::Model,
-                        DslStatement::RegisterModel {
-                            name,
-                            version,
-                            service,
-                            training_set,
-                            artifact,
-                            metadata,
-                            comment,
-                            ..
-                        },
-                    ) => {
-                        if !declared.contains_key(&(Kind::FeatureService, service.clone())) {
-                            return Err(in_file(
-                                file,
-                                PitlakeError::Plan(format!(
-                                    "model `{name}` uses feature service `{service}`, which no \
-                                     definition file declares"
-                                )),
-                            ));
-                        }
-                        Object::Model(Model {
-                            name: name.clone(),
-                            version: version.clone(),
-                            service: service.clone(),
-                            training_set: training_set.clone(),
-                            artifact: artifact.clone(),
-                            metadata: match metadata {
-                                Some(m) => serde_json::from_str(m).map_err(|e| {
-                                    in_file(
-                                        file,
-                                        PitlakeError::Plan(format!("METADATA is not JSON: {e}")),
-                                    )
-                                })?,
-                                None => serde_json::Value::Null,
-                            },
-                            description: comment.clone(),
-                        })
-                    }
-                    (_, DslStatement::CreateEntity { .. })
-                    | (_, DslStatement::CreateFeatureView { .. })
-                    | (_, DslStatement::CreateFeatureService { .. })
-                    | (_, DslStatement::RegisterModel { .. }) => continue,
-                    (_, other) => {
-                        return Err(in_file(
-                            file,
-                            PitlakeError::Plan(format!(
-                                "definition files declare objects; `{text}` is a {} statement",
-                                match other {
-                                    DslStatement::Drop { .. } => "DROP",
-                                    _ => "query",
-                                }
-                            )),
-                        ));
-                    }
+                let known = Known {
+                    state: &declared,
+                    sight: self.sight(),
+                    declared: true,
+                };
+                let Some(object) = self
+                    .declare(statement, text, kind, &known)
+                    .await
+                    .map_err(|e| in_file(file, e))?
+                else {
+                    continue;
                 };
                 let key = (object.kind(), object.key());
-                if declared.contains_key(&key) {
-                    return Err(PitlakeError::Input {
-                        path: file.display().to_string(),
-                        message: format!("{} `{}` is declared twice", key.0.label(), key.1),
-                    });
+                if declared.objects.contains_key(&key) {
+                    return Err(in_file(
+                        file,
+                        format!("{} `{}` is declared twice", key.0.label(), key.1),
+                    ));
                 }
-                declared.insert(key, object);
-                sources.push(text.clone());
+                declared.objects.insert(key, object);
             }
         }
-        Ok((declared, sources))
+        Ok(declared.objects)
     }
 
     /// The changes that turn `state` into the declared objects.
@@ -335,7 +215,7 @@ impl Engine {
 
     /// What applying the definitions in `dir` would change.
     pub async fn plan_definitions(&self, dir: &Path) -> Result<DefinitionPlan> {
-        let (declared, _) = self.declared(dir).await?;
+        let declared = self.declared(dir).await?;
         let state = self.registry().state(None).await?;
         let (_, changes) = Self::definition_changes(&state, &declared);
         Ok(DefinitionPlan {
@@ -347,7 +227,7 @@ impl Engine {
 
     /// Applies the definitions in `dir` as one registry commit.
     pub async fn apply_definitions(&self, dir: &Path) -> Result<DefinitionPlan> {
-        let (declared, _) = self.declared(dir).await?;
+        let declared = self.declared(dir).await?;
         let mut planned = Vec::new();
         let mut base = None;
         let statement = format!("pitlake apply {}", dir.display());

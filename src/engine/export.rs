@@ -43,7 +43,7 @@ mod sink;
 
 use sink::{Destination, ExportSink, FileDigest, digest_of};
 
-use super::training::{PinnedInput, TrainingPlan, ViewUse, quote};
+use super::training::{TrainingPlan, ViewUse, quote};
 use super::{Engine, Output, RunOptions};
 use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result};
@@ -95,20 +95,11 @@ pub struct Manifest {
     pub warehouse: String,
     /// The statement as written.
     pub statement: String,
-    /// The training set's query with every table pinned to a version.
-    pub query: String,
-    /// The same query with matched event and created times, for audits.
-    pub audit_query: String,
-    /// The pinned label relation.
-    pub labels_query: String,
-    /// The label-time column.
-    pub label_time: String,
-    /// The registry version the feature definitions were read at.
-    pub registry_version: Option<i64>,
-    /// Every table read, at its exact version.
-    pub inputs: Vec<PinnedInput>,
-    /// Per view: features, TTL, tie-break and knowledge-time settings.
-    pub views: Vec<ViewUse>,
+    /// The training set as planned: its pinned queries, label time, registry version, every
+    /// table read at its exact version, and per view the features, TTL, tie-break and
+    /// knowledge-time settings (inline in the JSON).
+    #[serde(flatten)]
+    pub plan: TrainingPlan,
     /// The output.
     pub output: OutputInfo,
 }
@@ -397,40 +388,6 @@ async fn read_text(engine: &Engine, from: &str) -> Result<String> {
 }
 
 impl Engine {
-    /// Runs `EXPORT TRAINING SET … TO …` and the `TRAINING SET` query form.
-    pub(crate) async fn run_training(
-        &self,
-        statement: crate::frontend::dsl::DslStatement,
-        text: &str,
-    ) -> Result<Output> {
-        use crate::frontend::dsl::DslStatement;
-        match statement {
-            DslStatement::TrainingSet(spec) => {
-                let plan = self.plan_training_set(&spec).await?;
-                Ok(Output::Rows(self.sql_stream(&plan.query).await?))
-            }
-            DslStatement::Export {
-                training_set,
-                to,
-                format,
-            } => {
-                let manifest = self
-                    .export_training_set(&training_set, text, &to, format.as_deref(), None)
-                    .await?;
-                Ok(Output::Done(format!(
-                    "exported {} rows to {} ({}); manifest {}",
-                    manifest.output.rows,
-                    manifest.output.url,
-                    manifest.output.content_hash,
-                    manifest_location(&to)
-                )))
-            }
-            _ => Err(PitlakeError::Internal(
-                "not a training-set statement".into(),
-            )),
-        }
-    }
-
     /// Runs one query and returns its rows as a stream.
     ///
     /// Only a plain SQL query is accepted: the DSL calls this without recursing into itself, and
@@ -485,16 +442,10 @@ impl Engine {
             manifest_version: MANIFEST_VERSION,
             pitlake_version: env!("CARGO_PKG_VERSION").to_string(),
             created_at: chrono::Utc::now().to_rfc3339(),
-            created_by: super::registry_statements::author(self),
+            created_by: super::dsl::author(self),
             warehouse: self.warehouse().location().display(),
             statement: statement.to_string(),
-            query: plan.query.clone(),
-            audit_query: plan.audit_query.clone(),
-            labels_query: plan.labels_query.clone(),
-            label_time: plan.label_time.clone(),
-            registry_version: plan.registry_version,
-            inputs: plan.inputs.clone(),
-            views: plan.views.clone(),
+            plan: plan.clone(),
             output,
         };
         let json = serde_json::to_vec_pretty(&manifest)
@@ -695,12 +646,12 @@ impl Engine {
         let actual = match output {
             Some(to) => {
                 let format = ExportFormat::resolve(Some(&manifest.output.format), to)?;
-                self.write_query(&manifest.query, to, format, None)
+                self.write_query(&manifest.plan.query, to, format, None)
                     .await?
                     .content_hash
             }
             None => {
-                let mut stream = self.sql_stream(&manifest.query).await?;
+                let mut stream = self.sql_stream(&manifest.plan.query).await?;
                 let mut hash = ContentHash::new(&stream.schema())?;
                 while let Some(batch) = stream.next().await {
                     hash.update(&batch?)?;
@@ -906,117 +857,155 @@ impl Engine {
         ] {
             ensure_one_query(sql, what)?;
         }
-        let count = |sql: String| async move {
-            let batches = self.sql_batches(&sql).await?;
-            batches
-                .first()
-                .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().cloned())
-                .filter(|a| !a.is_empty())
-                .map(|a| a.value(0))
-                .ok_or_else(|| PitlakeError::Internal("audit: no count".into()))
-        };
-        let labels = count(format!("SELECT count(*) FROM ({})", plan.labels_query)).await?;
-        let rows = count(format!("SELECT count(*) FROM ({})", plan.audit_query)).await?;
-        let t = quote(&plan.label_time);
-        let mut names = Vec::new();
-        let (mut matched, mut rates, mut future, mut stale, mut unknown) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut p50, mut p90, mut p99, mut max) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let labels = self
+            .count(&format!("SELECT count(*) FROM ({})", plan.labels_query))
+            .await?;
+        let rows = self
+            .count(&format!("SELECT count(*) FROM ({})", plan.audit_query))
+            .await?;
+        let mut audits = Vec::with_capacity(plan.views.len());
         for view in &plan.views {
-            let e = quote(&view.event_time_column);
-            let age = format!("CAST(to_unixtime({t}) - to_unixtime({e}) AS DOUBLE)");
-            let ttl_check = view
-                .ttl_seconds
-                .map(|s| format!("sum(CASE WHEN {age} > {s} THEN 1 ELSE 0 END)"))
-                .unwrap_or_else(|| "0".into());
-            let known_check = match (&view.created_time_column, view.knowledge_time) {
-                (Some(c), true) => format!(
-                    "sum(CASE WHEN to_unixtime({}) > to_unixtime({t}) THEN 1 ELSE 0 END)",
-                    quote(c)
-                ),
-                _ => "0".into(),
-            };
-            let sql = format!(
-                "SELECT count({e}) AS matched, \
-                 sum(CASE WHEN to_unixtime({e}) > to_unixtime({t}) THEN 1 ELSE 0 END) AS future, \
-                 {ttl_check} AS stale, {known_check} AS unknown, \
-                 approx_percentile_cont({age}, 0.5) AS p50, \
-                 approx_percentile_cont({age}, 0.9) AS p90, \
-                 approx_percentile_cont({age}, 0.99) AS p99, max({age}) AS max_age \
-                 FROM ({}) AS audited",
-                plan.audit_query
-            );
-            let batches = self.sql_batches(&sql).await?;
+            let batches = self.sql_batches(&view_audit_sql(plan, view)).await?;
             let batch = batches
                 .first()
                 .ok_or_else(|| PitlakeError::Internal("audit: no result".into()))?;
-            let int = |i: usize| -> i64 {
-                arrow::compute::cast(batch.column(i), &DataType::Int64)
-                    .ok()
-                    .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
-                    .filter(|a| !a.is_empty() && !arrow::array::Array::is_null(a, 0))
-                    .map(|a| a.value(0))
-                    .unwrap_or(0)
-            };
-            let float = |i: usize| -> Option<f64> {
-                arrow::compute::cast(batch.column(i), &DataType::Float64)
-                    .ok()
-                    .and_then(|a| a.as_any().downcast_ref::<Float64Array>().cloned())
-                    .filter(|a| !a.is_empty() && !arrow::array::Array::is_null(a, 0))
-                    .map(|a| a.value(0))
-            };
-            names.push(view.view.clone());
-            let m = int(0);
-            matched.push(m);
-            rates.push(if rows > 0 {
-                m as f64 / rows as f64
+            audits.push(ViewAudit::read(&view.view, batch));
+        }
+        audit_report(labels, rows, &audits)
+    }
+
+    /// The one integer a `SELECT count(*) …` returns.
+    async fn count(&self, sql: &str) -> Result<i64> {
+        let batches = self.sql_batches(sql).await?;
+        batches
+            .first()
+            .and_then(|b| b.column(0).as_any().downcast_ref::<Int64Array>().cloned())
+            .filter(|a| !a.is_empty())
+            .map(|a| a.value(0))
+            .ok_or_else(|| PitlakeError::Internal("audit: no count".into()))
+    }
+}
+
+/// The query that audits one view of a training set: matched rows, rows whose feature time is
+/// after the label time, older than the TTL, or not yet known at the label time, and the
+/// distribution of feature age (seconds).
+fn view_audit_sql(plan: &TrainingPlan, view: &ViewUse) -> String {
+    let t = quote(&plan.label_time);
+    let e = quote(&view.event_time_column);
+    let age = format!("CAST(to_unixtime({t}) - to_unixtime({e}) AS DOUBLE)");
+    let ttl_check = view
+        .ttl_seconds
+        .map(|s| format!("sum(CASE WHEN {age} > {s} THEN 1 ELSE 0 END)"))
+        .unwrap_or_else(|| "0".into());
+    let known_check = match (&view.created_time_column, view.knowledge_time) {
+        (Some(c), true) => format!(
+            "sum(CASE WHEN to_unixtime({}) > to_unixtime({t}) THEN 1 ELSE 0 END)",
+            quote(c)
+        ),
+        _ => "0".into(),
+    };
+    format!(
+        "SELECT count({e}) AS matched, \
+         sum(CASE WHEN to_unixtime({e}) > to_unixtime({t}) THEN 1 ELSE 0 END) AS future, \
+         {ttl_check} AS stale, {known_check} AS unknown, \
+         approx_percentile_cont({age}, 0.5) AS p50, \
+         approx_percentile_cont({age}, 0.9) AS p90, \
+         approx_percentile_cont({age}, 0.99) AS p99, max({age}) AS max_age \
+         FROM ({}) AS audited",
+        plan.audit_query
+    )
+}
+
+/// One view's audit, as [`view_audit_sql`] computes it.
+struct ViewAudit {
+    view: String,
+    matched: i64,
+    future: i64,
+    stale: i64,
+    unknown: i64,
+    /// p50, p90, p99 and the maximum of feature age (seconds), when anything matched.
+    ages: [Option<f64>; 4],
+}
+
+impl ViewAudit {
+    fn read(view: &str, batch: &RecordBatch) -> Self {
+        let int = |i: usize| -> i64 {
+            arrow::compute::cast(batch.column(i), &DataType::Int64)
+                .ok()
+                .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
+                .filter(|a| !a.is_empty() && !arrow::array::Array::is_null(a, 0))
+                .map(|a| a.value(0))
+                .unwrap_or(0)
+        };
+        let float = |i: usize| -> Option<f64> {
+            arrow::compute::cast(batch.column(i), &DataType::Float64)
+                .ok()
+                .and_then(|a| a.as_any().downcast_ref::<Float64Array>().cloned())
+                .filter(|a| !a.is_empty() && !arrow::array::Array::is_null(a, 0))
+                .map(|a| a.value(0))
+        };
+        Self {
+            view: view.to_string(),
+            matched: int(0),
+            future: int(1),
+            stale: int(2),
+            unknown: int(3),
+            ages: [float(4), float(5), float(6), float(7)],
+        }
+    }
+}
+
+/// The audit's rows, one per view: a view is `ok` when no feature is from after the label
+/// time, older than the TTL or not yet known, and no label row was dropped or duplicated.
+fn audit_report(labels: i64, rows: i64, audits: &[ViewAudit]) -> Result<SendableRecordBatchStream> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("label_rows", DataType::Int64, false),
+        Field::new("training_rows", DataType::Int64, false),
+        Field::new("matched", DataType::Int64, false),
+        Field::new("match_rate", DataType::Float64, false),
+        Field::new("after_label_time", DataType::Int64, false),
+        Field::new("older_than_ttl", DataType::Int64, false),
+        Field::new("not_yet_known", DataType::Int64, false),
+        Field::new("age_p50_s", DataType::Float64, true),
+        Field::new("age_p90_s", DataType::Float64, true),
+        Field::new("age_p99_s", DataType::Float64, true),
+        Field::new("age_max_s", DataType::Float64, true),
+        Field::new("ok", DataType::Boolean, false),
+    ]));
+    let n = audits.len();
+    let ints = |f: fn(&ViewAudit) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(audits.iter().map(f)))
+    };
+    let age = |i: usize| -> ArrayRef {
+        Arc::new(Float64Array::from_iter(audits.iter().map(|a| a.ages[i])))
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            audits.iter().map(|a| &a.view),
+        )),
+        Arc::new(Int64Array::from(vec![labels; n])),
+        Arc::new(Int64Array::from(vec![rows; n])),
+        ints(|a| a.matched),
+        Arc::new(Float64Array::from_iter_values(audits.iter().map(|a| {
+            if rows > 0 {
+                a.matched as f64 / rows as f64
             } else {
                 0.0
-            });
-            future.push(int(1));
-            stale.push(int(2));
-            unknown.push(int(3));
-            p50.push(float(4));
-            p90.push(float(5));
-            p99.push(float(6));
-            max.push(float(7));
-        }
-        let ok: Vec<bool> = (0..names.len())
-            .map(|i| future[i] == 0 && stale[i] == 0 && unknown[i] == 0 && rows == labels)
-            .collect();
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("view", DataType::Utf8, false),
-            Field::new("label_rows", DataType::Int64, false),
-            Field::new("training_rows", DataType::Int64, false),
-            Field::new("matched", DataType::Int64, false),
-            Field::new("match_rate", DataType::Float64, false),
-            Field::new("after_label_time", DataType::Int64, false),
-            Field::new("older_than_ttl", DataType::Int64, false),
-            Field::new("not_yet_known", DataType::Int64, false),
-            Field::new("age_p50_s", DataType::Float64, true),
-            Field::new("age_p90_s", DataType::Float64, true),
-            Field::new("age_p99_s", DataType::Float64, true),
-            Field::new("age_max_s", DataType::Float64, true),
-            Field::new("ok", DataType::Boolean, false),
-        ]));
-        let n = names.len();
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from(names)),
-            Arc::new(Int64Array::from(vec![labels; n])),
-            Arc::new(Int64Array::from(vec![rows; n])),
-            Arc::new(Int64Array::from(matched)),
-            Arc::new(Float64Array::from(rates)),
-            Arc::new(Int64Array::from(future)),
-            Arc::new(Int64Array::from(stale)),
-            Arc::new(Int64Array::from(unknown)),
-            Arc::new(Float64Array::from(p50)),
-            Arc::new(Float64Array::from(p90)),
-            Arc::new(Float64Array::from(p99)),
-            Arc::new(Float64Array::from(max)),
-            Arc::new(arrow::array::BooleanArray::from(ok)),
-        ];
-        super::registry_statements::rows(schema, columns)
-    }
+            }
+        }))),
+        ints(|a| a.future),
+        ints(|a| a.stale),
+        ints(|a| a.unknown),
+        age(0),
+        age(1),
+        age(2),
+        age(3),
+        Arc::new(arrow::array::BooleanArray::from_iter(audits.iter().map(
+            |a| Some(a.future == 0 && a.stale == 0 && a.unknown == 0 && rows == labels),
+        ))),
+    ];
+    super::dsl::rows(schema, columns)
 }
 
 /// The schema to hash rows read back from an export with: the types the manifest records
@@ -1157,19 +1146,6 @@ impl PartitionStream for OnceStream {
                 }),
             )),
         }
-    }
-}
-
-/// The audit plan recorded in a manifest.
-pub fn plan_from_manifest(manifest: &Manifest) -> TrainingPlan {
-    TrainingPlan {
-        query: manifest.query.clone(),
-        audit_query: manifest.audit_query.clone(),
-        labels_query: manifest.labels_query.clone(),
-        label_time: manifest.label_time.clone(),
-        registry_version: manifest.registry_version,
-        inputs: manifest.inputs.clone(),
-        views: manifest.views.clone(),
     }
 }
 

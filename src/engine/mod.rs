@@ -8,10 +8,10 @@
 //! only what that caller may see.
 
 mod definitions;
+mod dsl;
 mod export;
 mod ingest;
 pub mod planning;
-mod registry_statements;
 mod training;
 
 use std::sync::Arc;
@@ -39,7 +39,7 @@ use sqlparser::ast::ObjectName;
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
     Check, ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction,
-    Verification, is_manifest, manifest_location, plan_from_manifest,
+    Verification, is_manifest, manifest_location,
 };
 pub use ingest::{IngestFormat, IngestProgress, IngestRequest};
 pub use training::{PinnedInput, TrainingPlan, ViewUse};
@@ -331,15 +331,7 @@ impl Engine {
                 self.history(&name, limit).await.map(Output::Rows)
             }
             Statement::Sql(statement) => self.run_sql(*statement, options).await,
-            Statement::Dsl(dsl) => {
-                use crate::frontend::dsl::DslStatement;
-                match *dsl {
-                    dsl @ (DslStatement::TrainingSet(_) | DslStatement::Export { .. }) => {
-                        self.run_training(dsl, &statement.text).await
-                    }
-                    dsl => self.run_registry(dsl, &statement.text).await,
-                }
-            }
+            Statement::Dsl(dsl) => self.run_dsl(*dsl, &statement.text).await,
         }
     }
 

@@ -92,7 +92,7 @@ pub struct PlannedStatement {
 impl PlannedStatement {
     /// A DSL statement that changes something, planned as its access: it runs as a whole,
     /// and answers with a one-row report.
-    fn change(statement: ParsedStatement, access: Access) -> Self {
+    pub(crate) fn change(statement: ParsedStatement, access: Access) -> Self {
         Self {
             statement,
             plan: None,
@@ -101,6 +101,31 @@ impl PlannedStatement {
             parameters: Vec::new(),
             access,
         }
+    }
+
+    /// A statement that answers with rows of `schema` and runs as a whole (registry reads,
+    /// `DESCRIBE HISTORY`).
+    pub(crate) fn rows(statement: ParsedStatement, schema: SchemaRef, access: Access) -> Self {
+        Self {
+            statement,
+            plan: None,
+            rows: true,
+            schema,
+            parameters: Vec::new(),
+            access,
+        }
+    }
+
+    /// A training set's statement in place of the pinned query it was planned as, with the
+    /// feature views it reads.
+    pub(crate) fn for_training_set(
+        mut self,
+        statement: ParsedStatement,
+        views: BTreeSet<TableName>,
+    ) -> Self {
+        self.statement = statement;
+        self.access.views = views;
+        self
     }
 
     /// The statement's text.
@@ -204,85 +229,32 @@ impl Engine {
     /// view the caller may not read is refused the same way whether it exists or not. (Views
     /// reached through a service are checked on the plan, [`Access::views`].)
     pub fn named_views(&self, statement: &ParsedStatement) -> BTreeSet<TableName> {
-        use crate::frontend::dsl::{DslStatement, FeatureItem};
-        use crate::registry::Kind;
-        let Statement::Dsl(dsl) = &statement.statement else {
-            return BTreeSet::new();
-        };
-        match dsl.as_ref() {
-            DslStatement::TrainingSet(spec)
-            | DslStatement::Export {
-                training_set: spec, ..
-            } => spec
-                .items
-                .iter()
-                .filter_map(|item| match item {
-                    FeatureItem::View(view) | FeatureItem::Feature(view, _) => {
-                        Some(TableName::bare(view))
-                    }
-                    FeatureItem::Service(_) => None,
-                })
-                .collect(),
-            DslStatement::Describe { kind, name, .. }
-            | DslStatement::History { kind, name, .. }
-            | DslStatement::Diff { kind, name, .. }
-                if *kind == Kind::FeatureView =>
-            {
-                BTreeSet::from([TableName::bare(name)])
-            }
+        match &statement.statement {
+            Statement::Dsl(dsl) => self.dsl_named_views(dsl),
             _ => BTreeSet::new(),
         }
-    }
-
-    /// The tables a DSL statement's text names: a training set's (or export's) labels, a new
-    /// feature view's source. Training sets read these before anything else (their schema
-    /// shapes the plan, and errors list their columns), so they are checked first like a
-    /// query's tables.
-    fn dsl_named_tables(
-        &self,
-        dsl: &crate::frontend::dsl::DslStatement,
-    ) -> Result<BTreeSet<TableName>> {
-        use crate::frontend::dsl::{DslStatement, SourceSql};
-        let source = match dsl {
-            DslStatement::TrainingSet(spec)
-            | DslStatement::Export {
-                training_set: spec, ..
-            } => &spec.labels,
-            DslStatement::CreateFeatureView { source, .. } => source,
-            _ => return Ok(BTreeSet::new()),
-        };
-        let relation = match source {
-            SourceSql::Table { name, .. } => name.clone(),
-            SourceSql::Query(sql) => format!("({sql})"),
-        };
-        let query = self.parse_one(&format!("SELECT * FROM {relation}"))?;
-        self.named_tables(&query)
     }
 
     /// Plans one statement without running it: its result schema, its parameters and the
     /// objects it touches. Nothing is written and no rows are read.
     pub async fn plan_statement(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
-        let Statement::Sql(sql) = &statement.statement else {
-            // DESCRIBE HISTORY: a read of the table's log.
-            let Statement::DescribeHistory { table, limit } = &statement.statement else {
-                return Box::pin(self.plan_dsl(statement)).await;
-            };
-            let name = self.table_name(table)?;
-            let schema = self.history(&name, *limit).await?.schema();
-            let access = Access {
-                reads: BTreeSet::from([name]),
-                ..Access::default()
-            };
-            return Ok(PlannedStatement {
-                statement,
-                plan: None,
-                rows: true,
-                schema,
-                parameters: Vec::new(),
-                access,
-            });
+        let sql = match &statement.statement {
+            Statement::Sql(sql) => sql.as_ref().clone(),
+            Statement::Dsl(dsl) => {
+                let dsl = dsl.as_ref().clone();
+                return Box::pin(self.plan_dsl(&dsl, statement)).await;
+            }
+            // A read of the table's log.
+            Statement::DescribeHistory { table, limit } => {
+                let name = self.table_name(table)?;
+                let schema = self.history(&name, *limit).await?.schema();
+                let access = Access {
+                    reads: BTreeSet::from([name]),
+                    ..Access::default()
+                };
+                return Ok(PlannedStatement::rows(statement, schema, access));
+            }
         };
-        let sql = sql.as_ref().clone();
         let described = match &sql {
             DFStatement::Statement(inner) => match inner.as_ref() {
                 sqlparser::ast::Statement::ExplainTable { table_name, .. } => {
@@ -313,76 +285,6 @@ impl Engine {
             parameters,
             access,
         })
-    }
-
-    /// Plans a DSL statement. A training set lowers to its pinned SQL query, planned like any
-    /// query (so its reads are the tables the plan scans) plus the feature views it uses; an
-    /// export also writes files of the server; registry changes need the registry grant (and
-    /// a new feature view reads its source); registry reads name the views they show.
-    async fn plan_dsl(&self, statement: ParsedStatement) -> Result<PlannedStatement> {
-        use crate::frontend::dsl::DslStatement;
-        use crate::registry::Kind;
-        let Statement::Dsl(dsl) = &statement.statement else {
-            return Err(PitlakeError::Internal(
-                "plan_dsl: not a DSL statement".into(),
-            ));
-        };
-        let view_names = |views: &[crate::engine::ViewUse]| -> BTreeSet<TableName> {
-            views.iter().map(|v| TableName::bare(&v.view)).collect()
-        };
-        match dsl.as_ref() {
-            DslStatement::TrainingSet(spec) => {
-                let plan = self.plan_training_set(spec).await?;
-                let query = self.parse_one(&plan.query)?;
-                let mut planned = self.plan_statement(query).await?;
-                planned.access.views = view_names(&plan.views);
-                planned.statement = statement;
-                Ok(planned)
-            }
-            DslStatement::Export { training_set, .. } => {
-                let plan = self.plan_training_set(training_set).await?;
-                let query = self.parse_one(&plan.query)?;
-                let mut access = self.plan_statement(query).await?.access;
-                access.views = view_names(&plan.views);
-                access.files = true;
-                Ok(PlannedStatement::change(statement, access))
-            }
-            DslStatement::Show { .. }
-            | DslStatement::Describe { .. }
-            | DslStatement::History { .. }
-            | DslStatement::Diff { .. } => {
-                let mut access = Access::default();
-                if let DslStatement::Describe { kind, name, .. }
-                | DslStatement::History { kind, name, .. }
-                | DslStatement::Diff { kind, name, .. } = dsl.as_ref()
-                    && *kind == Kind::FeatureView
-                {
-                    access.views.insert(TableName::bare(name));
-                }
-                // Registry reads are small: run once for the schema.
-                let schema = match self.run(statement.clone(), RunOptions::default()).await? {
-                    Output::Rows(stream) => stream.schema(),
-                    Output::Done(_) => report_schema(),
-                };
-                Ok(PlannedStatement {
-                    statement,
-                    plan: None,
-                    rows: true,
-                    schema,
-                    parameters: Vec::new(),
-                    access,
-                })
-            }
-            other => {
-                let mut access = Access {
-                    registry_write: true,
-                    ..Access::default()
-                };
-                // A new feature view reads its source.
-                access.reads = self.dsl_named_tables(other)?;
-                Ok(PlannedStatement::change(statement, access))
-            }
-        }
     }
 
     /// Runs a planned statement with its parameter values (one per parameter, in order).

@@ -9,7 +9,6 @@
 //! Rows come out sorted by label time, then the entity keys, then the other label columns: a
 //! deterministic order, so an export is identical when rebuilt.
 
-use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use arrow::datatypes::{DataType, SchemaRef};
@@ -19,11 +18,11 @@ use sqlparser::ast::{
 };
 
 use super::Engine;
-use super::registry_statements::{key_type_matches, resolve_items};
+use super::dsl::{check_keys, column_list, resolve_items};
 use crate::error::{PitlakeError, Result};
-use crate::frontend::dsl::{SourceSql, TrainingSetSql};
+use crate::frontend::dsl::TrainingSetSql;
 use crate::frontend::{Statement, parse_sql};
-use crate::registry::{Entity, FeatureView, Kind, Object};
+use crate::registry::{Entity, FeatureView, KeyColumn, Kind, Object};
 
 /// A table a training set reads, at the version it reads.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -240,7 +239,7 @@ impl Engine {
         match statement.statement {
             Statement::Dsl(dsl) => match *dsl {
                 DslStatement::TrainingSet(spec) => Ok((spec, statement.text)),
-                DslStatement::Export { training_set, .. } => Ok((training_set, statement.text)),
+                DslStatement::Export(export) => Ok((export.training_set, statement.text)),
                 _ => Err(not_a_training_set(&statement.text)),
             },
             _ => Err(not_a_training_set(&statement.text)),
@@ -250,41 +249,8 @@ impl Engine {
     /// Plans a training set against the current registry.
     pub async fn plan_training_set(&self, spec: &TrainingSetSql) -> Result<TrainingPlan> {
         let state = self.registry().state(None).await?;
-        let pairs = resolve_items(&state, &spec.items, self.sight())?;
-        if pairs.is_empty() {
-            return Err(PitlakeError::Plan("a training set needs FEATURES".into()));
-        }
-        // Group the wanted features by view, keeping first-mention order.
-        let mut order: Vec<String> = Vec::new();
-        let mut wanted: BTreeMap<String, Option<Vec<String>>> = BTreeMap::new();
-        for (view, feature) in pairs {
-            if !order.contains(&view) {
-                order.push(view.clone());
-            }
-            let entry = wanted.entry(view).or_insert(Some(Vec::new()));
-            match (entry.as_mut(), feature) {
-                (Some(list), Some(f)) => {
-                    if !list.contains(&f) {
-                        list.push(f);
-                    }
-                }
-                (_, None) => *entry = None,
-                (None, Some(_)) => {}
-            }
-        }
-
-        let label_relation = match &spec.labels {
-            SourceSql::Table {
-                name,
-                version: Some(v),
-            } => format!("{name} VERSION AS OF {v}"),
-            SourceSql::Table {
-                name,
-                version: None,
-            } => name.clone(),
-            SourceSql::Query(sql) => format!("({sql})"),
-        };
-        let (labels, label_inputs) = self.pin_relation(&label_relation).await?;
+        let wanted = wanted_features(resolve_items(&state, &spec.items, self.sight())?)?;
+        let (labels, label_inputs) = self.pin_relation(&spec.labels.relation()).await?;
         let label_schema = self.relation_schema(&labels).await?;
         let label_time_type = label_schema
             .field_with_name(&spec.at)
@@ -293,10 +259,9 @@ impl Engine {
                 PitlakeError::Plan(format!(
                     "the labels have no column `{}` for AT; their columns are: {}",
                     spec.at,
-                    columns(&label_schema)
+                    column_list(&label_schema)
                 ))
             })?;
-
         let mut inputs: Vec<PinnedInput> = label_inputs
             .into_iter()
             .map(|(table, version)| PinnedInput {
@@ -305,14 +270,15 @@ impl Engine {
                 role: "labels".into(),
             })
             .collect();
-        let mut select = vec!["l.*".to_string()];
-        let mut audit_select = vec!["l.*".to_string()];
+        let (mut select, mut audit_select) = (vec!["l.*".to_string()], vec!["l.*".to_string()]);
         let mut joins = String::new();
         let mut views = Vec::new();
         let mut key_columns: Vec<String> = Vec::new();
-        for (i, view_name) in order.iter().enumerate() {
+        for (i, (view_name, features)) in wanted.iter().enumerate() {
             let (view, entity) = view_and_entity(&state, view_name)?;
-            check_label_keys(&label_schema, entity, view_name)?;
+            check_keys(&label_schema, entity, |key, problem| {
+                label_key_error(&label_schema, entity, view_name, key, problem)
+            })?;
             for key in &entity.join_keys {
                 if !key_columns.contains(&key.name) {
                     key_columns.push(key.name.clone());
@@ -324,104 +290,24 @@ impl Engine {
                 version: *version,
                 role: format!("feature view {view_name}"),
             }));
-            let alias = format!("v{i}");
-            let features: Vec<String> = match &wanted[view_name] {
-                Some(list) => list.clone(),
-                None => view.features.iter().map(|f| f.name.clone()).collect(),
+            let join = ViewJoin {
+                spec,
+                view,
+                entity,
+                alias: format!("v{i}"),
+                features: match features {
+                    Some(list) => list.clone(),
+                    None => view.features.iter().map(|f| f.name.clone()).collect(),
+                },
+                temporal: is_temporal(&label_time_type),
             };
-            for feature in &features {
-                let column = format!(
-                    "{alias}.{} AS {}",
-                    quote(feature),
-                    quote(&format!("{view_name}__{feature}"))
-                );
-                select.push(column.clone());
-                audit_select.push(column);
-            }
-            let event_column = format!("{view_name}__event_time");
-            let created_column = view
-                .created_time
-                .as_ref()
-                .map(|_| format!("{view_name}__created_time"));
-            if spec.options.event_times {
-                select.push(format!(
-                    "{alias}.{} AS {}",
-                    quote(&view.event_time),
-                    quote(&event_column)
-                ));
-            }
-            audit_select.push(format!(
-                "{alias}.{} AS {}",
-                quote(&view.event_time),
-                quote(&event_column)
-            ));
-            if let (Some(created), Some(column)) = (&view.created_time, &created_column) {
-                audit_select.push(format!("{alias}.{} AS {}", quote(created), quote(column)));
-            }
-            if spec.options.versions {
-                let version = match (&view.source, pinned.as_slice()) {
-                    (crate::registry::Source::Table { .. }, [(_, v)]) => v.to_string(),
-                    _ => "CAST(NULL AS BIGINT)".to_string(),
-                };
-                select.push(format!(
-                    "{version} AS {}",
-                    quote(&format!("{view_name}__table_version"))
-                ));
-            }
-            let on: Vec<String> = entity
-                .join_keys
-                .iter()
-                .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
-                .chain(std::iter::once(format!(
-                    "l.{} >= {alias}.{}",
-                    quote(&spec.at),
-                    quote(&view.event_time)
-                )))
-                .collect();
-            let mut clause = format!(
-                "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
-                on.join(" AND ")
-            );
-            if let Some(ttl) = view.ttl_seconds {
-                if is_temporal(&label_time_type) {
-                    clause.push_str(&format!(" TOLERANCE INTERVAL '{ttl} seconds'"));
-                } else {
-                    clause.push_str(&format!(" TOLERANCE {ttl}"));
-                }
-            }
-            if let Some(created) = &view.created_time {
-                clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
-                if spec.options.knowledge_time {
-                    clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
-                }
-            }
-            joins.push_str(&clause);
-            views.push(ViewUse {
-                view: view_name.clone(),
-                features,
-                ttl_seconds: view.ttl_seconds,
-                created_time: view.created_time.clone(),
-                knowledge_time: spec.options.knowledge_time && view.created_time.is_some(),
-                event_time_column: event_column,
-                created_time_column: created_column,
-            });
-        }
-        // Deterministic order: label time, keys, then every other label column.
-        let mut order_by = vec![format!("l.{}", quote(&spec.at))];
-        for key in &key_columns {
-            order_by.push(format!("l.{}", quote(key)));
-        }
-        for field in label_schema.fields() {
-            if field.name() != &spec.at
-                && !key_columns.contains(field.name())
-                && is_orderable(field.data_type())
-            {
-                order_by.push(format!("l.{}", quote(field.name())));
-            }
+            join.columns(&pinned, &mut select, &mut audit_select);
+            joins.push_str(&join.clause(&source));
+            views.push(join.view_use());
         }
         let from = format!(
             "FROM (SELECT * FROM {labels}) AS l{joins}\nORDER BY {}",
-            order_by.join(", ")
+            order_by(spec, &key_columns, &label_schema)
         );
         inputs.sort();
         inputs.dedup();
@@ -434,6 +320,165 @@ impl Engine {
             inputs,
             views,
         })
+    }
+}
+
+/// The wanted features grouped by view, in first-mention order; `None` for every feature of
+/// the view.
+fn wanted_features(
+    pairs: Vec<(String, Option<String>)>,
+) -> Result<Vec<(String, Option<Vec<String>>)>> {
+    if pairs.is_empty() {
+        return Err(PitlakeError::Plan("a training set needs FEATURES".into()));
+    }
+    let mut wanted: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for (view, feature) in pairs {
+        let at = match wanted.iter().position(|(v, _)| *v == view) {
+            Some(at) => at,
+            None => {
+                wanted.push((view, Some(Vec::new())));
+                wanted.len() - 1
+            }
+        };
+        let entry = &mut wanted[at].1;
+        match (entry.as_mut(), feature) {
+            (Some(list), Some(f)) => {
+                if !list.contains(&f) {
+                    list.push(f);
+                }
+            }
+            (_, None) => *entry = None,
+            (None, Some(_)) => {}
+        }
+    }
+    Ok(wanted)
+}
+
+/// The deterministic order of a training set's rows: label time, keys, then every other
+/// label column that can be ordered.
+fn order_by(spec: &TrainingSetSql, key_columns: &[String], labels: &SchemaRef) -> String {
+    let mut order_by = vec![format!("l.{}", quote(&spec.at))];
+    for key in key_columns {
+        order_by.push(format!("l.{}", quote(key)));
+    }
+    for field in labels.fields() {
+        if field.name() != &spec.at
+            && !key_columns.contains(field.name())
+            && is_orderable(field.data_type())
+        {
+            order_by.push(format!("l.{}", quote(field.name())));
+        }
+    }
+    order_by.join(", ")
+}
+
+/// One feature view's part of a training set's query: its columns and its as-of join.
+struct ViewJoin<'a> {
+    spec: &'a TrainingSetSql,
+    view: &'a FeatureView,
+    entity: &'a Entity,
+    /// The view's alias in the query (`v0`, `v1` …).
+    alias: String,
+    /// The features taken.
+    features: Vec<String>,
+    /// Whether the label time is a date or timestamp (else a number).
+    temporal: bool,
+}
+
+impl ViewJoin<'_> {
+    fn name(&self) -> &str {
+        &self.view.name
+    }
+
+    fn event_column(&self) -> String {
+        format!("{}__event_time", self.name())
+    }
+
+    fn created_column(&self) -> Option<String> {
+        self.view
+            .created_time
+            .as_ref()
+            .map(|_| format!("{}__created_time", self.name()))
+    }
+
+    /// `<alias>.<column> AS <name>`.
+    fn output(&self, column: &str, name: &str) -> String {
+        format!("{}.{} AS {}", self.alias, quote(column), quote(name))
+    }
+
+    /// Adds its columns to the query's and to the audit query's select lists.
+    fn columns(&self, pinned: &[(String, i64)], select: &mut Vec<String>, audit: &mut Vec<String>) {
+        for feature in &self.features {
+            let column = self.output(feature, &format!("{}__{feature}", self.name()));
+            select.push(column.clone());
+            audit.push(column);
+        }
+        let event = self.output(&self.view.event_time, &self.event_column());
+        if self.spec.options.event_times {
+            select.push(event.clone());
+        }
+        audit.push(event);
+        if let (Some(created), Some(column)) = (&self.view.created_time, self.created_column()) {
+            audit.push(self.output(created, &column));
+        }
+        if self.spec.options.versions {
+            let version = match (&self.view.source, pinned) {
+                (crate::registry::Source::Table { .. }, [(_, v)]) => v.to_string(),
+                _ => "CAST(NULL AS BIGINT)".to_string(),
+            };
+            select.push(format!(
+                "{version} AS {}",
+                quote(&format!("{}__table_version", self.name()))
+            ));
+        }
+    }
+
+    /// `ASOF LEFT JOIN (<pinned source>) AS <alias> ON keys AND time [TOLERANCE] [TIEBREAK]
+    /// [KNOWN AT]`.
+    fn clause(&self, source: &str) -> String {
+        let alias = &self.alias;
+        let on: Vec<String> = self
+            .entity
+            .join_keys
+            .iter()
+            .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
+            .chain(std::iter::once(format!(
+                "l.{} >= {alias}.{}",
+                quote(&self.spec.at),
+                quote(&self.view.event_time)
+            )))
+            .collect();
+        let mut clause = format!(
+            "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
+            on.join(" AND ")
+        );
+        if let Some(ttl) = self.view.ttl_seconds {
+            if self.temporal {
+                clause.push_str(&format!(" TOLERANCE INTERVAL '{ttl} seconds'"));
+            } else {
+                clause.push_str(&format!(" TOLERANCE {ttl}"));
+            }
+        }
+        if let Some(created) = &self.view.created_time {
+            clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
+            if self.spec.options.knowledge_time {
+                clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
+            }
+        }
+        clause
+    }
+
+    /// What the manifest records of the view.
+    fn view_use(&self) -> ViewUse {
+        ViewUse {
+            view: self.name().to_string(),
+            features: self.features.clone(),
+            ttl_seconds: self.view.ttl_seconds,
+            created_time: self.view.created_time.clone(),
+            knowledge_time: self.spec.options.knowledge_time && self.view.created_time.is_some(),
+            event_time_column: self.event_column(),
+            created_time_column: self.created_column(),
+        }
     }
 }
 
@@ -456,15 +501,6 @@ fn is_orderable(t: &DataType) -> bool {
     )
 }
 
-fn columns(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn view_and_entity<'a>(
     state: &'a crate::registry::RegistryState,
     view: &str,
@@ -483,32 +519,27 @@ fn view_and_entity<'a>(
     Ok((v, e))
 }
 
-/// The labels must carry the entity's join keys, with the keys' types.
-fn check_label_keys(labels: &SchemaRef, entity: &Entity, view: &str) -> Result<()> {
-    for key in &entity.join_keys {
-        match labels.field_with_name(&key.name) {
-            Ok(field) if key_type_matches(field.data_type(), &key.data_type) => {}
-            Ok(field) => {
-                return Err(PitlakeError::Plan(format!(
-                    "the labels' `{}` is {} but entity `{}` (of feature view `{view}`) keys on \
-                     {} {}; cast the label column",
-                    key.name,
-                    field.data_type(),
-                    entity.name,
-                    key.name,
-                    key.data_type
-                )));
-            }
-            Err(_) => {
-                return Err(PitlakeError::Plan(format!(
-                    "the labels have no column `{}`, the join key of entity `{}` (feature view \
-                     `{view}` needs it); their columns are: {}",
-                    key.name,
-                    entity.name,
-                    columns(labels)
-                )));
-            }
-        }
-    }
-    Ok(())
+/// Why the labels cannot join `entity` (of feature view `view`) on `key`: `found` is the
+/// labels' column of that name, of a type that cannot carry the key, or `None` when missing.
+fn label_key_error(
+    labels: &SchemaRef,
+    entity: &Entity,
+    view: &str,
+    key: &KeyColumn,
+    found: Option<&DataType>,
+) -> PitlakeError {
+    PitlakeError::Plan(match found {
+        Some(actual) => format!(
+            "the labels' `{}` is {actual} but entity `{}` (of feature view `{view}`) keys on {} \
+             {}; cast the label column",
+            key.name, entity.name, key.name, key.data_type
+        ),
+        None => format!(
+            "the labels have no column `{}`, the join key of entity `{}` (feature view `{view}` \
+             needs it); their columns are: {}",
+            key.name,
+            entity.name,
+            column_list(labels)
+        ),
+    })
 }

@@ -336,6 +336,7 @@ async fn exports_reproduce_after_the_inputs_move_on() {
             .unwrap();
         assert_eq!(manifest.output.rows, 3);
         let pinned: Vec<(String, i64, String)> = manifest
+            .plan
             .inputs
             .iter()
             .map(|i| (i.table.clone(), i.version, i.role.clone()))
@@ -647,7 +648,7 @@ async fn audits_pass_correct_sets_and_catch_leaks() {
                 .collect::<Vec<_>>()
         }
     };
-    let clean = audit(pitlake::engine::plan_from_manifest(&manifest)).await;
+    let clean = audit(manifest.plan.clone()).await;
     assert_eq!(clean.len(), 1);
     let row = &clean[0];
     assert_eq!(row["view"], "stats");
@@ -660,7 +661,7 @@ async fn audits_pass_correct_sets_and_catch_leaks() {
     assert_eq!(row["ok"], "true");
 
     // A query edited to ignore knowledge time uses the backfill delivered after label 1's time.
-    let mut leaky = pitlake::engine::plan_from_manifest(&manifest);
+    let mut leaky = manifest.plan.clone();
     assert!(
         leaky.audit_query.contains(" KNOWN AT v0.\"created_ts\""),
         "{}",
@@ -672,7 +673,7 @@ async fn audits_pass_correct_sets_and_catch_leaks() {
     assert_eq!(found[0]["ok"], "false");
 
     // A query edited to look forward uses values from after the label time.
-    let mut future = pitlake::engine::plan_from_manifest(&manifest);
+    let mut future = manifest.plan.clone();
     future.audit_query = future
         .audit_query
         .replace("l.\"at\" >= v0.\"event_ts\"", "l.\"at\" <= v0.\"event_ts\"")

@@ -472,7 +472,7 @@ async fn an_edited_manifest_cannot_run_writes() {
         let err = engine.reproduce(&manifest_path, None).await.unwrap_err();
         assert!(err.to_string().contains("must be a query"), "{evil}: {err}");
         let manifest = engine.read_manifest(&manifest_path).await.unwrap();
-        let plan = pitlake::engine::plan_from_manifest(&manifest);
+        let plan = manifest.plan.clone();
         let Err(err) = engine.audit(&plan).await else {
             panic!("{evil}: an edited manifest was audited");
         };
