@@ -72,18 +72,21 @@ pub(crate) trait Define {
     /// be there).
     async fn object(&self, engine: &Engine, known: &Known<'_>) -> Result<Object>;
 
-    /// The object to commit when the registry, read as `before` when [`Define::object`] was
-    /// built, is `now` at the commit (another writer may have committed in between). By
-    /// default the object as built.
-    fn recheck(
-        &self,
-        object: &Object,
-        _before: &RegistryState,
-        _now: &RegistryState,
-        _sight: Sight<'_>,
-    ) -> Result<Object> {
+    /// The object to commit, given the registry as the commit finds it (another writer may
+    /// have committed since [`Define::object`] built it). By default the object as built.
+    fn recheck(&self, object: &Object, _at: &Recheck<'_>) -> Result<Object> {
         Ok(object.clone())
     }
+}
+
+/// The registry around a definition's commit.
+pub(crate) struct Recheck<'a> {
+    /// As [`Define::object`] read it.
+    before: &'a RegistryState,
+    /// As the commit finds it.
+    now: &'a RegistryState,
+    /// What the caller may see.
+    sight: Sight<'a>,
 }
 
 /// Runs a definition: builds its object against the registry and commits it.
@@ -103,7 +106,12 @@ async fn define<D: Define>(statement: &D, engine: &Engine, text: &str) -> Result
     };
     let version = registry
         .commit(text, &author(engine), |now| {
-            let object = statement.recheck(&object, &before, now, sight)?;
+            let at = Recheck {
+                before: &before,
+                now,
+                sight,
+            };
+            let object = statement.recheck(&object, &at)?;
             upsert(now, object, statement.mode(), sight)
         })
         .await?;
@@ -299,13 +307,8 @@ impl Define for CreateEntity {
     }
 
     /// An entity keeps its join keys while anything uses it.
-    fn recheck(
-        &self,
-        object: &Object,
-        _before: &RegistryState,
-        now: &RegistryState,
-        sight: Sight<'_>,
-    ) -> Result<Object> {
+    fn recheck(&self, object: &Object, at: &Recheck<'_>) -> Result<Object> {
+        let (now, sight) = (at.now, at.sight);
         let name = &self.name;
         if let (Some(Object::Entity(old)), Object::Entity(new)) =
             (now.get(Kind::Entity, name), object)
@@ -453,13 +456,8 @@ impl Define for CreateFeatureView {
     }
 
     /// The entity is still the one the view was checked against.
-    fn recheck(
-        &self,
-        object: &Object,
-        before: &RegistryState,
-        now: &RegistryState,
-        sight: Sight<'_>,
-    ) -> Result<Object> {
+    fn recheck(&self, object: &Object, at: &Recheck<'_>) -> Result<Object> {
+        let (before, now, sight) = (at.before, at.now, at.sight);
         let entity = &self.entity;
         match now.get(Kind::Entity, entity) {
             None => Err(unknown(now, Kind::Entity, entity, sight)),
@@ -511,13 +509,8 @@ impl Define for CreateFeatureService {
     }
 
     /// Its views resolved again, as the registry has them now.
-    fn recheck(
-        &self,
-        _object: &Object,
-        _before: &RegistryState,
-        now: &RegistryState,
-        sight: Sight<'_>,
-    ) -> Result<Object> {
+    fn recheck(&self, _object: &Object, at: &Recheck<'_>) -> Result<Object> {
+        let (now, sight) = (at.now, at.sight);
         self.service(now, sight)
     }
 }
@@ -545,13 +538,8 @@ impl Define for RegisterModel {
     }
 
     /// Its service still exists.
-    fn recheck(
-        &self,
-        object: &Object,
-        _before: &RegistryState,
-        now: &RegistryState,
-        sight: Sight<'_>,
-    ) -> Result<Object> {
+    fn recheck(&self, object: &Object, at: &Recheck<'_>) -> Result<Object> {
+        let (now, sight) = (at.now, at.sight);
         let service = &self.model.service;
         if sight.get(now, Kind::FeatureService, service).is_none() {
             return Err(unknown(now, Kind::FeatureService, service, sight));

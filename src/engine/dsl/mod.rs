@@ -23,8 +23,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 pub(crate) use define::{Known, check_keys};
 pub(crate) use sight::resolve_items;
 
-use super::planning::{Access, PlannedStatement, TableName};
-use super::{Engine, Output};
+use super::planning::{Access, PlannedStatement, TableName, report_schema};
+use super::{Engine, Output, RunOptions};
 use crate::error::Result;
 use crate::frontend::ParsedStatement;
 use crate::frontend::dsl::{DslStatement, SourceSql, each_dsl};
@@ -44,9 +44,26 @@ pub(crate) trait RunDsl {
         None
     }
 
+    /// Whether it changes the registry (else it only reads it).
+    const CHANGES_REGISTRY: bool = true;
+
     /// Plans the statement without running it: its result's schema and its access. By
-    /// default a registry change: the registry grant, and reading [`RunDsl::named_relation`].
+    /// default, a registry change needs the registry grant and reads
+    /// [`RunDsl::named_relation`]; a registry read reads the views it names, and is small
+    /// enough to run once for its schema.
     async fn plan(&self, engine: &Engine, statement: ParsedStatement) -> Result<PlannedStatement> {
+        if !Self::CHANGES_REGISTRY {
+            let access = Access {
+                views: self.named_views(),
+                ..Access::default()
+            };
+            let schema =
+                match Box::pin(engine.run(statement.clone(), RunOptions::default())).await? {
+                    Output::Rows(stream) => stream.schema(),
+                    Output::Done(_) => report_schema(),
+                };
+            return Ok(PlannedStatement::rows(statement, schema, access));
+        }
         let access = Access {
             registry_write: true,
             reads: engine.relation_tables(self.named_relation())?,

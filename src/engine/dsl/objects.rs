@@ -11,10 +11,9 @@ use datafusion::execution::SendableRecordBatchStream;
 
 use super::sight::{Sight, dependents, shown_dependents, unknown};
 use super::{RunDsl, author, rows, strings};
-use crate::engine::planning::{Access, PlannedStatement, TableName, report_schema};
-use crate::engine::{Engine, Output, RunOptions};
+use crate::engine::planning::TableName;
+use crate::engine::{Engine, Output};
 use crate::error::{PitlakeError, Result};
-use crate::frontend::ParsedStatement;
 use crate::frontend::dsl::{
     DescribeObject, DropObject, ObjectRef, ShowDiff, ShowHistory, ShowObjects,
 };
@@ -92,28 +91,8 @@ fn named_view(object: &ObjectRef) -> BTreeSet<TableName> {
     }
 }
 
-/// Plans a registry read: it reads the views it names; it is small, so it runs once for its
-/// schema.
-async fn plan_read(
-    engine: &Engine,
-    statement: ParsedStatement,
-    views: BTreeSet<TableName>,
-) -> Result<PlannedStatement> {
-    let access = Access {
-        views,
-        ..Access::default()
-    };
-    let schema = match engine.run(statement.clone(), RunOptions::default()).await? {
-        Output::Rows(stream) => stream.schema(),
-        Output::Done(_) => report_schema(),
-    };
-    Ok(PlannedStatement::rows(statement, schema, access))
-}
-
 impl RunDsl for ShowObjects {
-    async fn plan(&self, engine: &Engine, statement: ParsedStatement) -> Result<PlannedStatement> {
-        Box::pin(plan_read(engine, statement, BTreeSet::new())).await
-    }
+    const CHANGES_REGISTRY: bool = false;
 
     async fn run(self, engine: &Engine, _text: &str) -> Result<Output> {
         let state = engine.registry().state(self.at).await?;
@@ -122,12 +101,10 @@ impl RunDsl for ShowObjects {
 }
 
 impl RunDsl for DescribeObject {
+    const CHANGES_REGISTRY: bool = false;
+
     fn named_views(&self) -> BTreeSet<TableName> {
         named_view(&self.object)
-    }
-
-    async fn plan(&self, engine: &Engine, statement: ParsedStatement) -> Result<PlannedStatement> {
-        Box::pin(plan_read(engine, statement, self.named_views())).await
     }
 
     async fn run(self, engine: &Engine, _text: &str) -> Result<Output> {
@@ -137,12 +114,10 @@ impl RunDsl for DescribeObject {
 }
 
 impl RunDsl for ShowHistory {
+    const CHANGES_REGISTRY: bool = false;
+
     fn named_views(&self) -> BTreeSet<TableName> {
         named_view(&self.object)
-    }
-
-    async fn plan(&self, engine: &Engine, statement: ParsedStatement) -> Result<PlannedStatement> {
-        Box::pin(plan_read(engine, statement, self.named_views())).await
     }
 
     async fn run(self, engine: &Engine, _text: &str) -> Result<Output> {
@@ -152,12 +127,10 @@ impl RunDsl for ShowHistory {
 }
 
 impl RunDsl for ShowDiff {
+    const CHANGES_REGISTRY: bool = false;
+
     fn named_views(&self) -> BTreeSet<TableName> {
         named_view(&self.object)
-    }
-
-    async fn plan(&self, engine: &Engine, statement: ParsedStatement) -> Result<PlannedStatement> {
-        Box::pin(plan_read(engine, statement, self.named_views())).await
     }
 
     async fn run(self, engine: &Engine, _text: &str) -> Result<Output> {
