@@ -164,9 +164,14 @@ pub enum PitlakeError {
     #[error("not supported: {0}")]
     Unsupported(String),
 
-    /// Query execution failed (out of memory after spilling, I/O during a scan, cancelled).
+    /// Query execution failed (I/O during a scan, a cast of bad data, cancelled).
     #[error("{0}")]
     Execution(String),
+
+    /// A memory pool (the engine's, or a query's own limit) was exhausted, after spilling
+    /// what could be spilled. Running again with more memory, or with less at once, helps.
+    #[error("out of memory: {0} (raise --memory-limit, or lower --target-partitions)")]
+    ResourcesExhausted(String),
 
     /// A Delta Lake operation failed.
     #[error("Delta Lake: {0}")]
@@ -245,9 +250,7 @@ impl PitlakeError {
             ),
             DataFusionError::NotImplemented(msg) => PitlakeError::Unsupported(msg),
             DataFusionError::Execution(msg) => PitlakeError::Execution(msg),
-            DataFusionError::ResourcesExhausted(msg) => PitlakeError::Execution(format!(
-                "out of memory: {msg} (raise --memory-limit, or lower --target-partitions)"
-            )),
+            DataFusionError::ResourcesExhausted(msg) => PitlakeError::ResourcesExhausted(msg),
             DataFusionError::ArrowError(err, _) => PitlakeError::Arrow(*err),
             DataFusionError::ParquetError(err) => PitlakeError::Parquet(*err),
             DataFusionError::ObjectStore(err) => PitlakeError::ObjectStore(*err),

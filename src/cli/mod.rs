@@ -86,6 +86,7 @@ pub fn exit_code(err: &PitlakeError) -> u8 {
         | PitlakeError::ConcurrentWrite { .. }
         | PitlakeError::Unsupported(_)
         | PitlakeError::Execution(_)
+        | PitlakeError::ResourcesExhausted(_)
         | PitlakeError::Arrow(_)
         | PitlakeError::Parquet(_)
         | PitlakeError::DataFusion(_)

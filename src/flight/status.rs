@@ -31,11 +31,7 @@ pub fn status_for(err: &PitlakeError) -> Status {
         }
         PitlakeError::Unsupported(_) => Code::Unimplemented,
         PitlakeError::ConcurrentWrite { .. } => Code::Aborted,
-        // The engine reports an exhausted memory pool as an execution error whose message it
-        // writes itself (see `PitlakeError::from_datafusion`).
-        PitlakeError::Execution(msg) if msg.starts_with("out of memory") => {
-            Code::ResourceExhausted
-        }
+        PitlakeError::ResourcesExhausted(_) => Code::ResourceExhausted,
         PitlakeError::Execution(_) => Code::Unknown,
         PitlakeError::Config { .. } => Code::FailedPrecondition,
         PitlakeError::Warehouse { .. } | PitlakeError::ObjectStore(_) => Code::Unavailable,
@@ -91,10 +87,7 @@ mod tests {
         assert!(status.message().contains("orders"));
         assert!(!status.message().contains("salaries"));
         assert_eq!(
-            status_for(&PitlakeError::Execution(
-                "out of memory: query pool (raise --memory-limit)".into()
-            ))
-            .code(),
+            status_for(&PitlakeError::ResourcesExhausted("query pool".into())).code(),
             Code::ResourceExhausted
         );
     }
