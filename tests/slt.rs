@@ -195,7 +195,6 @@ fn normalize(line: &str) -> String {
 
 /// Compares results line by line with whitespace collapsed; `<slt:ignore>` in an expected line
 /// skips any text there (sqllogictest's own marker, here also applied to normalized lines).
-#[allow(clippy::ptr_arg)]
 fn validator(
     _normalizer: sqllogictest::Normalizer,
     actual: &[Vec<String>],

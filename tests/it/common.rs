@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use pitlake::{Engine, Settings, WarehouseLocation};
 
@@ -65,12 +65,4 @@ pub fn column(batches: &[RecordBatch], index: usize) -> Vec<String> {
 /// Total rows in a result.
 pub fn count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(|b| b.num_rows()).sum()
-}
-
-/// Whether any array in the batches has nulls (used to sanity-check fixtures).
-#[allow(dead_code)]
-pub fn has_nulls(batches: &[RecordBatch]) -> bool {
-    batches
-        .iter()
-        .any(|b| b.columns().iter().any(|c| c.null_count() > 0))
 }

@@ -11,7 +11,10 @@
 //!   `~/.cache/pitlake-node`), on 127.0.0.1; the server exits when this test process does.
 //! - Neither possible: the test fails (never skips) and says how to get a server.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "shared by tests/slt.rs and tests/it, which use different parts of it"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
