@@ -14,6 +14,7 @@ mod ingest;
 pub mod planning;
 mod training;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -336,14 +337,16 @@ impl Engine {
     }
 
     /// The one planning pipeline every SQL statement goes through, whoever runs it (the CLI,
-    /// the server, training sets): time travel resolved (its bounds are constants, checked by
-    /// the parser), as-of joins rewritten, the information schema refreshed when the
-    /// statement reads it, the statement planned, and a planning error explained. Returns the
-    /// session state it planned in, to run the plan in.
+    /// the server, training sets): training sets inside it lowered to their pinned queries,
+    /// time travel resolved (its bounds are constants, checked by the parser), as-of joins
+    /// rewritten, the information schema refreshed when the statement reads it, the statement
+    /// planned, and a planning error explained. Returns the session state it planned in, to
+    /// run the plan in, and the feature views its training sets read.
     pub(crate) async fn plan_sql(
         &self,
         mut statement: DFStatement,
-    ) -> Result<(SessionState, LogicalPlan)> {
+    ) -> Result<(SessionState, LogicalPlan, BTreeSet<TableName>)> {
+        let views = Box::pin(self.lower_training_sets(&mut statement)).await?;
         let state = self.ctx.state();
         self.resolve_time_travel(&mut statement, &state).await?;
         let normalize = state
@@ -356,13 +359,42 @@ impl Engine {
             self.catalog.refresh().await?;
         }
         match state.statement_to_plan(statement).await {
-            Ok(plan) => Ok((state, plan)),
+            Ok(plan) => Ok((state, plan, views)),
             Err(err) => Err(self.explain_plan_error(err).await),
         }
     }
 
+    /// Puts each training set inside a statement (`frontend::embedded`) in its place as its
+    /// pinned query; returns the feature views they read.
+    async fn lower_training_sets(
+        &self,
+        statement: &mut DFStatement,
+    ) -> Result<BTreeSet<TableName>> {
+        let mut views = BTreeSet::new();
+        let mut queries = Vec::new();
+        for training_set in frontend::embedded::embedded(statement)? {
+            let plan = self.plan_training_set(&training_set).await?;
+            views.extend(plan.views.iter().map(|v| TableName::bare(&v.view)));
+            let mut parsed = self.parse(&plan.query)?;
+            match parsed.pop().map(|p| p.statement) {
+                Some(Statement::Sql(sql)) => match *sql {
+                    DFStatement::Statement(inner) => match *inner {
+                        sqlparser::ast::Statement::Query(query) => queries.push(*query),
+                        _ => return Err(not_a_query()),
+                    },
+                    _ => return Err(not_a_query()),
+                },
+                _ => return Err(not_a_query()),
+            }
+        }
+        if !queries.is_empty() {
+            frontend::embedded::substitute(statement, queries)?;
+        }
+        Ok(views)
+    }
+
     async fn run_sql(&self, statement: DFStatement, options: RunOptions) -> Result<Output> {
-        let (state, plan) = self.plan_sql(statement).await?;
+        let (state, plan, _) = self.plan_sql(statement).await?;
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 let name = user_table(self.reference_to_name(&create.name)?)?;
@@ -455,7 +487,7 @@ impl Engine {
                 "only queries have a logical plan".into(),
             ));
         };
-        let (state, plan) = self.plan_sql(*statement).await?;
+        let (state, plan, _) = self.plan_sql(*statement).await?;
         Ok(state.optimize(&plan)?)
     }
 
@@ -737,4 +769,9 @@ impl Engine {
         let stream = futures::stream::iter(vec![Ok(batch)]);
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
+}
+
+/// A training set planned into something other than one query: a bug.
+fn not_a_query() -> PitlakeError {
+    PitlakeError::Internal("a training set's pinned SQL is not one query".into())
 }

@@ -215,10 +215,18 @@ impl Engine {
         let functions = state.table_functions();
         let mut names = BTreeSet::new();
         for reference in state.resolve_table_references(sql)? {
-            if reference.schema().is_none() && functions.contains_key(reference.table()) {
+            let placeholder = reference.table() == crate::frontend::embedded::PLACEHOLDER;
+            if reference.schema().is_none()
+                && (functions.contains_key(reference.table()) || placeholder)
+            {
                 continue;
             }
             names.insert(self.scanned_table(&reference)?);
+        }
+        // The labels of the training sets inside it.
+        for training_set in crate::frontend::embedded::embedded(&mut sql.as_ref().clone())? {
+            let dsl = crate::frontend::dsl::DslStatement::TrainingSet(training_set);
+            names.extend(self.dsl_named_tables(&dsl)?);
         }
         Ok(names)
     }
@@ -231,7 +239,13 @@ impl Engine {
     pub fn named_views(&self, statement: &ParsedStatement) -> BTreeSet<TableName> {
         match &statement.statement {
             Statement::Dsl(dsl) => self.dsl_named_views(dsl),
-            _ => BTreeSet::new(),
+            // The training sets inside a query (their text parsed when the query was).
+            Statement::Sql(sql) => crate::frontend::embedded::embedded(&mut sql.as_ref().clone())
+                .unwrap_or_default()
+                .iter()
+                .flat_map(|t| t.feature_views().map(TableName::bare).collect::<Vec<_>>())
+                .collect(),
+            Statement::DescribeHistory { .. } => BTreeSet::new(),
         }
     }
 
@@ -264,9 +278,10 @@ impl Engine {
             },
             _ => None,
         };
-        let (state, plan) = self.plan_sql(sql).await?;
+        let (state, plan, views) = self.plan_sql(sql).await?;
         let mut access = self.access_of(&state, &plan).await?;
         access.reads.extend(described);
+        access.views.extend(views);
         let rows = !matches!(
             plan,
             LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Statement(_)

@@ -5,6 +5,7 @@ mod asof;
 pub mod bounds;
 mod dialect;
 pub mod dsl;
+pub mod embedded;
 mod parse;
 pub(crate) mod time_travel;
 

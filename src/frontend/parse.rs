@@ -12,8 +12,8 @@ use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Tokenizer, Word};
 
 use crate::error::{PitlakeError, Result};
-use crate::frontend::bounds;
 use crate::frontend::dialect::PitlakeDialect;
+use crate::frontend::{bounds, embedded};
 
 /// One parsed statement.
 #[derive(Debug, Clone)]
@@ -253,11 +253,15 @@ fn is_word(token: &Token, keyword: Keyword) -> bool {
 
 /// Parses the tokens of exactly one statement.
 pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
-    if crate::frontend::dsl::is_dsl(&tokens) {
+    // A training set followed by SQL (`TRAINING SET … LIMIT 3`) is a query around one.
+    let leads_a_query = embedded::starts_with_training_set(&tokens)
+        && embedded_training_set_leads_a_query(&tokens)?;
+    if crate::frontend::dsl::is_dsl(&tokens) && !leads_a_query {
         return Ok(Statement::Dsl(Box::new(crate::frontend::dsl::parse_dsl(
             tokens,
         )?)));
     }
+    let tokens = embedded::embed(tokens, tokenize_at)?;
     let significant: Vec<&Token> = tokens
         .iter()
         .map(|t| &t.token)
@@ -292,6 +296,21 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
             "a split statement parsed as several".into(),
         )),
     }
+}
+
+/// Whether SQL follows the training set that starts `tokens`.
+fn embedded_training_set_leads_a_query(tokens: &[TokenWithSpan]) -> Result<bool> {
+    let start = tokens
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+        .unwrap_or_default();
+    let end = start + crate::frontend::dsl::training_set_prefix(&tokens[start..])?;
+    Ok(tokens[end..].iter().any(|t| {
+        !matches!(
+            t.token,
+            Token::Whitespace(_) | Token::EOF | Token::SemiColon
+        )
+    }))
 }
 
 /// Gives `IS [NOT] DISTINCT FROM` the precedence of `=`.

@@ -198,6 +198,31 @@ pub fn parse_dsl(tokens: Vec<TokenWithSpan>) -> Result<DslStatement> {
     Ok(statement)
 }
 
+/// How many of `tokens` one `TRAINING SET …` at their start takes: the training set ends
+/// where its clauses do, so SQL may follow it (`) AS ts`, `LIMIT 3`).
+pub fn training_set_prefix(tokens: &[TokenWithSpan]) -> Result<usize> {
+    let dialect = PitlakeDialect::default();
+    let mut p = DslParser {
+        p: Parser::new(&dialect).with_tokens_with_locations(tokens.to_vec()),
+    };
+    TrainingSetSql::parse(&mut p)?;
+    Ok(p.p.index())
+}
+
+/// Parses the text of one `TRAINING SET …`, as [`training_set_prefix`] delimited it.
+pub fn parse_training_set(text: &str) -> Result<TrainingSetSql> {
+    let dialect = PitlakeDialect::default();
+    let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| crate::error::PitlakeError::Syntax(e.to_string()))?;
+    let mut p = DslParser {
+        p: Parser::new(&dialect).with_tokens_with_locations(tokens),
+    };
+    let training_set = TrainingSetSql::parse(&mut p)?;
+    p.end()?;
+    Ok(training_set)
+}
+
 /// Reads the leading keywords and hands the rest to the statement's own parser.
 fn statement(p: &mut DslParser<'_>) -> Result<DslStatement> {
     if p.p.parse_keyword(Keyword::CREATE) {

@@ -487,3 +487,47 @@ async fn an_edited_manifest_cannot_run_writes() {
         4
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_training_set_inside_sql_is_refused_as_it_is_on_its_own() {
+    let fixture = fixture().await;
+    let mut carol = fixture.login("carol", "bob-pw").await;
+    // Allowed: the same rows inside a query as on their own (in an order of their own, as
+    // for any subquery, unless the query orders them).
+    let alone = TRAINING_SET_OF_CAROL;
+    let inside = format!("SELECT * FROM ({alone}) AS ts ORDER BY ts, driver_id");
+    let direct = query(&mut carol, alone).await.unwrap();
+    let wrapped = query(&mut carol, &inside).await.unwrap();
+    assert!(count(&direct) > 0);
+    assert_eq!(cells(&direct), cells(&wrapped));
+    // Forbidden: each form of embedding is refused with the code the training set gets on its
+    // own, and says nothing of what it may not see.
+    for training_set in [
+        "TRAINING SET LABELS salaries AT nope FEATURES (driver_rates.conv_rate)",
+        "TRAINING SET LABELS labels AT ts FEATURES (secret_rates.ssn)",
+        "TRAINING SET LABELS labels AT ts FEATURES (SERVICE secret_service)",
+        "TRAINING SET LABELS (SELECT * FROM salaries) AT event_ts FEATURES (driver_rates.*)",
+    ] {
+        let (alone_code, _) = refused(&mut carol, training_set).await;
+        let escaped = training_set.replace('\'', "''");
+        for sql in [
+            format!("SELECT * FROM ({training_set}) AS ts"),
+            format!("WITH ts AS ({training_set}) SELECT count(*) FROM ts"),
+            format!("{training_set} LIMIT 1"),
+            format!("EXPLAIN {training_set}"),
+            // The placeholder the parser writes, written by hand.
+            format!("SELECT * FROM pitlake_training_set('{escaped}')"),
+        ] {
+            let (code, msg) = refused(&mut carol, &sql).await;
+            assert_eq!(code, alone_code, "{sql}: {msg}");
+            assert!(!msg.contains(SSN) && !msg.contains("ssn`"), "{sql}: {msg}");
+            if !training_set.contains("secret") {
+                assert!(!msg.contains("secret"), "{sql}: {msg}");
+            }
+        }
+    }
+}
+
+/// A training set carol may build: her view over labels she may read.
+const TRAINING_SET_OF_CAROL: &str =
+    "TRAINING SET LABELS labels AT ts FEATURES (driver_rates.conv_rate)";

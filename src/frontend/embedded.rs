@@ -1,0 +1,225 @@
+//! Training sets inside SQL: a `TRAINING SET …` stands wherever a query may, e.g.
+//! `SELECT … FROM (TRAINING SET …) AS ts WHERE …`, `WITH ts AS (TRAINING SET …)`,
+//! `CREATE TABLE t AS TRAINING SET …`, `EXPLAIN TRAINING SET …`, `TRAINING SET … LIMIT 3`.
+//!
+//! The parser replaces each by `SELECT * FROM pitlake_training_set('<the training set>')`: a
+//! placeholder that carries the training set's own text through DataFusion's SQL parser. Before
+//! anything else is planned, the engine parses each placeholder's text again ([`embedded`]),
+//! plans it into its pinned query, and puts that query in the placeholder's place
+//! ([`substitute`]). The statement is then planned, authorized and pinned as if its author had
+//! written the pinned query: the training set's grants, versions and as-of joins are the same
+//! as when it stands alone.
+
+use std::ops::ControlFlow;
+
+use datafusion::sql::parser::Statement as DFStatement;
+use sqlparser::ast::{
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, GroupByExpr, Query, SelectItem, SetExpr,
+    TableFactor, Value, VisitorMut,
+};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Word};
+
+use crate::error::{PitlakeError, Result};
+use crate::frontend::dsl::{self, TrainingSetSql};
+use crate::frontend::time_travel::visit_statement_mut;
+
+/// The table function a training set stands as in SQL until the engine plans it.
+pub const PLACEHOLDER: &str = "pitlake_training_set";
+
+/// Whether the unquoted words `TRAINING SET` start at `tokens[at]`.
+fn starts_training_set(tokens: &[TokenWithSpan], at: usize) -> bool {
+    let word = |t: &TokenWithSpan, w: &str| matches!(&t.token, Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(w));
+    word(&tokens[at], "TRAINING")
+        && tokens[at + 1..]
+            .iter()
+            .find(|t| !matches!(t.token, Token::Whitespace(_)))
+            .is_some_and(|t| word(t, "SET"))
+}
+
+/// Whether the statement's first word starts a training set.
+pub(crate) fn starts_with_training_set(tokens: &[TokenWithSpan]) -> bool {
+    tokens
+        .iter()
+        .position(|t| !matches!(t.token, Token::Whitespace(_)))
+        .is_some_and(|at| starts_training_set(tokens, at))
+}
+
+/// Replaces every `TRAINING SET …` in a statement's tokens by the placeholder query;
+/// `tokenize(text, at)` tokenizes the replacement as if it stood at `at` in the script.
+pub(crate) fn embed(
+    tokens: Vec<TokenWithSpan>,
+    tokenize: impl Fn(&str, Location) -> Result<Vec<TokenWithSpan>>,
+) -> Result<Vec<TokenWithSpan>> {
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut at = 0;
+    while at < tokens.len() {
+        if !starts_training_set(&tokens, at) {
+            out.push(tokens[at].clone());
+            at += 1;
+            continue;
+        }
+        let consumed = dsl::training_set_prefix(&tokens[at..])?;
+        let text: String = tokens[at..at + consumed]
+            .iter()
+            .map(|t| t.token.to_string())
+            .collect();
+        let placeholder = format!(
+            "SELECT * FROM {PLACEHOLDER}('{}')",
+            text.trim().replace('\'', "''")
+        );
+        out.extend(tokenize(&placeholder, tokens[at].span.start)?);
+        at += consumed;
+    }
+    Ok(out)
+}
+
+/// Visits the placeholders of a statement in order.
+struct Placeholders<F> {
+    visit: F,
+    error: Option<PitlakeError>,
+}
+
+impl<F> VisitorMut for Placeholders<F>
+where
+    F: FnMut(&mut TableFactor, &str) -> Result<()>,
+{
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = &*factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        if !name.to_string().eq_ignore_ascii_case(PLACEHOLDER) {
+            return ControlFlow::Continue(());
+        }
+        let text = match args.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v)))] => match &v.value {
+                Value::SingleQuotedString(text) => Some(text.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let result = match text {
+            Some(text) => (self.visit)(factor, &text),
+            None => Err(PitlakeError::Plan(format!(
+                "{PLACEHOLDER}(…) takes the text of one training set; write TRAINING SET … \
+                 where a query may stand instead"
+            ))),
+        };
+        match result {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(err) => {
+                self.error = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
+}
+
+fn visit_placeholders(
+    statement: &mut DFStatement,
+    visit: impl FnMut(&mut TableFactor, &str) -> Result<()>,
+) -> Result<()> {
+    let mut visitor = Placeholders { visit, error: None };
+    let _ = visit_statement_mut(statement, &mut visitor);
+    visitor.error.map_or(Ok(()), Err)
+}
+
+/// The training sets embedded in a statement, in order.
+pub fn embedded(statement: &mut DFStatement) -> Result<Vec<TrainingSetSql>> {
+    let mut found = Vec::new();
+    visit_placeholders(statement, |_, text| {
+        found.push(dsl::parse_training_set(text)?);
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Puts `queries` (one per embedded training set, in order) in the placeholders' places.
+pub fn substitute(statement: &mut DFStatement, queries: Vec<Query>) -> Result<()> {
+    let whole = bare_training_set(statement).is_some();
+    substitute_each(statement, queries)?;
+    if whole {
+        keep_order(statement);
+    }
+    Ok(())
+}
+
+/// The query of a statement that only takes rows from one training set, `SELECT * FROM
+/// <placeholder or its query>` with at most a LIMIT / OFFSET / FETCH, and orders nothing
+/// itself (as `TRAINING SET … LIMIT 3` parses).
+fn bare_training_set(statement: &mut DFStatement) -> Option<&mut Query> {
+    let DFStatement::Statement(inner) = statement else {
+        return None;
+    };
+    let sqlparser::ast::Statement::Query(outer) = inner.as_mut() else {
+        return None;
+    };
+    let SetExpr::Select(select) = outer.body.as_ref() else {
+        return None;
+    };
+    let bare = outer.order_by.is_none()
+        && outer.with.is_none()
+        && matches!(select.projection.as_slice(), [SelectItem::Wildcard(_)])
+        && select.selection.is_none()
+        && select.having.is_none()
+        && select.distinct.is_none()
+        && matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty())
+        && matches!(select.from.as_slice(), [from] if from.joins.is_empty() && matches!(
+            &from.relation,
+            TableFactor::Table { name, args: Some(_), .. } if name.to_string().eq_ignore_ascii_case(PLACEHOLDER)
+        ));
+    bare.then_some(outer.as_mut())
+}
+
+/// Makes a bare query around one training set ([`bare_training_set`]) the training set's own
+/// query, which keeps its ORDER BY; DataFusion would not keep a subquery's order.
+fn keep_order(statement: &mut DFStatement) {
+    let DFStatement::Statement(inner) = statement else {
+        return;
+    };
+    let sqlparser::ast::Statement::Query(outer) = inner.as_mut() else {
+        return;
+    };
+    let SetExpr::Select(select) = outer.body.as_ref() else {
+        return;
+    };
+    let Some(TableFactor::Derived { subquery, .. }) = select.from.first().map(|f| &f.relation)
+    else {
+        return;
+    };
+    if subquery.limit_clause.is_some() || subquery.fetch.is_some() {
+        return;
+    }
+    let mut merged = subquery.as_ref().clone();
+    merged.limit_clause = outer.limit_clause.take();
+    merged.fetch = outer.fetch.take();
+    **outer = merged;
+}
+
+fn substitute_each(statement: &mut DFStatement, queries: Vec<Query>) -> Result<()> {
+    let mut queries = queries.into_iter();
+    visit_placeholders(statement, |factor, _| {
+        let TableFactor::Table { alias, .. } = factor else {
+            return Err(PitlakeError::Internal(
+                "a placeholder that is not a table".into(),
+            ));
+        };
+        let alias = alias.take();
+        let subquery = queries.next().ok_or_else(|| {
+            PitlakeError::Internal("fewer training sets than placeholders".into())
+        })?;
+        *factor = TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(subquery),
+            alias,
+            sample: None,
+        };
+        Ok(())
+    })
+}
