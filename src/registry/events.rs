@@ -162,7 +162,7 @@ fn schema() -> SchemaRef {
 }
 
 /// How many times a change is re-validated and retried when other writers keep winning.
-const ATTEMPTS: usize = 12;
+const ATTEMPTS: usize = 16;
 
 /// The registry of a warehouse.
 #[derive(Debug, Clone)]
@@ -254,6 +254,7 @@ impl Registry {
     ) -> Result<Option<i64>> {
         let table = registry_table();
         for attempt in 0..ATTEMPTS {
+            let started = std::time::Instant::now();
             let state = self.state(None).await?;
             let changes = plan(&state)?;
             if changes.is_empty() {
@@ -265,9 +266,12 @@ impl Registry {
                 Ok(()) => return Ok(Some(next)),
                 Err(err) if is_conflict(&err) => {
                     // Someone else committed this version: re-read, re-check, try again after
-                    // a pause that doubles each time, drawn at random below that bound, so
-                    // writers (tasks of one process too) do not collide in lockstep.
-                    let bound = 10u64 << attempt.min(6);
+                    // a pause drawn at random below a bound that doubles each time, so writers
+                    // (tasks of one process too) do not collide in lockstep. The bound starts at
+                    // what this attempt took (at least 10 ms): on a slow store or a busy machine
+                    // an attempt is long, and pauses shorter than it would only collide again.
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    let bound = took.max(10).saturating_mul(1 << attempt.min(6));
                     tokio::time::sleep(std::time::Duration::from_millis(random_below(bound))).await;
                 }
                 Err(err) => return Err(err),
