@@ -19,7 +19,7 @@ use crate::frontend::dsl::{
 };
 use crate::registry::{
     Action, Change, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind,
-    Object, Registry, RegistryState, Source,
+    Object, Registry, RegistryState,
 };
 
 /// Whether a column of type `actual` can carry an entity key declared as `declared` (an Arrow
@@ -331,17 +331,6 @@ impl RunDsl for CreateEntity {
 }
 
 impl CreateFeatureView {
-    /// The view's source as the registry keeps it.
-    fn registry_source(&self) -> Source {
-        match &self.source {
-            SourceSql::Table { name, version } => Source::Table {
-                table: name.clone(),
-                version: *version,
-            },
-            SourceSql::Query(sql) => Source::Query { sql: sql.clone() },
-        }
-    }
-
     /// The type of column `col` of the source, which the view names as `what`.
     fn column(&self, schema: &SchemaRef, col: &str, what: &str) -> Result<DataType> {
         schema
@@ -424,7 +413,7 @@ impl Define for CreateFeatureView {
     /// Checked against its source (times, features, the entity's keys) and its entity.
     async fn object(&self, engine: &Engine, known: &Known<'_>) -> Result<Object> {
         let name = &self.name;
-        let source = self.registry_source();
+        let source = self.source.to_registry();
         let schema = engine
             .relation_schema(&source.relation())
             .await

@@ -29,6 +29,7 @@ pub use training::{ExportTrainingSet, TrainingOptions, TrainingSetSql};
 
 use crate::error::Result;
 use crate::frontend::dialect::PitlakeDialect;
+use crate::registry::Source;
 
 /// A relation a feature view or a training set reads: a table (maybe pinned) or a query.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,19 +46,20 @@ pub enum SourceSql {
 }
 
 impl SourceSql {
+    /// The source as the registry keeps it.
+    pub fn to_registry(&self) -> Source {
+        match self {
+            SourceSql::Table { name, version } => Source::Table {
+                table: name.clone(),
+                version: *version,
+            },
+            SourceSql::Query(sql) => Source::Query { sql: sql.clone() },
+        }
+    }
+
     /// The relation as SQL that can follow `FROM`.
     pub fn relation(&self) -> String {
-        match self {
-            SourceSql::Table {
-                name,
-                version: Some(v),
-            } => format!("{name} VERSION AS OF {v}"),
-            SourceSql::Table {
-                name,
-                version: None,
-            } => name.clone(),
-            SourceSql::Query(sql) => format!("({sql})"),
-        }
+        self.to_registry().relation()
     }
 }
 
