@@ -18,7 +18,6 @@ mod objects;
 mod parser;
 mod training;
 
-use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Word};
 
@@ -144,9 +143,74 @@ macro_rules! each_dsl {
 }
 pub(crate) use each_dsl;
 
-/// The leading words of a statement: upper-cased unquoted words, `""` for anything else.
-fn words(tokens: &[TokenWithSpan]) -> Vec<String> {
-    tokens
+/// A statement's parser, called after its first [`Syntax::lead`] words.
+type Parse = fn(&mut DslParser<'_>) -> Result<DslStatement>;
+
+/// How a DSL statement starts: the words that tell it from SQL (`OR REPLACE` after the first
+/// word is skipped when matching), and its parser, which starts after the first `lead` words.
+struct Syntax {
+    words: &'static [&'static str],
+    lead: usize,
+    parse: Parse,
+}
+
+const fn syntax(words: &'static [&'static str], lead: usize, parse: Parse) -> Syntax {
+    Syntax { words, lead, parse }
+}
+
+/// Every DSL statement's start: the one table `is_dsl` and `parse_dsl` read.
+const SYNTAX: &[Syntax] = &[
+    syntax(&["CREATE", "ENTITY"], 1, definitions::create),
+    syntax(&["CREATE", "FEATURE", "VIEW"], 1, definitions::create),
+    syntax(&["CREATE", "FEATURE", "SERVICE"], 1, definitions::create),
+    syntax(&["REGISTER"], 1, |p| {
+        RegisterModel::parse(p).map(DslStatement::RegisterModel)
+    }),
+    syntax(&["DROP", "ENTITY"], 1, drop),
+    syntax(&["DROP", "FEATURE", "VIEW"], 1, drop),
+    syntax(&["DROP", "FEATURE", "SERVICE"], 1, drop),
+    syntax(&["DROP", "MODEL"], 1, drop),
+    syntax(&["SHOW", "ENTITIES"], 1, show),
+    syntax(&["SHOW", "MODELS"], 1, show),
+    syntax(&["SHOW", "FEATURE", "VIEWS"], 1, show),
+    syntax(&["SHOW", "FEATURE", "SERVICES"], 1, show),
+    syntax(&["SHOW", "HISTORY", "OF"], 2, |p| {
+        ShowHistory::parse(p).map(DslStatement::History)
+    }),
+    syntax(&["SHOW", "DIFF", "OF"], 2, |p| {
+        ShowDiff::parse(p).map(DslStatement::Diff)
+    }),
+    syntax(&["DESCRIBE", "ENTITY"], 1, describe),
+    syntax(&["DESCRIBE", "MODEL"], 1, describe),
+    syntax(&["DESCRIBE", "FEATURE", "VIEW"], 1, describe),
+    syntax(&["DESCRIBE", "FEATURE", "SERVICE"], 1, describe),
+    syntax(&["DESC", "ENTITY"], 1, describe),
+    syntax(&["DESC", "MODEL"], 1, describe),
+    syntax(&["DESC", "FEATURE", "VIEW"], 1, describe),
+    syntax(&["DESC", "FEATURE", "SERVICE"], 1, describe),
+    syntax(&["TRAINING", "SET"], 0, |p| {
+        TrainingSetSql::parse(p).map(DslStatement::TrainingSet)
+    }),
+    syntax(&["EXPORT", "TRAINING", "SET"], 1, |p| {
+        ExportTrainingSet::parse(p).map(DslStatement::Export)
+    }),
+];
+
+fn drop(p: &mut DslParser<'_>) -> Result<DslStatement> {
+    DropObject::parse(p).map(DslStatement::Drop)
+}
+
+fn show(p: &mut DslParser<'_>) -> Result<DslStatement> {
+    ShowObjects::parse(p).map(DslStatement::Show)
+}
+
+fn describe(p: &mut DslParser<'_>) -> Result<DslStatement> {
+    DescribeObject::parse(p).map(DslStatement::Describe)
+}
+
+/// The statement's entry in [`SYNTAX`], if it is a DSL statement.
+fn syntax_of(tokens: &[TokenWithSpan]) -> Option<&'static Syntax> {
+    let mut words: Vec<String> = tokens
         .iter()
         .filter_map(|t| match &t.token {
             Token::Word(Word {
@@ -157,45 +221,34 @@ fn words(tokens: &[TokenWithSpan]) -> Vec<String> {
             Token::Whitespace(_) => None,
             _ => Some(String::new()),
         })
-        .take(5)
-        .collect()
+        .take(6)
+        .collect();
+    if words.get(1..3).is_some_and(|w| w == ["OR", "REPLACE"]) {
+        words.drain(1..3);
+    }
+    SYNTAX
+        .iter()
+        .find(|s| s.words.len() <= words.len() && s.words.iter().zip(&words).all(|(a, b)| a == b))
 }
 
 /// Whether the tokens start a DSL statement.
 pub fn is_dsl(tokens: &[TokenWithSpan]) -> bool {
-    let w = words(tokens);
-    let w: Vec<&str> = w.iter().map(String::as_str).collect();
-    let after_create = match w.as_slice() {
-        ["CREATE", "OR", "REPLACE", rest @ ..] => rest,
-        ["CREATE", rest @ ..] => rest,
-        _ => &[][..],
-    };
-    matches!(
-        after_create,
-        ["ENTITY", ..] | ["FEATURE", "VIEW", ..] | ["FEATURE", "SERVICE", ..]
-    ) || matches!(
-        w.as_slice(),
-        ["REGISTER", ..]
-            | ["DROP", "ENTITY", ..]
-            | ["DROP", "FEATURE", "VIEW" | "SERVICE", ..]
-            | ["DROP", "MODEL", ..]
-            | ["SHOW", "ENTITIES" | "MODELS", ..]
-            | ["SHOW", "FEATURE", "VIEWS" | "SERVICES", ..]
-            | ["SHOW", "HISTORY" | "DIFF", "OF", ..]
-            | ["DESCRIBE" | "DESC", "ENTITY" | "MODEL", ..]
-            | ["DESCRIBE" | "DESC", "FEATURE", "VIEW" | "SERVICE", ..]
-            | ["TRAINING", "SET", ..]
-            | ["EXPORT", "TRAINING", "SET", ..]
-    )
+    syntax_of(tokens).is_some()
 }
 
 /// Parses the tokens of one DSL statement.
 pub fn parse_dsl(tokens: Vec<TokenWithSpan>) -> Result<DslStatement> {
+    let syntax = syntax_of(&tokens).ok_or_else(|| {
+        crate::error::PitlakeError::Syntax("not a statement of pitlake's DSL".into())
+    })?;
     let dialect = PitlakeDialect::default();
     let mut p = DslParser {
         p: Parser::new(&dialect).with_tokens_with_locations(tokens),
     };
-    let statement = statement(&mut p)?;
+    for _ in 0..syntax.lead {
+        p.p.next_token();
+    }
+    let statement = (syntax.parse)(&mut p)?;
     p.end()?;
     Ok(statement)
 }
@@ -223,35 +276,6 @@ pub fn parse_training_set(text: &str) -> Result<TrainingSetSql> {
     let training_set = TrainingSetSql::parse(&mut p)?;
     p.end()?;
     Ok(training_set)
-}
-
-/// Reads the leading keywords and hands the rest to the statement's own parser.
-fn statement(p: &mut DslParser<'_>) -> Result<DslStatement> {
-    if p.p.parse_keyword(Keyword::CREATE) {
-        return definitions::create(p);
-    }
-    if p.word("REGISTER") {
-        return RegisterModel::parse(p).map(DslStatement::RegisterModel);
-    }
-    if p.p.parse_keyword(Keyword::DROP) {
-        return DropObject::parse(p).map(DslStatement::Drop);
-    }
-    if p.p.parse_keyword(Keyword::SHOW) {
-        if p.word("HISTORY") {
-            return ShowHistory::parse(p).map(DslStatement::History);
-        }
-        if p.word("DIFF") {
-            return ShowDiff::parse(p).map(DslStatement::Diff);
-        }
-        return ShowObjects::parse(p).map(DslStatement::Show);
-    }
-    if p.p.parse_keyword(Keyword::DESCRIBE) || p.p.parse_keyword(Keyword::DESC) {
-        return DescribeObject::parse(p).map(DslStatement::Describe);
-    }
-    if p.word("EXPORT") {
-        return ExportTrainingSet::parse(p).map(DslStatement::Export);
-    }
-    TrainingSetSql::parse(p).map(DslStatement::TrainingSet)
 }
 
 #[cfg(test)]
