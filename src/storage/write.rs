@@ -30,7 +30,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::error::{PitlakeError, Result};
 use crate::storage::log::CommitSummary;
-use crate::storage::warehouse::{TableName, TableVersion, Warehouse};
+use crate::storage::name::TableName;
+use crate::storage::warehouse::{TableVersion, Warehouse};
 
 /// How a write treats an existing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
