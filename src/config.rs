@@ -46,13 +46,21 @@ pub fn is_secret_option(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
-/// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`.
-pub fn redacted_options<'a>(
-    options: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> std::collections::BTreeMap<&'a str, &'a str> {
+/// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`. Takes the
+/// pairs of a map or of a list (`(&String, &String)`, `(&str, &str)`).
+pub fn redacted_options<'a, K, V>(
+    options: impl IntoIterator<Item = (&'a K, &'a V)>,
+) -> std::collections::BTreeMap<&'a str, &'a str>
+where
+    K: AsRef<str> + ?Sized + 'a,
+    V: AsRef<str> + ?Sized + 'a,
+{
     options
         .into_iter()
-        .map(|(k, v)| (k, if is_secret_option(k) { "<redacted>" } else { v }))
+        .map(|(k, v)| {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            (k, if is_secret_option(k) { "<redacted>" } else { v })
+        })
         .collect()
 }
 
@@ -76,14 +84,7 @@ impl std::fmt::Debug for WarehouseLocation {
         }
         f.debug_struct("WarehouseLocation")
             .field("url", &url.as_str())
-            .field(
-                "storage_options",
-                &redacted_options(
-                    self.storage_options
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
-            )
+            .field("storage_options", &redacted_options(&self.storage_options))
             .finish()
     }
 }
@@ -229,10 +230,7 @@ impl std::fmt::Debug for ConfigFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigFile")
             .field("warehouse", &self.warehouse)
-            .field(
-                "storage",
-                &redacted_options(self.storage.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            )
+            .field("storage", &redacted_options(&self.storage))
             .finish()
     }
 }

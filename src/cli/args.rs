@@ -74,11 +74,7 @@ impl std::fmt::Debug for GlobalArgs {
             .field("warehouse", &self.warehouse)
             .field(
                 "storage_options",
-                &redacted_options(
-                    self.storage_options
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
+                &redacted_options(self.storage_options.iter().map(|(k, v)| (k, v))),
             )
             .field("config", &self.config)
             .field("memory_limit", &self.memory_limit)

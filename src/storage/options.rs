@@ -331,10 +331,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
             .field("name", &self.name)
-            .field(
-                "values",
-                &redacted_options(self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            )
+            .field("values", &redacted_options(&self.values))
             .finish()
     }
 }
