@@ -1,7 +1,7 @@
 //! Validated settings: raw flags become a [`Settings`] before anything runs.
 //!
-//! The CLI, the tests and (later) the server all build a [`Settings`]; nothing below this layer
-//! reads flags or environment variables. The one exception is object-store credentials: the
+//! The CLI (every command, `pitlake serve` included) and the tests build a [`Settings`]; nothing
+//! below this layer reads flags or environment variables. The one exception is object-store credentials: the
 //! `AWS_*` / `GOOGLE_*` / `AZURE_*` variables and AWS profiles are read when the warehouse
 //! connects (`storage::options` documents the order), as every object-store client does.
 //!
@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use url::Url;
 
@@ -46,13 +47,21 @@ pub fn is_secret_option(key: &str) -> bool {
     .any(|word| key.contains(word))
 }
 
-/// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`.
-pub fn redacted_options<'a>(
-    options: impl IntoIterator<Item = (&'a str, &'a str)>,
-) -> std::collections::BTreeMap<&'a str, &'a str> {
+/// Options as `Debug` shows them: sorted by name, secret values as `<redacted>`. Takes the
+/// pairs of a map or of a list (`(&String, &String)`, `(&str, &str)`).
+pub fn redacted_options<'a, K, V>(
+    options: impl IntoIterator<Item = (&'a K, &'a V)>,
+) -> std::collections::BTreeMap<&'a str, &'a str>
+where
+    K: AsRef<str> + ?Sized + 'a,
+    V: AsRef<str> + ?Sized + 'a,
+{
     options
         .into_iter()
-        .map(|(k, v)| (k, if is_secret_option(k) { "<redacted>" } else { v }))
+        .map(|(k, v)| {
+            let (k, v) = (k.as_ref(), v.as_ref());
+            (k, if is_secret_option(k) { "<redacted>" } else { v })
+        })
         .collect()
 }
 
@@ -76,14 +85,7 @@ impl std::fmt::Debug for WarehouseLocation {
         }
         f.debug_struct("WarehouseLocation")
             .field("url", &url.as_str())
-            .field(
-                "storage_options",
-                &redacted_options(
-                    self.storage_options
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
-            )
+            .field("storage_options", &redacted_options(&self.storage_options))
             .finish()
     }
 }
@@ -229,10 +231,7 @@ impl std::fmt::Debug for ConfigFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConfigFile")
             .field("warehouse", &self.warehouse)
-            .field(
-                "storage",
-                &redacted_options(self.storage.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            )
+            .field("storage", &redacted_options(&self.storage))
             .finish()
     }
 }
@@ -376,38 +375,65 @@ pub fn default_memory_limit() -> Option<usize> {
     Some(kib * 1024 / 2)
 }
 
-/// Parses a byte size: `1GiB`, `512MB`, `2g`, `1048576`, or `unlimited`.
+/// Parses a byte size: `1GiB`, `512MiB`, `1.5 GiB`, `2g`, `512MB`, `1048576`, or `unlimited`
+/// (also `none` and `0`).
 ///
-/// Binary and decimal suffixes both mean powers of 1024, as users of `--memory-limit` expect.
+/// bytesize reads the number and the unit. One convention is pitlake's: a decimal or bare
+/// suffix (`k`, `MB`, `2g`) means the power of 1024, as it does for the JVM's and Docker's
+/// memory flags, which is what users of `--memory-limit` expect; bytesize alone would read `2g`
+/// as 2·10⁹ bytes. So those suffixes are given to it as their binary twins.
 pub fn parse_bytes(raw: &str) -> std::result::Result<Option<usize>, String> {
-    let s = raw.trim().to_ascii_lowercase();
-    if matches!(s.as_str(), "unlimited" | "none" | "0") {
+    let text = raw.trim();
+    if matches!(
+        text.to_ascii_lowercase().as_str(),
+        "unlimited" | "none" | "0"
+    ) {
         return Ok(None);
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a size; write it like 512MiB, 2GiB or 1048576"))?;
-    let factor: f64 = match unit.trim() {
-        "" | "b" => 1.0,
-        "k" | "kb" | "kib" => 1024.0,
-        "m" | "mb" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{raw}`; use B, KiB, MiB, GiB or TiB"
-            ));
-        }
+    let (number, unit) = text.split_at(
+        text.find(|c: char| c.is_ascii_alphabetic())
+            .unwrap_or(text.len()),
+    );
+    let (number, unit) = (number.trim(), unit.trim());
+    let binary = match unit.to_ascii_lowercase().as_str() {
+        "k" | "kb" => "KiB",
+        "m" | "mb" => "MiB",
+        "g" | "gb" => "GiB",
+        "t" | "tb" => "TiB",
+        _ => unit,
     };
-    let bytes = number * factor;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > usize::MAX as f64 {
-        return Err(format!("`{raw}` is out of range"));
+    let size: bytesize::ByteSize = format!("{number}{binary}").parse().map_err(|_| {
+        if number.parse::<f64>().is_ok() && !unit.is_empty() {
+            format!("unknown unit `{unit}` in `{raw}`; use B, KiB, MiB, GiB or TiB")
+        } else {
+            format!("`{raw}` is not a size; write it like 512MiB, 2GiB or 1048576")
+        }
+    })?;
+    // bytesize saturates a product that does not fit at u64::MAX, and truncates below a byte.
+    match size.as_u64() {
+        0 | u64::MAX => Err(format!("`{raw}` is out of range")),
+        bytes => usize::try_from(bytes)
+            .map(Some)
+            .map_err(|_| format!("`{raw}` is out of range")),
     }
-    Ok(Some(bytes as usize))
+}
+
+/// Parses a duration as every duration setting takes it: humantime's syntax (`250ms`, `30s`,
+/// `15m`, `1h`, `7d`, `1h 30m`, `1.5s`; units are case-sensitive, `M` is months), or a bare
+/// number of seconds (`90`).
+pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
+    let text = raw.trim();
+    // A bare number is seconds: humantime asks for a unit, but these settings have always taken
+    // seconds without one.
+    let bare = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let parsed = if bare {
+        humantime::parse_duration(&format!("{text}s"))
+    } else {
+        humantime::parse_duration(text)
+    };
+    parsed.map_err(|e| {
+        format!("`{raw}` is not a duration ({e}); write it like 500ms, 30s, 15m, 1h or 7d")
+    })
 }
 
 /// Formats a byte count for people (`1.5 GiB`).
@@ -444,6 +470,41 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown unit")
         );
+    }
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 3 "), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        // humantime's longer units are accepted too.
+        assert_eq!(
+            parse_duration("2 weeks"),
+            Ok(Duration::from_secs(14 * 86_400))
+        );
+        let err = parse_duration("2 fortnights").unwrap_err();
+        assert!(err.contains("`2 fortnights` is not a duration"), "{err}");
+        assert!(err.contains("write it like"), "{err}");
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_out_of_range_are_refused() {
+        assert!(parse_bytes("0.1").is_err());
+        assert!(
+            parse_bytes("99999999999999 TiB")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert_eq!(parse_bytes("512MiB"), Ok(Some(512 << 20)));
+        assert_eq!(parse_bytes("64mib"), Ok(Some(64 << 20)));
+        assert_eq!(parse_bytes("4 KiB"), Ok(Some(4096)));
     }
 
     #[test]

@@ -74,11 +74,7 @@ impl std::fmt::Debug for GlobalArgs {
             .field("warehouse", &self.warehouse)
             .field(
                 "storage_options",
-                &redacted_options(
-                    self.storage_options
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                ),
+                &redacted_options(self.storage_options.iter().map(|(k, v)| (k, v))),
             )
             .field("config", &self.config)
             .field("memory_limit", &self.memory_limit)
@@ -386,7 +382,7 @@ pub struct ServeArgs {
     pub max_concurrent_queries: u32,
 
     /// How long one query may run (e.g. 30s, 15m, 2h); past it, it is cancelled.
-    #[arg(long, env = "PITLAKE_QUERY_TIMEOUT", default_value = "15m", value_parser = crate::flight::auth::parse_duration)]
+    #[arg(long, env = "PITLAKE_QUERY_TIMEOUT", default_value = "15m", value_parser = crate::config::parse_duration)]
     pub query_timeout: std::time::Duration,
 
     /// Memory one query may use (e.g. 512MiB), inside --memory-limit; operators spill beyond
@@ -395,7 +391,7 @@ pub struct ServeArgs {
     pub query_memory_limit: Option<MemoryLimit>,
 
     /// On SIGTERM or Ctrl-C, how long running queries may finish before they are cancelled.
-    #[arg(long, env = "PITLAKE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::flight::auth::parse_duration)]
+    #[arg(long, env = "PITLAKE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub shutdown_grace: std::time::Duration,
 
     /// Connections open at once (TLS handshakes included); a connection past it is closed as
@@ -428,7 +424,7 @@ pub struct ServeArgs {
 
     /// The window failed logins are counted in, and the first lockout; each lockout in a row
     /// doubles it, up to 1h.
-    #[arg(long, env = "PITLAKE_LOGIN_LOCKOUT", default_value = "1m", value_parser = crate::flight::auth::parse_duration)]
+    #[arg(long, env = "PITLAKE_LOGIN_LOCKOUT", default_value = "1m", value_parser = crate::config::parse_duration)]
     pub login_lockout: std::time::Duration,
 
     /// Bytes of one upload of bound parameters (DoPut to a prepared statement), e.g. 4MiB.
@@ -465,7 +461,7 @@ fn parse_reload_interval(raw: &str) -> std::result::Result<ReloadInterval, Strin
     if raw.trim().eq_ignore_ascii_case("off") {
         return Ok(ReloadInterval(None));
     }
-    let every = crate::flight::auth::parse_duration(raw)?;
+    let every = crate::config::parse_duration(raw)?;
     if every < std::time::Duration::from_secs(1) {
         return Err(format!(
             "`{raw}` is too often; check at least 1s apart, or write `off`"

@@ -84,11 +84,55 @@ fn driver_schema() -> SchemaRef {
     ]))
 }
 
+/// The columns of an entity's stats table: key, event time, created time, two measures and a
+/// count (the driver and customer tables have this shape).
+#[derive(Default)]
+struct StatsColumns {
+    id: Vec<i64>,
+    event: Vec<i64>,
+    created: Vec<i64>,
+    first: Vec<f64>,
+    second: Vec<f64>,
+    count: Vec<i64>,
+}
+
+impl StatsColumns {
+    fn push(&mut self, id: i64, event: i64, created: i64, first: f64, second: f64, count: i64) {
+        self.id.push(id);
+        self.event.push(event);
+        self.created.push(created);
+        self.first.push(first);
+        self.second.push(second);
+        self.count.push(count);
+    }
+
+    /// One driver's row: random conversion rate, acceptance rate and trips.
+    fn push_driver(&mut self, rng: &mut Rng, id: i64, event: i64, created: i64) {
+        let conv = round(0.2 + 0.6 * rng.unit(), 4);
+        let acc = round(0.5 + 0.5 * rng.unit(), 4);
+        let trips = 5 + rng.below(40) as i64;
+        self.push(id, event, created, conv, acc, trips);
+    }
+
+    fn into_batch(self, schema: SchemaRef) -> Result<RecordBatch> {
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(self.id)),
+                ts(self.event),
+                ts(self.created),
+                Arc::new(Float64Array::from(self.first)),
+                Arc::new(Float64Array::from(self.second)),
+                Arc::new(Int64Array::from(self.count)),
+            ],
+        )?)
+    }
+}
+
 /// Hourly stats for drivers 1001..=1050 for the hours in `[from_day, to_day)`; rows are
 /// created (ingested) 5 to 65 minutes after the hour they describe.
 fn driver_rows(rng: &mut Rng, from_day: i64, to_day: i64) -> Result<RecordBatch> {
-    let (mut id, mut event, mut created, mut conv, mut acc, mut trips) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut rows = StatsColumns::default();
     for hour in (from_day * 24)..(to_day * 24) {
         for driver in 1001..=1050 {
             // Not every driver works every hour.
@@ -96,32 +140,17 @@ fn driver_rows(rng: &mut Rng, from_day: i64, to_day: i64) -> Result<RecordBatch>
                 continue;
             }
             let t = START_US + hour * HOUR_US;
-            id.push(driver);
-            event.push(t);
-            created.push(t + (5 + rng.below(60) as i64) * 60_000_000);
-            conv.push(round(0.2 + 0.6 * rng.unit(), 4));
-            acc.push(round(0.5 + 0.5 * rng.unit(), 4));
-            trips.push(5 + rng.below(40) as i64);
+            let created = t + (5 + rng.below(60) as i64) * 60_000_000;
+            rows.push_driver(rng, driver, t, created);
         }
     }
-    Ok(RecordBatch::try_new(
-        driver_schema(),
-        vec![
-            Arc::new(Int64Array::from(id)),
-            ts(event),
-            ts(created),
-            Arc::new(Float64Array::from(conv)),
-            Arc::new(Float64Array::from(acc)),
-            Arc::new(Int64Array::from(trips)),
-        ],
-    )?)
+    rows.into_batch(driver_schema())
 }
 
 /// Corrections: for 3% of the rows in `base`, the same (driver, hour) again with new values,
 /// created two days later (a late backfill that must not leak into earlier labels).
 fn driver_corrections(rng: &mut Rng, base: &[RecordBatch]) -> Result<RecordBatch> {
-    let (mut id, mut event, mut created, mut conv, mut acc, mut trips) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut rows = StatsColumns::default();
     for batch in base {
         let ids = batch
             .column(0)
@@ -135,26 +164,12 @@ fn driver_corrections(rng: &mut Rng, base: &[RecordBatch]) -> Result<RecordBatch
             .ok_or_else(|| PitlakeError::Internal("demo: event_ts type".into()))?;
         for row in 0..batch.num_rows() {
             if rng.unit() < 0.03 {
-                id.push(ids.value(row));
-                event.push(events.value(row));
-                created.push(events.value(row) + 2 * DAY_US);
-                conv.push(round(0.2 + 0.6 * rng.unit(), 4));
-                acc.push(round(0.5 + 0.5 * rng.unit(), 4));
-                trips.push(5 + rng.below(40) as i64);
+                let event = events.value(row);
+                rows.push_driver(rng, ids.value(row), event, event + 2 * DAY_US);
             }
         }
     }
-    Ok(RecordBatch::try_new(
-        driver_schema(),
-        vec![
-            Arc::new(Int64Array::from(id)),
-            ts(event),
-            ts(created),
-            Arc::new(Float64Array::from(conv)),
-            Arc::new(Float64Array::from(acc)),
-            Arc::new(Int64Array::from(trips)),
-        ],
-    )?)
+    rows.into_batch(driver_schema())
 }
 
 fn customer_rows(rng: &mut Rng, from_day: i64, to_day: i64) -> Result<RecordBatch> {
@@ -166,30 +181,17 @@ fn customer_rows(rng: &mut Rng, from_day: i64, to_day: i64) -> Result<RecordBatc
         Field::new("avg_passenger_count", DataType::Float64, true),
         Field::new("lifetime_trip_count", DataType::Int64, true),
     ]));
-    let (mut id, mut event, mut created, mut balance, mut passengers, mut trips) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut rows = StatsColumns::default();
     for day in from_day..to_day {
         for customer in 2001..=2200 {
             let t = START_US + day * DAY_US;
-            id.push(customer);
-            event.push(t);
-            created.push(t + HOUR_US);
-            balance.push(round(1000.0 * rng.unit(), 2));
-            passengers.push(round(1.0 + 2.0 * rng.unit(), 2));
-            trips.push(day * 3 + rng.below(300) as i64);
+            let balance = round(1000.0 * rng.unit(), 2);
+            let passengers = round(1.0 + 2.0 * rng.unit(), 2);
+            let trips = day * 3 + rng.below(300) as i64;
+            rows.push(customer, t, t + HOUR_US, balance, passengers, trips);
         }
     }
-    Ok(RecordBatch::try_new(
-        schema,
-        vec![
-            Arc::new(Int64Array::from(id)),
-            ts(event),
-            ts(created),
-            Arc::new(Float64Array::from(balance)),
-            Arc::new(Float64Array::from(passengers)),
-            Arc::new(Int64Array::from(trips)),
-        ],
-    )?)
+    rows.into_batch(schema)
 }
 
 fn order_rows(rng: &mut Rng) -> Result<RecordBatch> {

@@ -1,5 +1,6 @@
-//! The command-line interface: commands, the shell, and result printing. Talks to the
-//! [`Engine`] only.
+//! The command-line interface: commands, the shell, and result printing. It reaches the library
+//! through the [`Engine`] (and the settings and error types below it); `pitlake serve` also
+//! starts the Flight SQL server (`crate::flight`), the one surface it sits on.
 
 pub mod args;
 mod demo;

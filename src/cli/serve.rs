@@ -2,6 +2,7 @@
 //! SIGTERM or Ctrl-C, then stops gracefully.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cli::args::{MemoryLimit, ReloadInterval, ServeArgs};
@@ -65,43 +66,61 @@ pub async fn run(engine: Engine, args: ServeArgs) -> Result<()> {
 }
 
 fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
-    let (auth, auth_origin) = match (&args.auth_file, std::env::var(AUTH_ENV)) {
-        (Some(path), _) => (AuthConfig::from_file(path)?, Some(path.clone())),
+    let (auth, auth_origin) = auth_settings(args)?;
+    let config = ServerConfig {
+        listen: args.listen,
+        transport: transport(args)?,
+        limits: limits(args),
+        auth,
+        auth_origin,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// The auth settings, from `--auth-file` or else the environment, and the file they came from.
+fn auth_settings(args: &ServeArgs) -> Result<(AuthConfig, Option<PathBuf>)> {
+    match (&args.auth_file, std::env::var(AUTH_ENV)) {
+        (Some(path), _) => Ok((AuthConfig::from_file(path)?, Some(path.clone()))),
         (None, Ok(text)) => {
             let format = if text.trim_start().starts_with('{') {
                 AuthFormat::Json
             } else {
                 AuthFormat::Toml
             };
-            (AuthConfig::parse(&text, format, AUTH_ENV)?, None)
+            Ok((AuthConfig::parse(&text, format, AUTH_ENV)?, None))
         }
-        (None, Err(_)) => {
-            return Err(PitlakeError::Config {
-                name: "--auth-file".into(),
-                message: format!(
-                    "the server needs users: give --auth-file (TOML or JSON) or set {AUTH_ENV}; \
-                     see docs/operations.md"
-                ),
-            });
-        }
-    };
-    let transport = match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
+        (None, Err(_)) => Err(PitlakeError::Config {
+            name: "--auth-file".into(),
+            message: format!(
+                "the server needs users: give --auth-file (TOML or JSON) or set {AUTH_ENV}; \
+                 see docs/operations.md"
+            ),
+        }),
+    }
+}
+
+/// TLS from `--tls-cert`/`--tls-key`, or plaintext when asked for explicitly.
+fn transport(args: &ServeArgs) -> Result<Transport> {
+    match (&args.tls_cert, &args.tls_key, args.insecure_plaintext) {
         (Some(cert), Some(key), _) => {
-            Transport::tls_from_files(cert, key, args.tls_client_ca.as_deref())?
+            Transport::tls_from_files(cert, key, args.tls_client_ca.as_deref())
         }
-        (_, _, true) => Transport::Plaintext {
+        (_, _, true) => Ok(Transport::Plaintext {
             non_loopback: args.insecure_plaintext_on_network,
-        },
-        _ => {
-            return Err(PitlakeError::Config {
-                name: "--tls-cert".into(),
-                message: "the server encrypts connections: give --tls-cert and --tls-key (PEM), \
-                          or --insecure-plaintext to serve unencrypted on a loopback address"
-                    .into(),
-            });
-        }
-    };
-    let limits = Limits {
+        }),
+        _ => Err(PitlakeError::Config {
+            name: "--tls-cert".into(),
+            message: "the server encrypts connections: give --tls-cert and --tls-key (PEM), \
+                      or --insecure-plaintext to serve unencrypted on a loopback address"
+                .into(),
+        }),
+    }
+}
+
+/// The server's bounds from the flags; the rest keep their defaults.
+fn limits(args: &ServeArgs) -> Limits {
+    Limits {
         max_concurrent_queries: args.max_concurrent_queries as usize,
         query_timeout: args.query_timeout,
         query_memory_limit: args.query_memory_limit.and_then(|MemoryLimit(limit)| limit),
@@ -123,16 +142,7 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
             every
         },
         ..Limits::default()
-    };
-    let config = ServerConfig {
-        listen: args.listen,
-        transport,
-        limits,
-        auth,
-        auth_origin,
-    };
-    config.validate()?;
-    Ok(config)
+    }
 }
 
 /// Serves until Ctrl-C or SIGTERM; on SIGHUP (Unix) re-reads the auth file.

@@ -21,6 +21,7 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::datasource::provider_as_source;
+use datafusion::execution::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{LogicalPlanBuilder, UNNAMED_TABLE};
@@ -246,6 +247,64 @@ fn one_based_lines(message: &str) -> String {
     }
 }
 
+/// Each input file's URL and size; a path that is not a readable file is an input error.
+fn input_files(files: &[PathBuf]) -> Result<(Vec<ListingTableUrl>, Vec<u64>)> {
+    let mut sizes = Vec::with_capacity(files.len());
+    let mut urls = Vec::with_capacity(files.len());
+    for path in files {
+        let meta = std::fs::metadata(path).map_err(|e| PitlakeError::Input {
+            path: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        if !meta.is_file() {
+            return Err(PitlakeError::Input {
+                path: path.display().to_string(),
+                message: "is not a file".into(),
+            });
+        }
+        sizes.push(meta.len());
+        let absolute = std::path::absolute(path)?;
+        urls.push(
+            ListingTableUrl::parse(absolute.to_string_lossy()).map_err(|e| {
+                PitlakeError::Input {
+                    path: path.display().to_string(),
+                    message: PitlakeError::from_datafusion(e).to_string(),
+                }
+            })?,
+        );
+    }
+    Ok((urls, sizes))
+}
+
+/// The schema the files are read with. Text formats are read with the table's types when the
+/// names line up, so "7" in a float column is 7.0 and "x" in it is a parse error at its line;
+/// anything else is read as the files say, and checked against the table when written.
+fn read_schema(file_schema: &SchemaRef, table_fields: Option<&[Field]>, text: bool) -> SchemaRef {
+    let Some(table_fields) = table_fields.filter(|_| text) else {
+        return file_schema.clone();
+    };
+    let same_names = file_schema.fields().len() == table_fields.len()
+        && file_schema
+            .fields()
+            .iter()
+            .all(|f| table_fields.iter().any(|t| t.name() == f.name()));
+    if !same_names {
+        return file_schema.clone();
+    }
+    Arc::new(Schema::new(
+        file_schema
+            .fields()
+            .iter()
+            .filter_map(|f| {
+                table_fields
+                    .iter()
+                    .find(|t| t.name() == f.name())
+                    .map(|t| t.clone().with_nullable(true))
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
 impl Engine {
     /// Loads files into a table as one commit.
     pub async fn ingest(&self, request: IngestRequest) -> Result<WriteOutcome> {
@@ -269,39 +328,8 @@ impl Engine {
         }
         request.table.validate()?;
         let format = self.ingest_format(request)?;
-
-        // File positions in parse errors must be lines of the file, so each file is read as
-        // one stream from its start (no splitting of a file across partitions).
-        let mut config = self.state().config().clone();
-        config.options_mut().optimizer.repartition_file_scans = false;
-        let state = SessionStateBuilder::new_from_existing(self.state())
-            .with_config(config)
-            .build();
-
-        let mut sizes = Vec::with_capacity(request.files.len());
-        let mut urls = Vec::with_capacity(request.files.len());
-        for path in &request.files {
-            let meta = std::fs::metadata(path).map_err(|e| PitlakeError::Input {
-                path: path.display().to_string(),
-                message: format!("cannot read: {e}"),
-            })?;
-            if !meta.is_file() {
-                return Err(PitlakeError::Input {
-                    path: path.display().to_string(),
-                    message: "is not a file".into(),
-                });
-            }
-            sizes.push(meta.len());
-            let absolute = std::path::absolute(path)?;
-            urls.push(
-                ListingTableUrl::parse(absolute.to_string_lossy()).map_err(|e| {
-                    PitlakeError::Input {
-                        path: path.display().to_string(),
-                        message: PitlakeError::from_datafusion(e).to_string(),
-                    }
-                })?,
-            );
-        }
+        let state = self.ingest_state();
+        let (urls, sizes) = input_files(&request.files)?;
 
         let options = self.listing_options(request, format);
         let mut inferred: Vec<SchemaRef> = Vec::with_capacity(urls.len());
@@ -313,46 +341,8 @@ impl Engine {
             inferred.push(schema);
         }
         let file_schema = merge_schemas(&inferred, &request.files, format.is_text())?;
-
-        let existing = if self.warehouse().table_exists(&request.table).await? {
-            Some(
-                self.describe_table(&request.table)
-                    .await?
-                    .into_iter()
-                    .map(|c| arrow::datatypes::Field::new(c.name, c.data_type, c.nullable))
-                    .collect::<Vec<_>>(),
-            )
-        } else {
-            None
-        };
-        // Text formats are read with the table's types when the names line up, so "7" in a
-        // float column is 7.0 and "x" in it is a parse error at its line.
-        let read_schema = match (&existing, format.is_text()) {
-            (Some(table_fields), true) => {
-                let same_names = file_schema.fields().len() == table_fields.len()
-                    && file_schema
-                        .fields()
-                        .iter()
-                        .all(|f| table_fields.iter().any(|t| t.name() == f.name()));
-                if same_names {
-                    Arc::new(Schema::new(
-                        file_schema
-                            .fields()
-                            .iter()
-                            .filter_map(|f| {
-                                table_fields
-                                    .iter()
-                                    .find(|t| t.name() == f.name())
-                                    .map(|t| t.clone().with_nullable(true))
-                            })
-                            .collect::<Vec<_>>(),
-                    ))
-                } else {
-                    file_schema.clone()
-                }
-            }
-            _ => file_schema.clone(),
-        };
+        let existing = self.existing_fields(&request.table).await?;
+        let read_schema = read_schema(&file_schema, existing.as_deref(), format.is_text());
 
         if let Some(progress) = &request.progress {
             progress.start(request.files.len(), sizes.iter().sum());
@@ -395,6 +385,31 @@ impl Engine {
             let input = first_error.lock().ok().and_then(|mut slot| slot.take());
             input.unwrap_or(err)
         })
+    }
+
+    /// The engine's session, except that a file is never split across partitions: file
+    /// positions in parse errors must be lines of the file, so each file is read as one stream
+    /// from its start.
+    fn ingest_state(&self) -> SessionState {
+        let mut config = self.state().config().clone();
+        config.options_mut().optimizer.repartition_file_scans = false;
+        SessionStateBuilder::new_from_existing(self.state())
+            .with_config(config)
+            .build()
+    }
+
+    /// The columns of the table, if it exists.
+    async fn existing_fields(&self, table: &TableName) -> Result<Option<Vec<Field>>> {
+        if !self.warehouse().table_exists(table).await? {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.describe_table(table)
+                .await?
+                .into_iter()
+                .map(|c| Field::new(c.name, c.data_type, c.nullable))
+                .collect(),
+        ))
     }
 
     fn ingest_format(&self, request: &IngestRequest) -> Result<IngestFormat> {

@@ -62,6 +62,7 @@ use subtle::ConstantTimeEq;
 use tonic::Status;
 use tonic::codegen::http::HeaderMap;
 
+use crate::config::parse_duration;
 use crate::error::{PitlakeError, Result};
 use crate::flight::grants::{Grant, Grants};
 
@@ -286,25 +287,7 @@ impl AuthConfig {
             name: origin.to_string(),
             message,
         };
-        let file: AuthFile = match format {
-            // The message and the line only: toml's full error quotes the line, which may hold a
-            // password hash, and errors reach logs.
-            AuthFormat::Toml => toml::from_str(text).map_err(|e: toml::de::Error| {
-                let line = e.span().map(|span| {
-                    let start = span.start.min(text.len());
-                    text.as_bytes()[..start]
-                        .iter()
-                        .filter(|b| **b == b'\n')
-                        .count()
-                        + 1
-                });
-                bad(match line {
-                    Some(line) => format!("line {line}: {}", e.message()),
-                    None => e.message().to_string(),
-                })
-            })?,
-            AuthFormat::Json => serde_json::from_str(text).map_err(|e| bad(e.to_string()))?,
-        };
+        let file = decode_auth_file(text, format).map_err(bad)?;
         let token_ttl = match &file.token_ttl {
             Some(raw) => parse_duration(raw).map_err(|e| bad(format!("token_ttl: {e}")))?,
             None => Duration::from_secs(3600),
@@ -312,113 +295,14 @@ impl AuthConfig {
         if token_ttl.is_zero() {
             return Err(bad("token_ttl must be longer than 0s".into()));
         }
-        let mut roles = BTreeMap::new();
-        for (name, role) in &file.roles {
-            let grants = role
-                .grants
-                .iter()
-                .map(|g| Grant::parse(g))
-                .collect::<Result<Vec<_>>>()
-                .map_err(|e| bad(format!("role `{name}`: {e}")))?;
-            roles.insert(name.clone(), grants);
-        }
+        let roles = role_grants(&file.roles).map_err(bad)?;
         let mut users = BTreeMap::new();
         let mut warnings = Vec::new();
         for (name, entry) in file.users {
-            if name.is_empty()
-                || name.contains(':')
-                || name.chars().any(char::is_control)
-                || name.chars().count() > MAX_USER_NAME_CHARS
-            {
-                return Err(bad(format!(
-                    "user `{name}`: a user name must be non-empty, at most {MAX_USER_NAME_CHARS} \
-                     characters, without `:` or control characters"
-                )));
-            }
-            if entry.password_hash.is_none() && entry.tokens.is_empty() {
-                return Err(bad(format!(
-                    "user `{name}` has neither a password_hash nor tokens, so cannot log in"
-                )));
-            }
-            let hash_params = match &entry.password_hash {
-                Some(hash) => {
-                    let parsed = PasswordHash::new(hash).map_err(|e| {
-                        bad(format!(
-                            "user `{name}`: password_hash is not a PHC string ({e}); make one \
-                             with `pitlake serve --hash-password`"
-                        ))
-                    })?;
-                    Some(
-                        check_argon2_strength(&parsed)
-                            .map_err(|message| bad(format!("user `{name}`: {message}")))?,
-                    )
-                }
-                None => None,
-            };
-            let mut tokens = Vec::new();
-            for token in entry.tokens {
-                let sha256 = decode_hex32(&token.sha256).ok_or_else(|| {
-                    bad(format!(
-                        "user `{name}`: a token's sha256 must be 64 hex digits (the SHA-256 of \
-                         the token, e.g. from `printf %s TOKEN | sha256sum`)"
-                    ))
-                })?;
-                let expires_ms = match &token.expires {
-                    Some(raw) => Some(
-                        chrono::DateTime::parse_from_rfc3339(raw)
-                            .map_err(|e| {
-                                bad(format!(
-                                    "user `{name}`: token expiry `{raw}` is not an RFC 3339 \
-                                     instant ({e})"
-                                ))
-                            })?
-                            .timestamp_millis(),
-                    ),
-                    None => {
-                        warnings.push(format!(
-                            "user `{name}` has a static token without `expires`: it works until \
-                             it is removed from the file; give it an expiry"
-                        ));
-                        None
-                    }
-                };
-                tokens.push(StaticToken { sha256, expires_ms });
-            }
-            let mut grants = Vec::new();
-            for role in &entry.roles {
-                let role_grants = roles.get(role).ok_or_else(|| {
-                    bad(format!(
-                        "user `{name}` has role `{role}`, which is not defined under [roles]"
-                    ))
-                })?;
-                grants.extend(role_grants.iter().cloned());
-            }
-            users.insert(
-                name,
-                User {
-                    password_hash: entry.password_hash,
-                    hash_params,
-                    tokens,
-                    grants: Arc::new(Grants::new(grants)),
-                    token_epoch: entry.token_epoch,
-                },
-            );
+            let user = User::from_entry(&name, entry, &roles, &mut warnings).map_err(bad)?;
+            users.insert(name, user);
         }
-        let params: std::collections::BTreeSet<HashParams> =
-            users.values().filter_map(|u| u.hash_params).collect();
-        if params.len() > 1 {
-            warnings.push(format!(
-                "password hashes use {} different parameter sets ({}): how long a login takes \
-                 may tell which set a user name has; re-hash them alike with \
-                 `pitlake serve --hash-password`",
-                params.len(),
-                params
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ));
-        }
+        warnings.extend(mixed_hash_params_warning(&users));
         Ok(Self {
             users,
             token_ttl,
@@ -449,37 +333,168 @@ impl AuthConfig {
     }
 }
 
+/// Decodes an auth file's text; the error is a message for the operator.
+fn decode_auth_file(text: &str, format: AuthFormat) -> std::result::Result<AuthFile, String> {
+    match format {
+        // The message and the line only: toml's full error quotes the line, which may hold a
+        // password hash, and errors reach logs.
+        AuthFormat::Toml => toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e.span().map(|span| {
+                let start = span.start.min(text.len());
+                text.as_bytes()[..start]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1
+            });
+            match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            }
+        }),
+        AuthFormat::Json => serde_json::from_str(text).map_err(|e| e.to_string()),
+    }
+}
+
+/// Each role's grants, parsed.
+fn role_grants(
+    roles: &BTreeMap<String, RoleEntry>,
+) -> std::result::Result<BTreeMap<String, Vec<Grant>>, String> {
+    let mut parsed = BTreeMap::new();
+    for (name, role) in roles {
+        let grants = role
+            .grants
+            .iter()
+            .map(|g| Grant::parse(g))
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| format!("role `{name}`: {e}"))?;
+        parsed.insert(name.clone(), grants);
+    }
+    Ok(parsed)
+}
+
+impl User {
+    /// Checks one user's entry of the auth file and resolves its roles; what the server
+    /// accepts but an operator should fix goes to `warnings`.
+    fn from_entry(
+        name: &str,
+        entry: UserEntry,
+        roles: &BTreeMap<String, Vec<Grant>>,
+        warnings: &mut Vec<String>,
+    ) -> std::result::Result<Self, String> {
+        if name.is_empty()
+            || name.contains(':')
+            || name.chars().any(char::is_control)
+            || name.chars().count() > MAX_USER_NAME_CHARS
+        {
+            return Err(format!(
+                "user `{name}`: a user name must be non-empty, at most {MAX_USER_NAME_CHARS} \
+                 characters, without `:` or control characters"
+            ));
+        }
+        if entry.password_hash.is_none() && entry.tokens.is_empty() {
+            return Err(format!(
+                "user `{name}` has neither a password_hash nor tokens, so cannot log in"
+            ));
+        }
+        let hash_params = match &entry.password_hash {
+            Some(hash) => {
+                let parsed = PasswordHash::new(hash).map_err(|e| {
+                    format!(
+                        "user `{name}`: password_hash is not a PHC string ({e}); make one with \
+                         `pitlake serve --hash-password`"
+                    )
+                })?;
+                Some(
+                    check_argon2_strength(&parsed)
+                        .map_err(|message| format!("user `{name}`: {message}"))?,
+                )
+            }
+            None => None,
+        };
+        let tokens = entry
+            .tokens
+            .iter()
+            .map(|token| StaticToken::from_entry(name, token, warnings))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut grants = Vec::new();
+        for role in &entry.roles {
+            let role_grants = roles.get(role).ok_or_else(|| {
+                format!("user `{name}` has role `{role}`, which is not defined under [roles]")
+            })?;
+            grants.extend(role_grants.iter().cloned());
+        }
+        Ok(User {
+            password_hash: entry.password_hash,
+            hash_params,
+            tokens,
+            grants: Arc::new(Grants::new(grants)),
+            token_epoch: entry.token_epoch,
+        })
+    }
+}
+
+impl StaticToken {
+    /// Checks one of user `name`'s static tokens; one without an expiry is warned about.
+    fn from_entry(
+        name: &str,
+        token: &TokenEntry,
+        warnings: &mut Vec<String>,
+    ) -> std::result::Result<Self, String> {
+        let sha256 = decode_hex32(&token.sha256).ok_or_else(|| {
+            format!(
+                "user `{name}`: a token's sha256 must be 64 hex digits (the SHA-256 of the \
+                 token, e.g. from `printf %s TOKEN | sha256sum`)"
+            )
+        })?;
+        let expires_ms = match &token.expires {
+            Some(raw) => Some(
+                chrono::DateTime::parse_from_rfc3339(raw)
+                    .map_err(|e| {
+                        format!(
+                            "user `{name}`: token expiry `{raw}` is not an RFC 3339 instant ({e})"
+                        )
+                    })?
+                    .timestamp_millis(),
+            ),
+            None => {
+                warnings.push(format!(
+                    "user `{name}` has a static token without `expires`: it works until it is \
+                     removed from the file; give it an expiry"
+                ));
+                None
+            }
+        };
+        Ok(StaticToken { sha256, expires_ms })
+    }
+}
+
+/// A warning when password hashes use different argon2 parameters: the time a login takes
+/// would tell which set a user name has.
+fn mixed_hash_params_warning(users: &BTreeMap<String, User>) -> Option<String> {
+    let params: std::collections::BTreeSet<HashParams> =
+        users.values().filter_map(|u| u.hash_params).collect();
+    (params.len() > 1).then(|| {
+        format!(
+            "password hashes use {} different parameter sets ({}): how long a login takes may \
+             tell which set a user name has; re-hash them alike with \
+             `pitlake serve --hash-password`",
+            params.len(),
+            params
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })
+}
+
 /// Hashes a password for the auth file (argon2id with the crate's recommended parameters).
 pub fn hash_password(password: &str) -> Result<String> {
     Argon2::default()
         .hash_password(password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| PitlakeError::Internal(format!("hashing a password failed: {e}")))
-}
-
-/// Parses a duration: `90s`, `15m`, `1h`, `7d`, or a number of seconds.
-pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
-    let s = raw.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{raw}` is not a duration; write it like 30s, 15m, 1h or 7d"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => Some(n),
-        "ms" => return Ok(Duration::from_millis(n)),
-        "m" | "min" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(86_400),
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{raw}`; use ms, s, m, h or d"
-            ));
-        }
-    };
-    seconds
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{raw}` is too long"))
 }
 
 fn decode_hex32(raw: &str) -> Option<[u8; 32]> {
@@ -1212,8 +1227,5 @@ grants = ["table:*"]
             "env",
         );
         assert!(json.is_ok());
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert!(parse_duration("2 weeks").is_err());
     }
 }

@@ -280,6 +280,11 @@ fn not_found() -> Status {
 mod tests {
     use super::*;
 
+    /// The refusal names the flag that sets the limit it hit.
+    fn assert_mentions(err: &Status, flag: &str) {
+        assert!(err.message().contains(flag), "{}", err.message());
+    }
+
     const LIMITS: ParameterLimits = ParameterLimits {
         per_upload: 100,
         per_user: 150,
@@ -314,11 +319,7 @@ mod tests {
         let mut one = budget.reservation("alice");
         let err = one.grow(101).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            err.message().contains("(--max-parameter-bytes)"),
-            "{}",
-            err.message()
-        );
+        assert_mentions(&err, "(--max-parameter-bytes)");
         one.grow(60).unwrap();
         one.grow(40).unwrap();
         assert!(one.grow(1).is_err());
@@ -332,11 +333,7 @@ mod tests {
         let mut two = budget.reservation("alice");
         two.grow(70).unwrap();
         let err = two.grow(1).unwrap_err();
-        assert!(
-            err.message().contains("--max-parameter-bytes-per-user"),
-            "{}",
-            err.message()
-        );
+        assert_mentions(&err, "--max-parameter-bytes-per-user");
         drop(two);
         // Others fill the server.
         let mut bob = budget.reservation("bob");
@@ -344,11 +341,7 @@ mod tests {
         let mut carol = budget.reservation("carol");
         carol.grow(70).unwrap();
         let err = carol.grow(1).unwrap_err();
-        assert!(
-            err.message().contains("--max-parameter-bytes-total"),
-            "{}",
-            err.message()
-        );
+        assert_mentions(&err, "--max-parameter-bytes-total");
         // Closing alice's statement gives her bytes back.
         store.remove(h1.as_bytes(), "alice").unwrap();
         assert_eq!(budget.held_by("alice"), 0);

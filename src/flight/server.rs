@@ -29,7 +29,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::engine::Engine;
 use crate::error::{PitlakeError, Result};
 use crate::flight::auth::{AuthConfig, Authenticator};
-use crate::flight::config::{ServerConfig, Transport};
+use crate::flight::config::{Limits, ServerConfig, Transport};
 use crate::flight::connections::{Refusals, limit_connections};
 use crate::flight::layer::AuthLayer;
 use crate::flight::prepared::{ParameterLimits, PreparedStatements};
@@ -176,71 +176,15 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     // if something installed a provider already, that one stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
     log_auth_warnings(&config.auth);
-    let auth = {
-        let settings = config.auth.clone();
-        // Making the decoy hashes runs argon2.
-        tokio::task::spawn_blocking(move || Authenticator::new(settings))
-            .await
-            .map_err(|e| PitlakeError::Internal(format!("starting authentication: {e}")))??
-    };
-    let auth = Arc::new(auth);
-    let limits = config.limits.clone();
-    let cancel_queries = CancellationToken::new();
-    let active = Arc::new(AtomicUsize::new(0));
-    let logins = Arc::new(LoginThrottle::new(LoginLimits {
-        max_concurrent: limits.max_concurrent_logins,
-        max_queued: limits.max_queued_logins,
-        max_failed_per_user: limits.max_failed_logins_per_user,
-        max_failed_per_peer: limits.max_failed_logins_per_peer,
-        lockout: limits.login_lockout,
-    }));
-    let shared = Arc::new(Shared {
-        engine,
-        auth: auth.clone(),
-        tickets: TicketSigner::new(limits.ticket_ttl)?,
-        prepared: PreparedStatements::new(
-            limits.max_prepared_per_user,
-            PREPARED_IDLE,
-            ParameterLimits {
-                per_upload: limits.max_parameter_bytes,
-                per_user: limits.max_parameter_bytes_per_user,
-                total: limits.max_parameter_bytes_total,
-            },
-        ),
-        slots: Arc::new(Semaphore::new(limits.max_concurrent_queries)),
-        cancel_queries: cancel_queries.clone(),
-        active: active.clone(),
-        sql_info: sql_info(&limits)?,
-        limits: limits.clone(),
-        logins: logins.clone(),
-    });
-
-    let mut builder = Server::builder()
-        // A client that vanished without closing is noticed, and its query dropped.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        // Streams past the limit are refused by HTTP/2 itself (clients queue them); the tower
-        // limit holds back the calls of a client that ignores the setting.
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize);
-    if let Transport::Tls {
-        cert_pem,
-        key_pem,
-        client_ca_pem,
-    } = &config.transport
-    {
-        let mut tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .timeout(TLS_HANDSHAKE_TIMEOUT);
-        if let Some(ca) = client_ca_pem {
-            tls = tls.client_ca_root(Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(tls).map_err(|e| PitlakeError::Config {
-            name: "--tls-cert".into(),
-            message: format!("the certificate or key cannot be used: {e}"),
-        })?;
-    }
+    let auth = authenticator(&config.auth).await?;
+    let limits = &config.limits;
+    let shared = Arc::new(shared_state(engine, auth.clone(), limits)?);
+    let (cancel_queries, active, logins) = (
+        shared.cancel_queries.clone(),
+        shared.active.clone(),
+        shared.logins.clone(),
+    );
+    let builder = server_builder(limits, &config.transport)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -272,6 +216,97 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
             stop_accepting.clone(),
         ));
     }
+    log_listening(&config, addr);
+    Ok(RunningServer {
+        addr,
+        tls: config.transport.is_tls(),
+        stop_accepting,
+        cancel_queries,
+        active,
+        grace: limits.shutdown_grace,
+        task: Some(task),
+        auth,
+        auth_origin: config.auth_origin.clone(),
+        logins,
+        refused_connections,
+    })
+}
+
+/// The authenticator of these settings (making its decoy hashes runs argon2, off the runtime).
+async fn authenticator(settings: &AuthConfig) -> Result<Arc<Authenticator>> {
+    let settings = settings.clone();
+    let auth = tokio::task::spawn_blocking(move || Authenticator::new(settings))
+        .await
+        .map_err(|e| PitlakeError::Internal(format!("starting authentication: {e}")))??;
+    Ok(Arc::new(auth))
+}
+
+/// What every call of the service shares: the engine, authentication, tickets, prepared
+/// statements, query slots and the login throttle.
+fn shared_state(engine: Arc<Engine>, auth: Arc<Authenticator>, limits: &Limits) -> Result<Shared> {
+    let logins = Arc::new(LoginThrottle::new(LoginLimits {
+        max_concurrent: limits.max_concurrent_logins,
+        max_queued: limits.max_queued_logins,
+        max_failed_per_user: limits.max_failed_logins_per_user,
+        max_failed_per_peer: limits.max_failed_logins_per_peer,
+        lockout: limits.login_lockout,
+    }));
+    Ok(Shared {
+        engine,
+        auth,
+        tickets: TicketSigner::new(limits.ticket_ttl)?,
+        prepared: PreparedStatements::new(
+            limits.max_prepared_per_user,
+            PREPARED_IDLE,
+            ParameterLimits {
+                per_upload: limits.max_parameter_bytes,
+                per_user: limits.max_parameter_bytes_per_user,
+                total: limits.max_parameter_bytes_total,
+            },
+        ),
+        slots: Arc::new(Semaphore::new(limits.max_concurrent_queries)),
+        cancel_queries: CancellationToken::new(),
+        active: Arc::new(AtomicUsize::new(0)),
+        sql_info: sql_info(limits)?,
+        limits: limits.clone(),
+        logins,
+    })
+}
+
+/// The transport: keepalives, stream limits per connection, and TLS when configured.
+fn server_builder(limits: &Limits, transport: &Transport) -> Result<Server> {
+    let builder = Server::builder()
+        // A client that vanished without closing is noticed, and its query dropped.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        // Streams past the limit are refused by HTTP/2 itself (clients queue them); the tower
+        // limit holds back the calls of a client that ignores the setting.
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .concurrency_limit_per_connection(limits.max_streams_per_connection as usize);
+    let Transport::Tls {
+        cert_pem,
+        key_pem,
+        client_ca_pem,
+    } = transport
+    else {
+        return Ok(builder);
+    };
+    let mut tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, key_pem))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = client_ca_pem {
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    builder.tls_config(tls).map_err(|e| PitlakeError::Config {
+        name: "--tls-cert".into(),
+        message: format!("the certificate or key cannot be used: {e}"),
+    })
+}
+
+/// The line a started server logs: where it listens and the bounds in force.
+fn log_listening(config: &ServerConfig, addr: SocketAddr) {
+    let limits = &config.limits;
     tracing::info!(
         target: "pitlake::flight",
         %addr,
@@ -289,19 +324,6 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
             (config.auth.max_password_check_bytes() * limits.max_concurrent_logins as u64) >> 20,
         "Flight SQL server listening"
     );
-    Ok(RunningServer {
-        addr,
-        tls: config.transport.is_tls(),
-        stop_accepting,
-        cancel_queries,
-        active,
-        grace: limits.shutdown_grace,
-        task: Some(task),
-        auth,
-        auth_origin: config.auth_origin.clone(),
-        logins,
-        refused_connections,
-    })
 }
 
 fn log_auth_warnings(auth: &AuthConfig) {

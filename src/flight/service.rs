@@ -169,6 +169,31 @@ fn batch_stream(schema: SchemaRef, batch: RecordBatch) -> FlightStream {
     Box::pin(stream)
 }
 
+/// Where to fetch a metadata command's answer: the ticket is the command itself, and any
+/// authenticated caller may ask (what the answer holds is filtered by its grants at `DoGet`).
+fn metadata_info(
+    request: Request<FlightDescriptor>,
+    command: &impl ProstMessageExt,
+    schema: SchemaRef,
+) -> Result<Response<FlightInfo>, Status> {
+    principal(&request)?;
+    flight_info(
+        &schema,
+        command.as_any().encode_to_vec(),
+        request.into_inner(),
+    )
+}
+
+/// A metadata command's answer (what its builder built, arrow-flight's builders share no
+/// trait) as a stream of its one batch.
+fn metadata_stream(
+    schema: SchemaRef,
+    batch: arrow_flight::error::Result<RecordBatch>,
+) -> Result<Response<FlightStream>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(batch_stream(schema, batch)))
+}
+
 /// One row of Arrow IPC parameters as values.
 fn parameter_values(encoded: Option<&[u8]>) -> Result<Vec<ScalarValue>, Status> {
     let Some(bytes) = encoded else {
@@ -598,9 +623,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        principal(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+        metadata_info(request, &query, query.clone().into_builder().schema())
     }
 
     async fn get_flight_info_schemas(
@@ -608,9 +631,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        principal(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+        metadata_info(request, &query, query.clone().into_builder().schema())
     }
 
     async fn get_flight_info_tables(
@@ -618,9 +639,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        principal(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+        metadata_info(request, &query, query.clone().into_builder().schema())
     }
 
     async fn get_flight_info_table_types(
@@ -628,9 +647,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        principal(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        flight_info(&query.into_builder().schema(), ticket, request.into_inner())
+        metadata_info(request, &query, query.clone().into_builder().schema())
     }
 
     async fn get_flight_info_sql_info(
@@ -638,10 +655,11 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        principal(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let schema = query.into_builder(&self.shared.sql_info).schema();
-        flight_info(&schema, ticket, request.into_inner())
+        metadata_info(
+            request,
+            &query,
+            query.clone().into_builder(&self.shared.sql_info).schema(),
+        )
     }
 
     async fn do_get_statement(
@@ -707,11 +725,7 @@ impl FlightSqlService for PitlakeFlightSql {
         principal(&request)?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        metadata_stream(builder.schema(), builder.build())
     }
 
     async fn do_get_schemas(
@@ -738,11 +752,7 @@ impl FlightSqlService for PitlakeFlightSql {
         for schema in schemas {
             builder.append(CATALOG, schema);
         }
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        metadata_stream(builder.schema(), builder.build())
     }
 
     async fn do_get_tables(
@@ -781,11 +791,7 @@ impl FlightSqlService for PitlakeFlightSql {
                 .append(CATALOG, schema_name(&table), &table.table, "TABLE", &schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        metadata_stream(builder.schema(), builder.build())
     }
 
     async fn do_get_table_types(
@@ -796,11 +802,7 @@ impl FlightSqlService for PitlakeFlightSql {
         principal(&request)?;
         let mut builder = query.into_builder();
         builder.append("TABLE");
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        metadata_stream(builder.schema(), builder.build())
     }
 
     async fn do_get_sql_info(
@@ -810,11 +812,7 @@ impl FlightSqlService for PitlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         principal(&request)?;
         let builder = query.into_builder(&self.shared.sql_info);
-        let schema = builder.schema();
-        let batch = builder
-            .build()
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(batch_stream(schema, batch)))
+        metadata_stream(builder.schema(), builder.build())
     }
 
     async fn do_put_statement_update(

@@ -19,9 +19,10 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::dataframe::DataFrame;
 use datafusion::datasource::{MemTable, provider_as_source};
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::LogicalPlanBuilder;
-use datafusion::prelude::SessionContext;
 use deltalake::DeltaTableError;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::protocol::SaveMode;
@@ -168,6 +169,9 @@ const ATTEMPTS: usize = 16;
 #[derive(Debug, Clone)]
 pub struct Registry {
     warehouse: Arc<Warehouse>,
+    /// The session the registry table is read in: the engine's, so that reading the registry
+    /// counts against the engine's memory pool and runs on its runtime.
+    session: SessionState,
 }
 
 fn corrupt(message: impl Into<String>) -> PitlakeError {
@@ -178,9 +182,10 @@ fn corrupt(message: impl Into<String>) -> PitlakeError {
 }
 
 impl Registry {
-    /// The registry of `warehouse`.
-    pub fn new(warehouse: Arc<Warehouse>) -> Self {
-        Self { warehouse }
+    /// The registry of `warehouse`, read in `session` (the engine's session state, carrying
+    /// its memory pool and runtime).
+    pub fn new(warehouse: Arc<Warehouse>, session: SessionState) -> Self {
+        Self { warehouse, session }
     }
 
     /// The latest registry version, if anything was ever registered.
@@ -217,8 +222,9 @@ impl Registry {
             TableVersion::Version(read_version.unwrap_or(0)),
         )
         .await?;
-        let ctx = SessionContext::new();
-        let batches = ctx.read_table(provider)?.collect().await?;
+        let plan =
+            LogicalPlanBuilder::scan("registry", provider_as_source(provider), None)?.build()?;
+        let batches = DataFrame::new(self.session.clone(), plan).collect().await?;
         let mut events = Vec::new();
         for batch in &batches {
             events.extend(decode(batch)?);

@@ -16,8 +16,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::TableType;
 
 use crate::error::{PitlakeError, Result};
+use crate::storage::name::{DEFAULT_SCHEMA, TableName};
 use crate::storage::table::WarehouseTable;
-use crate::storage::warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
+use crate::storage::warehouse::{TableVersion, Warehouse};
 
 /// Splits `name@v3` / `name@t123` into the table and the version to read.
 pub fn decode_versioned_name(raw: &str) -> Result<(&str, TableVersion)> {

@@ -34,8 +34,9 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::error::{PitlakeError, Result};
+use crate::storage::name::TableName;
 use crate::storage::store;
-use crate::storage::warehouse::{TableName, TableVersion, Warehouse};
+use crate::storage::warehouse::{TableVersion, Warehouse};
 
 /// The steps of a drop, in order (see the module docs). Tests stop a drop after one of them to
 /// see what a crash there would leave.

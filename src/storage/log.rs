@@ -14,7 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 
 use crate::error::{PitlakeError, Result};
-use crate::storage::warehouse::TableName;
+use crate::storage::name::TableName;
 
 /// The commit and checkpoint files of one table's `_delta_log`.
 #[derive(Debug, Clone, Default)]

@@ -1,9 +1,12 @@
-//! Storage: finding the Delta tables of a warehouse, opening each at a pinned version or
-//! timestamp, reading their history, and writing to them one commit at a time.
+//! Storage: the warehouse's object store (`store`, its settings in `options`), finding its
+//! Delta tables and opening each at a pinned version or timestamp (`warehouse`, names in
+//! `name`), reading their log and history (`log`), the DataFusion catalog over them (`catalog`,
+//! `table`), writing to them one commit at a time (`write`) and dropping them (`drop`).
 
 mod catalog;
 mod drop;
 mod log;
+mod name;
 mod options;
 mod store;
 mod table;
@@ -14,7 +17,8 @@ pub use catalog::{
     WarehouseCatalog, WarehouseSchema, decode_versioned_name, encode_versioned_name, open_provider,
 };
 pub use log::{CommitSummary, LogListing, format_millis};
+pub use name::{DEFAULT_SCHEMA, TableName};
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
-pub use warehouse::{DEFAULT_SCHEMA, TableName, TableVersion, Warehouse};
+pub use warehouse::{TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};
 pub(crate) use write::{concurrent_write, single_attempt};

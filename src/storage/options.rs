@@ -331,10 +331,7 @@ impl std::fmt::Debug for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Source")
             .field("name", &self.name)
-            .field(
-                "values",
-                &redacted_options(self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-            )
+            .field("values", &redacted_options(&self.values))
             .finish()
     }
 }
@@ -700,31 +697,21 @@ fn parse_bool(key: &str, value: &str) -> Result<bool> {
     }
 }
 
-/// Parses `250ms`, `30s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses a storage option's duration (`crate::config::parse_duration`: `250ms`, `30s`, `2m`, a
+/// bare number of seconds), at most about 31 years, so that object_store's retry arithmetic on
+/// instants cannot overflow.
 pub(crate) fn parse_duration(key: &str, value: &str) -> Result<Duration> {
-    let v = value.trim().to_ascii_lowercase();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    let number: Option<f64> = number
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n >= 0.0);
-    let seconds = match (number, unit.trim()) {
-        (Some(n), "ms") => Some(n / 1000.0),
-        (Some(n), "" | "s" | "sec" | "secs") => Some(n),
-        (Some(n), "m" | "min" | "mins") => Some(n * 60.0),
-        (Some(n), "h") => Some(n * 3600.0),
-        _ => None,
+    let refused = |message: String| PitlakeError::Config {
+        name: format!("--storage-option {key}"),
+        message,
     };
-    seconds
-        .filter(|s| *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| PitlakeError::Config {
-            name: format!("--storage-option {key}"),
-            message: format!("`{value}` is not a duration; write it like 500ms, 30s or 2m"),
-        })
+    let duration = crate::config::parse_duration(value).map_err(refused)?;
+    if duration >= Duration::from_secs(1_000_000_000) {
+        return Err(refused(format!(
+            "`{value}` is too long; write at most a few years, like 60s or 10m"
+        )));
+    }
+    Ok(duration)
 }
 
 #[cfg(test)]

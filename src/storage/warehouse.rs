@@ -5,7 +5,6 @@
 //! `_` or `.` are pitlake's own (`_pitlake/`, the registry) or hidden, and are not listed.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
@@ -18,91 +17,9 @@ use url::Url;
 use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result, closest_first};
 use crate::storage::log::LogListing;
+use crate::storage::name::TableName;
 use crate::storage::options::{self, Backend, Environment};
 use crate::storage::store;
-
-/// The schema that tables directly under the root belong to.
-pub const DEFAULT_SCHEMA: &str = "public";
-
-/// A table's name: an optional schema (a subfolder of the root) and the table (a folder).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableName {
-    /// The schema folder, `None` for tables directly under the root.
-    pub schema: Option<String>,
-    /// The table folder.
-    pub table: String,
-}
-
-impl TableName {
-    /// A table directly under the root.
-    pub fn bare(table: impl Into<String>) -> Self {
-        Self {
-            schema: None,
-            table: table.into(),
-        }
-    }
-
-    /// A table in a schema; the default schema maps to the root.
-    pub fn new(schema: Option<&str>, table: impl Into<String>) -> Self {
-        Self {
-            schema: schema
-                .filter(|s| *s != DEFAULT_SCHEMA)
-                .map(|s| s.to_string()),
-            table: table.into(),
-        }
-    }
-
-    /// Parses `table` or `schema.table` (no quoting: names as folders have them).
-    pub fn parse(raw: &str) -> Result<Self> {
-        let parts: Vec<&str> = raw.split('.').collect();
-        let name = match parts.as_slice() {
-            [table] => Self::bare(*table),
-            [schema, table] => Self::new(Some(schema), *table),
-            _ => {
-                return Err(PitlakeError::Plan(format!(
-                    "`{raw}` is not a table name; write `table` or `schema.table`"
-                )));
-            }
-        };
-        name.validate()?;
-        Ok(name)
-    }
-
-    /// Checks that the name can be a folder and round-trips through SQL.
-    pub fn validate(&self) -> Result<()> {
-        for part in self.schema.iter().chain(std::iter::once(&self.table)) {
-            let bad = part.is_empty()
-                || part.starts_with('_')
-                || part.starts_with('.')
-                || part.contains(['/', '\\', '@'])
-                || part.chars().any(char::is_control);
-            if bad {
-                return Err(PitlakeError::Plan(format!(
-                    "`{part}` cannot be a table or schema name: names must not be empty, start \
-                     with `_` or `.`, or contain `/`, `\\` or `@`"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn segments(&self) -> Vec<&str> {
-        self.schema
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(self.table.as_str()))
-            .collect()
-    }
-}
-
-impl fmt::Display for TableName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.schema {
-            Some(schema) => write!(f, "{schema}.{}", self.table),
-            None => write!(f, "{}", self.table),
-        }
-    }
-}
 
 /// Which state of a table to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -429,20 +346,6 @@ pub(crate) fn corrupt(name: &TableName, err: DeltaTableError) -> PitlakeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_parse_and_validate() {
-        assert_eq!(
-            TableName::parse("orders").unwrap(),
-            TableName::bare("orders")
-        );
-        let n = TableName::parse("features.driver_stats").unwrap();
-        assert_eq!(n.schema.as_deref(), Some("features"));
-        assert_eq!(TableName::parse("public.t").unwrap(), TableName::bare("t"));
-        assert!(TableName::parse("a.b.c").is_err());
-        assert!(TableName::parse("_pitlake").is_err());
-        assert!(TableName::parse("t@v1").is_err());
-    }
 
     #[test]
     fn table_urls_join_segments() {

@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Fields, SchemaRef};
 use datafusion::common::Column;
 use datafusion::execution::context::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, cast};
@@ -30,7 +30,8 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use crate::error::{PitlakeError, Result};
 use crate::storage::log::CommitSummary;
-use crate::storage::warehouse::{TableName, TableVersion, Warehouse};
+use crate::storage::name::TableName;
+use crate::storage::warehouse::{TableVersion, Warehouse};
 
 /// How a write treats an existing table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,7 +289,7 @@ fn check_new_schema(name: &TableName, schema: &SchemaRef, partition_by: &[String
                 table: name.to_string(),
                 message: format!(
                     "partition column `{column}` is not in the data; columns are: {}",
-                    column_list(schema)
+                    column_list(schema.fields())
                 ),
             });
         }
@@ -296,9 +297,9 @@ fn check_new_schema(name: &TableName, schema: &SchemaRef, partition_by: &[String
     Ok(())
 }
 
-fn column_list(schema: &SchemaRef) -> String {
-    schema
-        .fields()
+/// Columns as an error lists them: `name type, …`.
+fn column_list(fields: &Fields) -> String {
+    fields
         .iter()
         .map(|f| format!("{} {}", f.name(), f.data_type()))
         .collect::<Vec<_>>()
@@ -345,7 +346,7 @@ pub fn conform_to_table(
             return Err(mismatch(format!(
                 "the input has column `{}` which the table does not have; table columns are: {}",
                 field.name(),
-                column_list(target)
+                column_list(target.fields())
             )));
         }
     }
@@ -356,12 +357,7 @@ pub fn conform_to_table(
                 "column `{}` ({}) is missing from the input; the input has: {}",
                 want.name(),
                 want.data_type(),
-                input
-                    .fields()
-                    .iter()
-                    .map(|f| format!("{} {}", f.name(), f.data_type()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                column_list(input.fields())
             )));
         };
         if !widens_to(have.data_type(), want.data_type()) {

@@ -165,7 +165,7 @@ fn upsert(
 impl Engine {
     /// The feature registry of this warehouse.
     pub fn registry(&self) -> Registry {
-        Registry::new(self.warehouse().clone())
+        Registry::new(self.warehouse().clone(), self.state())
     }
 
     /// The Arrow schema of a SQL relation (a table, a pinned table, or a subquery).
