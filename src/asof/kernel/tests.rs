@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Float64Array, Int8Array, Int32Array, Int64Array, ListArray,
-    RecordBatch, StringArray, StringViewArray, StructArray, UInt64Array, new_empty_array,
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int8Array, Int32Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StringViewArray, StructArray, UInt64Array,
+    new_empty_array,
 };
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Fields, Int8Type, Int32Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
+use hashbrown::HashMap;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
+use super::groups::{IntGroups, NO_GROUP};
 use super::*;
 use crate::asof::oracle::{RightInput, oracle_asof};
 
