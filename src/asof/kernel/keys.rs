@@ -16,6 +16,7 @@ use datafusion::common::{Result, internal_err};
 
 use super::groups::{ByteGroups, IntGroups, NO_GROUP};
 use super::options::KeySpec;
+use crate::asof::time::integer_or_datetime;
 
 /// How a key tuple becomes a group id.
 #[derive(Debug)]
@@ -45,24 +46,16 @@ impl KeyKind {
     }
 }
 
+/// Whether a single key of `data_type` is one integer (an integer, date, timestamp, time or
+/// duration), interned in [`IntGroups`].
 fn is_int_key(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-            | DataType::Time32(TimeUnit::Second | TimeUnit::Millisecond)
-            | DataType::Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond)
-            | DataType::Duration(_)
-    )
+    integer_or_datetime(data_type)
+        || matches!(
+            data_type,
+            DataType::Time32(TimeUnit::Second | TimeUnit::Millisecond)
+                | DataType::Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond)
+                | DataType::Duration(_)
+        )
 }
 
 fn is_bytes_key(data_type: &DataType) -> bool {
