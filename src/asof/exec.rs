@@ -111,6 +111,43 @@ fn columns_of(expr: &PhysicalExprRef) -> impl Iterator<Item = usize> {
     collect_columns(expr).into_iter().map(|c| c.index())
 }
 
+/// A left input with the expressions the join evaluates on it.
+struct LeftSide {
+    plan: Arc<dyn ExecutionPlan>,
+    on: Vec<(PhysicalExprRef, PhysicalExprRef)>,
+    time: PhysicalExprRef,
+}
+
+/// `projection` moved over `join`, whose output holds the old output columns `kept` (ascending,
+/// in the old numbering); just `join` when the moved projection would change nothing. `None`
+/// if the projection reads a column that is not kept.
+fn reproject(
+    projection: &ProjectionExec,
+    join: Arc<dyn ExecutionPlan>,
+    kept: &[usize],
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    let map = |i: usize| kept.binary_search(&i).ok();
+    let mut exprs = Vec::with_capacity(projection.expr().len());
+    for e in projection.expr() {
+        let Some(expr) = remap_columns(&e.expr, &map)? else {
+            return Ok(None);
+        };
+        exprs.push(ProjectionExpr::new(expr, e.alias.clone()));
+    }
+    let schema = join.schema();
+    let identity = exprs.len() == schema.fields().len()
+        && exprs.iter().enumerate().all(|(i, e)| {
+            e.expr
+                .downcast_ref::<Column>()
+                .is_some_and(|c| c.index() == i && c.name() == e.alias)
+        })
+        && projection.schema() == schema;
+    if identity {
+        return Ok(Some(join));
+    }
+    Ok(Some(Arc::new(ProjectionExec::try_new(exprs, join)?)))
+}
+
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -353,22 +390,70 @@ impl AsOfJoinExec {
         self.known_at.as_ref()
     }
 
-    fn rebuild(&self, left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Result<Self> {
+    /// The same join over `right` and a new left input (on which `on` and `left_time` are
+    /// evaluated), rebuilt through [`AsOfJoinExec::try_new`]; it shows every right column.
+    fn rebuild_over(
+        &self,
+        left: LeftSide,
+        right: Arc<dyn ExecutionPlan>,
+        full_schema: SchemaRef,
+    ) -> Result<Self> {
         Self::try_new(
-            left,
+            left.plan,
             right,
-            self.on.clone(),
+            left.on,
             self.null_equal.clone(),
-            self.left_time.clone(),
+            left.time,
             self.right_time.clone(),
             self.op,
             self.join_type,
             self.tolerance.clone(),
             self.tiebreak.clone(),
             self.known_at.clone(),
-            self.full_schema.clone(),
-        )?
-        .with_right_output(self.right_output.clone())
+            full_schema,
+        )
+    }
+
+    /// The same join over other inputs (`with_new_children`, `reset_state`).
+    fn rebuild(&self, left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        self.rebuild_over(self.left_side(left), right, self.full_schema.clone())?
+            .with_right_output(self.right_output.clone())
+    }
+
+    /// `plan` as the left input, with this join's key pairs and left time unchanged.
+    fn left_side(&self, plan: Arc<dyn ExecutionPlan>) -> LeftSide {
+        LeftSide {
+            plan,
+            on: self.on.clone(),
+            time: self.left_time.clone(),
+        }
+    }
+
+    /// The left input projected to the columns `keep` (ascending), with the key pairs and the
+    /// left time renumbered to read it; `None` if they read a column not kept.
+    fn pruned_left(&self, keep: &[usize]) -> Result<Option<LeftSide>> {
+        let schema = self.left.schema();
+        let exprs = keep
+            .iter()
+            .map(|&i| {
+                let name = schema.field(i).name();
+                ProjectionExpr::new(Arc::new(Column::new(name, i)), name.clone())
+            })
+            .collect::<Vec<_>>();
+        let plan: Arc<dyn ExecutionPlan> =
+            Arc::new(ProjectionExec::try_new(exprs, self.left.clone())?);
+        let map = |i: usize| keep.binary_search(&i).ok();
+        let mut on = Vec::with_capacity(self.on.len());
+        for (l, r) in &self.on {
+            let Some(l) = remap_columns(l, &map)? else {
+                return Ok(None);
+            };
+            on.push((l, r.clone()));
+        }
+        let Some(time) = remap_columns(&self.left_time, &map)? else {
+            return Ok(None);
+        };
+        Ok(Some(LeftSide { plan, on, time }))
     }
 
     /// The shared build, started by the first partition that executes.
@@ -597,8 +682,7 @@ impl ExecutionPlan for AsOfJoinExec {
         &self,
         projection: &ProjectionExec,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
-        let left_schema = self.left.schema();
-        let left_width = left_schema.fields().len();
+        let left_width = self.left.schema().fields().len();
         let used: BTreeSet<usize> = projection
             .expr()
             .iter()
@@ -620,31 +704,15 @@ impl ExecutionPlan for AsOfJoinExec {
         if !prune_left && right_keep.len() == self.right_output.len() {
             return Ok(None);
         }
-        let left_map = |i: usize| left_keep.binary_search(&i).ok();
-        let (left, on, left_time) = if prune_left {
-            let exprs = left_keep
-                .iter()
-                .map(|&i| {
-                    let name = left_schema.field(i).name();
-                    ProjectionExpr::new(Arc::new(Column::new(name, i)), name.clone())
-                })
-                .collect::<Vec<_>>();
-            let left: Arc<dyn ExecutionPlan> =
-                Arc::new(ProjectionExec::try_new(exprs, self.left.clone())?);
-            let mut on = Vec::with_capacity(self.on.len());
-            for (l, r) in &self.on {
-                let Some(l) = remap_columns(l, &left_map)? else {
-                    return Ok(None);
-                };
-                on.push((l, r.clone()));
-            }
-            let Some(left_time) = remap_columns(&self.left_time, &left_map)? else {
+        let left = if prune_left {
+            let Some(left) = self.pruned_left(&left_keep)? else {
                 return Ok(None);
             };
-            (left, on, left_time)
+            left
         } else {
-            (self.left.clone(), self.on.clone(), self.left_time.clone())
+            self.left_side(self.left.clone())
         };
+        // The old output columns the new join still shows, in their old numbering.
         let kept: Vec<usize> = left_keep
             .iter()
             .copied()
@@ -654,7 +722,8 @@ impl ExecutionPlan for AsOfJoinExec {
             }))
             .collect();
         let full_schema = Arc::new(Schema::new_with_metadata(
-            left.schema()
+            left.plan
+                .schema()
                 .fields()
                 .iter()
                 .cloned()
@@ -662,43 +731,10 @@ impl ExecutionPlan for AsOfJoinExec {
                 .collect::<Vec<FieldRef>>(),
             self.full_schema.metadata().clone(),
         ));
-        let join = Self::try_new(
-            left,
-            self.right.clone(),
-            on,
-            self.null_equal.clone(),
-            left_time,
-            self.right_time.clone(),
-            self.op,
-            self.join_type,
-            self.tolerance.clone(),
-            self.tiebreak.clone(),
-            self.known_at.clone(),
-            full_schema,
-        )?
-        .with_right_output(right_keep)?;
-        let join: Arc<dyn ExecutionPlan> = Arc::new(join);
-        // The projection over the new join: each old output column at its new place.
-        let out_map = |i: usize| kept.binary_search(&i).ok();
-        let mut exprs = Vec::with_capacity(projection.expr().len());
-        for e in projection.expr() {
-            let Some(expr) = remap_columns(&e.expr, &out_map)? else {
-                return Ok(None);
-            };
-            exprs.push(ProjectionExpr::new(expr, e.alias.clone()));
-        }
-        let schema = join.schema();
-        let identity = exprs.len() == schema.fields().len()
-            && exprs.iter().enumerate().all(|(i, e)| {
-                e.expr
-                    .downcast_ref::<Column>()
-                    .is_some_and(|c| c.index() == i && c.name() == e.alias)
-            })
-            && projection.schema() == schema;
-        if identity {
-            return Ok(Some(join));
-        }
-        Ok(Some(Arc::new(ProjectionExec::try_new(exprs, join)?)))
+        let join = self
+            .rebuild_over(left, self.right.clone(), full_schema)?
+            .with_right_output(right_keep)?;
+        reproject(projection, Arc::new(join), &kept)
     }
 
     fn with_new_children(

@@ -4,12 +4,25 @@
 //! NULL keys and times never match; a left-preserving join keeps every left row once, in the
 //! left's order.
 //!
-//! `logical` is the DataFusion logical node, `exec` the physical operator, `build` the right
-//! side's index build, `probe` the join of a left batch against the indexes, `stream` the probe
-//! stream, `spill` the run for a right side larger than memory, `kernel` the pure matching code
-//! over Arrow arrays, `time` and `tolerance` the time types and bounds, `prune` the rule that
-//! narrows the right input to what the left can reach, `codec` the plan serialization,
-//! `metrics` the operator's counters, `oracle` the naive reference the tests compare with.
+//! # Files
+//!
+//! - `logical`: the logical node [`AsOfJoin`]; every user mistake is refused in its `try_new`.
+//! - `prune`: [`AsOfRangePruning`], the rule that narrows the right input to what the left can
+//!   reach.
+//! - `exec`: the physical operator [`AsOfJoinExec`]: its properties, display, and absorbing the
+//!   projection above it.
+//! - `build`: the right side's index build, one task per right partition, shared by every left
+//!   partition.
+//! - `probe`: the join of one left batch against the built indexes.
+//! - `stream`: the probe stream of one left partition, an explicit state machine.
+//! - `spill`: bucket files, and the bucket-by-bucket run for a right side larger than memory.
+//! - `kernel`: the pure matching code over Arrow arrays (its module doc lists its files).
+//! - `time`: time values as order-preserving `i64` keys, and which types a time may have.
+//! - `tolerance`: the tolerance bound of each left row, saturating.
+//! - `codec`: the serialization of as-of plans, logical and physical.
+//! - `metrics`: [`AsOfJoinMetrics`], the operator's counters.
+//! - `oracle`: the naive reference join the tests compare with.
+//! - `exec_tests`: the operator against the oracle on random inputs (tests only).
 
 mod build;
 mod codec;

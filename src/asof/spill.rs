@@ -17,29 +17,27 @@
 
 use std::sync::Arc;
 
-use super::build::{BuildSide, ORDINAL, RightExprs, with_ordinal};
-use super::kernel::{IndexBuilder, KernelOptions};
-use super::metrics::AsOfJoinMetrics;
-use super::probe::Probe;
-use arrow::array::UInt64Array;
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
-use arrow::compute::{SortOptions, concat_batches};
+use arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+use arrow::compute::{SortOptions, concat_batches, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::error::DataFusionError;
-use datafusion::execution::SpillFile;
-use datafusion::execution::memory_pool::MemoryConsumer;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::metrics::BaselineMetrics;
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
 use datafusion::physical_plan::sorts::streaming_merge::{SortedSpillFile, StreamingMergeBuilder};
-use datafusion::physical_plan::spill::SpillManager;
-use datafusion::physical_plan::spill::get_record_batch_memory_size;
+use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
+use tokio::sync::OwnedMutexGuard;
+
+use super::build::{BuildSide, ORDINAL, RightExprs, with_ordinal};
+use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
+use super::metrics::AsOfJoinMetrics;
+use super::probe::Probe;
 
 /// How many buckets a spilled as-of join splits each input into.
 pub(crate) const BUCKETS: usize = 64;
@@ -129,27 +127,6 @@ impl BucketWriter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use arrow::array::{Int64Array, StringArray};
-
-    use super::*;
-
-    #[test]
-    fn equal_keys_share_a_bucket_across_types_of_batches() {
-        let a: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3, 1]));
-        let b: ArrayRef = Arc::new(Int64Array::from(vec![3, 1]));
-        let x = buckets_of(&[a], 4).unwrap();
-        let y = buckets_of(&[b], 2).unwrap();
-        assert_eq!(x[0], x[3]);
-        assert_eq!(x[0], y[1]);
-        assert_eq!(x[2], y[0]);
-        let s: ArrayRef = Arc::new(StringArray::from(vec!["k"; 3]));
-        assert_eq!(buckets_of(&[s], 3).unwrap().len(), 3);
-        assert_eq!(buckets_of(&[], 2).unwrap(), vec![0, 0]);
-    }
-}
-
 /// Everything a spilled run needs besides the left stream.
 #[derive(Clone)]
 pub(crate) struct SpillContext {
@@ -169,7 +146,7 @@ pub(crate) struct SpillContext {
 /// Runs the join bucket by bucket (the right side is in bucket files) and returns the output,
 /// merged back into the left's order.
 pub(crate) async fn spilled_join(
-    mut left: SendableRecordBatchStream,
+    left: SendableRecordBatchStream,
     side: Arc<BuildSide>,
     probe: Probe,
     spill: SpillContext,
@@ -185,49 +162,117 @@ pub(crate) async fn spilled_join(
             "as-of join: spilled run without spilled right side".into(),
         ));
     };
-    let env = spill.context.runtime_env();
-    let pool = spill.context.memory_pool();
-    let partition = spill.partition;
+    let run = SpilledRun {
+        probe,
+        spill,
+        metrics,
+        results_schema: with_ordinal(&schema),
+    };
 
     // 1. The left partition into buckets, each row tagged with its ordinal.
-    let left_schema = left.schema();
-    let left_width = left_schema.fields().len();
-    let tagged = with_ordinal(&left_schema);
-    let left_manager = SpillManager::new(env.clone(), metrics.spill.clone(), tagged.clone());
-    let mut writer = BucketWriter::new(left_manager.clone(), format!("AsOfJoin[{partition}]"));
-    let mut ordinal = 0u64;
-    while let Some(batch) = left.next().await {
-        let batch = batch?;
-        let rows = batch.num_rows() as u64;
-        if rows == 0 {
-            continue;
-        }
-        let keys = probe.keys(&batch)?;
-        let buckets_of_rows = buckets_of(&keys, batch.num_rows())?;
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            ordinal..ordinal + rows,
-        )));
-        ordinal += rows;
-        writer.write(
-            &RecordBatch::try_new(tagged.clone(), columns)?,
-            &buckets_of_rows,
-        )?;
-    }
-    let left_files = writer.finish()?;
-    let turn = spill.turn.clone().lock_owned().await;
+    let mut left = run.bucket_left(left).await?;
+    let turn = run.spill.turn.clone().lock_owned().await;
 
     // 2. Each bucket: index the right rows, probe the left rows, spill the results.
-    let results_schema = with_ordinal(&schema);
-    let results_manager =
-        SpillManager::new(env.clone(), metrics.spill.clone(), results_schema.clone());
-    let reservation = MemoryConsumer::new(format!("AsOfJoin[{partition}]")).register(pool);
+    let results_manager = run.spill_manager(run.results_schema.clone());
+    let partition = run.spill.partition;
+    let reservation = MemoryConsumer::new(format!("AsOfJoin[{partition}]"))
+        .register(run.spill.context.memory_pool());
     let mut results = Vec::new();
-    for (bucket, left_file) in left_files.into_iter().enumerate() {
+    for (bucket, left_file) in std::mem::take(&mut left.files).into_iter().enumerate() {
         let Some(left_file) = left_file else {
             continue;
         };
-        let timer = metrics.build_time.timer();
+        let index = run
+            .index_bucket(&buckets[bucket], right_manager, &reservation)
+            .await?;
+        let joined = run
+            .probe_bucket(&index, &left, left_file, &results_manager)
+            .await?;
+        drop(index);
+        reservation.free();
+        results.extend(joined);
+    }
+
+    // 3. Merge the buckets' results back into the left's order.
+    if results.is_empty() {
+        drop(turn);
+        return Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::empty(),
+        )));
+    }
+    run.merge(results, results_manager, schema, turn)
+}
+
+/// The left partition written to bucket files, each row tagged with its ordinal.
+struct BucketedLeft {
+    files: Vec<Option<Arc<dyn SpillFile>>>,
+    manager: SpillManager,
+    /// The left's columns, before the ordinal.
+    width: usize,
+}
+
+/// One partition's spilled run.
+struct SpilledRun {
+    probe: Probe,
+    spill: SpillContext,
+    metrics: AsOfJoinMetrics,
+    /// The output's schema plus the ordinal: the schema of the buckets' results.
+    results_schema: SchemaRef,
+}
+
+impl SpilledRun {
+    fn spill_manager(&self, schema: SchemaRef) -> SpillManager {
+        SpillManager::new(
+            self.spill.context.runtime_env(),
+            self.metrics.spill.clone(),
+            schema,
+        )
+    }
+
+    /// Reads the whole left partition into bucket files, tagging each row with its ordinal.
+    async fn bucket_left(&self, mut left: SendableRecordBatchStream) -> Result<BucketedLeft> {
+        let left_schema = left.schema();
+        let tagged = with_ordinal(&left_schema);
+        let manager = self.spill_manager(tagged.clone());
+        let partition = self.spill.partition;
+        let mut writer = BucketWriter::new(manager.clone(), format!("AsOfJoin[{partition}]"));
+        let mut ordinal = 0u64;
+        while let Some(batch) = left.next().await {
+            let batch = batch?;
+            let rows = batch.num_rows() as u64;
+            if rows == 0 {
+                continue;
+            }
+            let keys = self.probe.keys(&batch)?;
+            let buckets_of_rows = buckets_of(&keys, batch.num_rows())?;
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                ordinal..ordinal + rows,
+            )));
+            ordinal += rows;
+            writer.write(
+                &RecordBatch::try_new(tagged.clone(), columns)?,
+                &buckets_of_rows,
+            )?;
+        }
+        Ok(BucketedLeft {
+            files: writer.finish()?,
+            manager,
+            width: left_schema.fields().len(),
+        })
+    }
+
+    /// Builds the index of one bucket of the right input, growing `reservation` before each
+    /// step; fails with a resources error when even one bucket does not fit.
+    async fn index_bucket(
+        &self,
+        files: &[Arc<dyn SpillFile>],
+        manager: &SpillManager,
+        reservation: &MemoryReservation,
+    ) -> Result<RightIndex> {
+        let timer = self.metrics.build_time.timer();
         let too_big = |e: DataFusionError| {
             DataFusionError::ResourcesExhausted(format!(
                 "as-of join: one bucket of the right input does not fit in memory even after \
@@ -237,17 +282,18 @@ pub(crate) async fn spilled_join(
         // Batches read back from a spill file are slices of one buffer per message, which
         // Arrow's size functions count once per column; the file sizes are the honest measure,
         // and one contiguous batch per bucket keeps the index's own accounting exact.
-        let on_disk: u64 = buckets[bucket].iter().filter_map(|f| f.size()).sum();
+        let on_disk: u64 = files.iter().filter_map(|f| f.size()).sum();
         reservation
             .try_resize(2 * usize::try_from(on_disk).unwrap_or(usize::MAX))
             .map_err(too_big)?;
         let mut parts = Vec::new();
-        for file in &buckets[bucket] {
-            let mut stream = right_manager.read_spill_as_stream(file.clone(), None)?;
+        for file in files {
+            let mut stream = manager.read_spill_as_stream(file.clone(), None)?;
             while let Some(batch) = stream.next().await {
                 parts.push(batch?);
             }
         }
+        let spill = &self.spill;
         let mut builder = IndexBuilder::try_new(spill.kernel.clone(), spill.right_schema.clone())?;
         if !parts.is_empty() {
             let whole = concat_batches(&spill.right_schema, &parts)?;
@@ -266,70 +312,112 @@ pub(crate) async fn spilled_join(
             .try_resize(index.memory_size())
             .map_err(too_big)?;
         timer.done();
+        Ok(index)
+    }
+
+    /// Joins one bucket of the left against its index and spills the results, which stay in
+    /// ordinal order.
+    async fn probe_bucket(
+        &self,
+        index: &RightIndex,
+        left: &BucketedLeft,
+        left_file: Arc<dyn SpillFile>,
+        results_manager: &SpillManager,
+    ) -> Result<Vec<SortedSpillFile>> {
+        let partition = self.spill.partition;
         let mut out = BucketWriter::new(
             results_manager.clone(),
             format!("AsOfJoin[{partition}] out"),
         );
         let mut largest = 0;
-        let mut stream = left_manager.read_spill_as_stream(left_file, None)?;
+        let mut stream = left.manager.read_spill_as_stream(left_file, None)?;
         while let Some(batch) = stream.next().await {
-            let joined = probe.join(&[&index], &batch?, left_width, &results_schema, &metrics)?;
+            let joined = self.probe.join(
+                &[index],
+                &batch?,
+                left.width,
+                &self.results_schema,
+                &self.metrics,
+            )?;
             if joined.num_rows() > 0 {
                 largest = largest.max(get_record_batch_memory_size(&joined));
                 out.write(&joined, &vec![0; joined.num_rows()])?;
             }
         }
-        drop(index);
-        reservation.free();
-        results.extend(
-            out.finish()?
-                .into_iter()
-                .flatten()
-                .map(|file| SortedSpillFile {
-                    file,
-                    max_record_batch_memory: largest,
-                }),
-        );
+        Ok(out
+            .finish()?
+            .into_iter()
+            .flatten()
+            .map(|file| SortedSpillFile {
+                file,
+                max_record_batch_memory: largest,
+            })
+            .collect())
     }
 
-    // 3. Merge the buckets' results back into the left's order. The merge reads as many result
-    // files at once as memory allows, merging in several passes when it must.
-    let ordinal_column = results_schema.fields().len() - 1;
-    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
-        Arc::new(Column::new(ORDINAL, ordinal_column)),
-        SortOptions::default(),
-    )])
-    .ok_or_else(|| DataFusionError::Internal("as-of merge ordering".into()))?;
-    if results.is_empty() {
-        drop(turn);
-        return Ok(Box::pin(RecordBatchStreamAdapter::new(
-            schema,
-            futures::stream::empty(),
-        )));
+    /// Merges the buckets' results back into the left's order and drops the ordinal. The merge
+    /// reads as many result files at once as memory allows, merging in several passes when it
+    /// must. `turn` is held until the output stream is dropped (finished or cancelled).
+    fn merge(
+        self,
+        results: Vec<SortedSpillFile>,
+        results_manager: SpillManager,
+        schema: SchemaRef,
+        turn: OwnedMutexGuard<()>,
+    ) -> Result<SendableRecordBatchStream> {
+        let ordinal_column = self.results_schema.fields().len() - 1;
+        let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
+            Arc::new(Column::new(ORDINAL, ordinal_column)),
+            SortOptions::default(),
+        )])
+        .ok_or_else(|| DataFusionError::Internal("as-of merge ordering".into()))?;
+        let partition = self.spill.partition;
+        let context = &self.spill.context;
+        let merged = StreamingMergeBuilder::new()
+            .with_sorted_spill_files(results)
+            .with_spill_manager(results_manager)
+            .with_schema(self.results_schema)
+            .with_expressions(&ordering)
+            .with_metrics(BaselineMetrics::new(
+                &ExecutionPlanMetricsSet::new(),
+                partition,
+            ))
+            .with_batch_size(context.session_config().batch_size())
+            // The merge can merge in passes and spill between them, so it takes only its fair
+            // share of the pool and never starves another partition's bucket index.
+            .with_reservation(
+                MemoryConsumer::new(format!("AsOfJoin[{partition}] merge"))
+                    .with_can_spill(true)
+                    .register(context.memory_pool()),
+            )
+            .build()?;
+        let projection: Vec<usize> = (0..ordinal_column).collect();
+        let output = merged.map(move |batch| {
+            // The turn ends when this stream is dropped (finished or cancelled).
+            let _turn = &turn;
+            Ok(batch?.project(&projection)?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
     }
-    let merged = StreamingMergeBuilder::new()
-        .with_sorted_spill_files(results)
-        .with_spill_manager(results_manager)
-        .with_schema(results_schema)
-        .with_expressions(&ordering)
-        .with_metrics(BaselineMetrics::new(
-            &datafusion::physical_plan::metrics::ExecutionPlanMetricsSet::new(),
-            partition,
-        ))
-        .with_batch_size(spill.context.session_config().batch_size())
-        // The merge can merge in passes and spill between them, so it takes only its fair
-        // share of the pool and never starves another partition's bucket index.
-        .with_reservation(
-            MemoryConsumer::new(format!("AsOfJoin[{partition}] merge"))
-                .with_can_spill(true)
-                .register(spill.context.memory_pool()),
-        )
-        .build()?;
-    let projection: Vec<usize> = (0..ordinal_column).collect();
-    let output = merged.map(move |batch| {
-        // The turn ends when this stream is dropped (finished or cancelled).
-        let _turn = &turn;
-        Ok(batch?.project(&projection)?)
-    });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn equal_keys_share_a_bucket_across_types_of_batches() {
+        let a: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3, 1]));
+        let b: ArrayRef = Arc::new(Int64Array::from(vec![3, 1]));
+        let x = buckets_of(&[a], 4).unwrap();
+        let y = buckets_of(&[b], 2).unwrap();
+        assert_eq!(x[0], x[3]);
+        assert_eq!(x[0], y[1]);
+        assert_eq!(x[2], y[0]);
+        let s: ArrayRef = Arc::new(StringArray::from(vec!["k"; 3]));
+        assert_eq!(buckets_of(&[s], 3).unwrap().len(), 3);
+        assert_eq!(buckets_of(&[], 2).unwrap(), vec![0, 0]);
+    }
 }

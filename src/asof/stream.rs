@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -82,6 +82,45 @@ impl AsOfStream {
             stream,
         )))
     }
+
+    /// Joins one left batch against the in-memory indexes, timed as compute.
+    fn probe_batch(&self, side: &BuildSide, batch: &RecordBatch) -> Result<RecordBatch> {
+        let elapsed = self.metrics.baseline.elapsed_compute().clone();
+        let _timer = elapsed.timer();
+        let BuildSide::Memory { shards, .. } = side else {
+            return Err(DataFusionError::Internal(
+                "as-of join: probing a spilled side".into(),
+            ));
+        };
+        let shards: Vec<&RightIndex> = shards.iter().collect();
+        self.probe.join(
+            &shards,
+            batch,
+            batch.num_columns(),
+            &self.schema,
+            &self.metrics,
+        )
+    }
+
+    /// Emits a batch of output.
+    fn emit(&mut self, batch: RecordBatch) -> Poll<Option<Result<RecordBatch>>> {
+        self.metrics
+            .baseline
+            .record_poll(Poll::Ready(Some(Ok(batch))))
+    }
+
+    /// Ends the stream with an error.
+    fn fail(&mut self, err: DataFusionError) -> Poll<Option<Result<RecordBatch>>> {
+        self.state = State::Done;
+        Poll::Ready(Some(Err(err)))
+    }
+
+    /// Ends the stream after its last batch.
+    fn finish(&mut self) -> Poll<Option<Result<RecordBatch>>> {
+        self.state = State::Done;
+        self.metrics.baseline.done();
+        Poll::Ready(None)
+    }
 }
 
 impl Stream for AsOfStream {
@@ -90,22 +129,15 @@ impl Stream for AsOfStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             match &mut self.state {
-                State::Building(build) => match build.poll_unpin(cx) {
-                    Poll::Ready(Ok(side)) => match side.as_ref() {
+                State::Building(build) => match ready!(build.poll_unpin(cx)) {
+                    Ok(side) => match side.as_ref() {
                         BuildSide::Memory { .. } => self.state = State::Probing(side),
                         BuildSide::Spilled { .. } => match self.start_spilled(side) {
                             Ok(stream) => self.state = State::Spilled(stream),
-                            Err(err) => {
-                                self.state = State::Done;
-                                return Poll::Ready(Some(Err(err)));
-                            }
+                            Err(err) => return self.fail(err),
                         },
                     },
-                    Poll::Ready(Err(err)) => {
-                        self.state = State::Done;
-                        return Poll::Ready(Some(Err(DataFusionError::Shared(err))));
-                    }
-                    Poll::Pending => return Poll::Pending,
+                    Err(err) => return self.fail(DataFusionError::Shared(err)),
                 },
                 State::Probing(side) => {
                     let side = side.clone();
@@ -113,66 +145,20 @@ impl Stream for AsOfStream {
                         self.state = State::Done;
                         continue;
                     };
-                    match left.poll_next_unpin(cx) {
-                        Poll::Ready(Some(Ok(batch))) => {
-                            let elapsed = self.metrics.baseline.elapsed_compute().clone();
-                            let timer = elapsed.timer();
-                            let out = match side.as_ref() {
-                                BuildSide::Memory { shards, .. } => {
-                                    let shards: Vec<&RightIndex> = shards.iter().collect();
-                                    let width = batch.num_columns();
-                                    self.probe.join(
-                                        &shards,
-                                        &batch,
-                                        width,
-                                        &self.schema,
-                                        &self.metrics,
-                                    )
-                                }
-                                BuildSide::Spilled { .. } => Err(DataFusionError::Internal(
-                                    "as-of join: probing a spilled side".into(),
-                                )),
-                            };
-                            timer.done();
-                            match out {
-                                Ok(out) if out.num_rows() == 0 => continue,
-                                Ok(out) => {
-                                    let poll = Poll::Ready(Some(Ok(out)));
-                                    return self.metrics.baseline.record_poll(poll);
-                                }
-                                Err(err) => {
-                                    self.state = State::Done;
-                                    return Poll::Ready(Some(Err(err)));
-                                }
-                            }
-                        }
-                        Poll::Ready(Some(Err(err))) => {
-                            self.state = State::Done;
-                            return Poll::Ready(Some(Err(err)));
-                        }
-                        Poll::Ready(None) => {
-                            self.state = State::Done;
-                            self.metrics.baseline.done();
-                        }
-                        Poll::Pending => return Poll::Pending,
+                    match ready!(left.poll_next_unpin(cx)) {
+                        Some(Ok(batch)) => match self.probe_batch(&side, &batch) {
+                            Ok(out) if out.num_rows() == 0 => continue,
+                            Ok(out) => return self.emit(out),
+                            Err(err) => return self.fail(err),
+                        },
+                        Some(Err(err)) => return self.fail(err),
+                        None => return self.finish(),
                     }
                 }
-                State::Spilled(stream) => match stream.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(batch))) => {
-                        return self
-                            .metrics
-                            .baseline
-                            .record_poll(Poll::Ready(Some(Ok(batch))));
-                    }
-                    Poll::Ready(Some(Err(err))) => {
-                        self.state = State::Done;
-                        return Poll::Ready(Some(Err(err)));
-                    }
-                    Poll::Ready(None) => {
-                        self.state = State::Done;
-                        self.metrics.baseline.done();
-                    }
-                    Poll::Pending => return Poll::Pending,
+                State::Spilled(stream) => match ready!(stream.poll_next_unpin(cx)) {
+                    Some(Ok(batch)) => return self.emit(batch),
+                    Some(Err(err)) => return self.fail(err),
+                    None => return self.finish(),
                 },
                 State::Done => return Poll::Ready(None),
             }

@@ -25,12 +25,15 @@ use datafusion::common::{Result, internal_err};
 /// timestamps of every unit with or without a time zone, `Date32`, `Date64`, `Int8`..`Int64`,
 /// `UInt8`..`UInt64`, `Float32` and `Float64`.
 pub fn supported_time_type(data_type: &DataType) -> bool {
+    integer_or_datetime(data_type) || matches!(data_type, DataType::Float32 | DataType::Float64)
+}
+
+/// Whether `data_type` is an integer (`Int8`..`UInt64`), a date or a timestamp: a type whose
+/// values are integers, ordered as the times or numbers they stand for.
+pub(crate) fn integer_or_datetime(data_type: &DataType) -> bool {
     matches!(
         data_type,
-        DataType::Timestamp(_, _)
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Int8
+        DataType::Int8
             | DataType::Int16
             | DataType::Int32
             | DataType::Int64
@@ -38,8 +41,9 @@ pub fn supported_time_type(data_type: &DataType) -> bool {
             | DataType::UInt16
             | DataType::UInt32
             | DataType::UInt64
-            | DataType::Float32
-            | DataType::Float64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Timestamp(_, _)
     )
 }
 

@@ -4,16 +4,19 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, DictionaryArray, Float64Array, Int8Array, Int32Array, Int64Array, ListArray,
-    RecordBatch, StringArray, StringViewArray, StructArray, UInt64Array, new_empty_array,
+    Array, ArrayRef, AsArray, DictionaryArray, Float64Array, Int8Array, Int32Array, Int64Array,
+    ListArray, RecordBatch, StringArray, StringViewArray, StructArray, UInt64Array,
+    new_empty_array,
 };
 use arrow::compute::SortOptions;
 use arrow::datatypes::{DataType, Field, Fields, Int8Type, Int32Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
+use hashbrown::HashMap;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 
+use super::groups::{IntGroups, NO_GROUP};
 use super::*;
 use crate::asof::oracle::{RightInput, oracle_asof};
 
@@ -1010,7 +1013,16 @@ fn null_rate(rng: &mut StdRng) -> f64 {
     *[0.0, 0.0, 0.1, 0.3, 1.0].choose(rng).unwrap()
 }
 
-fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
+/// What a random case is about, drawn first: the options, how many distinct keys there are, the
+/// times the rows draw from, and whether a list column rides along in the payload.
+struct Shape {
+    opts: KernelOptions,
+    num_keys: u32,
+    palette: Vec<Tv>,
+    with_list: bool,
+}
+
+fn random_shape(rng: &mut StdRng) -> Shape {
     let direction = if rng.random_bool(0.5) {
         Direction::Backward
     } else {
@@ -1033,6 +1045,24 @@ fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
     let time_type = time_types().choose(rng).unwrap().clone();
     let palette_size = *[1, 2, 3, 5, 12, 40].choose(rng).unwrap();
     let palette = time_palette(rng, &time_type, palette_size);
+    let tiebreak = random_tiebreak(rng);
+    let with_list = rng.random_bool(0.2);
+    Shape {
+        opts: KernelOptions {
+            spec,
+            keys,
+            time_type,
+            tiebreak,
+            has_knowledge,
+        },
+        num_keys,
+        palette,
+        with_list,
+    }
+}
+
+/// Zero to two `TIEBREAK BY` columns of random types and orders.
+fn random_tiebreak(rng: &mut StdRng) -> Vec<TiebreakSpec> {
     let tb_types: Vec<DataType> = (0..rng.random_range(0..=2))
         .map(|_| {
             [
@@ -1046,74 +1076,125 @@ fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
             .clone()
         })
         .collect();
-    let tiebreak: Vec<TiebreakSpec> = tb_types
-        .iter()
-        .map(|t| TiebreakSpec {
-            data_type: t.clone(),
+    tb_types
+        .into_iter()
+        .map(|data_type| TiebreakSpec {
+            data_type,
             options: SortOptions {
                 descending: rng.random_bool(0.5),
                 nulls_first: rng.random_bool(0.3),
             },
         })
-        .collect();
-    let with_list = rng.random_bool(0.2);
+        .collect()
+}
 
-    // Columns: keys, time, knowledge, tie-breaks, payload.
-    let mut fields = Vec::new();
-    let mut types = Vec::new();
-    let mut add = |name: String, dt: DataType| {
-        fields.push(Field::new(name, dt.clone(), true));
-        types.push(dt);
-        fields.len() - 1
-    };
-    let key_cols: Vec<usize> = key_types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| add(format!("k{i}"), t.clone()))
-        .collect();
-    let time_col = add("t".into(), time_type.clone());
-    let know_col = has_knowledge.then(|| add("c".into(), time_type.clone()));
-    let tb_cols: Vec<usize> = tb_types
-        .iter()
-        .enumerate()
-        .map(|(i, t)| add(format!("b{i}"), t.clone()))
-        .collect();
-    add("p".into(), DataType::Int64);
-    add("s".into(), DataType::Utf8View);
-    if with_list {
-        add(
-            "l".into(),
-            DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))),
-        );
+/// Where a case's right columns are: keys, time, knowledge time, tie-breaks, then a payload.
+struct Layout {
+    schema: SchemaRef,
+    key_cols: Vec<usize>,
+    time_col: usize,
+    know_col: Option<usize>,
+    tb_cols: Vec<usize>,
+}
+
+impl Layout {
+    fn new(shape: &Shape) -> Self {
+        let opts = &shape.opts;
+        let mut fields = Vec::new();
+        let mut add = |name: String, dt: DataType| {
+            fields.push(Field::new(name, dt, true));
+            fields.len() - 1
+        };
+        let key_cols: Vec<usize> = opts
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| add(format!("k{i}"), k.data_type.clone()))
+            .collect();
+        let time_col = add("t".into(), opts.time_type.clone());
+        let know_col = opts
+            .has_knowledge
+            .then(|| add("c".into(), opts.time_type.clone()));
+        let tb_cols: Vec<usize> = opts
+            .tiebreak
+            .iter()
+            .enumerate()
+            .map(|(i, t)| add(format!("b{i}"), t.data_type.clone()))
+            .collect();
+        add("p".into(), DataType::Int64);
+        add("s".into(), DataType::Utf8View);
+        if shape.with_list {
+            add(
+                "l".into(),
+                DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))),
+            );
+        }
+        Self {
+            schema: Arc::new(Schema::new(fields)),
+            key_cols,
+            time_col,
+            know_col,
+            tb_cols,
+        }
     }
-    let schema = Arc::new(Schema::new(fields));
+}
 
-    let key_nulls = null_rate(rng);
-    // Now and then every time is NULL; mostly few are, so that rows match.
-    let time_nulls = if rng.random_bool(0.03) {
-        1.0
-    } else {
-        null_rate(rng).min(0.3)
-    };
-    let know_nulls = null_rate(rng).min(0.3);
-    let tb_nulls = null_rate(rng);
+/// How often a right key, time, knowledge time and tie-break is NULL.
+struct NullRates {
+    key: f64,
+    time: f64,
+    know: f64,
+    tiebreak: f64,
+}
+
+impl NullRates {
+    fn random(rng: &mut StdRng) -> Self {
+        let key = null_rate(rng);
+        // Now and then every time is NULL; mostly few are, so that rows match.
+        let time = if rng.random_bool(0.03) {
+            1.0
+        } else {
+            null_rate(rng).min(0.3)
+        };
+        let know = null_rate(rng).min(0.3);
+        let tiebreak = null_rate(rng);
+        Self {
+            key,
+            time,
+            know,
+            tiebreak,
+        }
+    }
+}
+
+/// The right rows as logical values, column by column.
+fn random_right(
+    rng: &mut StdRng,
+    shape: &Shape,
+    layout: &Layout,
+    nulls: &NullRates,
+    profile: Profile,
+) -> Vec<Vec<ScalarValue>> {
     let n_right = rng.random_range(profile.min_right..=profile.max_right);
-    let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n_right); types.len()];
+    let fields = layout.schema.fields();
+    let mut columns: Vec<Vec<ScalarValue>> = vec![Vec::with_capacity(n_right); fields.len()];
     for _ in 0..n_right {
-        for (c, dt) in types.iter().enumerate() {
-            let v = if key_cols.contains(&c) {
-                let level = (!rng.random_bool(key_nulls)).then(|| rng.random_range(0..num_keys));
+        for (c, field) in fields.iter().enumerate() {
+            let dt = field.data_type();
+            let v = if layout.key_cols.contains(&c) {
+                let level =
+                    (!rng.random_bool(nulls.key)).then(|| rng.random_range(0..shape.num_keys));
                 level_scalar(dt, level)
-            } else if c == time_col || Some(c) == know_col {
-                let nulls = if c == time_col {
-                    time_nulls
+            } else if c == layout.time_col || Some(c) == layout.know_col {
+                let rate = if c == layout.time_col {
+                    nulls.time
                 } else {
-                    know_nulls
+                    nulls.know
                 };
-                let v = (!rng.random_bool(nulls)).then(|| *palette.choose(rng).unwrap());
+                let v = (!rng.random_bool(rate)).then(|| *shape.palette.choose(rng).unwrap());
                 time_scalar(dt, v)
-            } else if tb_cols.contains(&c) {
-                let level = (!rng.random_bool(tb_nulls)).then(|| rng.random_range(0..3));
+            } else if layout.tb_cols.contains(&c) {
+                let level = (!rng.random_bool(nulls.tiebreak)).then(|| rng.random_range(0..3));
                 level_scalar(dt, level)
             } else {
                 let level = (!rng.random_bool(0.2)).then(|| rng.random_range(0..3));
@@ -1122,80 +1203,117 @@ fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
             columns[c].push(v);
         }
     }
+    columns
+}
 
+/// The left side of a case: its key arrays, its times (mostly from the right's palette) and,
+/// now and then, tolerance bounds.
+struct Left {
+    keys: Vec<ArrayRef>,
+    time: ArrayRef,
+    bound: Option<ArrayRef>,
+}
+
+fn random_left(rng: &mut StdRng, shape: &Shape, key_nulls: f64, profile: Profile) -> Left {
+    let time_type = &shape.opts.time_type;
     let n_left = rng.random_range(0..=profile.max_left);
-    let left_keys: Vec<ArrayRef> = key_types
+    let keys: Vec<ArrayRef> = shape
+        .opts
+        .keys
         .iter()
-        .map(|t| {
+        .map(|k| {
             let values = (0..n_left)
                 .map(|_| {
                     let level = (!rng.random_bool(key_nulls.min(0.5)))
-                        .then(|| rng.random_range(0..=num_keys));
-                    level_scalar(t, level)
+                        .then(|| rng.random_range(0..=shape.num_keys));
+                    level_scalar(&k.data_type, level)
                 })
                 .collect();
-            build_array(rng, t, values)
+            build_array(rng, &k.data_type, values)
         })
         .collect();
-    let wide = time_palette(rng, &time_type, 4);
-    let left_times: Vec<Option<Tv>> = (0..n_left)
+    let wide = time_palette(rng, time_type, 4);
+    let times: Vec<Option<Tv>> = (0..n_left)
         .map(|_| {
             if rng.random_bool(0.05) {
                 None
             } else if rng.random_bool(0.8) {
-                Some(*palette.choose(rng).unwrap())
+                Some(*shape.palette.choose(rng).unwrap())
             } else {
                 Some(*wide.choose(rng).unwrap())
             }
         })
         .collect();
-    let left_time = build_array(
+    let time = build_array(
         rng,
-        &time_type,
-        left_times
-            .iter()
-            .map(|v| time_scalar(&time_type, *v))
-            .collect(),
+        time_type,
+        times.iter().map(|v| time_scalar(time_type, *v)).collect(),
     );
-    let bound = rng.random_bool(0.35).then(|| {
-        let d = tolerance(rng, &time_type);
-        let bound_nulls = *[0.0, 0.0, 0.2].choose(rng).unwrap();
-        let values = left_times
-            .iter()
-            .map(|l| {
-                let b = if rng.random_bool(bound_nulls) {
-                    None
-                } else {
-                    bound_of(&time_type, direction, *l, d)
-                };
-                time_scalar(&time_type, b)
-            })
-            .collect();
-        build_array(rng, &time_type, values)
-    });
+    let bound = rng
+        .random_bool(0.35)
+        .then(|| random_bounds(rng, time_type, shape.opts.spec.direction, &times));
+    Left { keys, time, bound }
+}
 
+/// The tolerance bound of each left time for a random tolerance, now and then NULL.
+fn random_bounds(
+    rng: &mut StdRng,
+    time_type: &DataType,
+    direction: Direction,
+    times: &[Option<Tv>],
+) -> ArrayRef {
+    let d = tolerance(rng, time_type);
+    let bound_nulls = *[0.0, 0.0, 0.2].choose(rng).unwrap();
+    let values = times
+        .iter()
+        .map(|l| {
+            let b = if rng.random_bool(bound_nulls) {
+                None
+            } else {
+                bound_of(time_type, direction, *l, d)
+            };
+            time_scalar(time_type, b)
+        })
+        .collect();
+    build_array(rng, time_type, values)
+}
+
+fn random_case(rng: &mut StdRng, profile: Profile, label: String) -> Case {
+    let shape = random_shape(rng);
+    let layout = Layout::new(&shape);
+    let nulls = NullRates::random(rng);
+    let columns = random_right(rng, &shape, &layout, &nulls, profile);
+    let left = random_left(rng, &shape, nulls.key, profile);
+    let Shape {
+        opts,
+        num_keys,
+        palette,
+        ..
+    } = shape;
+    let key_types: Vec<&DataType> = opts.keys.iter().map(|k| &k.data_type).collect();
     Case {
         label: format!(
-            "{label}: {spec:?} keys {key_types:?} x{num_keys} time {time_type} palette {palette_size} \
-             tiebreak {tiebreak:?} knowledge {has_knowledge} tolerance {} right {n_right} left {n_left}",
-            bound.is_some()
+            "{label}: {:?} keys {key_types:?} x{num_keys} time {} palette {} tiebreak {:?} \
+             knowledge {} tolerance {} right {} left {}",
+            opts.spec,
+            opts.time_type,
+            palette.len(),
+            opts.tiebreak,
+            opts.has_knowledge,
+            left.bound.is_some(),
+            columns.first().map_or(0, Vec::len),
+            left.time.len(),
         ),
-        opts: KernelOptions {
-            spec,
-            keys,
-            time_type,
-            tiebreak,
-            has_knowledge,
-        },
-        schema,
+        opts,
+        schema: layout.schema,
         columns,
-        key_cols,
-        time_col,
-        know_col,
-        tb_cols,
-        left_keys,
-        left_time,
-        bound,
+        key_cols: layout.key_cols,
+        time_col: layout.time_col,
+        know_col: layout.know_col,
+        tb_cols: layout.tb_cols,
+        left_keys: left.keys,
+        left_time: left.time,
+        bound: left.bound,
         sizes: profile.sizes,
     }
 }
