@@ -19,9 +19,9 @@ use datafusion::physical_plan::metrics::SpillMetrics;
 use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
 
+use super::bucket::{BUCKETS, BucketWriter, buckets_of};
 use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
 use super::metrics::AsOfJoinMetrics;
-use super::spill::{BUCKETS, BucketWriter, buckets_of};
 
 /// The expressions evaluated on right batches.
 #[derive(Debug, Clone)]

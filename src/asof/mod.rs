@@ -15,7 +15,8 @@
 //!   partition.
 //! - `probe`: the join of one left batch against the built indexes.
 //! - `stream`: the probe stream of one left partition, an explicit state machine.
-//! - `spill`: bucket files, and the bucket-by-bucket run for a right side larger than memory.
+//! - `bucket`: bucket files, an input split by a hash of its keys into spill files.
+//! - `spill`: the bucket-by-bucket run for a right side larger than memory.
 //! - `kernel`: the pure matching code over Arrow arrays (its module doc lists its files).
 //! - `time`: time values as order-preserving `i64` keys, and which types a time may have.
 //! - `tolerance`: the tolerance bound of each left row, saturating.
@@ -24,6 +25,7 @@
 //! - `oracle`: the naive reference join the tests compare with.
 //! - `exec_tests`: the operator against the oracle on random inputs (tests only).
 
+mod bucket;
 mod build;
 mod codec;
 mod exec;

@@ -17,11 +17,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
-use arrow::compute::{SortOptions, concat_batches, take_record_batch};
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::compute::{SortOptions, concat_batches};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
-use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
@@ -34,98 +33,11 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 
+use super::bucket::{BucketWriter, buckets_of};
 use super::build::{BuildSide, ORDINAL, RightExprs, with_ordinal};
 use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
 use super::metrics::AsOfJoinMetrics;
 use super::probe::Probe;
-
-/// How many buckets a spilled as-of join splits each input into.
-pub(crate) const BUCKETS: usize = 64;
-
-const BUCKET_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-
-/// The bucket of each row, from its key arrays (all rows in bucket 0 when there are no keys).
-pub(crate) fn buckets_of(keys: &[ArrayRef], rows: usize) -> Result<Vec<u32>> {
-    if keys.is_empty() {
-        return Ok(vec![0; rows]);
-    }
-    let mut hashes = vec![0u64; rows];
-    create_hashes(keys, &RandomState::with_seed(BUCKET_SEED), &mut hashes)?;
-    Ok(hashes
-        .into_iter()
-        .map(|h| (h % BUCKETS as u64) as u32)
-        .collect())
-}
-
-/// Appends batches to one spill file; `None` finishes it. A closure, because DataFusion's
-/// in-progress spill file type cannot be named outside its crate.
-type Appender = Box<dyn FnMut(Option<&RecordBatch>) -> Result<Option<Arc<dyn SpillFile>>> + Send>;
-
-fn appender(manager: &SpillManager, name: &str) -> Result<Appender> {
-    let mut file = manager.create_in_progress_file(name)?;
-    Ok(Box::new(move |batch| match batch {
-        Some(batch) => {
-            file.append_batch(batch)?;
-            Ok(None)
-        }
-        None => file.finish(),
-    }))
-}
-
-/// Writes rows to one spill file per bucket, opening files as buckets receive rows.
-pub(crate) struct BucketWriter {
-    manager: SpillManager,
-    name: String,
-    files: Vec<Option<Appender>>,
-}
-
-impl BucketWriter {
-    pub(crate) fn new(manager: SpillManager, name: impl Into<String>) -> Self {
-        Self {
-            manager,
-            name: name.into(),
-            files: (0..BUCKETS).map(|_| None).collect(),
-        }
-    }
-
-    /// Sends each row of `batch` to the bucket in `buckets`.
-    pub(crate) fn write(&mut self, batch: &RecordBatch, buckets: &[u32]) -> Result<()> {
-        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); BUCKETS];
-        for (row, bucket) in buckets.iter().enumerate() {
-            rows[*bucket as usize].push(row as u32);
-        }
-        for (bucket, indices) in rows.into_iter().enumerate() {
-            if indices.is_empty() {
-                continue;
-            }
-            let part = if indices.len() == batch.num_rows() {
-                batch.clone()
-            } else {
-                take_record_batch(batch, &UInt32Array::from(indices))?
-            };
-            let file = match &mut self.files[bucket] {
-                Some(file) => file,
-                slot => slot.insert(appender(
-                    &self.manager,
-                    &format!("{} bucket {bucket}", self.name),
-                )?),
-            };
-            file(Some(&part))?;
-        }
-        Ok(())
-    }
-
-    /// Closes every file; the result has one entry per bucket.
-    pub(crate) fn finish(self) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
-        self.files
-            .into_iter()
-            .map(|file| match file {
-                Some(mut file) => file(None),
-                None => Ok(None),
-            })
-            .collect()
-    }
-}
 
 /// Everything a spilled run needs besides the left stream.
 #[derive(Clone)]
@@ -398,26 +310,5 @@ impl SpilledRun {
             Ok(batch?.project(&projection)?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use arrow::array::{Int64Array, StringArray};
-
-    use super::*;
-
-    #[test]
-    fn equal_keys_share_a_bucket_across_types_of_batches() {
-        let a: ArrayRef = Arc::new(Int64Array::from(vec![1, 2, 3, 1]));
-        let b: ArrayRef = Arc::new(Int64Array::from(vec![3, 1]));
-        let x = buckets_of(&[a], 4).unwrap();
-        let y = buckets_of(&[b], 2).unwrap();
-        assert_eq!(x[0], x[3]);
-        assert_eq!(x[0], y[1]);
-        assert_eq!(x[2], y[0]);
-        let s: ArrayRef = Arc::new(StringArray::from(vec!["k"; 3]));
-        assert_eq!(buckets_of(&[s], 3).unwrap().len(), 3);
-        assert_eq!(buckets_of(&[], 2).unwrap(), vec![0, 0]);
     }
 }

@@ -166,7 +166,7 @@ impl Engine {
             tables.push((name.clone(), pinned));
             ControlFlow::Continue(())
         });
-        let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut pin);
+        let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut pin);
         if let Some(err) = error {
             return Err(err);
         }
@@ -205,7 +205,7 @@ impl Engine {
             }
             ControlFlow::Continue(())
         });
-        let _ = crate::frontend::time_travel::visit_statement_mut(&mut statement, &mut apply);
+        let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut apply);
         let text = statement.to_string();
         let relation = text
             .strip_prefix("SELECT * FROM ")

@@ -190,7 +190,7 @@ pub fn check_nesting<T: VisitMut + std::fmt::Debug + ?Sized>(node: &mut T) -> Re
 /// [`check_nesting`] for a DataFusion statement.
 pub fn check_statement_nesting(statement: &mut DFStatement) -> Result<()> {
     let mut depth = Depth { current: 0 };
-    match crate::frontend::time_travel::visit_statement_mut(statement, &mut depth) {
+    match crate::frontend::visit::visit_statement_mut(statement, &mut depth) {
         ControlFlow::Break(()) => Err(too_deep()),
         ControlFlow::Continue(()) => check_tree_depth(statement),
     }

@@ -21,7 +21,7 @@ use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Word};
 
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl::{self, TrainingSetSql};
-use crate::frontend::time_travel::visit_statement_mut;
+use crate::frontend::visit::visit_statement_mut;
 
 /// The table function a training set stands as in SQL until the engine plans it.
 pub const PLACEHOLDER: &str = "pitlake_training_set";

@@ -8,6 +8,7 @@ pub mod dsl;
 pub mod embedded;
 mod parse;
 pub(crate) mod time_travel;
+pub(crate) mod visit;
 
 pub use asof::{
     AsOfMarker, AsOfRule, MARKER as ASOF_MARKER, marker_udf, rewrite_ast as rewrite_asof,

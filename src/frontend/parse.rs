@@ -285,7 +285,7 @@ pub fn parse_tokens(tokens: Vec<TokenWithSpan>) -> Result<Statement> {
     match (statements.pop_front(), statements.is_empty()) {
         (Some(mut statement), true) => {
             bounds::check_statement_nesting(&mut statement)?;
-            let _ = crate::frontend::time_travel::visit_statement_mut(
+            let _ = crate::frontend::visit::visit_statement_mut(
                 &mut statement,
                 &mut DistinctFromPrecedence,
             );

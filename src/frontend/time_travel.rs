@@ -10,14 +10,15 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
+use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::{
     Expr, Ident, ObjectName, ObjectNamePart, TableAlias, TableFactor, TableVersion as SqlVersion,
-    Value, VisitMut, VisitorMut,
+    Value, VisitorMut,
 };
 
 use crate::error::{PitlakeError, Result};
 use crate::frontend::bounds;
+use crate::frontend::visit::visit_statement_mut;
 use crate::storage::{TableVersion, encode_versioned_name};
 
 /// A version clause as written, before timestamps are evaluated.
@@ -28,22 +29,6 @@ pub enum VersionClause {
     /// `TIMESTAMP AS OF expr` / `FOR SYSTEM_TIME AS OF expr`: a constant expression (see
     /// [`bounds::ensure_constant`]) to evaluate to an instant.
     Timestamp(Box<Expr>),
-}
-
-/// Applies `f` to every sqlparser AST inside a DataFusion statement.
-pub(crate) fn visit_statement_mut<V: VisitorMut>(
-    statement: &mut DFStatement,
-    visitor: &mut V,
-) -> ControlFlow<V::Break> {
-    match statement {
-        DFStatement::Statement(s) => s.visit(visitor),
-        DFStatement::Explain(explain) => visit_statement_mut(&mut explain.statement, visitor),
-        DFStatement::CopyTo(copy) => match &mut copy.source {
-            CopyToSource::Query(query) => query.visit(visitor),
-            CopyToSource::Relation(_) => ControlFlow::Continue(()),
-        },
-        DFStatement::CreateExternalTable(_) | DFStatement::Reset(_) => ControlFlow::Continue(()),
-    }
 }
 
 struct Collect {

@@ -15,7 +15,7 @@ use sqlparser::ast::{
 
 use super::MARKER;
 use crate::error::PitlakeError;
-use crate::frontend::time_travel::visit_statement_mut;
+use crate::frontend::visit::visit_statement_mut;
 
 /// Turns each parsed as-of join into a `LEFT JOIN` plus a marker in its `SELECT`'s `WHERE`.
 pub fn rewrite_ast(

@@ -15,7 +15,6 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, ExprSchemable, Extension, Join, LogicalPlan, Operator,
 };
 
-use super::rule::literal_string;
 use crate::asof::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 
 const ALLOWED: &str = "an ASOF JOIN's ON may hold only equalities between the two sides \
@@ -377,5 +376,15 @@ fn to_tolerance(expr: &Expr, time_type: &DataType) -> Result<Tolerance> {
              e.g. INTERVAL '7 days'"
         ),
         other => plan_err!("TOLERANCE {other} is not a number of the times' type {time_type}"),
+    }
+}
+
+/// The value of a string literal.
+pub(super) fn literal_string(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
+        | Expr::Literal(ScalarValue::Utf8View(Some(s)), _)
+        | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _) => Some(s.clone()),
+        _ => None,
     }
 }

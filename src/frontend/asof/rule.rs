@@ -8,7 +8,7 @@ use std::sync::Arc;
 use arrow::datatypes::DataType;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, ScalarValue, plan_datafusion_err, plan_err};
+use datafusion::common::{Result, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
@@ -18,7 +18,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 
 use super::MARKER;
-use super::lower::lower_join;
+use super::lower::{literal_string, lower_join};
 
 /// The marker function. It is never executed: [`AsOfRule`] removes every call to it.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -104,16 +104,6 @@ fn lower_filter(node: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
         None => Arc::unwrap_or_clone(input),
     };
     Ok(Transformed::yes(plan))
-}
-
-/// The value of a string literal.
-pub(super) fn literal_string(expr: &Expr) -> Option<String> {
-    match expr {
-        Expr::Literal(ScalarValue::Utf8(Some(s)), _)
-        | Expr::Literal(ScalarValue::Utf8View(Some(s)), _)
-        | Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _) => Some(s.clone()),
-        _ => None,
-    }
 }
 
 /// Finds the join whose right input is the relation `alias` and lowers it.
