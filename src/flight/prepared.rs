@@ -158,6 +158,20 @@ impl Drop for Reservation {
     }
 }
 
+/// The entry behind `handle` if `user` owns it; another user's handle is as unknown as one
+/// that never existed.
+fn owned<'a>(
+    entries: &'a mut HashMap<String, Entry>,
+    handle: &[u8],
+    user: &str,
+) -> Result<&'a mut Entry, Status> {
+    std::str::from_utf8(handle)
+        .ok()
+        .and_then(|h| entries.get_mut(h))
+        .filter(|e| e.prepared.user == user)
+        .ok_or_else(not_found)
+}
+
 /// A statement and the reservation of its bound parameters.
 #[derive(Debug)]
 struct Entry {
@@ -229,11 +243,7 @@ impl PreparedStatements {
     /// The statement behind a handle, if the user owns it.
     pub fn get(&self, handle: &[u8], user: &str) -> Result<Prepared, Status> {
         let mut entries = self.lock();
-        let entry = std::str::from_utf8(handle)
-            .ok()
-            .and_then(|h| entries.get_mut(h))
-            .filter(|e| e.prepared.user == user)
-            .ok_or_else(not_found)?;
+        let entry = owned(&mut entries, handle, user)?;
         entry.prepared.last_used = Instant::now();
         Ok(entry.prepared.clone())
     }
@@ -248,11 +258,7 @@ impl PreparedStatements {
         reservation: Reservation,
     ) -> Result<(), Status> {
         let mut entries = self.lock();
-        let entry = std::str::from_utf8(handle)
-            .ok()
-            .and_then(|h| entries.get_mut(h))
-            .filter(|e| e.prepared.user == user)
-            .ok_or_else(not_found)?;
+        let entry = owned(&mut entries, handle, user)?;
         entry.prepared.parameters = Some(parameters);
         entry.prepared.last_used = Instant::now();
         entry._reservation = Some(reservation);
