@@ -623,7 +623,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        metadata_info(request, &query, query.clone().into_builder().schema())
+        metadata_info(request, &query, query.into_builder().schema())
     }
 
     async fn get_flight_info_schemas(
@@ -647,7 +647,7 @@ impl FlightSqlService for PitlakeFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        metadata_info(request, &query, query.clone().into_builder().schema())
+        metadata_info(request, &query, query.into_builder().schema())
     }
 
     async fn get_flight_info_sql_info(
