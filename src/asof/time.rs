@@ -31,20 +31,11 @@ pub fn supported_time_type(data_type: &DataType) -> bool {
 /// Whether `data_type` is an integer (`Int8`..`UInt64`), a date or a timestamp: a type whose
 /// values are integers, ordered as the times or numbers they stand for.
 pub(crate) fn integer_or_datetime(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-    )
+    data_type.is_integer()
+        || matches!(
+            data_type,
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+        )
 }
 
 /// The order-preserving key of a float, `None` for NaN.

@@ -28,20 +28,11 @@ use deltalake::table::state::DeltaTableState;
 /// uses: integers, dates and timestamps (not floats, whose statistics may be NaN-blind, nor
 /// strings, whose statistics may be truncated).
 pub fn bounded_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Timestamp(_, _)
-    )
+    data_type.is_integer()
+        || matches!(
+            data_type,
+            DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _)
+        )
 }
 
 /// The smallest and largest non-NULL value of a column over every file of a table version.
