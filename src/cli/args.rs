@@ -356,6 +356,14 @@ pub struct ServeArgs {
     #[arg(long, env = "PITLAKE_AUTH_FILE")]
     pub auth_file: Option<PathBuf>,
 
+    /// Secrets that sign session tokens and tickets, shared by every replica: one base64
+    /// secret (at least 32 random bytes, `openssl rand -base64 32`) per line; the first signs,
+    /// later ones are still accepted (rotation). Or PITLAKE_SIGNING_KEY (and
+    /// PITLAKE_SIGNING_KEY_PREVIOUS, comma-separated). Without either, each process draws its
+    /// own: its tokens and tickets are good on it alone, until it stops.
+    #[arg(long, env = "PITLAKE_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
     /// The server's TLS certificate chain (PEM).
     #[arg(long, env = "PITLAKE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

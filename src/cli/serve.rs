@@ -11,7 +11,8 @@ use crate::error::{PitlakeError, Result};
 use crate::flight::auth::AuthFormat;
 use crate::flight::config::default_concurrent_logins;
 use crate::flight::{
-    AuthConfig, Limits, RunningServer, ServerConfig, Transport, hash_password, new_static_token,
+    AuthConfig, Limits, RunningServer, ServerConfig, SigningSecrets, Transport, hash_password,
+    new_static_token,
 };
 
 /// The environment variable that may hold the auth settings inline.
@@ -73,9 +74,33 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
         limits: limits(args),
         auth,
         auth_origin,
+        signing: signing_secrets(args)?,
     };
     config.validate()?;
     Ok(config)
+}
+
+/// The signing secrets from `--signing-key-file` or `PITLAKE_SIGNING_KEY`; `None` when neither
+/// is given (a fresh secret per process).
+fn signing_secrets(args: &ServeArgs) -> Result<Option<SigningSecrets>> {
+    let from_env = std::env::var("PITLAKE_SIGNING_KEY").ok();
+    match (&args.signing_key_file, from_env) {
+        (Some(_), Some(_)) => Err(PitlakeError::Config {
+            name: "--signing-key-file".into(),
+            message: "PITLAKE_SIGNING_KEY is set too; give the signing secrets one way".into(),
+        }),
+        (Some(path), None) => SigningSecrets::from_file(path).map(Some),
+        (None, Some(current)) => {
+            let previous = std::env::var("PITLAKE_SIGNING_KEY_PREVIOUS").unwrap_or_default();
+            let previous: Vec<&str> = previous
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            SigningSecrets::parse(&current, &previous, "PITLAKE_SIGNING_KEY").map(Some)
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The auth settings, from `--auth-file` or else the environment, and the file they came from.

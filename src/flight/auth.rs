@@ -55,8 +55,9 @@ use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::flight::keys::{Keyring, SigningSecrets};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tonic::Status;
@@ -526,12 +527,6 @@ pub(crate) fn random_bytes<const N: usize>() -> std::result::Result<[u8; N], Sta
     Ok(out)
 }
 
-/// Draws a fresh HMAC-SHA256 key.
-pub(crate) fn hmac_key() -> Result<hmac::Key> {
-    hmac::Key::generate(hmac::HMAC_SHA256, &SystemRandom::new())
-        .map_err(|_| PitlakeError::Internal("the system's random source failed".into()))
-}
-
 const TOKEN_PREFIX: &str = "pl1";
 
 /// Standard base64 with or without padding: Go's Flight client (ADBC) sends basic credentials
@@ -543,7 +538,8 @@ const BASIC: GeneralPurpose = GeneralPurpose::new(
 
 /// Checks credentials and issues session tokens.
 pub struct Authenticator {
-    key: hmac::Key,
+    /// Signs and verifies session tokens (and picks decoys).
+    keys: Keyring,
     /// The users and their decoys; replaced whole when the auth file is re-read.
     state: RwLock<Arc<AuthState>>,
 }
@@ -691,10 +687,11 @@ pub(crate) fn basic_credentials(
 }
 
 impl Authenticator {
-    /// An authenticator with a fresh signing key. Makes the decoy hashes (argon2: slow).
-    pub fn new(config: AuthConfig) -> Result<Self> {
+    /// An authenticator whose tokens are signed with `secrets` (see `flight::keys`). Makes the
+    /// decoy hashes (argon2: slow).
+    pub fn new(config: AuthConfig, secrets: &SigningSecrets) -> Result<Self> {
         Ok(Self {
-            key: hmac_key()?,
+            keys: secrets.keyring("token"),
             state: RwLock::new(Arc::new(AuthState::new(config)?)),
         })
     }
@@ -769,7 +766,9 @@ impl Authenticator {
         };
         let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| invalid())?;
         let signed = &token[..TOKEN_PREFIX.len() + 1 + claims.len()];
-        hmac::verify(&self.key, signed.as_bytes(), &mac).map_err(|_| invalid())?;
+        if !self.keys.verify(signed.as_bytes(), &mac) {
+            return Err(invalid());
+        }
         let claims = URL_SAFE_NO_PAD.decode(claims).map_err(|_| invalid())?;
         let claims: TokenClaims = serde_json::from_slice(&claims).map_err(|_| invalid())?;
         if claims.e <= now_ms() {
@@ -836,7 +835,7 @@ impl Authenticator {
         }
         let mut message = b"decoy\0".to_vec();
         message.extend_from_slice(user.as_bytes());
-        let tag = hmac::sign(&self.key, &message);
+        let tag = self.keys.sign(&message);
         let mut first = [0u8; 8];
         first.copy_from_slice(&tag.as_ref()[..8]);
         let pick = u64::from_le_bytes(first) % state.decoy_of_user.len() as u64;
@@ -863,7 +862,7 @@ impl Authenticator {
         let claims = serde_json::to_vec(&claims)
             .map_err(|e| Status::internal(format!("encoding a token failed: {e}")))?;
         let signed = format!("{TOKEN_PREFIX}.{}", URL_SAFE_NO_PAD.encode(claims));
-        let mac = hmac::sign(&self.key, signed.as_bytes());
+        let mac = self.keys.sign(signed.as_bytes());
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref())))
     }
 }
@@ -985,7 +984,7 @@ grants = ["table:*"]
 
     #[test]
     fn handshake_tokens_work_until_tampered_or_expired() {
-        let auth = Authenticator::new(config()).unwrap();
+        let auth = Authenticator::new(config(), &SigningSecrets::random().unwrap()).unwrap();
         let (principal, token) = auth.login_basic(&basic("alice", "secret")).unwrap();
         // Unpadded base64, as Go clients send it.
         let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode("alice:secret");
@@ -1008,7 +1007,7 @@ grants = ["table:*"]
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         // Another server (another key) does not accept it.
-        let other = Authenticator::new(config()).unwrap();
+        let other = Authenticator::new(config(), &SigningSecrets::random().unwrap()).unwrap();
         assert!(
             other
                 .authenticate_bearer(&headers(&format!("Bearer {token}")))
@@ -1018,7 +1017,7 @@ grants = ["table:*"]
 
     #[test]
     fn wrong_passwords_and_unknown_users_read_alike() {
-        let auth = Authenticator::new(config()).unwrap();
+        let auth = Authenticator::new(config(), &SigningSecrets::random().unwrap()).unwrap();
         let wrong = auth.login_basic(&basic("alice", "nope")).unwrap_err();
         let unknown = auth.login_basic(&basic("mallory", "secret")).unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
@@ -1054,7 +1053,7 @@ grants = ["table:*"]
             "{:?}",
             config.warnings()
         );
-        let auth = Authenticator::new(config).unwrap();
+        let auth = Authenticator::new(config, &SigningSecrets::random().unwrap()).unwrap();
         let state = auth.state();
         let params = |hash: &str| check_argon2_strength(&PasswordHash::new(hash).unwrap()).unwrap();
         let configured = [params(secret_hash()), params(&weak_ok)];
@@ -1112,7 +1111,7 @@ grants = ["table:*"]
             "{:?}",
             config.warnings()
         );
-        let auth = Authenticator::new(config).unwrap();
+        let auth = Authenticator::new(config, &SigningSecrets::random().unwrap()).unwrap();
         let p = auth
             .authenticate_bearer(&headers(&format!("Bearer {SVC_TOKEN}")))
             .unwrap();
@@ -1140,7 +1139,7 @@ grants = ["table:*"]
 
     #[test]
     fn reloading_revokes_by_epoch_and_by_removal() {
-        let auth = Authenticator::new(config()).unwrap();
+        let auth = Authenticator::new(config(), &SigningSecrets::random().unwrap()).unwrap();
         let (_, token) = auth.login_basic(&basic("alice", "secret")).unwrap();
         let bearer = headers(&format!("Bearer {token}"));
         // A reload that changes nothing for alice keeps her session.
@@ -1175,7 +1174,7 @@ grants = ["table:*"]
     #[test]
     fn debug_shows_no_secret() {
         let config = config();
-        let auth = Authenticator::new(config.clone()).unwrap();
+        let auth = Authenticator::new(config.clone(), &SigningSecrets::random().unwrap()).unwrap();
         let credentials = basic_credentials(&basic("alice", "hunter2-password")).unwrap();
         for shown in [
             format!("{config:?}"),

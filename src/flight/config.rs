@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::{PitlakeError, Result};
 use crate::flight::auth::AuthConfig;
+use crate::flight::keys::SigningSecrets;
 
 /// How connections are protected. Its `Debug` shows no key material.
 #[derive(Clone)]
@@ -183,6 +184,9 @@ pub struct ServerConfig {
     pub auth: AuthConfig,
     /// Where the auth settings came from, for the start-up log.
     pub auth_origin: Option<PathBuf>,
+    /// What tokens and tickets are signed with; `None`: a fresh random secret, good for this
+    /// process only (see `flight::keys`).
+    pub signing: Option<SigningSecrets>,
 }
 
 impl ServerConfig {
@@ -310,6 +314,7 @@ mod tests {
             limits: Limits::default(),
             auth,
             auth_origin: None,
+            signing: None,
         }
     }
 

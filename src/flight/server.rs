@@ -31,6 +31,7 @@ use crate::error::{PitlakeError, Result};
 use crate::flight::auth::{AuthConfig, Authenticator};
 use crate::flight::config::{Limits, ServerConfig, Transport};
 use crate::flight::connections::{Refusals, limit_connections};
+use crate::flight::keys::SigningSecrets;
 use crate::flight::layer::AuthLayer;
 use crate::flight::prepared::{ParameterLimits, PreparedStatements};
 use crate::flight::service::{PitlakeFlightSql, Shared, sql_info};
@@ -176,9 +177,13 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     // if something installed a provider already, that one stays.
     let _ = rustls::crypto::ring::default_provider().install_default();
     log_auth_warnings(&config.auth);
-    let auth = authenticator(&config.auth).await?;
+    let secrets = match &config.signing {
+        Some(secrets) => secrets.clone(),
+        None => SigningSecrets::random()?,
+    };
+    let auth = authenticator(&config.auth, &secrets).await?;
     let limits = &config.limits;
-    let shared = Arc::new(shared_state(engine, auth.clone(), limits)?);
+    let shared = Arc::new(shared_state(engine, auth.clone(), limits, &secrets)?);
     let (cancel_queries, active, logins) = (
         shared.cancel_queries.clone(),
         shared.active.clone(),
@@ -233,9 +238,12 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
 }
 
 /// The authenticator of these settings (making its decoy hashes runs argon2, off the runtime).
-async fn authenticator(settings: &AuthConfig) -> Result<Arc<Authenticator>> {
-    let settings = settings.clone();
-    let auth = tokio::task::spawn_blocking(move || Authenticator::new(settings))
+async fn authenticator(
+    settings: &AuthConfig,
+    secrets: &SigningSecrets,
+) -> Result<Arc<Authenticator>> {
+    let (settings, secrets) = (settings.clone(), secrets.clone());
+    let auth = tokio::task::spawn_blocking(move || Authenticator::new(settings, &secrets))
         .await
         .map_err(|e| PitlakeError::Internal(format!("starting authentication: {e}")))??;
     Ok(Arc::new(auth))
@@ -243,7 +251,12 @@ async fn authenticator(settings: &AuthConfig) -> Result<Arc<Authenticator>> {
 
 /// What every call of the service shares: the engine, authentication, tickets, prepared
 /// statements, query slots and the login throttle.
-fn shared_state(engine: Arc<Engine>, auth: Arc<Authenticator>, limits: &Limits) -> Result<Shared> {
+fn shared_state(
+    engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
+    limits: &Limits,
+    secrets: &SigningSecrets,
+) -> Result<Shared> {
     let logins = Arc::new(LoginThrottle::new(LoginLimits {
         max_concurrent: limits.max_concurrent_logins,
         max_queued: limits.max_queued_logins,
@@ -254,7 +267,7 @@ fn shared_state(engine: Arc<Engine>, auth: Arc<Authenticator>, limits: &Limits) 
     Ok(Shared {
         engine,
         auth,
-        tickets: TicketSigner::new(limits.ticket_ttl)?,
+        tickets: TicketSigner::new(limits.ticket_ttl, secrets),
         prepared: PreparedStatements::new(
             limits.max_prepared_per_user,
             PREPARED_IDLE,

@@ -12,12 +12,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
-use ring::hmac;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-use crate::error::Result;
-use crate::flight::auth::{hmac_key, now_ms};
+use crate::flight::auth::now_ms;
+use crate::flight::keys::{Keyring, SigningSecrets};
 
 const PREFIX: &[u8] = b"plt1.";
 
@@ -38,17 +37,17 @@ pub(crate) struct Claims {
 
 /// Signs and verifies tickets.
 pub(crate) struct TicketSigner {
-    key: hmac::Key,
+    keys: Keyring,
     ttl: Duration,
 }
 
 impl TicketSigner {
-    /// A signer with a fresh key.
-    pub fn new(ttl: Duration) -> Result<Self> {
-        Ok(Self {
-            key: hmac_key()?,
+    /// A signer whose tickets are signed with `secrets` (see `flight::keys`).
+    pub fn new(ttl: Duration, secrets: &SigningSecrets) -> Self {
+        Self {
+            keys: secrets.keyring("ticket"),
             ttl,
-        })
+        }
     }
 
     /// A signed ticket for a statement.
@@ -72,7 +71,7 @@ impl TicketSigner {
         let mut out = Vec::with_capacity(PREFIX.len() + json.len() + 33);
         out.extend_from_slice(PREFIX);
         out.extend_from_slice(&json);
-        let mac = hmac::sign(&self.key, &out);
+        let mac = self.keys.sign(&out);
         out.push(b'.');
         out.extend_from_slice(mac.as_ref());
         Ok(Bytes::from(out))
@@ -95,7 +94,9 @@ impl TicketSigner {
         if dot != b"." {
             return Err(forged());
         }
-        hmac::verify(&self.key, signed, mac).map_err(|_| forged())?;
+        if !self.keys.verify(signed, mac) {
+            return Err(forged());
+        }
         let claims: Claims =
             serde_json::from_slice(&signed[PREFIX.len()..]).map_err(|_| forged())?;
         if claims.user != user {
@@ -125,7 +126,8 @@ mod tests {
 
     #[test]
     fn tickets_are_bound_to_their_user_and_signature() {
-        let signer = TicketSigner::new(Duration::from_secs(60)).unwrap();
+        let secrets = SigningSecrets::random().unwrap();
+        let signer = TicketSigner::new(Duration::from_secs(60), &secrets);
         let ticket = signer
             .issue("q1", "alice", "SELECT 1", Some(b"params"))
             .unwrap();
@@ -151,10 +153,10 @@ mod tests {
                 .contains("altered")
         );
         assert!(signer.redeem(b"garbage", "alice").is_err());
-        let other = TicketSigner::new(Duration::from_secs(60)).unwrap();
+        let other = TicketSigner::new(Duration::from_secs(60), &SigningSecrets::random().unwrap());
         assert!(other.redeem(&ticket, "alice").is_err());
         let expired = TicketSigner {
-            key: hmac_key().unwrap(),
+            keys: secrets.keyring("ticket"),
             ttl: Duration::ZERO,
         };
         let ticket = expired.issue("q2", "alice", "SELECT 1", None).unwrap();

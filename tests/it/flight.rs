@@ -222,6 +222,7 @@ impl Fixture {
             limits: options.limits,
             auth: AuthConfig::from_file(&auth_file).unwrap(),
             auth_origin: Some(auth_file),
+            signing: None,
         };
         let server = pitlake::flight::start(engine.clone(), config)
             .await

@@ -7,6 +7,7 @@ pyarrow.flight, and stops it with SIGTERM at the end (it must exit 0).
 Run through scripts/test.sh, or: PITLAKE_BIN=target/debug/pitlake pytest tests/python
 """
 
+import base64
 import os
 import re
 import signal
@@ -211,8 +212,8 @@ def test_pyarrow_flight(server, tmp_path):
     client.close()
 
 
-def start_server(root, warehouse, auth, *extra):
-    """Starts `pitlake serve` on a free loopback port; returns (process, uri, log path)."""
+def start_server(root, warehouse, auth, *extra, env=None):
+    """Starts `pitlake serve` on a free loopback port; returns (process, log, uri, log path)."""
     port = free_port()
     log_path = root / "server.log"
     log = open(log_path, "wb")
@@ -233,7 +234,7 @@ def start_server(root, warehouse, auth, *extra):
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, "PITLAKE_LOG": "pitlake=info"},
+        env={**os.environ, "PITLAKE_LOG": "pitlake=info", **(env or {})},
     )
     deadline = time.time() + 60
     while True:
@@ -369,3 +370,79 @@ def test_a_static_token_is_revoked_on_sighup(guarded):
     assert client.do_get(info.endpoints[0].ticket, options).read_all().num_rows == 1
     client.close()
     assert "without `expires`" in guarded["log"].read_text()
+
+
+def test_replicas_with_one_signing_secret_accept_each_others_tokens_and_tickets(tmp_path):
+    """Three `pitlake serve` processes over one warehouse: A and B share a signing secret, C
+    draws its own; D has a new secret and still accepts A's (rotation)."""
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    run_pitlake(warehouse, "sql", "CREATE TABLE t AS SELECT 7 AS x")
+    alice = hash_password(warehouse, "alice-pw")
+    auth = tmp_path / "auth.toml"
+    auth.write_text(
+        f'[users.alice]\npassword_hash = "{alice}"\nroles = ["analyst"]\n'
+        '[roles.analyst]\ngrants = ["table:*"]\n'
+    )
+    secret = base64.b64encode(os.urandom(32)).decode()
+    rotated = base64.b64encode(os.urandom(32)).decode()
+    servers = {}
+    for name, env in [
+        ("a", {"PITLAKE_SIGNING_KEY": secret}),
+        ("b", {"PITLAKE_SIGNING_KEY": secret}),
+        ("c", {}),
+        ("d", {"PITLAKE_SIGNING_KEY": rotated, "PITLAKE_SIGNING_KEY_PREVIOUS": secret}),
+    ]:
+        root = tmp_path / name
+        root.mkdir()
+        servers[name] = start_server(root, warehouse, auth, env=env)
+    try:
+        clients = {name: flight.FlightClient(s[2]) for name, s in servers.items()}
+        header = clients["a"].authenticate_basic_token(b"alice", b"alice-pw")
+        options = flight.FlightCallOptions(headers=[header])
+        descriptor = flight.FlightDescriptor.for_command(flight_sql_command("SELECT x FROM t"))
+        # A's token and A's ticket work on B (and on D, which still accepts A's secret).
+        info = clients["a"].get_flight_info(descriptor, options)
+        for name in ["b", "d"]:
+            got = clients[name].do_get(info.endpoints[0].ticket, options).read_all()
+            assert got.to_pylist() == [{"x": 7}], name
+            again = clients[name].get_flight_info(descriptor, options)
+            assert again.schema.names == ["x"], name
+        # C signs with a secret of its own: A's token and ticket are refused there.
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            clients["c"].get_flight_info(descriptor, options)
+        c_header = clients["c"].authenticate_basic_token(b"alice", b"alice-pw")
+        c_options = flight.FlightCallOptions(headers=[c_header])
+        with pytest.raises(flight.FlightError, match="(?i)ticket"):
+            clients["c"].do_get(info.endpoints[0].ticket, c_options).read_all()
+        # D's new secret signs: its tokens are not A's to accept.
+        d_header = clients["d"].authenticate_basic_token(b"alice", b"alice-pw")
+        with pytest.raises(flight.FlightUnauthenticatedError):
+            clients["a"].get_flight_info(descriptor, flight.FlightCallOptions(headers=[d_header]))
+        for client in clients.values():
+            client.close()
+    finally:
+        for process, log, _, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+            log.close()
+
+
+def test_a_short_signing_secret_is_refused_at_start(tmp_path):
+    warehouse = tmp_path / "warehouse"
+    warehouse.mkdir()
+    auth = tmp_path / "auth.toml"
+    alice = hash_password(warehouse, "alice-pw")
+    auth.write_text(f'[users.alice]\npassword_hash = "{alice}"\nroles = []\n')
+    short = base64.b64encode(os.urandom(16)).decode()
+    result = subprocess.run(
+        [pitlake_bin(), "--warehouse", str(warehouse), "serve", "--listen", "127.0.0.1:0",
+         "--auth-file", str(auth), "--insecure-plaintext"],
+        env={**os.environ, "PITLAKE_SIGNING_KEY": short},
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.decode()
+    assert "at least 32 random bytes" in message, message
+    assert short not in message, message

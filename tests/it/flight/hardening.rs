@@ -551,6 +551,7 @@ fn printed_settings_hold_no_secret() {
         limits: Limits::default(),
         auth,
         auth_origin: None,
+        signing: None,
     };
     let key_body = pki
         .server_key
