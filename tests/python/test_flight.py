@@ -169,21 +169,44 @@ def test_adbc_refusals(server):
         assert "stolen" in str(err.value) and "PermissionDenied" in str(err.value)
 
 
+def proto_field(number, payload):
+    """One length-delimited protobuf field, encoded by hand."""
+    length, out = len(payload), bytearray([number << 3 | 2])
+    while True:
+        byte = length & 0x7F
+        length >>= 7
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out) + payload
+
+
+def proto_fields(data):
+    """The length-delimited fields of a protobuf message: {number: payload} (others skipped)."""
+    fields, at = {}, 0
+    while at < len(data):
+        key, at = data[at], at + 1
+        if key & 7 != 2:
+            raise ValueError("only length-delimited fields are expected here")
+        length, shift = 0, 0
+        while True:
+            byte, at = data[at], at + 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        fields[key >> 3], at = data[at:at + length], at + length
+    return fields
+
+
+def flight_sql_any(message, payload):
+    """A Flight SQL message wrapped in google.protobuf.Any."""
+    type_url = f"type.googleapis.com/arrow.flight.protocol.sql.{message}".encode()
+    return proto_field(1, type_url) + proto_field(2, payload)
+
+
 def flight_sql_command(query):
     """A CommandStatementQuery wrapped in google.protobuf.Any, encoded by hand."""
-
-    def field(number, payload):
-        length, out = len(payload), bytearray([number << 3 | 2])
-        while True:
-            byte = length & 0x7F
-            length >>= 7
-            out.append(byte | (0x80 if length else 0))
-            if not length:
-                return bytes(out) + payload
-
-    command = field(1, query.encode())
-    type_url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
-    return field(1, type_url) + field(2, command)
+    return flight_sql_any("CommandStatementQuery", proto_field(1, query.encode()))
 
 
 def test_pyarrow_flight(server, tmp_path):
@@ -415,6 +438,20 @@ def test_replicas_with_one_signing_secret_accept_each_others_tokens_and_tickets(
         c_options = flight.FlightCallOptions(headers=[c_header])
         with pytest.raises(flight.FlightError, match="(?i)ticket"):
             clients["c"].do_get(info.endpoints[0].ticket, c_options).read_all()
+        # A prepared statement lives on the replica that prepared it: elsewhere, NOT_FOUND.
+        action = flight.Action(
+            "CreatePreparedStatement",
+            flight_sql_any("ActionCreatePreparedStatementRequest", proto_field(1, b"SELECT x FROM t")),
+        )
+        result = next(iter(clients["a"].do_action(action, options))).body.to_pybytes()
+        handle = proto_fields(proto_fields(result)[2])[1]
+        prepared = flight.FlightDescriptor.for_command(
+            flight_sql_any("CommandPreparedStatementQuery", proto_field(1, handle))
+        )
+        assert clients["a"].get_flight_info(prepared, options).schema.names == ["x"]
+        # (pyarrow raises NOT_FOUND as a KeyError.)
+        with pytest.raises(pa.lib.ArrowKeyError, match="not found.*no open prepared statement"):
+            clients["b"].get_flight_info(prepared, options)
         # D's new secret signs: its tokens are not A's to accept.
         d_header = clients["d"].authenticate_basic_token(b"alice", b"alice-pw")
         with pytest.raises(flight.FlightUnauthenticatedError):
