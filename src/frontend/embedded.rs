@@ -26,14 +26,35 @@ use crate::frontend::visit::visit_statement_mut;
 /// The table function a training set stands as in SQL until the engine plans it.
 pub const PLACEHOLDER: &str = "pitlake_training_set";
 
-/// Whether the unquoted words `TRAINING SET` start at `tokens[at]`.
+/// Whether a training set starts at `tokens[at]`: the unquoted words `TRAINING SET LABELS`
+/// where a query may start (the statement's start, after `(`, `AS`, `EXPLAIN [ANALYZE]
+/// [VERBOSE]`, or a set operator). Elsewhere the words are names: `UPDATE training SET labels
+/// = 1`.
 fn starts_training_set(tokens: &[TokenWithSpan], at: usize) -> bool {
+    let significant = |t: &&TokenWithSpan| !matches!(t.token, Token::Whitespace(_));
     let word = |t: &TokenWithSpan, w: &str| matches!(&t.token, Token::Word(Word { value, quote_style: None, .. }) if value.eq_ignore_ascii_case(w));
-    word(&tokens[at], "TRAINING")
-        && tokens[at + 1..]
+    let query_may_start = match tokens[..at].iter().rev().find(significant) {
+        None => true,
+        Some(t) if t.token == Token::LParen => true,
+        Some(t) => [
+            "AS",
+            "EXPLAIN",
+            "ANALYZE",
+            "VERBOSE",
+            "UNION",
+            "INTERSECT",
+            "EXCEPT",
+            "ALL",
+            "DISTINCT",
+        ]
+        .iter()
+        .any(|w| word(t, w)),
+    };
+    let mut next = tokens[at..].iter().filter(significant);
+    query_may_start
+        && ["TRAINING", "SET", "LABELS"]
             .iter()
-            .find(|t| !matches!(t.token, Token::Whitespace(_)))
-            .is_some_and(|t| word(t, "SET"))
+            .all(|w| next.next().is_some_and(|t| word(t, w)))
 }
 
 /// Whether the statement's first word starts a training set.
