@@ -364,6 +364,18 @@ impl Engine {
         }
     }
 
+    /// The training sets inside a statement (`frontend::embedded`), each parsed as a statement
+    /// of its own.
+    pub(crate) fn embedded_training_sets(
+        &self,
+        statement: &mut DFStatement,
+    ) -> Result<Vec<TrainingSetSql>> {
+        frontend::embedded::embedded(statement)?
+            .iter()
+            .map(|text| self.parse_training_set(text).map(|(spec, _)| spec))
+            .collect()
+    }
+
     /// Puts each training set inside a statement (`frontend::embedded`) in its place as its
     /// pinned query; returns the feature views they read.
     async fn lower_training_sets(
@@ -372,7 +384,7 @@ impl Engine {
     ) -> Result<BTreeSet<TableName>> {
         let mut views = BTreeSet::new();
         let mut queries = Vec::new();
-        for training_set in frontend::embedded::embedded(statement)? {
+        for training_set in self.embedded_training_sets(statement)? {
             let plan = self.plan_training_set(&training_set).await?;
             views.extend(plan.views.iter().map(|v| TableName::bare(&v.view)));
             let mut parsed = self.parse(&plan.query)?;

@@ -4,7 +4,8 @@
 //!
 //! The parser replaces each by `SELECT * FROM pitlake_training_set('<the training set>')`: a
 //! placeholder that carries the training set's own text through DataFusion's SQL parser. Before
-//! anything else is planned, the engine parses each placeholder's text again ([`embedded`]),
+//! anything else is planned, the engine parses each placeholder's text again (as a statement
+//! of its own; [`embedded`] finds the texts),
 //! plans it into its pinned query, and puts that query in the placeholder's place
 //! ([`substitute`]). The statement is then planned, authorized and pinned as if its author had
 //! written the pinned query: the training set's grants, versions and as-of joins are the same
@@ -20,7 +21,7 @@ use sqlparser::ast::{
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Word};
 
 use crate::error::{PitlakeError, Result};
-use crate::frontend::dsl::{self, TrainingSetSql};
+use crate::frontend::dsl;
 use crate::frontend::visit::visit_statement_mut;
 
 /// The table function a training set stands as in SQL until the engine plans it.
@@ -151,11 +152,13 @@ fn visit_placeholders(
     visitor.error.map_or(Ok(()), Err)
 }
 
-/// The training sets embedded in a statement, in order.
-pub fn embedded(statement: &mut DFStatement) -> Result<Vec<TrainingSetSql>> {
+/// The texts of the training sets embedded in a statement, in order. A placeholder may be
+/// written by hand, so its text is parsed like any statement ([`crate::frontend::parse_sql`]:
+/// on the parser's own thread, bounded in size and nesting), never here.
+pub fn embedded(statement: &mut DFStatement) -> Result<Vec<String>> {
     let mut found = Vec::new();
     visit_placeholders(statement, |_, text| {
-        found.push(dsl::parse_training_set(text)?);
+        found.push(text.to_string());
         Ok(())
     })?;
     Ok(found)

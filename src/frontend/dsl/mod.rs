@@ -264,20 +264,6 @@ pub fn training_set_prefix(tokens: &[TokenWithSpan]) -> Result<usize> {
     Ok(p.p.index())
 }
 
-/// Parses the text of one `TRAINING SET …`, as [`training_set_prefix`] delimited it.
-pub fn parse_training_set(text: &str) -> Result<TrainingSetSql> {
-    let dialect = PitlakeDialect::default();
-    let tokens = sqlparser::tokenizer::Tokenizer::new(&dialect, text)
-        .tokenize_with_location()
-        .map_err(|e| crate::error::PitlakeError::Syntax(e.to_string()))?;
-    let mut p = DslParser {
-        p: Parser::new(&dialect).with_tokens_with_locations(tokens),
-    };
-    let training_set = TrainingSetSql::parse(&mut p)?;
-    p.end()?;
-    Ok(training_set)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

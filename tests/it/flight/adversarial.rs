@@ -409,6 +409,22 @@ async fn statements_built_to_exhaust_the_server_are_refused_and_it_lives_on() {
                 "1-".repeat(5_000)
             ),
         ),
+        (
+            "half a million terms in an embedded training set's labels",
+            format!(
+                "SELECT * FROM (TRAINING SET LABELS (SELECT *, {}1 AS x FROM labels) AT ts \
+                 FEATURES (driver_rates.*)) AS t",
+                "1-".repeat(500_000)
+            ),
+        ),
+        (
+            "half a million terms in a training set written as its placeholder",
+            format!(
+                "SELECT * FROM pitlake_training_set('TRAINING SET LABELS (SELECT *, {}1 AS x \
+                 FROM labels) AT ts FEATURES (driver_rates.*)')",
+                "1-".repeat(500_000)
+            ),
+        ),
         ("two MiB", format!("SELECT '{}'", "x".repeat(2 << 20))),
         // Chains the parser builds in a loop from other parts than expressions.
         (
