@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use pitlake::{Engine, Settings, WarehouseLocation};
 
@@ -34,24 +34,27 @@ pub fn engine(warehouse: &Path) -> Engine {
 
 /// Rows as strings (NULL as `NULL`), in result order.
 pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    batches
+        .iter()
+        .flat_map(|batch| cells(batch.columns(), batch.num_rows()))
+        .collect()
+}
+
+/// The `rows` rows of `arrays` (columns of one batch) as text, NULL as `NULL`.
+pub fn cells(arrays: &[ArrayRef], rows: usize) -> Vec<Vec<String>> {
     let options = FormatOptions::default().with_null("NULL");
-    let mut out = Vec::new();
-    for batch in batches {
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            out.push(
-                formatters
-                    .iter()
-                    .map(|f| f.value(row).to_string())
-                    .collect(),
-            );
-        }
-    }
-    out
+    let formatters: Vec<_> = arrays
+        .iter()
+        .map(|a| ArrayFormatter::try_new(a.as_ref(), &options).unwrap())
+        .collect();
+    (0..rows)
+        .map(|row| {
+            formatters
+                .iter()
+                .map(|f| f.value(row).to_string())
+                .collect()
+        })
+        .collect()
 }
 
 /// One column of a result as strings.

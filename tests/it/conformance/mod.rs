@@ -34,7 +34,6 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
-use arrow::util::display::{ArrayFormatter, FormatOptions};
 use deltalake::DeltaTable;
 use futures::TryStreamExt;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -128,7 +127,6 @@ fn column_names(batches: &[RecordBatch]) -> Vec<String> {
 
 /// Each row as `col=value | col=value …` over `columns` (by name, in that order), sorted.
 fn sorted_rows_by_columns(batches: &[RecordBatch], columns: &[String]) -> Vec<String> {
-    let options = FormatOptions::default().with_null("NULL");
     let mut rows = Vec::new();
     for batch in batches {
         let arrays: Vec<ArrayRef> = columns
@@ -140,15 +138,11 @@ fn sorted_rows_by_columns(batches: &[RecordBatch], columns: &[String]) -> Vec<St
                 normalize(column)
             })
             .collect();
-        let formatters: Vec<_> = arrays
-            .iter()
-            .map(|a| ArrayFormatter::try_new(a.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
+        for cells in crate::common::cells(&arrays, batch.num_rows()) {
             let cells: Vec<String> = columns
                 .iter()
-                .zip(&formatters)
-                .map(|(name, f)| format!("{name}={}", f.value(row)))
+                .zip(cells)
+                .map(|(name, value)| format!("{name}={value}"))
                 .collect();
             rows.push(cells.join(" | "));
         }
@@ -257,25 +251,13 @@ fn sorted_ints(batches: &[RecordBatch], column: &str) -> Vec<i64> {
 
 /// Rows of chosen columns as formatted strings (normalised), sorted.
 fn sorted_tuples(batches: &[RecordBatch], columns: &[&str]) -> Vec<Vec<String>> {
-    let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for batch in batches {
         let arrays: Vec<ArrayRef> = columns
             .iter()
             .map(|c| normalize(batch.column_by_name(c).unwrap()))
             .collect();
-        let formatters: Vec<_> = arrays
-            .iter()
-            .map(|a| ArrayFormatter::try_new(a.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            out.push(
-                formatters
-                    .iter()
-                    .map(|f| f.value(row).to_string())
-                    .collect(),
-            );
-        }
+        out.extend(crate::common::cells(&arrays, batch.num_rows()));
     }
     out.sort();
     out
