@@ -368,7 +368,7 @@ impl Engine {
     /// of its own.
     pub(crate) fn embedded_training_sets(
         &self,
-        statement: &mut DFStatement,
+        statement: &DFStatement,
     ) -> Result<Vec<TrainingSetSql>> {
         frontend::embedded::embedded(statement)?
             .iter()
@@ -384,7 +384,7 @@ impl Engine {
     ) -> Result<BTreeSet<TableName>> {
         let mut views = BTreeSet::new();
         let mut queries = Vec::new();
-        for training_set in self.embedded_training_sets(statement)? {
+        for training_set in self.embedded_training_sets(&*statement)? {
             let plan = self.plan_training_set(&training_set).await?;
             views.extend(plan.views.iter().map(|v| TableName::bare(&v.view)));
             let mut parsed = self.parse(&plan.query)?;

@@ -224,7 +224,7 @@ impl Engine {
             names.insert(self.scanned_table(&reference)?);
         }
         // The labels of the training sets inside it.
-        for training_set in self.embedded_training_sets(&mut sql.as_ref().clone())? {
+        for training_set in self.embedded_training_sets(sql)? {
             let dsl = crate::frontend::dsl::DslStatement::TrainingSet(training_set);
             names.extend(self.dsl_named_tables(&dsl)?);
         }
@@ -241,7 +241,7 @@ impl Engine {
             Statement::Dsl(dsl) => self.dsl_named_views(dsl),
             // The training sets inside a query (their text parsed when the query was).
             Statement::Sql(sql) => self
-                .embedded_training_sets(&mut sql.as_ref().clone())
+                .embedded_training_sets(sql)
                 .unwrap_or_default()
                 .iter()
                 .flat_map(|t| t.feature_views().map(TableName::bare).collect::<Vec<_>>())

@@ -16,13 +16,13 @@ use std::ops::ControlFlow;
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::{
     Expr as SqlExpr, FunctionArg, FunctionArgExpr, GroupByExpr, Query, SelectItem, SetExpr,
-    TableFactor, Value, VisitorMut,
+    TableFactor, Value, Visitor, VisitorMut,
 };
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Word};
 
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl;
-use crate::frontend::visit::visit_statement_mut;
+use crate::frontend::visit::{visit_statement, visit_statement_mut};
 
 /// The table function a training set stands as in SQL until the engine plans it.
 pub const PLACEHOLDER: &str = "pitlake_training_set";
@@ -95,7 +95,37 @@ pub(crate) fn embed(
     Ok(out)
 }
 
-/// Visits the placeholders of a statement in order.
+/// The text a placeholder carries: `None` when `factor` is no placeholder, an error when it
+/// is one without exactly one string.
+fn placeholder_text(factor: &TableFactor) -> Option<Result<String>> {
+    let TableFactor::Table {
+        name,
+        args: Some(args),
+        ..
+    } = factor
+    else {
+        return None;
+    };
+    if !name.to_string().eq_ignore_ascii_case(PLACEHOLDER) {
+        return None;
+    }
+    Some(match args.args.as_slice() {
+        [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v)))] => match &v.value {
+            Value::SingleQuotedString(text) => Ok(text.clone()),
+            _ => Err(malformed()),
+        },
+        _ => Err(malformed()),
+    })
+}
+
+fn malformed() -> PitlakeError {
+    PitlakeError::Plan(format!(
+        "{PLACEHOLDER}(…) takes the text of one training set; write TRAINING SET … where a \
+         query may stand instead"
+    ))
+}
+
+/// Visits the placeholders of a statement in order, to replace them.
 struct Placeholders<F> {
     visit: F,
     error: Option<PitlakeError>,
@@ -103,35 +133,15 @@ struct Placeholders<F> {
 
 impl<F> VisitorMut for Placeholders<F>
 where
-    F: FnMut(&mut TableFactor, &str) -> Result<()>,
+    F: FnMut(&mut TableFactor) -> Result<()>,
 {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        let TableFactor::Table {
-            name,
-            args: Some(args),
-            ..
-        } = &*factor
-        else {
-            return ControlFlow::Continue(());
-        };
-        if !name.to_string().eq_ignore_ascii_case(PLACEHOLDER) {
-            return ControlFlow::Continue(());
-        }
-        let text = match args.args.as_slice() {
-            [FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v)))] => match &v.value {
-                Value::SingleQuotedString(text) => Some(text.clone()),
-                _ => None,
-            },
-            _ => None,
-        };
-        let result = match text {
-            Some(text) => (self.visit)(factor, &text),
-            None => Err(PitlakeError::Plan(format!(
-                "{PLACEHOLDER}(…) takes the text of one training set; write TRAINING SET … \
-                 where a query may stand instead"
-            ))),
+        let result = match placeholder_text(factor) {
+            None => return ControlFlow::Continue(()),
+            Some(Err(err)) => Err(err),
+            Some(Ok(_)) => (self.visit)(factor),
         };
         match result {
             Ok(()) => ControlFlow::Continue(()),
@@ -143,25 +153,38 @@ where
     }
 }
 
-fn visit_placeholders(
-    statement: &mut DFStatement,
-    visit: impl FnMut(&mut TableFactor, &str) -> Result<()>,
-) -> Result<()> {
-    let mut visitor = Placeholders { visit, error: None };
-    let _ = visit_statement_mut(statement, &mut visitor);
-    visitor.error.map_or(Ok(()), Err)
+/// Collects the placeholders' texts in order.
+#[derive(Default)]
+struct Texts {
+    found: Vec<String>,
+    error: Option<PitlakeError>,
+}
+
+impl Visitor for Texts {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        match placeholder_text(factor) {
+            None => ControlFlow::Continue(()),
+            Some(Ok(text)) => {
+                self.found.push(text);
+                ControlFlow::Continue(())
+            }
+            Some(Err(err)) => {
+                self.error = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    }
 }
 
 /// The texts of the training sets embedded in a statement, in order. A placeholder may be
 /// written by hand, so its text is parsed like any statement ([`crate::frontend::parse_sql`]:
 /// on the parser's own thread, bounded in size and nesting), never here.
-pub fn embedded(statement: &mut DFStatement) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    visit_placeholders(statement, |_, text| {
-        found.push(text.to_string());
-        Ok(())
-    })?;
-    Ok(found)
+pub fn embedded(statement: &DFStatement) -> Result<Vec<String>> {
+    let mut texts = Texts::default();
+    let _ = visit_statement(statement, &mut texts);
+    texts.error.map_or(Ok(texts.found), Err)
 }
 
 /// Puts `queries` (one per embedded training set, in order) in the placeholders' places.
@@ -228,22 +251,27 @@ fn keep_order(statement: &mut DFStatement) {
 
 fn substitute_each(statement: &mut DFStatement, queries: Vec<Query>) -> Result<()> {
     let mut queries = queries.into_iter();
-    visit_placeholders(statement, |factor, _| {
-        let TableFactor::Table { alias, .. } = factor else {
-            return Err(PitlakeError::Internal(
-                "a placeholder that is not a table".into(),
-            ));
-        };
-        let alias = alias.take();
-        let subquery = queries.next().ok_or_else(|| {
-            PitlakeError::Internal("fewer training sets than placeholders".into())
-        })?;
-        *factor = TableFactor::Derived {
-            lateral: false,
-            subquery: Box::new(subquery),
-            alias,
-            sample: None,
-        };
-        Ok(())
-    })
+    let mut visitor = Placeholders {
+        visit: |factor: &mut TableFactor| {
+            let TableFactor::Table { alias, .. } = factor else {
+                return Err(PitlakeError::Internal(
+                    "a placeholder that is not a table".into(),
+                ));
+            };
+            let alias = alias.take();
+            let subquery = queries.next().ok_or_else(|| {
+                PitlakeError::Internal("fewer training sets than placeholders".into())
+            })?;
+            *factor = TableFactor::Derived {
+                lateral: false,
+                subquery: Box::new(subquery),
+                alias,
+                sample: None,
+            };
+            Ok(())
+        },
+        error: None,
+    };
+    let _ = visit_statement_mut(statement, &mut visitor);
+    visitor.error.map_or(Ok(()), Err)
 }
