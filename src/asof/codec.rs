@@ -247,6 +247,11 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         let Some(join) = node.node.as_any().downcast_ref::<AsOfJoin>() else {
             return self.inner.try_encode(node, buf);
         };
+        if !join.aggregates.is_empty() {
+            return datafusion::common::not_impl_err!(
+                "window joins (ASOF JOIN … AGGREGATES) cannot be serialized yet"
+            );
+        }
         let tiebreak = join
             .tiebreak
             .iter()

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use datafusion::common::{DFSchema, DFSchemaRef, Result, ScalarValue, plan_err};
+use datafusion::common::{DFSchema, DFSchemaRef, Result, ScalarValue, TableReference, plan_err};
 use datafusion::logical_expr::expr::Sort;
 use datafusion::logical_expr::logical_plan::builder::build_join_schema;
 use datafusion::logical_expr::{
@@ -18,7 +18,8 @@ use datafusion::logical_expr::{
 };
 
 use super::kernel::{Direction, MatchSpec, supported_key_type, supported_tiebreak_type};
-use super::time::supported_time_type;
+use super::time::{integer_or_datetime, supported_time_type};
+use super::window::{MAX_LAST_K, WindowAggregate};
 
 /// The comparison in the match condition, written as `left OP right`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,6 +158,9 @@ pub struct AsOfJoin {
     /// Whether a filter to the left's time range was put on the right input (so it is not put
     /// there twice; see [`super::AsOfRangePruning`]).
     pub right_pruned: bool,
+    /// Window aggregates (`AGGREGATES (…)`): when there are any, the join is a window join that
+    /// outputs the left's columns and one column per aggregate (see [`super::window`]).
+    pub aggregates: Vec<WindowAggregate>,
     schema: DFSchemaRef,
 }
 
@@ -316,14 +320,124 @@ impl AsOfJoin {
             tiebreak,
             known_at,
             right_pruned: false,
+            aggregates: Vec::new(),
             schema,
         })
+    }
+
+    /// Makes this join a window join with `aggregates` (over the right input), whose columns are
+    /// named with `qualifier`. Refuses what a window join cannot do: an inner join, a tolerance,
+    /// a forward condition, float times, an aggregate of the wrong type, a width of zero or
+    /// less, or two aggregates of one name.
+    pub fn with_aggregates(
+        mut self,
+        aggregates: Vec<WindowAggregate>,
+        qualifier: Option<TableReference>,
+    ) -> Result<Self> {
+        if aggregates.is_empty() {
+            return plan_err!("AGGREGATES needs at least one aggregate");
+        }
+        if self.join_type != AsOfJoinType::Left {
+            return plan_err!(
+                "ASOF INNER JOIN … AGGREGATES: a window join keeps every left row (a row with no \
+                 right rows in its window gets count 0 and NULL for the others); write ASOF LEFT \
+                 JOIN and filter afterwards"
+            );
+        }
+        if self.tolerance.is_some() {
+            return plan_err!(
+                "TOLERANCE does not apply to AGGREGATES: each aggregate names its window (OVER \
+                 INTERVAL '7 days')"
+            );
+        }
+        if self.op.spec().direction != Direction::Backward {
+            return plan_err!(
+                "AGGREGATES needs a backward match condition: `l.t >= r.t` for windows (t - d, \
+                 t] or `l.t > r.t` for [t - d, t), not `{}`",
+                self.op.symbol()
+            );
+        }
+        let time_type = self.time_type()?;
+        if !integer_or_datetime(&time_type) {
+            return plan_err!(
+                "window times must be timestamps, dates or integers; `{}` is {time_type}",
+                self.left_time
+            );
+        }
+        let (ls, rs) = (self.left.schema().clone(), self.right.schema().clone());
+        let mut fields = Vec::with_capacity(aggregates.len());
+        let mut names = HashSet::new();
+        for agg in &aggregates {
+            if !names.insert(agg.name.as_str()) {
+                return plan_err!("AGGREGATES names `{}` twice", agg.name);
+            }
+            let arg_type = match &agg.arg {
+                Some(arg) => {
+                    check_side("aggregate argument", arg, &rs, &ls, "right")?;
+                    Some(arg.get_type(&rs)?)
+                }
+                None => None,
+            };
+            if let Some(k) = agg.k
+                && !(1..=MAX_LAST_K).contains(&k)
+            {
+                return plan_err!(
+                    "{}: last(x, k) takes k from 1 to {MAX_LAST_K}, not {k}",
+                    agg.name
+                );
+            }
+            let output = agg
+                .function
+                .output_type(arg_type.as_ref(), agg.k)
+                .map_err(|e| e.context(format!("aggregate `{}`", agg.name)))?;
+            check_width(&agg.width, &time_type, &agg.name)?;
+            fields.push((
+                qualifier.clone(),
+                Arc::new(arrow::datatypes::Field::new(
+                    &agg.name,
+                    output,
+                    agg.function.nullable(agg.k),
+                )),
+            ));
+        }
+        let mut qualified: Vec<(Option<TableReference>, arrow::datatypes::FieldRef)> = ls
+            .iter()
+            .map(|(q, f)| (q.cloned(), f.clone()))
+            .collect();
+        qualified.extend(fields);
+        self.schema = Arc::new(DFSchema::new_with_metadata(
+            qualified,
+            ls.metadata().clone(),
+        )?);
+        self.aggregates = aggregates;
+        Ok(self)
     }
 
     /// The type of the times.
     pub fn time_type(&self) -> Result<DataType> {
         self.left_time.get_type(self.left.schema())
     }
+}
+
+/// Checks a window's width against the time type: an interval for timestamps and dates, a
+/// number for integer times, and longer than zero.
+fn check_width(width: &Tolerance, time_type: &DataType, name: &str) -> Result<()> {
+    check_tolerance(width, time_type).map_err(|e| {
+        datafusion::error::DataFusionError::Plan(
+            e.strip_backtrace()
+                .replace("TOLERANCE", &format!("the window of `{name}`"))
+                .trim_start_matches("Error during planning: ")
+                .to_string(),
+        )
+    })?;
+    let zero = match width {
+        Tolerance::Duration(nanos) => *nanos == 0,
+        Tolerance::Number(value) => value.is_null() || value == &ScalarValue::new_zero(time_type)?,
+    };
+    if zero {
+        return plan_err!("the window of `{name}` is empty: give a width greater than zero");
+    }
+    Ok(())
 }
 
 /// Checks a tolerance against the time type.
@@ -384,8 +498,8 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         &self.schema
     }
 
-    /// Layout: left keys, right keys, left time, right time, tie-break expressions, then the
-    /// knowledge time if any.
+    /// Layout: left keys, right keys, left time, right time, tie-break expressions, the
+    /// knowledge time if any, then the aggregates' arguments.
     fn expressions(&self) -> Vec<Expr> {
         let mut out: Vec<Expr> = self.on.iter().map(|(l, _)| l.clone()).collect();
         out.extend(self.on.iter().map(|(_, r)| r.clone()));
@@ -393,6 +507,7 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         out.push(self.right_time.clone());
         out.extend(self.tiebreak.iter().map(|s| s.expr.clone()));
         out.extend(self.known_at.clone());
+        out.extend(self.aggregates.iter().filter_map(|a| a.arg.clone()));
         out
     }
 
@@ -423,6 +538,10 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         if let Some(known) = &self.known_at {
             write!(f, ", known_at={known}")?;
         }
+        if !self.aggregates.is_empty() {
+            let parts: Vec<String> = self.aggregates.iter().map(|a| a.to_string()).collect();
+            write!(f, ", aggregates=[{}]", parts.join(", "))?;
+        }
         Ok(())
     }
 
@@ -432,8 +551,9 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         })?;
         let k = self.on.len();
         let t = self.tiebreak.len();
+        let args = self.aggregates.iter().filter(|a| a.arg.is_some()).count();
         let expected = 2 * k + 2 + t + usize::from(self.known_at.is_some());
-        if exprs.len() != expected {
+        if exprs.len() != expected + args {
             return datafusion::common::internal_err!(
                 "AsOfJoin: expected {expected} expressions, got {}",
                 exprs.len()
@@ -451,7 +571,21 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
             .map(|(s, e)| Sort::new(e.clone(), s.asc, s.nulls_first))
             .collect();
         let known_at = self.known_at.as_ref().map(|_| exprs[expected - 1].clone());
-        AsOfJoin::try_new(
+        let mut new_args = exprs[expected..].iter().cloned();
+        let aggregates: Vec<WindowAggregate> = self
+            .aggregates
+            .iter()
+            .map(|a| WindowAggregate {
+                arg: a.arg.as_ref().and_then(|_| new_args.next()),
+                ..a.clone()
+            })
+            .collect();
+        let qualifier = self
+            .schema
+            .iter()
+            .last()
+            .and_then(|(q, _)| q.cloned());
+        let join = AsOfJoin::try_new(
             Arc::new(left),
             Arc::new(right),
             on,
@@ -467,7 +601,12 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         .map(|mut join| {
             join.right_pruned = self.right_pruned;
             join
-        })
+        })?;
+        if aggregates.is_empty() {
+            Ok(join)
+        } else {
+            join.with_aggregates(aggregates, qualifier)
+        }
     }
 
     /// Filters are not pushed through: a filter on the right would change which row matches,
@@ -512,6 +651,24 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
         }
         if let Some(known) = &self.known_at {
             add(known, self.right.schema(), &mut right_cols)?;
+        }
+        if !self.aggregates.is_empty() {
+            // The output's right part is the aggregates, each computed from its argument.
+            right_cols.clear();
+            for (l, r) in &self.on {
+                add(l, self.left.schema(), &mut left_cols)?;
+                add(r, self.right.schema(), &mut right_cols)?;
+            }
+            add(&self.right_time, self.right.schema(), &mut right_cols)?;
+            for sort in &self.tiebreak {
+                add(&sort.expr, self.right.schema(), &mut right_cols)?;
+            }
+            if let Some(known) = &self.known_at {
+                add(known, self.right.schema(), &mut right_cols)?;
+            }
+            for arg in self.aggregates.iter().filter_map(|a| a.arg.as_ref()) {
+                add(arg, self.right.schema(), &mut right_cols)?;
+            }
         }
         // The "greatest full row" tie rule reads every right column, but only the columns that
         // reach the output can tell two rows apart in the result, so it may use just those.

@@ -22,6 +22,8 @@
 //! - `tolerance`: the tolerance bound of each left row, saturating.
 //! - `codec`: the serialization of as-of plans, logical and physical.
 //! - `metrics`: [`AsOfJoinMetrics`], the operator's counters.
+//! - `window`: window joins, the as-of join with `AGGREGATES`: counts, sums, averages, extremes
+//!   and last-k over a window ending at each left row's time (its module doc lists its files).
 //! - `oracle`: the naive reference join the tests compare with.
 //! - `exec_tests`: the operator against the oracle on random inputs (tests only).
 
@@ -42,6 +44,7 @@ mod spill;
 mod stream;
 mod time;
 mod tolerance;
+pub mod window;
 
 pub use codec::{AsOfLogicalCodec, AsOfPhysicalCodec};
 pub use exec::AsOfJoinExec;

@@ -240,6 +240,7 @@ impl Engine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(frontend::marker_udf());
+        ctx.register_udf(frontend::window_marker_udf());
         ctx.register_catalog(CATALOG, catalog.clone());
         Ok(Self {
             ctx,

@@ -11,7 +11,8 @@ pub(crate) mod time_travel;
 pub(crate) mod visit;
 
 pub use asof::{
-    AsOfMarker, AsOfRule, MARKER as ASOF_MARKER, marker_udf, rewrite_ast as rewrite_asof,
+    AsOfMarker, AsOfRule, MARKER as ASOF_MARKER, WINDOW_MARKER, WindowMarker, marker_udf,
+    rewrite_ast as rewrite_asof, window_marker_udf,
 };
 pub use dialect::PitlakeDialect;
 pub use parse::{ParsedStatement, Statement, parse_sql, split_statements};

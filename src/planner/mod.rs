@@ -15,7 +15,8 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
 
-use crate::asof::{AsOfJoin, AsOfJoinExec};
+use crate::asof::window::{PhysicalWindowAggregate, WindowJoinExec};
+use crate::asof::{AsOfJoin, AsOfJoinExec, AsOfOperator};
 
 /// Plans logical plans, including pitlake's and deltalake's extension nodes.
 #[derive(Debug, Default)]
@@ -40,7 +41,8 @@ impl QueryPlanner for PitlakeQueryPlanner {
     }
 }
 
-/// Plans [`AsOfJoin`] nodes as [`AsOfJoinExec`].
+/// Plans [`AsOfJoin`] nodes as [`AsOfJoinExec`], or [`WindowJoinExec`] when they have
+/// aggregates.
 #[derive(Debug, Default)]
 pub struct AsOfPlanner;
 
@@ -92,13 +94,43 @@ impl ExtensionPlanner for AsOfPlanner {
             .as_ref()
             .map(|e| planner.create_physical_expr(e, rs, session, planning_ctx))
             .transpose()?;
+        let left_time = planner.create_physical_expr(&join.left_time, ls, session, planning_ctx)?;
+        let right_time = planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?;
+        if !join.aggregates.is_empty() {
+            let aggregates = join
+                .aggregates
+                .iter()
+                .map(|a| {
+                    let arg = a
+                        .arg
+                        .as_ref()
+                        .map(|e| planner.create_physical_expr(e, rs, session, planning_ctx))
+                        .transpose()?;
+                    Ok(PhysicalWindowAggregate::new(a, arg))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let exec = WindowJoinExec::try_new(
+                left.clone(),
+                right.clone(),
+                on,
+                join.null_equal.clone(),
+                left_time,
+                right_time,
+                join.op == AsOfOperator::Gt,
+                tiebreak,
+                known_at,
+                aggregates,
+                Arc::new(node.schema().as_arrow().clone()),
+            )?;
+            return Ok(Some(Arc::new(exec)));
+        }
         let exec = AsOfJoinExec::try_new(
             left.clone(),
             right.clone(),
             on,
             join.null_equal.clone(),
-            planner.create_physical_expr(&join.left_time, ls, session, planning_ctx)?,
-            planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?,
+            left_time,
+            right_time,
             join.op,
             join.join_type,
             join.tolerance.clone(),

@@ -9,11 +9,11 @@ use std::ops::ControlFlow;
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, Function, FunctionArg, FunctionArgExpr, FunctionArguments,
-    Ident, Join, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Select, TableAlias,
-    TableFactor, Value, VisitorMut,
+    Ident, Join, JoinConstraint, JoinOperator, ObjectName, ObjectNamePart, Select, SelectItem,
+    TableAlias, TableFactor, Value, VisitorMut,
 };
 
-use super::MARKER;
+use super::{AGGREGATES_SENTINEL, MARKER, WINDOW_MARKER};
 use crate::error::PitlakeError;
 use crate::frontend::visit::visit_statement_mut;
 
@@ -165,13 +165,102 @@ impl LowerJoins {
             unnamed(sql_string(&alias)),
             unnamed(sql_string(&time_column)),
         ];
-        args.extend(list.args.iter().cloned());
+        let sentinel = list.args.iter().position(|a| {
+            matches!(a, FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v)))
+                if v.value == Value::SingleQuotedString(AGGREGATES_SENTINEL.into()))
+        });
+        let (own, aggregates) = list.args.split_at(sentinel.unwrap_or(list.args.len()));
+        args.extend(own.iter().cloned());
+        let window = aggregates.get(1..).map(<[FunctionArg]>::to_vec);
         marker.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(MARKER))]);
         if let FunctionArguments::List(l) = &mut marker.args {
             l.args = args;
         }
         join.join_operator = JoinOperator::LeftOuter(constraint);
+        if let Some(aggregates) = window {
+            self.window_relation(join, &alias, &aggregates, &marker)?;
+        }
         Ok(Some(SqlExpr::Function(marker)))
+    }
+
+    /// Wraps the window join's relation as `(SELECT <alias>.*, __pitlake_window('function',
+    /// star, argument, k, width) AS <name>, … FROM <relation>) AS <alias>`, so the query sees the
+    /// aggregates as columns of the relation and DataFusion types each argument; step 3 takes
+    /// them out again.
+    fn window_relation(
+        &self,
+        join: &mut Join,
+        alias: &str,
+        aggregates: &[FunctionArg],
+        marker: &Function,
+    ) -> Result<(), PitlakeError> {
+        let template = format!("SELECT {}.* FROM t", Ident::with_quote('"', alias));
+        let parsed = sqlparser::parser::Parser::parse_sql(
+            &sqlparser::dialect::GenericDialect {},
+            &template,
+        )
+        .map_err(|e| PitlakeError::Internal(format!("window relation: {e}")))?;
+        let Some(sqlparser::ast::Statement::Query(mut query)) = parsed.into_iter().next() else {
+            return Err(PitlakeError::Internal("window relation: no query".into()));
+        };
+        let sqlparser::ast::SetExpr::Select(select) = query.body.as_mut() else {
+            return Err(PitlakeError::Internal("window relation: no SELECT".into()));
+        };
+        for item in aggregates.chunks(6) {
+            let [name, rest @ ..] = item else {
+                return Err(PitlakeError::Internal("window relation: bad item".into()));
+            };
+            let name = match name {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(SqlExpr::Value(v))) => {
+                    v.value.clone().into_string().unwrap_or_default()
+                }
+                _ => String::new(),
+            };
+            let ident = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                Some(quoted) => Ident::with_quote('"', quoted),
+                None if self.normalize => Ident::with_quote('"', name.to_lowercase()),
+                None => Ident::with_quote('"', name),
+            };
+            let mut call = marker.clone();
+            call.name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(WINDOW_MARKER))]);
+            if let FunctionArguments::List(l) = &mut call.args {
+                l.args = rest.to_vec();
+            }
+            select.projection.push(SelectItem::ExprWithAlias {
+                expr: SqlExpr::Function(call),
+                alias: ident,
+            });
+        }
+        let relation = std::mem::replace(
+            &mut join.relation,
+            TableFactor::Table {
+                name: ObjectName(vec![]),
+                alias: None,
+                args: None,
+                with_hints: vec![],
+                version: None,
+                with_ordinality: false,
+                partitions: vec![],
+                json_path: None,
+                sample: None,
+                index_hints: vec![],
+            },
+        );
+        if let Some(from) = select.from.first_mut() {
+            from.relation = relation;
+        }
+        join.relation = TableFactor::Derived {
+            lateral: false,
+            subquery: query,
+            alias: Some(TableAlias {
+                explicit: true,
+                name: Ident::with_quote('"', alias),
+                columns: Vec::new(),
+                at: None,
+            }),
+            sample: None,
+        };
+        Ok(())
     }
 
     fn lower(&mut self, select: &mut Select) -> Result<(), PitlakeError> {

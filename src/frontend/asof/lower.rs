@@ -7,14 +7,18 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, IntervalMonthDayNano};
 use datafusion::common::{
-    Column, DFSchema, NullEquality, Result, ScalarValue, plan_datafusion_err, plan_err,
+    Column, DFSchema, NullEquality, Result, ScalarValue, TableReference, plan_datafusion_err,
+    plan_err,
 };
 use datafusion::logical_expr::expr::Sort;
 use datafusion::logical_expr::utils::split_conjunction_owned;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, ExprSchemable, Extension, Join, LogicalPlan, Operator,
+    BinaryExpr, Expr, ExprSchemable, Extension, Join, LogicalPlan, Operator, Projection,
+    UserDefinedLogicalNodeCore,
 };
 
+use super::window::take_aggregates;
+use crate::asof::window::WindowAggregate;
 use crate::asof::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 
 const ALLOWED: &str = "an ASOF JOIN's ON may hold only equalities between the two sides \
@@ -65,21 +69,90 @@ pub(super) fn lower_join(join: Join, args: &[Expr]) -> Result<LogicalPlan> {
     let tolerance = if is_null_literal(args.tolerance) {
         None
     } else {
-        Some(to_tolerance(args.tolerance, &time_type)?)
+        Some(to_tolerance(args.tolerance, &time_type, "TOLERANCE")?)
     };
     let known_at = known_at(args.known, &time_type, &left, &right)?;
     let sorts = tiebreak_sorts(args.tiebreak)?;
+    let (window_right, raw) = take_aggregates(join.right.clone())?;
+    if raw.is_empty() {
+        let node = AsOfJoin::try_new(
+            join.left, join.right, keys, null_equal, left_time, right_time, op, join_type,
+            tolerance, sorts, known_at,
+        )?;
+        return Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(node),
+        }));
+    }
+    // A window join keeps every left row unless INNER is written (which it refuses).
+    let join_type = match args.kind.as_str() {
+        "inner" => AsOfJoinType::Inner,
+        _ => AsOfJoinType::Left,
+    };
+    let aggregates = raw
+        .into_iter()
+        .map(|raw| {
+            let what = format!("the window of `{}` (OVER …)", raw.name);
+            Ok(WindowAggregate {
+                width: to_tolerance(&raw.width, &time_type, &what)?,
+                name: raw.name,
+                function: raw.function,
+                arg: raw.arg,
+                k: raw.k,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let node = AsOfJoin::try_new(
-        join.left, join.right, keys, null_equal, left_time, right_time, op, join_type, tolerance,
-        sorts, known_at,
-    )?;
-    Ok(LogicalPlan::Extension(Extension {
+        join.left.clone(),
+        window_right,
+        keys,
+        null_equal,
+        left_time,
+        right_time,
+        op,
+        join_type,
+        tolerance,
+        sorts,
+        known_at,
+    )?
+    .with_aggregates(aggregates, Some(TableReference::bare(args.alias.clone())))?;
+    restore_join_schema(node, &join.schema, left.fields().len())
+}
+
+/// A projection over the window join `node` with the schema of the `LEFT JOIN` it replaces
+/// (`schema`, whose first `left_len` fields are the left's): the right relation's own columns are
+/// NULL (a window has no one row to take them from), its aggregates are the node's.
+fn restore_join_schema(
+    node: AsOfJoin,
+    schema: &DFSchema,
+    left_len: usize,
+) -> Result<LogicalPlan> {
+    let produced = node.schema().clone();
+    let plan = LogicalPlan::Extension(Extension {
         node: Arc::new(node),
-    }))
+    });
+    let exprs = schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            let column = Column::new(qualifier.cloned(), field.name());
+            if i < left_len || produced.has_column(&column) {
+                Ok(Expr::Column(column))
+            } else {
+                Ok(Expr::Literal(ScalarValue::try_from(field.data_type())?, None)
+                    .alias_qualified(qualifier.cloned(), field.name()))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        Arc::new(plan),
+    )?))
 }
 
 /// A marker call's arguments: those step 2 added, then those step 1 wrote.
 struct MarkerArgs<'a> {
+    /// The right relation's alias.
+    alias: String,
     /// The time column of the DuckDB form's `USING (k, …, t)`, or empty.
     using_time: String,
     /// The join type as written: `left`, `inner` or `default`.
@@ -100,7 +173,7 @@ impl<'a> MarkerArgs<'a> {
     fn parse(args: &'a [Expr]) -> Result<Self> {
         // args: alias, using-time column, kind, form, condition, tolerance, known, tiebreak pairs…
         let [
-            _,
+            alias,
             using_time,
             kind,
             form,
@@ -113,6 +186,7 @@ impl<'a> MarkerArgs<'a> {
             return plan_err!("as-of marker has {} arguments", args.len());
         };
         Ok(Self {
+            alias: literal_string(alias).unwrap_or_default(),
             using_time: literal_string(using_time).unwrap_or_default(),
             kind: literal_string(kind).unwrap_or_default(),
             form: literal_string(form).unwrap_or_default(),
@@ -317,19 +391,19 @@ fn orient(
 
 /// Evaluates a `TOLERANCE` expression (a constant) into a [`Tolerance`] for times of
 /// `time_type`.
-fn to_tolerance(expr: &Expr, time_type: &DataType) -> Result<Tolerance> {
+fn to_tolerance(expr: &Expr, time_type: &DataType, what: &str) -> Result<Tolerance> {
     let value = match expr {
         Expr::Literal(value, _) => value.clone(),
         Expr::Negative(inner) => match inner.as_ref() {
             Expr::Literal(value, _) => value.arithmetic_negate()?,
-            _ => return plan_err!("TOLERANCE {expr} must be a constant"),
+            _ => return plan_err!("{what} {expr} must be a constant"),
         },
         Expr::Cast(cast) => match cast.expr.as_ref() {
             Expr::Literal(value, _) => value.cast_to(cast.field.data_type())?,
-            _ => return plan_err!("TOLERANCE {expr} must be a constant"),
+            _ => return plan_err!("{what} {expr} must be a constant"),
         },
         other => {
-            return plan_err!("TOLERANCE {other} must be a constant such as INTERVAL '7 days'");
+            return plan_err!("{what} {other} must be a constant such as INTERVAL '7 days'");
         }
     };
     let temporal = matches!(
@@ -339,13 +413,13 @@ fn to_tolerance(expr: &Expr, time_type: &DataType) -> Result<Tolerance> {
     let nanos = |months: i64, days: i64, nanos: i128| -> Result<Tolerance> {
         if months != 0 {
             return plan_err!(
-                "TOLERANCE {value}: months and years have no fixed length; give days (e.g. \
+                "{what} {value}: months and years have no fixed length; give days (e.g. \
                  INTERVAL '30 days')"
             );
         }
         let total = i128::from(days) * 86_400_000_000_000 + nanos;
         if total < 0 {
-            return plan_err!("TOLERANCE must be zero or positive, not {value}");
+            return plan_err!("{what} must be zero or positive, not {value}");
         }
         Ok(Tolerance::Duration(total))
     };
@@ -366,16 +440,16 @@ fn to_tolerance(expr: &Expr, time_type: &DataType) -> Result<Tolerance> {
         number if !temporal && !number.is_null() => {
             let cast = number.cast_to(time_type).map_err(|_| {
                 plan_datafusion_err!(
-                    "TOLERANCE {number} does not fit the as-of times' type {time_type}"
+                    "{what} {number} does not fit the as-of times' type {time_type}"
                 )
             })?;
             Ok(Tolerance::Number(cast))
         }
         other if temporal => plan_err!(
-            "TOLERANCE {other} is not an interval; the as-of times are {time_type}, so write \
+            "{what} {other} is not an interval; the as-of times are {time_type}, so write \
              e.g. INTERVAL '7 days'"
         ),
-        other => plan_err!("TOLERANCE {other} is not a number of the times' type {time_type}"),
+        other => plan_err!("{what} {other} is not a number of the times' type {time_type}"),
     }
 }
 

@@ -28,12 +28,18 @@ mod ast;
 mod lower;
 mod rule;
 mod tokens;
+mod window;
 
 pub use ast::rewrite_ast;
 pub use rule::{AsOfMarker, AsOfRule, marker_udf};
 pub use tokens::rewrite_tokens;
+pub use window::{WindowMarker, window_marker_udf};
 
 /// The function name that carries an as-of join through sqlparser.
 const TOKEN_MARKER: &str = "__pitlake_asof";
+/// The marker argument after which step 1 lists the aggregates of `AGGREGATES (…)`.
+const AGGREGATES_SENTINEL: &str = "__pitlake_aggregates";
+/// The function that stands for one aggregate in the window join's right relation.
+pub const WINDOW_MARKER: &str = "__pitlake_window";
 /// The marker call in `WHERE` that the analyzer rule consumes.
 pub const MARKER: &str = "__pitlake_asof_join";

@@ -6,7 +6,7 @@
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Whitespace, Word};
 
-use super::TOKEN_MARKER;
+use super::{AGGREGATES_SENTINEL, TOKEN_MARKER};
 use crate::error::PitlakeError;
 
 fn is_word(token: &Token, text: &str) -> bool {
@@ -75,6 +75,9 @@ fn extension_at(tokens: &[TokenWithSpan], i: usize) -> Option<Clause> {
     if is_word(token, "KNOWN") && next.is_some_and(|t| is_keyword(t, Keyword::AT)) {
         return Some(Clause::Known);
     }
+    if is_word(token, "AGGREGATES") && matches!(next, Some(Token::LParen)) {
+        return Some(Clause::Aggregates);
+    }
     None
 }
 
@@ -84,6 +87,7 @@ enum Clause {
     Tolerance,
     Tiebreak,
     Known,
+    Aggregates,
 }
 
 /// Whether a token at depth 0 ends the current clause of a `FROM`.
@@ -440,6 +444,8 @@ struct Clauses {
     tolerance: Option<Vec<TokenWithSpan>>,
     tiebreak: Option<Vec<TokenWithSpan>>,
     known: Option<Vec<TokenWithSpan>>,
+    /// `AGGREGATES (…)`, with its parentheses.
+    aggregates: Option<Vec<TokenWithSpan>>,
 }
 
 impl Clauses {
@@ -456,6 +462,7 @@ impl Clauses {
                 Clause::Tolerance => (clause_start + 1, true),
                 Clause::Tiebreak => (next_sig(tokens, clause_start + 1) + 1, false),
                 Clause::Known => (next_sig(tokens, clause_start + 1) + 1, true),
+                Clause::Aggregates => (clause_start + 1, true),
             };
             let end = clause_end(tokens, body_start, commas_end);
             let body = rewrite_range(&tokens[body_start..end])?;
@@ -469,6 +476,7 @@ impl Clauses {
                 Clause::Tolerance => &mut clauses.tolerance,
                 Clause::Tiebreak => &mut clauses.tiebreak,
                 Clause::Known => &mut clauses.known,
+                Clause::Aggregates => &mut clauses.aggregates,
             };
             if slot.is_some() {
                 return Err(syntax(
@@ -525,6 +533,14 @@ impl AsOfTokens {
             out.push(tok(Token::Comma));
             out.extend(tiebreak_args(trim(tiebreak))?);
         }
+        if let Some(aggregates) = &self.clauses.aggregates {
+            out.push(tok(Token::Comma));
+            out.push(string(AGGREGATES_SENTINEL));
+            for item in aggregate_items(trim(aggregates))? {
+                out.push(tok(Token::Comma));
+                out.extend(item);
+            }
+        }
         out.push(tok(Token::RParen));
         out.push(tok(Token::RParen));
         out.push(tok(Token::Whitespace(Whitespace::Space)));
@@ -532,6 +548,146 @@ impl AsOfTokens {
         out.push(tok(Token::Whitespace(Whitespace::Space)));
         Ok(())
     }
+}
+
+/// Splits `tokens` at the commas at depth 0.
+fn split_commas(tokens: &[TokenWithSpan]) -> Vec<&[TokenWithSpan]> {
+    let mut items = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, t) in tokens.iter().enumerate() {
+        match t.token {
+            Token::LParen | Token::LBracket => depth += 1,
+            Token::RParen | Token::RBracket => depth = depth.saturating_sub(1),
+            Token::Comma if depth == 0 => {
+                items.push(&tokens[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&tokens[start..]);
+    items
+}
+
+const AGGREGATES_SYNTAX: &str = "AGGREGATES (<function>(<column> | *) OVER <width> AS <name>, …), \
+                                 e.g. AGGREGATES (count(*) OVER INTERVAL '7 days' AS trips_7d)";
+
+/// `(f(x) OVER w AS n, …)` → per aggregate the marker arguments `'n', 'f', star, (x) | NULL,
+/// (k) | NULL, (w)`: its name (in double quotes if it was quoted), the function as written
+/// (`count_distinct` for `count(DISTINCT x)`), whether the argument is `*`, the argument, the
+/// count of `last(x, k)` and the width.
+fn aggregate_items(tokens: &[TokenWithSpan]) -> Result<Vec<Vec<TokenWithSpan>>, PitlakeError> {
+    let inner = match tokens {
+        [open, inner @ .., close]
+            if open.token == Token::LParen && close.token == Token::RParen =>
+        {
+            trim(inner)
+        }
+        _ => return Err(syntax(AGGREGATES_SYNTAX, tokens.first())),
+    };
+    if inner.is_empty() {
+        return Err(syntax(
+            format!("AGGREGATES needs at least one aggregate: {AGGREGATES_SYNTAX}"),
+            tokens.first(),
+        ));
+    }
+    split_commas(inner)
+        .into_iter()
+        .map(|item| aggregate_item(trim(item), tokens.first()))
+        .collect()
+}
+
+fn aggregate_item(
+    item: &[TokenWithSpan],
+    clause: Option<&TokenWithSpan>,
+) -> Result<Vec<TokenWithSpan>, PitlakeError> {
+    let at = item.first().or(clause);
+    let err = |what: &str| syntax(format!("{what}: {AGGREGATES_SYNTAX}"), at);
+    let sig: Vec<usize> = (0..item.len())
+        .filter(|&i| significant(&item[i].token))
+        .collect();
+    // f ( … ) OVER … AS name
+    let [f, open, ..] = sig.as_slice() else {
+        return Err(err("an aggregate needs a function call"));
+    };
+    let Token::Word(function) = &item[*f].token else {
+        return Err(err("an aggregate starts with its function's name"));
+    };
+    if item[*open].token != Token::LParen {
+        return Err(err(&format!("expected ( after {}", function.value)));
+    }
+    let close = matching_paren(item, *open)?;
+    let over = next_sig(item, close);
+    if !item.get(over).is_some_and(|t| is_keyword(&t.token, Keyword::OVER)) {
+        return Err(err(&format!(
+            "{}(…) needs OVER and the window's width",
+            function.value
+        )));
+    }
+    let &[.., as_kw, name_at] = sig.as_slice() else {
+        return Err(err("an aggregate needs AS and a name"));
+    };
+    let Token::Word(name) = &item[name_at].token else {
+        return Err(err("an aggregate needs AS and a name"));
+    };
+    if as_kw <= over || !is_keyword(&item[as_kw].token, Keyword::AS) {
+        return Err(err(&format!(
+            "{}(…) OVER … needs AS and a name",
+            function.value
+        )));
+    }
+    let width = trim(&item[over + 1..as_kw]);
+    if width.is_empty() {
+        return Err(err("OVER needs the window's width"));
+    }
+    let args = trim(&item[*open + 1..close - 1]);
+    let mut parts = split_commas(args).into_iter().map(trim);
+    let mut first = parts.next().unwrap_or_default();
+    let mut function_name = function.value.clone();
+    if first
+        .first()
+        .is_some_and(|t| is_keyword(&t.token, Keyword::DISTINCT))
+    {
+        if !function.value.eq_ignore_ascii_case("count") {
+            return Err(err(&format!(
+                "DISTINCT is only for count; {}(DISTINCT …) has no meaning here",
+                function.value
+            )));
+        }
+        function_name = "count_distinct".to_string();
+        first = trim(&first[1..]);
+    }
+    let star = matches!(first, [t] if t.token == Token::Mul);
+    let k = parts.next().unwrap_or_default();
+    if parts.next().is_some() {
+        return Err(err(&format!(
+            "{}(…) takes at most two arguments",
+            function.value
+        )));
+    }
+    let name_text = match name.quote_style {
+        Some(_) => format!("\"{}\"", name.value),
+        None => name.value.clone(),
+    };
+    let mut out = vec![
+        string(&name_text),
+        tok(Token::Comma),
+        string(&function_name),
+        tok(Token::Comma),
+        word(if star { "TRUE" } else { "FALSE" }),
+        tok(Token::Comma),
+    ];
+    if star {
+        out.push(word("NULL"));
+    } else {
+        out.extend(parenthesized_or_null(&rewrite_range(first)?));
+    }
+    out.push(tok(Token::Comma));
+    out.extend(parenthesized_or_null(k));
+    out.push(tok(Token::Comma));
+    out.extend(parenthesized_or_null(&rewrite_range(width)?));
+    Ok(out)
 }
 
 fn asof_needs_condition(at: Option<&TokenWithSpan>) -> PitlakeError {
@@ -587,6 +743,34 @@ mod tests {
         );
         assert!(out.contains("r.tolerance > 0"), "{out}");
         assert!(out.contains("NULL,NULL))"), "{out}");
+    }
+
+    #[test]
+    fn aggregates_become_marker_arguments() {
+        let out = rewritten(
+            "select * from l asof left join r on l.k = r.k and l.t >= r.t \
+             aggregates (count(*) over interval '7 days' as n, last(r.v, 3) over 10 as \"Last\", \
+             count(distinct r.v) over 5 as d) where x",
+        );
+        assert!(
+            out.contains(
+                "'__pitlake_aggregates','n','count',TRUE,NULL,NULL,(interval '7 days'),\
+                 '\"Last\"','last',FALSE,(r.v),(3),(10),'d','count_distinct',FALSE,(r.v),NULL,(5)))"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("where x"), "{out}");
+        for bad in [
+            "aggregates (count(*) over interval '1 day')",
+            "aggregates (count(*) as n)",
+            "aggregates ()",
+            "aggregates (sum(distinct r.v) over 3 as s)",
+            "aggregates (last(r.v, 1, 2) over 3 as s)",
+        ] {
+            let sql = format!("select * from l asof join r on l.k = r.k and l.t >= r.t {bad}");
+            let err = rewrite_tokens(tokenize(&sql).unwrap()).unwrap_err();
+            assert!(err.to_string().contains("AGGREGATES"), "{bad}: {err}");
+        }
     }
 
     #[test]

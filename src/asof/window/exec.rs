@@ -1,0 +1,452 @@
+//! [`WindowJoinExec`]: the window join operator. The right input (every partition) is collected
+//! once into a [`WindowIndex`] shared by all left partitions; each left batch then gets its
+//! aggregates, in its own order. The index is held in the query's memory pool; a right input
+//! that does not fit is refused with the limit to raise (window joins do not spill).
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::concat_batches;
+use arrow::datatypes::{Schema, SchemaRef};
+use datafusion::common::JoinType;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, internal_err};
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::physical_expr::equivalence::join_equivalence_properties;
+use datafusion::physical_expr::{
+    EquivalenceProperties, PhysicalExpr, PhysicalExprRef, PhysicalSortExpr,
+};
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::kernel::{KernelAggregate, RightArrays, WindowIndex, WindowSpec};
+use super::{AggFunction, WindowAggregate};
+use crate::asof::Tolerance;
+
+/// One aggregate of the operator, its argument a physical expression over the right input.
+#[derive(Debug, Clone)]
+pub struct PhysicalWindowAggregate {
+    /// The output column's name.
+    pub name: String,
+    /// The function.
+    pub function: AggFunction,
+    /// The value aggregated (`None` for `count(*)`).
+    pub arg: Option<PhysicalExprRef>,
+    /// `last(x, k)`'s `k`.
+    pub k: Option<usize>,
+    /// The window's width.
+    pub width: Tolerance,
+}
+
+impl fmt::Display for PhysicalWindowAggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let arg = match &self.arg {
+            None => "*".to_string(),
+            Some(arg) => arg.to_string(),
+        };
+        let k = self.k.map(|k| format!(", {k}")).unwrap_or_default();
+        write!(
+            f,
+            "{}({arg}{k}) OVER {} AS {}",
+            self.function.name(),
+            self.width,
+            self.name
+        )
+    }
+}
+
+impl PhysicalWindowAggregate {
+    /// The logical aggregate's parts with `arg` planned.
+    pub fn new(logical: &WindowAggregate, arg: Option<PhysicalExprRef>) -> Self {
+        Self {
+            name: logical.name.clone(),
+            function: logical.function,
+            arg,
+            k: logical.k,
+            width: logical.width.clone(),
+        }
+    }
+}
+
+/// The built index and the memory it holds.
+struct Built {
+    index: WindowIndex,
+    _reservation: MemoryReservation,
+}
+
+/// The window join operator. Build it with [`WindowJoinExec::try_new`].
+#[derive(Debug)]
+pub struct WindowJoinExec {
+    left: Arc<dyn ExecutionPlan>,
+    right: Arc<dyn ExecutionPlan>,
+    on: Vec<(PhysicalExprRef, PhysicalExprRef)>,
+    null_equal: Vec<bool>,
+    left_time: PhysicalExprRef,
+    right_time: PhysicalExprRef,
+    /// `l.t > r.t`: windows `[t - d, t)` instead of `(t - d, t]`.
+    strict: bool,
+    tiebreak: Vec<PhysicalSortExpr>,
+    known_at: Option<PhysicalExprRef>,
+    aggregates: Vec<PhysicalWindowAggregate>,
+    spec: WindowSpec,
+    schema: SchemaRef,
+    cache: Arc<PlanProperties>,
+    built: Arc<tokio::sync::OnceCell<Arc<Built>>>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl fmt::Debug for Built {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Built")
+            .field("rows", &self.index.num_rows())
+            .finish()
+    }
+}
+
+impl WindowJoinExec {
+    /// Builds the operator. The logical node has refused user mistakes, so a mismatch here is an
+    /// internal error.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one argument per part of the join; the logical node builds it"
+    )]
+    pub fn try_new(
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        on: Vec<(PhysicalExprRef, PhysicalExprRef)>,
+        null_equal: Vec<bool>,
+        left_time: PhysicalExprRef,
+        right_time: PhysicalExprRef,
+        strict: bool,
+        tiebreak: Vec<PhysicalSortExpr>,
+        known_at: Option<PhysicalExprRef>,
+        aggregates: Vec<PhysicalWindowAggregate>,
+        schema: SchemaRef,
+    ) -> Result<Self> {
+        let (ls, rs) = (left.schema(), right.schema());
+        if schema.fields().len() != ls.fields().len() + aggregates.len() {
+            return internal_err!("WindowJoinExec: the output schema is not left ++ aggregates");
+        }
+        let mut keys = Vec::with_capacity(on.len());
+        for ((l, r), null_equal) in on.iter().zip(&null_equal) {
+            let (lt, rt) = (l.data_type(&ls)?, r.data_type(&rs)?);
+            if lt != rt {
+                return internal_err!("WindowJoinExec: key types {lt} and {rt} differ");
+            }
+            keys.push((lt, *null_equal));
+        }
+        let time_type = left_time.data_type(&ls)?;
+        if right_time.data_type(&rs)? != time_type {
+            return internal_err!("WindowJoinExec: time types differ");
+        }
+        let spec = WindowSpec {
+            keys,
+            time_type,
+            strict,
+            has_known: known_at.is_some(),
+            tiebreak: tiebreak.iter().map(|s| s.options).collect(),
+            aggregates: aggregates
+                .iter()
+                .map(|a| KernelAggregate {
+                    function: a.function,
+                    k: a.k,
+                    width: a.width.clone(),
+                    name: a.name.clone(),
+                })
+                .collect(),
+        };
+        let agg_schema = Arc::new(Schema::new(
+            schema.fields()[ls.fields().len()..].to_vec(),
+        ));
+        let mut eq = join_equivalence_properties(
+            left.equivalence_properties().clone(),
+            EquivalenceProperties::new(agg_schema),
+            &JoinType::Left,
+            schema.clone(),
+            &[true, false],
+            None,
+            &[],
+        )?;
+        eq.add_constants(left.equivalence_properties().constants())?;
+        let cache = Arc::new(PlanProperties::new(
+            eq,
+            left.output_partitioning().clone(),
+            EmissionType::Incremental,
+            left.boundedness(),
+        ));
+        Ok(Self {
+            left,
+            right,
+            on,
+            null_equal,
+            left_time,
+            right_time,
+            strict,
+            tiebreak,
+            known_at,
+            aggregates,
+            spec,
+            schema,
+            cache,
+            built: Arc::default(),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    fn rebuild(&self, left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        Self::try_new(
+            left,
+            right,
+            self.on.clone(),
+            self.null_equal.clone(),
+            self.left_time.clone(),
+            self.right_time.clone(),
+            self.strict,
+            self.tiebreak.clone(),
+            self.known_at.clone(),
+            self.aggregates.clone(),
+            self.schema.clone(),
+        )
+    }
+
+    /// The aggregates.
+    pub fn aggregates(&self) -> &[PhysicalWindowAggregate] {
+        &self.aggregates
+    }
+}
+
+/// What building the index needs, detached from the operator.
+struct BuildJob {
+    right: Arc<dyn ExecutionPlan>,
+    right_keys: Vec<PhysicalExprRef>,
+    right_time: PhysicalExprRef,
+    known_at: Option<PhysicalExprRef>,
+    tiebreak: Vec<PhysicalExprRef>,
+    args: Vec<Option<PhysicalExprRef>>,
+    spec: WindowSpec,
+    build_rows: Count,
+}
+
+fn evaluate(expr: &PhysicalExprRef, batch: &RecordBatch) -> Result<ArrayRef> {
+    expr.evaluate(batch)?.into_array(batch.num_rows())
+}
+
+fn out_of_memory(e: DataFusionError, what: &str) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "a window join's {what} does not fit in the query's memory ({e}); raise --memory-limit \
+         or --query-memory-limit, or narrow the right input (window joins do not spill)"
+    ))
+}
+
+impl BuildJob {
+    async fn run(self, context: Arc<TaskContext>) -> Result<Arc<Built>> {
+        let partitions = self.right.output_partitioning().partition_count();
+        let reservation =
+            MemoryConsumer::new("WindowJoinExec[build]").register(context.memory_pool());
+        let streams = (0..partitions)
+            .map(|p| self.right.execute(p, context.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut batches = Vec::new();
+        let mut merged = futures::stream::select_all(streams);
+        while let Some(batch) = merged.next().await {
+            let batch = batch?;
+            reservation
+                .try_grow(batch.get_array_memory_size())
+                .map_err(|e| out_of_memory(e, "right input"))?;
+            batches.push(batch);
+        }
+        let batch = concat_batches(&self.right.schema(), &batches)?;
+        drop(batches);
+        self.build_rows.add(batch.num_rows());
+        let arrays = RightArrays {
+            keys: self
+                .right_keys
+                .iter()
+                .map(|e| evaluate(e, &batch))
+                .collect::<Result<_>>()?,
+            time: evaluate(&self.right_time, &batch)?,
+            known: self
+                .known_at
+                .as_ref()
+                .map(|e| evaluate(e, &batch))
+                .transpose()?,
+            tiebreak: self
+                .tiebreak
+                .iter()
+                .map(|e| evaluate(e, &batch))
+                .collect::<Result<_>>()?,
+            args: self
+                .args
+                .iter()
+                .map(|e| e.as_ref().map(|e| evaluate(e, &batch)).transpose())
+                .collect::<Result<_>>()?,
+        };
+        let index = WindowIndex::build(self.spec, arrays)?;
+        drop(batch);
+        reservation
+            .try_resize(index.memory_size())
+            .map_err(|e| out_of_memory(e, "index"))?;
+        Ok(Arc::new(Built {
+            index,
+            _reservation: reservation,
+        }))
+    }
+}
+
+impl ExecutionPlan for WindowJoinExec {
+    fn name(&self) -> &'static str {
+        "WindowJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.cache
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true, false]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false, false]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.left, &self.right]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let mut exprs: Vec<&PhysicalExprRef> = Vec::new();
+        for (l, r) in &self.on {
+            exprs.push(l);
+            exprs.push(r);
+        }
+        exprs.push(&self.left_time);
+        exprs.push(&self.right_time);
+        exprs.extend(self.tiebreak.iter().map(|s| &s.expr));
+        exprs.extend(self.known_at.iter());
+        exprs.extend(self.aggregates.iter().filter_map(|a| a.arg.as_ref()));
+        for expr in exprs {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children.try_into().map_err(|_| {
+            DataFusionError::Internal("WindowJoinExec takes two children".into())
+        })?;
+        Ok(Arc::new(self.rebuild(left, right)?))
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(
+            self.rebuild(self.left.clone(), self.right.clone())?,
+        ))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let left = self.left.execute(partition, context.clone())?;
+        let job = BuildJob {
+            right: self.right.clone(),
+            right_keys: self.on.iter().map(|(_, r)| r.clone()).collect(),
+            right_time: self.right_time.clone(),
+            known_at: self.known_at.clone(),
+            tiebreak: self.tiebreak.iter().map(|s| s.expr.clone()).collect(),
+            args: self.aggregates.iter().map(|a| a.arg.clone()).collect(),
+            spec: self.spec.clone(),
+            build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
+        };
+        let built = self.built.clone();
+        let left_keys: Vec<PhysicalExprRef> = self.on.iter().map(|(l, _)| l.clone()).collect();
+        let left_time = self.left_time.clone();
+        let schema = self.schema.clone();
+        let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let out_schema = schema.clone();
+        let stream = futures::stream::once(async move {
+            let built = built
+                .get_or_try_init(|| job.run(context))
+                .await?
+                .clone();
+            let batches = left.map(move |batch| {
+                let batch = batch?;
+                let timer = baseline.elapsed_compute().timer();
+                let keys = left_keys
+                    .iter()
+                    .map(|e| evaluate(e, &batch))
+                    .collect::<Result<Vec<_>>>()?;
+                let time = evaluate(&left_time, &batch)?;
+                let mut columns = batch.columns().to_vec();
+                columns.extend(built.index.aggregate(&keys, &time)?);
+                let out = RecordBatch::try_new(out_schema.clone(), columns)?;
+                timer.done();
+                baseline.record_output(out.num_rows());
+                Ok(out)
+            });
+            Ok::<_, DataFusionError>(batches)
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+impl DisplayAs for WindowJoinExec {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let on: Vec<String> = self
+            .on
+            .iter()
+            .zip(&self.null_equal)
+            .map(|((l, r), ne)| {
+                let eq = if *ne { " IS NOT DISTINCT FROM " } else { ", " };
+                format!("({l}{eq}{r})")
+            })
+            .collect();
+        let aggregates: Vec<String> = self.aggregates.iter().map(|a| a.to_string()).collect();
+        let op = if self.strict { ">" } else { ">=" };
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
+                f,
+                "WindowJoinExec: on=[{}], match={} {op} {}, aggregates=[{}]",
+                on.join(", "),
+                self.left_time,
+                self.right_time,
+                aggregates.join(", ")
+            )?,
+            DisplayFormatType::TreeRender => {
+                writeln!(f, "on=[{}]", on.join(", "))?;
+                writeln!(f, "match={} {op} {}", self.left_time, self.right_time)?;
+                write!(f, "aggregates=[{}]", aggregates.join(", "))?;
+            }
+        }
+        if let Some(known) = &self.known_at {
+            write!(f, ", known_at={known}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,629 @@
+//! The window kernel: the right rows grouped by key and sorted by time ([`WindowIndex`]), and the
+//! aggregates of a batch of left rows, each over the rows of its key whose time falls in its
+//! window.
+//!
+//! # How it runs
+//!
+//! Build: the keys become dense group ids (a hash table over [`arrow::row`] bytes); rows with a
+//! NULL key (unless compared with `IS NOT DISTINCT FROM`), a NULL time or a NULL knowledge time
+//! are dropped, since no window can hold them. The rest are sorted by (group, time) and, where a
+//! function picks one row (`first`, `last`), by the tie rule: the row `TIEBREAK BY` puts first,
+//! then the greatest value, counts as the later one.
+//!
+//! Probe: per left row, a hash lookup for the group, two binary searches for the window's ends in
+//! the group's times, then one pass over the rows between them, skipping rows not yet known at
+//! the left time. `O(log g + w)` per left row and aggregate, for a group of `g` rows of which
+//! `w` fall in the window. Sums are exact (integers in `i128`, floats by [`super::fsum`]), so
+//! every result is the same at any partitioning, batch size and row order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, ListArray, UInt32Array,
+};
+use arrow::buffer::OffsetBuffer;
+use arrow::compute::{SortOptions, cast, take};
+use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type, TimeUnit};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::{Result, exec_err, internal_err};
+
+use super::fsum::ExactSum;
+use super::{AggFunction, MAX_LAST_K};
+use crate::asof::Tolerance;
+use crate::asof::time::time_keys;
+
+/// What the kernel is told about one aggregate.
+#[derive(Debug, Clone)]
+pub struct KernelAggregate {
+    /// The function.
+    pub function: AggFunction,
+    /// `last(x, k)`'s `k`.
+    pub k: Option<usize>,
+    /// The window's width.
+    pub width: Tolerance,
+    /// The name, for errors.
+    pub name: String,
+}
+
+/// What the kernel is told about a window join.
+#[derive(Debug, Clone)]
+pub struct WindowSpec {
+    /// Per key: its type and whether NULL equals NULL.
+    pub keys: Vec<(DataType, bool)>,
+    /// The times' type (integer, date or timestamp), the same on both sides.
+    pub time_type: DataType,
+    /// `[t - d, t)` (the match condition is `>`) instead of `(t - d, t]` (`>=`).
+    pub strict: bool,
+    /// Whether rows carry a knowledge time.
+    pub has_known: bool,
+    /// `TIEBREAK BY`'s sort options, one per tie-break array.
+    pub tiebreak: Vec<SortOptions>,
+    /// The aggregates, in output order.
+    pub aggregates: Vec<KernelAggregate>,
+}
+
+/// The right input of a window join, evaluated: every array has one value per right row.
+pub struct RightArrays {
+    /// The key columns, in the order of [`WindowSpec::keys`].
+    pub keys: Vec<ArrayRef>,
+    /// The event times.
+    pub time: ArrayRef,
+    /// The knowledge times, if the join has them.
+    pub known: Option<ArrayRef>,
+    /// The `TIEBREAK BY` columns.
+    pub tiebreak: Vec<ArrayRef>,
+    /// Per aggregate, its argument (`None` for `count(*)`).
+    pub args: Vec<Option<ArrayRef>>,
+}
+
+/// An aggregate's argument, in the form its function reads.
+enum Values {
+    /// `count(*)`.
+    None,
+    /// `count(x)`, `first`, `last`: the array itself (validity and `take`).
+    Array(ArrayRef),
+    /// `min`, `max`, `count_distinct`: order-preserving row bytes, and the array for `take`.
+    Rows(ArrayRef, Rows),
+    Int(Int64Array),
+    Float(Float64Array),
+    /// A DECIMAL's raw values and its scale.
+    Decimal(Decimal128Array, i8),
+}
+
+/// The right rows by key, sorted by time.
+pub struct WindowIndex {
+    spec: WindowSpec,
+    key_converter: RowConverter,
+    groups: HashMap<Box<[u8]>, u32>,
+    /// Per group `g`, its rows are `order[offsets[g]..offsets[g + 1]]`.
+    offsets: Vec<u32>,
+    /// Right row numbers, by (group, time, tie order).
+    order: Vec<u32>,
+    /// The time of each entry of `order`.
+    times: Vec<i64>,
+    /// The knowledge time of each entry of `order`, when there is one.
+    known: Vec<i64>,
+    values: Vec<Values>,
+    /// One window width per aggregate, in the times' unit as (numerator, unit): a time `e` is in
+    /// the window of `t` when `e * unit > t * unit - numerator` (see `lower_key`).
+    widths: Vec<(i128, i128)>,
+}
+
+/// Nanoseconds per unit of a time key (1 for integer times, whose widths are plain numbers).
+fn unit_nanos(time_type: &DataType) -> i128 {
+    match time_type {
+        DataType::Timestamp(TimeUnit::Second, _) => 1_000_000_000,
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Date64 => 1_000_000,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1_000,
+        DataType::Date32 => 86_400_000_000_000,
+        _ => 1,
+    }
+}
+
+/// A width as (numerator, unit) in time-key units (see [`WindowIndex::widths`]).
+fn width_in_keys(width: &Tolerance, time_type: &DataType) -> Result<(i128, i128)> {
+    let (numerator, unit) = match width {
+        Tolerance::Duration(nanos) => (*nanos, unit_nanos(time_type)),
+        Tolerance::Number(value) => {
+            let v = value.cast_to(&DataType::Int64)?;
+            match v {
+                datafusion::common::ScalarValue::Int64(Some(v)) => (i128::from(v), 1),
+                _ => return internal_err!("window width {value} is not an integer"),
+            }
+        }
+    };
+    if numerator <= 0 {
+        return internal_err!("window width must be positive");
+    }
+    Ok((numerator, unit))
+}
+
+fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
+    let Some(arg) = arg else {
+        return Ok(Values::None);
+    };
+    let rows = || -> Result<Values> {
+        let converter = RowConverter::new(vec![SortField::new(arg.data_type().clone())])?;
+        Ok(Values::Rows(
+            arg.clone(),
+            converter.convert_columns(std::slice::from_ref(arg))?,
+        ))
+    };
+    Ok(match function {
+        AggFunction::CountStar => Values::None,
+        AggFunction::Count | AggFunction::First | AggFunction::Last => Values::Array(arg.clone()),
+        AggFunction::Min | AggFunction::Max | AggFunction::CountDistinct => rows()?,
+        _ => match arg.data_type() {
+            DataType::Decimal128(_, scale) => {
+                Values::Decimal(arg.as_primitive::<Decimal128Type>().clone(), *scale)
+            }
+            t if t.is_integer() => {
+                let cast = cast(arg, &DataType::Int64).map_err(|e| {
+                    datafusion::error::DataFusionError::Execution(format!(
+                        "{}(x): a value does not fit BIGINT ({e}); cast x to DECIMAL(38, 0)",
+                        function.name()
+                    ))
+                })?;
+                Values::Int(cast.as_primitive::<Int64Type>().clone())
+            }
+            _ => Values::Float(cast(arg, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
+        },
+    })
+}
+
+impl WindowIndex {
+    /// Groups and sorts the right rows.
+    pub fn build(spec: WindowSpec, right: RightArrays) -> Result<Self> {
+        let n = right.time.len();
+        if u32::try_from(n).is_err() {
+            return exec_err!(
+                "a window join's right input has {n} rows; at most {} fit one index",
+                u32::MAX
+            );
+        }
+        if right.args.len() != spec.aggregates.len() {
+            return internal_err!("window join: arguments and aggregates differ in number");
+        }
+        let key_converter = RowConverter::new(
+            spec.keys
+                .iter()
+                .map(|(t, _)| SortField::new(t.clone()))
+                .collect(),
+        )?;
+        let key_rows = key_converter.convert_columns(&right.keys)?;
+        let times = time_keys(right.time.as_ref(), false)?;
+        let known = match &right.known {
+            Some(k) => Some(time_keys(k.as_ref(), false)?),
+            None => None,
+        };
+
+        let mut groups: HashMap<Box<[u8]>, u32> = HashMap::new();
+        let mut entries: Vec<(u32, i64, u32)> = Vec::with_capacity(n);
+        for i in 0..n {
+            let Some(t) = times[i] else { continue };
+            if known.as_ref().is_some_and(|k| k[i].is_none()) {
+                continue;
+            }
+            if null_key(&right.keys, &spec.keys, i) {
+                continue;
+            }
+            let bytes = key_rows.row(i);
+            let next = groups.len() as u32;
+            let g = *groups.entry(bytes.as_ref().into()).or_insert(next);
+            entries.push((g, t, i as u32));
+        }
+        drop(key_rows);
+
+        let positional: Vec<&ArrayRef> = spec
+            .aggregates
+            .iter()
+            .zip(&right.args)
+            .filter(|(a, _)| a.function.is_positional())
+            .filter_map(|(_, arg)| arg.as_ref())
+            .collect();
+        if positional.is_empty() {
+            entries.sort_unstable();
+        } else {
+            // Within a (group, time), the row the tie rule prefers sorts last: `TIEBREAK BY`
+            // reversed, then the values ascending (the greatest wins, NULL lowest).
+            let mut fields: Vec<SortField> = right
+                .tiebreak
+                .iter()
+                .zip(&spec.tiebreak)
+                .map(|(a, o)| {
+                    SortField::new_with_options(
+                        a.data_type().clone(),
+                        SortOptions {
+                            descending: !o.descending,
+                            nulls_first: !o.nulls_first,
+                        },
+                    )
+                })
+                .collect();
+            let mut columns: Vec<ArrayRef> = right.tiebreak.clone();
+            for arg in positional {
+                fields.push(SortField::new(arg.data_type().clone()));
+                columns.push(arg.clone());
+            }
+            let tie = RowConverter::new(fields)?.convert_columns(&columns)?;
+            entries.sort_unstable_by(|a, b| {
+                (a.0, a.1)
+                    .cmp(&(b.0, b.1))
+                    .then_with(|| tie.row(a.2 as usize).cmp(&tie.row(b.2 as usize)))
+                    .then(a.2.cmp(&b.2))
+            });
+        }
+
+        let mut offsets = vec![0u32; groups.len() + 1];
+        for (g, _, _) in &entries {
+            offsets[*g as usize + 1] += 1;
+        }
+        for g in 1..offsets.len() {
+            offsets[g] += offsets[g - 1];
+        }
+        let order: Vec<u32> = entries.iter().map(|e| e.2).collect();
+        let sorted_times: Vec<i64> = entries.iter().map(|e| e.1).collect();
+        let sorted_known: Vec<i64> = match &known {
+            Some(k) => entries
+                .iter()
+                .map(|e| k[e.2 as usize].unwrap_or(i64::MAX))
+                .collect(),
+            None => Vec::new(),
+        };
+        drop(entries);
+
+        let values = spec
+            .aggregates
+            .iter()
+            .zip(&right.args)
+            .map(|(a, arg)| prepare(a.function, arg.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let widths = spec
+            .aggregates
+            .iter()
+            .map(|a| width_in_keys(&a.width, &spec.time_type))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            spec,
+            key_converter,
+            groups,
+            offsets,
+            order,
+            times: sorted_times,
+            known: sorted_known,
+            values,
+            widths,
+        })
+    }
+
+    /// Bytes held, for the memory pool.
+    pub fn memory_size(&self) -> usize {
+        let groups: usize = self.groups.keys().map(|k| k.len() + 24).sum();
+        let values: usize = self
+            .values
+            .iter()
+            .map(|v| match v {
+                Values::None => 0,
+                Values::Array(a) => a.get_array_memory_size(),
+                Values::Rows(a, r) => a.get_array_memory_size() + r.size(),
+                Values::Int(a) => a.get_array_memory_size(),
+                Values::Float(a) => a.get_array_memory_size(),
+                Values::Decimal(a, _) => a.get_array_memory_size(),
+            })
+            .sum();
+        groups
+            + values
+            + 4 * (self.offsets.len() + self.order.len())
+            + 8 * (self.times.len() + self.known.len())
+    }
+
+    /// The right rows that can fall in some window.
+    pub fn num_rows(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The aggregates of `len` left rows with keys `keys` and times `time`: one array per
+    /// aggregate.
+    pub fn aggregate(&self, keys: &[ArrayRef], time: &ArrayRef) -> Result<Vec<ArrayRef>> {
+        let len = time.len();
+        let times = time_keys(time.as_ref(), false)?;
+        let key_rows = self.key_converter.convert_columns(keys)?;
+        // Per left row: its group's entries and its time, or None (no rows can match).
+        let targets: Vec<Option<(usize, usize, i64)>> = (0..len)
+            .map(|i| {
+                let t = times[i]?;
+                if null_key(keys, &self.spec.keys, i) {
+                    return None;
+                }
+                let g = *self.groups.get(key_rows.row(i).as_ref())? as usize;
+                Some((
+                    self.offsets[g] as usize,
+                    self.offsets[g + 1] as usize,
+                    t,
+                ))
+            })
+            .collect();
+        drop(key_rows);
+        self.spec
+            .aggregates
+            .iter()
+            .enumerate()
+            .map(|(a, agg)| self.aggregate_one(a, agg, &targets))
+            .collect()
+    }
+
+    /// The entries `lo..hi` of a window of aggregate `a`, for a left row whose group's entries
+    /// are `start..end` and whose time is `t`.
+    fn window(&self, a: usize, start: usize, end: usize, t: i64) -> (usize, usize) {
+        let (numerator, unit) = self.widths[a];
+        let t_scaled = i128::from(t) * unit;
+        // (t - d, t]: e * unit > t * unit - d, that is e >= floor((t * unit - d) / unit) + 1.
+        // [t - d, t): e * unit >= t * unit - d, that is e >= ceil((t * unit - d) / unit).
+        let (lower, upper) = if self.spec.strict {
+            (
+                -(numerator - t_scaled).div_euclid(unit),
+                i128::from(t) - 1,
+            )
+        } else {
+            (
+                (t_scaled - numerator).div_euclid(unit) + 1,
+                i128::from(t),
+            )
+        };
+        let group = &self.times[start..end];
+        let lo = group.partition_point(|&e| i128::from(e) < lower);
+        let hi = group.partition_point(|&e| i128::from(e) <= upper);
+        (start + lo, start + hi.max(lo))
+    }
+
+    /// Whether entry `p` is known at time `t`.
+    #[inline]
+    fn known(&self, p: usize, t: i64) -> bool {
+        match self.known.get(p) {
+            None => true,
+            Some(&c) if self.spec.strict => c < t,
+            Some(&c) => c <= t,
+        }
+    }
+
+    /// The entries of the window of aggregate `a` for one left row, known at its time, from the
+    /// earliest; empty for a row that can match nothing.
+    fn rows(&self, a: usize, target: Option<(usize, usize, i64)>) -> impl DoubleEndedIterator<Item = u32> + '_ {
+        let (lo, hi, t) = match target {
+            Some((start, end, t)) => {
+                let (lo, hi) = self.window(a, start, end, t);
+                (lo, hi, t)
+            }
+            None => (0, 0, 0),
+        };
+        (lo..hi)
+            .filter(move |&p| self.known(p, t))
+            .map(|p| self.order[p])
+    }
+
+    fn aggregate_one(
+        &self,
+        a: usize,
+        agg: &KernelAggregate,
+        targets: &[Option<(usize, usize, i64)>],
+    ) -> Result<ArrayRef> {
+        let values = &self.values[a];
+        let overflow = || {
+            datafusion::error::DataFusionError::Execution(format!(
+                "{}: the sum of a window leaves the result type; cast the argument to DOUBLE \
+                 (or a wider DECIMAL)",
+                agg.name
+            ))
+        };
+        Ok(match (agg.function, values) {
+            (AggFunction::CountStar, _) => Arc::new(Int64Array::from_iter_values(
+                targets.iter().map(|&t| self.rows(a, t).count() as i64),
+            )),
+            (AggFunction::Count, Values::Array(arg)) => Arc::new(Int64Array::from_iter_values(
+                targets
+                    .iter()
+                    .map(|&t| self.rows(a, t).filter(|&r| arg.is_valid(r as usize)).count() as i64),
+            )),
+            (AggFunction::CountDistinct, Values::Rows(arg, rows)) => {
+                let mut seen: HashSet<&[u8]> = HashSet::new();
+                Arc::new(Int64Array::from_iter_values(targets.iter().map(|&t| {
+                    seen.clear();
+                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
+                        seen.insert(rows.row(r as usize).data());
+                    }
+                    seen.len() as i64
+                })))
+            }
+            (AggFunction::Min | AggFunction::Max, Values::Rows(arg, rows)) => {
+                let max = agg.function == AggFunction::Max;
+                let picked: UInt32Array = targets
+                    .iter()
+                    .map(|&t| {
+                        self.rows(a, t)
+                            .filter(|&r| arg.is_valid(r as usize))
+                            .reduce(|best, r| {
+                                let (x, y) = (rows.row(r as usize), rows.row(best as usize));
+                                if (max && x > y) || (!max && x < y) { r } else { best }
+                            })
+                    })
+                    .collect();
+                take(arg.as_ref(), &picked, None)?
+            }
+            (AggFunction::First, Values::Array(arg)) => {
+                let picked: UInt32Array = targets
+                    .iter()
+                    .map(|&t| self.first(a, t, arg.as_ref()))
+                    .collect();
+                take(arg.as_ref(), &picked, None)?
+            }
+            (AggFunction::Last, Values::Array(arg)) => match agg.k {
+                None => {
+                    let picked: UInt32Array = targets
+                        .iter()
+                        .map(|&t| self.rows(a, t).rev().find(|&r| arg.is_valid(r as usize)))
+                        .collect();
+                    take(arg.as_ref(), &picked, None)?
+                }
+                Some(k) => {
+                    let k = k.min(MAX_LAST_K);
+                    let mut picked: Vec<u32> = Vec::new();
+                    let mut lengths: Vec<usize> = Vec::with_capacity(targets.len());
+                    for &t in targets {
+                        let before = picked.len();
+                        picked.extend(
+                            self.rows(a, t)
+                                .rev()
+                                .filter(|&r| arg.is_valid(r as usize))
+                                .take(k),
+                        );
+                        lengths.push(picked.len() - before);
+                    }
+                    let items = take(arg.as_ref(), &UInt32Array::from(picked), None)?;
+                    let field = Arc::new(Field::new("item", arg.data_type().clone(), true));
+                    Arc::new(ListArray::try_new(
+                        field,
+                        OffsetBuffer::from_lengths(lengths),
+                        items,
+                        None,
+                    )?)
+                }
+            },
+            (AggFunction::Sum, Values::Int(arg)) => {
+                let mut out = Vec::with_capacity(targets.len());
+                for &t in targets {
+                    let mut sum: i128 = 0;
+                    let mut any = false;
+                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
+                        sum += i128::from(arg.value(r as usize));
+                        any = true;
+                    }
+                    out.push(match any {
+                        false => None,
+                        true => Some(i64::try_from(sum).map_err(|_| overflow())?),
+                    });
+                }
+                Arc::new(Int64Array::from(out))
+            }
+            (AggFunction::Sum, Values::Decimal(arg, scale)) => {
+                const LIMIT: i128 = 10i128.pow(38);
+                let mut out = Vec::with_capacity(targets.len());
+                for &t in targets {
+                    let mut sum: Option<i128> = None;
+                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
+                        let s = sum
+                            .unwrap_or(0)
+                            .checked_add(arg.value(r as usize))
+                            .filter(|s| s.abs() < LIMIT);
+                        match s {
+                            Some(s) => sum = Some(s),
+                            None => return Err(overflow()),
+                        }
+                    }
+                    out.push(sum);
+                }
+                Arc::new(Decimal128Array::from(out).with_precision_and_scale(38, *scale)?)
+            }
+            (AggFunction::Sum, Values::Float(arg)) => {
+                let mut sum = ExactSum::new();
+                Arc::new(Float64Array::from_iter(targets.iter().map(|&t| {
+                    sum.clear();
+                    let mut any = false;
+                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
+                        sum.add(arg.value(r as usize));
+                        any = true;
+                    }
+                    any.then(|| sum.value())
+                })))
+            }
+            (
+                AggFunction::Avg
+                | AggFunction::Var
+                | AggFunction::VarPop
+                | AggFunction::Stddev
+                | AggFunction::StddevPop,
+                values,
+            ) => {
+                let mut xs: Vec<f64> = Vec::new();
+                let mut out = Vec::with_capacity(targets.len());
+                for &t in targets {
+                    xs.clear();
+                    let rows = self.rows(a, t);
+                    let avg = match values {
+                        Values::Int(arg) => {
+                            let mut sum: i128 = 0;
+                            for r in rows.filter(|&r| arg.is_valid(r as usize)) {
+                                let v = arg.value(r as usize);
+                                sum += i128::from(v);
+                                xs.push(v as f64);
+                            }
+                            sum as f64 / xs.len() as f64
+                        }
+                        Values::Decimal(arg, scale) => {
+                            let mut sum: i128 = 0;
+                            let unit = 10f64.powi(i32::from(*scale));
+                            for r in rows.filter(|&r| arg.is_valid(r as usize)) {
+                                let v = arg.value(r as usize);
+                                sum = sum.saturating_add(v);
+                                xs.push(v as f64 / unit);
+                            }
+                            sum as f64 / unit / xs.len() as f64
+                        }
+                        Values::Float(arg) => {
+                            xs.extend(
+                                rows.filter(|&r| arg.is_valid(r as usize))
+                                    .map(|r| arg.value(r as usize)),
+                            );
+                            super::exact_sum(xs.iter().copied()) / xs.len() as f64
+                        }
+                        _ => return internal_err!("window {}: no numbers", agg.name),
+                    };
+                    out.push(moment(agg.function, avg, &xs));
+                }
+                Arc::new(Float64Array::from(out))
+            }
+            (f, _) => return internal_err!("window aggregate {} got the wrong values", f.name()),
+        })
+    }
+
+    /// `first(x)`: the earliest non-NULL value; of rows tied on that time, the one the tie rule
+    /// prefers (the last of them in entry order).
+    fn first(&self, a: usize, target: Option<(usize, usize, i64)>, arg: &dyn Array) -> Option<u32> {
+        let (start, end, t) = target?;
+        let (lo, hi) = self.window(a, start, end, t);
+        let usable = |p: usize| self.known(p, t) && arg.is_valid(self.order[p] as usize);
+        let first = (lo..hi).find(|&p| usable(p))?;
+        let time = self.times[first];
+        let last_tied = (first..hi)
+            .take_while(|&p| self.times[p] == time)
+            .filter(|&p| usable(p))
+            .last()?;
+        Some(self.order[last_tied])
+    }
+}
+
+/// The mean (`avg`), or the variance or standard deviation around it, of `xs`: NULL for no
+/// values, and for fewer than two for the sample forms.
+fn moment(function: AggFunction, mean: f64, xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    let sample = matches!(function, AggFunction::Var | AggFunction::Stddev);
+    if n == 0 || (sample && n < 2) {
+        return None;
+    }
+    if function == AggFunction::Avg {
+        return Some(mean);
+    }
+    let squares = super::exact_sum(xs.iter().map(|x| (x - mean) * (x - mean)));
+    let var = squares / (if sample { n - 1 } else { n }) as f64;
+    Some(match function {
+        AggFunction::Stddev | AggFunction::StddevPop => var.sqrt(),
+        _ => var,
+    })
+}
+
+/// Whether row `i` has a NULL in a key that does not treat NULL as equal.
+fn null_key(keys: &[ArrayRef], specs: &[(DataType, bool)], i: usize) -> bool {
+    keys.iter()
+        .zip(specs)
+        .any(|(k, (_, null_equal))| !null_equal && k.is_null(i))
+}
