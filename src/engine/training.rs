@@ -22,7 +22,7 @@ use super::dsl::{check_keys, column_list, resolve_items};
 use crate::error::{PitlakeError, Result};
 use crate::frontend::dsl::TrainingSetSql;
 use crate::frontend::{Statement, parse_sql};
-use crate::registry::{Entity, FeatureView, KeyColumn, Kind, Object};
+use crate::registry::{Aggregate, Entity, FeatureView, KeyColumn, Kind, Object};
 
 /// A table a training set reads, at the version it reads.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub struct ViewUse {
     pub event_time_column: String,
     /// The output column with the matched created time in the audit query.
     pub created_time_column: Option<String>,
+    /// Which of `features` are windowed aggregates (computed over a window, not matched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregates: Vec<String>,
 }
 
 /// A training set, planned: the pinned query and what it was built from.
@@ -271,7 +274,7 @@ impl Engine {
             })
             .collect();
         let (mut select, mut audit_select) = (vec!["l.*".to_string()], vec!["l.*".to_string()]);
-        let mut joins = String::new();
+        let (mut joins, mut audit_joins) = (String::new(), String::new());
         let mut views = Vec::new();
         let mut key_columns: Vec<String> = Vec::new();
         for (i, (view_name, features)) in wanted.iter().enumerate() {
@@ -297,23 +300,28 @@ impl Engine {
                 alias: format!("v{i}"),
                 features: match features {
                     Some(list) => list.clone(),
-                    None => view.features.iter().map(|f| f.name.clone()).collect(),
+                    None => view.feature_names(),
                 },
                 temporal: is_temporal(&label_time_type),
             };
             join.columns(&pinned, &mut select, &mut audit_select);
-            joins.push_str(&join.clause(&source));
+            let (clause, window) = (join.clause(&source), join.window_clause(&source));
+            if join.matches_in_query() {
+                joins.push_str(&clause);
+            }
+            joins.push_str(&window);
+            audit_joins.push_str(&clause);
+            audit_joins.push_str(&window);
             views.push(join.view_use());
         }
-        let from = format!(
-            "FROM (SELECT * FROM {labels}) AS l{joins}\nORDER BY {}",
-            order_by(spec, &key_columns, &label_schema)
-        );
+        let order = order_by(spec, &key_columns, &label_schema);
+        let from = format!("FROM (SELECT * FROM {labels}) AS l{joins}\nORDER BY {order}");
+        let audit_from = format!("FROM (SELECT * FROM {labels}) AS l{audit_joins}\nORDER BY {order}");
         inputs.sort();
         inputs.dedup();
         Ok(TrainingPlan {
             query: format!("SELECT {}\n{from}", select.join(", ")),
-            audit_query: format!("SELECT {}\n{from}", audit_select.join(", ")),
+            audit_query: format!("SELECT {}\n{audit_from}", audit_select.join(", ")),
             labels_query: format!("SELECT * FROM {labels}"),
             label_time: spec.at.clone(),
             registry_version: state.version,
@@ -406,10 +414,38 @@ impl ViewJoin<'_> {
         format!("{}.{} AS {}", self.alias, quote(column), quote(name))
     }
 
+    /// The alias of the view's window join.
+    fn window_alias(&self) -> String {
+        format!("{}w", self.alias)
+    }
+
+    /// The wanted features that are windowed aggregates, in the order asked.
+    fn aggregates(&self) -> Vec<&Aggregate> {
+        self.features
+            .iter()
+            .filter_map(|f| self.view.aggregate(f))
+            .collect()
+    }
+
+    /// Whether the query needs the view's as-of join: for a plain feature, or for the matched
+    /// event times (`WITH EVENT TIMES`). A view used for aggregates only has it in the audit
+    /// query alone.
+    fn matches_in_query(&self) -> bool {
+        self.spec.options.event_times
+            || self
+                .features
+                .iter()
+                .any(|f| self.view.aggregate(f).is_none())
+    }
+
     /// Adds its columns to the query's and to the audit query's select lists.
     fn columns(&self, pinned: &[(String, i64)], select: &mut Vec<String>, audit: &mut Vec<String>) {
         for feature in &self.features {
-            let column = self.output(feature, &format!("{}__{feature}", self.name()));
+            let name = format!("{}__{feature}", self.name());
+            let column = match self.view.aggregate(feature) {
+                Some(_) => format!("{}.{} AS {}", self.window_alias(), quote(feature), quote(&name)),
+                None => self.output(feature, &name),
+            };
             select.push(column.clone());
             audit.push(column);
         }
@@ -468,6 +504,56 @@ impl ViewJoin<'_> {
         clause
     }
 
+    /// `ASOF LEFT JOIN (<pinned source>) AS <alias>w ON keys AND time [TIEBREAK] [KNOWN AT]
+    /// AGGREGATES (…)`, or nothing when no aggregate is wanted.
+    fn window_clause(&self, source: &str) -> String {
+        let aggregates = self.aggregates();
+        if aggregates.is_empty() {
+            return String::new();
+        }
+        let alias = self.window_alias();
+        let op = if self.view.windows_exclusive { ">" } else { ">=" };
+        let on: Vec<String> = self
+            .entity
+            .join_keys
+            .iter()
+            .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
+            .chain(std::iter::once(format!(
+                "l.{} {op} {alias}.{}",
+                quote(&self.spec.at),
+                quote(&self.view.event_time)
+            )))
+            .collect();
+        let mut clause = format!(
+            "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
+            on.join(" AND ")
+        );
+        if let Some(created) = &self.view.created_time {
+            clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
+            if self.spec.options.knowledge_time {
+                clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
+            }
+        }
+        let items: Vec<String> = aggregates
+            .iter()
+            .map(|a| {
+                let arg = match &a.column {
+                    Some(c) => format!("{alias}.{}", quote(c)),
+                    None => "*".into(),
+                };
+                let k = a.k.map(|k| format!(", {k}")).unwrap_or_default();
+                let width = if self.temporal {
+                    format!("INTERVAL '{} seconds'", a.window)
+                } else {
+                    a.window.to_string()
+                };
+                format!("{}({arg}{k}) OVER {width} AS {}", a.function, quote(&a.name))
+            })
+            .collect();
+        clause.push_str(&format!(" AGGREGATES ({})", items.join(", ")));
+        clause
+    }
+
     /// What the manifest records of the view.
     fn view_use(&self) -> ViewUse {
         ViewUse {
@@ -478,6 +564,7 @@ impl ViewJoin<'_> {
             knowledge_time: self.spec.options.knowledge_time && self.view.created_time.is_some(),
             event_time_column: self.event_column(),
             created_time_column: self.created_column(),
+            aggregates: self.aggregates().iter().map(|a| a.name.clone()).collect(),
         }
     }
 }

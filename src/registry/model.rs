@@ -132,6 +132,39 @@ pub struct Feature {
     pub description: Option<String>,
 }
 
+/// A windowed aggregate of a view: `function(column) OVER window AS name`, computed for each
+/// label over the view's rows whose event time falls in the window ending at the label time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Aggregate {
+    /// The feature's name.
+    pub name: String,
+    /// The function (`count`, `sum`, `avg`, `min`, `max`, `first`, `last`, `count_distinct`,
+    /// `var`, `var_pop`, `stddev`, `stddev_pop`).
+    pub function: String,
+    /// The source column aggregated; `None` for `count(*)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// `last(x, k)`'s `k`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// The window's width: seconds for timestamp and date event times, the times' own units for
+    /// integer ones.
+    pub window: i64,
+    /// The result's type as Arrow prints it.
+    pub data_type: String,
+}
+
+impl Aggregate {
+    /// `function(column | *[, k])`, as written.
+    pub fn call(&self) -> String {
+        let arg = self.column.as_deref().unwrap_or("*");
+        match self.k {
+            Some(k) => format!("{}({arg}, {k})", self.function),
+            None => format!("{}({arg})", self.function),
+        }
+    }
+}
+
 /// A feature view.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureView {
@@ -151,6 +184,12 @@ pub struct FeatureView {
     pub ttl_seconds: Option<i64>,
     /// The features.
     pub features: Vec<Feature>,
+    /// The windowed aggregates (`AGGREGATES (…)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregates: Vec<Aggregate>,
+    /// `WINDOWS EXCLUSIVE`: windows are `[t - d, t)` instead of `(t - d, t]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub windows_exclusive: bool,
     /// Who owns it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
@@ -160,6 +199,22 @@ pub struct FeatureView {
     /// What it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+impl FeatureView {
+    /// Every feature's name: the plain features, then the aggregates.
+    pub fn feature_names(&self) -> Vec<String> {
+        self.features
+            .iter()
+            .map(|f| f.name.clone())
+            .chain(self.aggregates.iter().map(|a| a.name.clone()))
+            .collect()
+    }
+
+    /// The aggregate called `name`, if it is one.
+    pub fn aggregate(&self, name: &str) -> Option<&Aggregate> {
+        self.aggregates.iter().find(|a| a.name == name)
+    }
 }
 
 /// One item of a feature service: a whole view or one feature of it.

@@ -182,6 +182,11 @@ impl AggFunction {
     }
 }
 
+/// Whether times of this type can bound a window: integers, dates and timestamps.
+pub fn window_time_type(t: &DataType) -> bool {
+    super::time::integer_or_datetime(t)
+}
+
 fn is_decimal128(t: &DataType) -> bool {
     matches!(t, DataType::Decimal128(_, _))
 }

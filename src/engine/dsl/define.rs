@@ -18,7 +18,8 @@ use crate::frontend::dsl::{
     RegisterModel, SourceSql,
 };
 use crate::registry::{
-    Action, Change, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind,
+    Action, Aggregate, Change, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn,
+    Kind,
     Object, Registry, RegistryState,
 };
 
@@ -188,21 +189,21 @@ impl Engine {
         Ok(schema.field(0).data_type().clone())
     }
 
-    /// Evaluates a TTL, a constant interval (`INTERVAL '2 hours'`) or a whole number of
-    /// seconds (`1800`), to whole seconds. The parser let only constants through
-    /// (`bounds::ensure_constant`), and they are evaluated where no table exists.
-    pub(crate) async fn interval_seconds(&self, sql: &str) -> Result<i64> {
+    /// Evaluates a TTL or a window's width (`what`), a constant interval (`INTERVAL '2 hours'`)
+    /// or a whole number of seconds (`1800`), to whole seconds. The parser let only constants
+    /// through (`bounds::ensure_constant`), and they are evaluated where no table exists.
+    pub(crate) async fn interval_seconds(&self, sql: &str, what: &str) -> Result<i64> {
         let advice = "write an interval such as INTERVAL '2 hours' or a whole number of seconds";
-        let batches = crate::engine::constant_batches(&format!("SELECT ({sql}) AS ttl"))
+        let batches = crate::engine::constant_batches(&format!("SELECT ({sql}) AS width"))
             .await
-            .map_err(|e| PitlakeError::Plan(format!("TTL {sql}: {e}; {advice}")))?;
+            .map_err(|e| PitlakeError::Plan(format!("{what} {sql}: {e}; {advice}")))?;
         let Some(column) = batches
             .iter()
             .find(|b| b.num_rows() > 0)
             .map(|b| b.column(0).clone())
             .filter(|c| !c.is_null(0))
         else {
-            return Err(PitlakeError::Plan(format!("TTL {sql} is NULL; {advice}")));
+            return Err(PitlakeError::Plan(format!("{what} {sql} is NULL; {advice}")));
         };
         let seconds = match column.data_type() {
             DataType::Interval(_) => {
@@ -214,10 +215,10 @@ impl Engine {
                     .as_any()
                     .downcast_ref::<arrow::array::IntervalMonthDayNanoArray>()
                     .map(|a| a.value(0))
-                    .ok_or_else(|| PitlakeError::Internal("TTL: interval cast".into()))?;
+                    .ok_or_else(|| PitlakeError::Internal(format!("{what}: interval cast")))?;
                 if value.months != 0 {
                     return Err(PitlakeError::Plan(format!(
-                        "TTL {sql}: months and years have no fixed length; give days"
+                        "{what} {sql}: months and years have no fixed length; give days"
                     )));
                 }
                 i64::from(value.days)
@@ -229,17 +230,17 @@ impl Engine {
                 .and_then(|c| c.as_any().downcast_ref::<Int64Array>().map(|a| a.value(0))),
             other => {
                 return Err(PitlakeError::Plan(format!(
-                    "TTL {sql} is a {other}, not an interval; {advice}"
+                    "{what} {sql} is a {other}, not an interval; {advice}"
                 )));
             }
         };
         match seconds {
             Some(s) if s < 0 => Err(PitlakeError::Plan(format!(
-                "TTL {sql} is negative; a TTL is how old a value may be"
+                "{what} {sql} is negative; give a length of time"
             ))),
             Some(s) => Ok(s),
             None => Err(PitlakeError::Plan(format!(
-                "TTL {sql} is out of range; {advice}"
+                "{what} {sql} is out of range; {advice}"
             ))),
         }
     }
@@ -372,6 +373,89 @@ impl CreateFeatureView {
         Ok(())
     }
 
+    /// The windowed aggregates, checked against the source: the event time can bound a window,
+    /// each column exists and suits its function, each width is a positive constant, and no
+    /// name is taken twice (nor by a feature).
+    async fn aggregates(
+        &self,
+        engine: &Engine,
+        schema: &SchemaRef,
+        features: &[Feature],
+    ) -> Result<Vec<Aggregate>> {
+        use crate::asof::window::{AggFunction, MAX_LAST_K};
+        if self.aggregates.is_empty() {
+            if self.windows_exclusive {
+                return Err(PitlakeError::Plan(format!(
+                    "feature view `{}`: WINDOWS EXCLUSIVE without AGGREGATES has no windows to \
+                     apply to",
+                    self.name
+                )));
+            }
+            return Ok(Vec::new());
+        }
+        let name = &self.name;
+        let event_type = self.column(schema, &self.event_time, "EVENT TIME")?;
+        if !crate::asof::window::window_time_type(&event_type) {
+            return Err(PitlakeError::Plan(format!(
+                "feature view `{name}`: AGGREGATES need an EVENT TIME that is a timestamp, a date \
+                 or an integer; `{}` is {event_type}",
+                self.event_time
+            )));
+        }
+        let plan_error = |e: datafusion::error::DataFusionError| {
+            let message = e.strip_backtrace();
+            let message = message
+                .trim_start_matches("Error during planning: ")
+                .to_string();
+            PitlakeError::Plan(format!("feature view `{name}`: {message}"))
+        };
+        let mut names: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
+        let mut checked = Vec::with_capacity(self.aggregates.len());
+        for a in &self.aggregates {
+            if names.contains(&a.name.as_str()) {
+                return Err(PitlakeError::Plan(format!(
+                    "feature view `{name}`: `{}` names two features; give each aggregate its \
+                     own name",
+                    a.name
+                )));
+            }
+            names.push(&a.name);
+            let function =
+                AggFunction::from_name(&a.function, a.column.is_none()).map_err(plan_error)?;
+            let arg_type = match &a.column {
+                Some(c) => Some(self.column(schema, c, "aggregated column")?),
+                None => None,
+            };
+            if let Some(k) = a.k
+                && !(1..=MAX_LAST_K).contains(&k)
+            {
+                return Err(PitlakeError::Plan(format!(
+                    "feature view `{name}`: {}: last(x, k) takes k from 1 to {MAX_LAST_K}, not {k}",
+                    a.name
+                )));
+            }
+            let output = function
+                .output_type(arg_type.as_ref(), a.k)
+                .map_err(plan_error)?;
+            let what = format!("the window of `{}`", a.name);
+            let window = engine.interval_seconds(&a.window, &what).await?;
+            if window == 0 {
+                return Err(PitlakeError::Plan(format!(
+                    "feature view `{name}`: {what} is empty; give a width greater than zero"
+                )));
+            }
+            checked.push(Aggregate {
+                name: a.name.clone(),
+                function: function.name().to_string(),
+                column: a.column.clone(),
+                k: a.k,
+                window,
+                data_type: output.to_string(),
+            });
+        }
+        Ok(checked)
+    }
+
     /// The features, with the source's types (a declared type must be the source's).
     async fn features(&self, engine: &Engine, schema: &SchemaRef) -> Result<Vec<Feature>> {
         let mut checked: Vec<Feature> = Vec::with_capacity(self.features.len());
@@ -420,8 +504,9 @@ impl Define for CreateFeatureView {
             .map_err(|e| PitlakeError::Plan(format!("feature view `{name}`: its source: {e}")))?;
         self.check_times(&schema)?;
         let features = self.features(engine, &schema).await?;
+        let aggregates = self.aggregates(engine, &schema, &features).await?;
         let ttl_seconds = match &self.ttl {
-            Some(ttl) => Some(engine.interval_seconds(ttl).await?),
+            Some(ttl) => Some(engine.interval_seconds(ttl, "TTL").await?),
             None => None,
         };
         let view = FeatureView {
@@ -432,6 +517,8 @@ impl Define for CreateFeatureView {
             created_time: self.created_time.clone(),
             ttl_seconds,
             features,
+            aggregates,
+            windows_exclusive: self.windows_exclusive,
             owner: self.owner.clone(),
             tags: self.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
             description: self.comment.clone(),

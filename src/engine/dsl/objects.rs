@@ -158,10 +158,14 @@ impl Engine {
                     .collect::<Vec<_>>()
                     .join(", "),
                 Object::FeatureView(v) => format!(
-                    "entity {}, from {}, {} feature(s){}",
+                    "entity {}, from {}, {} feature(s){}{}",
                     v.entity,
                     v.source.relation(),
                     v.features.len(),
+                    match v.aggregates.len() {
+                        0 => String::new(),
+                        n => format!(", {n} aggregate(s)"),
+                    },
                     v.ttl_seconds
                         .map(|s| format!(", ttl {s}s"))
                         .unwrap_or_default()

@@ -152,8 +152,8 @@ pub(crate) fn resolve_items(
                 let Some(Object::FeatureView(v)) = sight.get(state, Kind::FeatureView, view) else {
                     return Err(unknown(state, Kind::FeatureView, view, sight));
                 };
-                if !v.features.iter().any(|f| &f.name == feature) {
-                    let names: Vec<String> = v.features.iter().map(|f| f.name.clone()).collect();
+                let names = v.feature_names();
+                if !names.contains(feature) {
                     return Err(PitlakeError::Plan(format!(
                         "feature view `{view}` has no feature `{feature}`; its features are: {}",
                         closest_first(feature, names).join(", ")

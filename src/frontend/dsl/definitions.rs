@@ -5,7 +5,7 @@ use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
 
 use super::parser::{DslParser, syntax};
-use super::{CreateMode, DslStatement, FeatureItem, FeatureSql, SourceSql};
+use super::{AggregateSql, CreateMode, DslStatement, FeatureItem, FeatureSql, SourceSql};
 use crate::error::{PitlakeError, Result};
 use crate::registry::{Kind, Model};
 
@@ -42,6 +42,10 @@ pub struct CreateFeatureView {
     pub ttl: Option<String>,
     /// `FEATURES (…)`.
     pub features: Vec<FeatureSql>,
+    /// `AGGREGATES (…)`.
+    pub aggregates: Vec<AggregateSql>,
+    /// `WINDOWS EXCLUSIVE`: windows `[t - d, t)` instead of `(t - d, t]`.
+    pub windows_exclusive: bool,
     /// `OWNER '…'`.
     pub owner: Option<String>,
     /// `TAGS ('k' = 'v', …)`.
@@ -142,6 +146,8 @@ struct ViewClauses {
     created_time: Option<String>,
     ttl: Option<String>,
     features: Option<Vec<FeatureSql>>,
+    aggregates: Option<Vec<AggregateSql>>,
+    windows_exclusive: bool,
     owner: Option<String>,
     tags: Vec<(String, String)>,
     comment: Option<String>,
@@ -163,9 +169,18 @@ impl CreateFeatureView {
             event_time: c.event_time.ok_or_else(|| missing("EVENT TIME <column>"))?,
             created_time: c.created_time,
             ttl: c.ttl,
-            features: c
-                .features
-                .ok_or_else(|| missing("FEATURES (<column> [TYPE], …)"))?,
+            features: match (c.features, &c.aggregates) {
+                (Some(features), _) => features,
+                (None, Some(_)) => Vec::new(),
+                (None, None) => {
+                    return Err(missing(
+                        "FEATURES (<column> [TYPE], …) or AGGREGATES (<function>(<column>) OVER \
+                         <width> AS <name>, …)",
+                    ));
+                }
+            },
+            aggregates: c.aggregates.unwrap_or_default(),
+            windows_exclusive: c.windows_exclusive,
             owner: c.owner,
             tags: c.tags,
             comment: c.comment,
@@ -191,6 +206,10 @@ impl CreateFeatureView {
             c.ttl = Some(expr.to_string());
         } else if p.word("FEATURES") {
             c.features = Some(p.parenthesized(Self::feature)?);
+        } else if p.word("AGGREGATES") {
+            c.aggregates = Some(p.parenthesized(Self::aggregate)?);
+        } else if p.words(&["WINDOWS", "EXCLUSIVE"]) {
+            c.windows_exclusive = true;
         } else if p.word("OWNER") {
             c.owner = Some(p.string()?);
         } else if p.word("TAGS") {
@@ -205,6 +224,63 @@ impl CreateFeatureView {
             return Ok(false);
         }
         Ok(true)
+    }
+
+    /// `function(column | * | DISTINCT column [, k]) OVER width AS name`.
+    fn aggregate(p: &mut DslParser<'_>) -> Result<AggregateSql> {
+        let mut function = p.name()?;
+        p.expect_token(&Token::LParen)?;
+        let column = if p.p.consume_token(&Token::Mul) {
+            None
+        } else {
+            if p.p.parse_keyword(Keyword::DISTINCT) {
+                if function != "count" {
+                    return Err(PitlakeError::Syntax(format!(
+                        "DISTINCT is only for count; {function}(DISTINCT …) has no meaning here"
+                    )));
+                }
+                function = "count_distinct".into();
+            }
+            Some(p.name()?)
+        };
+        let k = if p.p.consume_token(&Token::Comma) {
+            match p.p.next_token().token {
+                Token::Number(n, _) => Some(n.parse::<usize>().map_err(|_| {
+                    PitlakeError::Syntax(format!(
+                        "{function}(x, k): k must be a whole number, not {n}"
+                    ))
+                })?),
+                other => {
+                    return Err(PitlakeError::Syntax(format!(
+                        "{function}(x, k): k must be a whole number, not {other}"
+                    )));
+                }
+            }
+        } else {
+            None
+        };
+        p.expect_token(&Token::RParen)?;
+        if !p.p.parse_keyword(Keyword::OVER) {
+            return Err(PitlakeError::Syntax(format!(
+                "{function}(…) needs OVER and the window's width, e.g. OVER INTERVAL '7 days'"
+            )));
+        }
+        let mut width = p.p.parse_expr().map_err(syntax)?;
+        crate::frontend::bounds::check_nesting(&mut width)?;
+        // Evaluated while the view is defined, before any grant on it is checked.
+        crate::frontend::bounds::ensure_constant(&width, "a window's width")?;
+        if !p.p.parse_keyword(Keyword::AS) {
+            return Err(PitlakeError::Syntax(format!(
+                "{function}(…) OVER {width} needs AS and the feature's name"
+            )));
+        }
+        Ok(AggregateSql {
+            name: p.name()?,
+            function,
+            column,
+            k,
+            window: width.to_string(),
+        })
     }
 
     /// `column [TYPE] [COMMENT '…']`.

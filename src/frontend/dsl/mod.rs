@@ -73,6 +73,22 @@ pub struct FeatureSql {
     pub comment: Option<String>,
 }
 
+/// A windowed aggregate in `CREATE FEATURE VIEW … AGGREGATES (…)`:
+/// `function(column | * [, k]) OVER width AS name`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateSql {
+    /// The feature's name.
+    pub name: String,
+    /// The function as written (`count_distinct` for `count(DISTINCT x)`).
+    pub function: String,
+    /// The source column, `None` for `*`.
+    pub column: Option<String>,
+    /// `last(x, k)`'s `k`.
+    pub k: Option<usize>,
+    /// The width, a constant (`INTERVAL '7 days'`, or a number), as SQL.
+    pub window: String,
+}
+
 /// One item of a feature list: `view.*`, `view.feature` or `SERVICE name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeatureItem {
