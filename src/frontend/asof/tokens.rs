@@ -592,16 +592,27 @@ fn aggregate_items(tokens: &[TokenWithSpan]) -> Result<Vec<Vec<TokenWithSpan>>, 
             tokens.first(),
         ));
     }
-    split_commas(inner)
+    let items: Vec<(String, Vec<TokenWithSpan>)> = split_commas(inner)
         .into_iter()
         .map(|item| aggregate_item(trim(item), tokens.first()))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for (i, (name, _)) in items.iter().enumerate() {
+        if items[..i].iter().any(|(other, _)| other == name) {
+            return Err(syntax(
+                format!("AGGREGATES names `{}` twice", name.trim_matches('"')),
+                tokens.first(),
+            ));
+        }
+    }
+    Ok(items.into_iter().map(|(_, item)| item).collect())
 }
 
+/// One aggregate's marker arguments and its name as compared for duplicates (lower-cased unless
+/// quoted).
 fn aggregate_item(
     item: &[TokenWithSpan],
     clause: Option<&TokenWithSpan>,
-) -> Result<Vec<TokenWithSpan>, PitlakeError> {
+) -> Result<(String, Vec<TokenWithSpan>), PitlakeError> {
     let at = item.first().or(clause);
     let err = |what: &str| syntax(format!("{what}: {AGGREGATES_SYNTAX}"), at);
     let sig: Vec<usize> = (0..item.len())
@@ -687,7 +698,11 @@ fn aggregate_item(
     out.extend(parenthesized_or_null(k));
     out.push(tok(Token::Comma));
     out.extend(parenthesized_or_null(&rewrite_range(width)?));
-    Ok(out)
+    let compared = match name.quote_style {
+        Some(_) => name_text,
+        None => name.value.to_lowercase(),
+    };
+    Ok((compared, out))
 }
 
 fn asof_needs_condition(at: Option<&TokenWithSpan>) -> PitlakeError {
