@@ -17,6 +17,8 @@ use sqlparser::ast::{
     Expr as SqlExpr, ObjectName, Query, TableFactor, TableVersion as SqlVersion, Value, VisitorMut,
 };
 
+use datafusion::sql::parser::Statement as DFStatement;
+
 use super::Engine;
 use super::dsl::{check_keys, column_list, resolve_items};
 use crate::error::{PitlakeError, Result};
@@ -137,6 +139,47 @@ where
     }
 }
 
+/// Turns `t AS a` with a version into `(SELECT * FROM t VERSION AS OF n) AS a`: sqlparser
+/// prints a table's alias before its version but parses only the version first, so the pinned
+/// text of `FROM labels AS x` would not parse again.
+struct VersionsBeforeAliases;
+
+impl VisitorMut for VersionsBeforeAliases {
+    type Break = ();
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            alias: alias @ Some(_),
+            version: Some(version),
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let inner = format!("SELECT * FROM {name} {version}");
+        let Ok(Some(Statement::Sql(statement))) =
+            parse_sql(&inner).map(|mut s| s.pop().map(|s| s.statement))
+        else {
+            return ControlFlow::Continue(());
+        };
+        let DFStatement::Statement(statement) = *statement else {
+            return ControlFlow::Continue(());
+        };
+        let sqlparser::ast::Statement::Query(query) = *statement else {
+            return ControlFlow::Continue(());
+        };
+        *factor = TableFactor::Derived {
+            lateral: false,
+            subquery: query,
+            alias: alias.take(),
+            sample: None,
+        };
+        ControlFlow::Continue(())
+    }
+}
+
 impl Engine {
     /// Pins every table a relation reads to a version (the latest, unless the relation already
     /// names one). Returns the pinned relation as a subquery and the tables with versions.
@@ -209,6 +252,7 @@ impl Engine {
             ControlFlow::Continue(())
         });
         let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut apply);
+        let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut VersionsBeforeAliases);
         let text = statement.to_string();
         let relation = text
             .strip_prefix("SELECT * FROM ")

@@ -83,7 +83,7 @@ pub(crate) fn embed(
         let consumed = dsl::training_set_prefix(&tokens[at..])?;
         let text: String = tokens[at..at + consumed]
             .iter()
-            .map(|t| t.token.to_string())
+            .map(|t| token_text(&t.token))
             .collect();
         let placeholder = format!(
             "SELECT * FROM {PLACEHOLDER}('{}')",
@@ -93,6 +93,25 @@ pub(crate) fn embed(
         at += consumed;
     }
     Ok(out)
+}
+
+/// A token as SQL text. sqlparser prints a quoted name without doubling the quotes inside it
+/// (`"we""ird"` would come out as `"we"ird"`), so quoted names are written here.
+fn token_text(token: &Token) -> String {
+    match token {
+        Token::Word(Word {
+            value,
+            quote_style: Some(q),
+            ..
+        }) => {
+            let end = match q {
+                '[' => ']',
+                other => *other,
+            };
+            format!("{q}{}{end}", value.replace(end, &format!("{end}{end}")))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The text a placeholder carries: `None` when `factor` is no placeholder, an error when it
