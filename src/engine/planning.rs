@@ -14,6 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ScalarValue, TableReference};
@@ -23,7 +24,10 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::memory_pool::{
     MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::{Expr as SqlExpr, Value, VisitMut, VisitorMut};
@@ -142,6 +146,53 @@ impl PlannedStatement {
     /// Whether it is a query (rows), rather than a statement that changes something.
     pub fn is_query(&self) -> bool {
         self.rows
+    }
+
+    /// The statement with `values` for its parameters `$1`, `$2` … (cast to the types the plan
+    /// expects), planned again so its schema is that of the rows it will produce. Without
+    /// parameters, the statement as it is.
+    pub fn bind(mut self, values: Vec<ScalarValue>) -> Result<Self> {
+        if values.len() != self.parameters.len() {
+            return Err(PitlakeError::Plan(format!(
+                "the statement has {} parameter(s) but {} value(s) were bound",
+                self.parameters.len(),
+                values.len()
+            )));
+        }
+        if values.is_empty() {
+            return Ok(self);
+        }
+        let Some(plan) = self.plan.take() else {
+            return Err(PitlakeError::Unsupported(
+                "parameters in this statement; write the values into it".into(),
+            ));
+        };
+        if !self.rows {
+            return Err(PitlakeError::Unsupported(
+                "parameters in statements that change tables; write the values into the \
+                 statement"
+                    .into(),
+            ));
+        }
+        let mut cast = Vec::with_capacity(values.len());
+        for (i, (value, expected)) in values.into_iter().zip(&self.parameters).enumerate() {
+            cast.push(match expected {
+                Some(t) if value.data_type() != *t => value.cast_to(t).map_err(|e| {
+                    PitlakeError::Plan(format!(
+                        "parameter ${}: cannot use a {} value as {t}: {}",
+                        i + 1,
+                        value.data_type(),
+                        PitlakeError::from_datafusion(e)
+                    ))
+                })?,
+                _ => value,
+            });
+        }
+        let plan = plan.with_param_values(cast)?;
+        self.schema = Arc::new(plan.schema().as_arrow().clone());
+        self.parameters = Vec::new();
+        self.plan = Some(plan);
+        Ok(self)
     }
 
     /// The types of its parameters `$1`, `$2` … in order (`None` where the plan does not tell).
@@ -315,13 +366,20 @@ impl Engine {
         parameters: Vec<ScalarValue>,
         memory_limit: Option<usize>,
     ) -> Result<Output> {
-        if parameters.len() != planned.parameters.len() {
-            return Err(PitlakeError::Plan(format!(
-                "the statement has {} parameter(s) but {} value(s) were bound",
-                planned.parameters.len(),
-                parameters.len()
-            )));
-        }
+        let planned = planned.bind(parameters)?;
+        let announced = planned.schema();
+        Ok(match self.execute_bound(planned, memory_limit).await? {
+            Output::Rows(stream) => Output::Rows(conform(stream, announced)),
+            done => done,
+        })
+    }
+
+    /// Runs a statement whose parameters are bound.
+    async fn execute_bound(
+        &self,
+        planned: PlannedStatement,
+        memory_limit: Option<usize>,
+    ) -> Result<Output> {
         let confirmed = RunOptions { force: true };
         let Some(plan) = planned.plan else {
             // DSL statements (a training set exported, registry changes) and DESCRIBE HISTORY:
@@ -332,13 +390,6 @@ impl Engine {
                 .await;
         };
         if !planned.rows {
-            if !parameters.is_empty() {
-                return Err(PitlakeError::Unsupported(
-                    "parameters in statements that change tables; write the values into the \
-                     statement"
-                        .into(),
-                ));
-            }
             // `SET` changes the engine's shared session, so it runs there; a write reads its
             // input under the query's limit.
             let engine = if matches!(plan, LogicalPlan::Statement(_)) {
@@ -348,27 +399,6 @@ impl Engine {
             };
             return engine.run(planned.statement, confirmed).await;
         }
-        let plan = if parameters.is_empty() {
-            plan
-        } else {
-            let mut values = Vec::with_capacity(parameters.len());
-            for (i, (value, expected)) in
-                parameters.into_iter().zip(&planned.parameters).enumerate()
-            {
-                values.push(match expected {
-                    Some(t) if value.data_type() != *t => value.cast_to(t).map_err(|e| {
-                        PitlakeError::Plan(format!(
-                            "parameter ${}: cannot use a {} value as {t}: {}",
-                            i + 1,
-                            value.data_type(),
-                            PitlakeError::from_datafusion(e)
-                        ))
-                    })?,
-                    _ => value,
-                });
-            }
-            plan.with_param_values(values)?
-        };
         let state = self.query_state(memory_limit);
         let df = DataFrame::new(state, plan);
         Ok(Output::Rows(df.execute_stream().await?))
@@ -617,6 +647,56 @@ impl MemoryPool for QueryPool {
     fn memory_limit(&self) -> MemoryLimit {
         MemoryLimit::Finite(self.limit)
     }
+}
+
+/// `stream` with the schema `announced`: what planning told a client (Flight's `GetFlightInfo`)
+/// is what it gets. The physical plan may produce a column of a narrower but equal type (a
+/// `List` for a `LargeList`, plain strings for a dictionary, a non-nullable column where the
+/// plan said nullable); such columns are cast or relabelled.
+pub(crate) fn conform(
+    stream: SendableRecordBatchStream,
+    announced: SchemaRef,
+) -> SendableRecordBatchStream {
+    // Checked batch by batch: a stream's batches may differ from the schema it declares.
+    let schema = announced.clone();
+    let batches = stream.map(move |batch| {
+        let batch = batch?;
+        if Arc::ptr_eq(&batch.schema(), &schema) || batch.schema() == schema {
+            return Ok(batch);
+        }
+        if batch.num_columns() != schema.fields().len() {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "the result has {} columns but {} were announced",
+                batch.num_columns(),
+                schema.fields().len()
+            )));
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(column.clone())
+                } else {
+                    arrow::compute::cast(column, field.data_type()).map_err(|e| {
+                        datafusion::error::DataFusionError::Internal(format!(
+                            "column `{}` is {} but was announced as {}: {e}",
+                            field.name(),
+                            column.data_type(),
+                            field.data_type()
+                        ))
+                    })
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(announced, batches))
 }
 
 #[cfg(test)]

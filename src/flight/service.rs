@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use arrow::array::{RecordBatch, StringArray};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -137,8 +137,45 @@ fn logged(sql: &str) -> &str {
     }
 }
 
+/// The field as the Flight encoder sends it (dictionaries hydrated to their values, large lists
+/// as lists, recursively): what is announced must be what `DoGet` streams, or clients such as
+/// ADBC refuse the stream.
+fn wire_field(field: &Field) -> Field {
+    let data_type = match field.data_type() {
+        DataType::Dictionary(_, value) => {
+            return wire_field(&Field::new(field.name(), value.as_ref().clone(), field.is_nullable()))
+                .with_metadata(field.metadata().clone());
+        }
+        DataType::List(inner) | DataType::LargeList(inner) => {
+            DataType::List(Arc::new(wire_field(inner)))
+        }
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| Arc::new(wire_field(f)))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        other => other.clone(),
+    };
+    Field::new(field.name(), data_type, field.is_nullable()).with_metadata(field.metadata().clone())
+}
+
+/// A schema as the Flight encoder sends it (see [`wire_field`]).
+pub(crate) fn wire_schema(schema: &Schema) -> Schema {
+    Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| wire_field(f))
+            .collect::<Vec<_>>(),
+    )
+    .with_metadata(schema.metadata().clone())
+}
+
 fn schema_ipc(schema: &Schema) -> Result<bytes::Bytes, Status> {
-    let message: IpcMessage = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+    let schema = wire_schema(schema);
+    let message: IpcMessage = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
         .try_into()
         .map_err(|e| Status::internal(format!("encoding a schema failed: {e}")))?;
     Ok(message.0)
@@ -150,7 +187,7 @@ fn flight_info(
     descriptor: FlightDescriptor,
 ) -> Result<Response<FlightInfo>, Status> {
     let info = FlightInfo::new()
-        .try_with_schema(schema)
+        .try_with_schema(&wire_schema(schema))
         .map_err(|e| Status::internal(format!("encoding a schema failed: {e}")))?
         .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
         .with_descriptor(descriptor)
@@ -602,6 +639,10 @@ impl FlightSqlService for PitlakeFlightSql {
                 planned.parameter_types().len()
             )));
         }
+        // The schema with the bound values: the types of the rows `DoGet` will send.
+        let planned = planned
+            .bind(parameter_values(prepared.parameters.as_deref())?)
+            .map_err(|e| status_for_principal(e, &principal))?;
         let ticket = self.shared.tickets.issue(
             &query_id,
             &principal.user,

@@ -142,6 +142,26 @@ def test_adbc_parameters_and_large_results(server):
         assert cur.fetchone() == (3,)
 
 
+def test_announced_schema_is_the_streamed_schema(server):
+    # GetFlightInfo announces a schema and DoGet must stream exactly it: ADBC refuses a stream
+    # whose schema differs ("endpoint 0 returned inconsistent schema"). Each of these once did.
+    queries = {
+        "SELECT repeat('ab', 2) AS s": ("ab" * 2,),
+        "SELECT make_array('a') AS l": (["a"],),
+        "SELECT arrow_cast(make_array(1, 2), 'LargeList(Int64)') AS l": ([1, 2],),
+        "SELECT arrow_cast('x', 'Dictionary(Int32, Utf8)') AS d": ("x",),
+    }
+    with connect(server, "alice", "alice-pw") as conn, conn.cursor() as cur:
+        for sql, row in queries.items():
+            cur.execute(sql)
+            table = cur.fetch_arrow_table()
+            assert table.to_pylist() == [dict(zip(table.column_names, row))], sql
+        cur.execute("SELECT ? AS p, ? AS q", parameters=(41, "x"))
+        table = cur.fetch_arrow_table()
+        assert table.to_pylist() == [{"p": 41, "q": "x"}]
+        assert table.schema.field("p").type == pa.int64()
+
+
 def test_adbc_metadata(server):
     with connect(server, "bob", "bob-pw") as conn:
         objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
