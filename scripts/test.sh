@@ -32,9 +32,9 @@ cargo test --doc "$@"
 # ---- The Flight SQL server with real Python clients (ADBC's Flight SQL driver, pyarrow.flight)
 # against a `pitlake serve` the tests start themselves. The venv is made once and reused.
 PITLAKE_PY_VENV="${PITLAKE_PY_VENV:-$HOME/.cache/pitlake-py-venv}"
-if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest" 2>/dev/null; then
+if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest, prometheus_client" 2>/dev/null; then
   python3 -m venv "$PITLAKE_PY_VENV"
-  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest
+  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest prometheus_client
 fi
 # The binary as `cargo test --all-targets` built it: `cargo build --bin` alone resolves the
 # dependencies' features without the dev-dependencies and would rebuild all of them.

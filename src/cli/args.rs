@@ -364,6 +364,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PITLAKE_SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
 
+    /// Serve `/healthz`, `/readyz` and `/metrics` (Prometheus) over HTTP on this address
+    /// (`127.0.0.1:8080`, `0.0.0.0:8080`, or a port alone for loopback). Off unless given. The
+    /// paths carry no data and take no credentials: expose the port to probes and the metrics
+    /// scraper only
+    #[arg(long, env = "PITLAKE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+
     /// The server's TLS certificate chain (PEM).
     #[arg(long, env = "PITLAKE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -75,9 +75,25 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig> {
         auth,
         auth_origin,
         signing: signing_secrets(args)?,
+        http_listen: args.http_listen.as_deref().map(http_address).transpose()?,
     };
     config.validate()?;
     Ok(config)
+}
+
+/// `--http-listen`: an address, or a port alone (`8080`, `:8080`) on loopback.
+fn http_address(text: &str) -> Result<std::net::SocketAddr> {
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| PitlakeError::Config {
+        name: "--http-listen".into(),
+        message: format!(
+            "`{text}` is not an address; write 127.0.0.1:8080, 0.0.0.0:8080 or a port alone \
+             (loopback)"
+        ),
+    })
 }
 
 /// The signing secrets from `--signing-key-file` or `PITLAKE_SIGNING_KEY`; `None` when neither

@@ -175,6 +175,15 @@ pub struct Engine {
     settings: Settings,
     /// What the caller may see (`None`: everything).
     caller: Option<Arc<dyn planning::Visibility>>,
+    /// Spills of the queries run through [`Engine::execute_planned`], for the server's metrics.
+    spills: Arc<SpillTally>,
+}
+
+/// Spill files and bytes written by the queries an engine ran.
+#[derive(Debug, Default)]
+pub(crate) struct SpillTally {
+    pub files: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -248,6 +257,7 @@ impl Engine {
             catalog,
             settings,
             caller: None,
+            spills: Arc::default(),
         })
     }
 
@@ -275,6 +285,18 @@ impl Engine {
     /// What the caller may see, if the engine acts for one.
     pub(crate) fn caller(&self) -> Option<&dyn planning::Visibility> {
         self.caller.as_deref()
+    }
+
+    /// The memory pool queries reserve from (for the server's metrics).
+    pub fn memory_pool(&self) -> Arc<dyn datafusion::execution::memory_pool::MemoryPool> {
+        self.ctx.runtime_env().memory_pool.clone()
+    }
+
+    /// Spill files and bytes written so far by the queries this engine (and its copies for
+    /// callers) ran through [`Engine::execute_planned`].
+    pub fn spill_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.spills.files.load(Relaxed), self.spills.bytes.load(Relaxed))
     }
 
     /// The warehouse.

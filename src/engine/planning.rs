@@ -401,7 +401,14 @@ impl Engine {
         }
         let state = self.query_state(memory_limit);
         let df = DataFrame::new(state, plan);
-        Ok(Output::Rows(df.execute_stream().await?))
+        let task = Arc::new(df.task_ctx());
+        let physical = df.create_physical_plan().await?;
+        let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)?;
+        Ok(Output::Rows(tally_spills(
+            stream,
+            physical,
+            self.spills.clone(),
+        )))
     }
 
     /// This engine with a session whose memory pool caps what runs on it at `limit` bytes
@@ -647,6 +654,41 @@ impl MemoryPool for QueryPool {
     fn memory_limit(&self) -> MemoryLimit {
         MemoryLimit::Finite(self.limit)
     }
+}
+
+/// `stream`, which adds the spills of `plan` to `tally` when it ends or is dropped.
+fn tally_spills(
+    stream: SendableRecordBatchStream,
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    tally: Arc<super::SpillTally>,
+) -> SendableRecordBatchStream {
+    struct Tally {
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        tally: Arc<super::SpillTally>,
+    }
+    impl Drop for Tally {
+        fn drop(&mut self) {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut stack = vec![self.plan.clone()];
+            let (mut files, mut bytes) = (0, 0);
+            while let Some(node) = stack.pop() {
+                if let Some(metrics) = node.metrics() {
+                    files += metrics.spill_count().unwrap_or(0);
+                    bytes += metrics.spilled_bytes().unwrap_or(0);
+                }
+                stack.extend(node.children().into_iter().cloned());
+            }
+            self.tally.files.fetch_add(files as u64, Relaxed);
+            self.tally.bytes.fetch_add(bytes as u64, Relaxed);
+        }
+    }
+    let schema = stream.schema();
+    let guard = Tally { plan, tally };
+    let batches = stream.map(move |batch| {
+        let _ = &guard;
+        batch
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 /// `stream` with the schema `announced`: what planning told a client (Flight's `GetFlightInfo`)

@@ -187,6 +187,8 @@ pub struct ServerConfig {
     /// What tokens and tickets are signed with; `None`: a fresh random secret, good for this
     /// process only (see `flight::keys`).
     pub signing: Option<SigningSecrets>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` over HTTP (`None`: nowhere).
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -315,6 +317,7 @@ mod tests {
             auth,
             auth_origin: None,
             signing: None,
+            http_listen: None,
         }
     }
 

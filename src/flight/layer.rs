@@ -13,6 +13,7 @@ use tonic::codegen::http;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::metrics::{Metrics, Refusal};
 use crate::flight::auth::{Authenticator, Principal};
 
 /// The gRPC path of the Flight handshake.
@@ -22,11 +23,12 @@ pub(crate) const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Ha
 #[derive(Clone)]
 pub(crate) struct AuthLayer {
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
-        Self { auth }
+    pub fn new(auth: Arc<Authenticator>, metrics: Arc<Metrics>) -> Self {
+        Self { auth, metrics }
     }
 }
 
@@ -37,6 +39,7 @@ impl<S> Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -46,6 +49,7 @@ impl<S> Layer<S> for AuthLayer {
 pub(crate) struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S, B, R> Service<http::Request<B>> for AuthService<S>
@@ -71,6 +75,7 @@ where
                     request.extensions_mut().insert(principal);
                 }
                 Err(status) => {
+                    self.metrics.refused(Refusal::Unauthenticated);
                     tracing::info!(
                         target: "pitlake::flight",
                         path = request.uri().path(),

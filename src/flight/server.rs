@@ -62,6 +62,10 @@ pub struct RunningServer {
     auth_origin: Option<PathBuf>,
     logins: Arc<LoginThrottle>,
     refused_connections: Arc<Refusals>,
+    /// Cancelled when shutdown begins: `/readyz` answers 503 from then on.
+    draining: CancellationToken,
+    /// The HTTP endpoint (`--http-listen`): its address, its task and what stops it.
+    http: Option<(SocketAddr, JoinHandle<()>, CancellationToken)>,
 }
 
 impl RunningServer {
@@ -74,6 +78,11 @@ impl RunningServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// The address `/healthz`, `/readyz` and `/metrics` are served on, if they are.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _, _)| *addr)
     }
 
     /// Queries whose result streams are open right now.
@@ -108,6 +117,18 @@ impl RunningServer {
 
     /// Stops gracefully (see the module documentation) and reports how serving ended.
     pub async fn shutdown(mut self) -> Result<()> {
+        self.draining.cancel();
+        let outcome = self.stop_serving().await;
+        // The HTTP endpoint answered 503 on /readyz throughout; now it stops too.
+        if let Some((_, task, stop)) = self.http.take() {
+            stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        outcome
+    }
+
+    /// Stops the Flight service: no new calls, the grace period, then cancellation.
+    async fn stop_serving(&mut self) -> Result<()> {
         tracing::info!(
             target: "pitlake::flight",
             running = self.active_queries(),
@@ -161,9 +182,14 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        self.draining.cancel();
         self.stop_accepting.cancel();
         self.cancel_queries.cancel();
         if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some((_, task, stop)) = self.http.take() {
+            stop.cancel();
             task.abort();
         }
     }
@@ -184,11 +210,31 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     let auth = authenticator(&config.auth, &secrets).await?;
     let limits = &config.limits;
     let shared = Arc::new(shared_state(engine, auth.clone(), limits, &secrets)?);
-    let (cancel_queries, active, logins) = (
+    let (cancel_queries, active, logins, metrics) = (
         shared.cancel_queries.clone(),
         shared.active.clone(),
         shared.logins.clone(),
+        shared.metrics.clone(),
     );
+    let draining = CancellationToken::new();
+    let http = match config.http_listen {
+        Some(at) => {
+            let state = super::http::HttpState {
+                metrics: metrics.clone(),
+                engine: shared.engine.clone(),
+                active: active.clone(),
+                draining: draining.clone(),
+            };
+            let stop = CancellationToken::new();
+            let (addr, task) = super::http::start(at, state, stop.clone()).await?;
+            tracing::info!(
+                target: "pitlake::flight",
+                "health, readiness and metrics on http://{addr} (/healthz, /readyz, /metrics)"
+            );
+            Some((addr, task, stop))
+        }
+        None => None,
+    };
     let builder = server_builder(limits, &config.transport)?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -209,7 +255,7 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
     let serving = builder
-        .layer(AuthLayer::new(auth.clone()))
+        .layer(AuthLayer::new(auth.clone(), metrics))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
     let task = tokio::spawn(serving);
@@ -234,6 +280,8 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
         auth_origin: config.auth_origin.clone(),
         logins,
         refused_connections,
+        draining,
+        http,
     })
 }
 
@@ -280,6 +328,7 @@ fn shared_state(
         slots: Arc::new(Semaphore::new(limits.max_concurrent_queries)),
         cancel_queries: CancellationToken::new(),
         active: Arc::new(AtomicUsize::new(0)),
+        metrics: Arc::default(),
         sql_info: sql_info(limits)?,
         limits: limits.clone(),
         logins,

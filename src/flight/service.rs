@@ -5,6 +5,7 @@
 //! plan → authorize → run in `DoGet`: the second authorization is the one that counts, the first
 //! only refuses early. Metadata calls list only what the caller may read.
 
+use super::metrics::{Ended, Metrics, Refusal};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     pub sql_info: SqlInfoData,
     /// The bounds on logging in.
     pub logins: Arc<LoginThrottle>,
+    /// The counters served at `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The Flight SQL service over an engine.
@@ -296,6 +299,7 @@ impl PitlakeFlightSql {
             .map_err(|e| Status::internal(format!("the parser task failed: {e}")))?
             .map_err(|e| status_for_principal(e, principal))?;
         let refused = |status: Status| {
+            self.shared.metrics.refused(Refusal::PermissionDenied);
             tracing::info!(
                 target: "pitlake::flight",
                 user = %principal.user,
@@ -336,6 +340,7 @@ impl PitlakeFlightSql {
         if self.shared.cancel_queries.is_cancelled() {
             return Err(Status::unavailable("the server is shutting down"));
         }
+        let started = std::time::Instant::now();
         let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
         let _permit = self.slot(deadline).await?;
         let outcome = match tokio::time::timeout_at(deadline, self.plan(principal, sql)).await {
@@ -352,15 +357,25 @@ impl PitlakeFlightSql {
                 sql = logged(sql),
                 "statement planned"
             ),
-            Err(status) => tracing::info!(
-                target: "pitlake::flight",
-                user = %principal.user,
-                query_id = %query_id,
-                sql = logged(sql),
-                code = ?status.code(),
-                reason = status.message(),
-                "planning failed"
-            ),
+            Err(status) => {
+                // A query that fails while planned is counted here (it never reaches DoGet).
+                let metrics = &self.shared.metrics;
+                metrics.query_started();
+                let ended = match status.code() {
+                    tonic::Code::DeadlineExceeded => Ended::TimedOut,
+                    _ => Ended::Failed,
+                };
+                metrics.query_ended(ended, started.elapsed(), 0, 0);
+                tracing::info!(
+                    target: "pitlake::flight",
+                    user = %principal.user,
+                    query_id = %query_id,
+                    sql = logged(sql),
+                    code = ?status.code(),
+                    reason = status.message(),
+                    "planning failed"
+                )
+            }
         }
         outcome
     }
@@ -370,14 +385,18 @@ impl PitlakeFlightSql {
         &self,
         deadline: tokio::time::Instant,
     ) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        let _waiting = self.shared.metrics.waiting();
         match tokio::time::timeout_at(deadline, self.shared.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) => Err(Status::unavailable("the server is shutting down")),
-            Err(_) => Err(Status::resource_exhausted(format!(
-                "all {} query slots stayed busy for the whole query timeout \
-                 (--max-concurrent-queries); try again later",
-                self.shared.limits.max_concurrent_queries
-            ))),
+            Err(_) => Err({
+                self.shared.metrics.refused(Refusal::Busy);
+                Status::resource_exhausted(format!(
+                    "all {} query slots stayed busy for the whole query timeout \
+                     (--max-concurrent-queries); try again later",
+                    self.shared.limits.max_concurrent_queries
+                ))
+            }),
         }
     }
 
@@ -399,6 +418,7 @@ impl PitlakeFlightSql {
             &principal.user,
             &query_id,
             self.shared.active.clone(),
+            self.shared.metrics.clone(),
         ));
         tracing::info!(
             target: "pitlake::flight",
@@ -464,7 +484,12 @@ impl PitlakeFlightSql {
         let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
         let values = parameter_values(parameters)?;
         let _permit = self.slot(deadline).await?;
-        let record = QueryRecord::new(&principal.user, &query_id, self.shared.active.clone());
+        let record = QueryRecord::new(
+            &principal.user,
+            &query_id,
+            self.shared.active.clone(),
+            self.shared.metrics.clone(),
+        );
         tracing::info!(
             target: "pitlake::flight",
             user = %principal.user,
@@ -549,7 +574,9 @@ impl FlightSqlService for PitlakeFlightSql {
     > {
         let peer = request.remote_addr();
         let headers = request.metadata().clone().into_headers();
+        let metrics = self.shared.metrics.clone();
         let refused = |status: Status| {
+            metrics.refused(Refusal::Login);
             tracing::info!(
                 target: "pitlake::flight",
                 peer = ?peer,
@@ -576,6 +603,7 @@ impl FlightSqlService for PitlakeFlightSql {
                 .await
                 .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
         let (principal, token) = outcome.map_err(refused)?;
+        self.shared.metrics.handshake_succeeded();
         tracing::info!(
             target: "pitlake::flight",
             user = %principal.user,

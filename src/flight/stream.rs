@@ -10,6 +10,7 @@
 //!   finished, failed, or abandoned by a client that went away. Dropping the stream drops the
 //!   engine's stream, which cancels the query's tasks.
 
+use super::metrics::{Ended, Metrics};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -50,11 +51,18 @@ pub(crate) struct QueryRecord {
     bytes: AtomicU64,
     outcome: std::sync::Mutex<Outcome>,
     active: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl QueryRecord {
-    pub fn new(user: &str, query_id: &str, active: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        user: &str,
+        query_id: &str,
+        active: Arc<AtomicUsize>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         active.fetch_add(1, Ordering::SeqCst);
+        metrics.query_started();
         Self {
             user: user.to_string(),
             query_id: query_id.to_string(),
@@ -63,6 +71,7 @@ impl QueryRecord {
             bytes: AtomicU64::new(0),
             outcome: std::sync::Mutex::new(Outcome::Running),
             active,
+            metrics,
         }
     }
 
@@ -101,14 +110,20 @@ impl QueryRecord {
 impl Drop for QueryRecord {
     fn drop(&mut self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
-        let outcome = match self.outcome() {
+        let (outcome, ended) = match self.outcome() {
             // Dropped while still running: the client went away (or the server stopped it).
-            Outcome::Running => "cancelled",
-            Outcome::Finished => "finished",
-            Outcome::Failed => "failed",
-            Outcome::TimedOut => "timed out",
-            Outcome::ShutDown => "stopped by shutdown",
+            Outcome::Running => ("cancelled", Ended::Cancelled),
+            Outcome::Finished => ("finished", Ended::Finished),
+            Outcome::Failed => ("failed", Ended::Failed),
+            Outcome::TimedOut => ("timed out", Ended::TimedOut),
+            Outcome::ShutDown => ("stopped by shutdown", Ended::ShutDown),
         };
+        self.metrics.query_ended(
+            ended,
+            self.started.elapsed(),
+            self.rows.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        );
         tracing::info!(
             target: "pitlake::flight",
             user = %self.user,

@@ -121,6 +121,14 @@ impl Warehouse {
         Ok(())
     }
 
+    /// Whether the warehouse answers: its root can be listed, and (on object stores) commits
+    /// are safe there (see [`Warehouse::check_commit_safety`]). For readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        self.check_commit_safety().await?;
+        self.store.list_with_delimiter(Some(&self.root)).await?;
+        Ok(())
+    }
+
     /// Where the warehouse is.
     pub fn location(&self) -> &WarehouseLocation {
         &self.location

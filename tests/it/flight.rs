@@ -223,6 +223,7 @@ impl Fixture {
             auth: AuthConfig::from_file(&auth_file).unwrap(),
             auth_origin: Some(auth_file),
             signing: None,
+            http_listen: None,
         };
         let server = pitlake::flight::start(engine.clone(), config)
             .await

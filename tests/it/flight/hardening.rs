@@ -552,6 +552,7 @@ fn printed_settings_hold_no_secret() {
         auth,
         auth_origin: None,
         signing: None,
+        http_listen: None,
     };
     let key_body = pki
         .server_key
