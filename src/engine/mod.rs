@@ -12,6 +12,7 @@ mod dsl;
 mod export;
 mod ingest;
 pub mod planning;
+pub mod session;
 mod training;
 
 use std::collections::BTreeSet;
@@ -177,6 +178,8 @@ pub struct Engine {
     caller: Option<Arc<dyn planning::Visibility>>,
     /// Spills of the queries run through [`Engine::execute_planned`], for the server's metrics.
     spills: Arc<SpillTally>,
+    /// The caller's session tables, when it acts in a session (see `session.rs`).
+    session: Option<Arc<dyn session::SessionScope>>,
 }
 
 /// Spill files and bytes written by the queries an engine ran.
@@ -258,6 +261,7 @@ impl Engine {
             settings,
             caller: None,
             spills: Arc::default(),
+            session: None,
         })
     }
 
@@ -444,6 +448,11 @@ impl Engine {
             }
             LogicalPlan::Ddl(DdlStatement::DropTable(drop)) => {
                 let name = user_table(self.reference_to_name(&drop.name)?)?;
+                if self.drop_session_table(&name) {
+                    return Ok(Output::Done(format!(
+                        "dropped the session's table `{name}`"
+                    )));
+                }
                 if !self.warehouse.table_exists(&name).await? {
                     if drop.if_exists {
                         return Ok(Output::Done(format!("table `{name}` does not exist")));

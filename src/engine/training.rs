@@ -31,11 +31,17 @@ use crate::registry::{Aggregate, Entity, FeatureView, KeyColumn, Kind, Object};
 pub struct PinnedInput {
     /// The table.
     pub table: String,
-    /// Its Delta version.
+    /// Its Delta version ([`SESSION_TABLE_VERSION`] for a table uploaded for the session).
     pub version: i64,
     /// Why it is read (`labels`, `feature view driver_stats`).
     pub role: String,
+    /// For a table uploaded for the session: `sha256:<hex>` of its rows as uploaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_hash: Option<String>,
 }
+
+/// The version recorded for a table uploaded for the session (it has no Delta log).
+pub const SESSION_TABLE_VERSION: i64 = -1;
 
 /// How one feature view takes part in a training set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +226,12 @@ impl Engine {
         let mut inputs = Vec::with_capacity(tables.len());
         for (name, pinned) in tables {
             let table = self.table_name(&name)?;
+            if self.session_table(&table).is_some() && pinned.is_none() {
+                // Uploaded for this session: no version to pin; its content hash is recorded.
+                versions.push(None);
+                inputs.push((table.to_string(), SESSION_TABLE_VERSION));
+                continue;
+            }
             if !self.warehouse().table_exists(&table).await? {
                 return Err(self.warehouse().not_found(&table).await);
             }
@@ -239,12 +251,12 @@ impl Engine {
                         message: "its log has no versions".into(),
                     })?,
             };
-            versions.push(version);
+            versions.push(Some(version));
             inputs.push((table.to_string(), version));
         }
         let mut pinned = versions.iter();
         let mut apply = WarehouseTables::new(|_, version| {
-            if let Some(v) = pinned.next() {
+            if let Some(Some(v)) = pinned.next() {
                 *version = Some(SqlVersion::VersionAsOf(SqlExpr::Value(
                     Value::Number(v.to_string(), false).with_empty_span(),
                 )));
@@ -259,6 +271,24 @@ impl Engine {
             .map(str::to_string)
             .unwrap_or_else(|| format!("({text})"));
         Ok((relation, inputs))
+    }
+
+    /// A pinned input, with the content hash of a table uploaded for the session.
+    fn pinned_input(&self, table: String, version: i64, role: String) -> PinnedInput {
+        let content_hash = (version == SESSION_TABLE_VERSION)
+            .then(|| {
+                crate::storage::TableName::parse(&table)
+                    .ok()
+                    .and_then(|name| self.session_table(&name))
+                    .map(|t| t.content_hash)
+            })
+            .flatten();
+        PinnedInput {
+            table,
+            version,
+            role,
+            content_hash,
+        }
     }
 
     /// Parses `TRAINING SET …` or `EXPORT TRAINING SET …` (one statement, a trailing `;`
@@ -311,11 +341,7 @@ impl Engine {
             })?;
         let mut inputs: Vec<PinnedInput> = label_inputs
             .into_iter()
-            .map(|(table, version)| PinnedInput {
-                table,
-                version,
-                role: "labels".into(),
-            })
+            .map(|(table, version)| self.pinned_input(table, version, "labels".into()))
             .collect();
         let (mut select, mut audit_select) = (vec!["l.*".to_string()], vec!["l.*".to_string()]);
         let (mut joins, mut audit_joins) = (String::new(), String::new());
@@ -332,10 +358,8 @@ impl Engine {
                 }
             }
             let (source, pinned) = self.pin_relation(&view.source.relation()).await?;
-            inputs.extend(pinned.iter().map(|(table, version)| PinnedInput {
-                table: table.clone(),
-                version: *version,
-                role: format!("feature view {view_name}"),
+            inputs.extend(pinned.iter().map(|(table, version)| {
+                self.pinned_input(table.clone(), *version, format!("feature view {view_name}"))
             }));
             let join = ViewJoin {
                 spec,

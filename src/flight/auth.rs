@@ -85,6 +85,9 @@ pub struct Principal {
     pub grants: Arc<Grants>,
     /// How the user authenticated.
     pub method: Method,
+    /// The session: a digest of the bearer token presented (empty before one is issued).
+    /// Uploads made with one token are visible only with that token.
+    pub session: String,
 }
 
 /// The auth file as written. No `Debug`: it holds password hashes.
@@ -724,6 +727,7 @@ impl Authenticator {
             user: user.to_string(),
             grants: u.grants.clone(),
             method,
+            session: String::new(),
         })
     }
 
@@ -748,10 +752,15 @@ impl Authenticator {
             ));
         };
         let state = self.state();
-        if token.starts_with(TOKEN_PREFIX) && token.split('.').count() == 3 {
-            return self.verify_session_token(&state, token);
-        }
-        verify_static_token(&state, token)
+        let principal = if token.starts_with(TOKEN_PREFIX) && token.split('.').count() == 3 {
+            self.verify_session_token(&state, token)
+        } else {
+            verify_static_token(&state, token)
+        };
+        principal.map(|mut p| {
+            p.session = session_of(token);
+            p
+        })
     }
 
     fn verify_session_token(
@@ -865,6 +874,15 @@ impl Authenticator {
         let mac = self.keys.sign(signed.as_bytes());
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref())))
     }
+}
+
+/// A session's identifier: the first 16 bytes of the SHA-256 of its token, in hex.
+fn session_of(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn verify_static_token(state: &AuthState, token: &str) -> std::result::Result<Principal, Status> {

@@ -41,6 +41,7 @@ mod status;
 mod stream;
 mod throttle;
 mod tickets;
+mod uploads;
 
 pub use auth::{AuthConfig, Principal, hash_password, new_static_token};
 pub use config::{Limits, ServerConfig, Transport};

@@ -13,6 +13,7 @@
 //! on [`RunningServer::reload_auth`] (SIGHUP in `pitlake serve`); a file that does not parse
 //! leaves the previous settings in force.
 
+use super::uploads::Uploads;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -312,6 +313,15 @@ fn shared_state(
         max_failed_per_peer: limits.max_failed_logins_per_peer,
         lockout: limits.login_lockout,
     }));
+    let pool = engine.memory_pool();
+    let pool_share = match pool.memory_limit() {
+        datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / 4,
+        _ => 1 << 30,
+    };
+    let per_session = limits
+        .query_memory_limit
+        .map_or(pool_share, |q| q.min(pool_share));
+    let uploads = Arc::new(Uploads::new(pool, per_session, auth.token_ttl()));
     Ok(Shared {
         engine,
         auth,
@@ -329,6 +339,7 @@ fn shared_state(
         cancel_queries: CancellationToken::new(),
         active: Arc::new(AtomicUsize::new(0)),
         metrics: Arc::default(),
+        uploads,
         sql_info: sql_info(limits)?,
         limits: limits.clone(),
         logins,

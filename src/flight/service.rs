@@ -5,6 +5,7 @@
 //! plan → authorize → run in `DoGet`: the second authorization is the one that counts, the first
 //! only refuses early. Metadata calls list only what the caller may read.
 
+use super::uploads::{IfExists, Uploads};
 use super::metrics::{Ended, Metrics, Refusal};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate,
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
     TicketStatementQuery,
 };
@@ -86,6 +88,8 @@ pub(crate) struct Shared {
     pub logins: Arc<LoginThrottle>,
     /// The counters served at `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Tables uploaded for sessions (bulk ingest).
+    pub uploads: Arc<Uploads>,
 }
 
 /// The Flight SQL service over an engine.
@@ -138,6 +142,43 @@ fn logged(sql: &str) -> &str {
         Some((end, _)) => &sql[..end],
         None => sql,
     }
+}
+
+/// The session table a bulk ingest writes and what to do if it exists. Only session tables
+/// (`temporary`) are served; warehouse tables are loaded with `pitlake ingest` or SQL.
+fn ingest_target(command: &CommandStatementIngest) -> Result<(String, IfExists, bool), Status> {
+    use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+    if !command.temporary {
+        return Err(Status::unimplemented(
+            "bulk ingest into warehouse tables is not served: upload with temporary=True (a \
+             table for this session only), or load warehouse tables with `pitlake ingest` or \
+             CREATE TABLE … AS",
+        ));
+    }
+    if command.transaction_id.is_some() {
+        return Err(Status::unimplemented("transactions are not supported"));
+    }
+    if command.catalog.is_some() || command.schema.is_some() {
+        return Err(Status::invalid_argument(
+            "a session table has a bare name: give no catalog or schema",
+        ));
+    }
+    let table = command.table.clone();
+    let name = crate::storage::TableName::parse(&table)
+        .map_err(|e| Status::invalid_argument(format!("the table name `{table}`: {e}")))?;
+    if name.schema.is_some() || name.table != table {
+        return Err(Status::invalid_argument(format!(
+            "`{table}` is not a plain table name (letters, digits and _)"
+        )));
+    }
+    let options = command.table_definition_options.unwrap_or_default();
+    let must_exist = options.if_not_exist == TableNotExistOption::Fail as i32;
+    let if_exists = match TableExistsOption::try_from(options.if_exists) {
+        Ok(TableExistsOption::Append) => IfExists::Append,
+        Ok(TableExistsOption::Replace) => IfExists::Replace,
+        _ => IfExists::Fail,
+    };
+    Ok((table, if_exists, must_exist))
 }
 
 /// The field as the Flight encoder sends it (dictionaries hydrated to their values, large lists
@@ -280,9 +321,14 @@ impl PitlakeFlightSql {
     /// The engine acting for a caller: it records them as author and shows them only what
     /// their grants let them see (registry listings, hints in errors).
     fn engine_for(&self, principal: &Principal) -> Engine {
-        self.shared
+        let engine = self
+            .shared
             .engine
-            .for_caller(&principal.user, principal.grants.clone())
+            .for_caller(&principal.user, principal.grants.clone());
+        match self.shared.uploads.scope(principal) {
+            Some(scope) => engine.with_session(scope),
+            None => engine,
+        }
     }
 
     /// Parses, plans and authorizes a statement for a caller.
@@ -311,17 +357,21 @@ impl PitlakeFlightSql {
         // Before planning opens anything: every table and view the text names must be one the
         // caller may use, so a forbidden object's existence, versions, history and columns
         // stay hidden.
-        let named = engine
+        let mut named = engine
             .named_tables(&statement)
             .map_err(|e| status_for_principal(e, principal))?;
+        // The session's own uploads need no grant: only this session can name them.
+        named.retain(|t| engine.session_table(t).is_none());
         principal
             .grants
             .authorize_named(&principal.user, &named, &engine.named_views(&statement))
             .map_err(refused)?;
-        let planned = engine
+        let mut planned = engine
             .plan_statement(statement)
             .await
             .map_err(|e| status_for_principal(e, principal))?;
+        planned.access.reads.retain(|t| engine.session_table(t).is_none());
+        planned.access.writes.retain(|t| engine.session_table(t).is_none());
         principal
             .grants
             .authorize(&principal.user, &planned.access)
@@ -891,6 +941,81 @@ impl FlightSqlService for PitlakeFlightSql {
     ) -> Result<i64, Status> {
         let principal = principal(&request)?;
         self.run_update(principal, &command.query, None).await
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let principal = principal(&request)?;
+        let (table, if_exists, must_exist) = ingest_target(&command)?;
+        let engine = self.engine_for(&principal);
+        let name = crate::storage::TableName::bare(&table);
+        if must_exist && engine.session_table(&name).is_none() {
+            return Err(Status::not_found(format!(
+                "this session has no table `{table}` to append to"
+            )));
+        }
+        if engine.session_table(&name).is_none()
+            && engine
+                .warehouse()
+                .table_exists(&name)
+                .await
+                .unwrap_or(false)
+            && principal.grants.can_read_table(&name)
+        {
+            return Err(Status::already_exists(format!(
+                "a warehouse table `{table}` exists; name the session's table otherwise (it \
+                 would hide the warehouse table from this session)"
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
+        let incoming = futures::TryStreamExt::map_err(request.into_inner(), |status| {
+            FlightError::Tonic(Box::new(status))
+        });
+        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(incoming);
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        let limit = self.shared.uploads.per_session();
+        let upload = async {
+            while let Some(batch) = decoded.next().await {
+                let batch = batch.map_err(|e| Status::invalid_argument(format!("the upload: {e}")))?;
+                bytes += batch.get_array_memory_size();
+                if bytes > limit {
+                    return Err(Status::resource_exhausted(format!(
+                        "the upload is over the {} MiB a session may hold; upload fewer rows",
+                        limit >> 20
+                    )));
+                }
+                batches.push(batch);
+            }
+            Ok::<_, Status>(decoded.schema().cloned())
+        };
+        let schema = match tokio::time::timeout_at(deadline, upload).await {
+            Ok(outcome) => outcome?,
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "the upload took longer than the server's --query-timeout",
+                ));
+            }
+        };
+        let schema = schema
+            .or_else(|| batches.first().map(|b| b.schema()))
+            .ok_or_else(|| Status::invalid_argument("the upload has no schema"))?;
+        let rows = self
+            .shared
+            .uploads
+            .put(&principal, &table, schema, batches, if_exists)?;
+        tracing::info!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            table = %table,
+            rows,
+            bytes,
+            "session table uploaded"
+        );
+        Ok(rows)
     }
 
     async fn do_put_prepared_statement_query(

@@ -77,6 +77,7 @@ mod tests {
             user: "bob".into(),
             grants: Arc::new(Grants::new([Grant::parse("table:orders").unwrap()])),
             method: Method::Session,
+            session: String::new(),
         };
         let err = PitlakeError::TableNotFound {
             name: "order".into(),

@@ -1,0 +1,264 @@
+//! Tables uploaded with Flight SQL bulk ingest (`CommandStatementIngest`, ADBC's
+//! `adbc_ingest(..., temporary=True)`): kept in memory for the session that uploaded them (the
+//! bearer token it presents), read by that session's statements by their bare names, and gone
+//! when dropped (`DROP TABLE`), when the session has been idle for the token lifetime, or when
+//! the server stops. Their bytes are reserved in the engine's memory pool, so uploads count
+//! against `--memory-limit`; one session may hold at most a quarter of the pool (or
+//! `--query-memory-limit`, if smaller), and [`MAX_TABLES`] tables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::MemTable;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use tonic::Status;
+
+use crate::engine::session::{SessionScope, SessionTable};
+use crate::flight::auth::Principal;
+
+/// The most tables one session may hold at once.
+pub(crate) const MAX_TABLES: usize = 64;
+
+/// One uploaded table.
+struct Upload {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+    /// SHA-256 over the uploaded rows (their Arrow IPC encoding), kept up to date on append.
+    hasher: ring::digest::Context,
+}
+
+struct Session {
+    user: String,
+    tables: BTreeMap<String, Upload>,
+    reservation: MemoryReservation,
+    used: Instant,
+}
+
+/// How an upload treats an existing table of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IfExists {
+    Fail,
+    Append,
+    Replace,
+}
+
+/// Every session's uploads.
+pub(crate) struct Uploads {
+    sessions: Mutex<HashMap<String, Session>>,
+    pool: Arc<dyn MemoryPool>,
+    per_session: usize,
+    idle: Duration,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("per_session", &self.per_session)
+            .finish()
+    }
+}
+
+impl Uploads {
+    pub fn new(pool: Arc<dyn MemoryPool>, per_session: usize, idle: Duration) -> Self {
+        Self {
+            sessions: Mutex::default(),
+            pool,
+            per_session,
+            idle,
+        }
+    }
+
+    /// The most bytes one session may hold.
+    pub fn per_session(&self) -> usize {
+        self.per_session
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        let mut guard = match self.sessions.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let idle = self.idle;
+        guard.retain(|_, s| s.used.elapsed() < idle);
+        guard
+    }
+
+    /// The scope of `principal`'s session, when it has uploaded anything.
+    pub fn scope(self: &Arc<Self>, principal: &Principal) -> Option<Arc<dyn SessionScope>> {
+        let mut sessions = self.sessions();
+        let session = sessions.get_mut(&principal.session)?;
+        if session.user != principal.user || session.tables.is_empty() {
+            return None;
+        }
+        session.used = Instant::now();
+        Some(Arc::new(Scope {
+            uploads: self.clone(),
+            session: principal.session.clone(),
+        }))
+    }
+
+    /// Stores `batches` as `table` for `principal`'s session; returns the table's row count.
+    pub fn put(
+        &self,
+        principal: &Principal,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        if_exists: IfExists,
+    ) -> Result<i64, Status> {
+        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut sessions = self.sessions();
+        let session = sessions
+            .entry(principal.session.clone())
+            .or_insert_with(|| Session {
+                user: principal.user.clone(),
+                tables: BTreeMap::new(),
+                reservation: MemoryConsumer::new(format!("uploads of {}", principal.user))
+                    .register(&self.pool),
+                used: Instant::now(),
+            });
+        session.used = Instant::now();
+        let existing = session.tables.get(table);
+        let freed = match (existing, if_exists) {
+            (Some(_), IfExists::Fail) => {
+                return Err(Status::already_exists(format!(
+                    "this session already uploaded a table `{table}`; append to it, replace it or \
+                     pick another name"
+                )));
+            }
+            (Some(old), IfExists::Append) if old.schema.fields() != schema.fields() => {
+                return Err(Status::invalid_argument(format!(
+                    "the rows do not have the columns of the session's table `{table}`"
+                )));
+            }
+            (Some(old), IfExists::Replace) => old.bytes,
+            _ => 0,
+        };
+        if existing.is_none() && session.tables.len() >= MAX_TABLES {
+            return Err(Status::resource_exhausted(format!(
+                "a session may hold at most {MAX_TABLES} uploaded tables; drop some first"
+            )));
+        }
+        let held = session.reservation.size() - freed;
+        if held + bytes > self.per_session {
+            return Err(Status::resource_exhausted(format!(
+                "this upload would hold {} MiB for the session, more than its {} MiB; upload fewer \
+                 rows or drop other uploads",
+                (held + bytes) >> 20,
+                self.per_session >> 20
+            )));
+        }
+        session.reservation.try_grow(bytes).map_err(|_| {
+            Status::resource_exhausted(
+                "the server's memory for uploads is in use (--memory-limit); try again later",
+            )
+        })?;
+        session.reservation.shrink(freed);
+        let mut hasher = match (session.tables.remove(table), if_exists) {
+            (Some(mut old), IfExists::Append) => {
+                old.batches.extend(batches.iter().cloned());
+                let mut hasher = old.hasher;
+                hash_batches(&mut hasher, &batches)?;
+                let upload = Upload {
+                    rows: old.rows + rows,
+                    bytes: old.bytes + bytes,
+                    batches: old.batches,
+                    schema: old.schema,
+                    hasher: hasher.clone(),
+                };
+                let total = upload.rows;
+                session.tables.insert(table.to_string(), upload);
+                return Ok(total as i64);
+            }
+            _ => ring::digest::Context::new(&ring::digest::SHA256),
+        };
+        hash_batches(&mut hasher, &batches)?;
+        session.tables.insert(
+            table.to_string(),
+            Upload {
+                schema,
+                batches,
+                rows,
+                bytes,
+                hasher,
+            },
+        );
+        Ok(rows as i64)
+    }
+
+    fn table(&self, session: &str, name: &str) -> Option<SessionTable> {
+        let sessions = self.sessions();
+        let upload = sessions.get(session)?.tables.get(name)?;
+        let provider =
+            MemTable::try_new(upload.schema.clone(), vec![upload.batches.clone()]).ok()?;
+        let digest = upload.hasher.clone().finish();
+        Some(SessionTable {
+            provider: Arc::new(provider),
+            content_hash: format!("sha256:{}", hex(digest.as_ref())),
+            rows: upload.rows,
+        })
+    }
+
+    fn drop_table(&self, session: &str, name: &str) -> bool {
+        let mut sessions = self.sessions();
+        let Some(s) = sessions.get_mut(session) else {
+            return false;
+        };
+        match s.tables.remove(name) {
+            Some(upload) => {
+                s.reservation.shrink(upload.bytes.min(s.reservation.size()));
+                if s.tables.is_empty() {
+                    sessions.remove(session);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Feeds the Arrow IPC encoding of `batches` (without their schema message) to `hasher`.
+fn hash_batches(hasher: &mut ring::digest::Context, batches: &[RecordBatch]) -> Result<(), Status> {
+    for batch in batches {
+        let mut buffer = Vec::new();
+        {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema())
+                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
+            writer
+                .write(batch)
+                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
+            writer
+                .finish()
+                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
+        }
+        hasher.update(&buffer);
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One session's view of the uploads.
+#[derive(Debug)]
+struct Scope {
+    uploads: Arc<Uploads>,
+    session: String,
+}
+
+impl SessionScope for Scope {
+    fn table(&self, name: &str) -> Option<SessionTable> {
+        self.uploads.table(&self.session, name)
+    }
+
+    fn drop_table(&self, name: &str) -> bool {
+        self.uploads.drop_table(&self.session, name)
+    }
+}
