@@ -284,8 +284,13 @@ def translate(error: BaseException) -> Optional[PitlakeError]:
     if isinstance(error, pa.ArrowException):
         text = str(error)
         named = list(_TRAILER.finditer(text))
-        if not named:
+        if named:
+            code = _GO_CODE_NAMES[named[-1].group(1)]
+        elif "[FlightSQL]" in text:
+            # The driver's own checks of what the server sent (a stream whose schema is not
+            # the one announced): the server broke the protocol.
+            code = "INTERNAL"
+        else:
             return None
-        code = _GO_CODE_NAMES[named[-1].group(1)]
         return _CLASSES.get(code, Internal)(_server_message(text), grpc_code=code)
     return None
