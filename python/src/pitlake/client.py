@@ -156,7 +156,7 @@ class Client:
         """Raises ADBC's and the result streams' errors as typed pitlake errors."""
         try:
             yield
-        except (adbc_driver_manager.Error, pa.ArrowException) as e:
+        except (adbc_driver_manager.Error, pa.ArrowException, OSError) as e:
             typed = translate(e)
             if typed is None:
                 raise

@@ -275,13 +275,14 @@ def translate(error: BaseException) -> Optional[PitlakeError]:
 
     Errors that arrive while a result streams (a query cancelled by the server's timeout, a
     division by zero in the tenth batch) surface through pyarrow's stream reader as
-    ``pyarrow.ArrowException`` with the driver's text, which names the gRPC code the same way.
+    ``pyarrow.ArrowException`` or ``OSError`` with the driver's text, which names the gRPC
+    code the same way; an error without it (a local file) is not pitlake's and gives None.
     """
     if isinstance(error, PitlakeError):
         return error
     if isinstance(error, adbc_driver_manager.Error):
         return from_adbc(error)
-    if isinstance(error, pa.ArrowException):
+    if isinstance(error, (pa.ArrowException, OSError)):
         text = str(error)
         named = list(_TRAILER.finditer(text))
         if named:
