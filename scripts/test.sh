@@ -26,6 +26,9 @@ if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ] || [ -z "${PITLAKE_TEST_AZURE_ENDPOINT
   trap 'scripts/storage-servers.sh stop' EXIT
 fi
 
+# ---- The container and Kubernetes files: hadolint, kubernetes-validate, checkov (no findings).
+scripts/lint-deploy.sh
+
 cargo test --all-targets "$@"
 cargo test --doc "$@"
 
