@@ -5,7 +5,6 @@ the server cases show the server reads it as meant."""
 import pyarrow as pa
 import pytest
 
-import pitlake
 from pitlake import _sql
 from pitlake.errors import InvalidArgument, NotFound
 

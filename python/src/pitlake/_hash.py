@@ -10,7 +10,7 @@ modulo 2^64, of the rows' SHA-256 digests read as four little-endian 64-bit word
 So it depends neither on the order of the rows nor on how they are cut into batches, and two
 results with equal hashes hold the same rows with the same types. This module encodes rows
 the same way, so :meth:`pitlake.Client.reproduce` can check a rebuilt training set against its
-manifest on the client, where the ``reproduce`` command is not reachable (docs/python.md).
+manifest on the client, where the ``reproduce`` command is not reachable (python/README.md).
 
 The encoding, per column type (arrow-rs documents it on ``RowConverter``):
 
@@ -187,13 +187,13 @@ def _encode(arr: pa.Array) -> Rows:
         return out
     if pt.is_fixed_size_list(t):
         size = t.list_size
-        children = _encode(arr.flatten()) if arr.null_count == 0 else None
-        if children is None:
+        if arr.null_count == 0:
+            children = _encode(arr.flatten())
+            first = 0
+        else:
             # flatten() drops the slots of null lists; encode the whole child and index it.
             children = _encode(arr.values)
             first = arr.offset * size
-        else:
-            first = 0
         valid = arr.is_valid().to_pylist()
         out = []
         for i, ok in enumerate(valid):

@@ -25,7 +25,8 @@ LabelData = Union[pa.Table, pa.RecordBatchReader]
 TEMPORARY_PREFIX = "pitlake_labels_"
 
 
-def _module_class(module: str, name: str) -> Optional[type]:
+def _module_class(module: str, name: str) -> Optional[Any]:
+    """A class of a module the caller has imported (pandas, polars), without importing it."""
     loaded = sys.modules.get(module)
     found = getattr(loaded, name, None) if loaded is not None else None
     return found if isinstance(found, type) else None

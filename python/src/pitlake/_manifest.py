@@ -100,7 +100,7 @@ def read_manifest(location: str, filesystem: Optional[pafs.FileSystem] = None) -
     """A manifest, read from its location."""
     text = read_bytes(location, filesystem)
     try:
-        manifest = json.loads(text)
+        manifest: Manifest = json.loads(text)
     except ValueError as e:
         raise InvalidArgument(f"{location} is not a pitlake manifest: {e}") from e
     check_manifest(manifest, location)

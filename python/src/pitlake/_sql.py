@@ -10,7 +10,7 @@ The statements follow docs/dsl.md.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from .errors import InvalidArgument
 
@@ -163,6 +163,7 @@ def show(kind_words: str, version: Optional[int]) -> str:
 
 
 def model_version(kind_words: str, version: Optional[str]) -> str:
+    """`` VERSION 'v'`` for a model, or nothing."""
     if version is None:
         return ""
     if kind_words != "MODEL":
@@ -194,8 +195,6 @@ def diff(kind_words: str, name: str, version: Optional[str], start: int, end: in
 
 
 def drop_table(name: str) -> str:
+    """``DROP TABLE "name"``."""
     return f"DROP TABLE {ident(name)}"
 
-
-def join(items: Iterable[str]) -> str:
-    return ", ".join(items)
