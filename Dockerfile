@@ -21,11 +21,15 @@ COPY tests/slt.rs ./tests/slt.rs
 COPY tests/it ./tests/it
 COPY benches/kernel.rs ./benches/kernel.rs
 RUN cargo build --release --locked --bin pitlake \
-    && install -D -m 0755 target/release/pitlake /out/pitlake
+    && install -D -m 0755 target/release/pitlake /out/pitlake \
+    && install -d -m 0700 /out/spill
 
 # ---- run: distroless (glibc, CA certificates, no shell), user 65532 (`nonroot`).
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=builder /out/pitlake /usr/local/bin/pitlake
+# Where operators spill beyond the memory limit, the user's own (Kubernetes mounts an emptyDir
+# over it, the root filesystem being read-only there).
+COPY --from=builder --chown=65532:65532 /out/spill /var/lib/pitlake/spill
 USER 65532:65532
 ENV PITLAKE_SPILL_DIR=/var/lib/pitlake/spill
 EXPOSE 50051 8080
