@@ -26,17 +26,25 @@ if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ] || [ -z "${PITLAKE_TEST_AZURE_ENDPOINT
   trap 'scripts/storage-servers.sh stop' EXIT
 fi
 
+# ---- The container and Kubernetes files: hadolint, kubernetes-validate, checkov (no findings).
+scripts/lint-deploy.sh
+
 cargo test --all-targets "$@"
 cargo test --doc "$@"
 
 # ---- The Flight SQL server with real Python clients (ADBC's Flight SQL driver, pyarrow.flight)
-# against a `pitlake serve` the tests start themselves. The venv is made once and reused.
+# against a `pitlake serve` the tests start themselves, then the Python client package. The venv is
+# made once and reused.
 PITLAKE_PY_VENV="${PITLAKE_PY_VENV:-$HOME/.cache/pitlake-py-venv}"
-if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest, prometheus_client" 2>/dev/null; then
+if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest, prometheus_client, pandas, polars" 2>/dev/null; then
   python3 -m venv "$PITLAKE_PY_VENV"
-  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest prometheus_client
+  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest prometheus_client pandas polars
 fi
+# The Python client package (python/), editable, so its tests import this checkout's code.
+"$PITLAKE_PY_VENV/bin/pip" install -q --disable-pip-version-check -e './python[pandas,polars]'
 # The binary as `cargo test --all-targets` built it: `cargo build --bin` alone resolves the
 # dependencies' features without the dev-dependencies and would rebuild all of them.
 cargo build --all-targets
 PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q tests/python
+# The client's own tests (python/tests: its pyproject.toml is their pytest config).
+PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q python/tests
