@@ -32,6 +32,8 @@ pub trait SessionScope: Send + Sync + Debug {
     fn table(&self, name: &str) -> Option<SessionTable>;
     /// Drops the table called `name`; whether there was one.
     fn drop_table(&self, name: &str) -> bool;
+    /// The names of the session's tables.
+    fn table_names(&self) -> Vec<String>;
 }
 
 impl Engine {
@@ -57,6 +59,18 @@ impl Engine {
             (Some(scope), None) => scope.table(&name.table),
             _ => None,
         }
+    }
+
+    /// The session's tables, when it acts in a session.
+    pub fn session_tables(&self) -> Vec<(String, SessionTable)> {
+        let Some(scope) = &self.session else {
+            return Vec::new();
+        };
+        scope
+            .table_names()
+            .into_iter()
+            .filter_map(|name| scope.table(&name).map(|t| (name, t)))
+            .collect()
     }
 
     /// Drops the session's table `name`, if it is one.
@@ -131,7 +145,9 @@ struct SessionSchema {
 #[async_trait::async_trait]
 impl SchemaProvider for SessionSchema {
     fn table_names(&self) -> Vec<String> {
-        self.inner.table_names()
+        let mut names = self.inner.table_names();
+        names.extend(self.scope.table_names());
+        names
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {

@@ -910,6 +910,17 @@ impl FlightSqlService for PitlakeFlightSql {
                 .append(CATALOG, schema_name(&table), &table.table, "TABLE", &schema)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
+        // The session's own uploads, to it alone.
+        for (name, table) in self.engine_for(&principal).session_tables() {
+            let schema = if include_schema {
+                table.provider.schema().as_ref().clone()
+            } else {
+                empty.clone()
+            };
+            builder
+                .append(CATALOG, "public", &name, "LOCAL TEMPORARY", &schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         metadata_stream(builder.schema(), builder.build())
     }
 
@@ -920,6 +931,7 @@ impl FlightSqlService for PitlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         principal(&request)?;
         let mut builder = query.into_builder();
+        builder.append("LOCAL TEMPORARY");
         builder.append("TABLE");
         metadata_stream(builder.schema(), builder.build())
     }

@@ -261,4 +261,12 @@ impl SessionScope for Scope {
     fn drop_table(&self, name: &str) -> bool {
         self.uploads.drop_table(&self.session, name)
     }
+
+    fn table_names(&self) -> Vec<String> {
+        self.uploads
+            .sessions()
+            .get(&self.session)
+            .map(|s| s.tables.keys().cloned().collect())
+            .unwrap_or_default()
+    }
 }
