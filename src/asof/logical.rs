@@ -400,10 +400,8 @@ impl AsOfJoin {
                 )),
             ));
         }
-        let mut qualified: Vec<(Option<TableReference>, arrow::datatypes::FieldRef)> = ls
-            .iter()
-            .map(|(q, f)| (q.cloned(), f.clone()))
-            .collect();
+        let mut qualified: Vec<(Option<TableReference>, arrow::datatypes::FieldRef)> =
+            ls.iter().map(|(q, f)| (q.cloned(), f.clone())).collect();
         qualified.extend(fields);
         self.schema = Arc::new(DFSchema::new_with_metadata(
             qualified,
@@ -580,11 +578,7 @@ impl UserDefinedLogicalNodeCore for AsOfJoin {
                 ..a.clone()
             })
             .collect();
-        let qualifier = self
-            .schema
-            .iter()
-            .last()
-            .and_then(|(q, _)| q.cloned());
+        let qualifier = self.schema.iter().last().and_then(|(q, _)| q.cloned());
         let join = AsOfJoin::try_new(
             Arc::new(left),
             Arc::new(right),

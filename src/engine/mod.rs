@@ -300,7 +300,10 @@ impl Engine {
     /// callers) ran through [`Engine::execute_planned`].
     pub fn spill_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.spills.files.load(Relaxed), self.spills.bytes.load(Relaxed))
+        (
+            self.spills.files.load(Relaxed),
+            self.spills.bytes.load(Relaxed),
+        )
     }
 
     /// The warehouse.

@@ -264,7 +264,8 @@ impl Engine {
             ControlFlow::Continue(())
         });
         let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut apply);
-        let _ = crate::frontend::visit::visit_statement_mut(&mut statement, &mut VersionsBeforeAliases);
+        let _ =
+            crate::frontend::visit::visit_statement_mut(&mut statement, &mut VersionsBeforeAliases);
         let text = statement.to_string();
         let relation = text
             .strip_prefix("SELECT * FROM ")
@@ -384,7 +385,8 @@ impl Engine {
         }
         let order = order_by(spec, &key_columns, &label_schema);
         let from = format!("FROM (SELECT * FROM {labels}) AS l{joins}\nORDER BY {order}");
-        let audit_from = format!("FROM (SELECT * FROM {labels}) AS l{audit_joins}\nORDER BY {order}");
+        let audit_from =
+            format!("FROM (SELECT * FROM {labels}) AS l{audit_joins}\nORDER BY {order}");
         inputs.sort();
         inputs.dedup();
         Ok(TrainingPlan {
@@ -511,7 +513,12 @@ impl ViewJoin<'_> {
         for feature in &self.features {
             let name = format!("{}__{feature}", self.name());
             let column = match self.view.aggregate(feature) {
-                Some(_) => format!("{}.{} AS {}", self.window_alias(), quote(feature), quote(&name)),
+                Some(_) => format!(
+                    "{}.{} AS {}",
+                    self.window_alias(),
+                    quote(feature),
+                    quote(&name)
+                ),
                 None => self.output(feature, &name),
             };
             select.push(column.clone());
@@ -580,7 +587,11 @@ impl ViewJoin<'_> {
             return String::new();
         }
         let alias = self.window_alias();
-        let op = if self.view.windows_exclusive { ">" } else { ">=" };
+        let op = if self.view.windows_exclusive {
+            ">"
+        } else {
+            ">="
+        };
         let on: Vec<String> = self
             .entity
             .join_keys
@@ -615,7 +626,11 @@ impl ViewJoin<'_> {
                 } else {
                     a.window.to_string()
                 };
-                format!("{}({arg}{k}) OVER {width} AS {}", a.function, quote(&a.name))
+                format!(
+                    "{}({arg}{k}) OVER {width} AS {}",
+                    a.function,
+                    quote(&a.name)
+                )
             })
             .collect();
         clause.push_str(&format!(" AGGREGATES ({})", items.join(", ")));

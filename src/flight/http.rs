@@ -105,7 +105,10 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         ready: !state.draining.is_cancelled(),
     });
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         text,
     )
 }

@@ -145,11 +145,7 @@ impl Metrics {
         }
         cumulative += load(&self.durations[BUCKETS.len()]);
         let _ = writeln!(out, "{n}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let _ = writeln!(
-            out,
-            "{n}_sum {}",
-            load(&self.duration_micros) as f64 / 1e6
-        );
+        let _ = writeln!(out, "{n}_sum {}", load(&self.duration_micros) as f64 / 1e6);
         let _ = writeln!(out, "{n}_count {cumulative}");
 
         let simple: [(&str, &str, &str, String); 11] = [
@@ -226,11 +222,7 @@ impl Metrics {
         for (name, kind, help, value) in simple {
             let n = family_into(&mut out, name, kind, help);
             if name == "pitlake_build_info" {
-                let _ = writeln!(
-                    out,
-                    "{n}{{version=\"{}\"}} 1",
-                    env!("CARGO_PKG_VERSION")
-                );
+                let _ = writeln!(out, "{n}{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
             } else {
                 let _ = writeln!(out, "{n} {value}");
             }

@@ -5,8 +5,8 @@
 //! plan → authorize → run in `DoGet`: the second authorization is the one that counts, the first
 //! only refuses early. Metadata calls list only what the caller may read.
 
-use super::uploads::{IfExists, Uploads};
 use super::metrics::{Ended, Metrics, Refusal};
+use super::uploads::{IfExists, Uploads};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -24,9 +24,8 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
     CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, SqlSupportedTransaction,
-    TicketStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    SqlSupportedTransaction, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse,
@@ -187,8 +186,12 @@ fn ingest_target(command: &CommandStatementIngest) -> Result<(String, IfExists, 
 fn wire_field(field: &Field) -> Field {
     let data_type = match field.data_type() {
         DataType::Dictionary(_, value) => {
-            return wire_field(&Field::new(field.name(), value.as_ref().clone(), field.is_nullable()))
-                .with_metadata(field.metadata().clone());
+            return wire_field(&Field::new(
+                field.name(),
+                value.as_ref().clone(),
+                field.is_nullable(),
+            ))
+            .with_metadata(field.metadata().clone());
         }
         DataType::List(inner) | DataType::LargeList(inner) => {
             DataType::List(Arc::new(wire_field(inner)))
@@ -370,8 +373,14 @@ impl PitlakeFlightSql {
             .plan_statement(statement)
             .await
             .map_err(|e| status_for_principal(e, principal))?;
-        planned.access.reads.retain(|t| engine.session_table(t).is_none());
-        planned.access.writes.retain(|t| engine.session_table(t).is_none());
+        planned
+            .access
+            .reads
+            .retain(|t| engine.session_table(t).is_none());
+        planned
+            .access
+            .writes
+            .retain(|t| engine.session_table(t).is_none());
         principal
             .grants
             .authorize(&principal.user, &planned.access)
@@ -986,13 +995,15 @@ impl FlightSqlService for PitlakeFlightSql {
         let incoming = futures::TryStreamExt::map_err(request.into_inner(), |status| {
             FlightError::Tonic(Box::new(status))
         });
-        let mut decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(incoming);
+        let mut decoded =
+            arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(incoming);
         let mut batches = Vec::new();
         let mut bytes = 0usize;
         let limit = self.shared.uploads.per_session();
         let upload = async {
             while let Some(batch) = decoded.next().await {
-                let batch = batch.map_err(|e| Status::invalid_argument(format!("the upload: {e}")))?;
+                let batch =
+                    batch.map_err(|e| Status::invalid_argument(format!("the upload: {e}")))?;
                 bytes += batch.get_array_memory_size();
                 if bytes > limit {
                     return Err(Status::resource_exhausted(format!(

@@ -228,8 +228,9 @@ fn hash_batches(hasher: &mut ring::digest::Context, batches: &[RecordBatch]) -> 
     for batch in batches {
         let mut buffer = Vec::new();
         {
-            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema())
-                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
+            let mut writer =
+                arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema())
+                    .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
             writer
                 .write(batch)
                 .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;

@@ -95,7 +95,8 @@ impl ExtensionPlanner for AsOfPlanner {
             .map(|e| planner.create_physical_expr(e, rs, session, planning_ctx))
             .transpose()?;
         let left_time = planner.create_physical_expr(&join.left_time, ls, session, planning_ctx)?;
-        let right_time = planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?;
+        let right_time =
+            planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?;
         if !join.aggregates.is_empty() {
             let aggregates = join
                 .aggregates

@@ -7,6 +7,6 @@ mod model;
 
 pub use events::{Action, Change, Event, Registry, RegistryState};
 pub use model::{
-    Aggregate, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind, Model, Object,
-    Source, model_key,
+    Aggregate, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn, Kind, Model,
+    Object, Source, model_key,
 };

@@ -166,9 +166,7 @@ impl WindowJoinExec {
                 })
                 .collect(),
         };
-        let agg_schema = Arc::new(Schema::new(
-            schema.fields()[ls.fields().len()..].to_vec(),
-        ));
+        let agg_schema = Arc::new(Schema::new(schema.fields()[ls.fields().len()..].to_vec()));
         let mut eq = join_equivalence_properties(
             left.equivalence_properties().clone(),
             EquivalenceProperties::new(agg_schema),
@@ -351,9 +349,9 @@ impl ExecutionPlan for WindowJoinExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children.try_into().map_err(|_| {
-            DataFusionError::Internal("WindowJoinExec takes two children".into())
-        })?;
+        let [left, right]: [Arc<dyn ExecutionPlan>; 2] = children
+            .try_into()
+            .map_err(|_| DataFusionError::Internal("WindowJoinExec takes two children".into()))?;
         Ok(Arc::new(self.rebuild(left, right)?))
     }
 
@@ -386,10 +384,7 @@ impl ExecutionPlan for WindowJoinExec {
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            let built = built
-                .get_or_try_init(|| job.run(context))
-                .await?
-                .clone();
+            let built = built.get_or_try_init(|| job.run(context)).await?.clone();
             let batches = left.map(move |batch| {
                 let batch = batch?;
                 let timer = baseline.elapsed_compute().timer();

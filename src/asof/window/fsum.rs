@@ -138,7 +138,10 @@ mod tests {
         assert_eq!(forward, 5.25);
         // Half-way cases round to even: 1 + 2^-53 is exactly between 1 and 1 + 2^-52.
         assert_eq!(exact_sum([1.0, 2f64.powi(-53)]), 1.0);
-        assert_eq!(exact_sum([1.0, 2f64.powi(-53), 2f64.powi(-80)]), 1.0 + 2f64.powi(-52));
+        assert_eq!(
+            exact_sum([1.0, 2f64.powi(-53), 2f64.powi(-80)]),
+            1.0 + 2f64.powi(-52)
+        );
         assert_eq!(exact_sum([]), 0.0);
     }
 

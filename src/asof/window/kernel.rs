@@ -167,7 +167,11 @@ fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
                 })?;
                 Values::Int(cast.as_primitive::<Int64Type>().clone())
             }
-            _ => Values::Float(cast(arg, &DataType::Float64)?.as_primitive::<Float64Type>().clone()),
+            _ => Values::Float(
+                cast(arg, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            ),
         },
     })
 }
@@ -337,11 +341,7 @@ impl WindowIndex {
                     return None;
                 }
                 let g = *self.groups.get(key_rows.row(i).as_ref())? as usize;
-                Some((
-                    self.offsets[g] as usize,
-                    self.offsets[g + 1] as usize,
-                    t,
-                ))
+                Some((self.offsets[g] as usize, self.offsets[g + 1] as usize, t))
             })
             .collect();
         drop(key_rows);
@@ -361,15 +361,9 @@ impl WindowIndex {
         // (t - d, t]: e * unit > t * unit - d, that is e >= floor((t * unit - d) / unit) + 1.
         // [t - d, t): e * unit >= t * unit - d, that is e >= ceil((t * unit - d) / unit).
         let (lower, upper) = if self.spec.strict {
-            (
-                -(numerator - t_scaled).div_euclid(unit),
-                i128::from(t) - 1,
-            )
+            (-(numerator - t_scaled).div_euclid(unit), i128::from(t) - 1)
         } else {
-            (
-                (t_scaled - numerator).div_euclid(unit) + 1,
-                i128::from(t),
-            )
+            ((t_scaled - numerator).div_euclid(unit) + 1, i128::from(t))
         };
         let group = &self.times[start..end];
         let lo = group.partition_point(|&e| i128::from(e) < lower);
@@ -389,7 +383,11 @@ impl WindowIndex {
 
     /// The entries of the window of aggregate `a` for one left row, known at its time, from the
     /// earliest; empty for a row that can match nothing.
-    fn rows(&self, a: usize, target: Option<(usize, usize, i64)>) -> impl DoubleEndedIterator<Item = u32> + '_ {
+    fn rows(
+        &self,
+        a: usize,
+        target: Option<(usize, usize, i64)>,
+    ) -> impl DoubleEndedIterator<Item = u32> + '_ {
         let (lo, hi, t) = match target {
             Some((start, end, t)) => {
                 let (lo, hi) = self.window(a, start, end, t);
@@ -420,11 +418,13 @@ impl WindowIndex {
             (AggFunction::CountStar, _) => Arc::new(Int64Array::from_iter_values(
                 targets.iter().map(|&t| self.rows(a, t).count() as i64),
             )),
-            (AggFunction::Count, Values::Array(arg)) => Arc::new(Int64Array::from_iter_values(
-                targets
-                    .iter()
-                    .map(|&t| self.rows(a, t).filter(|&r| arg.is_valid(r as usize)).count() as i64),
-            )),
+            (AggFunction::Count, Values::Array(arg)) => {
+                Arc::new(Int64Array::from_iter_values(targets.iter().map(|&t| {
+                    self.rows(a, t)
+                        .filter(|&r| arg.is_valid(r as usize))
+                        .count() as i64
+                })))
+            }
             (AggFunction::CountDistinct, Values::Rows(arg, rows)) => {
                 let mut seen: HashSet<&[u8]> = HashSet::new();
                 Arc::new(Int64Array::from_iter_values(targets.iter().map(|&t| {
@@ -444,7 +444,11 @@ impl WindowIndex {
                             .filter(|&r| arg.is_valid(r as usize))
                             .reduce(|best, r| {
                                 let (x, y) = (rows.row(r as usize), rows.row(best as usize));
-                                if (max && x > y) || (!max && x < y) { r } else { best }
+                                if (max && x > y) || (!max && x < y) {
+                                    r
+                                } else {
+                                    best
+                                }
                             })
                     })
                     .collect();

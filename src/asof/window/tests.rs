@@ -171,9 +171,12 @@ impl Case {
                 .collect()
         };
         let (ls, rs) = (left_schema(), right_schema());
-        let left =
-            MemorySourceConfig::try_new_exec(&split(self.left_batch(), left_parts), ls.clone(), None)
-                .unwrap();
+        let left = MemorySourceConfig::try_new_exec(
+            &split(self.left_batch(), left_parts),
+            ls.clone(),
+            None,
+        )
+        .unwrap();
         let right = MemorySourceConfig::try_new_exec(
             &split(self.right_batch(), right_parts),
             rs.clone(),
@@ -321,7 +324,8 @@ impl Case {
                         .map(float)
                         .unwrap_or_else(null),
                     (AggFunction::First, _) => {
-                        let with: Vec<&Right> = rows.iter().copied().filter(|r| r.s.is_some()).collect();
+                        let with: Vec<&Right> =
+                            rows.iter().copied().filter(|r| r.s.is_some()).collect();
                         let sorted = self.by_time_then_preference(with);
                         match sorted.first() {
                             None => null(),
@@ -334,14 +338,16 @@ impl Case {
                         }
                     }
                     (AggFunction::Last, Some("rv")) => {
-                        let with: Vec<&Right> = rows.iter().copied().filter(|r| r.v.is_some()).collect();
+                        let with: Vec<&Right> =
+                            rows.iter().copied().filter(|r| r.v.is_some()).collect();
                         self.by_time_then_preference(with)
                             .last()
                             .map(|r| r.v.unwrap().to_string())
                             .unwrap_or_else(null)
                     }
                     (AggFunction::Last, _) => {
-                        let with: Vec<&Right> = rows.iter().copied().filter(|r| r.s.is_some()).collect();
+                        let with: Vec<&Right> =
+                            rows.iter().copied().filter(|r| r.s.is_some()).collect();
                         let newest: Vec<String> = self
                             .by_time_then_preference(with)
                             .iter()
@@ -411,9 +417,16 @@ async fn window_operator_matches_the_oracle() {
         for (i, want) in expected.iter().enumerate() {
             let got = actual(&all, i);
             assert_eq!(
-                &got, want,
+                &got,
+                want,
                 "seed {seed}, aggregate {i} {:?} width {} strict {} known {} tiebreak {}\nleft {:?}\nright {:?}",
-                FUNCTIONS[i], case.widths[i], case.strict, case.known, case.tiebreak, case.left, case.right
+                FUNCTIONS[i],
+                case.widths[i],
+                case.strict,
+                case.known,
+                case.tiebreak,
+                case.left,
+                case.right
             );
         }
     }

@@ -19,8 +19,7 @@ use crate::frontend::dsl::{
 };
 use crate::registry::{
     Action, Aggregate, Change, Entity, Feature, FeatureRef, FeatureService, FeatureView, KeyColumn,
-    Kind,
-    Object, Registry, RegistryState,
+    Kind, Object, Registry, RegistryState,
 };
 
 /// Whether a column of type `actual` can carry an entity key declared as `declared` (an Arrow
@@ -203,7 +202,9 @@ impl Engine {
             .map(|b| b.column(0).clone())
             .filter(|c| !c.is_null(0))
         else {
-            return Err(PitlakeError::Plan(format!("{what} {sql} is NULL; {advice}")));
+            return Err(PitlakeError::Plan(format!(
+                "{what} {sql} is NULL; {advice}"
+            )));
         };
         let seconds = match column.data_type() {
             DataType::Interval(_) => {

@@ -195,11 +195,9 @@ impl LowerJoins {
         marker: &Function,
     ) -> Result<(), PitlakeError> {
         let template = format!("SELECT {}.* FROM t", Ident::with_quote('"', alias));
-        let parsed = sqlparser::parser::Parser::parse_sql(
-            &sqlparser::dialect::GenericDialect {},
-            &template,
-        )
-        .map_err(|e| PitlakeError::Internal(format!("window relation: {e}")))?;
+        let parsed =
+            sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::GenericDialect {}, &template)
+                .map_err(|e| PitlakeError::Internal(format!("window relation: {e}")))?;
         let Some(sqlparser::ast::Statement::Query(mut query)) = parsed.into_iter().next() else {
             return Err(PitlakeError::Internal("window relation: no query".into()));
         };

@@ -121,11 +121,7 @@ pub(super) fn lower_join(join: Join, args: &[Expr]) -> Result<LogicalPlan> {
 /// A projection over the window join `node` with the schema of the `LEFT JOIN` it replaces
 /// (`schema`, whose first `left_len` fields are the left's): the right relation's own columns are
 /// NULL (a window has no one row to take them from), its aggregates are the node's.
-fn restore_join_schema(
-    node: AsOfJoin,
-    schema: &DFSchema,
-    left_len: usize,
-) -> Result<LogicalPlan> {
+fn restore_join_schema(node: AsOfJoin, schema: &DFSchema, left_len: usize) -> Result<LogicalPlan> {
     let produced = node.schema().clone();
     let plan = LogicalPlan::Extension(Extension {
         node: Arc::new(node),
@@ -138,8 +134,10 @@ fn restore_join_schema(
             if i < left_len || produced.has_column(&column) {
                 Ok(Expr::Column(column))
             } else {
-                Ok(Expr::Literal(ScalarValue::try_from(field.data_type())?, None)
-                    .alias_qualified(qualifier.cloned(), field.name()))
+                Ok(
+                    Expr::Literal(ScalarValue::try_from(field.data_type())?, None)
+                        .alias_qualified(qualifier.cloned(), field.name()),
+                )
             }
         })
         .collect::<Result<Vec<_>>>()?;

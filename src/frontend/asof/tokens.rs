@@ -630,7 +630,10 @@ fn aggregate_item(
     }
     let close = matching_paren(item, *open)?;
     let over = next_sig(item, close);
-    if !item.get(over).is_some_and(|t| is_keyword(&t.token, Keyword::OVER)) {
+    if !item
+        .get(over)
+        .is_some_and(|t| is_keyword(&t.token, Keyword::OVER))
+    {
         return Err(err(&format!(
             "{}(…) needs OVER and the window's width",
             function.value

@@ -121,7 +121,9 @@ fn literal(expr: &Expr) -> Option<&ScalarValue> {
 
 /// If `right` is a window relation (`SELECT r.*, __pitlake_window(…) AS n, … FROM r` under its
 /// alias), its inner relation and the aggregates; otherwise `right` unchanged and none.
-pub(super) fn take_aggregates(right: Arc<LogicalPlan>) -> Result<(Arc<LogicalPlan>, Vec<RawAggregate>)> {
+pub(super) fn take_aggregates(
+    right: Arc<LogicalPlan>,
+) -> Result<(Arc<LogicalPlan>, Vec<RawAggregate>)> {
     let LogicalPlan::SubqueryAlias(alias) = right.as_ref() else {
         return Ok((right, Vec::new()));
     };
