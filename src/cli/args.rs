@@ -147,7 +147,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the warehouse over Arrow Flight SQL, with TLS, users and grants (see
     /// docs/operations.md).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Compare a folder of definition files (*.sql) with the registry and list what `apply`
     /// would change.
     Plan(DefinitionsArgs),

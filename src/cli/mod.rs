@@ -125,7 +125,7 @@ async fn run_command(cli: Cli) -> Result<()> {
         }
         Command::Ingest(args) => run_ingest(&engine, args).await,
         Command::Demo(args) => demo::run(&engine, args).await,
-        Command::Serve(args) => serve::run(engine, args).await,
+        Command::Serve(args) => serve::run(engine, *args).await,
         Command::Plan(args) => training::run_plan(&engine, args).await,
         Command::Apply(args) => training::run_apply(&engine, args).await,
         Command::Export(args) => {
