@@ -148,6 +148,51 @@ fn reproject(
     Ok(Some(Arc::new(ProjectionExec::try_new(exprs, join)?)))
 }
 
+/// An as-of or window join's expressions, in the order `apply_expressions` visits them: the key
+/// pairs, the two times, the tie-break, the knowledge time, then any others.
+pub(crate) struct JoinExprs<'a> {
+    pub on: &'a [(PhysicalExprRef, PhysicalExprRef)],
+    pub times: [&'a PhysicalExprRef; 2],
+    pub tiebreak: &'a [PhysicalSortExpr],
+    pub known_at: Option<&'a PhysicalExprRef>,
+}
+
+impl<'a> JoinExprs<'a> {
+    /// Calls `f` on each expression, then on each of `more`, until it says stop.
+    pub fn apply(
+        &self,
+        more: impl Iterator<Item = &'a PhysicalExprRef>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        let keys = self.on.iter().flat_map(|(l, r)| [l, r]);
+        let exprs = keys
+            .chain(self.times)
+            .chain(self.tiebreak.iter().map(|s| &s.expr))
+            .chain(self.known_at)
+            .chain(more);
+        for expr in exprs {
+            if f(expr)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+}
+
+/// Key pairs as `EXPLAIN` shows them: `(l, r)`, or `(l IS NOT DISTINCT FROM r)`.
+pub(crate) fn fmt_on(
+    on: &[(PhysicalExprRef, PhysicalExprRef)],
+    null_equal: &[bool],
+) -> Vec<String> {
+    on.iter()
+        .zip(null_equal)
+        .map(|((l, r), ne)| {
+            let eq = if *ne { " IS NOT DISTINCT FROM " } else { ", " };
+            format!("({l}{eq}{r})")
+        })
+        .collect()
+}
+
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -522,15 +567,7 @@ impl AsOfJoinExec {
 
 impl DisplayAs for AsOfJoinExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let on: Vec<String> = self
-            .on
-            .iter()
-            .zip(&self.null_equal)
-            .map(|((l, r), ne)| {
-                let eq = if *ne { " IS NOT DISTINCT FROM " } else { ", " };
-                format!("({l}{eq}{r})")
-            })
-            .collect();
+        let on = fmt_on(&self.on, &self.null_equal);
         let tiebreak: Vec<String> = self
             .tiebreak
             .iter()
@@ -658,21 +695,13 @@ impl ExecutionPlan for AsOfJoinExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut exprs: Vec<&PhysicalExprRef> = Vec::new();
-        for (l, r) in &self.on {
-            exprs.push(l);
-            exprs.push(r);
-        }
-        exprs.push(&self.left_time);
-        exprs.push(&self.right_time);
-        exprs.extend(self.tiebreak.iter().map(|s| &s.expr));
-        exprs.extend(self.known_at.iter());
-        for expr in exprs {
-            if f(expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        let exprs = JoinExprs {
+            on: &self.on,
+            times: [&self.left_time, &self.right_time],
+            tiebreak: &self.tiebreak,
+            known_at: self.known_at.as_ref(),
+        };
+        exprs.apply(std::iter::empty(), f)
     }
 
     /// Absorbs a projection above: the right columns it does not read are neither kept in the

@@ -544,25 +544,42 @@ impl ViewJoin<'_> {
         }
     }
 
-    /// `ASOF LEFT JOIN (<pinned source>) AS <alias> ON keys AND time [TOLERANCE] [TIEBREAK]
-    /// [KNOWN AT]`.
-    fn clause(&self, source: &str) -> String {
-        let alias = &self.alias;
+    /// `ASOF LEFT JOIN (SELECT * FROM <source>) AS <alias> ON <keys> AND l.<at> <op> <alias>.<event
+    /// time>`.
+    fn join_on(&self, source: &str, alias: &str, op: &str) -> String {
         let on: Vec<String> = self
             .entity
             .join_keys
             .iter()
             .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
             .chain(std::iter::once(format!(
-                "l.{} >= {alias}.{}",
+                "l.{} {op} {alias}.{}",
                 quote(&self.spec.at),
                 quote(&self.view.event_time)
             )))
             .collect();
-        let mut clause = format!(
+        format!(
             "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
             on.join(" AND ")
-        );
+        )
+    }
+
+    /// ` TIEBREAK BY <created> DESC [KNOWN AT <created>]` when the view has a created time.
+    fn known_clauses(&self, alias: &str) -> String {
+        let Some(created) = &self.view.created_time else {
+            return String::new();
+        };
+        let mut clauses = format!(" TIEBREAK BY {alias}.{} DESC", quote(created));
+        if self.spec.options.knowledge_time {
+            clauses.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
+        }
+        clauses
+    }
+
+    /// `ASOF LEFT JOIN (<pinned source>) AS <alias> ON keys AND time [TOLERANCE] [TIEBREAK]
+    /// [KNOWN AT]`.
+    fn clause(&self, source: &str) -> String {
+        let mut clause = self.join_on(source, &self.alias, ">=");
         if let Some(ttl) = self.view.ttl_seconds {
             if self.temporal {
                 clause.push_str(&format!(" TOLERANCE INTERVAL '{ttl} seconds'"));
@@ -570,12 +587,7 @@ impl ViewJoin<'_> {
                 clause.push_str(&format!(" TOLERANCE {ttl}"));
             }
         }
-        if let Some(created) = &self.view.created_time {
-            clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
-            if self.spec.options.knowledge_time {
-                clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
-            }
-        }
+        clause.push_str(&self.known_clauses(&self.alias));
         clause
     }
 
@@ -592,27 +604,8 @@ impl ViewJoin<'_> {
         } else {
             ">="
         };
-        let on: Vec<String> = self
-            .entity
-            .join_keys
-            .iter()
-            .map(|k| format!("l.{} = {alias}.{}", quote(&k.name), quote(&k.name)))
-            .chain(std::iter::once(format!(
-                "l.{} {op} {alias}.{}",
-                quote(&self.spec.at),
-                quote(&self.view.event_time)
-            )))
-            .collect();
-        let mut clause = format!(
-            "\nASOF LEFT JOIN (SELECT * FROM {source}) AS {alias} ON {}",
-            on.join(" AND ")
-        );
-        if let Some(created) = &self.view.created_time {
-            clause.push_str(&format!(" TIEBREAK BY {alias}.{} DESC", quote(created)));
-            if self.spec.options.knowledge_time {
-                clause.push_str(&format!(" KNOWN AT {alias}.{}", quote(created)));
-            }
-        }
+        let mut clause = self.join_on(source, &alias, op);
+        clause.push_str(&self.known_clauses(&alias));
         let items: Vec<String> = aggregates
             .iter()
             .map(|a| {

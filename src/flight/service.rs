@@ -163,7 +163,7 @@ fn ingest_target(command: &CommandStatementIngest) -> Result<(String, IfExists, 
         ));
     }
     let table = command.table.clone();
-    let name = crate::storage::TableName::parse(&table)
+    let name = TableName::parse(&table)
         .map_err(|e| Status::invalid_argument(format!("the table name `{table}`: {e}")))?;
     if name.schema.is_some() || name.table != table {
         return Err(Status::invalid_argument(format!(
@@ -972,7 +972,7 @@ impl FlightSqlService for PitlakeFlightSql {
         let principal = principal(&request)?;
         let (table, if_exists, must_exist) = ingest_target(&command)?;
         let engine = self.engine_for(&principal);
-        let name = crate::storage::TableName::bare(&table);
+        let name = TableName::bare(&table);
         if must_exist && engine.session_table(&name).is_none() {
             return Err(Status::not_found(format!(
                 "this session has no table `{table}` to append to"

@@ -503,7 +503,8 @@ async fn metadata_calls_list_what_the_user_may_read() {
 
     let info = alice.get_table_types().await.unwrap();
     let types = fetch(&mut alice, info).await.unwrap();
-    assert_eq!(rows(&types), vec![vec!["TABLE"]]);
+    // A session's uploads are `LOCAL TEMPORARY`; warehouse tables are `TABLE`.
+    assert_eq!(rows(&types), vec![vec!["LOCAL TEMPORARY"], vec!["TABLE"]]);
 
     let info = alice
         .get_sql_info(vec![

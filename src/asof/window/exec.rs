@@ -31,8 +31,9 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::kernel::{KernelAggregate, RightArrays, WindowIndex, WindowSpec};
-use super::{AggFunction, WindowAggregate};
+use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
+use crate::asof::exec::{JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
 #[derive(Debug, Clone)]
@@ -51,18 +52,8 @@ pub struct PhysicalWindowAggregate {
 
 impl fmt::Display for PhysicalWindowAggregate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let arg = match &self.arg {
-            None => "*".to_string(),
-            Some(arg) => arg.to_string(),
-        };
-        let k = self.k.map(|k| format!(", {k}")).unwrap_or_default();
-        write!(
-            f,
-            "{}({arg}{k}) OVER {} AS {}",
-            self.function.name(),
-            self.width,
-            self.name
-        )
+        let arg = self.arg.as_ref().map(|a| a.to_string());
+        fmt_aggregate(f, self.function, arg, self.k, &self.width, &self.name)
     }
 }
 
@@ -327,22 +318,13 @@ impl ExecutionPlan for WindowJoinExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        let mut exprs: Vec<&PhysicalExprRef> = Vec::new();
-        for (l, r) in &self.on {
-            exprs.push(l);
-            exprs.push(r);
-        }
-        exprs.push(&self.left_time);
-        exprs.push(&self.right_time);
-        exprs.extend(self.tiebreak.iter().map(|s| &s.expr));
-        exprs.extend(self.known_at.iter());
-        exprs.extend(self.aggregates.iter().filter_map(|a| a.arg.as_ref()));
-        for expr in exprs {
-            if f(expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        let exprs = JoinExprs {
+            on: &self.on,
+            times: [&self.left_time, &self.right_time],
+            tiebreak: &self.tiebreak,
+            known_at: self.known_at.as_ref(),
+        };
+        exprs.apply(self.aggregates.iter().filter_map(|a| a.arg.as_ref()), f)
     }
 
     fn with_new_children(
@@ -413,15 +395,7 @@ impl ExecutionPlan for WindowJoinExec {
 
 impl DisplayAs for WindowJoinExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let on: Vec<String> = self
-            .on
-            .iter()
-            .zip(&self.null_equal)
-            .map(|((l, r), ne)| {
-                let eq = if *ne { " IS NOT DISTINCT FROM " } else { ", " };
-                format!("({l}{eq}{r})")
-            })
-            .collect();
+        let on = fmt_on(&self.on, &self.null_equal);
         let aggregates: Vec<String> = self.aggregates.iter().map(|a| a.to_string()).collect();
         let op = if self.strict { ">" } else { ">=" };
         match t {

@@ -212,17 +212,21 @@ pub struct WindowAggregate {
 
 impl fmt::Display for WindowAggregate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let arg = match &self.arg {
-            None => "*".to_string(),
-            Some(arg) => arg.to_string(),
-        };
-        let k = self.k.map(|k| format!(", {k}")).unwrap_or_default();
-        write!(
-            f,
-            "{}({arg}{k}) OVER {} AS {}",
-            self.function.name(),
-            self.width,
-            self.name
-        )
+        let arg = self.arg.as_ref().map(|a| a.to_string());
+        fmt_aggregate(f, self.function, arg, self.k, &self.width, &self.name)
     }
+}
+
+/// `f(arg[, k]) OVER width AS name`, as `EXPLAIN` shows an aggregate (`*` without an argument).
+fn fmt_aggregate(
+    f: &mut fmt::Formatter<'_>,
+    function: AggFunction,
+    arg: Option<String>,
+    k: Option<usize>,
+    width: &Tolerance,
+    name: &str,
+) -> fmt::Result {
+    let arg = arg.unwrap_or_else(|| "*".into());
+    let k = k.map(|k| format!(", {k}")).unwrap_or_default();
+    write!(f, "{}({arg}{k}) OVER {width} AS {name}", function.name())
 }
