@@ -1,12 +1,14 @@
 //! [`WindowJoinExec`]: the window join operator. The right input (every partition) is collected
 //! once into a [`WindowIndex`] shared by all left partitions; each left batch then gets its
 //! aggregates, in its own order. The index is held in the query's memory pool; a right input
-//! that does not fit is refused with the limit to raise (window joins do not spill).
+//! that does not fit goes to 64 bucket files by a hash of its keys, and each left partition is
+//! then run bucket by bucket and merged back into its order (`spill`). A join without keys has
+//! one bucket: it must fit, or it is refused with the limit to raise.
 
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::JoinType;
@@ -21,8 +23,9 @@ use datafusion::physical_expr::{
 };
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{
-    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics,
 };
+use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -30,7 +33,8 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::kernel::{KernelAggregate, RightArrays, WindowIndex, WindowSpec};
+use super::kernel::{KernelAggregate, WindowIndex, WindowSpec};
+use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
 use crate::asof::exec::{JoinExprs, fmt_on};
@@ -70,10 +74,13 @@ impl PhysicalWindowAggregate {
     }
 }
 
-/// The built index and the memory it holds.
-struct Built {
-    index: WindowIndex,
-    _reservation: MemoryReservation,
+/// The right side, built: an index in memory, or bucket files when it did not fit.
+enum Built {
+    InMemory {
+        index: Box<WindowIndex>,
+        _reservation: MemoryReservation,
+    },
+    Spilled(SpilledRight),
 }
 
 /// The window join operator. Build it with [`WindowJoinExec::try_new`].
@@ -94,14 +101,23 @@ pub struct WindowJoinExec {
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
     built: Arc<tokio::sync::OnceCell<Arc<Built>>>,
+    /// Taken by a spilled partition while it indexes its buckets (see `spill`).
+    spill_turn: Arc<tokio::sync::Mutex<()>>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl fmt::Debug for Built {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Built")
-            .field("rows", &self.index.num_rows())
-            .finish()
+        match self {
+            Built::InMemory { index, .. } => f
+                .debug_struct("InMemory")
+                .field("rows", &index.num_rows())
+                .finish(),
+            Built::Spilled(right) => f
+                .debug_struct("Spilled")
+                .field("files", &right.files.iter().flatten().count())
+                .finish(),
+        }
     }
 }
 
@@ -189,6 +205,7 @@ impl WindowJoinExec {
             schema,
             cache,
             built: Arc::default(),
+            spill_turn: Arc::default(),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -218,23 +235,15 @@ impl WindowJoinExec {
 /// What building the index needs, detached from the operator.
 struct BuildJob {
     right: Arc<dyn ExecutionPlan>,
-    right_keys: Vec<PhysicalExprRef>,
-    right_time: PhysicalExprRef,
-    known_at: Option<PhysicalExprRef>,
-    tiebreak: Vec<PhysicalExprRef>,
-    args: Vec<Option<PhysicalExprRef>>,
-    spec: WindowSpec,
+    sides: Sides,
     build_rows: Count,
-}
-
-fn evaluate(expr: &PhysicalExprRef, batch: &RecordBatch) -> Result<ArrayRef> {
-    expr.evaluate(batch)?.into_array(batch.num_rows())
+    spill: SpillMetrics,
 }
 
 fn out_of_memory(e: DataFusionError, what: &str) -> DataFusionError {
     DataFusionError::ResourcesExhausted(format!(
         "a window join's {what} does not fit in the query's memory ({e}); raise --memory-limit \
-         or --query-memory-limit, or narrow the right input (window joins do not spill)"
+         or --query-memory-limit, or narrow the right input"
     ))
 }
 
@@ -248,46 +257,50 @@ impl BuildJob {
             .collect::<Result<Vec<_>>>()?;
         let mut batches = Vec::new();
         let mut merged = futures::stream::select_all(streams);
+        // A join with keys that does not fit goes to bucket files (a join without keys has one
+        // bucket, so it must fit).
+        let may_spill = !self.sides.right_keys.is_empty()
+            && context.runtime_env().disk_manager.tmp_files_enabled();
+        let mut buckets: Option<RightBuckets> = None;
         while let Some(batch) = merged.next().await {
             let batch = batch?;
-            reservation
-                .try_grow(batch.get_array_memory_size())
-                .map_err(|e| out_of_memory(e, "right input"))?;
-            batches.push(batch);
+            self.build_rows.add(batch.num_rows());
+            if let Some(buckets) = &mut buckets {
+                buckets.write(&self.sides, &batch)?;
+                continue;
+            }
+            // The batches, then their concatenation and the index: twice their size at most.
+            match reservation.try_grow(2 * batch.get_array_memory_size()) {
+                Ok(()) => batches.push(batch),
+                Err(e) if !may_spill => return Err(out_of_memory(e, "right input")),
+                Err(_) => {
+                    let manager = SpillManager::new(
+                        context.runtime_env(),
+                        self.spill.clone(),
+                        self.right.schema(),
+                    );
+                    let mut spilled = RightBuckets::new(manager);
+                    for held in batches.drain(..) {
+                        spilled.write(&self.sides, &held)?;
+                    }
+                    spilled.write(&self.sides, &batch)?;
+                    reservation.free();
+                    buckets = Some(spilled);
+                }
+            }
+        }
+        if let Some(buckets) = buckets {
+            return Ok(Arc::new(Built::Spilled(buckets.finish()?)));
         }
         let batch = concat_batches(&self.right.schema(), &batches)?;
         drop(batches);
-        self.build_rows.add(batch.num_rows());
-        let arrays = RightArrays {
-            keys: self
-                .right_keys
-                .iter()
-                .map(|e| evaluate(e, &batch))
-                .collect::<Result<_>>()?,
-            time: evaluate(&self.right_time, &batch)?,
-            known: self
-                .known_at
-                .as_ref()
-                .map(|e| evaluate(e, &batch))
-                .transpose()?,
-            tiebreak: self
-                .tiebreak
-                .iter()
-                .map(|e| evaluate(e, &batch))
-                .collect::<Result<_>>()?,
-            args: self
-                .args
-                .iter()
-                .map(|e| e.as_ref().map(|e| evaluate(e, &batch)).transpose())
-                .collect::<Result<_>>()?,
-        };
-        let index = WindowIndex::build(self.spec, arrays)?;
+        let index = WindowIndex::build(self.sides.spec.clone(), self.sides.right_arrays(&batch)?)?;
         drop(batch);
         reservation
             .try_resize(index.memory_size())
             .map_err(|e| out_of_memory(e, "index"))?;
-        Ok(Arc::new(Built {
-            index,
+        Ok(Arc::new(Built::InMemory {
+            index: Box::new(index),
             _reservation: reservation,
         }))
     }
@@ -349,39 +362,61 @@ impl ExecutionPlan for WindowJoinExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let left = self.left.execute(partition, context.clone())?;
-        let job = BuildJob {
-            right: self.right.clone(),
+        let sides = Sides {
             right_keys: self.on.iter().map(|(_, r)| r.clone()).collect(),
             right_time: self.right_time.clone(),
             known_at: self.known_at.clone(),
             tiebreak: self.tiebreak.iter().map(|s| s.expr.clone()).collect(),
             args: self.aggregates.iter().map(|a| a.arg.clone()).collect(),
+            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
+            left_time: self.left_time.clone(),
             spec: self.spec.clone(),
+        };
+        let job = BuildJob {
+            right: self.right.clone(),
+            sides: sides.clone(),
             build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
+            spill: SpillMetrics::new(&self.metrics, partition),
         };
         let built = self.built.clone();
-        let left_keys: Vec<PhysicalExprRef> = self.on.iter().map(|(l, _)| l.clone()).collect();
-        let left_time = self.left_time.clone();
         let schema = self.schema.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
+        let metrics = self.metrics.clone();
+        let turn = self.spill_turn.clone();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            let built = built.get_or_try_init(|| job.run(context)).await?.clone();
-            let batches = left.map(move |batch| {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                let keys = left_keys
-                    .iter()
-                    .map(|e| evaluate(e, &batch))
-                    .collect::<Result<Vec<_>>>()?;
-                let time = evaluate(&left_time, &batch)?;
-                let mut columns = batch.columns().to_vec();
-                columns.extend(built.index.aggregate(&keys, &time)?);
-                let out = RecordBatch::try_new(out_schema.clone(), columns)?;
-                timer.done();
-                baseline.record_output(out.num_rows());
-                Ok(out)
-            });
+            let built = built
+                .get_or_try_init(|| job.run(context.clone()))
+                .await?
+                .clone();
+            let batches: SendableRecordBatchStream = match built.as_ref() {
+                Built::Spilled(right) => {
+                    let run = SpillRun {
+                        context,
+                        metrics,
+                        partition,
+                        turn,
+                    };
+                    spilled_window(left, right, &sides, out_schema, run).await?
+                }
+                Built::InMemory { .. } => {
+                    let built = built.clone();
+                    let batch_schema = out_schema.clone();
+                    let stream = left.map(move |batch| {
+                        let batch = batch?;
+                        let Built::InMemory { index, .. } = built.as_ref() else {
+                            unreachable!("matched above")
+                        };
+                        let timer = baseline.elapsed_compute().timer();
+                        let columns = sides.aggregate(index, &batch)?;
+                        let out = RecordBatch::try_new(batch_schema.clone(), columns)?;
+                        timer.done();
+                        baseline.record_output(out.num_rows());
+                        Ok(out)
+                    });
+                    Box::pin(RecordBatchStreamAdapter::new(out_schema.clone(), stream))
+                }
+            };
             Ok::<_, DataFusionError>(batches)
         })
         .try_flatten();

@@ -14,11 +14,13 @@
 //! - `kernel`: [`WindowIndex`], the right rows grouped by key and sorted by time, and the
 //!   aggregation of one left batch against it.
 //! - `exec`: [`WindowJoinExec`], the physical operator.
+//! - `spill`: the bucket-by-bucket run for a right input larger than memory.
 //! - `tests`: the kernel against a brute-force oracle on random inputs (tests only).
 
 mod exec;
 mod fsum;
 mod kernel;
+mod spill;
 #[cfg(test)]
 mod tests;
 

@@ -66,11 +66,22 @@ struct Case {
 }
 
 fn random_case(rng: &mut StdRng) -> Case {
-    let keys = rng.random_range(1..4);
+    random_case_sized(rng, 60, 40, 1..4)
+}
+
+/// A random case with up to `right_rows` right rows, `left_rows` left rows and a number of
+/// keys from `keys`.
+fn random_case_sized(
+    rng: &mut StdRng,
+    right_rows: usize,
+    left_rows: usize,
+    keys: std::ops::Range<i64>,
+) -> Case {
+    let keys = rng.random_range(keys);
     let times = rng.random_range(1..25);
     let nulls = [0.0, 0.1, 0.3][rng.random_range(0..3)];
     let null = |rng: &mut StdRng| rng.random_bool(nulls);
-    let right = (0..rng.random_range(0..60))
+    let right = (0..rng.random_range(0..right_rows))
         .map(|_| {
             let t = (!null(rng)).then(|| rng.random_range(0..times));
             Right {
@@ -85,7 +96,7 @@ fn random_case(rng: &mut StdRng) -> Case {
             }
         })
         .collect();
-    let left = (0..rng.random_range(0..40))
+    let left = (0..rng.random_range(0..left_rows))
         .map(|_| {
             (
                 (!null(rng)).then(|| rng.random_range(0..keys + 1)),
@@ -430,4 +441,39 @@ async fn window_operator_matches_the_oracle() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn spilling_gives_the_oracle_answer_in_the_left_order() {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let mut spilled = 0;
+    for seed in 0..40u64 {
+        let mut rng = StdRng::seed_from_u64(10_000 + seed);
+        let case = random_case_sized(&mut rng, 3000, 300, 100..300);
+        let expected: Vec<Vec<String>> = (0..FUNCTIONS.len()).map(|i| case.expected(i)).collect();
+        // Far less memory than the right side needs at once, enough for one bucket of it.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(256 * 1024, 1.0)
+            .build_arc()
+            .unwrap();
+        let config = SessionConfig::new().with_batch_size(64);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let plan = case.plan(2, 2, 64);
+        let out = collect_partitioned(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap();
+        let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
+        for (i, want) in expected.iter().enumerate() {
+            assert_eq!(
+                &actual(&all, i),
+                want,
+                "seed {seed}, aggregate {i} {:?}",
+                FUNCTIONS[i]
+            );
+        }
+        if plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0) > 0 {
+            spilled += 1;
+        }
+    }
+    assert!(spilled >= 20, "only {spilled} of 40 cases spilled");
 }
