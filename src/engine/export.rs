@@ -643,6 +643,23 @@ impl Engine {
     /// Rebuilds an exported training set from its manifest and compares it with the original.
     pub async fn reproduce(&self, manifest_at: &str, output: Option<&str>) -> Result<Reproduction> {
         let manifest = self.read_supported_manifest(manifest_at).await?;
+        // Labels uploaded for a session are not in the warehouse: the same rows must be
+        // uploaded again, under the same name, in the session that reproduces.
+        for input in &manifest.plan.inputs {
+            let name = crate::storage::TableName::parse(&input.table)?;
+            if input.version == super::training::SESSION_TABLE_VERSION
+                && self.session_table(&name).is_none()
+            {
+                return Err(PitlakeError::Plan(format!(
+                    "the training set's {} were uploaded for a session as `{}` ({}); upload the \
+                     same rows under that name in a session (the Python client's reproduce does) \
+                     and reproduce there",
+                    input.role,
+                    input.table,
+                    input.content_hash.as_deref().unwrap_or("no content hash recorded")
+                )));
+            }
+        }
         let actual = match output {
             Some(to) => {
                 let format = ExportFormat::resolve(Some(&manifest.output.format), to)?;
