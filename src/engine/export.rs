@@ -656,7 +656,10 @@ impl Engine {
                      and reproduce there",
                     input.role,
                     input.table,
-                    input.content_hash.as_deref().unwrap_or("no content hash recorded")
+                    input
+                        .content_hash
+                        .as_deref()
+                        .unwrap_or("no content hash recorded")
                 )));
             }
         }

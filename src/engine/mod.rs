@@ -180,6 +180,8 @@ pub struct Engine {
     spills: Arc<SpillTally>,
     /// The caller's session tables, when it acts in a session (see `session.rs`).
     session: Option<Arc<dyn session::SessionScope>>,
+    /// The session context without the session's tables (`ctx` itself outside a session).
+    base_ctx: SessionContext,
 }
 
 /// Spill files and bytes written by the queries an engine ran.
@@ -255,6 +257,7 @@ impl Engine {
         ctx.register_udf(frontend::window_marker_udf());
         ctx.register_catalog(CATALOG, catalog.clone());
         Ok(Self {
+            base_ctx: ctx.clone(),
             ctx,
             warehouse,
             catalog,

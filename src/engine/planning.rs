@@ -264,6 +264,8 @@ impl Engine {
         };
         let state = self.ctx.state();
         let functions = state.table_functions();
+        // Names read at a version mean the warehouse's table, never the session's upload.
+        let versioned = versioned_names(sql);
         let mut names = BTreeSet::new();
         for reference in state.resolve_table_references(sql)? {
             let placeholder = reference.table() == crate::frontend::embedded::PLACEHOLDER;
@@ -272,7 +274,11 @@ impl Engine {
             {
                 continue;
             }
-            names.insert(self.scanned_table(&reference)?);
+            let name = self.scanned_table(&reference)?;
+            if self.is_session_read(&reference) && !versioned.contains(&name.table) {
+                continue;
+            }
+            names.insert(name);
         }
         // The labels of the training sets inside it.
         for training_set in self.embedded_training_sets(sql)? {
@@ -447,9 +453,14 @@ impl Engine {
         let mut writes: Vec<TableReference> = Vec::new();
         plan.apply_with_subqueries(|node| {
             match node {
+                // A scan of the session's own upload needs no grant (only this session can name
+                // it); a versioned name (`t@v3`) is a warehouse table's.
+                LogicalPlan::TableScan(scan) if self.is_session_read(&scan.table_name) => {}
                 LogicalPlan::TableScan(scan) => scans.push(scan.table_name.clone()),
                 LogicalPlan::Ddl(ddl) => match ddl {
                     DdlStatement::CreateMemoryTable(create) => writes.push(create.name.clone()),
+                    // `DROP TABLE` of a session's upload drops the upload, nothing else.
+                    DdlStatement::DropTable(drop) if self.is_session_read(&drop.name) => {}
                     DdlStatement::DropTable(drop) => writes.push(drop.name.clone()),
                     DdlStatement::CreateView(create) => writes.push(create.name.clone()),
                     DdlStatement::DropView(drop) => writes.push(drop.name.clone()),
@@ -504,6 +515,33 @@ impl Engine {
             table: base.to_string(),
         })
     }
+}
+
+/// The names of the tables a statement reads at a version (`t VERSION AS OF 3`), lower-cased.
+fn versioned_names(sql: &DFStatement) -> BTreeSet<String> {
+    struct Versioned(BTreeSet<String>);
+    impl sqlparser::ast::Visitor for Versioned {
+        type Break = ();
+        fn pre_visit_table_factor(
+            &mut self,
+            factor: &sqlparser::ast::TableFactor,
+        ) -> std::ops::ControlFlow<()> {
+            if let sqlparser::ast::TableFactor::Table {
+                name,
+                version: Some(_),
+                ..
+            } = factor
+                && let Some(last) = name.0.last()
+            {
+                self.0
+                    .insert(last.to_string().trim_matches('"').to_lowercase());
+            }
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut visitor = Versioned(BTreeSet::new());
+    let _ = crate::frontend::visit::visit_statement(sql, &mut visitor);
+    visitor.0
 }
 
 /// The types of a plan's parameters `$1` … `$n`, in order.

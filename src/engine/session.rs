@@ -49,8 +49,22 @@ impl Engine {
             .with_catalog_list(catalogs)
             .build();
         engine.ctx = SessionContext::new_with_state(state);
+        engine.base_ctx = self.base_ctx.clone();
         engine.session = Some(scope);
         engine
+    }
+
+    /// This engine outside any session (the warehouse's tables only).
+    pub(crate) fn without_session(&self) -> Engine {
+        match &self.session {
+            None => self.clone(),
+            Some(_) => {
+                let mut engine = self.clone();
+                engine.session = None;
+                engine.ctx = self.base_ctx.clone();
+                engine
+            }
+        }
     }
 
     /// The session's table `name` refers to, if it is one (a bare name the session uploaded).
@@ -71,6 +85,18 @@ impl Engine {
             .into_iter()
             .filter_map(|name| scope.table(&name).map(|t| (name, t)))
             .collect()
+    }
+
+    /// Whether a reference in a plan means the session's upload: a bare name (no schema, no
+    /// version: `t@v3` is the warehouse table `t` at version 3) that the session uploaded.
+    pub(crate) fn is_session_read(&self, reference: &datafusion::common::TableReference) -> bool {
+        self.session.is_some()
+            && reference.schema().is_none()
+            && !reference.table().contains('@')
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|scope| scope.table(reference.table()).is_some())
     }
 
     /// Drops the session's table `name`, if it is one.

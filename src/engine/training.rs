@@ -226,7 +226,14 @@ impl Engine {
         let mut inputs = Vec::with_capacity(tables.len());
         for (name, pinned) in tables {
             let table = self.table_name(&name)?;
-            if self.session_table(&table).is_some() && pinned.is_none() {
+            if self.session_table(&table).is_some() {
+                if pinned.is_some() {
+                    return Err(PitlakeError::Plan(format!(
+                        "`{table}` is a table this session uploaded: it has no versions (a \
+                         warehouse table of that name is not reachable from this session by \
+                         its bare name)"
+                    )));
+                }
                 // Uploaded for this session: no version to pin; its content hash is recorded.
                 versions.push(None);
                 inputs.push((table.to_string(), SESSION_TABLE_VERSION));
@@ -358,7 +365,11 @@ impl Engine {
                     key_columns.push(key.name.clone());
                 }
             }
-            let (source, pinned) = self.pin_relation(&view.source.relation()).await?;
+            // A view's source names warehouse tables: never a session's upload.
+            let (source, pinned) = self
+                .without_session()
+                .pin_relation(&view.source.relation())
+                .await?;
             inputs.extend(pinned.iter().map(|(table, version)| {
                 self.pinned_input(table.clone(), *version, format!("feature view {view_name}"))
             }));

@@ -6,7 +6,8 @@
 //! only refuses early. Metadata calls list only what the caller may read.
 
 use super::metrics::{Ended, Metrics, Refusal};
-use super::uploads::{IfExists, Uploads};
+use super::uploads::{IfExists, Uploads, batch_bytes};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -143,6 +144,9 @@ fn logged(sql: &str) -> &str {
     }
 }
 
+/// The longest name of a session table.
+const MAX_UPLOAD_NAME: usize = 128;
+
 /// The session table a bulk ingest writes and what to do if it exists. Only session tables
 /// (`temporary`) are served; warehouse tables are loaded with `pitlake ingest` or SQL.
 fn ingest_target(command: &CommandStatementIngest) -> Result<(String, IfExists, bool), Status> {
@@ -163,6 +167,11 @@ fn ingest_target(command: &CommandStatementIngest) -> Result<(String, IfExists, 
         ));
     }
     let table = command.table.clone();
+    if table.len() > MAX_UPLOAD_NAME {
+        return Err(Status::invalid_argument(format!(
+            "a session table's name has at most {MAX_UPLOAD_NAME} characters"
+        )));
+    }
     let name = TableName::parse(&table)
         .map_err(|e| Status::invalid_argument(format!("the table name `{table}`: {e}")))?;
     if name.schema.is_some() || name.table != table {
@@ -360,11 +369,11 @@ impl PitlakeFlightSql {
         // Before planning opens anything: every table and view the text names must be one the
         // caller may use, so a forbidden object's existence, versions, history and columns
         // stay hidden.
-        let mut named = engine
+        // (The session's own uploads are left out by the engine: only this session can name
+        // them, and only where the name means the upload.)
+        let named = engine
             .named_tables(&statement)
             .map_err(|e| status_for_principal(e, principal))?;
-        // The session's own uploads need no grant: only this session can name them.
-        named.retain(|t| engine.session_table(t).is_none());
         principal
             .grants
             .authorize_named(&principal.user, &named, &engine.named_views(&statement))
@@ -975,7 +984,7 @@ impl FlightSqlService for PitlakeFlightSql {
         let name = TableName::bare(&table);
         if must_exist && engine.session_table(&name).is_none() {
             return Err(Status::not_found(format!(
-                "this session has no table `{table}` to append to"
+                "this session has no table `{table}` to append to or replace"
             )));
         }
         if engine.session_table(&name).is_none()
@@ -1000,17 +1009,27 @@ impl FlightSqlService for PitlakeFlightSql {
         let mut batches = Vec::new();
         let mut bytes = 0usize;
         let limit = self.shared.uploads.per_session();
+        // While it arrives, the upload holds memory of the engine's pool like a query does.
+        let arriving = MemoryConsumer::new(format!("upload of {}", principal.user))
+            .register(&engine.memory_pool());
         let upload = async {
             while let Some(batch) = decoded.next().await {
                 let batch =
                     batch.map_err(|e| Status::invalid_argument(format!("the upload: {e}")))?;
-                bytes += batch.get_array_memory_size();
+                let size = batch_bytes(&batch);
+                bytes += size;
                 if bytes > limit {
                     return Err(Status::resource_exhausted(format!(
-                        "the upload is over the {} MiB a session may hold; upload fewer rows",
+                        "the upload is over the {} MiB a user may hold; upload fewer rows",
                         limit >> 20
                     )));
                 }
+                arriving.try_grow(size).map_err(|_| {
+                    Status::resource_exhausted(
+                        "the server's memory is in use (--memory-limit); upload later or fewer \
+                         rows",
+                    )
+                })?;
                 batches.push(batch);
             }
             Ok::<_, Status>(decoded.schema().cloned())
@@ -1026,6 +1045,8 @@ impl FlightSqlService for PitlakeFlightSql {
         let schema = schema
             .or_else(|| batches.first().map(|b| b.schema()))
             .ok_or_else(|| Status::invalid_argument("the upload has no schema"))?;
+        // The session's reservation takes over from the arriving one.
+        drop(arriving);
         let rows = self
             .shared
             .uploads

@@ -3,8 +3,9 @@
 //! bearer token it presents), read by that session's statements by their bare names, and gone
 //! when dropped (`DROP TABLE`), when the session has been idle for the token lifetime, or when
 //! the server stops. Their bytes are reserved in the engine's memory pool, so uploads count
-//! against `--memory-limit`; one session may hold at most a quarter of the pool (or
-//! `--query-memory-limit`, if smaller), and [`MAX_TABLES`] tables.
+//! against `--memory-limit` (while they arrive, too); one user, over all their sessions, may hold
+//! at most a quarter of the pool (or `--query-memory-limit`, if smaller), and a session
+//! [`MAX_TABLES`] tables.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use datafusion::catalog::MemTable;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use tonic::Status;
 
+use crate::engine::ContentHash;
 use crate::engine::session::{SessionScope, SessionTable};
 use crate::flight::auth::Principal;
 
@@ -28,8 +30,9 @@ struct Upload {
     batches: Vec<RecordBatch>,
     rows: usize,
     bytes: usize,
-    /// SHA-256 over the uploaded rows (their Arrow IPC encoding), kept up to date on append.
-    hasher: ring::digest::Context,
+    /// The rows' content hash (as exports have), kept up to date on append: the same rows give
+    /// the same hash however they were split into batches.
+    hash: ContentHash,
 }
 
 struct Session {
@@ -111,9 +114,15 @@ impl Uploads {
         batches: Vec<RecordBatch>,
         if_exists: IfExists,
     ) -> Result<i64, Status> {
-        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let bytes: usize = batches.iter().map(batch_bytes).sum();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut sessions = self.sessions();
+        // The cap is the user's, over all their sessions: new logins do not multiply it.
+        let user_held: usize = sessions
+            .iter()
+            .filter(|(id, s)| s.user == principal.user && **id != principal.session)
+            .map(|(_, s)| s.reservation.size())
+            .sum();
         let session = sessions
             .entry(principal.session.clone())
             .or_insert_with(|| Session {
@@ -145,11 +154,11 @@ impl Uploads {
                 "a session may hold at most {MAX_TABLES} uploaded tables; drop some first"
             )));
         }
-        let held = session.reservation.size() - freed;
+        let held = user_held + session.reservation.size() - freed;
         if held + bytes > self.per_session {
             return Err(Status::resource_exhausted(format!(
-                "this upload would hold {} MiB for the session, more than its {} MiB; upload fewer \
-                 rows or drop other uploads",
+                "this upload would hold {} MiB for the user's sessions, more than the {} MiB a \
+                 user may hold; upload fewer rows or drop other uploads",
                 (held + bytes) >> 20,
                 self.per_session >> 20
             )));
@@ -160,36 +169,37 @@ impl Uploads {
             )
         })?;
         session.reservation.shrink(freed);
-        let mut hasher = match (session.tables.remove(table), if_exists) {
+        let hash_error =
+            |e: crate::error::PitlakeError| Status::internal(format!("hashing an upload: {e}"));
+        let upload = match (session.tables.remove(table), if_exists) {
             (Some(mut old), IfExists::Append) => {
-                old.batches.extend(batches.iter().cloned());
-                let mut hasher = old.hasher;
-                hash_batches(&mut hasher, &batches)?;
-                let upload = Upload {
+                for batch in &batches {
+                    old.hash.update(batch).map_err(hash_error)?;
+                }
+                old.batches.extend(batches);
+                Upload {
                     rows: old.rows + rows,
                     bytes: old.bytes + bytes,
-                    batches: old.batches,
-                    schema: old.schema,
-                    hasher: hasher.clone(),
-                };
-                let total = upload.rows;
-                session.tables.insert(table.to_string(), upload);
-                return Ok(total as i64);
+                    ..old
+                }
             }
-            _ => ring::digest::Context::new(&ring::digest::SHA256),
+            _ => {
+                let mut hash = ContentHash::new(&schema).map_err(hash_error)?;
+                for batch in &batches {
+                    hash.update(batch).map_err(hash_error)?;
+                }
+                Upload {
+                    schema,
+                    batches,
+                    rows,
+                    bytes,
+                    hash,
+                }
+            }
         };
-        hash_batches(&mut hasher, &batches)?;
-        session.tables.insert(
-            table.to_string(),
-            Upload {
-                schema,
-                batches,
-                rows,
-                bytes,
-                hasher,
-            },
-        );
-        Ok(rows as i64)
+        let total = upload.rows;
+        session.tables.insert(table.to_string(), upload);
+        Ok(total as i64)
     }
 
     fn table(&self, session: &str, name: &str) -> Option<SessionTable> {
@@ -197,10 +207,9 @@ impl Uploads {
         let upload = sessions.get(session)?.tables.get(name)?;
         let provider =
             MemTable::try_new(upload.schema.clone(), vec![upload.batches.clone()]).ok()?;
-        let digest = upload.hasher.clone().finish();
         Some(SessionTable {
             provider: Arc::new(provider),
-            content_hash: format!("sha256:{}", hex(digest.as_ref())),
+            content_hash: upload.hash.finish(),
             rows: upload.rows,
         })
     }
@@ -223,28 +232,10 @@ impl Uploads {
     }
 }
 
-/// Feeds the Arrow IPC encoding of `batches` (without their schema message) to `hasher`.
-fn hash_batches(hasher: &mut ring::digest::Context, batches: &[RecordBatch]) -> Result<(), Status> {
-    for batch in batches {
-        let mut buffer = Vec::new();
-        {
-            let mut writer =
-                arrow::ipc::writer::StreamWriter::try_new(&mut buffer, &batch.schema())
-                    .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
-            writer
-                .write(batch)
-                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
-            writer
-                .finish()
-                .map_err(|e| Status::internal(format!("hashing an upload: {e}")))?;
-        }
-        hasher.update(&buffer);
-    }
-    Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The memory a batch holds: each buffer once, however many columns share it (batches decoded
+/// from one IPC message share its buffer).
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+    datafusion::physical_plan::spill::get_record_batch_memory_size(batch)
 }
 
 /// One session's view of the uploads.
