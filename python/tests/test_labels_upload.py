@@ -125,3 +125,16 @@ def test_another_users_upload_is_invisible(alice, bob):
     with pytest.raises(NotFound):
         alice.sql(f'SELECT * FROM "{name}"').to_arrow()
     assert sum(b.num_rows for b in reader) == 5
+
+
+def test_labels_larger_than_one_grpc_message_are_uploaded(alice):
+    """FAILS today: a frame is sent as the batches it has, and a pandas DataFrame converts to
+    one batch, so labels over 16 MiB (about 1.04M rows of an int64 key, a timestamp and a
+    bool) are one gRPC message past the 16 MiB bound of both ends, and the upload fails with
+    `ResourceExhausted: trying to send message larger than max (32500241 vs. 16777216)`."""
+    small = label_data().select(["driver_id", "order_ts", "churned"])
+    labels = pa.concat_tables([small] * 400_000).combine_chunks()
+    assert labels.num_rows == 2_000_000 and labels.nbytes > 16 << 20
+    got = alice.training_set(labels, at="order_ts", features=["driver_stats.*"]).to_arrow()
+    assert got.num_rows == labels.num_rows
+    assert temporary_tables(alice) == []
