@@ -55,14 +55,56 @@ pub(crate) async fn start(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let task = tokio::spawn(async move {
-        let serving = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serving.await {
-            tracing::warn!(target: "pitlake::http", error = %e, "the HTTP endpoint stopped");
-        }
-    });
+    let task = tokio::spawn(accept(listener, app, stop));
     Ok((bound, task))
+}
+
+/// The most HTTP connections open at once; past it, the oldest is closed for the new one.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a connection may take to send a request's headers, and stay idle between requests.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection may stay open at all.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Accepts connections until `stop`: each gets [`HEADER_TIMEOUT`] to send a request and
+/// [`CONNECTION_LIFETIME`] in all, and at most [`MAX_CONNECTIONS`] are open, the oldest closed
+/// first, so silent clients can neither pile up descriptors (the Flight port shares them) nor
+/// keep the probes out.
+async fn accept(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
+    let mut open: std::collections::VecDeque<CancellationToken> = std::collections::VecDeque::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(target: "pitlake::http", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        open.retain(|c| !c.is_cancelled());
+        while open.len() >= MAX_CONNECTIONS {
+            if let Some(oldest) = open.pop_front() {
+                oldest.cancel();
+            }
+        }
+        let closed = CancellationToken::new();
+        open.push_back(closed.clone());
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                _ = closed.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+            }
+            closed.cancel();
+        });
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

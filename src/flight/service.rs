@@ -378,18 +378,10 @@ impl PitlakeFlightSql {
             .grants
             .authorize_named(&principal.user, &named, &engine.named_views(&statement))
             .map_err(refused)?;
-        let mut planned = engine
+        let planned = engine
             .plan_statement(statement)
             .await
             .map_err(|e| status_for_principal(e, principal))?;
-        planned
-            .access
-            .reads
-            .retain(|t| engine.session_table(t).is_none());
-        planned
-            .access
-            .writes
-            .retain(|t| engine.session_table(t).is_none());
         principal
             .grants
             .authorize(&principal.user, &planned.access)

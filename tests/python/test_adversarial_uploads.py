@@ -746,9 +746,9 @@ def test_drop_table_gives_the_memory_back(fresh):
     baseline = server.metric("pitlake_memory_pool_used_bytes")
     sessions = [server.login("alice") for _ in range(3)]
     for session in sessions:
-        ingest(session.cur, "held", ints(8))
+        ingest(session.cur, "held", ints(4))
     held = server.metric("pitlake_memory_pool_used_bytes") - baseline
-    assert held >= 3 * (8 << 20), held
+    assert held >= 3 * (4 << 20), held
     for session in sessions:
         rows(session.cur, "DROP TABLE held")
     assert server.metric("pitlake_memory_pool_used_bytes") == baseline

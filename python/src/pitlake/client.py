@@ -124,6 +124,9 @@ def connect(
     return client
 
 
+# Rows per uploaded record batch (a label row is tens of bytes: a few MiB a message).
+_UPLOAD_BATCH_ROWS = 65_536
+
 class Client:
     """A session with a pitlake server (one Flight SQL connection, one bearer token).
 
@@ -178,7 +181,13 @@ class Client:
                 cursor.close()
 
     def _upload(self, name: str, data: LabelData) -> None:
-        """Bulk-ingests labels into a new temporary table of this session."""
+        """Bulk-ingests labels into a new temporary table of this session, in record batches
+        of at most ``_UPLOAD_BATCH_ROWS`` rows: one Flight message per batch stays under the
+        16 MiB a gRPC message may hold, whatever the size of the frame."""
+        if isinstance(data, pa.Table):
+            data = pa.RecordBatchReader.from_batches(
+                data.schema, data.to_batches(max_chunksize=_UPLOAD_BATCH_ROWS)
+            )
         cursor = self._cursor()
         try:
             with self._errors():
