@@ -66,8 +66,8 @@ def compare_rows(a, b, show=5):
         if nbad:
             ok = False
             for i in np.flatnonzero(bad)[:show]:
-                fx = x[i] if xm[i] else None
-                fy = y[i] if ym[i] else None
+                fx = x[i].item() if xm[i] else None
+                fy = y[i].item() if ym[i] else None
                 lines.append(f"    label_id {i}: {fx!r} vs {fy!r}")
     return ok, lines
 

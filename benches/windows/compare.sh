@@ -1,0 +1,62 @@
+#!/bin/bash
+# Side by side, in one run: pitlake's windowed point-in-time aggregates against DuckDB and Polars
+# on the shared workload's labels and feat_0 (see README.md beside this file).
+# Usage: benches/windows/compare.sh PITLAKE_BIN [SCALE] [REPS]
+#   SCALE tiny|small|medium|large (default small); REPS runs of each, alternating (default 3).
+#   PITLAKE_SQL   overrides the query pitlake runs (default: the ASOF LEFT JOIN … AGGREGATES below)
+#   DUCKDB_FORM   rangejoin (default) | window     POLARS_FORM  rolling (default) | joinwhere
+#   ORACLE=1      also runs the numpy oracle once (untimed) and compares every result with it
+#   KEEP=DIR      keeps the three results in DIR instead of a temporary folder
+# Prints each engine's median wall seconds and peak RSS (GNU time, whole process), pitlake's ratio
+# to the faster peer, the checksums and whether the results agree (check_windows.py --rows; the
+# exit status is 1 when they do not).
+set -euo pipefail
+bin=$(realpath "$1"); scale=${2:-small}; reps=${3:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+shared=$(cd "$here/../../../shared/bench" 2>/dev/null && pwd || true)
+PY=${PY:-$HOME/.cache/pitlake-bench-venv/bin/python}
+if [[ ! -x $PY ]]; then
+  [[ -n $shared ]] || { echo "no venv at $PY and no ../shared/bench/setup.sh to make one"; exit 1; }
+  PY=$("$shared/setup.sh")
+fi
+data=/tmp/pitdata/$scale
+if [[ ! -f $data/meta.json ]]; then
+  [[ -n $shared ]] || { echo "no data at $data and no ../shared/bench/gen.py to make it"; exit 1; }
+  "$PY" "$shared/gen.py" --scale "$scale" >/dev/null
+fi
+if [[ -n ${KEEP:-} ]]; then out=$KEEP; mkdir -p "$out"; tmp=$(mktemp -d); else out=$(mktemp -d); tmp=$out; fi
+trap 'rm -rf "$tmp"' EXIT
+rm -f "$tmp"/{pitlake,duckdb,polars}
+aggs="count(*) OVER INTERVAL '7 days' AS n_7d, sum(w.f0_a) OVER INTERVAL '7 days' AS sum_7d,"
+aggs="$aggs avg(w.f0_a) OVER INTERVAL '7 days' AS avg_7d, max(w.f0_a) OVER INTERVAL '7 days' AS max_7d,"
+aggs="$aggs sum(w.f0_a) OVER INTERVAL '1 hour' AS sum_1h"
+sql=${PITLAKE_SQL:-"SELECT l.label_id, l.entity_id, l.label_ts, w.n_7d, w.sum_7d, w.avg_7d, w.max_7d, w.sum_1h
+FROM labels l ASOF LEFT JOIN feat_0 w ON l.entity_id = w.entity_id AND l.label_ts >= w.feature_ts
+AGGREGATES ($aggs)"}
+dform=${DUCKDB_FORM:-rangejoin}; pform=${POLARS_FORM:-rolling}
+run() { # run NAME CMD...: appends "wall peak_kib" to $tmp/NAME
+  /usr/bin/time -f "%e %M" -o "$tmp/t" "${@:2}" >/dev/null 2>"$tmp/err" || { echo "$1 failed:"; tail -n 5 "$tmp/err"; exit 1; }
+  cat "$tmp/t" >>"$tmp/$1"
+}
+for _ in $(seq "$reps"); do
+  run pitlake "$bin" --warehouse "$data/delta" sql "$sql" --format parquet --output "$out/pitlake.parquet"
+  run duckdb "$PY" "$here/run_duckdb.py" --scale "$scale" --form "$dform" --out "$out/duckdb.parquet" --no-checksum
+  run polars "$PY" "$here/run_polars.py" --scale "$scale" --form "$pform" --out "$out/polars.parquet" --no-checksum
+done
+med() { sort -g -k"$2" "$1" | awk -v c="$2" '{a[NR]=$c} END{print a[int((NR+1)/2)]}'; }
+echo "scale $scale, $reps runs each; duckdb form $dform, polars form $pform"
+printf '%-8s %10s %12s   %s\n' engine "wall s" "peak MiB" "all runs (s)"
+for e in pitlake duckdb polars; do
+  printf '%-8s %10s %12.0f   %s\n' "$e" "$(med "$tmp/$e" 1)" "$(echo "$(med "$tmp/$e" 2) / 1024" | bc -l)" \
+    "$(awk '{printf "%s ", $1}' "$tmp/$e")"
+done
+p=$(med "$tmp/pitlake" 1); d=$(med "$tmp/duckdb" 1); l=$(med "$tmp/polars" 1)
+best=$(printf '%s\n%s\n' "$d" "$l" | sort -g | head -n 1)
+echo "pitlake / faster peer: $(echo "scale=2; $p / $best" | bc)"
+files=("$out/pitlake.parquet" "$out/duckdb.parquet" "$out/polars.parquet")
+if [[ ${ORACLE:-0} == 1 ]]; then
+  "$PY" "$here/run_numpy.py" --scale "$scale" --out "$out/numpy.parquet" --no-checksum >/dev/null
+  files=("$out/numpy.parquet" "${files[@]}")
+fi
+rc=0; "$PY" "$here/check_windows.py" --quiet --rows "${files[@]}" || rc=$?
+exit "$rc"
