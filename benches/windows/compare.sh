@@ -5,6 +5,7 @@
 #   SCALE tiny|small|medium|large (default small); REPS runs of each, alternating (default 3).
 #   PITLAKE_SQL   overrides the query pitlake runs (default: the ASOF LEFT JOIN … AGGREGATES below)
 #   DUCKDB_FORM   rangejoin (default) | window     POLARS_FORM  rolling (default) | joinwhere
+#   DATA=DIR      reads DIR instead of /tmp/pitdata/SCALE (e.g. make_edge.py's boundary labels)
 #   ORACLE=1      also runs the numpy oracle once (untimed) and compares every result with it
 #   KEEP=DIR      keeps the three results in DIR instead of a temporary folder
 # Prints each engine's median wall seconds and peak RSS (GNU time, whole process), pitlake's ratio
@@ -19,8 +20,9 @@ if [[ ! -x $PY ]]; then
   [[ -n $shared ]] || { echo "no venv at $PY and no ../shared/bench/setup.sh to make one"; exit 1; }
   PY=$("$shared/setup.sh")
 fi
-data=/tmp/pitdata/$scale
+data=${DATA:-/tmp/pitdata/$scale}
 if [[ ! -f $data/meta.json ]]; then
+  [[ -z ${DATA:-} ]] || { echo "no data at $DATA"; exit 1; }
   [[ -n $shared ]] || { echo "no data at $data and no ../shared/bench/gen.py to make it"; exit 1; }
   "$PY" "$shared/gen.py" --scale "$scale" >/dev/null
 fi
@@ -40,8 +42,8 @@ run() { # run NAME CMD...: appends "wall peak_kib" to $tmp/NAME
 }
 for _ in $(seq "$reps"); do
   run pitlake "$bin" --warehouse "$data/delta" sql "$sql" --format parquet --output "$out/pitlake.parquet"
-  run duckdb "$PY" "$here/run_duckdb.py" --scale "$scale" --form "$dform" --out "$out/duckdb.parquet" --no-checksum
-  run polars "$PY" "$here/run_polars.py" --scale "$scale" --form "$pform" --out "$out/polars.parquet" --no-checksum
+  run duckdb "$PY" "$here/run_duckdb.py" --scale "$scale" --data-dir "$data" --form "$dform" --out "$out/duckdb.parquet" --no-checksum
+  run polars "$PY" "$here/run_polars.py" --scale "$scale" --data-dir "$data" --form "$pform" --out "$out/polars.parquet" --no-checksum
 done
 med() { sort -g -k"$2" "$1" | awk -v c="$2" '{a[NR]=$c} END{print a[int((NR+1)/2)]}'; }
 echo "scale $scale, $reps runs each; duckdb form $dform, polars form $pform"
@@ -55,7 +57,7 @@ best=$(printf '%s\n%s\n' "$d" "$l" | sort -g | head -n 1)
 echo "pitlake / faster peer: $(echo "scale=2; $p / $best" | bc)"
 files=("$out/pitlake.parquet" "$out/duckdb.parquet" "$out/polars.parquet")
 if [[ ${ORACLE:-0} == 1 ]]; then
-  "$PY" "$here/run_numpy.py" --scale "$scale" --out "$out/numpy.parquet" --no-checksum >/dev/null
+  "$PY" "$here/run_numpy.py" --scale "$scale" --data-dir "$data" --out "$out/numpy.parquet" --no-checksum >/dev/null
   files=("$out/numpy.parquet" "${files[@]}")
 fi
 rc=0; "$PY" "$here/check_windows.py" --quiet --rows "${files[@]}" || rc=$?
