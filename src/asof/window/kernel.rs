@@ -16,7 +16,9 @@
 //! `w` fall in the window. Sums are exact (integers in `i128`, floats by [`super::fsum`]), so
 //! every result is the same at any partitioning, batch size and row order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -212,9 +214,16 @@ impl WindowIndex {
             if null_key(&right.keys, &spec.keys, i) {
                 continue;
             }
+            // Looked up by the borrowed bytes: a key is copied once, when first seen.
             let bytes = key_rows.row(i);
-            let next = groups.len() as u32;
-            let g = *groups.entry(bytes.as_ref().into()).or_insert(next);
+            let g = match groups.get(bytes.as_ref()) {
+                Some(g) => *g,
+                None => {
+                    let next = groups.len() as u32;
+                    groups.insert(bytes.as_ref().into(), next);
+                    next
+                }
+            };
             entries.push((g, t, i as u32));
         }
         drop(key_rows);
