@@ -1,5 +1,6 @@
-//! Bucket files: the rows of a spilled as-of join's input, split by a hash of their keys into
-//! [`BUCKETS`] spill files, so that each bucket is an as-of join of its own (see `spill`).
+//! Bucket files: the rows of a spilled as-of or window join's input, split by a hash of their
+//! keys into [`BUCKETS`] spill files, so that each bucket is a join of its own (see `spill` and
+//! `window::spill`), and the merge of the buckets' results back into the left's order.
 //! The build side writes the right's buckets while it builds; the spilled run writes the
 //! left's and reads both back.
 
@@ -98,6 +99,85 @@ impl BucketWriter {
             })
             .collect()
     }
+}
+
+/// Writes `input` to bucket files by the hash of its keys (`keys` of each batch), each row
+/// tagged with its ordinal in `input` as a last column (`tagged` is `input`'s schema with it).
+pub(crate) async fn bucket_with_ordinal(
+    mut input: datafusion::execution::SendableRecordBatchStream,
+    keys: impl Fn(&RecordBatch) -> Result<Vec<ArrayRef>>,
+    tagged: arrow::datatypes::SchemaRef,
+    manager: SpillManager,
+    name: String,
+) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
+    use futures::StreamExt;
+    let mut writer = BucketWriter::new(manager, name);
+    let mut ordinal = 0u64;
+    while let Some(batch) = input.next().await {
+        let batch = batch?;
+        let rows = batch.num_rows() as u64;
+        if rows == 0 {
+            continue;
+        }
+        let buckets = buckets_of(&keys(&batch)?, batch.num_rows())?;
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(arrow::array::UInt64Array::from_iter_values(
+            ordinal..ordinal + rows,
+        )));
+        ordinal += rows;
+        writer.write(&RecordBatch::try_new(tagged.clone(), columns)?, &buckets)?;
+    }
+    writer.finish()
+}
+
+/// Merges the buckets' result files, each in ordinal order (the ordinal is the last column of
+/// `results_schema`), back into one stream in ordinal order, without the ordinal. The merge reads
+/// as many files at once as memory allows, merging in passes when it must. `hold` (a turn, say)
+/// lives until the output stream is dropped (finished or cancelled).
+pub(crate) fn merge_by_ordinal<H: Send + 'static>(
+    results: Vec<datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile>,
+    manager: SpillManager,
+    results_schema: arrow::datatypes::SchemaRef,
+    schema: arrow::datatypes::SchemaRef,
+    context: &datafusion::execution::TaskContext,
+    consumer: String,
+    hold: H,
+) -> Result<datafusion::execution::SendableRecordBatchStream> {
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+    use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
+    use futures::StreamExt;
+    let ordinal_column = results_schema.fields().len() - 1;
+    let ordinal_name = results_schema.field(ordinal_column).name().clone();
+    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
+        Arc::new(Column::new(&ordinal_name, ordinal_column)),
+        arrow::compute::SortOptions::default(),
+    )])
+    .ok_or_else(|| datafusion::error::DataFusionError::Internal("ordinal ordering".into()))?;
+    let merged = datafusion::physical_plan::sorts::streaming_merge::StreamingMergeBuilder::new()
+        .with_sorted_spill_files(results)
+        .with_spill_manager(manager)
+        .with_schema(results_schema)
+        .with_expressions(&ordering)
+        .with_metrics(BaselineMetrics::new(&ExecutionPlanMetricsSet::new(), 0))
+        .with_batch_size(context.session_config().batch_size())
+        // The merge can merge in passes and spill between them, so it takes only its fair
+        // share of the pool and never starves another partition's bucket index.
+        .with_reservation(
+            MemoryConsumer::new(consumer)
+                .with_can_spill(true)
+                .register(context.memory_pool()),
+        )
+        .build()?;
+    let projection: Vec<usize> = (0..ordinal_column).collect();
+    let output = merged.map(move |batch| {
+        let _hold = &hold;
+        Ok(batch?.project(&projection)?)
+    });
+    Ok(Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, output),
+    ))
 }
 
 #[cfg(test)]

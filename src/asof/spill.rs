@@ -17,24 +17,20 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
-use arrow::compute::{SortOptions, concat_batches};
+use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
-use datafusion::physical_plan::sorts::streaming_merge::{SortedSpillFile, StreamingMergeBuilder};
+use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
 use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 
-use super::bucket::{BucketWriter, buckets_of};
-use super::build::{BuildSide, ORDINAL, RightExprs, with_ordinal};
+use super::bucket::{BucketWriter, bucket_with_ordinal, merge_by_ordinal};
+use super::build::{BuildSide, RightExprs, with_ordinal};
 use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
 use super::metrics::AsOfJoinMetrics;
 use super::probe::Probe;
@@ -144,33 +140,21 @@ impl SpilledRun {
     }
 
     /// Reads the whole left partition into bucket files, tagging each row with its ordinal.
-    async fn bucket_left(&self, mut left: SendableRecordBatchStream) -> Result<BucketedLeft> {
+    async fn bucket_left(&self, left: SendableRecordBatchStream) -> Result<BucketedLeft> {
         let left_schema = left.schema();
         let tagged = with_ordinal(&left_schema);
         let manager = self.spill_manager(tagged.clone());
         let partition = self.spill.partition;
-        let mut writer = BucketWriter::new(manager.clone(), format!("AsOfJoin[{partition}]"));
-        let mut ordinal = 0u64;
-        while let Some(batch) = left.next().await {
-            let batch = batch?;
-            let rows = batch.num_rows() as u64;
-            if rows == 0 {
-                continue;
-            }
-            let keys = self.probe.keys(&batch)?;
-            let buckets_of_rows = buckets_of(&keys, batch.num_rows())?;
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(UInt64Array::from_iter_values(
-                ordinal..ordinal + rows,
-            )));
-            ordinal += rows;
-            writer.write(
-                &RecordBatch::try_new(tagged.clone(), columns)?,
-                &buckets_of_rows,
-            )?;
-        }
+        let files = bucket_with_ordinal(
+            left,
+            |batch| self.probe.keys(batch),
+            tagged,
+            manager.clone(),
+            format!("AsOfJoin[{partition}]"),
+        )
+        .await?;
         Ok(BucketedLeft {
-            files: writer.finish()?,
+            files,
             manager,
             width: left_schema.fields().len(),
         })
@@ -267,9 +251,8 @@ impl SpilledRun {
             .collect())
     }
 
-    /// Merges the buckets' results back into the left's order and drops the ordinal. The merge
-    /// reads as many result files at once as memory allows, merging in several passes when it
-    /// must. `turn` is held until the output stream is dropped (finished or cancelled).
+    /// Merges the buckets' results back into the left's order and drops the ordinal. `turn`
+    /// is held until the output stream is dropped (finished or cancelled).
     fn merge(
         self,
         results: Vec<SortedSpillFile>,
@@ -277,38 +260,15 @@ impl SpilledRun {
         schema: SchemaRef,
         turn: OwnedMutexGuard<()>,
     ) -> Result<SendableRecordBatchStream> {
-        let ordinal_column = self.results_schema.fields().len() - 1;
-        let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
-            Arc::new(Column::new(ORDINAL, ordinal_column)),
-            SortOptions::default(),
-        )])
-        .ok_or_else(|| DataFusionError::Internal("as-of merge ordering".into()))?;
         let partition = self.spill.partition;
-        let context = &self.spill.context;
-        let merged = StreamingMergeBuilder::new()
-            .with_sorted_spill_files(results)
-            .with_spill_manager(results_manager)
-            .with_schema(self.results_schema)
-            .with_expressions(&ordering)
-            .with_metrics(BaselineMetrics::new(
-                &ExecutionPlanMetricsSet::new(),
-                partition,
-            ))
-            .with_batch_size(context.session_config().batch_size())
-            // The merge can merge in passes and spill between them, so it takes only its fair
-            // share of the pool and never starves another partition's bucket index.
-            .with_reservation(
-                MemoryConsumer::new(format!("AsOfJoin[{partition}] merge"))
-                    .with_can_spill(true)
-                    .register(context.memory_pool()),
-            )
-            .build()?;
-        let projection: Vec<usize> = (0..ordinal_column).collect();
-        let output = merged.map(move |batch| {
-            // The turn ends when this stream is dropped (finished or cancelled).
-            let _turn = &turn;
-            Ok(batch?.project(&projection)?)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
+        merge_by_ordinal(
+            results,
+            results_manager,
+            self.results_schema,
+            schema,
+            &self.spill.context,
+            format!("AsOfJoin[{partition}] merge"),
+            turn,
+        )
     }
 }

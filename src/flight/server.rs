@@ -318,10 +318,10 @@ fn shared_state(
         datafusion::execution::memory_pool::MemoryLimit::Finite(limit) => limit / 4,
         _ => 1 << 30,
     };
-    let per_session = limits
+    let per_user = limits
         .query_memory_limit
         .map_or(pool_share, |q| q.min(pool_share));
-    let uploads = Arc::new(Uploads::new(pool, per_session, auth.token_ttl()));
+    let uploads = Arc::new(Uploads::new(pool, per_user, auth.token_ttl()));
     Ok(Shared {
         engine,
         auth,

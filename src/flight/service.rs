@@ -1000,7 +1000,7 @@ impl FlightSqlService for PitlakeFlightSql {
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(incoming);
         let mut batches = Vec::new();
         let mut bytes = 0usize;
-        let limit = self.shared.uploads.per_session();
+        let limit = self.shared.uploads.per_user();
         // While it arrives, the upload holds memory of the engine's pool like a query does.
         let arriving = MemoryConsumer::new(format!("upload of {}", principal.user))
             .register(&engine.memory_pool());

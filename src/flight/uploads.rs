@@ -54,31 +54,31 @@ pub(crate) enum IfExists {
 pub(crate) struct Uploads {
     sessions: Mutex<HashMap<String, Session>>,
     pool: Arc<dyn MemoryPool>,
-    per_session: usize,
+    per_user: usize,
     idle: Duration,
 }
 
 impl std::fmt::Debug for Uploads {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Uploads")
-            .field("per_session", &self.per_session)
+            .field("per_user", &self.per_user)
             .finish()
     }
 }
 
 impl Uploads {
-    pub fn new(pool: Arc<dyn MemoryPool>, per_session: usize, idle: Duration) -> Self {
+    pub fn new(pool: Arc<dyn MemoryPool>, per_user: usize, idle: Duration) -> Self {
         Self {
             sessions: Mutex::default(),
             pool,
-            per_session,
+            per_user,
             idle,
         }
     }
 
-    /// The most bytes one session may hold.
-    pub fn per_session(&self) -> usize {
-        self.per_session
+    /// The most bytes one user (over all their sessions) may hold.
+    pub fn per_user(&self) -> usize {
+        self.per_user
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -155,12 +155,12 @@ impl Uploads {
             )));
         }
         let held = user_held + session.reservation.size() - freed;
-        if held + bytes > self.per_session {
+        if held + bytes > self.per_user {
             return Err(Status::resource_exhausted(format!(
                 "this upload would hold {} MiB for the user's sessions, more than the {} MiB a \
                  user may hold; upload fewer rows or drop other uploads",
                 (held + bytes) >> 20,
-                self.per_session >> 20
+                self.per_user >> 20
             )));
         }
         session.reservation.try_grow(bytes).map_err(|_| {

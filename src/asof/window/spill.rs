@@ -7,24 +7,23 @@
 
 use std::sync::Arc;
 
-use arrow::array::{RecordBatch, UInt64Array};
-use arrow::compute::{SortOptions, concat_batches};
+use arrow::array::RecordBatch;
+use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{LexOrdering, PhysicalExprRef, PhysicalSortExpr};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet};
-use datafusion::physical_plan::sorts::streaming_merge::{SortedSpillFile, StreamingMergeBuilder};
+use datafusion::physical_expr::PhysicalExprRef;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
 use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
 use super::kernel::{RightArrays, WindowIndex, WindowSpec};
-use crate::asof::bucket::{BucketWriter, buckets_of};
-use crate::asof::build::{ORDINAL, with_ordinal};
+use crate::asof::bucket::{BucketWriter, bucket_with_ordinal, buckets_of, merge_by_ordinal};
+use crate::asof::build::with_ordinal;
 
 /// The right input in bucket files, and how to read them.
 pub(super) struct SpilledRight {
@@ -142,7 +141,7 @@ pub(super) struct SpillRun {
 /// Runs one left partition bucket by bucket against the spilled right side; the output is in
 /// the left's order.
 pub(super) async fn spilled_window(
-    mut left: SendableRecordBatchStream,
+    left: SendableRecordBatchStream,
     right: &SpilledRight,
     sides: &Sides,
     schema: SchemaRef,
@@ -161,31 +160,17 @@ pub(super) async fn spilled_window(
     let tagged = with_ordinal(&left_schema);
     let left_manager =
         SpillManager::new(context.runtime_env(), spill_metrics.clone(), tagged.clone());
-    let mut writer = BucketWriter::new(
+    let left_keys = |batch: &RecordBatch| -> Result<Vec<arrow::array::ArrayRef>> {
+        sides.left_keys.iter().map(|e| evaluate(e, batch)).collect()
+    };
+    let left_files = bucket_with_ordinal(
+        left,
+        left_keys,
+        tagged,
         left_manager.clone(),
         format!("WindowJoin[{partition}] left"),
-    );
-    let mut ordinal = 0u64;
-    while let Some(batch) = left.next().await {
-        let batch = batch?;
-        let rows = batch.num_rows() as u64;
-        if rows == 0 {
-            continue;
-        }
-        let keys = sides
-            .left_keys
-            .iter()
-            .map(|e| evaluate(e, &batch))
-            .collect::<Result<Vec<_>>>()?;
-        let buckets = buckets_of(&keys, batch.num_rows())?;
-        let mut columns = batch.columns().to_vec();
-        columns.push(Arc::new(UInt64Array::from_iter_values(
-            ordinal..ordinal + rows,
-        )));
-        ordinal += rows;
-        writer.write(&RecordBatch::try_new(tagged.clone(), columns)?, &buckets)?;
-    }
-    let left_files = writer.finish()?;
+    )
+    .await?;
 
     // 2. Each bucket: index the right rows, aggregate the left rows, spill the results (in
     //    ordinal order, as the left rows were written). The partitions take turns, from their
@@ -238,35 +223,15 @@ pub(super) async fn spilled_window(
     }
 
     // 3. Merge the buckets' results back into the left's order and drop the ordinal.
-    let ordinal_column = results_schema.fields().len() - 1;
-    let ordering = LexOrdering::new(vec![PhysicalSortExpr::new(
-        Arc::new(Column::new(ORDINAL, ordinal_column)),
-        SortOptions::default(),
-    )])
-    .ok_or_else(|| DataFusionError::Internal("window merge ordering".into()))?;
-    let merged = StreamingMergeBuilder::new()
-        .with_sorted_spill_files(results)
-        .with_spill_manager(results_manager)
-        .with_schema(results_schema)
-        .with_expressions(&ordering)
-        .with_metrics(BaselineMetrics::new(
-            &ExecutionPlanMetricsSet::new(),
-            partition,
-        ))
-        .with_batch_size(context.session_config().batch_size())
-        .with_reservation(
-            MemoryConsumer::new(format!("WindowJoin[{partition}] merge"))
-                .with_can_spill(true)
-                .register(context.memory_pool()),
-        )
-        .build()?;
-    let projection: Vec<usize> = (0..ordinal_column).collect();
-    let output = merged.map(move |batch| {
-        // The turn ends when this stream is dropped (finished or cancelled).
-        let _turn = &turn;
-        Ok(batch?.project(&projection)?)
-    });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
+    merge_by_ordinal(
+        results,
+        results_manager,
+        results_schema,
+        schema,
+        context,
+        format!("WindowJoin[{partition}] merge"),
+        turn,
+    )
 }
 
 /// The index of one bucket of the right input; a resources error when even one bucket does
