@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The pitlake server image: `pitlake serve` on 50051 (Flight SQL) and 8080 (health, readiness,
-# metrics), as a non-root user, with nothing but the binary, the C runtime and CA certificates.
+# The pitlake server image: `pitlake serve` on 50051 (Flight SQL) and 8080 (REST API, health,
+# readiness, metrics), as a non-root user, with nothing but the binary, the C runtime and CA certificates.
 #
 #   docker build -t pitlake:0.1.0 .
 #

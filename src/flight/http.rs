@@ -1,10 +1,12 @@
 //! The HTTP side of `pitlake serve --http-listen ADDR`: `/healthz` (the process answers),
 //! `/readyz` (the warehouse answers and takes commits safely; 503 once shutdown has begun, so a
-//! load balancer stops sending before connections close) and `/metrics` (Prometheus text).
+//! load balancer stops sending before connections close), `/metrics` (Prometheus text), and
+//! the REST API under `/v1` (`rest`).
 //!
-//! These three paths carry no data and take no credentials; the port binds to loopback unless
-//! an address says otherwise, and deployments expose it to the cluster's probes and scraper
-//! only (docs/operations.md).
+//! The three probes carry no data and take no credentials; `/v1` takes the same tokens and
+//! grants as Flight. The port speaks TLS when the Flight port does (the same certificate,
+//! key and client CA), plain HTTP when Flight is plaintext; it binds to loopback unless an
+//! address says otherwise (docs/operations.md).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +22,10 @@ use datafusion::execution::memory_pool::MemoryLimit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::auth::Authenticator;
+use super::config::Transport;
 use super::metrics::{Gauges, Metrics};
+use super::service::PitlakeFlightSql;
 use crate::engine::Engine;
 use crate::error::{PitlakeError, Result};
 
@@ -35,14 +40,42 @@ pub(crate) struct HttpState {
     pub active: Arc<AtomicUsize>,
     /// Cancelled when shutdown begins.
     pub draining: CancellationToken,
+    /// The Flight SQL service, whose statement path the REST API shares.
+    pub service: PitlakeFlightSql,
+    /// Who is who.
+    pub auth: Arc<Authenticator>,
+}
+
+impl HttpState {
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    pub fn service_metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// One HTTP connection, as its handlers see it (a request extension).
+#[derive(Clone)]
+pub(crate) struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Answers streaming on it now: a busy connection is not closed for a newcomer nor at the
+    /// end of its lifetime until its answer is sent.
+    pub busy: Arc<AtomicUsize>,
 }
 
 /// Binds `addr` and serves until `stop` is cancelled; returns the bound address and the task.
+/// `hard_limit` bounds how long one connection may stay open, busy or not.
 pub(crate) async fn start(
     addr: SocketAddr,
     state: HttpState,
+    transport: &Transport,
+    hard_limit: Duration,
     stop: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>)> {
+    let tls = tls_acceptor(transport)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| PitlakeError::Config {
@@ -54,26 +87,92 @@ pub(crate) async fn start(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(super::rest::routes())
+        .fallback(super::rest::not_found)
+        .method_not_allowed_fallback(super::rest::method_not_allowed)
         .with_state(state);
-    let task = tokio::spawn(accept(listener, app, stop));
+    let task = tokio::spawn(accept(listener, app, tls, hard_limit, stop));
     Ok((bound, task))
 }
 
-/// The most HTTP connections open at once; past it, the oldest is closed for the new one.
+/// The TLS side of the port: Flight's certificate, key and client CA.
+fn tls_acceptor(transport: &Transport) -> Result<Option<tokio_rustls::TlsAcceptor>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let Transport::Tls {
+        cert_pem,
+        key_pem,
+        client_ca_pem,
+    } = transport
+    else {
+        return Ok(None);
+    };
+    let bad = |what: &str, e: &dyn std::fmt::Display| PitlakeError::Config {
+        name: "--tls-cert".into(),
+        message: format!("the HTTP port cannot use the TLS settings: {what}: {e}"),
+    };
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("the certificate chain", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad("the private key", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("the protocol versions", &e))?;
+    let builder = match client_ca_pem {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots
+                    .add(cert.map_err(|e| bad("the client CA", &e))?)
+                    .map_err(|e| bad("the client CA", &e))?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(|e| bad("the client CA", &e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("the certificate and key", &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// The most HTTP connections open at once; past it, the oldest idle one is closed for the new
+/// one (or, all being busy answering, the new one is turned away).
 const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send a request's headers, and stay idle between requests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one connection may stay open at all.
+/// How long a connection may stay open without answering: past it, it closes once its current
+/// answer is sent.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Accepts connections until `stop`: each gets [`HEADER_TIMEOUT`] to send a request and
-/// [`CONNECTION_LIFETIME`] in all, and at most [`MAX_CONNECTIONS`] are open, the oldest closed
-/// first, so silent clients can neither pile up descriptors (the Flight port shares them) nor
-/// keep the probes out.
-async fn accept(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
-    let mut open: std::collections::VecDeque<CancellationToken> = std::collections::VecDeque::new();
+/// A connection as the accept loop tracks it.
+struct Tracked {
+    closed: CancellationToken,
+    busy: Arc<AtomicUsize>,
+}
+
+/// Accepts connections until `stop`: each gets [`HEADER_TIMEOUT`] to send a request,
+/// [`CONNECTION_LIFETIME`] to be idle in all, and `hard_limit` to be open at all; at most
+/// [`MAX_CONNECTIONS`] are open, the oldest idle one closed first, so silent clients can
+/// neither pile up descriptors (the Flight port shares them) nor keep the probes out, nor cut
+/// another client's answer short.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    hard_limit: Duration,
+    stop: CancellationToken,
+) {
+    let mut open: std::collections::VecDeque<Tracked> = std::collections::VecDeque::new();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -84,26 +183,118 @@ async fn accept(listener: tokio::net::TcpListener, app: Router, stop: Cancellati
                 }
             },
         };
-        open.retain(|c| !c.is_cancelled());
-        while open.len() >= MAX_CONNECTIONS {
-            if let Some(oldest) = open.pop_front() {
-                oldest.cancel();
+        open.retain(|c| !c.closed.is_cancelled());
+        if open.len() >= MAX_CONNECTIONS {
+            match open.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0) {
+                Some(idle) => {
+                    if let Some(oldest) = open.remove(idle) {
+                        oldest.closed.cancel();
+                    }
+                }
+                None => {
+                    tracing::info!(
+                        target: "pitlake::http",
+                        peer = %peer,
+                        "connection refused: {MAX_CONNECTIONS} connections are busy answering"
+                    );
+                    drop(stream);
+                    continue;
+                }
             }
         }
+        let connection = Connection {
+            peer,
+            busy: Arc::default(),
+        };
         let closed = CancellationToken::new();
-        open.push_back(closed.clone());
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        open.push_back(Tracked {
+            closed: closed.clone(),
+            busy: connection.busy.clone(),
+        });
+        let app = app.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                _ = closed.cancelled() => {}
-                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+                request.extensions_mut().insert(connection.clone());
+                let mut app = app.clone();
+                async move {
+                    use tower_service::Service;
+                    app.call(request.map(axum::body::Body::new)).await
+                }
+            });
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => {
+                    serve(
+                        hyper_util::rt::TokioIo::new(stream),
+                        service,
+                        &closed,
+                        hard_limit,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        super::server::TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    );
+                    let stream = tokio::select! {
+                        _ = closed.cancelled() => None,
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => Some(stream),
+                            Ok(Err(e)) => {
+                                tracing::debug!(target: "pitlake::http", peer = %peer, error = %e, "TLS handshake failed");
+                                None
+                            }
+                            Err(_) => None,
+                        },
+                    };
+                    if let Some(stream) = stream {
+                        serve(
+                            hyper_util::rt::TokioIo::new(stream),
+                            service,
+                            &closed,
+                            hard_limit,
+                        )
+                        .await
+                    }
+                }
             }
             closed.cancel();
         });
+    }
+}
+
+/// Serves one connection: closed at once when evicted, gracefully (after its answer) at the
+/// end of its lifetime, and at once past `hard_limit`.
+async fn serve<I, S>(io: I, service: S, closed: &CancellationToken, hard_limit: Duration)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    let lifetime = tokio::time::sleep(CONNECTION_LIFETIME);
+    let hard = tokio::time::sleep(hard_limit.max(CONNECTION_LIFETIME));
+    tokio::pin!(lifetime, hard);
+    let mut ending = false;
+    loop {
+        tokio::select! {
+            _ = closed.cancelled() => return,
+            _ = &mut hard => return,
+            _ = &mut lifetime, if !ending => {
+                ending = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = connection.as_mut() => return,
+        }
     }
 }
 

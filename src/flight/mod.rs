@@ -35,6 +35,7 @@ pub mod keys;
 mod layer;
 mod metrics;
 mod prepared;
+mod rest;
 pub mod server;
 mod service;
 mod status;

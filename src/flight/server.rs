@@ -225,12 +225,24 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
                 engine: shared.engine.clone(),
                 active: active.clone(),
                 draining: draining.clone(),
+                service: PitlakeFlightSql::new(shared.clone()),
+                auth: auth.clone(),
             };
             let stop = CancellationToken::new();
-            let (addr, task) = super::http::start(at, state, stop.clone()).await?;
+            // A connection answering a query stays open as long as the query may run, and a
+            // little longer for a slow reader; never longer.
+            let hard_limit = limits.query_timeout + Duration::from_secs(60);
+            let (addr, task) =
+                super::http::start(at, state, &config.transport, hard_limit, stop.clone()).await?;
+            let scheme = if config.transport.is_tls() {
+                "https"
+            } else {
+                "http"
+            };
             tracing::info!(
                 target: "pitlake::flight",
-                "health, readiness and metrics on http://{addr} (/healthz, /readyz, /metrics)"
+                "health, readiness, metrics and the REST API on {scheme}://{addr} (/healthz, \
+                 /readyz, /metrics, /v1/openapi.json)"
             );
             Some((addr, task, stop))
         }

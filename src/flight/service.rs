@@ -33,6 +33,7 @@ use arrow_flight::{
     IpcMessage, SchemaAsIpc, Ticket,
 };
 use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
@@ -49,7 +50,7 @@ use crate::flight::grants::Pattern;
 use crate::flight::layer::principal;
 use crate::flight::prepared::PreparedStatements;
 use crate::flight::status::status_for_principal;
-use crate::flight::stream::{Bounds, FlightStream, QueryRecord, flight_stream};
+use crate::flight::stream::{Bounds, FlightStream, QueryRecord, Running, flight_stream};
 use crate::flight::throttle::LoginThrottle;
 use crate::flight::tickets::{TicketSigner, decode_parameters};
 
@@ -90,6 +91,41 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Tables uploaded for sessions (bulk ingest).
     pub uploads: Arc<Uploads>,
+}
+
+/// Which kind of statement a caller expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// A query: it returns rows.
+    Rows,
+    /// A statement that changes something and reports in one line.
+    Change,
+    /// Either.
+    Any,
+}
+
+impl Want {
+    /// Why a statement of the other kind is refused.
+    pub(crate) fn refusal(self) -> &'static str {
+        match self {
+            Want::Rows => {
+                "the statement changes something and returns no rows; run it as an update \
+                 (Flight SQL: CommandStatementUpdate; HTTP: POST /v1/statements)"
+            }
+            Want::Change | Want::Any => {
+                "the statement is a query: it returns rows; run it as a query (Flight SQL: \
+                 CommandStatementQuery; HTTP: POST /v1/query)"
+            }
+        }
+    }
+}
+
+/// A statement that ran: its rows, still to be pulled, or its report.
+pub(crate) enum Executed {
+    /// A query's rows under the query's bounds.
+    Rows(Running),
+    /// What a statement that changed something did; its record says finished.
+    Done(String, Arc<QueryRecord>),
 }
 
 /// The Flight SQL service over an engine.
@@ -343,6 +379,53 @@ impl PitlakeFlightSql {
         }
     }
 
+    /// Checks `authorization: Basic …` under the login throttle and issues a session token:
+    /// the Flight handshake and `POST /v1/login` both come here.
+    pub(crate) async fn login(
+        &self,
+        headers: &tonic::codegen::http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(Principal, String), Status> {
+        let metrics = self.shared.metrics.clone();
+        let refused = |status: Status| {
+            metrics.refused(Refusal::Login);
+            tracing::info!(
+                target: "pitlake::flight",
+                peer = ?peer,
+                reason = status.message(),
+                "login refused"
+            );
+            status
+        };
+        let credentials = basic_credentials(headers).map_err(refused)?;
+        // Lockouts and a full queue are refused here, before any password work; a client that
+        // goes away while waiting for a check slot drops this future and the attempt with it.
+        let mut attempt = self
+            .shared
+            .logins
+            .admit(&credentials.user, peer.map(|p| p.ip()))
+            .await
+            .map_err(refused)?;
+        attempt.wait_for_slot().await.map_err(refused)?;
+        let auth = self.shared.auth.clone();
+        // argon2 is deliberately slow: keep it off the threads that serve streams. The attempt
+        // (with its check slot) moves into the blocking task, so the slot is held until argon2
+        // returns even if the client has gone, and the outcome is counted all the same.
+        let outcome =
+            tokio::task::spawn_blocking(move || attempt.run(|| auth.check_password(&credentials)))
+                .await
+                .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
+        let (principal, token) = outcome.map_err(refused)?;
+        self.shared.metrics.handshake_succeeded();
+        tracing::info!(
+            target: "pitlake::flight",
+            user = %principal.user,
+            ttl_s = self.shared.auth.token_ttl().as_secs(),
+            "login: token issued"
+        );
+        Ok((principal, token))
+    }
+
     /// Parses, plans and authorizes a statement for a caller.
     async fn plan(&self, principal: &Principal, sql: &str) -> Result<PlannedStatement, Status> {
         let engine = &self.engine_for(principal);
@@ -460,19 +543,22 @@ impl PitlakeFlightSql {
         }
     }
 
-    /// Runs a statement and streams its result.
-    async fn run_query(
+    /// Plans and runs a statement under the server's bounds: a query slot (held until the
+    /// result's stream is dropped), the query timeout, the query memory limit, the shutdown,
+    /// and a record that logs and counts it. `want` refuses a statement of the other kind
+    /// before it runs.
+    pub(crate) async fn execute(
         &self,
-        principal: Principal,
+        principal: &Principal,
         query_id: String,
         sql: &str,
-        parameters: Option<&[u8]>,
-    ) -> Result<Response<FlightStream>, Status> {
+        values: Vec<ScalarValue>,
+        want: Want,
+    ) -> Result<Executed, Status> {
         if self.shared.cancel_queries.is_cancelled() {
             return Err(Status::unavailable("the server is shutting down"));
         }
         let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
-        let values = parameter_values(parameters)?;
         let permit = self.slot(deadline).await?;
         let record = Arc::new(QueryRecord::new(
             &principal.user,
@@ -485,14 +571,19 @@ impl PitlakeFlightSql {
             user = %principal.user,
             query_id = %query_id,
             sql = logged(sql),
-            "query started"
+            "statement started"
         );
         let started = async {
-            let planned = self.plan(&principal, sql).await?;
-            self.engine_for(&principal)
+            let planned = self.plan(principal, sql).await?;
+            match (want, planned.is_query()) {
+                (Want::Rows, false) => return Err(Status::invalid_argument(want.refusal())),
+                (Want::Change, true) => return Err(Status::invalid_argument(want.refusal())),
+                _ => {}
+            }
+            self.engine_for(principal)
                 .execute_planned(planned, values, self.shared.limits.query_memory_limit)
                 .await
-                .map_err(|e| status_for_principal(e, &principal))
+                .map_err(|e| status_for_principal(e, principal))
         };
         let output = match tokio::time::timeout_at(deadline, started).await {
             Ok(Ok(output)) => output,
@@ -502,35 +593,76 @@ impl PitlakeFlightSql {
             }
             Err(_) => {
                 let status = Status::deadline_exceeded(
-                    "the query ran longer than the server's --query-timeout and was cancelled",
+                    "the statement ran longer than the server's --query-timeout and was cancelled",
                 );
                 record.failed(status.message());
                 return Err(status);
             }
         };
-        let stream = match output {
-            Output::Rows(stream) => stream,
+        Ok(match output {
+            Output::Rows(stream) => Executed::Rows(Running {
+                stream,
+                bounds: Bounds {
+                    deadline,
+                    shutdown: self.shared.cancel_queries.clone(),
+                    _permit: Some(permit),
+                },
+                record,
+                principal: principal.clone(),
+            }),
             Output::Done(message) => {
+                tracing::info!(
+                    target: "pitlake::flight",
+                    user = %principal.user,
+                    query_id = %query_id,
+                    result = %message,
+                    "statement done"
+                );
+                record.finished();
+                Executed::Done(message, record)
+            }
+        })
+    }
+
+    /// Runs a statement and streams its result; a statement that changes something answers
+    /// with its one-line report as a one-row result.
+    async fn run_query(
+        &self,
+        principal: Principal,
+        query_id: String,
+        sql: &str,
+        parameters: Option<&[u8]>,
+    ) -> Result<Response<FlightStream>, Status> {
+        let values = parameter_values(parameters)?;
+        let running = match self
+            .execute(&principal, query_id, sql, values, Want::Any)
+            .await?
+        {
+            Executed::Rows(running) => running,
+            Executed::Done(message, record) => {
                 let schema = report_schema();
                 let batch = RecordBatch::try_new(
                     schema.clone(),
                     vec![Arc::new(StringArray::from(vec![message]))],
                 )
                 .map_err(|e| Status::internal(e.to_string()))?;
-                Box::pin(RecordBatchStreamAdapter::new(
+                let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
                     schema,
                     futures::stream::iter(vec![Ok(batch)]),
-                ))
+                ));
+                Running {
+                    stream,
+                    bounds: Bounds {
+                        deadline: tokio::time::Instant::now() + self.shared.limits.query_timeout,
+                        shutdown: self.shared.cancel_queries.clone(),
+                        _permit: None,
+                    },
+                    record,
+                    principal,
+                }
             }
         };
-        let bounds = Bounds {
-            deadline,
-            shutdown: self.shared.cancel_queries.clone(),
-            _permit: Some(permit),
-        };
-        Ok(Response::new(flight_stream(
-            stream, bounds, record, principal,
-        )))
+        Ok(Response::new(flight_stream(running)))
     }
 
     /// Runs a statement that changes something (`DoPut` updates).
@@ -540,65 +672,14 @@ impl PitlakeFlightSql {
         sql: &str,
         parameters: Option<&[u8]>,
     ) -> Result<i64, Status> {
-        let query_id = new_query_id()?;
-        let deadline = tokio::time::Instant::now() + self.shared.limits.query_timeout;
         let values = parameter_values(parameters)?;
-        let _permit = self.slot(deadline).await?;
-        let record = QueryRecord::new(
-            &principal.user,
-            &query_id,
-            self.shared.active.clone(),
-            self.shared.metrics.clone(),
-        );
-        tracing::info!(
-            target: "pitlake::flight",
-            user = %principal.user,
-            query_id = %query_id,
-            sql = logged(sql),
-            "update started"
-        );
-        let run = async {
-            let planned = self.plan(&principal, sql).await?;
-            if planned.is_query() {
-                return Err(Status::invalid_argument(
-                    "the statement is a query: it returns rows; execute it as a query \
-                     (CommandStatementQuery), not as an update",
-                ));
-            }
-            self.engine_for(&principal)
-                .execute_planned(planned, values, self.shared.limits.query_memory_limit)
-                .await
-                .map_err(|e| status_for_principal(e, &principal))
-        };
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(Output::Done(message))) => {
-                tracing::info!(
-                    target: "pitlake::flight",
-                    user = %principal.user,
-                    query_id = %query_id,
-                    result = %message,
-                    "update done"
-                );
-                record.finished();
-                // The engine reports writes as sentences; the row count is not known here.
-                Ok(-1)
-            }
-            Ok(Ok(Output::Rows(_))) => {
-                record.failed("not an update");
-                Err(Status::invalid_argument(
-                    "the statement returns rows; execute it as a query",
-                ))
-            }
-            Ok(Err(status)) => {
-                record.failed(status.message());
-                Err(status)
-            }
-            Err(_) => {
-                record.failed("timed out");
-                Err(Status::deadline_exceeded(
-                    "the statement ran longer than the server's --query-timeout",
-                ))
-            }
+        match self
+            .execute(&principal, new_query_id()?, sql, values, Want::Change)
+            .await?
+        {
+            // The engine reports writes as sentences; the row count is not known here.
+            Executed::Done(..) => Ok(-1),
+            Executed::Rows(_) => Err(Status::invalid_argument(Want::Change.refusal())),
         }
     }
 
@@ -634,42 +715,7 @@ impl FlightSqlService for PitlakeFlightSql {
     > {
         let peer = request.remote_addr();
         let headers = request.metadata().clone().into_headers();
-        let metrics = self.shared.metrics.clone();
-        let refused = |status: Status| {
-            metrics.refused(Refusal::Login);
-            tracing::info!(
-                target: "pitlake::flight",
-                peer = ?peer,
-                reason = status.message(),
-                "handshake refused"
-            );
-            status
-        };
-        let credentials = basic_credentials(&headers).map_err(refused)?;
-        // Lockouts and a full queue are refused here, before any password work; a client that
-        // goes away while waiting for a check slot drops this future and the attempt with it.
-        let mut attempt = self
-            .shared
-            .logins
-            .admit(&credentials.user, peer.map(|p| p.ip()))
-            .map_err(refused)?;
-        attempt.wait_for_slot().await.map_err(refused)?;
-        let auth = self.shared.auth.clone();
-        // argon2 is deliberately slow: keep it off the threads that serve streams. The attempt
-        // (with its check slot) moves into the blocking task, so the slot is held until argon2
-        // returns even if the client has gone, and the outcome is counted all the same.
-        let outcome =
-            tokio::task::spawn_blocking(move || attempt.run(|| auth.check_password(&credentials)))
-                .await
-                .map_err(|e| Status::internal(format!("the password check failed: {e}")))?;
-        let (principal, token) = outcome.map_err(refused)?;
-        self.shared.metrics.handshake_succeeded();
-        tracing::info!(
-            target: "pitlake::flight",
-            user = %principal.user,
-            ttl_s = self.shared.auth.token_ttl().as_secs(),
-            "handshake: token issued"
-        );
+        let (_, token) = self.login(&headers, peer).await?;
         let header = MetadataValue::try_from(format!("Bearer {token}"))
             .map_err(|_| Status::internal("the token is not a valid header value"))?;
         let reply = HandshakeResponse {

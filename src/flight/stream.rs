@@ -75,6 +75,11 @@ impl QueryRecord {
         }
     }
 
+    /// Counts bytes sent for the query.
+    pub fn sent(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     fn set(&self, outcome: Outcome) {
         match self.outcome.lock() {
             Ok(mut guard) => *guard = outcome,
@@ -144,88 +149,93 @@ pub(crate) struct Bounds {
     pub _permit: Option<OwnedSemaphorePermit>,
 }
 
-struct Running {
-    stream: SendableRecordBatchStream,
-    bounds: Bounds,
-    record: Arc<QueryRecord>,
-    principal: Principal,
+/// A query that runs: its engine stream, its bounds, its record and whom it runs for.
+pub(crate) struct Running {
+    pub stream: SendableRecordBatchStream,
+    pub bounds: Bounds,
+    pub record: Arc<QueryRecord>,
+    pub principal: Principal,
+}
+
+impl Running {
+    /// The query's batches under its bounds: past the deadline, or once the shutdown's grace
+    /// is over, the stream ends with an error; an engine error becomes the caller's status.
+    /// Dropping the stream cancels the query.
+    pub fn batches(
+        self,
+    ) -> impl futures::stream::FusedStream<Item = Result<RecordBatch, Status>> + Send + 'static
+    {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut run = state?;
+            let next = tokio::select! {
+                biased;
+                _ = run.bounds.shutdown.cancelled() => {
+                    run.record.set(Outcome::ShutDown);
+                    return Some((
+                        Err(Status::unavailable(
+                            "the server is shutting down; the query was cancelled",
+                        )),
+                        None,
+                    ));
+                }
+                _ = tokio::time::sleep_until(run.bounds.deadline) => {
+                    run.record.set(Outcome::TimedOut);
+                    return Some((
+                        Err(Status::deadline_exceeded(
+                            "the query ran longer than the server's --query-timeout and was \
+                             cancelled",
+                        )),
+                        None,
+                    ));
+                }
+                next = run.stream.next() => next,
+            };
+            match next {
+                Some(Ok(batch)) => {
+                    run.record
+                        .rows
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    Some((Ok(batch), Some(run)))
+                }
+                Some(Err(err)) => {
+                    run.record.set(Outcome::Failed);
+                    let status = status_for_principal(
+                        crate::error::PitlakeError::from_datafusion(err),
+                        &run.principal,
+                    );
+                    tracing::info!(
+                        target: "pitlake::flight",
+                        user = %run.record.user,
+                        query_id = %run.record.query_id,
+                        error = status.message(),
+                        "query failed"
+                    );
+                    Some((Err(status), None))
+                }
+                None => {
+                    run.record.set(Outcome::Finished);
+                    None
+                }
+            }
+        })
+        // Polled again after its end (an encoder asking for more), it stays ended.
+        .fuse()
+    }
 }
 
 /// Encodes a query's batches as Flight data under its bounds.
-pub(crate) fn flight_stream(
-    stream: SendableRecordBatchStream,
-    bounds: Bounds,
-    record: Arc<QueryRecord>,
-    principal: Principal,
-) -> FlightStream {
-    let schema = stream.schema();
-    let running = Running {
-        stream,
-        bounds,
-        record: record.clone(),
-        principal,
-    };
-    let batches = futures::stream::unfold(Some(running), |state| async move {
-        let mut run = state?;
-        let next = tokio::select! {
-            biased;
-            _ = run.bounds.shutdown.cancelled() => {
-                run.record.set(Outcome::ShutDown);
-                return Some((
-                    Err(FlightError::Tonic(Box::new(Status::unavailable(
-                        "the server is shutting down; the query was cancelled",
-                    )))),
-                    None,
-                ));
-            }
-            _ = tokio::time::sleep_until(run.bounds.deadline) => {
-                run.record.set(Outcome::TimedOut);
-                return Some((
-                    Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(
-                        "the query ran longer than the server's --query-timeout and was cancelled",
-                    )))),
-                    None,
-                ));
-            }
-            next = run.stream.next() => next,
-        };
-        match next {
-            Some(Ok(batch)) => {
-                run.record
-                    .rows
-                    .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-                Some((Ok::<RecordBatch, FlightError>(batch), Some(run)))
-            }
-            Some(Err(err)) => {
-                run.record.set(Outcome::Failed);
-                let status = status_for_principal(
-                    crate::error::PitlakeError::from_datafusion(err),
-                    &run.principal,
-                );
-                tracing::info!(
-                    target: "pitlake::flight",
-                    user = %run.record.user,
-                    query_id = %run.record.query_id,
-                    error = status.message(),
-                    "query failed"
-                );
-                Some((Err(FlightError::Tonic(Box::new(status))), None))
-            }
-            None => {
-                run.record.set(Outcome::Finished);
-                None
-            }
-        }
-    });
+pub(crate) fn flight_stream(running: Running) -> FlightStream {
+    let schema = running.stream.schema();
+    let record = running.record.clone();
+    let batches = running
+        .batches()
+        .map(|item| item.map_err(|status| FlightError::Tonic(Box::new(status))));
     let encoded = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .build(batches);
     Box::pin(encoded.map(move |item| match item {
         Ok(data) => {
-            record.bytes.fetch_add(
-                (data.data_header.len() + data.data_body.len()) as u64,
-                Ordering::Relaxed,
-            );
+            record.sent((data.data_header.len() + data.data_body.len()) as u64);
             Ok(data)
         }
         Err(FlightError::Tonic(status)) => Err(*status),

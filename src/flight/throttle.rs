@@ -4,16 +4,20 @@
 //! A handshake goes through three gates before argon2 runs, each refusing cheaply:
 //!
 //! ```text
-//!  handshake ──► lockout? ──────────► admission ───────────► check slot ──► argon2 (blocking)
-//!                user name, peer       running + waiting      one per core,     │
-//!                (failed + in flight   ≤ concurrent +         waits ≤ 10 s      ▼
-//!                 ≥ limit: refused)    queued, else           else           failure counted
-//!                RESOURCE_EXHAUSTED    UNAVAILABLE            UNAVAILABLE    against both
+//!  login ──► lockout? ──────────► admission ──────► in-flight room ──► check slot ──► argon2
+//!            user name, peer       running + waiting   failed + in       one per core,    │
+//!            locked: refused       ≤ concurrent +      flight < limit,   waits ≤ 10 s     ▼
+//!            RESOURCE_EXHAUSTED    queued, else        else waits ≤ 10 s else          failure
+//!                                  UNAVAILABLE         for checks to end UNAVAILABLE    counted
 //! ```
 //!
 //! - **Lockout.** Failures are counted per user name (any name, known or not, so the answer does
 //!   not tell which exist) and per peer address (IPv6 by /64). Checks still in flight count as
-//!   failures until they end, so a burst of parallel guesses cannot slip past the limit. At the
+//!   failures until they end, so a burst of parallel guesses cannot slip past the limit: while
+//!   failures and checks in flight fill the limit, a further login of that name (or address)
+//!   waits for a check to end, and then is refused if the name got locked, or goes on. A burst
+//!   of right passwords (many clients of one service user starting at once) is thus checked a
+//!   few at a time, never refused for failures that did not happen. At the
 //!   limit the name (or address) is locked for the lockout period, doubled for each lockout in a
 //!   row, up to [`MAX_LOCKOUT`]; during a lockout even the right password is refused, without a
 //!   check. A successful login clears its user name's count (not its address's: one valid
@@ -113,15 +117,19 @@ impl<K: Hash + Eq + Clone> Table<K> {
         }
     }
 
-    /// How long `key` must still wait, if it is locked or at its limit with checks in flight.
-    fn refusal(&self, key: &K, now: Instant, lockout: Duration) -> Option<Duration> {
-        let entry = self.entries.get(key)?;
-        if let Some(left) = entry.locked(now) {
-            return Some(left);
-        }
+    /// How long `key` is still locked, if it is.
+    fn refusal(&self, key: &K, now: Instant) -> Option<Duration> {
+        self.entries.get(key)?.locked(now)
+    }
+
+    /// Whether failures and checks in flight fill `key`'s limit: one more check must wait.
+    fn full(&self, key: &K, now: Instant, lockout: Duration) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
         let window_over = now.duration_since(entry.window_start) >= lockout;
         let failures = if window_over { 0 } else { entry.failures };
-        (failures.saturating_add(entry.pending) >= self.limit).then_some(Duration::from_secs(1))
+        failures.saturating_add(entry.pending) >= self.limit
     }
 
     fn entry(&mut self, key: &K, now: Instant) -> &mut Entry {
@@ -221,6 +229,8 @@ pub(crate) struct LoginThrottle {
     admission: Arc<Semaphore>,
     checks: Arc<Semaphore>,
     tables: Mutex<Tables>,
+    /// Notified whenever an attempt is settled: logins waiting for room try again.
+    settled: tokio::sync::Notify,
     /// Password checks running now, and the most seen at once.
     running: AtomicUsize,
     peak: AtomicUsize,
@@ -248,6 +258,7 @@ impl LoginThrottle {
                 users: Table::new(limits.max_failed_per_user, capacity),
                 peers: Table::new(limits.max_failed_per_peer, capacity),
             }),
+            settled: tokio::sync::Notify::new(),
             running: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             limits,
@@ -268,51 +279,92 @@ impl LoginThrottle {
         }
     }
 
-    /// Admits a login attempt, or refuses it before any password work. The attempt counts
-    /// against the user name and the peer until it is settled (or dropped).
-    pub fn admit(self: &Arc<Self>, user: &str, peer: Option<IpAddr>) -> Result<Attempt, Status> {
+    /// Admits a login attempt, or refuses it before any password work. While the user name's
+    /// (or the peer's) failures and checks in flight fill its limit, the attempt waits (at
+    /// most [`CHECK_SLOT_WAIT`]) for one of them to end. The attempt counts against the user
+    /// name and the peer until it is settled (or dropped).
+    pub async fn admit(
+        self: &Arc<Self>,
+        user: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Attempt, Status> {
+        let deadline = tokio::time::Instant::now() + CHECK_SLOT_WAIT;
+        let mut admission = None;
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if let Some(attempt) = self.try_admit(user, peer, &mut admission)? {
+                return Ok(attempt);
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return Err(Status::unavailable(format!(
+                    "other logins of user name `{user}` (or from this address) were still being \
+                     checked after {}s; try again in a moment",
+                    CHECK_SLOT_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+
+    /// One pass of [`Self::admit`]: an error if locked or the server is full, `None` if the
+    /// attempt must wait for room. `admission` keeps the admission permit between passes.
+    fn try_admit(
+        self: &Arc<Self>,
+        user: &str,
+        peer: Option<IpAddr>,
+        admission: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<Option<Attempt>, Status> {
         let now = Instant::now();
         let peer = peer.map(peer_key);
         let lockout = self.limits.lockout;
+        let mut tables = self.tables();
+        let user_key = user.to_string();
+        if let Some(wait) = tables.users.refusal(&user_key, now) {
+            return Err(locked_out(
+                &format!("for user name `{user}`"),
+                wait,
+                "--max-failed-logins-per-user",
+            ));
+        }
+        if let Some(peer) = peer
+            && let Some(wait) = tables.peers.refusal(&peer, now)
         {
-            let mut tables = self.tables();
-            let user_key = user.to_string();
-            if let Some(wait) = tables.users.refusal(&user_key, now, lockout) {
-                return Err(locked_out(
-                    &format!("for user name `{user}`"),
-                    wait,
-                    "--max-failed-logins-per-user",
-                ));
-            }
-            if let Some(peer) = peer
-                && let Some(wait) = tables.peers.refusal(&peer, now, lockout)
-            {
-                return Err(locked_out(
-                    &format!("from address {peer}"),
-                    wait,
-                    "--max-failed-logins-per-peer",
-                ));
-            }
-            let admission = self.admission.clone().try_acquire_owned().map_err(|_| {
+            return Err(locked_out(
+                &format!("from address {peer}"),
+                wait,
+                "--max-failed-logins-per-peer",
+            ));
+        }
+        if admission.is_none() {
+            *admission = Some(self.admission.clone().try_acquire_owned().map_err(|_| {
                 Status::unavailable(format!(
                     "the server is busy checking passwords ({} running or waiting: \
                      --max-concurrent-logins, --max-queued-logins); try again in a moment",
                     self.limits.max_concurrent + self.limits.max_queued
                 ))
-            })?;
-            tables.users.start(&user_key, now);
-            if let Some(peer) = peer {
-                tables.peers.start(&peer, now);
-            }
-            Ok(Attempt {
-                throttle: self.clone(),
-                user: user_key,
-                peer,
-                _admission: admission,
-                slot: None,
-                settled: false,
-            })
+            })?);
         }
+        if tables.users.full(&user_key, now, lockout)
+            || peer.is_some_and(|p| tables.peers.full(&p, now, lockout))
+        {
+            return Ok(None);
+        }
+        let Some(admission) = admission.take() else {
+            return Ok(None);
+        };
+        tables.users.start(&user_key, now);
+        if let Some(peer) = peer {
+            tables.peers.start(&peer, now);
+        }
+        Ok(Some(Attempt {
+            throttle: self.clone(),
+            user: user_key,
+            peer,
+            _admission: admission,
+            slot: None,
+            settled: false,
+        }))
     }
 
     fn settle(&self, user: &str, peer: Option<IpAddr>, outcome: Option<bool>) {
@@ -328,6 +380,8 @@ impl LoginThrottle {
         if outcome == Some(true) {
             tables.users.forget(&user);
         }
+        drop(tables);
+        self.settled.notify_waiters();
     }
 }
 
@@ -404,8 +458,17 @@ mod tests {
         }
     }
 
+    /// One pass of admission: `Ok(None)` means the attempt would wait.
+    fn admit_now(
+        throttle: &Arc<LoginThrottle>,
+        user: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Attempt>, Status> {
+        throttle.try_admit(user, peer, &mut None)
+    }
+
     fn fail(throttle: &Arc<LoginThrottle>, user: &str, peer: Option<IpAddr>) {
-        let attempt = throttle.admit(user, peer).unwrap();
+        let attempt = admit_now(throttle, user, peer).unwrap().unwrap();
         let _ = attempt.run(|| Err::<(), _>(Status::unauthenticated("no")));
     }
 
@@ -419,18 +482,18 @@ mod tests {
             table.finish(&"alice", now, true, lockout);
         };
         for _ in 0..3 {
-            assert_eq!(table.refusal(&"alice", t0, lockout), None);
+            assert_eq!(table.refusal(&"alice", t0), None);
             fail(&mut table, t0);
         }
-        assert_eq!(table.refusal(&"alice", t0, lockout), Some(lockout));
-        assert_eq!(table.refusal(&"bob", t0, lockout), None);
+        assert_eq!(table.refusal(&"alice", t0), Some(lockout));
+        assert_eq!(table.refusal(&"bob", t0), None);
         // Over after the lockout; three more failures lock it for twice as long.
         let t1 = t0 + Duration::from_secs(61);
-        assert_eq!(table.refusal(&"alice", t1, lockout), None);
+        assert_eq!(table.refusal(&"alice", t1), None);
         for _ in 0..3 {
             fail(&mut table, t1);
         }
-        assert_eq!(table.refusal(&"alice", t1, lockout), Some(2 * lockout));
+        assert_eq!(table.refusal(&"alice", t1), Some(2 * lockout));
         // Never past the longest lockout.
         let mut t = t1;
         for _ in 0..12 {
@@ -439,14 +502,15 @@ mod tests {
                 fail(&mut table, t);
             }
         }
-        assert_eq!(table.refusal(&"alice", t, lockout), Some(MAX_LOCKOUT));
+        assert_eq!(table.refusal(&"alice", t), Some(MAX_LOCKOUT));
         // Failures spread wider than the window do not add up.
         let mut slow: Table<&str> = Table::new(3, 100);
         for i in 0..10 {
             let now = t0 + lockout * (i + 1);
             slow.start(&"carol", now);
             slow.finish(&"carol", now, true, lockout);
-            assert_eq!(slow.refusal(&"carol", now, lockout), None);
+            assert_eq!(slow.refusal(&"carol", now), None);
+            assert!(!slow.full(&"carol", now, lockout));
         }
     }
 
@@ -456,14 +520,14 @@ mod tests {
         for _ in 0..2 {
             fail(&throttle, "alice", None);
         }
-        let attempt = throttle.admit("alice", None).unwrap();
+        let attempt = admit_now(&throttle, "alice", None).unwrap().unwrap();
         attempt.run(|| Ok(())).unwrap();
         for _ in 0..2 {
             fail(&throttle, "alice", None);
         }
-        assert!(throttle.admit("alice", None).is_ok());
+        assert!(admit_now(&throttle, "alice", None).unwrap().is_some());
         fail(&throttle, "alice", None);
-        let err = throttle.admit("alice", None).unwrap_err();
+        let err = admit_now(&throttle, "alice", None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(
             err.message().contains("try again in 60s"),
@@ -480,13 +544,10 @@ mod tests {
         }));
         let peer: IpAddr = "2001:db8::1".parse().unwrap();
         let neighbour: IpAddr = "2001:db8::2".parse().unwrap();
-        let a = throttle.admit("alice", Some(peer)).unwrap();
-        let b = throttle.admit("alice", Some(peer)).unwrap();
-        // Two checks of alice in flight: a third is refused before it could run.
-        assert_eq!(
-            throttle.admit("alice", Some(peer)).unwrap_err().code(),
-            tonic::Code::ResourceExhausted
-        );
+        let a = admit_now(&throttle, "alice", Some(peer)).unwrap().unwrap();
+        let b = admit_now(&throttle, "alice", Some(peer)).unwrap().unwrap();
+        // Two checks of alice in flight: a third waits for one to end.
+        assert!(admit_now(&throttle, "alice", Some(peer)).unwrap().is_none());
         // Dropped unsettled (the client left): counts as nothing.
         drop(a);
         drop(b);
@@ -494,12 +555,12 @@ mod tests {
         fail(&throttle, "u2", Some(neighbour));
         fail(&throttle, "u3", Some(peer));
         // The same /64 is one peer: three failures lock it for any name.
-        let err = throttle.admit("carol", Some(neighbour)).unwrap_err();
+        let err = admit_now(&throttle, "carol", Some(neighbour)).unwrap_err();
         assert!(err.message().contains("2001:db8::"), "{}", err.message());
         assert!(
-            throttle
-                .admit("carol", Some("192.0.2.1".parse().unwrap()))
-                .is_ok()
+            admit_now(&throttle, "carol", Some("192.0.2.1".parse().unwrap()))
+                .unwrap()
+                .is_some()
         );
     }
 
@@ -511,13 +572,17 @@ mod tests {
             ..limits(100, 100)
         }));
         let held: Vec<_> = (0..3)
-            .map(|i| throttle.admit(&format!("u{i}"), None).unwrap())
+            .map(|i| {
+                admit_now(&throttle, &format!("u{i}"), None)
+                    .unwrap()
+                    .unwrap()
+            })
             .collect();
-        let err = throttle.admit("u9", None).unwrap_err();
+        let err = admit_now(&throttle, "u9", None).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unavailable);
         assert!(err.message().contains("--max-queued-logins"));
         drop(held);
-        assert!(throttle.admit("u9", None).is_ok());
+        assert!(admit_now(&throttle, "u9", None).unwrap().is_some());
     }
 
     #[test]
@@ -533,5 +598,66 @@ mod tests {
             fail(&throttle, &format!("spray{i}"), None);
         }
         assert!(throttle.tables().users.entries.len() <= 16);
+    }
+
+    /// Runs `n` logins of one user at once, each with `check`'s outcome; their results.
+    async fn burst(
+        throttle: &Arc<LoginThrottle>,
+        n: usize,
+        right: bool,
+    ) -> Vec<Result<(), Status>> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let throttle = throttle.clone();
+                tokio::spawn(async move {
+                    let mut attempt = throttle.admit("svc", None).await?;
+                    attempt.wait_for_slot().await?;
+                    tokio::task::spawn_blocking(move || {
+                        attempt.run(|| {
+                            std::thread::sleep(Duration::from_millis(20));
+                            if right {
+                                Ok(())
+                            } else {
+                                Err(Status::unauthenticated("wrong"))
+                            }
+                        })
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_right_passwords_is_checked_a_few_at_a_time_not_refused() {
+        let throttle = Arc::new(LoginThrottle::new(LoginLimits {
+            max_concurrent: 2,
+            max_queued: 64,
+            ..limits(3, 100)
+        }));
+        let results = burst(&throttle, 16, true).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // A burst of wrong ones: at most the limit is checked, the rest refused once locked.
+        let results = burst(&throttle, 16, false).await;
+        let checked = results
+            .iter()
+            .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::Unauthenticated))
+            .count();
+        assert_eq!(checked, 3, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .filter(|r| r
+                    .as_ref()
+                    .is_err_and(|s| s.code() != tonic::Code::Unauthenticated))
+                .all(|r| r.as_ref().unwrap_err().code() == tonic::Code::ResourceExhausted),
+            "{results:?}"
+        );
     }
 }
