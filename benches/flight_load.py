@@ -133,9 +133,13 @@ def run_query(client, options, sql):
 def client_loop(uri, deadline, seed, results, errors):
     rng = random.Random(seed)
     client = flight.FlightClient(uri)
-    options = flight.FlightCallOptions(
-        headers=[client.authenticate_basic_token(USER.encode(), PASSWORD.encode())]
-    )
+    try:
+        header = client.authenticate_basic_token(USER.encode(), PASSWORD.encode())
+    except Exception as err:  # a refused handshake raises ArrowInvalid, not a FlightError
+        errors.append(f"login: {err!r}")
+        client.close()
+        return
+    options = flight.FlightCallOptions(headers=[header])
     while time.time() < deadline:
         kind, sql = pick_query(rng)
         started = time.perf_counter()
