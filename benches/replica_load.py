@@ -531,7 +531,7 @@ def main():
         print(f"retried ({len(times)}x, {min(times):.3f}-{max(times):.3f} s after the SIGTERM): "
               f"{message}")
     for when, client, kind, replica, message in load.errors:
-        print(f"error at +{when - load_started:.2f}s (client {client}, {kind}, "
+        print(f"error at {when - load_started:+.2f}s (client {client}, {kind}, "
               f"replica {replica}): {message}")
     if args.keep or load.errors:
         print("warehouse and server logs kept in", root)
