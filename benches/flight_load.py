@@ -117,22 +117,34 @@ QUERIES = [
 ]
 
 
+def pick_query(rng):
+    """(kind, sql) of one query of the mix, drawn with the mix's weights."""
+    kind, _, make = rng.choices(QUERIES, [q[1] for q in QUERIES])[0]
+    return kind, make(rng)
+
+
+def run_query(client, options, sql):
+    """GetFlightInfo then DoGet of its ticket on the same server; the whole result, read."""
+    descriptor = flight.FlightDescriptor.for_command(flight_sql_command(sql))
+    info = client.get_flight_info(descriptor, options)
+    return client.do_get(info.endpoints[0].ticket, options).read_all()
+
+
 def client_loop(uri, deadline, seed, results, errors):
     rng = random.Random(seed)
     client = flight.FlightClient(uri)
-    options = flight.FlightCallOptions(
-        headers=[client.authenticate_basic_token(USER.encode(), PASSWORD.encode())]
-    )
-    kinds = [q[0] for q in QUERIES]
-    weights = [q[1] for q in QUERIES]
+    try:
+        header = client.authenticate_basic_token(USER.encode(), PASSWORD.encode())
+    except Exception as err:  # a refused handshake raises ArrowInvalid, not a FlightError
+        errors.append(f"login: {err!r}")
+        client.close()
+        return
+    options = flight.FlightCallOptions(headers=[header])
     while time.time() < deadline:
-        kind = rng.choices(kinds, weights)[0]
-        sql = next(q[2] for q in QUERIES if q[0] == kind)(rng)
+        kind, sql = pick_query(rng)
         started = time.perf_counter()
         try:
-            descriptor = flight.FlightDescriptor.for_command(flight_sql_command(sql))
-            info = client.get_flight_info(descriptor, options)
-            table = client.do_get(info.endpoints[0].ticket, options).read_all()
+            table = run_query(client, options, sql)
         except flight.FlightError as err:
             errors.append(f"{kind}: {err}")
             continue
@@ -158,8 +170,29 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def latency_summary(samples):
+    """p50/p99/mean in ms per kind of the mix, and p50/p99 of all: samples are (kind, seconds)."""
+    samples = list(samples)
+    out = {}
+    for kind, _, _ in QUERIES:
+        lat = [seconds * 1000 for k, seconds in samples if k == kind]
+        out[kind] = {
+            "n": len(lat),
+            "p50": round(percentile(lat, 50), 1),
+            "p99": round(percentile(lat, 99), 1),
+            "mean": round(statistics.mean(lat), 1) if lat else None,
+        }
+    all_lat = [seconds * 1000 for _, seconds in samples]
+    out["all"] = {
+        "n": len(all_lat),
+        "p50": round(percentile(all_lat, 50), 1),
+        "p99": round(percentile(all_lat, 99), 1),
+    }
+    return out
+
+
+def add_arguments(parser):
+    """The options shared by the load benchmarks: the binary, the load, the warehouse, limits."""
     parser.add_argument("--bin", default=None, help="the pitlake binary (default: newest build)")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=60, help="seconds of load")
@@ -169,10 +202,13 @@ def main():
     parser.add_argument("--memory-limit", default="2GiB")
     parser.add_argument("--query-memory-limit", default="256MiB")
     parser.add_argument("--keep", action="store_true", help="keep the warehouse folder")
-    args = parser.parse_args()
-    binary = args.bin or default_binary()
 
-    root = tempfile.mkdtemp(prefix="pitlake-flight-load-")
+
+def prepare(args, prefix):
+    """A temporary folder with the warehouse built and an auth file for USER: (binary, root,
+    warehouse, auth)."""
+    binary = args.bin or default_binary()
+    root = tempfile.mkdtemp(prefix=prefix)
     warehouse = os.path.join(root, "warehouse")
     started = time.time()
     build_warehouse(binary, warehouse, args.feature_rows, args.label_rows)
@@ -184,28 +220,51 @@ def main():
             f'[users.{USER}]\npassword_hash = "{hashed.strip()}"\nroles = ["r"]\n'
             '[roles.r]\ngrants = ["table:*"]\n'
         )
+    return binary, root, warehouse, auth
+
+
+def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(os.path.join(root, "server.log"), "wb")
-    server = subprocess.Popen(
-        [
-            binary, "--warehouse", warehouse, "--memory-limit", args.memory_limit,
-            "serve", "--listen", f"127.0.0.1:{port}", "--auth-file", auth,
-            "--insecure-plaintext",
-            "--max-concurrent-queries", str(args.max_concurrent_queries),
-            "--query-memory-limit", args.query_memory_limit,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"grpc://127.0.0.1:{port}"
-    for _ in range(300):
+        return s.getsockname()[1]
+
+
+def serve_command(binary, warehouse, auth, port, args, *extra):
+    """`pitlake serve` on a loopback port, plaintext, with the benchmark's limits."""
+    return [
+        binary, "--warehouse", warehouse, "--memory-limit", args.memory_limit,
+        "serve", "--listen", f"127.0.0.1:{port}", "--auth-file", auth,
+        "--insecure-plaintext",
+        "--max-concurrent-queries", str(args.max_concurrent_queries),
+        "--query-memory-limit", args.query_memory_limit,
+        *extra,
+    ]
+
+
+def wait_for_port(port, timeout=30):
+    """True once something accepts connections on the loopback port, False after timeout."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return True
         except OSError:
             time.sleep(0.1)
+    return False
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+    binary, root, warehouse, auth = prepare(args, "pitlake-flight-load-")
+    port = free_port()
+    log = open(os.path.join(root, "server.log"), "wb")
+    server = subprocess.Popen(
+        serve_command(binary, warehouse, auth, port, args), stdout=log, stderr=subprocess.STDOUT
+    )
+    uri = f"grpc://127.0.0.1:{port}"
+    wait_for_port(port)
 
     results, errors = [], []
     deadline = time.time() + args.duration
@@ -235,21 +294,7 @@ def main():
         "mib_per_s": round(sum(r[3] for r in results) / elapsed / 2**20, 1),
         "server_peak_rss_mib": round(peak / 1024) if peak else None,
         "server_exit_code": exit_code,
-        "latency_ms": {},
-    }
-    for kind, _, _ in QUERIES:
-        lat = [r[1] * 1000 for r in results if r[0] == kind]
-        summary["latency_ms"][kind] = {
-            "n": len(lat),
-            "p50": round(percentile(lat, 50), 1),
-            "p99": round(percentile(lat, 99), 1),
-            "mean": round(statistics.mean(lat), 1) if lat else None,
-        }
-    all_lat = [r[1] * 1000 for r in results]
-    summary["latency_ms"]["all"] = {
-        "n": len(all_lat),
-        "p50": round(percentile(all_lat, 50), 1),
-        "p99": round(percentile(all_lat, 99), 1),
+        "latency_ms": latency_summary((r[0], r[1]) for r in results),
     }
     print(json.dumps(summary, indent=2))
     for err in errors[:5]:
