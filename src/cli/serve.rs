@@ -54,14 +54,14 @@ pub async fn run(engine: Engine, args: ServeArgs) -> Result<()> {
     );
     serve_until_stopped(&server).await;
     eprintln!(
-        "pitlake: stopping; {} running quer{} may finish within {}s",
+        "pitlake: stopping; {} running quer{} may finish within {}",
         server.active_queries(),
         if server.active_queries() == 1 {
             "y"
         } else {
             "ies"
         },
-        args.shutdown_grace.as_secs()
+        humantime::format_duration(args.shutdown_grace)
     );
     server.shutdown().await
 }

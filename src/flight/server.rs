@@ -133,7 +133,7 @@ impl RunningServer {
         tracing::info!(
             target: "pitlake::flight",
             running = self.active_queries(),
-            grace_s = self.grace.as_secs(),
+            grace_ms = self.grace.as_millis() as u64,
             "shutting down: no new calls; running queries get the grace period"
         );
         self.stop_accepting.cancel();

@@ -120,8 +120,8 @@ impl Drop for QueryRecord {
             Outcome::Running => ("cancelled", Ended::Cancelled),
             Outcome::Finished => ("finished", Ended::Finished),
             Outcome::Failed => ("failed", Ended::Failed),
-            Outcome::TimedOut => ("timed out", Ended::TimedOut),
-            Outcome::ShutDown => ("stopped by shutdown", Ended::ShutDown),
+            Outcome::TimedOut => ("timed_out", Ended::TimedOut),
+            Outcome::ShutDown => ("shut_down", Ended::ShutDown),
         };
         self.metrics.query_ended(
             ended,

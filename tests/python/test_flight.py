@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pyarrow as pa
@@ -380,6 +381,30 @@ def test_failed_logins_lock_a_user_out_then_recover(guarded):
 
     eventually("the lockout ends", logs_in)
     client.close()
+
+
+def test_a_burst_of_right_passwords_is_not_taken_for_failed_logins(guarded):
+    """Sixteen clients of one service user logging in at the same moment (a job's workers
+    starting): checks in flight count against the limit of 3 failures, so the others wait for
+    them instead of being refused as if they had failed."""
+    results = []
+
+    def log_in():
+        client = flight.FlightClient(guarded["uri"])
+        try:
+            client.authenticate_basic_token(b"alice", b"alice-pw")
+            results.append("ok")
+        except (flight.FlightError, pa.ArrowException) as e:
+            results.append(str(e))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=log_in) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == ["ok"] * 16, results
 
 
 def test_a_static_token_is_revoked_on_sighup(guarded):
