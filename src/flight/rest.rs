@@ -377,8 +377,8 @@ async fn query(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    query_params(raw, &[])?;
     let principal = caller(&state, &headers)?;
+    query_params(raw, &[])?;
     let format = Format::negotiate(&headers)?;
     let request: StatementRequest = json_request(&headers, body).await?;
     let query_id = new_query_id()?;
@@ -441,8 +441,8 @@ async fn statements(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    query_params(raw, &[])?;
     let principal = caller(&state, &headers)?;
+    query_params(raw, &[])?;
     let request: StatementRequest = json_request(&headers, body).await?;
     let message = change(&state, &principal, &request.sql).await?;
     Ok(json_ok(&json!({ "message": message })))
@@ -479,8 +479,8 @@ async fn exports(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    query_params(raw, &[])?;
     let principal = caller(&state, &headers)?;
+    query_params(raw, &[])?;
     let request: ExportRequest = json_request(&headers, body).await?;
     let training_set = request.training_set.trim();
     let starts = training_set
@@ -692,8 +692,8 @@ async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind(&path)?;
-    let params = query_params(raw, &["registry_version"])?;
     let principal = caller(&state, &headers)?;
+    let params = query_params(raw, &["registry_version"])?;
     let version = registry_version(&params, "registry_version")?;
     let sql = format!("SHOW {}{}", kind.plural, as_of(version));
     let batches = registry_rows(&state, &principal, &sql).await?;
@@ -709,8 +709,8 @@ async fn describe(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind(&path)?;
-    let params = query_params(raw, &["registry_version", "version"])?;
     let principal = caller(&state, &headers)?;
+    let params = query_params(raw, &["registry_version", "version"])?;
     let version = registry_version(&params, "registry_version")?;
     let sql = format!(
         "DESCRIBE {}{}",
@@ -756,8 +756,8 @@ async fn history(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind(&path)?;
-    let params = query_params(raw, &["version"])?;
     let principal = caller(&state, &headers)?;
+    let params = query_params(raw, &["version"])?;
     let sql = format!("SHOW HISTORY OF {}", object(kind, &name, &params)?);
     let batches = registry_rows(&state, &principal, &sql).await?;
     Ok(json_ok(&json!({
@@ -772,8 +772,8 @@ async fn diff(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind(&path)?;
-    let params = query_params(raw, &["from", "to", "version"])?;
     let principal = caller(&state, &headers)?;
+    let params = query_params(raw, &["from", "to", "version"])?;
     let (Some(from), Some(to)) = (
         registry_version(&params, "from")?,
         registry_version(&params, "to")?,
@@ -807,8 +807,8 @@ async fn drop_object(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind(&path)?;
-    let params = query_params(raw, &["version"])?;
     let principal = caller(&state, &headers)?;
+    let params = query_params(raw, &["version"])?;
     let sql = format!("DROP {}", object(kind, &name, &params)?);
     let message = change(&state, &principal, &sql).await?;
     Ok(json_ok(&json!({ "message": message })))

@@ -571,7 +571,7 @@ impl PitlakeFlightSql {
             user = %principal.user,
             query_id = %query_id,
             sql = logged(sql),
-            "statement started"
+            "query started"
         );
         let started = async {
             let planned = self.plan(principal, sql).await?;
