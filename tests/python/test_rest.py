@@ -104,7 +104,9 @@ SELECT driver_id, ts, arrow_cast(ts, 'Timestamp(Microsecond, Some("Europe/Berlin
 FROM labels ORDER BY driver_id, ts
 """
 ADMIN_GRANTS = '["table:*", "view:*", "write:*", "registry:write", "files"]'
-READER_GRANTS = '["table:labels", "table:driver_stats", "table:trips", "view:driver_stats"]'
+# `table:secre` and `view:trip` name nothing: a "did you mean" for them must not suggest the
+# hidden `secret` and `trips`.
+READER_GRANTS = '["table:labels", "table:driver_stats", "table:trips", "table:secre", "view:driver_stats", "view:trip"]'
 
 
 def wait_for_http(base, process, log_path, timeout=60):
@@ -199,6 +201,9 @@ roles = ["owner"]
 [users.reader]
 password_hash = "{hash_password(warehouse, 'reader-pw')}"
 roles = ["reader"]
+[users.writer]
+password_hash = "{hash_password(warehouse, 'writer-pw')}"
+roles = ["reader", "registrar"]
 [users.svc]
 tokens = [{{ sha256 = "{static_sha}", expires = "2099-01-01T00:00:00Z" }}]
 roles = ["reader"]
@@ -206,6 +211,8 @@ roles = ["reader"]
 grants = {ADMIN_GRANTS}
 [roles.reader]
 grants = {READER_GRANTS}
+[roles.registrar]
+grants = ["registry:write"]
 """
     )
     http_port = free_port()
@@ -223,6 +230,7 @@ grants = {READER_GRANTS}
         "process": process,
         "admin": Api(base, login(base, "admin", "admin-pw")),
         "reader": Api(base, login(base, "reader", "reader-pw")),
+        "writer": Api(base, login(base, "writer", "writer-pw")),
         "svc": Api(base, static_token),
         "anonymous": Api(base, None),
         "static_token": static_token,
@@ -234,6 +242,11 @@ grants = {READER_GRANTS}
     assert code == 0, text
     # Passwords and tokens never reach the log, whichever transport carried them.
     assert "admin-pw" not in text and "reader-pw" not in text and static_token not in text
+
+
+def log_text(rest):
+    """The server's log, colour codes stripped."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", rest["log"].read_text())
 
 
 def flight_table(rest, sql, user="admin", password="admin-pw"):
@@ -432,7 +445,42 @@ def test_a_large_result_streams_and_arrives_whole(rest):
     after = samples(base)
     assert value(after, "pitlake_queries_running") == 0
     assert value(after, "pitlake_rows_sent_total") - value(before, "pitlake_rows_sent_total") >= rows
-    assert f"query_id={query_id}" in rest["log"].read_text()
+    assert f"query_id={query_id}" in log_text(rest)
+
+
+def test_an_error_after_the_first_rows_cuts_the_answer_short(rest):
+    api = rest["admin"]
+    # Fails at row 100000, batches after the first: no format may end such an answer as if whole.
+    sql = "SELECT 10 / (value - 100000) AS v FROM generate_series(1, 200000)"
+    for accept in FORMATS:
+        with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
+            response = api.query(sql, accept=accept, stream=True)
+            assert response.status_code == 200, (accept, response.text)
+            for _ in response.iter_content(65536):
+                pass
+    # Failing in the first batch, it is a status of its own.
+    refused = error_of(api.query("SELECT 10 / (value - 1) AS v FROM generate_series(1, 5)"), 400)
+    assert "Divide by zero" in refused["message"], refused
+    assert value(samples(rest["base"]), "pitlake_queries_running") == 0
+
+
+@pytest.mark.parametrize(
+    "accept, sql",
+    [
+        (CSV, "SELECT make_array(1, 2) AS l"),
+        (CSV, "SELECT named_struct('a', 1) AS s"),
+        (CSV, "SELECT map([1], [2]) AS m"),
+        (NDJSON, "SELECT map([1], [2]) AS m"),
+        (PARQUET, "SELECT INTERVAL '1 day' AS i"),
+    ],
+)
+def test_a_result_a_format_cannot_write_is_refused_with_a_status(rest, accept, sql):
+    """The first batch is in hand before the answer starts, so a type the format cannot write is
+    an error before the first row: a status with a JSON body, saying which formats can."""
+    response = rest["admin"].query(sql, accept=accept)
+    refused = error_of(response, 406)
+    assert ARROW in refused["message"], refused
+    assert rest["admin"].query(sql, accept=ARROW).status_code == 200
 
 
 # ---- Errors ----------------------------------------------------------------------------------
@@ -586,45 +634,62 @@ def test_a_missing_grant_is_403_and_changes_nothing(rest, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_unreadable_table_is_refused_without_its_data(rest):
-    reader = rest["reader"]
-    hidden = error_of(reader.query("SELECT * FROM secret"), 403)
-    missing = error_of(reader.query("SELECT * FROM secreet"), 404)
-    # Tables follow Flight (docs/operations.md): a table without a grant is PERMISSION_DENIED,
-    # naming it; one that does not exist is NOT_FOUND, suggesting only readable tables.
-    assert hidden["code"] == "PERMISSION_DENIED" and "secret" in hidden["message"]
-    assert missing["code"] == "NOT_FOUND"
-    assert "secret`" not in missing["message"].replace("secreet`", ""), missing
-    for body in (hidden, missing):
+def same_refusal(got, absent, name, absent_name):
+    """Two refusals alike but for the name asked for: status, code and message."""
+    assert got.status_code == absent.status_code, (got.text, absent.text)
+    got, absent = got.json()["error"], absent.json()["error"]
+    assert got["code"] == absent["code"], (got, absent)
+    assert got["message"] == absent["message"].replace(absent_name, name), (got, absent)
+    return got
+
+
+def test_an_unreadable_table_is_refused_like_a_missing_one(rest):
+    reader, admin = rest["reader"], rest["admin"]
+    # Neither granted: refused alike, whether the table exists or not, and without its data.
+    refused = same_refusal(reader.query("SELECT * FROM secret"), reader.query("SELECT * FROM secreet"),
+                           "secret", "secreet")
+    assert refused["code"] == "PERMISSION_DENIED", refused
+    refused = same_refusal(reader.query("SELECT salary FROM secret"),
+                           reader.query("SELECT salary FROM secreet"), "secret", "secreet")
+    for body in [refused, error_of(reader.query("SELECT count(*) FROM labels, secret"), 403)]:
         assert "4242" not in body["message"] and "salary" not in body["message"], body
+    # Granted but missing: NOT_FOUND, and "did you mean" suggests only readable tables.
+    missing = error_of(reader.query("SELECT * FROM secre"), 404)
+    assert missing["code"] == "NOT_FOUND" and "`secret`" not in missing["message"], missing
+    assert "secret" in error_of(admin.query("SELECT * FROM secre"), 404)["message"]
 
 
 def test_hidden_registry_objects_are_answered_like_missing_ones(rest):
-    reader, admin = rest["reader"], rest["admin"]
+    reader, writer, admin = rest["reader"], rest["writer"], rest["admin"]
     names = [item["name"] for item in reader.get("/v1/feature-views").json()["items"]]
     assert names == ["driver_stats"]
     assert sorted(i["name"] for i in admin.get("/v1/feature-views").json()["items"]) == ["driver_stats", "trips"]
     # The service uses `trips`, which reader may not see: it is hidden too.
     assert reader.get("/v1/feature-services").json()["items"] == []
-    for kind, hidden in [("feature-views", "trips"), ("feature-services", "churn")]:
-        for suffix in ["", "/history", "/diff?from=0&to=1"]:
-            got = reader.get(f"/v1/{kind}/{hidden}{suffix}")
-            absent = reader.get(f"/v1/{kind}/zz{hidden}{suffix}")
-            assert got.status_code == absent.status_code == 404, (kind, suffix, got.text)
-            assert got.json()["error"]["code"] == absent.json()["error"]["code"]
-            assert got.json()["error"]["message"] == absent.json()["error"]["message"].replace(f"zz{hidden}", hidden)
-        dropped = reader.delete(f"/v1/{kind}/{hidden}")
-        absent = reader.delete(f"/v1/{kind}/zz{hidden}")
-        assert dropped.status_code == absent.status_code, (dropped.text, absent.text)
-        assert dropped.json()["error"]["message"] == absent.json()["error"]["message"].replace(f"zz{hidden}", hidden)
-    # "Did you mean" never suggests what the caller may not see, nor names a service using it.
+    assert [i["name"] for i in admin.get("/v1/feature-services").json()["items"]] == ["churn"]
+    for api in [reader, writer]:
+        for kind, hidden in [("feature-views", "trips"), ("feature-services", "churn")]:
+            for suffix in ["", "/history", "/diff?from=0&to=3"]:
+                same_refusal(api.get(f"/v1/{kind}/{hidden}{suffix}"), api.get(f"/v1/{kind}/zz{hidden}{suffix}"),
+                             hidden, f"zz{hidden}")
+            same_refusal(api.delete(f"/v1/{kind}/{hidden}"), api.delete(f"/v1/{kind}/zz{hidden}"),
+                         hidden, f"zz{hidden}")
+    # The writer's refused drops changed nothing.
+    assert admin.get("/v1/feature-views/trips").status_code == 200
+    assert admin.get("/v1/feature-services/churn").status_code == 200
+    # "Did you mean" never suggests what the caller may not see, nor does "used by" name it.
     near = error_of(reader.get("/v1/feature-views/trip"), 404)
     assert "trips" not in near["message"], near
     assert "trips" in error_of(admin.get("/v1/feature-views/trip"), 404)["message"]
-    described = reader.get("/v1/feature-views/driver_stats").json()
-    assert "churn" not in json.dumps(described), described
-    refused = error_of(reader.query("TRAINING SET LABELS labels AT ts FEATURES (trips.last3)"), 404)
-    assert "m1" not in refused["message"] and "merchant" not in refused["message"], refused
+    for path in ["/v1/feature-views/driver_stats", "/v1/entities/driver", "/v1/entities"]:
+        seen = reader.get(path)
+        assert seen.status_code == 200, seen.text
+        assert "churn" not in seen.text and "trips" not in seen.text, (path, seen.text)
+    assert "trips" in admin.get("/v1/entities/driver").json()["used_by"]
+    refused = reader.query("TRAINING SET LABELS labels AT ts FEATURES (trips.last3)")
+    assert refused.status_code in (403, 404), refused.text
+    for word in ["m1", "m2", "merchant", "last3"]:
+        assert word not in refused.json()["error"]["message"], refused.text
 
 
 # ---- Management ------------------------------------------------------------------------------
@@ -660,7 +725,7 @@ def test_definitions_listed_described_diffed_and_dropped(rest):
 
     history = api.get("/v1/feature-views/mg_stats/history").json()["items"]
     assert [h["registry_version"] for h in history] == [created, replaced]
-    assert [h["action"] for h in history] == ["create", "replace"] or history[0]["action"] == "create"
+    assert [h["action"] for h in history] == ["create", "replace"]
     assert all(h["changed_by"] == "admin" for h in history), history
     assert isinstance(history[-1]["definition"], dict) and "TTL" in history[-1]["statement"]
 
@@ -668,7 +733,9 @@ def test_definitions_listed_described_diffed_and_dropped(rest):
     assert diff["from"] == created and diff["to"] == replaced
     fields = {item["field"]: item for item in diff["items"]}
     assert "ttl_seconds" in fields and fields["ttl_seconds"]["from"] is None
-    assert fields["ttl_seconds"]["to"] == "86400", fields
+    # Each side is the field's value as JSON: the TTL a number, the comment a string.
+    assert fields["ttl_seconds"]["to"] == 86400, fields
+    assert fields["description"]["from"] == "first" and fields["description"]["to"] == "second"
 
     in_use = error_of(api.delete("/v1/feature-views/mg_stats"), 409)
     assert "mg_service" in in_use["message"], in_use
@@ -678,7 +745,8 @@ def test_definitions_listed_described_diffed_and_dropped(rest):
     error_of(api.get("/v1/feature-views/mg_stats"), 404)
     error_of(api.delete("/v1/feature-views/mg_stats"), 404)
     # The history outlives the object.
-    assert len(api.get("/v1/feature-views/mg_stats/history").json()["items"]) in (0, 3)
+    history = api.get("/v1/feature-views/mg_stats/history").json()["items"]
+    assert [h["action"] for h in history] == ["create", "replace", "drop"]
 
 
 def test_every_listed_object_can_be_described_by_its_listed_name(rest):
@@ -694,6 +762,20 @@ def test_every_listed_object_can_be_described_by_its_listed_name(rest):
     model = api.get("/v1/models/mg_model", params={"version": "7"}).json()
     assert model["definition"]["metadata"] == {"auc": 0.9}
     assert api.get("/v1/models/mg_model/history", params={"version": "7"}).json()["items"]
+
+
+def test_a_model_version_is_dropped_by_the_name_it_is_listed_and_described_by(rest):
+    api = rest["admin"]
+    api.change("REGISTER MODEL drop_model VERSION '1' SERVICE churn")
+    api.change("REGISTER MODEL drop_model VERSION '2' SERVICE churn")
+    listed = sorted(i["name"] for i in api.get("/v1/models").json()["items"] if i["name"].startswith("drop_model"))
+    assert listed == ["drop_model@1", "drop_model@2"]
+    assert api.get("/v1/models/drop_model%401").json()["definition"]["version"] == "1"
+    dropped = api.delete("/v1/models/drop_model%401")
+    assert dropped.status_code == 200, dropped.text
+    assert api.get("/v1/models/drop_model", params={"version": "2"}).status_code == 200
+    assert api.delete("/v1/models/drop_model", params={"version": "2"}).status_code == 200
+    error_of(api.get("/v1/models/drop_model", params={"version": "2"}), 404)
 
 
 def test_names_in_paths_are_names_never_sql(rest):
