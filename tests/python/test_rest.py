@@ -324,8 +324,6 @@ def assert_rows_equal(got_rows, expected, from_csv=False):
             typ = expected.schema.field(name).type
             if from_csv and expected_value is None and (pa.types.is_string(typ) or pa.types.is_string_view(typ)):
                 expected_value = ""  # CSV writes a NULL text as nothing, like an empty one
-            if isinstance(expected_value, float) and isinstance(got[name], Decimal):
-                got[name] = float(got[name])
             assert_same_value(got[name], expected_value, name)
 
 
@@ -422,26 +420,25 @@ def test_a_large_result_streams_and_arrives_whole(rest):
     api, base = rest["admin"], rest["base"]
     rows = 5_000_000
     before = samples(base)
-    started = time.monotonic()
     response = api.query(f"SELECT value FROM generate_series(1, {rows})", accept=ARROW, stream=True)
     assert response.status_code == 200, response.text
     query_id = response.headers["x-pitlake-query-id"]
     assert "content-length" not in response.headers  # chunked: written as it is made
     reader = pa.ipc.open_stream(response.raw)
     first = reader.read_next_batch()
-    first_at = time.monotonic() - started
-    # The client holds back: the server cannot have finished (40 MB do not fit in the sockets'
-    # buffers), so the query is still running while its first rows are here.
-    assert value(samples(base), "pitlake_queries_running") >= 1
-    assert first.num_rows < rows
+    # The client holds back after its first rows: the server cannot have finished (40 MB do not
+    # fit in the sockets' buffers), so the query still runs and has not sent all its rows.
+    holding = samples(base)
+    assert value(holding, "pitlake_queries_running") >= 1
+    sent = value(holding, "pitlake_rows_sent_total") - value(before, "pitlake_rows_sent_total")
+    assert sent < rows, sent
+    assert 0 < first.num_rows < rows
     count, total, last = first.num_rows, pc.sum(first.column(0)).as_py(), None
     for batch in reader:
         count += batch.num_rows
         total += pc.sum(batch.column(0)).as_py()
         last = batch.column(0)[-1].as_py()
-    whole = time.monotonic() - started
     assert count == rows and last == rows and total == rows * (rows + 1) // 2
-    assert first_at < whole / 2, (first_at, whole)
     after = samples(base)
     assert value(after, "pitlake_queries_running") == 0
     assert value(after, "pitlake_rows_sent_total") - value(before, "pitlake_rows_sent_total") >= rows
