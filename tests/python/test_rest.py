@@ -537,6 +537,7 @@ def test_request_errors_are_json_with_their_status(rest):
                          ("POST", "/v1/entities"), ("PATCH", "/v1/entities/driver")]:
         refused = requests.request(method, base + path, headers=api.headers(), timeout=30)
         assert "does not take" in error_of(refused, 405)["message"], (method, path)
+        assert method not in refused.headers["allow"] and refused.headers["allow"], refused.headers
     unknown_param = error_of(api.get("/v1/entities?limit=3"), 400)
     assert "limit" in unknown_param["message"] and "registry_version" in unknown_param["message"]
     error_of(api.query("SELECT 1", params={"format": "csv"}), 400)
@@ -660,13 +661,17 @@ def test_hidden_registry_objects_are_answered_like_missing_ones(rest):
     reader, writer, admin = rest["reader"], rest["writer"], rest["admin"]
     names = [item["name"] for item in reader.get("/v1/feature-views").json()["items"]]
     assert names == ["driver_stats"]
+    # At an older registry version too (SETUP made the entity, then both views, then the service).
+    then = reader.get("/v1/feature-views", params={"registry_version": 2}).json()["items"]
+    assert [item["name"] for item in then] == ["driver_stats"]
+    assert len(admin.get("/v1/feature-views", params={"registry_version": 2}).json()["items"]) == 2
     assert sorted(i["name"] for i in admin.get("/v1/feature-views").json()["items"]) == ["driver_stats", "trips"]
     # The service uses `trips`, which reader may not see: it is hidden too.
     assert reader.get("/v1/feature-services").json()["items"] == []
     assert [i["name"] for i in admin.get("/v1/feature-services").json()["items"]] == ["churn"]
     for api in [reader, writer]:
         for kind, hidden in [("feature-views", "trips"), ("feature-services", "churn")]:
-            for suffix in ["", "/history", "/diff?from=0&to=3"]:
+            for suffix in ["", "?registry_version=3", "/history", "/diff?from=0&to=3"]:
                 same_refusal(api.get(f"/v1/{kind}/{hidden}{suffix}"), api.get(f"/v1/{kind}/zz{hidden}{suffix}"),
                              hidden, f"zz{hidden}")
             same_refusal(api.delete(f"/v1/{kind}/{hidden}"), api.delete(f"/v1/{kind}/zz{hidden}"),
@@ -932,7 +937,8 @@ def test_a_slow_request_body_is_cut_off_without_hurting_others(rest):
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
-    """A server with TLS (a certificate of a private CA made here) and its HTTP port."""
+    """A second server: TLS (a certificate of a private CA made here) on both ports, and a query
+    timeout of one second."""
     root = tmp_path_factory.mktemp("rest-tls")
 
     def openssl(*args):
@@ -960,7 +966,7 @@ def tls(tmp_path_factory):
     process = subprocess.Popen(
         [pitlake_bin(), "--warehouse", str(warehouse), "serve", "--listen", f"127.0.0.1:{port}",
          "--auth-file", str(auth), "--tls-cert", str(root / "cert.pem"), "--tls-key", str(root / "key.pem"),
-         "--http-listen", f"127.0.0.1:{http_port}", "--shutdown-grace", "2s"],
+         "--http-listen", f"127.0.0.1:{http_port}", "--shutdown-grace", "2s", "--query-timeout", "1s"],
         stdout=log, stderr=subprocess.STDOUT,
     )
     base = f"https://localhost:{http_port}"
@@ -974,7 +980,9 @@ def tls(tmp_path_factory):
                 log.close()
                 pytest.fail("the TLS server did not start:\n" + log_path.read_text())
             time.sleep(0.1)
-    yield {"base": base, "http_port": http_port, "ca": str(root / "ca.pem")}
+    token = requests.post(base + "/v1/login", auth=("alice", "alice-pw"), verify=str(root / "ca.pem"),
+                          timeout=30).json()["token"]
+    yield {"base": base, "http_port": http_port, "ca": str(root / "ca.pem"), "token": token}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0, log_path.read_text()
     log.close()
@@ -985,12 +993,22 @@ def test_the_http_port_speaks_tls_when_flight_does(tls, rest):
     document = requests.get(base + "/v1/openapi.json", verify=ca, timeout=10)
     assert document.status_code == 200
     assert document.json() == requests.get(rest["base"] + "/v1/openapi.json", timeout=10).json()
-    token = requests.post(base + "/v1/login", auth=("alice", "alice-pw"), verify=ca, timeout=30).json()["token"]
     rows = requests.post(base + "/v1/query", json={"sql": "SELECT x FROM t"}, verify=ca, timeout=30,
-                         headers={"Authorization": f"Bearer {token}", "Accept": CSV})
+                         headers={"Authorization": f"Bearer {tls['token']}", "Accept": CSV})
     assert rows.text.splitlines() == ["x", "7"]
     # Without the CA the certificate is not trusted; plain HTTP gets no HTTP answer.
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(base + "/v1/openapi.json", timeout=10)
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(f"http://127.0.0.1:{tls['http_port']}/v1/openapi.json", timeout=10)
+
+
+def test_a_query_past_the_timeout_is_504(tls):
+    started = time.monotonic()
+    response = requests.post(
+        tls["base"] + "/v1/query", json={"sql": "SELECT count(*) AS n FROM generate_series(1, 100000000000)"},
+        headers={"Authorization": f"Bearer {tls['token']}"}, verify=tls["ca"], timeout=60,
+    )
+    refused = error_of(response, 504)
+    assert refused["code"] == "DEADLINE_EXCEEDED" and "timeout" in refused["message"], refused
+    assert time.monotonic() - started < 10
