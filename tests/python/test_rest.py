@@ -189,6 +189,9 @@ def rest(tmp_path_factory):
     warehouse = root / "warehouse"
     warehouse.mkdir()
     run_pitlake(warehouse, "sql", SETUP)
+    # A table whose log cannot be read (FAILED_PRECONDITION).
+    run_pitlake(warehouse, "sql", "CREATE TABLE broken AS SELECT 1 AS x")
+    (warehouse / "broken" / "_delta_log" / "00000000000000000000.json").write_text("{garbage\n")
     made = run_pitlake(warehouse, "serve", "--new-token").stdout.decode()
     static_token = re.search(r"token:\s+(\S+)", made).group(1)
     static_sha = re.search(r'sha256 = "([0-9a-f]{64})"', made).group(1)
@@ -217,7 +220,9 @@ grants = ["registry:write"]
     )
     http_port = free_port()
     process, log, uri, log_path = start_server(
-        root, warehouse, auth, "--http-listen", f"127.0.0.1:{http_port}"
+        root, warehouse, auth, "--http-listen", f"127.0.0.1:{http_port}",
+        # Operators set it to debug; what clients are answered must not change with it.
+        env={"RUST_BACKTRACE": "1"},
     )
     base = f"http://127.0.0.1:{http_port}"
     wait_for_http(base, process, log_path)
@@ -550,6 +555,14 @@ def test_request_errors_are_json_with_their_status(rest):
     error_of(api.get("/v1/feature-views/" + "n" * 300), 400)
     # A registry version that does not exist yet.
     error_of(api.get("/v1/entities", params={"registry_version": 100000}), 404)
+
+
+def test_a_table_that_cannot_be_read_is_409_without_the_servers_insides(rest):
+    refused = error_of(rest["admin"].query("SELECT * FROM broken"), 409)
+    assert refused["code"] == "FAILED_PRECONDITION" and "broken" in refused["message"], refused
+    # What was wrong, not where in the server's code it was found.
+    for inside in ["backtrace", "/rustc/", ".rs:", "tokio::", "\n   0: "]:
+        assert inside not in refused["message"], refused["message"][:3000]
 
 
 # ---- Authentication and grants ---------------------------------------------------------------
