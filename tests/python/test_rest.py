@@ -8,11 +8,14 @@ What it proves:
   Flight SQL (ADBC) gives, in each of the four formats (Arrow IPC stream, Parquet, JSON lines,
   CSV); an empty result still carries its columns; a 5,000,000-row result streams (its first
   bytes arrive while the query still runs) and arrives whole;
-- errors: each refusal has the documented status and a JSON body that says what was wrong;
+- errors: each refusal has the documented status and a JSON body that says what was wrong (and
+  not where in the server it was found); an error after the first rows cuts the answer short in
+  every format; a type a format cannot write is refused before the answer starts; a query past
+  --query-timeout is a 504;
 - auth, as on Flight: 401s, one signing key for both transports, 403 with nothing changed, and
-  hidden registry objects answered exactly like missing ones;
+  tables not granted and hidden registry objects answered exactly like missing ones;
 - management: create, list (now and at an older registry version), describe, history, diff,
-  drop through the registry endpoints;
+  drop through the registry endpoints; names in paths are names, never SQL;
 - exports: the manifest answered is the one written, and its content hash is `pitlake export`'s;
 - /metrics counts REST queries, failures and refusals;
 - connections: a streaming answer survives a flood of idle connections; a slow request body is
@@ -32,7 +35,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 from decimal import Decimal
 
