@@ -32,13 +32,14 @@ scripts/lint-deploy.sh
 cargo test --all-targets "$@"
 cargo test --doc "$@"
 
-# ---- The Flight SQL server with real Python clients (ADBC's Flight SQL driver, pyarrow.flight)
-# against a `pitlake serve` the tests start themselves, then the Python client package. The venv is
-# made once and reused.
+# ---- The Flight SQL server with real Python clients (ADBC's Flight SQL driver, pyarrow.flight),
+# its REST API with `requests` and the schemathesis fuzzer (tests/python/test_rest*.py), against a
+# `pitlake serve` the tests start themselves, then the Python client package. The venv is made once
+# and reused.
 PITLAKE_PY_VENV="${PITLAKE_PY_VENV:-$HOME/.cache/pitlake-py-venv}"
-if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest, prometheus_client, pandas, polars" 2>/dev/null; then
+if ! "$PITLAKE_PY_VENV/bin/python" -c "import pyarrow, adbc_driver_flightsql, adbc_driver_manager, pytest, prometheus_client, pandas, polars, requests, schemathesis" 2>/dev/null; then
   python3 -m venv "$PITLAKE_PY_VENV"
-  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest prometheus_client pandas polars
+  "$PITLAKE_PY_VENV/bin/pip" install -q pyarrow adbc_driver_flightsql adbc_driver_manager pytest prometheus_client pandas polars requests schemathesis
 fi
 # The Python client package (python/), editable, so its tests import this checkout's code.
 "$PITLAKE_PY_VENV/bin/pip" install -q --disable-pip-version-check -e './python[pandas,polars]'
