@@ -46,6 +46,6 @@ fi
 # The binary as `cargo test --all-targets` built it: `cargo build --bin` alone resolves the
 # dependencies' features without the dev-dependencies and would rebuild all of them.
 cargo build --all-targets
-PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q tests/python
+PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q --tb=native tests/python
 # The client's own tests (python/tests: its pyproject.toml is their pytest config).
-PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q python/tests
+PITLAKE_BIN="$CARGO_TARGET_DIR/debug/pitlake" "$PITLAKE_PY_VENV/bin/pytest" -q --tb=native python/tests

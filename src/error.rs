@@ -64,6 +64,10 @@ pub enum PitlakeError {
         hint: String,
     },
 
+    /// A registry object that others use cannot be dropped (the message names them).
+    #[error("{0}")]
+    InUse(String),
+
     /// A registry object that a statement wants to create exists already, defined otherwise.
     #[error("{kind} `{name}` already exists; use CREATE OR REPLACE to change it")]
     AlreadyExists {

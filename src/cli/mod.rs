@@ -84,6 +84,7 @@ pub fn exit_code(err: &PitlakeError) -> u8 {
         | PitlakeError::Syntax(_)
         | PitlakeError::Plan(_)
         | PitlakeError::ConfirmationRequired { .. }
+        | PitlakeError::InUse(_)
         | PitlakeError::ConcurrentWrite { .. }
         | PitlakeError::Unsupported(_)
         | PitlakeError::Execution(_)

@@ -168,25 +168,23 @@ fn json_ok(value: &Value) -> Response {
 }
 
 /// What a path or method that does not exist gets.
-pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+/// (The path is not repeated: an answer never echoes what a client sent.)
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "NOT_FOUND",
-        format!(
-            "no such endpoint: {method} {}; the API is described at /v1/openapi.json",
-            uri.path()
-        ),
+        "no such endpoint; the API is described at /v1/openapi.json",
     )
 }
 
 /// What a known path with the wrong method gets.
-pub(crate) async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "UNIMPLEMENTED",
         format!(
-            "{} does not take {method}; the API is described at /v1/openapi.json",
-            uri.path()
+            "this endpoint does not take {method} (its methods are in the Allow header); the API \
+             is described at /v1/openapi.json"
         ),
     )
 }
@@ -204,6 +202,17 @@ fn caller(state: &HttpState, headers: &HeaderMap) -> Result<Principal, ApiError>
         return Err(refuse(
             "no credential: send `Authorization: Bearer <token>`, a token from POST /v1/login \
              (basic auth) or a static token"
+                .into(),
+        ));
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() >= 6 && v[..6].eq_ignore_ascii_case("basic "));
+    if basic {
+        return Err(refuse(
+            "basic auth is taken by POST /v1/login only: log in there and send the token it \
+             returns as `Authorization: Bearer <token>`"
                 .into(),
         ));
     }
@@ -379,7 +388,7 @@ async fn query(
 ) -> Result<Response, ApiError> {
     let principal = caller(&state, &headers)?;
     query_params(raw, &[])?;
-    let format = Format::negotiate(&headers)?;
+    let (format, media) = Format::negotiate(&headers)?;
     let request: StatementRequest = json_request(&headers, body).await?;
     let query_id = new_query_id()?;
     let running = match state
@@ -405,18 +414,28 @@ async fn query(
         Some(Err(status)) => return Err(status.into()),
         None => None,
     };
-    let busy = Busy::new(&connection);
-    let encoder = Encoder::new(format, schema.clone()).map_err(|e| {
+    // The first bytes are made before the answer starts, so a result the format cannot hold
+    // (nested columns in CSV, intervals in Parquet) is a 406 that says so, not a cut answer.
+    let unwritable = |e: String| {
         ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
             "INVALID_ARGUMENT",
             format!(
-                "the result cannot be written as {}: {e}",
-                format.media_type()
+                "the result cannot be written as {media}: {e}; ask for \
+                 application/vnd.apache.arrow.stream, which holds every type",
             ),
         )
-    })?;
-    let body = encoded(encoder, schema, first, batches, move |bytes| {
+    };
+    let mut encoder = Encoder::new(format, schema.clone()).map_err(unwritable)?;
+    let (head, encoder) = match first {
+        Some(batch) => (encoder.write(&batch).map_err(unwritable)?, Some(encoder)),
+        None => (encoder.finish(&schema).map_err(unwritable)?, None),
+    };
+    if !head.is_empty() {
+        record.sent(head.len() as u64);
+    }
+    let busy = Busy::new(&connection);
+    let body = encoded(encoder, schema, head, batches, move |bytes| {
         record.sent(bytes as u64);
     });
     let stream = body.map(move |item| {
@@ -425,10 +444,7 @@ async fn query(
     });
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.media_type()),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     if let Ok(id) = HeaderValue::from_str(&query_id) {
         headers.insert("x-pitlake-query-id", id);
     }
@@ -553,15 +569,13 @@ fn kind(path: &str) -> Result<Kind, ApiError> {
         "feature-views" => ("FEATURE VIEWS", "FEATURE VIEW"),
         "feature-services" => ("FEATURE SERVICES", "FEATURE SERVICE"),
         "models" => ("MODELS", "MODEL"),
-        other => {
+        _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "NOT_FOUND",
-                format!(
-                    "no such endpoint: /v1/{}; the registry's kinds are entities, \
-                     feature-views, feature-services and models",
-                    truncated(other)
-                ),
+                "no such endpoint: the registry's kinds are entities, feature-views, \
+                 feature-services and models"
+                    .to_string(),
             ));
         }
     };
@@ -585,8 +599,22 @@ fn quote_literal(text: &str) -> String {
 
 /// `<kind> "name" [VERSION 'v']`: the object a path names.
 fn object(kind: Kind, name: &str, params: &BTreeMap<String, String>) -> Result<String, ApiError> {
+    // A model is listed as `name@version`; that key names the version too.
+    let (name, listed_version) = match name.rsplit_once('@') {
+        Some((model, version))
+            if kind.singular == "MODEL" && !model.is_empty() && !version.is_empty() =>
+        {
+            (model, Some(version.to_string()))
+        }
+        _ => (name, None),
+    };
+    if listed_version.is_some() && params.contains_key("version") {
+        return Err(ApiError::bad_request(
+            "the model's version is given twice: in its name (`name@version`) and as `version`",
+        ));
+    }
     let mut text = format!("{} {}", kind.singular, quote_ident(name)?);
-    if let Some(version) = params.get("version") {
+    if let Some(version) = params.get("version").or(listed_version.as_ref()) {
         if kind.singular != "MODEL" {
             return Err(ApiError::bad_request(
                 "`version` names a model's version; other objects have registry versions \
@@ -846,18 +874,19 @@ impl Format {
         }
     }
 
-    /// The format `Accept` prefers (by `q`, then by the order it lists them); JSON lines when
-    /// it accepts anything or is absent.
-    fn negotiate(headers: &HeaderMap) -> Result<Self, ApiError> {
+    /// The format `Accept` prefers (by `q`, then by the order it lists them), and the media
+    /// type to answer with (the one asked for); JSON lines when it accepts anything or is
+    /// absent.
+    fn negotiate(headers: &HeaderMap) -> Result<(Self, &'static str), ApiError> {
         let accept: Vec<&str> = headers
             .get_all(header::ACCEPT)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
         if accept.is_empty() {
-            return Ok(Format::JsonLines);
+            return Ok((Format::JsonLines, Format::JsonLines.media_type()));
         }
-        let mut best: Option<(f32, Format)> = None;
+        let mut best: Option<(f32, Format, &'static str)> = None;
         for range in accept.iter().flat_map(|v| v.split(',')) {
             let mut parts = range.split(';');
             let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
@@ -870,17 +899,28 @@ impl Format {
                 continue;
             }
             let format = match media.as_str() {
-                "*/*" | "application/*" => Some(Format::JsonLines),
-                "text/*" => Some(Format::Csv),
-                m => MEDIA_TYPES.iter().find(|(t, _)| *t == m).map(|(_, f)| *f),
+                "*/*" | "application/*" => {
+                    Some((Format::JsonLines, Format::JsonLines.media_type()))
+                }
+                "text/*" => Some((Format::Csv, Format::Csv.media_type())),
+                m => MEDIA_TYPES.iter().find(|(t, _)| *t == m).map(|(t, f)| {
+                    (
+                        *f,
+                        if *f == Format::Csv {
+                            f.media_type()
+                        } else {
+                            *t
+                        },
+                    )
+                }),
             };
-            if let Some(format) = format
-                && best.is_none_or(|(b, _)| q > b)
+            if let Some((format, media)) = format
+                && best.is_none_or(|(b, _, _)| q > b)
             {
-                best = Some((q, format));
+                best = Some((q, format, media));
             }
         }
-        best.map(|(_, f)| f).ok_or_else(|| {
+        best.map(|(_, f, m)| (f, m)).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_ACCEPTABLE,
                 "INVALID_ARGUMENT",
@@ -981,38 +1021,33 @@ impl Encoder {
     }
 }
 
-/// The body: the first batch, the rest as they come, then the format's closing bytes. An
-/// error ends the body with an error, which cuts the response short.
+/// The body: `head` (the first batch's bytes, or the whole answer when `encoder` is done), the
+/// rest as it comes, then the format's closing bytes. An error ends the body with an error,
+/// which cuts the response short.
 fn encoded(
-    encoder: Encoder,
+    encoder: Option<Encoder>,
     schema: SchemaRef,
-    first: Option<RecordBatch>,
+    head: Vec<u8>,
     rest: std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>,
     sent: impl Fn(usize) + Send + Sync + 'static,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct State {
         encoder: Option<Encoder>,
-        first: Option<RecordBatch>,
         rest: std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch, Status>> + Send>>,
         schema: SchemaRef,
     }
     let state = State {
-        schema,
-        encoder: Some(encoder),
-        first,
+        encoder,
         rest,
+        schema,
     };
     let sent = Arc::new(sent);
-    futures::stream::unfold(state, move |mut state| {
+    let tail = futures::stream::unfold(state, move |mut state| {
         let sent = sent.clone();
         async move {
             loop {
                 let encoder = state.encoder.as_mut()?;
-                let next = match state.first.take() {
-                    Some(batch) => Some(Ok(batch)),
-                    None => state.rest.next().await,
-                };
-                let bytes = match next {
+                let bytes = match state.rest.next().await {
                     Some(Ok(batch)) => encoder.write(&batch),
                     Some(Err(status)) => {
                         state.encoder = None;
@@ -1044,7 +1079,9 @@ fn encoded(
                 }
             }
         }
-    })
+    });
+    let head = (!head.is_empty()).then(|| Ok(Bytes::from(head)));
+    futures::stream::iter(head).chain(tail)
 }
 
 #[cfg(test)]
@@ -1059,29 +1096,26 @@ mod tests {
 
     #[test]
     fn accept_picks_the_preferred_supported_format() {
+        let format = |value: &str| Format::negotiate(&accept(value)).unwrap().0;
         assert_eq!(
-            Format::negotiate(&HeaderMap::new()).unwrap(),
+            Format::negotiate(&HeaderMap::new()).unwrap().0,
             Format::JsonLines
         );
+        assert_eq!(format("*/*"), Format::JsonLines);
         assert_eq!(
-            Format::negotiate(&accept("*/*")).unwrap(),
-            Format::JsonLines
-        );
-        assert_eq!(
-            Format::negotiate(&accept("text/html, application/vnd.apache.parquet")).unwrap(),
+            format("text/html, application/vnd.apache.parquet"),
             Format::Parquet
         );
+        // The answer names the media type asked for.
         assert_eq!(
-            Format::negotiate(&accept(
-                "application/x-ndjson;q=0.5, application/vnd.apache.arrow.stream"
-            ))
-            .unwrap(),
+            Format::negotiate(&accept("application/jsonl")).unwrap(),
+            (Format::JsonLines, "application/jsonl")
+        );
+        assert_eq!(
+            format("application/x-ndjson;q=0.5, application/vnd.apache.arrow.stream"),
             Format::ArrowStream
         );
-        assert_eq!(
-            Format::negotiate(&accept("text/csv;q=0, */*;q=0.1")).unwrap(),
-            Format::JsonLines
-        );
+        assert_eq!(format("text/csv;q=0, */*;q=0.1"), Format::JsonLines);
         let refused = Format::negotiate(&accept("text/html")).unwrap_err();
         assert_eq!(refused.status, StatusCode::NOT_ACCEPTABLE);
         assert!(

@@ -26,9 +26,9 @@ pub fn status_for(err: &PitlakeError) -> Status {
         // Arrow errors while running a query are the data's: a cast that overflows, a division
         // by zero.
         | PitlakeError::Arrow(_) => Code::InvalidArgument,
-        PitlakeError::ConfirmationRequired { .. } | PitlakeError::CorruptTable { .. } => {
-            Code::FailedPrecondition
-        }
+        PitlakeError::ConfirmationRequired { .. }
+        | PitlakeError::CorruptTable { .. }
+        | PitlakeError::InUse(_) => Code::FailedPrecondition,
         PitlakeError::Unsupported(_) => Code::Unimplemented,
         PitlakeError::ConcurrentWrite { .. } => Code::Aborted,
         PitlakeError::ResourcesExhausted(_) => Code::ResourceExhausted,
@@ -41,7 +41,31 @@ pub fn status_for(err: &PitlakeError) -> Status {
         | PitlakeError::DataFusion(_)
         | PitlakeError::Internal(_) => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    Status::new(code, without_backtrace(&err.to_string()))
+}
+
+/// The message up to a backtrace some library appended to it (delta-kernel does when
+/// `RUST_BACKTRACE` is set): frames name the server's build paths and functions, nothing a
+/// client needs.
+fn without_backtrace(message: &str) -> String {
+    let frame = |line: &str| {
+        let trimmed = line.trim_start();
+        let numbered = trimmed.split_once(": ").is_some_and(|(n, rest)| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && rest.contains("::")
+        });
+        numbered
+            || trimmed.starts_with("at /")
+            || trimmed.eq_ignore_ascii_case("stack backtrace:")
+            || trimmed.starts_with("Backtrace")
+    };
+    let mut kept: Vec<&str> = Vec::new();
+    for line in message.lines() {
+        if frame(line) {
+            break;
+        }
+        kept.push(line);
+    }
+    kept.join("\n").trim_end().to_string()
 }
 
 /// Like [`status_for`], but a "table does not exist" lists only tables the caller may read:
@@ -70,6 +94,20 @@ mod tests {
     use super::*;
     use crate::flight::auth::Method;
     use crate::flight::grants::{Grant, Grants};
+
+    #[test]
+    fn backtraces_are_cut_from_messages() {
+        let message = "table `t` cannot be read: Kernel error: bad json\n   0: \
+                       buoyant_kernel::error::Error::with_backtrace\n             at \
+                       /rustc/abc/library/core/src/x.rs:1:2\n   1: std::rt::lang_start";
+        assert_eq!(
+            without_backtrace(message),
+            "table `t` cannot be read: Kernel error: bad json"
+        );
+        // Numbered lines that are not frames stay.
+        let listing = "two problems:\n1: the key is NULL\n2: the time is NULL";
+        assert_eq!(without_backtrace(listing), listing);
+    }
 
     #[test]
     fn not_found_lists_only_readable_tables() {

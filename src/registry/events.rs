@@ -137,6 +137,15 @@ fn random_below(bound: u64) -> u64 {
     hasher.finish() % bound.max(1)
 }
 
+/// A registry version that does not exist.
+fn no_registry_version(version: i64, hint: String) -> PitlakeError {
+    PitlakeError::NotFound {
+        kind: "registry version".into(),
+        name: version.to_string(),
+        hint,
+    }
+}
+
 fn registry_table() -> TableName {
     TableName {
         schema: Some("_pitlake".to_string()),
@@ -202,11 +211,10 @@ impl Registry {
         let table = registry_table();
         if !self.warehouse.table_exists(&table).await? {
             if let Some(v) = at {
-                return Err(PitlakeError::VersionNotFound {
-                    table: "the registry".into(),
-                    requested: v,
-                    available: "nothing has been registered yet".into(),
-                });
+                return Err(no_registry_version(
+                    v,
+                    "nothing has been registered yet".into(),
+                ));
             }
             return Ok((None, Vec::new()));
         }
@@ -214,7 +222,21 @@ impl Registry {
             Some(v) => TableVersion::Version(v),
             None => TableVersion::Latest,
         };
-        let delta = self.warehouse.open(&table, version).await?;
+        let delta = match self.warehouse.open(&table, version).await {
+            Ok(delta) => delta,
+            // Said in the registry's words, not its table's.
+            Err(PitlakeError::VersionNotFound { requested, .. }) => {
+                let latest = self.version().await?;
+                return Err(no_registry_version(
+                    requested,
+                    latest.map_or_else(
+                        || "nothing has been registered yet".into(),
+                        |l| format!("the registry's versions are 0 to {l}"),
+                    ),
+                ));
+            }
+            Err(other) => return Err(other),
+        };
         let read_version = delta.version().map(|v| v as i64);
         let provider = open_provider(
             &self.warehouse,

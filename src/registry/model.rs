@@ -51,6 +51,16 @@ impl Kind {
         }
     }
 
+    /// The kind's name in the plural (`entities`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Entity => "entities",
+            Kind::FeatureView => "feature views",
+            Kind::FeatureService => "feature services",
+            Kind::Model => "models",
+        }
+    }
+
     /// Parses the stored name.
     pub fn parse(raw: &str) -> Option<Self> {
         Kind::ALL.into_iter().find(|k| k.as_str() == raw)

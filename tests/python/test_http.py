@@ -7,6 +7,7 @@ connections that send nothing, and answers that must name no user, table or stat
 Run through scripts/test.sh, or: PITLAKE_BIN=target/debug/pitlake pytest tests/python
 """
 
+import json
 import resource
 import signal
 import socket
@@ -191,8 +192,15 @@ def test_other_methods_and_oversized_requests_are_refused(served):
         for path in ["/healthz", "/readyz", "/metrics"]:
             request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
             response = raw_http(base, request.encode())
-            assert status_line(response) == "HTTP/1.1 405 Method Not Allowed", (method, path)
-            assert response.endswith(b"\r\n\r\n"), response  # no body
+            line = status_line(response)
+            assert line == "HTTP/1.1 405 Method Not Allowed", (method, path, line)
+            # The REST API's JSON error, which neither names the path nor repeats the method
+            # beyond its token; the allowed method is in `Allow`.
+            head, _, body = response.partition(b"\r\n\r\n")
+            assert b"allow: get" in head.lower(), head
+            error = json.loads(body)["error"]
+            assert error["code"] == "UNIMPLEMENTED", error
+            assert path.encode() not in body, body
     head = raw_http(base, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert status_line(head) == "HTTP/1.1 200 OK" and head.endswith(b"\r\n\r\n")
     too_large = "431 Request Header Fields Too Large"

@@ -36,7 +36,7 @@ impl RunDsl for DropObject {
                     };
                 }
                 if !dependents(state, kind, &key, Sight(None)).is_empty() {
-                    return Err(PitlakeError::Plan(format!(
+                    return Err(PitlakeError::InUse(format!(
                         "{} `{key}` is used by {}; drop those first",
                         kind.label(),
                         shown_dependents(state, kind, &key, sight)

@@ -69,8 +69,8 @@ pub(crate) fn unknown(
             format!("did you mean `{}`?", ranked[0])
         } else {
             format!(
-                "registered {}s: {}",
-                kind.label(),
+                "registered {}: {}",
+                kind.plural(),
                 ranked
                     .iter()
                     .map(|n| format!("`{n}`"))
