@@ -9,6 +9,10 @@ use crate::error::{PitlakeError, Result};
 use crate::flight::auth::AuthConfig;
 use crate::flight::keys::SigningSecrets;
 
+/// A TLS handshake (on the Flight port or the HTTP port) must finish within this, or the
+/// connection is closed.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How connections are protected. Its `Debug` shows no key material.
 #[derive(Clone)]
 pub enum Transport {

@@ -22,49 +22,13 @@ use datafusion::execution::memory_pool::MemoryLimit;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::auth::Authenticator;
 use super::config::Transport;
-use super::metrics::{Gauges, Metrics};
-use super::service::PitlakeFlightSql;
-use crate::engine::Engine;
+pub(crate) use super::http_state::{Connection, HttpState};
+use super::metrics::Gauges;
 use crate::error::{PitlakeError, Result};
 
 /// How long `/readyz` waits for the warehouse before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the HTTP handlers read.
-#[derive(Clone)]
-pub(crate) struct HttpState {
-    pub metrics: Arc<Metrics>,
-    pub engine: Arc<Engine>,
-    pub active: Arc<AtomicUsize>,
-    /// Cancelled when shutdown begins.
-    pub draining: CancellationToken,
-    /// The Flight SQL service, whose statement path the REST API shares.
-    pub service: PitlakeFlightSql,
-    /// Who is who.
-    pub auth: Arc<Authenticator>,
-}
-
-impl HttpState {
-    pub fn auth(&self) -> &Authenticator {
-        &self.auth
-    }
-
-    pub fn service_metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-}
-
-/// One HTTP connection, as its handlers see it (a request extension).
-#[derive(Clone)]
-pub(crate) struct Connection {
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Answers streaming on it now: a busy connection is not closed for a newcomer nor at the
-    /// end of its lifetime until its answer is sent.
-    pub busy: Arc<AtomicUsize>,
-}
 
 /// Binds `addr` and serves until `stop` is cancelled; returns the bound address and the task.
 /// `hard_limit` bounds how long one connection may stay open, busy or not.
@@ -235,7 +199,7 @@ async fn accept(
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
-                        super::server::TLS_HANDSHAKE_TIMEOUT,
+                        super::config::TLS_HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
                     );
                     let stream = tokio::select! {

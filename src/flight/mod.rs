@@ -31,6 +31,7 @@ pub mod config;
 mod connections;
 pub mod grants;
 mod http;
+mod http_state;
 pub mod keys;
 mod layer;
 mod metrics;

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 use tonic::{Code, Status};
 
 use super::auth::Principal;
-use super::http::{Connection, HttpState};
+use super::http_state::{Connection, HttpState};
 use super::metrics::Refusal;
 use super::service::{Executed, Want};
 use crate::engine::manifest_location;

@@ -46,8 +46,7 @@ const PREPARED_IDLE: Duration = Duration::from_secs(3600);
 /// stopped regardless (a client that stopped reading cannot see its stream end).
 const HARD_STOP_AFTER_GRACE: Duration = Duration::from_secs(10);
 
-/// A TLS handshake must finish within this, or the connection is closed.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::config::TLS_HANDSHAKE_TIMEOUT;
 
 /// A server serving in the background.
 #[derive(Debug)]
