@@ -208,9 +208,15 @@ impl BuildJob {
     }
 }
 
-/// Builds every right partition in parallel and assembles the result.
+/// Builds the right partitions `partitions` (each by its own task, in parallel) and assembles
+/// the result.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what to read, how to index it, and where to account it"
+)]
 pub(crate) async fn build(
     right: Arc<dyn ExecutionPlan>,
+    partitions: Vec<usize>,
     exprs: Arc<RightExprs>,
     kernel: KernelOptions,
     right_output: Vec<usize>,
@@ -219,9 +225,8 @@ pub(crate) async fn build(
     context: Arc<TaskContext>,
 ) -> Result<BuildSide> {
     use datafusion::common::runtime::SpawnedTask;
-    use datafusion::physical_plan::ExecutionPlanProperties;
-    let partitions = right.output_partitioning().partition_count();
-    let tasks: Vec<SpawnedTask<Result<Shard>>> = (0..partitions)
+    let tasks: Vec<SpawnedTask<Result<Shard>>> = partitions
+        .into_iter()
         .map(|partition| {
             let job = BuildJob {
                 right: right.clone(),

@@ -30,7 +30,7 @@ use datafusion_proto::protobuf::{LogicalExprNode, PhysicalExprNode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::exec::AsOfJoinExec;
+use super::exec::{AsOfJoinExec, AsOfJoinMode};
 use super::logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 
 const MAGIC: &[u8; 8] = b"PLASOF01";
@@ -56,6 +56,9 @@ struct Header {
     /// range.
     #[serde(default)]
     right_pruned: bool,
+    /// Physical: the co-partitioned mode (both inputs hash-partitioned alike).
+    #[serde(default)]
+    co_partitioned: bool,
 }
 
 fn op_name(op: AsOfOperator) -> &'static str {
@@ -108,6 +111,7 @@ fn header(
         known_at,
         right_output: None,
         right_pruned: false,
+        co_partitioned: false,
     }
 }
 
@@ -434,7 +438,12 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
             Some(keep) => exec.with_right_output(keep)?,
             None => exec,
         };
-        Ok(Arc::new(exec))
+        let mode = if header.co_partitioned {
+            AsOfJoinMode::CoPartitioned
+        } else {
+            AsOfJoinMode::SharedBuild
+        };
+        Ok(Arc::new(exec.with_mode(mode)))
     }
 
     fn try_encode(
@@ -463,6 +472,7 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         if join.right_output().len() < join.right().schema().fields().len() {
             header.right_output = Some(join.right_output().to_vec());
         }
+        header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
         write_header(&header, buf)?;
         let (left_time, right_time) = join.times();
         let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();

@@ -20,6 +20,11 @@
 //! The left input streams: each left batch is looked up in the indexes without being sorted,
 //! and leaves in the order it came, with the right columns gathered only for the rows that
 //! matched.
+//!
+//! In the co-partitioned mode ([`AsOfJoinMode::CoPartitioned`]) the left is hash-partitioned on
+//! its keys too, the same way, and partition p builds right partition p alone and probes it with
+//! left partition p: no index is shared, so a task that sees only its own partition of each input
+//! (a Ballista executor's) answers right. The left's order is not kept across partitions.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -41,6 +46,7 @@ use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{
     EquivalenceProperties, PhysicalExpr, PhysicalExprRef, PhysicalSortExpr,
 };
+use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
 use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet, SpillMetrics};
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -193,6 +199,27 @@ pub(crate) fn fmt_on(
         .collect()
 }
 
+/// How an as-of join builds its right side and which left rows probe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsOfJoinMode {
+    /// The right side hash-partitioned on its keys and every partition built into one index
+    /// shared by every left partition; the left keeps its partitioning and order.
+    #[default]
+    SharedBuild,
+    /// Both sides hash-partitioned on the keys alike; partition p builds right partition p
+    /// alone and probes it with left partition p.
+    CoPartitioned,
+}
+
+impl fmt::Display for AsOfJoinMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AsOfJoinMode::SharedBuild => "shared_build",
+            AsOfJoinMode::CoPartitioned => "co_partitioned",
+        })
+    }
+}
+
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -208,6 +235,7 @@ pub struct AsOfJoinExec {
     tiebreak: Vec<PhysicalSortExpr>,
     known_at: Option<PhysicalExprRef>,
     kernel: KernelOptions,
+    mode: AsOfJoinMode,
     /// Left ++ every right column: the schema given to [`AsOfJoinExec::try_new`].
     full_schema: SchemaRef,
     /// The right input's columns the output shows, ascending (all of them unless a projection
@@ -306,6 +334,7 @@ impl AsOfJoinExec {
             tiebreak,
             known_at,
             kernel,
+            mode: AsOfJoinMode::SharedBuild,
             full_schema: schema.clone(),
             right_output,
             schema,
@@ -349,6 +378,22 @@ impl AsOfJoinExec {
         )?);
         self.right_output = keep;
         Ok(self)
+    }
+
+    /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
+    /// [`AsOfJoinMode::SharedBuild`], its right side one partition.
+    pub fn with_mode(mut self, mode: AsOfJoinMode) -> Self {
+        self.mode = if self.on.is_empty() {
+            AsOfJoinMode::SharedBuild
+        } else {
+            mode
+        };
+        self
+    }
+
+    /// How the right side is built and probed.
+    pub fn mode(&self) -> AsOfJoinMode {
+        self.mode
     }
 
     /// The right input's columns the output shows, ascending.
@@ -443,7 +488,7 @@ impl AsOfJoinExec {
         right: Arc<dyn ExecutionPlan>,
         full_schema: SchemaRef,
     ) -> Result<Self> {
-        Self::try_new(
+        Ok(Self::try_new(
             left.plan,
             right,
             left.on,
@@ -456,7 +501,8 @@ impl AsOfJoinExec {
             self.tiebreak.clone(),
             self.known_at.clone(),
             full_schema,
-        )
+        )?
+        .with_mode(self.mode))
     }
 
     /// The same join over other inputs (`with_new_children`, `reset_state`).
@@ -538,12 +584,26 @@ impl AsOfJoinExec {
         })
     }
 
-    /// Spawns the build (one task per right partition) and returns its shared result.
+    /// Spawns the build of every right partition (one task each) and returns its shared
+    /// result.
     fn start_build(&self, context: &Arc<TaskContext>) -> SharedBuild {
+        let partitions = self.right.output_partitioning().partition_count();
+        self.start_build_of((0..partitions).collect(), 0, context)
+    }
+
+    /// Spawns the build of the right partitions `partitions`; spills are counted under
+    /// `spill_partition`.
+    fn start_build_of(
+        &self,
+        partitions: Vec<usize>,
+        spill_partition: usize,
+        context: &Arc<TaskContext>,
+    ) -> SharedBuild {
         let metrics = self.metrics.clone();
-        let spill_metrics = SpillMetrics::new(&self.metrics, 0);
+        let spill_metrics = SpillMetrics::new(&self.metrics, spill_partition);
         let job = build::build(
             self.right.clone(),
+            partitions,
             self.right_exprs(),
             self.kernel.clone(),
             self.right_output.clone(),
@@ -617,6 +677,9 @@ impl DisplayAs for AsOfJoinExec {
         if let Some(known) = &self.known_at {
             write!(f, ", known_at={known}")?;
         }
+        if self.mode != AsOfJoinMode::SharedBuild {
+            write!(f, ", mode={}", self.mode)?;
+        }
         let right = self.right.schema();
         if self.right_output.len() < right.fields().len() {
             let shown: Vec<String> = self
@@ -649,7 +712,25 @@ impl ExecutionPlan for AsOfJoinExec {
         } else {
             Distribution::HashPartitioned(self.on.iter().map(|(_, r)| r.clone()).collect())
         };
-        vec![Distribution::UnspecifiedDistribution, right]
+        let left = match self.mode {
+            AsOfJoinMode::SharedBuild => Distribution::UnspecifiedDistribution,
+            AsOfJoinMode::CoPartitioned => {
+                Distribution::HashPartitioned(self.on.iter().map(|(l, _)| l.clone()).collect())
+            }
+        };
+        vec![left, right]
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        match self.mode {
+            AsOfJoinMode::SharedBuild => {
+                InputDistributionRequirements::new(self.required_input_distribution())
+            }
+            // Partition p of each side must hold the same keys: one partitioning for both.
+            AsOfJoinMode::CoPartitioned => {
+                InputDistributionRequirements::co_partitioned(self.required_input_distribution())
+            }
+        }
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
@@ -684,7 +765,7 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false, true]
+        vec![self.mode == AsOfJoinMode::CoPartitioned, true]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -787,7 +868,13 @@ impl ExecutionPlan for AsOfJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let build = self.shared_build(&context)?;
+        let build = match self.mode {
+            AsOfJoinMode::SharedBuild => self.shared_build(&context)?,
+            // Right partition p alone, for left partition p alone.
+            AsOfJoinMode::CoPartitioned => {
+                self.start_build_of(vec![partition], partition, &context)
+            }
+        };
         let left = self.left.execute(partition, context.clone())?;
         let metrics = AsOfJoinMetrics::new(&self.metrics, partition);
         let probe = Probe {

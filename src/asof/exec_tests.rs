@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 
 use super::oracle::{RightInput, oracle_asof};
 use super::{
-    AsOfJoinExec, AsOfJoinType, AsOfOperator, IndexBuilder, KernelOptions, KeySpec, TiebreakSpec,
-    Tolerance, tolerance_bound,
+    AsOfJoinExec, AsOfJoinMode, AsOfJoinType, AsOfOperator, IndexBuilder, KernelOptions, KeySpec,
+    TiebreakSpec, Tolerance, tolerance_bound,
 };
 
 /// One random case.
@@ -43,6 +43,9 @@ struct Case {
     batch_size: usize,
     /// Whether the join shows only the right's `rid` (as under a projection).
     only_rid: bool,
+    /// The co-partitioned mode: both sides hash-partitioned (into `right_partitions`) by
+    /// DataFusion's own EnsureRequirements rule, as the planner would.
+    co_partitioned: bool,
 }
 
 fn schema(prefix: &str, timestamp: bool, two_keys: bool, right: bool) -> SchemaRef {
@@ -188,6 +191,7 @@ fn random_case(rng: &mut StdRng) -> Case {
         right_partitions: rng.random_range(1..=8),
         batch_size,
         only_rid: rng.random_bool(0.5),
+        co_partitioned: false,
     }
 }
 
@@ -217,13 +221,18 @@ impl Case {
         let right_source =
             MemorySourceConfig::try_new_exec(std::slice::from_ref(&self.right), rs.clone(), None)
                 .unwrap();
-        let right: Arc<dyn ExecutionPlan> = Arc::new(
-            RepartitionExec::try_new(
-                right_source,
-                Partitioning::Hash(self.key_columns("r", &rs), self.right_partitions),
+        // Co-partitioned, the optimizer below partitions both sides itself.
+        let right: Arc<dyn ExecutionPlan> = if self.co_partitioned {
+            right_source
+        } else {
+            Arc::new(
+                RepartitionExec::try_new(
+                    right_source,
+                    Partitioning::Hash(self.key_columns("r", &rs), self.right_partitions),
+                )
+                .unwrap(),
             )
-            .unwrap(),
-        );
+        };
         let lkeys = self.key_columns("l", &ls);
         let rkeys = self.key_columns("r", &rs);
         let on = lkeys.into_iter().zip(rkeys).collect::<Vec<_>>();
@@ -261,7 +270,17 @@ impl Case {
         } else {
             join
         };
-        Arc::new(join)
+        if !self.co_partitioned {
+            return Arc::new(join);
+        }
+        let join = Arc::new(join.with_mode(AsOfJoinMode::CoPartitioned));
+        let mut config = datafusion::config::ConfigOptions::new();
+        config.execution.target_partitions = self.right_partitions;
+        config.optimizer.repartition_joins = true;
+        use datafusion::physical_optimizer::PhysicalOptimizerRule;
+        datafusion::physical_optimizer::ensure_requirements::EnsureRequirements::new()
+            .optimize(join, &config)
+            .unwrap()
     }
 
     /// Per left partition, the expected (left id, right id) pairs in order.
@@ -594,7 +613,8 @@ async fn physical_plans_serialize_with_the_codec() {
     let codec = super::AsOfPhysicalCodec::new(Arc::new(DefaultPhysicalExtensionCodec {}));
     let mut rng = StdRng::seed_from_u64(31);
     for i in 0..40 {
-        let case = random_case(&mut rng);
+        let mut case = random_case(&mut rng);
+        case.co_partitioned = i % 2 == 1;
         let plan = case.plan();
         let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
         let ctx = context(case.batch_size, None);
@@ -607,6 +627,128 @@ async fn physical_plans_serialize_with_the_codec() {
         );
         let out = collect_partitioned(back, ctx.task_ctx()).await.unwrap();
         let got: Vec<Vec<(i64, Option<i64>)>> = out.iter().map(|b| pairs(b)).collect();
-        assert_eq!(got, case.expected(), "case {i}: {}", case.describe());
+        if case.co_partitioned {
+            assert!(
+                displayable(plan.as_ref())
+                    .indent(true)
+                    .to_string()
+                    .contains("mode=co_partitioned"),
+                "case {i}"
+            );
+            assert_eq!(
+                sorted_pairs(got),
+                sorted_pairs(case.expected()),
+                "case {i}: {}",
+                case.describe()
+            );
+        } else {
+            assert_eq!(got, case.expected(), "case {i}: {}", case.describe());
+        }
     }
+}
+
+/// Every (left id, right id) pair, in one sorted list: the co-partitioned mode keeps no left
+/// order across partitions.
+fn sorted_pairs(per_partition: Vec<Vec<(i64, Option<i64>)>>) -> Vec<(i64, Option<i64>)> {
+    let mut all: Vec<_> = per_partition.into_iter().flatten().collect();
+    all.sort_unstable();
+    all
+}
+
+/// The join operators of a plan's tree, with their inputs' partitionings.
+fn joins_in(plan: &Arc<dyn ExecutionPlan>) -> Vec<(AsOfJoinMode, String, String)> {
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    let mut found = Vec::new();
+    if let Some(join) = plan.downcast_ref::<AsOfJoinExec>() {
+        found.push((
+            join.mode(),
+            format!("{}", join.left().output_partitioning()),
+            format!("{}", join.right().output_partitioning()),
+        ));
+    }
+    for child in plan.children() {
+        found.extend(joins_in(child));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_co_partitioned_mode_matches_the_oracle_reading_each_right_row_once() {
+    use datafusion_proto::bytes::{
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+    use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+    let mut rng = StdRng::seed_from_u64(20_261_127);
+    let mut matched = 0usize;
+    let mut checked = 0usize;
+    let mut partitioned = 0usize;
+    for i in 0..600 {
+        let mut case = random_case(&mut rng);
+        case.co_partitioned = true;
+        let ctx = context(case.batch_size, None);
+        let plan = case.plan();
+        // The optimizer partitioned both inputs alike, on their keys.
+        let joins = joins_in(&plan);
+        assert_eq!(joins.len(), 1, "case {i}");
+        let (mode, left, right) = &joins[0];
+        assert_eq!(*mode, AsOfJoinMode::CoPartitioned, "case {i}");
+        // (An input of one partition already holds every key in one place and stays so.)
+        let join = joins_in_ref(&plan).unwrap();
+        let counts = [join.left(), join.right()]
+            .map(|side| side.properties().output_partitioning().partition_count());
+        assert_eq!(counts[0], counts[1], "case {i}: {left} / {right}");
+        if counts[0] > 1 {
+            assert!(
+                left.starts_with("Hash(") && right.starts_with("Hash("),
+                "case {i}: {left} / {right}"
+            );
+        }
+        if counts[0] > 1 {
+            partitioned += 1;
+        }
+        // Each partition runs as a Ballista task would: on a copy of the plan of its own,
+        // decoded from bytes, so no index can be shared between tasks.
+        let codec = super::AsOfPhysicalCodec::new(Arc::new(DefaultPhysicalExtensionCodec {}));
+        let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
+        let mut out = Vec::new();
+        let mut read = 0;
+        for partition in 0..plan.properties().output_partitioning().partition_count() {
+            let task =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec)
+                    .unwrap();
+            let stream = task.execute(partition, ctx.task_ctx()).unwrap();
+            out.push(
+                datafusion::physical_plan::common::collect(stream)
+                    .await
+                    .unwrap(),
+            );
+            // Each task read its own right partition only: every right row is read once in
+            // all, not once per task.
+            read += joins_in_ref(&task)
+                .and_then(|j| j.metrics())
+                .and_then(|m| m.sum_by_name("right_rows"))
+                .map_or(0, |v| v.as_usize());
+        }
+        let got = sorted_pairs(out.iter().map(|b| pairs(b)).collect());
+        let want = sorted_pairs(case.expected());
+        assert_eq!(got, want, "case {i}: {}", case.describe());
+        let right_rows: usize = case.right.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(read, right_rows, "case {i}: right rows read");
+        checked += want.len();
+        matched += want.iter().filter(|(_, r)| r.is_some()).count();
+    }
+    assert!(
+        checked > 20_000 && matched > checked / 5,
+        "{checked} rows, {matched} matched"
+    );
+    // Most cases ran in several partitions, or the comparison proves little.
+    assert!(partitioned > 300, "{partitioned} of 600 cases partitioned");
+}
+
+/// The first as-of join operator in a plan.
+fn joins_in_ref(plan: &Arc<dyn ExecutionPlan>) -> Option<&AsOfJoinExec> {
+    if let Some(join) = plan.downcast_ref::<AsOfJoinExec>() {
+        return Some(join);
+    }
+    plan.children().into_iter().find_map(joins_in_ref)
 }

@@ -47,7 +47,7 @@ mod tolerance;
 pub mod window;
 
 pub use codec::{AsOfLogicalCodec, AsOfPhysicalCodec};
-pub use exec::AsOfJoinExec;
+pub use exec::{AsOfJoinExec, AsOfJoinMode};
 pub use kernel::{
     Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, RightIndex, RowRef, TiebreakSpec,
     full_row_comparable, supported_key_type, supported_tiebreak_type,

@@ -222,7 +222,8 @@ impl Engine {
             )
             // Spark writes timestamps as INT96; read as nanoseconds they overflow past 2262
             // (9999-12-31 would come back as 1816). Delta timestamps are microseconds.
-            .set_str("datafusion.execution.parquet.coerce_int96", "us");
+            .set_str("datafusion.execution.parquet.coerce_int96", "us")
+            .with_option_extension(crate::planner::PitlakeOptions::default());
 
         let disk = match &settings.spill_dir {
             Some(dir) => DiskManagerBuilder::default()

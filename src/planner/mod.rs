@@ -16,7 +16,23 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use deltalake::delta_datafusion::planner::DeltaExtensionPlanner;
 
 use crate::asof::window::{PhysicalWindowAggregate, WindowJoinExec};
-use crate::asof::{AsOfJoin, AsOfJoinExec, AsOfOperator};
+use crate::asof::{AsOfJoin, AsOfJoinExec, AsOfJoinMode, AsOfOperator};
+
+datafusion::common::extensions_options! {
+    /// pitlake's settings of a session (`SET pitlake.<name> = …`).
+    pub struct PitlakeOptions {
+        /// How as-of joins with keys run. `false` (the default): the right side is
+        /// hash-partitioned and built into one index that every left partition probes, keeping
+        /// the left's partitions and order. `true`: both sides are hash-partitioned on the keys
+        /// alike and each partition builds and probes its own index (what a cluster needs, where
+        /// a task sees one partition of each input); the left's order is not kept.
+        pub asof_co_partitioned: bool, default = false
+    }
+}
+
+impl datafusion::common::config::ConfigExtension for PitlakeOptions {
+    const PREFIX: &'static str = "pitlake";
+}
 
 /// Plans logical plans, including pitlake's and deltalake's extension nodes.
 #[derive(Debug, Default)]
@@ -139,6 +155,16 @@ impl ExtensionPlanner for AsOfPlanner {
             known_at,
             Arc::new(node.schema().as_arrow().clone()),
         )?;
+        let co_partitioned = session
+            .config_options()
+            .extensions
+            .get::<PitlakeOptions>()
+            .is_some_and(|o| o.asof_co_partitioned);
+        let exec = if co_partitioned {
+            exec.with_mode(AsOfJoinMode::CoPartitioned)
+        } else {
+            exec
+        };
         Ok(Some(Arc::new(exec)))
     }
 }
