@@ -409,6 +409,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PITLAKE_SHUTDOWN_GRACE", default_value = "30s", value_parser = crate::config::parse_duration)]
     pub shutdown_grace: std::time::Duration,
 
+    /// On SIGTERM or Ctrl-C, how long /readyz answers 503 while the server still takes new
+    /// connections and calls, before it stops taking them (e.g. 5s): time for a load balancer
+    /// that polls /readyz to stop sending here. Kubernetes needs none (it stops sending to a
+    /// terminating pod by itself).
+    #[arg(long, env = "PITLAKE_DRAIN_DELAY", default_value = "0s", value_parser = crate::config::parse_duration)]
+    pub drain_delay: std::time::Duration,
+
     /// Connections open at once (TLS handshakes included); a connection past it is closed as
     /// soon as it arrives, and its client sees UNAVAILABLE.
     #[arg(long, env = "PITLAKE_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -166,6 +166,7 @@ fn limits(args: &ServeArgs) -> Limits {
         query_timeout: args.query_timeout,
         query_memory_limit: args.query_memory_limit.and_then(|MemoryLimit(limit)| limit),
         shutdown_grace: args.shutdown_grace,
+        drain_delay: args.drain_delay,
         max_connections: args.max_connections as usize,
         max_streams_per_connection: args.max_streams_per_connection,
         max_concurrent_logins: args

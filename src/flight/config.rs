@@ -115,6 +115,8 @@ pub struct Limits {
     pub query_memory_limit: Option<usize>,
     /// On shutdown, how long running queries may go on before they are cancelled.
     pub shutdown_grace: Duration,
+    /// How long /readyz answers 503 before the server stops taking connections and calls.
+    pub drain_delay: Duration,
     /// How long a ticket from `GetFlightInfo` may be redeemed with `DoGet`.
     pub ticket_ttl: Duration,
     /// Prepared statements one user may hold open.
@@ -158,6 +160,7 @@ impl Default for Limits {
             query_timeout: Duration::from_secs(15 * 60),
             query_memory_limit: None,
             shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             ticket_ttl: Duration::from_secs(15 * 60),
             max_prepared_per_user: 256,
             max_connections: 1024,

@@ -57,6 +57,7 @@ pub struct RunningServer {
     cancel_queries: CancellationToken,
     active: Arc<AtomicUsize>,
     grace: Duration,
+    drain_delay: Duration,
     task: Option<JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     auth: Arc<Authenticator>,
     auth_origin: Option<PathBuf>,
@@ -118,6 +119,16 @@ impl RunningServer {
     /// Stops gracefully (see the module documentation) and reports how serving ended.
     pub async fn shutdown(mut self) -> Result<()> {
         self.draining.cancel();
+        if !self.drain_delay.is_zero() {
+            // Not ready, still serving: a load balancer polling /readyz stops sending here
+            // before connections are refused.
+            tracing::info!(
+                target: "pitlake::flight",
+                drain_ms = self.drain_delay.as_millis() as u64,
+                "shutting down: not ready; still taking calls for the drain delay"
+            );
+            tokio::time::sleep(self.drain_delay).await;
+        }
         let outcome = self.stop_serving().await;
         // The HTTP endpoint answered 503 on /readyz throughout; now it stops too.
         if let Some((_, task, stop)) = self.http.take() {
@@ -287,6 +298,7 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
         cancel_queries,
         active,
         grace: limits.shutdown_grace,
+        drain_delay: limits.drain_delay,
         task: Some(task),
         auth,
         auth_origin: config.auth_origin.clone(),

@@ -50,8 +50,8 @@ def value(metrics, name, **labels):
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.fixture
-def served(tmp_path):
+def serve(tmp_path, *extra):
+    """A server with --http-listen over a small warehouse; returns what the tests use."""
     warehouse = tmp_path / "warehouse"
     warehouse.mkdir()
     run_pitlake(warehouse, "sql", SETUP)
@@ -67,17 +67,24 @@ grants = ["table:labels", "table:big"]
     )
     http_port = free_port()
     process, log, uri, log_path = start_server(
-        tmp_path, warehouse, auth, "--http-listen", str(http_port)
+        tmp_path, warehouse, auth, "--http-listen", str(http_port), *extra
     )
     base = f"http://127.0.0.1:{http_port}"
     deadline = time.time() + 30
     while get_or_none(base + "/healthz") is None and time.time() < deadline:
         time.sleep(0.1)
-    yield {"uri": uri, "base": base, "process": process, "log": log_path}
+    return {"uri": uri, "base": base, "process": process, "log": log_path, "log_file": log}
+
+
+@pytest.fixture
+def served(tmp_path):
+    server = serve(tmp_path)
+    yield server
+    process = server["process"]
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
-    log.close()
+    server["log_file"].close()
 
 
 def get_or_none(url):
@@ -158,6 +165,34 @@ def test_readiness_turns_503_when_shutdown_begins(served):
     assert status == 503 and body == "shutting down\n"
     assert served["process"].wait(timeout=60) == 0
     worker.join(timeout=60)
+
+
+def test_with_a_drain_delay_the_server_is_unready_but_still_serving_then_stops(tmp_path):
+    """--drain-delay: from SIGTERM, /readyz answers 503 while new connections and queries are
+    still served, so a load balancer that polls it stops sending before anything is refused."""
+    server = serve(tmp_path, "--drain-delay", "4s")
+    try:
+        server["process"].send_signal(signal.SIGTERM)
+        signalled = time.time()
+        status = None
+        while time.time() < signalled + 3:
+            status, _ = get(server["base"] + "/readyz")
+            if status == 503:
+                break
+            time.sleep(0.05)
+        assert status == 503
+        # Not ready, but a new client still gets in and gets its rows.
+        with connect(server["uri"]) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) AS n FROM labels")
+            assert cur.fetchall() == [(4,)]
+        assert time.time() < signalled + 4, "the query ran after the drain delay"
+        assert server["process"].wait(timeout=60) == 0
+        assert time.time() >= signalled + 4, "the server stopped before its drain delay"
+    finally:
+        if server["process"].poll() is None:
+            server["process"].kill()
+        server["log_file"].close()
+    assert "still taking calls for the drain delay" in server["log"].read_text()
 
 
 # ---- The port as an attacker sees it: no credentials needed, so nothing there may cost the
