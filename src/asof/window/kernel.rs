@@ -87,17 +87,182 @@ enum Values {
     Array(ArrayRef),
     /// `min`, `max`, `count_distinct`: order-preserving row bytes, and the array for `take`.
     Rows(ArrayRef, Rows),
+    /// `min`, `max` of numbers: the values as i64 or f64, compared natively in the order the
+    /// row bytes would give (floats by `total_cmp`), and the array for `take`.
+    Native(ArrayRef, Native),
     Int(Int64Array),
     Float(Float64Array),
     /// A DECIMAL's raw values and its scale.
     Decimal(Decimal128Array, i8),
 }
 
+/// Numbers compared natively.
+enum Native {
+    Int(Int64Array),
+    Float(Float64Array),
+}
+
+impl Native {
+    /// Whether value `x` orders after value `y`.
+    #[inline]
+    fn greater(&self, x: usize, y: usize) -> bool {
+        match self {
+            Native::Int(a) => a.value(x) > a.value(y),
+            Native::Float(a) => a.value(x).total_cmp(&a.value(y)).is_gt(),
+        }
+    }
+
+    /// `arg` as natively compared numbers, when its type converts exactly and in order.
+    fn of(arg: &ArrayRef) -> Result<Option<Self>> {
+        Ok(match arg.data_type() {
+            DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32 => Some(Native::Int(
+                cast(arg, &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            )),
+            DataType::Float32 | DataType::Float64 => Some(Native::Float(
+                cast(arg, &DataType::Float64)?
+                    .as_primitive::<Float64Type>()
+                    .clone(),
+            )),
+            _ => None,
+        })
+    }
+
+    fn memory_size(&self) -> usize {
+        match self {
+            Native::Int(a) => a.get_array_memory_size(),
+            Native::Float(a) => a.get_array_memory_size(),
+        }
+    }
+}
+
+/// The groups of the right rows by key: one integer key (an entity id, the usual case) by its
+/// value, any other key by its row bytes.
+enum Groups {
+    Int {
+        map: HashMap<i64, u32>,
+        /// The group of NULL, for a key where NULL equals NULL.
+        null: Option<u32>,
+    },
+    Bytes {
+        converter: RowConverter,
+        map: HashMap<Box<[u8]>, u32>,
+    },
+}
+
+/// A batch's keys, as [`Groups`] reads them.
+enum KeyView {
+    Int(Int64Array),
+    Bytes(Rows),
+}
+
+/// Whether a key of this type is grouped by its value as an i64 (exactly, in one to one).
+fn int_key(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+    )
+}
+
+impl Groups {
+    fn new(keys: &[(DataType, bool)]) -> Result<Self> {
+        Ok(match keys {
+            [(t, _)] if int_key(t) => Groups::Int {
+                map: HashMap::new(),
+                null: None,
+            },
+            _ => Groups::Bytes {
+                converter: RowConverter::new(
+                    keys.iter()
+                        .map(|(t, _)| SortField::new(t.clone()))
+                        .collect(),
+                )?,
+                map: HashMap::new(),
+            },
+        })
+    }
+
+    fn view(&self, keys: &[ArrayRef]) -> Result<KeyView> {
+        Ok(match self {
+            Groups::Int { .. } => KeyView::Int(
+                cast(&keys[0], &DataType::Int64)?
+                    .as_primitive::<Int64Type>()
+                    .clone(),
+            ),
+            Groups::Bytes { converter, .. } => KeyView::Bytes(converter.convert_columns(keys)?),
+        })
+    }
+
+    /// The group of row `i` of `view`, if it has one.
+    #[inline]
+    fn get(&self, view: &KeyView, i: usize) -> Option<u32> {
+        match (self, view) {
+            (Groups::Int { map, null }, KeyView::Int(keys)) => match keys.is_null(i) {
+                true => *null,
+                false => map.get(&keys.value(i)).copied(),
+            },
+            (Groups::Bytes { map, .. }, KeyView::Bytes(rows)) => {
+                map.get(rows.row(i).as_ref()).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// The group of row `i` of `view`, made when first seen.
+    fn get_or_insert(&mut self, view: &KeyView, i: usize) -> u32 {
+        let next = self.len() as u32;
+        match (self, view) {
+            (Groups::Int { map, null }, KeyView::Int(keys)) => match keys.is_null(i) {
+                true => *null.get_or_insert(next),
+                false => *map.entry(keys.value(i)).or_insert(next),
+            },
+            // Looked up by the borrowed bytes: a key is copied once, when first seen.
+            (Groups::Bytes { map, .. }, KeyView::Bytes(rows)) => {
+                let bytes = rows.row(i);
+                match map.get(bytes.as_ref()) {
+                    Some(g) => *g,
+                    None => {
+                        map.insert(bytes.as_ref().into(), next);
+                        next
+                    }
+                }
+            }
+            _ => next,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Groups::Int { map, null } => map.len() + usize::from(null.is_some()),
+            Groups::Bytes { map, .. } => map.len(),
+        }
+    }
+
+    fn memory_size(&self) -> usize {
+        match self {
+            Groups::Int { map, .. } => map.capacity() * 16,
+            Groups::Bytes { map, .. } => map.keys().map(|k| k.len() + 24).sum(),
+        }
+    }
+}
+
 /// The right rows by key, sorted by time.
 pub struct WindowIndex {
     spec: WindowSpec,
-    key_converter: RowConverter,
-    groups: HashMap<Box<[u8]>, u32>,
+    groups: Groups,
     /// Per group `g`, its rows are `order[offsets[g]..offsets[g + 1]]`.
     offsets: Vec<u32>,
     /// Right row numbers, by (group, time, tie order).
@@ -155,7 +320,11 @@ fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
     Ok(match function {
         AggFunction::CountStar => Values::None,
         AggFunction::Count | AggFunction::First | AggFunction::Last => Values::Array(arg.clone()),
-        AggFunction::Min | AggFunction::Max | AggFunction::CountDistinct => rows()?,
+        AggFunction::Min | AggFunction::Max => match Native::of(arg)? {
+            Some(native) => Values::Native(arg.clone(), native),
+            None => rows()?,
+        },
+        AggFunction::CountDistinct => rows()?,
         _ => match arg.data_type() {
             DataType::Decimal128(_, scale) => {
                 Values::Decimal(arg.as_primitive::<Decimal128Type>().clone(), *scale)
@@ -191,20 +360,14 @@ impl WindowIndex {
         if right.args.len() != spec.aggregates.len() {
             return internal_err!("window join: arguments and aggregates differ in number");
         }
-        let key_converter = RowConverter::new(
-            spec.keys
-                .iter()
-                .map(|(t, _)| SortField::new(t.clone()))
-                .collect(),
-        )?;
-        let key_rows = key_converter.convert_columns(&right.keys)?;
+        let mut groups = Groups::new(&spec.keys)?;
+        let key_view = groups.view(&right.keys)?;
         let times = time_keys(right.time.as_ref(), false)?;
         let known = match &right.known {
             Some(k) => Some(time_keys(k.as_ref(), false)?),
             None => None,
         };
 
-        let mut groups: HashMap<Box<[u8]>, u32> = HashMap::new();
         let mut entries: Vec<(u32, i64, u32)> = Vec::with_capacity(n);
         for i in 0..n {
             let Some(t) = times[i] else { continue };
@@ -214,19 +377,10 @@ impl WindowIndex {
             if null_key(&right.keys, &spec.keys, i) {
                 continue;
             }
-            // Looked up by the borrowed bytes: a key is copied once, when first seen.
-            let bytes = key_rows.row(i);
-            let g = match groups.get(bytes.as_ref()) {
-                Some(g) => *g,
-                None => {
-                    let next = groups.len() as u32;
-                    groups.insert(bytes.as_ref().into(), next);
-                    next
-                }
-            };
+            let g = groups.get_or_insert(&key_view, i);
             entries.push((g, t, i as u32));
         }
-        drop(key_rows);
+        drop(key_view);
 
         let positional: Vec<&ArrayRef> = spec
             .aggregates
@@ -299,7 +453,6 @@ impl WindowIndex {
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             spec,
-            key_converter,
             groups,
             offsets,
             order,
@@ -312,7 +465,7 @@ impl WindowIndex {
 
     /// Bytes held, for the memory pool.
     pub fn memory_size(&self) -> usize {
-        let groups: usize = self.groups.keys().map(|k| k.len() + 24).sum();
+        let groups = self.groups.memory_size();
         let values: usize = self
             .values
             .iter()
@@ -320,6 +473,7 @@ impl WindowIndex {
                 Values::None => 0,
                 Values::Array(a) => a.get_array_memory_size(),
                 Values::Rows(a, r) => a.get_array_memory_size() + r.size(),
+                Values::Native(a, n) => a.get_array_memory_size() + n.memory_size(),
                 Values::Int(a) => a.get_array_memory_size(),
                 Values::Float(a) => a.get_array_memory_size(),
                 Values::Decimal(a, _) => a.get_array_memory_size(),
@@ -341,7 +495,7 @@ impl WindowIndex {
     pub fn aggregate(&self, keys: &[ArrayRef], time: &ArrayRef) -> Result<Vec<ArrayRef>> {
         let len = time.len();
         let times = time_keys(time.as_ref(), false)?;
-        let key_rows = self.key_converter.convert_columns(keys)?;
+        let key_view = self.groups.view(keys)?;
         // Per left row: its group's entries and its time, or None (no rows can match).
         let targets: Vec<Option<(usize, usize, i64)>> = (0..len)
             .map(|i| {
@@ -349,11 +503,11 @@ impl WindowIndex {
                 if null_key(keys, &self.spec.keys, i) {
                     return None;
                 }
-                let g = *self.groups.get(key_rows.row(i).as_ref())? as usize;
+                let g = self.groups.get(&key_view, i)? as usize;
                 Some((self.offsets[g] as usize, self.offsets[g + 1] as usize, t))
             })
             .collect();
-        drop(key_rows);
+        drop(key_view);
         self.spec
             .aggregates
             .iter()
@@ -443,6 +597,26 @@ impl WindowIndex {
                     }
                     seen.len() as i64
                 })))
+            }
+            (AggFunction::Min | AggFunction::Max, Values::Native(arg, native)) => {
+                let max = agg.function == AggFunction::Max;
+                // The same choice as the row bytes below: the first of equal extremes.
+                let picked: UInt32Array = targets
+                    .iter()
+                    .map(|&t| {
+                        self.rows(a, t)
+                            .filter(|&r| arg.is_valid(r as usize))
+                            .reduce(|best, r| {
+                                let (x, y) = (r as usize, best as usize);
+                                if (max && native.greater(x, y)) || (!max && native.greater(y, x)) {
+                                    r
+                                } else {
+                                    best
+                                }
+                            })
+                    })
+                    .collect();
+                take(arg.as_ref(), &picked, None)?
             }
             (AggFunction::Min | AggFunction::Max, Values::Rows(arg, rows)) => {
                 let max = agg.function == AggFunction::Max;

@@ -35,6 +35,8 @@ const FUNCTIONS: &[(AggFunction, Option<&str>, Option<usize>)] = &[
     (AggFunction::Avg, Some("rf"), None),
     (AggFunction::Min, Some("rs"), None),
     (AggFunction::Max, Some("rf"), None),
+    (AggFunction::Max, Some("rv"), None),
+    (AggFunction::Min, Some("rf"), None),
     (AggFunction::First, Some("rs"), None),
     (AggFunction::Last, Some("rv"), None),
     (AggFunction::Last, Some("rs"), Some(3)),
@@ -63,6 +65,8 @@ struct Case {
     known: bool,
     tiebreak: bool,
     widths: Vec<i64>,
+    /// Keys as strings (grouped by their row bytes) instead of integers (by value).
+    string_keys: bool,
 }
 
 fn random_case(rng: &mut StdRng) -> Case {
@@ -114,19 +118,40 @@ fn random_case_sized(
             .iter()
             .map(|_| rng.random_range(1..times + 2))
             .collect(),
+        string_keys: rng.random_bool(0.3),
     }
 }
 
-fn left_schema() -> SchemaRef {
+fn key_type(string_keys: bool) -> DataType {
+    if string_keys {
+        DataType::Utf8
+    } else {
+        DataType::Int64
+    }
+}
+
+/// A key column: the integers, or the same keys as text.
+fn key_array(keys: impl Iterator<Item = Option<i64>>, string_keys: bool) -> ArrayRef {
+    if string_keys {
+        Arc::new(
+            keys.map(|k| k.map(|k| format!("key-{k}")))
+                .collect::<StringArray>(),
+        )
+    } else {
+        Arc::new(keys.collect::<Int64Array>())
+    }
+}
+
+fn left_schema(string_keys: bool) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("lk", DataType::Int64, true),
+        Field::new("lk", key_type(string_keys), true),
         Field::new("lt", DataType::Int64, true),
     ]))
 }
 
-fn right_schema() -> SchemaRef {
+fn right_schema(string_keys: bool) -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("rk", DataType::Int64, true),
+        Field::new("rk", key_type(string_keys), true),
         Field::new("rt", DataType::Int64, true),
         Field::new("rc", DataType::Int64, true),
         Field::new("rtb", DataType::Int64, true),
@@ -138,9 +163,9 @@ fn right_schema() -> SchemaRef {
 
 impl Case {
     fn left_batch(&self) -> RecordBatch {
-        let k: Int64Array = self.left.iter().map(|r| r.0).collect();
+        let k = key_array(self.left.iter().map(|r| r.0), self.string_keys);
         let t: Int64Array = self.left.iter().map(|r| r.1).collect();
-        RecordBatch::try_new(left_schema(), vec![Arc::new(k), Arc::new(t)]).unwrap()
+        RecordBatch::try_new(left_schema(self.string_keys), vec![k, Arc::new(t)]).unwrap()
     }
 
     fn right_batch(&self) -> RecordBatch {
@@ -148,7 +173,7 @@ impl Case {
             Arc::new(self.right.iter().map(f).collect::<Int64Array>())
         };
         let columns: Vec<ArrayRef> = vec![
-            ints(|r| r.k),
+            key_array(self.right.iter().map(|r| r.k), self.string_keys),
             ints(|r| r.t),
             ints(|r| r.c),
             ints(|r| r.tb),
@@ -161,7 +186,7 @@ impl Case {
                     .collect::<StringArray>(),
             ),
         ];
-        RecordBatch::try_new(right_schema(), columns).unwrap()
+        RecordBatch::try_new(right_schema(self.string_keys), columns).unwrap()
     }
 
     /// The plan over `left_parts` left partitions and `right_parts` right partitions, rows dealt
@@ -181,7 +206,10 @@ impl Case {
                 })
                 .collect()
         };
-        let (ls, rs) = (left_schema(), right_schema());
+        let (ls, rs) = (
+            left_schema(self.string_keys),
+            right_schema(self.string_keys),
+        );
         let left = MemorySourceConfig::try_new_exec(
             &split(self.left_batch(), left_parts),
             ls.clone(),
@@ -327,6 +355,15 @@ impl Case {
                     (AggFunction::Sum, _) => float(floats.iter().sum()),
                     (AggFunction::Avg, _) if numbers.is_empty() => null(),
                     (AggFunction::Avg, _) => float(mean()),
+                    (AggFunction::Min, Some("rf")) => floats
+                        .iter()
+                        .copied()
+                        .reduce(f64::min)
+                        .map(float)
+                        .unwrap_or_else(null),
+                    (AggFunction::Max, Some("rv")) => {
+                        ints.iter().max().map_or_else(null, |v| v.to_string())
+                    }
                     (AggFunction::Min, _) => strings.iter().min().cloned().unwrap_or_else(null),
                     (AggFunction::Max, _) => floats
                         .iter()
