@@ -121,6 +121,26 @@ def test_training_set_options(alice):
     assert table.column("driver_stats__table_version").to_pylist() == [0, 0, 0, 0]
 
 
+def test_a_long_export_reports_progress_while_it_runs(alice, tmp_path):
+    """`progress` hears of the rows written about once a second while the server writes
+    (EXPORT … WITH PROGRESS), counts that only grow, then the whole export once."""
+    alice.execute(
+        "CREATE TABLE IF NOT EXISTS many_orders AS SELECT (value % 2) + 1 AS driver_id, "
+        "to_timestamp_seconds(1767225600 + value) AS order_ts FROM generate_series(1, 4000000)"
+    )
+    ts = alice.training_set("many_orders", at="order_ts", features=["driver_stats.*"])
+    seen = []
+    manifest = alice.export(
+        ts, to=str(tmp_path / "many.parquet"), progress=lambda r, b: seen.append((r, b))
+    )
+    assert manifest["output"]["rows"] == 4_000_000
+    assert seen[-1] == (4_000_000, manifest["output"]["bytes"])
+    during = seen[:-1]
+    assert during, "no report while the export ran"
+    counts = [rows for rows, _ in during]
+    assert counts == sorted(counts) and counts[-1] <= 4_000_000
+
+
 def test_export_returns_the_manifest_and_it_reproduces(alice, tmp_path):
     to = str(tmp_path / "churn.parquet")
     seen = []

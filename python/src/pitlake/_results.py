@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import pyarrow as pa
 
@@ -19,6 +19,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client import Client
 
 #: Called after each batch with the rows and the bytes (Arrow, in memory) received so far.
+T = TypeVar("T")
+
 Progress = Callable[[int, int], None]
 
 
@@ -204,9 +206,15 @@ class TrainingSet(Result):
 def run_with_cleanup(client: "Client", text: str, done: Callable[[], None]) -> pa.Table:
     """Runs a statement that returns a small result (an export's report), then the cleanup;
     a cleanup that fails after the statement failed is noted on the statement's error."""
+    return with_cleanup(lambda: client._fetch(text), done)
+
+
+def with_cleanup(action: Callable[[], T], done: Callable[[], None]) -> T:
+    """Runs ``action``, then the cleanup ``done``; a cleanup that fails after the action failed
+    is noted on the action's error."""
     failed: Optional[BaseException] = None
     try:
-        return client._fetch(text)
+        return action()
     except BaseException as e:
         failed = e
         raise

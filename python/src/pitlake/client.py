@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import warnings
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql
@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 from . import _manifest, _sql
 from ._hash import ContentHash
 from ._labels import LabelData
-from ._results import Progress, Result, TrainingSet, run_with_cleanup
+from ._results import Progress, Result, TrainingSet, run_with_cleanup, with_cleanup
 from .errors import (
     InvalidArgument,
     NotFound,
@@ -276,9 +276,9 @@ class Client:
             to: an absolute path or a URL (``s3://…``) the server writes to and this client
                 can read the manifest from (with ``filesystem``, if given).
             format: ``parquet``, ``csv`` or ``delta`` (default: from the extension).
-            progress: called once the export is done with its rows and, for a file, its
-                bytes: the server writes the export, and over Flight SQL it reports only when
-                it has finished.
+            progress: called with the rows written so far (and 0 bytes) about once a second
+                while the server writes (``EXPORT … WITH PROGRESS``), then once with the
+                export's rows and, for a file, its bytes.
 
         Needs the ``files`` grant (it writes files of the server).
         """
@@ -291,8 +291,11 @@ class Client:
         text, done = training_set._with_labels(
             lambda relation: _sql.export(training_set._statement(relation), to, format)
         )
-        report_table = run_with_cleanup(self, text, done)
-        report = " ".join(str(v) for v in report_table.column(0).to_pylist())
+        if progress is None:
+            report_table = run_with_cleanup(self, text, done)
+            report = " ".join(str(v) for v in report_table.column(0).to_pylist())
+        else:
+            report = self._export_with_progress(text + " WITH PROGRESS", done, progress)
         location = _manifest.report_manifest(report) or _manifest.manifest_location(to)
         manifest = _manifest.read_manifest(location, filesystem)
         reported = _manifest.report_hash(report)
@@ -306,6 +309,27 @@ class Client:
             output = manifest["output"]
             progress(int(output.get("rows", 0)), int(output.get("bytes") or 0))
         return manifest
+
+    def _export_with_progress(
+        self, text: str, done: Callable[[], None], progress: Progress
+    ) -> str:
+        """Runs ``EXPORT … WITH PROGRESS``, calling ``progress`` for each report row while the
+        export runs, then the cleanup ``done``; returns the export's one-line report."""
+
+        def run() -> str:
+            report: Optional[str] = None
+            with self._errors():
+                for batch in Result(self, text).to_batches():
+                    for row in batch.to_pylist():
+                        if row["done"]:
+                            report = row["result"]
+                        else:
+                            progress(int(row["rows_written"]), 0)
+            if report is None:
+                raise PitlakeError("the export ended without reporting its result")
+            return report
+
+        return with_cleanup(run, done)
 
     def reproduce(
         self,

@@ -97,6 +97,8 @@ pub struct ExportTrainingSet {
     pub to: String,
     /// The format (`parquet` when omitted, or from the extension).
     pub format: Option<String>,
+    /// `WITH PROGRESS`: answer with rows that report the rows written as the export runs.
+    pub progress: bool,
 }
 
 impl ExportTrainingSet {
@@ -110,10 +112,12 @@ impl ExportTrainingSet {
         } else {
             None
         };
+        let progress = p.words(&["WITH", "PROGRESS"]);
         Ok(Self {
             training_set,
             to,
             format,
+            progress,
         })
     }
 }
