@@ -10,6 +10,7 @@
 mod definitions;
 mod dsl;
 mod export;
+mod guards;
 mod ingest;
 pub mod planning;
 pub mod session;
@@ -256,6 +257,7 @@ impl Engine {
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(frontend::marker_udf());
         ctx.register_udf(frontend::window_marker_udf());
+        guards::register_capped_functions(&ctx);
         ctx.register_catalog(CATALOG, catalog.clone());
         Ok(Self {
             base_ctx: ctx.clone(),

@@ -107,14 +107,33 @@ fn tls_acceptor(transport: &Transport) -> Result<Option<tokio_rustls::TlsAccepto
     Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
-/// The most HTTP connections open at once; past it, the oldest idle one is closed for the new
-/// one (or, all being busy answering, the new one is turned away).
+/// Connections kept open at most while some are idle: past it, the oldest idle one is closed
+/// for a new one.
 const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send a request's headers, and stay idle between requests.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may stay open without answering: past it, it closes once its current
 /// answer is sent.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The most HTTP connections open at all, busy ones included.
+const MAX_OPEN: usize = 256;
+
+/// Counts a request in progress on its connection while it lives.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn new(busy: &Arc<AtomicUsize>) -> Self {
+        busy.fetch_add(1, Ordering::SeqCst);
+        Self(busy.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// A connection as the accept loop tracks it.
 struct Tracked {
@@ -148,29 +167,34 @@ async fn accept(
             },
         };
         open.retain(|c| !c.closed.is_cancelled());
-        if open.len() >= MAX_CONNECTIONS {
-            match open.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0) {
-                Some(idle) => {
-                    if let Some(oldest) = open.remove(idle) {
-                        oldest.closed.cancel();
-                    }
-                }
-                None => {
-                    tracing::info!(
-                        target: "pitlake::http",
-                        peer = %peer,
-                        "connection refused: {MAX_CONNECTIONS} connections are busy answering"
-                    );
-                    drop(stream);
-                    continue;
-                }
+        let idle = open
+            .iter()
+            .filter(|c| c.busy.load(Ordering::SeqCst) == 0)
+            .count();
+        // Past MAX_CONNECTIONS the oldest idle connection makes room; connections in the
+        // middle of a request are never closed for a newcomer. Busy ones are bounded by what a
+        // request can hold (query slots, login admission), and all of them by MAX_OPEN.
+        if open.len() >= MAX_CONNECTIONS && idle > 0 {
+            if let Some(at) = open.iter().position(|c| c.busy.load(Ordering::SeqCst) == 0)
+                && let Some(oldest) = open.remove(at)
+            {
+                oldest.closed.cancel();
             }
+        } else if open.len() >= MAX_OPEN {
+            tracing::info!(
+                target: "pitlake::http",
+                peer = %peer,
+                "connection refused: {MAX_OPEN} connections are in the middle of requests"
+            );
+            drop(stream);
+            continue;
         }
         let connection = Connection {
             peer,
             busy: Arc::default(),
+            closed: CancellationToken::new(),
         };
-        let closed = CancellationToken::new();
+        let closed = connection.closed.clone();
         open.push_back(Tracked {
             closed: closed.clone(),
             busy: connection.busy.clone(),
@@ -181,9 +205,18 @@ async fn accept(
             let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(connection.clone());
                 let mut app = app.clone();
+                // Busy from the request's arrival until its answer is sent (or dropped).
+                let busy = Busy::new(&connection.busy);
                 async move {
+                    use futures::StreamExt;
                     use tower_service::Service;
-                    app.call(request.map(axum::body::Body::new)).await
+                    let response = app.call(request.map(axum::body::Body::new)).await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| {
+                        axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+                            let _ = &busy;
+                            chunk
+                        }))
+                    }))
                 }
             });
             let _ = stream.set_nodelay(true);

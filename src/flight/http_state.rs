@@ -19,6 +19,9 @@ pub(crate) struct HttpState {
     pub active: Arc<AtomicUsize>,
     /// Cancelled when shutdown begins.
     pub draining: CancellationToken,
+    /// Cancelled when the server stops taking calls (after the drain delay): the API then
+    /// refuses new ones, as the Flight port does.
+    pub stopped: CancellationToken,
     /// The Flight SQL service, whose statement path the REST API shares.
     pub service: PitlakeFlightSql,
     /// Who is who.
@@ -40,7 +43,9 @@ impl HttpState {
 pub(crate) struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
-    /// Answers streaming on it now: a busy connection is not closed for a newcomer nor at the
-    /// end of its lifetime until its answer is sent.
+    /// Requests in progress on it (from arrival to the end of the answer): a busy connection
+    /// is not closed for a newcomer, nor at the end of its lifetime until its answer is sent.
     pub busy: Arc<AtomicUsize>,
+    /// Cancelled to close the connection at once (evicted, or an answer past its deadline).
+    pub closed: CancellationToken,
 }

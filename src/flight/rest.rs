@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
@@ -56,6 +55,9 @@ const MAX_NAME_BYTES: usize = 256;
 /// The most rows a registry answer (a listing, a history, a diff) may hold; past it the
 /// answer is refused rather than collected.
 const MAX_REGISTRY_ROWS: usize = 100_000;
+/// The most bytes (as Arrow holds them) a registry answer may hold before it is written as
+/// JSON: it is collected, so it is bounded.
+const MAX_REGISTRY_BYTES: usize = 16 << 20;
 /// A Parquet answer's row group is written out once it holds this many bytes.
 const PARQUET_ROW_GROUP_BYTES: usize = 16 << 20;
 
@@ -191,8 +193,21 @@ pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
 
 // ---- Authentication and bodies ---------------------------------------------------------------
 
+/// Once the server stops taking calls, new ones are refused (running answers finish).
+fn refuse_when_stopped(state: &HttpState) -> Result<(), ApiError> {
+    if state.stopped.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the server is shutting down; try another replica",
+        ));
+    }
+    Ok(())
+}
+
 /// The caller of a `/v1` call, from its bearer token.
 fn caller(state: &HttpState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    refuse_when_stopped(state)?;
     let refuse = |message: String| {
         state.service_metrics().refused(Refusal::Unauthenticated);
         tracing::info!(target: "pitlake::http", reason = %message, "call refused: unauthenticated");
@@ -327,23 +342,6 @@ fn truncated(text: &str) -> String {
     cut
 }
 
-/// Marks the connection busy while a result streams, so it is neither evicted for a new
-/// connection nor closed at the end of its lifetime in the middle of an answer.
-struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn new(connection: &Connection) -> Self {
-        connection.busy.fetch_add(1, Ordering::SeqCst);
-        Self(connection.busy.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 // ---- Login and the document ------------------------------------------------------------------
 
 async fn openapi() -> Response {
@@ -355,6 +353,7 @@ async fn login(
     axum::Extension(connection): axum::Extension<Connection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    refuse_when_stopped(&state)?;
     let peer: Option<SocketAddr> = Some(connection.peer);
     let (principal, token) = state.service.login(&headers, peer).await?;
     Ok(json_ok(&json!({
@@ -407,6 +406,7 @@ async fn query(
     };
     let schema = running.stream.schema();
     let record = running.record.clone();
+    let deadline = running.bounds.deadline;
     let mut batches = Box::pin(running.batches());
     // An error before the first row is an answer of its own, with its status.
     let first = match batches.next().await {
@@ -434,12 +434,31 @@ async fn query(
     if !head.is_empty() {
         record.sent(head.len() as u64);
     }
-    let busy = Busy::new(&connection);
+    // A client that stops reading stops the stream from being polled, so the query's own
+    // deadline would never be seen: past it, the connection is closed, which drops the stream
+    // and cancels the query.
+    let finished = tokio_util::sync::CancellationToken::new();
+    {
+        let (finished, closed) = (finished.clone(), connection.closed.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = finished.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(
+                        target: "pitlake::http",
+                        "an answer was not read before the query timeout; its connection is closed"
+                    );
+                    closed.cancel();
+                }
+            }
+        });
+    }
+    let finished = finished.drop_guard();
     let body = encoded(encoder, schema, head, batches, move |bytes| {
         record.sent(bytes as u64);
     });
     let stream = body.map(move |item| {
-        let _ = &busy;
+        let _ = &finished;
         item
     });
     let mut response = Response::new(Body::from_stream(stream));
@@ -651,17 +670,19 @@ async fn registry_rows(
     };
     let mut batches = Box::pin(running.batches());
     let mut collected = Vec::new();
-    let mut rows = 0;
+    let (mut rows, mut bytes) = (0, 0);
     while let Some(batch) = batches.next().await {
         let batch = batch?;
         rows += batch.num_rows();
-        if rows > MAX_REGISTRY_ROWS {
+        bytes += batch.get_array_memory_size();
+        if rows > MAX_REGISTRY_ROWS || bytes > MAX_REGISTRY_BYTES {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RESOURCE_EXHAUSTED",
                 format!(
-                    "the answer has more than {MAX_REGISTRY_ROWS} rows; run the statement \
-                     through POST /v1/query, which streams"
+                    "the answer has more than {MAX_REGISTRY_ROWS} rows or {} MiB; run the \
+                     statement through POST /v1/query, which streams",
+                    MAX_REGISTRY_BYTES >> 20
                 ),
             ));
         }

@@ -152,12 +152,27 @@ impl RunningServer {
         };
         let cancel = self.cancel_queries.clone();
         let grace = self.grace;
+        let grace_ends = tokio::time::Instant::now() + grace;
         let outcome = tokio::select! {
             joined = &mut task => Some(joined),
             _ = tokio::time::sleep(grace) => None,
         };
         let joined = match outcome {
-            Some(joined) => joined,
+            Some(joined) => {
+                // Answers of the HTTP port run outside the Flight task: they get what is left
+                // of the grace too.
+                while self.active_queries() > 0 && tokio::time::Instant::now() < grace_ends {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if self.active_queries() > 0 {
+                    tracing::info!(
+                        target: "pitlake::flight",
+                        running = self.active_queries(),
+                        "grace period over: cancelling running queries"
+                    );
+                }
+                joined
+            }
             None => {
                 tracing::info!(
                     target: "pitlake::flight",
@@ -228,6 +243,7 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
         shared.metrics.clone(),
     );
     let draining = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
     let http = match config.http_listen {
         Some(at) => {
             let state = super::http::HttpState {
@@ -235,6 +251,7 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
                 engine: shared.engine.clone(),
                 active: active.clone(),
                 draining: draining.clone(),
+                stopped: stop_accepting.clone(),
                 service: PitlakeFlightSql::new(shared.clone()),
                 auth: auth.clone(),
             };
@@ -275,7 +292,6 @@ pub async fn start(engine: Arc<Engine>, config: ServerConfig) -> Result<RunningS
     );
     let service =
         FlightServiceServer::new(PitlakeFlightSql::new(shared)).max_decoding_message_size(16 << 20);
-    let stop_accepting = CancellationToken::new();
     let stop = stop_accepting.clone();
     let serving = builder
         .layer(AuthLayer::new(auth.clone(), metrics))
