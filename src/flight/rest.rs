@@ -213,6 +213,13 @@ fn caller(state: &HttpState, headers: &HeaderMap) -> Result<Principal, ApiError>
         tracing::info!(target: "pitlake::http", reason = %message, "call refused: unauthenticated");
         ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
     };
+    if headers.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(refuse(
+            "more than one Authorization header: send exactly one, `Authorization: Bearer \
+             <token>`"
+                .into(),
+        ));
+    }
     if !headers.contains_key(header::AUTHORIZATION) {
         return Err(refuse(
             "no credential: send `Authorization: Bearer <token>`, a token from POST /v1/login \

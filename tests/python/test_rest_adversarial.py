@@ -17,6 +17,7 @@ What it proves:
 - a client that starts a large answer and stops reading loses its connection at the query
   timeout and its query slot is freed (`pitlake_queries_running` back to 0, a new query runs on
   a one-slot server) within seconds (it used to hold the slot for the timeout plus 60 s);
+- a request with two Authorization headers is refused with 401 (the first one used to win);
 - registry answers are bounded: a feature view's history past 16 MiB is refused with 429
   RESOURCE_EXHAUSTED, while a smaller one is answered.
 
@@ -339,3 +340,28 @@ def test_on_sigterm_a_download_in_progress_finishes_and_new_calls_are_refused(tm
             requests.get(server["base"] + "/healthz", timeout=5)
     finally:
         stop(server)
+
+
+# ---- Finding 8: with two Authorization headers, the first one won ----------------------------
+
+
+def test_two_authorization_headers_are_refused(roomy):
+    """A request must carry one credential: two Authorization headers (a proxy adding its own,
+    a client smuggling a second) are refused with 401 whichever comes first."""
+    import http.client
+
+    token = roomy["reader"].token
+    host, port = roomy["base"].removeprefix("http://").split(":")
+    for second in [f"Bearer {token}", "Basic cmVhZGVyOnJlYWRlci1wdw=="]:
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("GET", "/v1/feature-views")
+        connection.putheader("Authorization", f"Bearer {token}")
+        connection.putheader("Authorization", second)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        connection.close()
+        assert response.status == 401, (second, body)
+        assert "more than one Authorization header" in body["error"]["message"], body
+    # One header is fine.
+    assert roomy["reader"].get("/v1/feature-views").status_code == 200
