@@ -68,19 +68,22 @@ fn ints(args: &[ColumnarValue], i: usize, rows: usize) -> Result<Option<Vec<i64>
     if !array.data_type().is_integer() {
         return Ok(None);
     }
-    let values = cast(&array, &DataType::Int64)?;
+    Ok(Some(as_i64s(&array)?))
+}
+
+/// An integer array's values as i64, NULL as 0.
+fn as_i64s(array: &ArrayRef) -> Result<Vec<i64>> {
+    let values = cast(array, &DataType::Int64)?;
     let values = values.as_primitive::<Int64Type>();
-    Ok(Some(
-        (0..values.len())
-            .map(|r| {
-                if values.is_null(r) {
-                    0
-                } else {
-                    values.value(r)
-                }
-            })
-            .collect(),
-    ))
+    Ok((0..values.len())
+        .map(|r| {
+            if values.is_null(r) {
+                0
+            } else {
+                values.value(r)
+            }
+        })
+        .collect())
 }
 
 /// The byte length of each string of argument `i`.
@@ -96,19 +99,7 @@ fn string_lengths(args: &[ColumnarValue], i: usize, rows: usize) -> Result<Optio
         DataType::Utf8View => length(&cast(&array, &DataType::Utf8)?)?,
         _ => return Ok(None),
     };
-    let lengths = cast(&lengths, &DataType::Int64)?;
-    let lengths = lengths.as_primitive::<Int64Type>();
-    Ok(Some(
-        (0..lengths.len())
-            .map(|r| {
-                if lengths.is_null(r) {
-                    0
-                } else {
-                    lengths.value(r)
-                }
-            })
-            .collect(),
-    ))
+    Ok(Some(as_i64s(&lengths)?))
 }
 
 impl Capped {

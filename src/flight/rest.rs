@@ -381,8 +381,7 @@ struct StatementRequest {
 }
 
 fn new_query_id() -> Result<String, ApiError> {
-    let bytes = super::auth::random_bytes::<8>().map_err(ApiError::from)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(super::service::new_query_id()?)
 }
 
 async fn query(
@@ -608,6 +607,20 @@ fn kind(path: &str) -> Result<Kind, ApiError> {
     Ok(Kind { plural, singular })
 }
 
+/// What every registry call starts with: the kind its path names, its caller, and its query
+/// parameters (of `allowed` only).
+fn registry_call(
+    state: &HttpState,
+    path: &str,
+    raw: Option<String>,
+    headers: &HeaderMap,
+    allowed: &[&str],
+) -> Result<(Kind, Principal, BTreeMap<String, String>), ApiError> {
+    let kind = kind(path)?;
+    let principal = caller(state, headers)?;
+    Ok((kind, principal, query_params(raw, allowed)?))
+}
+
 /// `"name"`, quoted as an identifier.
 fn quote_ident(name: &str) -> Result<String, ApiError> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
@@ -747,9 +760,8 @@ async fn list(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind(&path)?;
-    let principal = caller(&state, &headers)?;
-    let params = query_params(raw, &["registry_version"])?;
+    let (kind, principal, params) =
+        registry_call(&state, &path, raw, &headers, &["registry_version"])?;
     let version = registry_version(&params, "registry_version")?;
     let sql = format!("SHOW {}{}", kind.plural, as_of(version));
     let batches = registry_rows(&state, &principal, &sql).await?;
@@ -764,9 +776,13 @@ async fn describe(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind(&path)?;
-    let principal = caller(&state, &headers)?;
-    let params = query_params(raw, &["registry_version", "version"])?;
+    let (kind, principal, params) = registry_call(
+        &state,
+        &path,
+        raw,
+        &headers,
+        &["registry_version", "version"],
+    )?;
     let version = registry_version(&params, "registry_version")?;
     let sql = format!(
         "DESCRIBE {}{}",
@@ -811,9 +827,7 @@ async fn history(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind(&path)?;
-    let principal = caller(&state, &headers)?;
-    let params = query_params(raw, &["version"])?;
+    let (kind, principal, params) = registry_call(&state, &path, raw, &headers, &["version"])?;
     let sql = format!("SHOW HISTORY OF {}", object(kind, &name, &params)?);
     let batches = registry_rows(&state, &principal, &sql).await?;
     Ok(json_ok(&json!({
@@ -827,9 +841,8 @@ async fn diff(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind(&path)?;
-    let principal = caller(&state, &headers)?;
-    let params = query_params(raw, &["from", "to", "version"])?;
+    let (kind, principal, params) =
+        registry_call(&state, &path, raw, &headers, &["from", "to", "version"])?;
     let (Some(from), Some(to)) = (
         registry_version(&params, "from")?,
         registry_version(&params, "to")?,
@@ -862,9 +875,7 @@ async fn drop_object(
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let kind = kind(&path)?;
-    let principal = caller(&state, &headers)?;
-    let params = query_params(raw, &["version"])?;
+    let (kind, principal, params) = registry_call(&state, &path, raw, &headers, &["version"])?;
     let sql = format!("DROP {}", object(kind, &name, &params)?);
     let message = change(&state, &principal, &sql).await?;
     Ok(json_ok(&json!({ "message": message })))

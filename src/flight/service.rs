@@ -166,7 +166,7 @@ pub(crate) fn sql_info(limits: &Limits) -> crate::error::Result<SqlInfoData> {
         .map_err(|e| crate::error::PitlakeError::Internal(format!("building SqlInfo: {e}")))
 }
 
-fn new_query_id() -> Result<String, Status> {
+pub(crate) fn new_query_id() -> Result<String, Status> {
     Ok(random_bytes::<8>()?
         .iter()
         .map(|b| format!("{b:02x}"))

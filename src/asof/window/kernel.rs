@@ -115,13 +115,7 @@ impl Native {
     /// `arg` as natively compared numbers, when its type converts exactly and in order.
     fn of(arg: &ArrayRef) -> Result<Option<Self>> {
         Ok(match arg.data_type() {
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32 => Some(Native::Int(
+            t if int_key(t) => Some(Native::Int(
                 cast(arg, &DataType::Int64)?
                     .as_primitive::<Int64Type>()
                     .clone(),
@@ -163,7 +157,8 @@ enum KeyView {
     Bytes(Rows),
 }
 
-/// Whether a key of this type is grouped by its value as an i64 (exactly, in one to one).
+/// Whether values of this type convert to i64 exactly and in order (keys grouped by value,
+/// extremes compared natively).
 fn int_key(data_type: &DataType) -> bool {
     matches!(
         data_type,
@@ -563,6 +558,34 @@ impl WindowIndex {
             .map(|p| self.order[p])
     }
 
+    /// Per left row, the greatest (`max`) or least non-NULL value of its window by `greater`;
+    /// of equal extremes, the first.
+    fn extreme(
+        &self,
+        a: usize,
+        targets: &[Option<(usize, usize, i64)>],
+        arg: &ArrayRef,
+        max: bool,
+        greater: impl Fn(usize, usize) -> bool,
+    ) -> Result<ArrayRef> {
+        let picked: UInt32Array = targets
+            .iter()
+            .map(|&t| {
+                self.rows(a, t)
+                    .filter(|&r| arg.is_valid(r as usize))
+                    .reduce(|best, r| {
+                        let (x, y) = (r as usize, best as usize);
+                        if (max && greater(x, y)) || (!max && greater(y, x)) {
+                            r
+                        } else {
+                            best
+                        }
+                    })
+            })
+            .collect();
+        Ok(take(arg.as_ref(), &picked, None)?)
+    }
+
     fn aggregate_one(
         &self,
         a: usize,
@@ -600,42 +623,11 @@ impl WindowIndex {
             }
             (AggFunction::Min | AggFunction::Max, Values::Native(arg, native)) => {
                 let max = agg.function == AggFunction::Max;
-                // The same choice as the row bytes below: the first of equal extremes.
-                let picked: UInt32Array = targets
-                    .iter()
-                    .map(|&t| {
-                        self.rows(a, t)
-                            .filter(|&r| arg.is_valid(r as usize))
-                            .reduce(|best, r| {
-                                let (x, y) = (r as usize, best as usize);
-                                if (max && native.greater(x, y)) || (!max && native.greater(y, x)) {
-                                    r
-                                } else {
-                                    best
-                                }
-                            })
-                    })
-                    .collect();
-                take(arg.as_ref(), &picked, None)?
+                self.extreme(a, targets, arg, max, |x, y| native.greater(x, y))?
             }
             (AggFunction::Min | AggFunction::Max, Values::Rows(arg, rows)) => {
                 let max = agg.function == AggFunction::Max;
-                let picked: UInt32Array = targets
-                    .iter()
-                    .map(|&t| {
-                        self.rows(a, t)
-                            .filter(|&r| arg.is_valid(r as usize))
-                            .reduce(|best, r| {
-                                let (x, y) = (rows.row(r as usize), rows.row(best as usize));
-                                if (max && x > y) || (!max && x < y) {
-                                    r
-                                } else {
-                                    best
-                                }
-                            })
-                    })
-                    .collect();
-                take(arg.as_ref(), &picked, None)?
+                self.extreme(a, targets, arg, max, |x, y| rows.row(x) > rows.row(y))?
             }
             (AggFunction::First, Values::Array(arg)) => {
                 let picked: UInt32Array = targets
