@@ -4,6 +4,7 @@ that is not there, a query past the server's timeout (on a second server, over T
 also shows a private CA given to the client)."""
 
 import subprocess
+from pathlib import Path
 
 import adbc_driver_manager
 import pytest
@@ -11,6 +12,9 @@ import pytest
 import pitlake
 from conftest import Server
 from pitlake import errors
+
+# Makes a private CA and a server certificate signed by it (shared with the other Python tests).
+TEST_CERTS = Path(__file__).resolve().parents[2] / "scripts" / "test-certs.sh"
 
 
 def test_bad_sql_is_invalid_argument(alice):
@@ -75,16 +79,8 @@ def tls_server(warehouse, tmp_path_factory):
     and a query timeout of one second."""
     root = tmp_path_factory.mktemp("tls")
 
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=pitlake test CA", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "server.csr")
-    (root / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
+    # A private CA and a certificate for localhost it signed (ca.pem, cert.pem, key.pem).
+    subprocess.run([str(TEST_CERTS), str(root)], check=True, capture_output=True)
     srv = Server(
         root,
         warehouse["path"],

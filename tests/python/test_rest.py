@@ -37,6 +37,7 @@ import socket
 import subprocess
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,6 +58,9 @@ from test_flight import (
     start_server,
 )
 from test_http import samples, value
+
+# Makes a private CA and a server certificate signed by it (shared with the other Python tests).
+TEST_CERTS = Path(__file__).resolve().parents[2] / "scripts" / "test-certs.sh"
 
 ARROW = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"
@@ -841,6 +845,29 @@ def test_an_export_answers_its_manifest_and_matches_the_cli(rest, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_export_with_progress_streams_its_report_and_keeps_the_files_grant(rest, tmp_path):
+    """EXPORT … WITH PROGRESS, a query that writes, as a client without `files` would try it:
+    through /v1/query (not /v1/exports), refused by the same grant, nothing written; doubled or
+    trailing clauses and an oversized target are refused before anything runs."""
+    training_set = "TRAINING SET LABELS labels AT ts FEATURES (driver_stats.*)"
+    to = tmp_path / "progress.parquet"
+    statement = f"EXPORT {training_set} TO '{to}' WITH PROGRESS"
+    refused = error_of(rest["reader"].query(statement), 403)
+    assert "files" in refused["message"], refused
+    assert not to.exists() and not (tmp_path / "progress.parquet.manifest.json").exists()
+    for bad in [statement + " WITH PROGRESS", statement + " FORMAT csv", statement + "; SELECT 1"]:
+        error_of(rest["admin"].query(bad), 400)
+    oversized = f"EXPORT {training_set} TO '{tmp_path}/{'x' * (2 << 20)}' WITH PROGRESS"
+    assert rest["admin"].query(oversized).status_code in (400, 413)
+    assert list(tmp_path.iterdir()) == []
+    # The owner gets the report rows, the last one done with the export's report.
+    rows = [json.loads(line) for line in rest["admin"].query(statement).text.splitlines()]
+    assert rows[-1]["done"] is True and rows[-1]["rows_written"] == 4, rows
+    assert all(r["done"] is False for r in rows[:-1]), rows
+    written = json.loads((tmp_path / "progress.parquet.manifest.json").read_text())
+    assert written["output"]["content_hash"] in rows[-1]["result"]
+
+
 # ---- Metrics ---------------------------------------------------------------------------------
 
 
@@ -957,16 +984,8 @@ def tls(tmp_path_factory):
     timeout of one second."""
     root = tmp_path_factory.mktemp("rest-tls")
 
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
-
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=pitlake test CA", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2")
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "server.csr")
-    (root / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf")
+    # A private CA and a certificate for localhost it signed (ca.pem, cert.pem, key.pem).
+    subprocess.run([str(TEST_CERTS), str(root)], check=True, capture_output=True)
     warehouse = root / "warehouse"
     warehouse.mkdir()
     run_pitlake(warehouse, "sql", "CREATE TABLE t AS SELECT 7 AS x")
