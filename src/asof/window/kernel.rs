@@ -140,6 +140,10 @@ impl Native {
 /// The groups of the right rows by key: one integer key (an entity id, the usual case) by its
 /// value, any other key by its row bytes.
 enum Groups {
+    /// No keys: every row in one group.
+    Single {
+        seen: bool,
+    },
     Int {
         map: HashMap<i64, u32>,
         /// The group of NULL, for a key where NULL equals NULL.
@@ -153,6 +157,7 @@ enum Groups {
 
 /// A batch's keys, as [`Groups`] reads them.
 enum KeyView {
+    None,
     Int(Int64Array),
     Bytes(Rows),
 }
@@ -175,6 +180,7 @@ fn int_key(data_type: &DataType) -> bool {
 impl Groups {
     fn new(keys: &[(DataType, bool)]) -> Result<Self> {
         Ok(match keys {
+            [] => Groups::Single { seen: false },
             [(t, _)] if int_key(t) => Groups::Int {
                 map: HashMap::new(),
                 null: None,
@@ -192,6 +198,7 @@ impl Groups {
 
     fn view(&self, keys: &[ArrayRef]) -> Result<KeyView> {
         Ok(match self {
+            Groups::Single { .. } => KeyView::None,
             Groups::Int { .. } => KeyView::Int(
                 cast(&keys[0], &DataType::Int64)?
                     .as_primitive::<Int64Type>()
@@ -205,6 +212,7 @@ impl Groups {
     #[inline]
     fn get(&self, view: &KeyView, i: usize) -> Option<u32> {
         match (self, view) {
+            (Groups::Single { seen }, _) => seen.then_some(0),
             (Groups::Int { map, null }, KeyView::Int(keys)) => match keys.is_null(i) {
                 true => *null,
                 false => map.get(&keys.value(i)).copied(),
@@ -220,6 +228,10 @@ impl Groups {
     fn get_or_insert(&mut self, view: &KeyView, i: usize) -> u32 {
         let next = self.len() as u32;
         match (self, view) {
+            (Groups::Single { seen }, _) => {
+                *seen = true;
+                0
+            }
             (Groups::Int { map, null }, KeyView::Int(keys)) => match keys.is_null(i) {
                 true => *null.get_or_insert(next),
                 false => *map.entry(keys.value(i)).or_insert(next),
@@ -241,6 +253,7 @@ impl Groups {
 
     fn len(&self) -> usize {
         match self {
+            Groups::Single { seen } => usize::from(*seen),
             Groups::Int { map, null } => map.len() + usize::from(null.is_some()),
             Groups::Bytes { map, .. } => map.len(),
         }
@@ -248,6 +261,7 @@ impl Groups {
 
     fn memory_size(&self) -> usize {
         match self {
+            Groups::Single { .. } => 0,
             Groups::Int { map, .. } => map.capacity() * 16,
             Groups::Bytes { map, .. } => map.keys().map(|k| k.len() + 24).sum(),
         }
