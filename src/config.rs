@@ -307,6 +307,8 @@ pub struct Settings {
     /// Who is acting: recorded as the author of registry changes and exports. Default:
     /// `PITLAKE_USER`, else the operating-system user (`USER`, `USERNAME`), else `unknown`.
     pub user: String,
+    /// The Ballista scheduler queries run on (`http://host:port`), or `None` to run them here.
+    pub cluster: Option<String>,
 }
 
 impl Settings {
@@ -320,6 +322,7 @@ impl Settings {
             batch_size: 8192,
             spill_dir: None,
             user: default_user(),
+            cluster: None,
         }
     }
 

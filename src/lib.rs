@@ -27,6 +27,7 @@
 
 pub mod asof;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod error;

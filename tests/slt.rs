@@ -19,7 +19,9 @@
 //!   `DROP TABLE`); without it a drop is refused, which files also pin;
 //! - result values print with Arrow's formatter; NULL is `NULL`, the empty string `(empty)`;
 //! - a value with several lines (an `EXPLAIN` plan) prints one result line per text line;
-//! - column types: `I` integers, `R` floats and decimals, `T` everything else (checked strictly).
+//! - column types: `I` integers, `R` floats and decimals, `T` everything else (checked strictly);
+//! - the cluster runs carry the label `cluster`: a record whose answer is a plan (`EXPLAIN`)
+//!   says `skipif cluster` and has an `onlyif cluster` twin with the cluster's plan.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -37,6 +39,9 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 #[path = "it/s3/server.rs"]
 mod store_servers;
 
+#[path = "it/cluster_processes.rs"]
+mod cluster;
+
 /// Where a file's warehouse lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -46,6 +51,9 @@ enum Backend {
     S3,
     /// A fresh prefix on the Azure Blob Storage test server.
     Azure,
+    /// A temporary local folder, queries run on a Ballista cluster of pitlake processes on
+    /// loopback (a scheduler and two executors, started once for the whole run).
+    Cluster,
 }
 
 impl Backend {
@@ -54,34 +62,41 @@ impl Backend {
             Backend::Local => "local",
             Backend::S3 => "s3",
             Backend::Azure => "azure",
+            Backend::Cluster => "cluster",
         }
     }
 
     fn server(self) -> Result<&'static store_servers::StoreServer, String> {
         match self {
-            Backend::Local => Err("a local folder has no server".into()),
+            Backend::Local | Backend::Cluster => Err("a local folder has no server".into()),
             Backend::S3 => store_servers::s3_server(),
             Backend::Azure => store_servers::azure_server(),
         }
     }
 }
 
-/// The backends a file runs on: both, unless its header says `# backends: local (…)`.
+/// The backends a file runs on: every storage backend, unless its header says
+/// `# backends: local (…)`; and the cluster for the as-of join files and the training sets,
+/// unless its header says `# cluster: no (…)`.
 fn file_backends(path: &Path) -> Vec<Backend> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let local_only = text
-        .lines()
-        .take_while(|l| l.starts_with('#') || l.trim().is_empty())
-        .any(|l| {
-            l.trim_start_matches('#')
-                .trim()
-                .starts_with("backends: local")
-        });
-    if local_only {
+    let header = |prefix: &str| {
+        text.lines()
+            .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+            .any(|l| l.trim_start_matches('#').trim().starts_with(prefix))
+    };
+    let mut backends = if header("backends: local") {
         vec![Backend::Local]
     } else {
         vec![Backend::Local, Backend::S3, Backend::Azure]
+    };
+    let shown = path.to_string_lossy().replace('\\', "/");
+    if (shown.contains("/sql/asof/") || shown.ends_with("/sql/dsl/training_set.slt"))
+        && !header("cluster: no")
+    {
+        backends.push(Backend::Cluster);
     }
+    backends
 }
 
 struct PitlakeDb {
@@ -236,7 +251,7 @@ fn slt_files(dir: &Path, out: &mut Vec<PathBuf>) {
 async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let location = match backend {
-        Backend::Local => {
+        Backend::Local | Backend::Cluster => {
             let warehouse = dir.path().join("warehouse");
             std::fs::create_dir_all(&warehouse).map_err(|e| e.to_string())?;
             WarehouseLocation::parse(&warehouse.display().to_string()).map_err(|e| e.to_string())?
@@ -251,10 +266,16 @@ async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), S
                 .with_storage_options(server.options())
         }
     };
+    let cluster = match backend {
+        Backend::Cluster => Some(cluster::shared()?.url.clone()),
+        _ => None,
+    };
     let make = move || {
         let location = location.clone();
+        let cluster = cluster.clone();
         async move {
             let mut settings = Settings::new(location);
+            settings.cluster = cluster;
             // Small, fixed settings: results must not depend on the machine.
             settings.target_partitions = 2;
             settings.memory_limit = Some(512 << 20);
@@ -265,6 +286,10 @@ async fn run_file(path: &Path, backend: Backend, complete: bool) -> Result<(), S
         }
     };
     let mut runner = sqllogictest::Runner::new(make);
+    // `onlyif cluster` / `skipif cluster`: records whose answer is the plan, which differs.
+    if backend == Backend::Cluster {
+        runner.add_label("cluster");
+    }
     runner.with_column_validator(sqllogictest::strict_column_validator);
     runner.with_validator(validator);
     if complete {
@@ -307,7 +332,7 @@ fn main() {
         .build()
         .expect("tokio runtime");
     let wanted: Vec<String> = std::env::var("PITLAKE_SLT_BACKENDS")
-        .unwrap_or_else(|_| "local,s3,azure".to_string())
+        .unwrap_or_else(|_| "local,s3,azure,cluster".to_string())
         .split(',')
         .map(|b| b.trim().to_ascii_lowercase())
         .collect();
@@ -327,6 +352,16 @@ fn main() {
             runs += 1;
             wanted.retain(|w| w != name);
         }
+    }
+    if wanted.iter().any(|w| w == "cluster")
+        && !complete
+        && files.iter().any(|f| file_backends(f).contains(&Backend::Cluster))
+        && let Err(why) = cluster::shared()
+    {
+        println!("FAIL  [cluster] every file: {why}\n");
+        failed.push("[cluster] every file (no cluster)".to_string());
+        runs += 1;
+        wanted.retain(|w| w != "cluster");
     }
     for file in &files {
         let shown = file
@@ -353,6 +388,9 @@ fn main() {
             }
         }
     }
+    if let Some(cluster) = cluster::if_started() {
+        cluster.stop();
+    }
     println!(
         "\n{} files, {runs} runs ({}), {} failed, {:.1}s",
         files.len(),
@@ -362,7 +400,7 @@ fn main() {
     );
     if files.is_empty() || runs == 0 {
         eprintln!(
-            "no .slt files matched (or PITLAKE_SLT_BACKENDS named no backend: local, s3, azure)"
+            "no .slt files matched (or PITLAKE_SLT_BACKENDS named no backend: local, s3, azure, cluster)"
         );
         std::process::exit(1);
     }

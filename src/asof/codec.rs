@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::exec::{AsOfJoinExec, AsOfJoinMode};
 use super::logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
+use super::window::{AggFunction, PhysicalWindowAggregate, WindowAggregate, WindowJoinExec};
 
 const MAGIC: &[u8; 8] = b"PLASOF01";
 
@@ -59,6 +60,83 @@ struct Header {
     /// Physical: the co-partitioned mode (both inputs hash-partitioned alike).
     #[serde(default)]
     co_partitioned: bool,
+    /// A window join's aggregates (none for an as-of join). Their arguments follow the other
+    /// expressions; the numeric widths come last, as literals.
+    #[serde(default)]
+    aggregates: Vec<AggregateHeader>,
+    /// Logical: the qualifier of the aggregates' columns.
+    #[serde(default)]
+    aggregate_qualifier: Option<String>,
+    /// Physical: a window join's `l.t > r.t`.
+    #[serde(default)]
+    strict: bool,
+    /// Physical: a window join's output schema (`datafusion-proto`).
+    #[serde(default)]
+    output_schema: Option<Vec<u8>>,
+}
+
+/// One aggregate of a window join.
+#[derive(Debug, Serialize, Deserialize)]
+struct AggregateHeader {
+    name: String,
+    function: String,
+    star: bool,
+    k: Option<usize>,
+    /// Nanoseconds, as a string; a numeric width travels as a literal expression.
+    width_nanos: Option<String>,
+    has_arg: bool,
+}
+
+fn aggregate_header(
+    name: &str,
+    function: AggFunction,
+    k: Option<usize>,
+    width: &Tolerance,
+    has_arg: bool,
+) -> AggregateHeader {
+    AggregateHeader {
+        name: name.to_string(),
+        function: function.name().to_string(),
+        star: function == AggFunction::CountStar,
+        k,
+        width_nanos: match width {
+            Tolerance::Duration(n) => Some(n.to_string()),
+            Tolerance::Number(_) => None,
+        },
+        has_arg,
+    }
+}
+
+/// The numeric widths of `aggregates`, in order.
+fn number_widths<'a>(widths: impl Iterator<Item = &'a Tolerance>) -> Vec<ScalarValue> {
+    widths
+        .filter_map(|w| match w {
+            Tolerance::Number(v) => Some(v.clone()),
+            Tolerance::Duration(_) => None,
+        })
+        .collect()
+}
+
+/// An aggregate's function and width from its header; numeric widths are taken from `numbers`
+/// in order.
+fn aggregate_parts(
+    header: &AggregateHeader,
+    numbers: &mut impl Iterator<Item = ScalarValue>,
+) -> Result<(AggFunction, Tolerance)> {
+    let function = AggFunction::from_name(&header.function, header.star)
+        .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+    let width = match &header.width_nanos {
+        Some(n) => Tolerance::Duration(
+            n.parse()
+                .map_err(|_| internal_datafusion_err!("as-of codec: width {n}"))?,
+        ),
+        None => Tolerance::Number(
+            numbers
+                .next()
+                .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))?,
+        ),
+    };
+    Ok((function, width))
 }
 
 fn op_name(op: AsOfOperator) -> &'static str {
@@ -112,6 +190,10 @@ fn header(
         right_output: None,
         right_pruned: false,
         co_partitioned: false,
+        aggregates: Vec::new(),
+        aggregate_qualifier: None,
+        strict: false,
+        output_schema: None,
     }
 }
 
@@ -199,6 +281,23 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
             .iter()
             .map(|node| parse_expr(node, ctx, self).map_err(DataFusionError::from))
             .collect::<Result<Vec<Expr>>>()?;
+        let widths = header
+            .aggregates
+            .iter()
+            .filter(|a| a.width_nanos.is_none())
+            .count();
+        if exprs.len() < widths {
+            return Err(internal_datafusion_err!("as-of codec: width literals"));
+        }
+        let mut numbers = exprs
+            .split_off(exprs.len() - widths)
+            .into_iter()
+            .map(|e| match e {
+                Expr::Literal(value, _) => Ok(value),
+                _ => Err(internal_datafusion_err!("as-of codec: width literal")),
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
         let number = if header.tolerance_number {
             match exprs.pop() {
                 Some(Expr::Literal(value, _)) => Some(value),
@@ -209,13 +308,30 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         };
         let k = header.keys;
         let t = header.tiebreak.len();
+        let args = header.aggregates.iter().filter(|a| a.has_arg).count();
         let expected = 2 * k + 2 + t + usize::from(header.known_at);
-        if exprs.len() != expected {
+        if exprs.len() != expected + args {
             return Err(internal_datafusion_err!(
-                "as-of codec: {} expressions, expected {expected}",
-                exprs.len()
+                "as-of codec: {} expressions, expected {}",
+                exprs.len(),
+                expected + args
             ));
         }
+        let mut arg_exprs = exprs.split_off(expected).into_iter();
+        let aggregates = header
+            .aggregates
+            .iter()
+            .map(|a| {
+                let (function, width) = aggregate_parts(a, &mut numbers)?;
+                Ok(WindowAggregate {
+                    name: a.name.clone(),
+                    function,
+                    arg: if a.has_arg { arg_exprs.next() } else { None },
+                    k: a.k,
+                    width,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let known_at = header.known_at.then(|| exprs[expected - 1].clone());
         let tiebreak = header
             .tiebreak
@@ -242,6 +358,13 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         )?;
         let mut node = node;
         node.right_pruned = header.right_pruned;
+        if !aggregates.is_empty() {
+            let qualifier = header
+                .aggregate_qualifier
+                .as_deref()
+                .map(TableReference::parse_str);
+            node = node.with_aggregates(aggregates, qualifier)?;
+        }
         Ok(Extension {
             node: Arc::new(node),
         })
@@ -251,11 +374,6 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         let Some(join) = node.node.as_any().downcast_ref::<AsOfJoin>() else {
             return self.inner.try_encode(node, buf);
         };
-        if !join.aggregates.is_empty() {
-            return datafusion::common::not_impl_err!(
-                "window joins (ASOF JOIN … AGGREGATES) cannot be serialized yet"
-            );
-        }
         let tiebreak = join
             .tiebreak
             .iter()
@@ -271,6 +389,19 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
             join.known_at.is_some(),
         );
         header.right_pruned = join.right_pruned;
+        header.aggregates = join
+            .aggregates
+            .iter()
+            .map(|a| aggregate_header(&a.name, a.function, a.k, &a.width, a.arg.is_some()))
+            .collect();
+        if !join.aggregates.is_empty() {
+            use datafusion::logical_expr::UserDefinedLogicalNodeCore;
+            header.aggregate_qualifier = join
+                .schema()
+                .iter()
+                .last()
+                .and_then(|(q, _)| q.map(|q| q.to_quoted_string()));
+        }
         write_header(&header, buf)?;
         let mut exprs = {
             use datafusion::logical_expr::UserDefinedLogicalNodeCore;
@@ -279,6 +410,11 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         if let Some(Tolerance::Number(value)) = &join.tolerance {
             exprs.push(Expr::Literal(value.clone(), None));
         }
+        exprs.extend(
+            number_widths(join.aggregates.iter().map(|a| &a.width))
+                .into_iter()
+                .map(|v| Expr::Literal(v, None)),
+        );
         for expr in &exprs {
             serialize_expr(expr, self)?
                 .encode_length_delimited(buf)
@@ -351,6 +487,167 @@ fn output_schema(left: &SchemaRef, right: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+impl AsOfPhysicalCodec {
+    /// A window join: the as-of layout (keys, times, tie-break, knowledge time), then the
+    /// aggregates' arguments, then their numeric widths.
+    fn encode_window(&self, join: &WindowJoinExec, buf: &mut Vec<u8>) -> Result<()> {
+        let tiebreak = join
+            .tiebreak()
+            .iter()
+            .map(|s| (!s.options.descending, s.options.nulls_first))
+            .collect();
+        let op = if join.strict() {
+            AsOfOperator::Gt
+        } else {
+            AsOfOperator::GtEq
+        };
+        let mut header = header(
+            join.on().len(),
+            join.null_equal(),
+            op,
+            AsOfJoinType::Left,
+            None,
+            tiebreak,
+            join.known_at().is_some(),
+        );
+        header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
+        header.strict = join.strict();
+        header.aggregates = join
+            .aggregates()
+            .iter()
+            .map(|a| aggregate_header(&a.name, a.function, a.k, &a.width, a.arg.is_some()))
+            .collect();
+        let schema = datafusion_proto::protobuf::Schema::try_from(join.output_schema().as_ref())?;
+        header.output_schema = Some(schema.encode_to_vec());
+        write_header(&header, buf)?;
+        let (left_time, right_time) = join.times();
+        let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();
+        exprs.extend(join.on().iter().map(|(_, r)| r.clone()));
+        exprs.push(left_time.clone());
+        exprs.push(right_time.clone());
+        exprs.extend(join.tiebreak().iter().map(|s| s.expr.clone()));
+        exprs.extend(join.known_at().cloned());
+        exprs.extend(join.aggregates().iter().filter_map(|a| a.arg.clone()));
+        exprs.extend(
+            number_widths(join.aggregates().iter().map(|a| &a.width))
+                .into_iter()
+                .map(|v| Arc::new(Literal::new(v)) as Arc<dyn PhysicalExpr>),
+        );
+        for expr in &exprs {
+            serialize_physical_expr(expr, self)?
+                .encode_length_delimited(buf)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn decode_window(
+        &self,
+        header: &Header,
+        nodes: &[PhysicalExprNode],
+        left: &Arc<dyn ExecutionPlan>,
+        right: &Arc<dyn ExecutionPlan>,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let (ls, rs) = (left.schema(), right.schema());
+        let k = header.keys;
+        let t = header.tiebreak.len();
+        let args = header.aggregates.iter().filter(|a| a.has_arg).count();
+        let widths = header
+            .aggregates
+            .iter()
+            .filter(|a| a.width_nanos.is_none())
+            .count();
+        let base = 2 * k + 2 + t + usize::from(header.known_at);
+        if nodes.len() != base + args + widths {
+            return Err(internal_datafusion_err!(
+                "as-of codec: {} expressions, expected {}",
+                nodes.len(),
+                base + args + widths
+            ));
+        }
+        let parse = |node: &PhysicalExprNode, schema: &Schema| -> Result<PhysicalExprRef> {
+            parse_physical_expr(node, ctx, schema, self)
+        };
+        let on = (0..k)
+            .map(|i| Ok((parse(&nodes[i], &ls)?, parse(&nodes[k + i], &rs)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let tiebreak = header
+            .tiebreak
+            .iter()
+            .zip(&nodes[2 * k + 2..2 * k + 2 + t])
+            .map(|((asc, nulls_first), node)| {
+                Ok(PhysicalSortExpr::new(
+                    parse(node, &rs)?,
+                    SortOptions {
+                        descending: !asc,
+                        nulls_first: *nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let known_at = if header.known_at {
+            Some(parse(&nodes[base - 1], &rs)?)
+        } else {
+            None
+        };
+        let mut arg_exprs = nodes[base..base + args]
+            .iter()
+            .map(|n| parse(n, &rs))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let mut numbers = nodes[base + args..]
+            .iter()
+            .map(|n| {
+                parse(n, &ls)?
+                    .downcast_ref::<Literal>()
+                    .map(|l| l.value().clone())
+                    .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
+        let aggregates = header
+            .aggregates
+            .iter()
+            .map(|a| {
+                let (function, width) = aggregate_parts(a, &mut numbers)?;
+                Ok(PhysicalWindowAggregate {
+                    name: a.name.clone(),
+                    function,
+                    arg: if a.has_arg { arg_exprs.next() } else { None },
+                    k: a.k,
+                    width,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let schema = header
+            .output_schema
+            .as_deref()
+            .ok_or_else(|| internal_datafusion_err!("as-of codec: window join schema"))?;
+        let schema = datafusion_proto::protobuf::Schema::decode(schema)
+            .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+        let exec = WindowJoinExec::try_new(
+            left.clone(),
+            right.clone(),
+            on,
+            header.null_equal.clone(),
+            parse(&nodes[2 * k], &ls)?,
+            parse(&nodes[2 * k + 1], &rs)?,
+            header.strict,
+            tiebreak,
+            known_at,
+            aggregates,
+            Arc::new(Schema::try_from(&schema)?),
+        )?;
+        let mode = if header.co_partitioned {
+            AsOfJoinMode::CoPartitioned
+        } else {
+            AsOfJoinMode::SharedBuild
+        };
+        Ok(Arc::new(exec.with_mode(mode)))
+    }
+}
+
 impl PhysicalExtensionCodec for AsOfPhysicalCodec {
     fn try_decode(
         &self,
@@ -370,6 +667,9 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         };
         let (ls, rs) = (left.schema(), right.schema());
         let nodes = read_messages::<PhysicalExprNode>(rest)?;
+        if !header.aggregates.is_empty() {
+            return self.decode_window(&header, &nodes, left, right, ctx);
+        }
         let k = header.keys;
         let t = header.tiebreak.len();
         let expected =
@@ -452,6 +752,9 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
+        if let Some(window) = node.downcast_ref::<WindowJoinExec>() {
+            return self.encode_window(window, buf);
+        }
         let Some(join) = node.downcast_ref::<AsOfJoinExec>() else {
             return self.inner.try_encode(node, buf, proto_converter);
         };

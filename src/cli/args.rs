@@ -66,6 +66,26 @@ pub struct GlobalArgs {
     /// Folder for spill files (default: the system temp folder).
     #[arg(long, global = true, env = "PITLAKE_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
+
+    /// Run queries on a Ballista cluster: its scheduler, df://HOST:PORT (see
+    /// docs/distributed.md). Planning, grants, pins and writes stay in this process.
+    #[arg(long, global = true, env = "PITLAKE_CLUSTER", value_name = "df://HOST:PORT", value_parser = parse_cluster)]
+    pub cluster: Option<String>,
+}
+
+/// `df://host:port` as the scheduler's gRPC URL.
+fn parse_cluster(raw: &str) -> std::result::Result<String, String> {
+    let rest = raw.strip_prefix("df://").ok_or_else(|| {
+        format!("`{raw}` is not a cluster address; write df://HOST:PORT, e.g. df://127.0.0.1:50050")
+    })?;
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) && !host.contains('/') => {
+            Ok(format!("http://{host}:{port}"))
+        }
+        _ => Err(format!(
+            "`{raw}` is not a cluster address; write df://HOST:PORT, e.g. df://127.0.0.1:50050"
+        )),
+    }
 }
 
 impl std::fmt::Debug for GlobalArgs {
@@ -81,6 +101,7 @@ impl std::fmt::Debug for GlobalArgs {
             .field("target_partitions", &self.target_partitions)
             .field("batch_size", &self.batch_size)
             .field("spill_dir", &self.spill_dir)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -129,6 +150,7 @@ impl GlobalArgs {
             settings.batch_size = n as usize;
         }
         settings.spill_dir = self.spill_dir.clone();
+        settings.cluster = self.cluster.clone();
         settings.validate()?;
         Ok(settings)
     }
@@ -165,6 +187,92 @@ pub enum Command {
     /// Check a training set for leakage and report feature coverage and age (exit 1 on a
     /// violation).
     Audit(AuditArgs),
+    /// Run a Ballista scheduler or executor with pitlake's operators (see docs/distributed.md).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `pitlake cluster …`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The scheduler: takes queries from pitlake clients (`--cluster df://HOST:PORT`) and hands
+    /// their tasks to the executors.
+    Scheduler(SchedulerArgs),
+    /// An executor: runs tasks for a scheduler and serves their shuffle data to the others. It
+    /// reads the warehouse with this command's storage settings.
+    Executor(ExecutorArgs),
+}
+
+/// `pitlake cluster scheduler`.
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Exit when the process with this id ends (for test harnesses).
+    #[arg(long, hide = true)]
+    pub parent_pid: Option<u32>,
+
+    /// Where to listen; port 0 takes a free port (printed). Binds to loopback unless told
+    /// otherwise: the scheduler has no authentication, keep it on a private network.
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub listen: std::net::SocketAddr,
+
+    /// The host executors and clients reach the scheduler at (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// An executor silent this long is taken as lost and its tasks rerun elsewhere (e.g. 30s).
+    #[arg(long, default_value = "30s", value_parser = parse_seconds)]
+    pub executor_timeout: std::time::Duration,
+}
+
+/// `pitlake cluster executor`.
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// Exit when the process with this id ends (for test harnesses).
+    #[arg(long, hide = true)]
+    pub parent_pid: Option<u32>,
+
+    /// The scheduler, HOST:PORT.
+    #[arg(long)]
+    pub scheduler: String,
+
+    /// Where to serve shuffle data (Arrow Flight). Binds to loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: std::net::SocketAddr,
+
+    /// The host others reach this executor at (default: the listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+
+    /// Tasks run at once (default: one per core).
+    #[arg(long)]
+    pub slots: Option<usize>,
+
+    /// Folder for shuffle and spill files (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+
+    /// Time between heartbeats to the scheduler (e.g. 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_seconds)]
+    pub heartbeat: std::time::Duration,
+}
+
+/// `30s`, `2m` or a number of seconds.
+fn parse_seconds(raw: &str) -> std::result::Result<std::time::Duration, String> {
+    let (number, unit) = match raw.strip_suffix('s') {
+        Some(n) => (n, 1),
+        None => match raw.strip_suffix('m') {
+            Some(n) => (n, 60),
+            None => (raw, 1),
+        },
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|&n| n > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{raw}` is not a duration; write e.g. 30s or 2m"))
 }
 
 /// `pitlake plan` and `pitlake apply`.

@@ -143,6 +143,55 @@ async fn run_command(cli: Cli) -> Result<()> {
             engine.warehouse().check_exists()?;
             training::run_audit(&engine, args).await
         }
+        Command::Cluster(command) => run_cluster(engine.settings(), command).await,
+    }
+}
+
+async fn run_cluster(settings: &crate::config::Settings, command: args::ClusterCommand) -> Result<()> {
+    use crate::cluster::{ExecutorOptions, SchedulerOptions, run_executor, run_scheduler};
+    let parent = match &command {
+        args::ClusterCommand::Scheduler(a) => a.parent_pid,
+        args::ClusterCommand::Executor(a) => a.parent_pid,
+    };
+    let orphaned = async move {
+        match parent {
+            // Linux: the parent is gone when its /proc entry is.
+            Some(pid) => loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let run = async {
+        match command {
+            args::ClusterCommand::Scheduler(a) => {
+                let options = SchedulerOptions {
+                    listen: a.listen,
+                    advertise: a.advertise,
+                    executor_timeout: a.executor_timeout,
+                };
+                run_scheduler(options, settings).await
+            }
+            args::ClusterCommand::Executor(a) => {
+                let options = ExecutorOptions {
+                    scheduler: a.scheduler,
+                    listen: a.listen,
+                    advertise: a.advertise,
+                    slots: a.slots.unwrap_or(settings.target_partitions),
+                    work_dir: a.work_dir,
+                    heartbeat: a.heartbeat,
+                };
+                run_executor(options, settings).await
+            }
+        }
+    };
+    tokio::select! {
+        result = run => result,
+        () = serve::stop_signal() => Ok(()),
+        () = orphaned => Ok(()),
     }
 }
 

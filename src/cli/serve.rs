@@ -214,7 +214,7 @@ async fn serve_until_stopped(server: &RunningServer) {
 }
 
 /// Waits for Ctrl-C or, on Unix, SIGTERM.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -7,6 +7,7 @@
 //! engine; a server gives it each caller's [`planning::Visibility`], so answers and errors name
 //! only what that caller may see.
 
+mod cluster;
 mod definitions;
 mod dsl;
 mod export;
@@ -39,6 +40,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::ObjectName;
 
+pub use cluster::{cluster_codecs, cluster_config, cluster_runtime, cluster_session_state, pitlake_functions};
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
     Check, ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction,
@@ -62,7 +64,11 @@ use crate::storage::{DEFAULT_SCHEMA, TableVersion, Warehouse, WarehouseCatalog, 
 /// log's statistics ([`crate::storage::WarehouseTable`]), injected into `asof`, which knows no
 /// storage.
 #[derive(Debug)]
-struct WarehouseFacts;
+struct WarehouseFacts {
+    /// Warehouse tables travel as themselves, for a codec that pins them
+    /// ([`crate::storage::PinnedTablesCodec`]), rather than as deltalake's provider.
+    pinned: bool,
+}
 
 impl crate::asof::TableFacts for WarehouseFacts {
     fn exact_ranges(&self, data_type: &DataType) -> bool {
@@ -81,8 +87,27 @@ impl crate::asof::TableFacts for WarehouseFacts {
         &self,
         provider: &Arc<dyn datafusion::catalog::TableProvider>,
     ) -> Option<Arc<dyn datafusion::catalog::TableProvider>> {
+        if self.pinned {
+            return None;
+        }
         crate::storage::as_warehouse_table(provider).map(|table| table.inner().clone())
     }
+}
+
+/// pitlake's settings over `config`, wherever a session plans pitlake's plans.
+fn pitlake_config(config: SessionConfig) -> SessionConfig {
+    config
+        // deltalake's own sessions set these: hash-join IN-list pushdown can fail on
+        // dictionary-encoded join keys, which Delta partition columns often are.
+        .set_usize("datafusion.optimizer.hash_join_inlist_pushdown_max_size", 0)
+        .set_usize(
+            "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
+            0,
+        )
+        // Spark writes timestamps as INT96; read as nanoseconds they overflow past 2262
+        // (9999-12-31 would come back as 1816). Delta timestamps are microseconds.
+        .set_str("datafusion.execution.parquet.coerce_int96", "us")
+        .with_option_extension(crate::planner::PitlakeOptions::default())
 }
 
 /// A table a statement may name: a valid warehouse name, and not in pitlake's own schema. The
@@ -208,23 +233,12 @@ impl Engine {
         let warehouse = Arc::new(Warehouse::connect(settings.warehouse.clone())?);
         let catalog = Arc::new(WarehouseCatalog::new(warehouse.clone()));
 
-        let config = SessionConfig::new()
+        let config = pitlake_config(SessionConfig::new())
             .with_target_partitions(settings.target_partitions)
             .with_batch_size(settings.batch_size)
             .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA)
-            // deltalake's own sessions set these: hash-join IN-list pushdown can fail on
-            // dictionary-encoded join keys, which Delta partition columns often are.
-            .set_usize("datafusion.optimizer.hash_join_inlist_pushdown_max_size", 0)
-            .set_usize(
-                "datafusion.optimizer.hash_join_inlist_pushdown_max_distinct_values",
-                0,
-            )
-            // Spark writes timestamps as INT96; read as nanoseconds they overflow past 2262
-            // (9999-12-31 would come back as 1816). Delta timestamps are microseconds.
-            .set_str("datafusion.execution.parquet.coerce_int96", "us")
-            .with_option_extension(crate::planner::PitlakeOptions::default());
+            .with_default_catalog_and_schema(CATALOG, DEFAULT_SCHEMA);
 
         let disk = match &settings.spill_dir {
             Some(dir) => DiskManagerBuilder::default()
@@ -243,12 +257,12 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_query_planner(Arc::new(PitlakeQueryPlanner))
+            .with_query_planner(Arc::new(PitlakeQueryPlanner::default()))
             .with_analyzer_rule(Arc::new(frontend::AsOfRule))
             // Before DataFusion's own rules, so that filter pushdown hands the range to the scans.
             .with_optimizer_rules(
                 std::iter::once(Arc::new(crate::asof::AsOfRangePruning::new(Arc::new(
-                    WarehouseFacts,
+                    WarehouseFacts { pinned: false },
                 ))) as _)
                 .chain(Optimizer::new().rules)
                 .collect(),
@@ -523,7 +537,7 @@ impl Engine {
                 Ok(Output::Done("ok".into()))
             }
             plan => {
-                let df = DataFrame::new(state, plan);
+                let df = DataFrame::new(self.on_cluster(state).await?, plan);
                 Ok(Output::Rows(df.execute_stream().await?))
             }
         }
@@ -555,7 +569,7 @@ impl Engine {
     pub fn logical_codec(&self) -> crate::asof::AsOfLogicalCodec {
         crate::asof::AsOfLogicalCodec::new(
             Arc::new(deltalake::delta_datafusion::DeltaLogicalCodec {}),
-            Arc::new(WarehouseFacts),
+            Arc::new(WarehouseFacts { pinned: false }),
         )
     }
 

@@ -21,11 +21,12 @@ use crate::asof::{AsOfJoin, AsOfJoinExec, AsOfJoinMode, AsOfOperator};
 datafusion::common::extensions_options! {
     /// pitlake's settings of a session (`SET pitlake.<name> = …`).
     pub struct PitlakeOptions {
-        /// How as-of joins with keys run. `false` (the default): the right side is
-        /// hash-partitioned and built into one index that every left partition probes, keeping
-        /// the left's partitions and order. `true`: both sides are hash-partitioned on the keys
-        /// alike and each partition builds and probes its own index (what a cluster needs, where
-        /// a task sees one partition of each input); the left's order is not kept.
+        /// How as-of and window joins with keys run. `false` (the default): the right side is
+        /// built into one index that every left partition probes, keeping the left's partitions
+        /// and order. `true`: both sides are hash-partitioned on the keys alike and each
+        /// partition builds and probes its own index (what a cluster needs, where a task sees
+        /// one partition of each input, and what a cluster's scheduler always does); the left's
+        /// order is not kept.
         pub asof_co_partitioned: bool, default = false
     }
 }
@@ -36,11 +37,25 @@ impl datafusion::common::config::ConfigExtension for PitlakeOptions {
 
 /// Plans logical plans, including pitlake's and deltalake's extension nodes.
 #[derive(Debug, Default)]
-pub struct PitlakeQueryPlanner;
+pub struct PitlakeQueryPlanner {
+    cluster: bool,
+}
 
 impl PitlakeQueryPlanner {
-    fn extension_planners() -> Vec<Arc<dyn ExtensionPlanner + Send + Sync>> {
-        vec![Arc::new(AsOfPlanner), DeltaExtensionPlanner::new()]
+    /// The planner of a cluster's scheduler: every as-of join with keys is co-partitioned,
+    /// whatever the session says, since a task there sees one partition of each input (a shared
+    /// build would silently miss rows).
+    pub fn cluster() -> Self {
+        Self { cluster: true }
+    }
+
+    fn extension_planners(&self) -> Vec<Arc<dyn ExtensionPlanner + Send + Sync>> {
+        vec![
+            Arc::new(AsOfPlanner {
+                cluster: self.cluster,
+            }),
+            DeltaExtensionPlanner::new(),
+        ]
     }
 }
 
@@ -51,7 +66,7 @@ impl QueryPlanner for PitlakeQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(Self::extension_planners())
+        DefaultPhysicalPlanner::with_extension_planners(self.extension_planners())
             .create_physical_plan(logical_plan, session)
             .await
     }
@@ -60,7 +75,10 @@ impl QueryPlanner for PitlakeQueryPlanner {
 /// Plans [`AsOfJoin`] nodes as [`AsOfJoinExec`], or [`WindowJoinExec`] when they have
 /// aggregates.
 #[derive(Debug, Default)]
-pub struct AsOfPlanner;
+pub struct AsOfPlanner {
+    /// Always co-partitioned (see [`PitlakeQueryPlanner::cluster`]).
+    cluster: bool,
+}
 
 #[async_trait]
 impl ExtensionPlanner for AsOfPlanner {
@@ -113,6 +131,17 @@ impl ExtensionPlanner for AsOfPlanner {
         let left_time = planner.create_physical_expr(&join.left_time, ls, session, planning_ctx)?;
         let right_time =
             planner.create_physical_expr(&join.right_time, rs, session, planning_ctx)?;
+        let co_partitioned = self.cluster
+            || session
+                .config_options()
+                .extensions
+                .get::<PitlakeOptions>()
+                .is_some_and(|o| o.asof_co_partitioned);
+        let mode = if co_partitioned {
+            AsOfJoinMode::CoPartitioned
+        } else {
+            AsOfJoinMode::SharedBuild
+        };
         if !join.aggregates.is_empty() {
             let aggregates = join
                 .aggregates
@@ -139,7 +168,7 @@ impl ExtensionPlanner for AsOfPlanner {
                 aggregates,
                 Arc::new(node.schema().as_arrow().clone()),
             )?;
-            return Ok(Some(Arc::new(exec)));
+            return Ok(Some(Arc::new(exec.with_mode(mode))));
         }
         let exec = AsOfJoinExec::try_new(
             left.clone(),
@@ -155,16 +184,6 @@ impl ExtensionPlanner for AsOfPlanner {
             known_at,
             Arc::new(node.schema().as_arrow().clone()),
         )?;
-        let co_partitioned = session
-            .config_options()
-            .extensions
-            .get::<PitlakeOptions>()
-            .is_some_and(|o| o.asof_co_partitioned);
-        let exec = if co_partitioned {
-            exec.with_mode(AsOfJoinMode::CoPartitioned)
-        } else {
-            exec
-        };
-        Ok(Some(Arc::new(exec)))
+        Ok(Some(Arc::new(exec.with_mode(mode))))
     }
 }

@@ -8,6 +8,7 @@ mod drop;
 mod log;
 mod name;
 mod options;
+mod pinned;
 mod store;
 mod table;
 mod warehouse;
@@ -18,6 +19,7 @@ pub use catalog::{
 };
 pub use log::{CommitSummary, LogListing, format_millis};
 pub use name::{DEFAULT_SCHEMA, TableName};
+pub use pinned::{PinnedDeltaTable, PinnedTablesCodec};
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};

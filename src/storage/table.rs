@@ -44,6 +44,8 @@ pub struct WarehouseTable {
     inner: Arc<dyn TableProvider>,
     /// The snapshot the provider reads (an `Arc` inside), for the file statistics.
     state: Option<DeltaTableState>,
+    /// The table's root.
+    root: Option<url::Url>,
     /// The ranges asked for so far: computed on demand, since most statements never ask.
     ranges: Mutex<HashMap<String, Option<ColumnRange>>>,
 }
@@ -54,6 +56,7 @@ impl WarehouseTable {
         Self {
             inner,
             state: table.snapshot().ok().cloned(),
+            root: Some(table.table_url().clone()),
             ranges: Mutex::default(),
         }
     }
@@ -89,6 +92,16 @@ impl WarehouseTable {
             log.row_counts().as_ref(),
             data_type,
         )
+    }
+
+    /// The snapshot the provider reads.
+    pub fn state(&self) -> Option<&DeltaTableState> {
+        self.state.as_ref()
+    }
+
+    /// The table's root URL.
+    pub fn root(&self) -> Option<&url::Url> {
+        self.root.as_ref()
     }
 
     /// deltalake's provider.

@@ -345,6 +345,13 @@ async fn logical_plans_serialize_with_the_codec() {
          MATCH_CONDITION (l.label_ts < f.feature_ts) ON l.entity_id IS NOT DISTINCT FROM f.entity_id",
         "SELECT x.id, y.id FROM (SELECT label_id AS id, label_id * 10 AS t FROM labels) x \
          ASOF JOIN (SELECT row_id AS id, row_id AS t FROM feats) y ON x.t >= y.t TOLERANCE 25",
+        "SELECT l.label_id, f.n, f.s, f.last2 FROM labels l ASOF LEFT JOIN feats f \
+         ON l.entity_id = f.entity_id AND l.label_ts >= f.feature_ts KNOWN AT f.created_ts \
+         AGGREGATES (count(*) OVER INTERVAL '100 seconds' AS n, \
+         sum(f.row_id) OVER INTERVAL '1 hour' AS s, last(f.row_id, 2) OVER INTERVAL '1 day' AS last2)",
+        "SELECT x.id, y.n FROM (SELECT label_id AS id, label_id * 10 AS t FROM labels) x \
+         ASOF LEFT JOIN (SELECT row_id AS id, row_id AS t FROM feats) y ON x.t > y.t \
+         AGGREGATES (count(*) OVER 25 AS n, max(y.id) OVER 7 AS m)",
     ] {
         let plan = engine.logical_plan(sql).await.unwrap();
         let codec = engine.logical_codec();

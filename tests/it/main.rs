@@ -2,6 +2,8 @@
 //!
 //! - `asof`: as-of joins end to end over Delta tables, against the oracle; plan serialization;
 //! - `cli`: the built `pitlake` binary: commands, output formats, exit codes, bad input;
+//! - `cluster`: warehouse tables pinned to their Parquet files; the CLI on a Ballista cluster of
+//!   pitlake processes on loopback (`cluster_processes`);
 //! - `concurrent_writes`: a replace or overwrite racing an append on a local folder ends in a
 //!   conflict, never a table mixing the two;
 //! - `conformance`: reading real Delta tables written by Spark and delta-rs
@@ -21,6 +23,8 @@
 
 mod asof;
 mod cli;
+mod cluster;
+mod cluster_processes;
 mod common;
 mod concurrent_writes;
 mod conformance;

@@ -4,6 +4,11 @@
 //! that does not fit goes to 64 bucket files by a hash of its keys, and each left partition is
 //! then run bucket by bucket and merged back into its order (`spill`). A join without keys has
 //! one bucket: it must fit, or it is refused with the limit to raise.
+//!
+//! In the co-partitioned mode ([`AsOfJoinMode::CoPartitioned`], as for the as-of join) both
+//! inputs are hash-partitioned on the keys alike and partition p indexes right partition p
+//! alone, for its left partition p: what a cluster's task, which sees one partition of each
+//! input, needs. A join without keys reads its right input as one partition.
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,9 +32,10 @@ use datafusion::physical_plan::metrics::{
 };
 use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-    SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    PlanProperties, SendableRecordBatchStream,
 };
 use futures::{StreamExt, TryStreamExt};
 
@@ -37,7 +43,7 @@ use super::kernel::{KernelAggregate, WindowIndex, WindowSpec};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
-use crate::asof::exec::{JoinExprs, fmt_on};
+use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
 #[derive(Debug, Clone)]
@@ -98,6 +104,7 @@ pub struct WindowJoinExec {
     known_at: Option<PhysicalExprRef>,
     aggregates: Vec<PhysicalWindowAggregate>,
     spec: WindowSpec,
+    mode: AsOfJoinMode,
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
     built: Arc<tokio::sync::OnceCell<Arc<Built>>>,
@@ -202,6 +209,7 @@ impl WindowJoinExec {
             known_at,
             aggregates,
             spec,
+            mode: AsOfJoinMode::SharedBuild,
             schema,
             cache,
             built: Arc::default(),
@@ -211,7 +219,7 @@ impl WindowJoinExec {
     }
 
     fn rebuild(&self, left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        Self::try_new(
+        Ok(Self::try_new(
             left,
             right,
             self.on.clone(),
@@ -223,18 +231,77 @@ impl WindowJoinExec {
             self.known_at.clone(),
             self.aggregates.clone(),
             self.schema.clone(),
-        )
+        )?
+        .with_mode(self.mode))
+    }
+
+    /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
+    /// [`AsOfJoinMode::SharedBuild`], its right side one partition.
+    pub fn with_mode(mut self, mode: AsOfJoinMode) -> Self {
+        self.mode = if self.on.is_empty() {
+            AsOfJoinMode::SharedBuild
+        } else {
+            mode
+        };
+        self
+    }
+
+    /// How the join runs.
+    pub fn mode(&self) -> AsOfJoinMode {
+        self.mode
     }
 
     /// The aggregates.
     pub fn aggregates(&self) -> &[PhysicalWindowAggregate] {
         &self.aggregates
     }
+
+    /// The inputs.
+    pub fn inputs(&self) -> (&Arc<dyn ExecutionPlan>, &Arc<dyn ExecutionPlan>) {
+        (&self.left, &self.right)
+    }
+
+    /// The equality keys, (left, right).
+    pub fn on(&self) -> &[(PhysicalExprRef, PhysicalExprRef)] {
+        &self.on
+    }
+
+    /// Per key: `IS NOT DISTINCT FROM`.
+    pub fn null_equal(&self) -> &[bool] {
+        &self.null_equal
+    }
+
+    /// The left and right times.
+    pub fn times(&self) -> (&PhysicalExprRef, &PhysicalExprRef) {
+        (&self.left_time, &self.right_time)
+    }
+
+    /// Whether windows exclude the label's instant (`l.t > r.t`).
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// The tie-break order.
+    pub fn tiebreak(&self) -> &[PhysicalSortExpr] {
+        &self.tiebreak
+    }
+
+    /// The knowledge time.
+    pub fn known_at(&self) -> Option<&PhysicalExprRef> {
+        self.known_at.as_ref()
+    }
+
+    /// The output schema.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.schema
+    }
 }
 
 /// What building the index needs, detached from the operator.
 struct BuildJob {
     right: Arc<dyn ExecutionPlan>,
+    /// The right partitions to index: all of them, or one in the co-partitioned mode.
+    partitions: Vec<usize>,
     sides: Sides,
     build_rows: Count,
     spill: SpillMetrics,
@@ -249,11 +316,12 @@ fn out_of_memory(e: DataFusionError, what: &str) -> DataFusionError {
 
 impl BuildJob {
     async fn run(self, context: Arc<TaskContext>) -> Result<Arc<Built>> {
-        let partitions = self.right.output_partitioning().partition_count();
         let reservation =
             MemoryConsumer::new("WindowJoinExec[build]").register(context.memory_pool());
-        let streams = (0..partitions)
-            .map(|p| self.right.execute(p, context.clone()))
+        let streams = self
+            .partitions
+            .iter()
+            .map(|&p| self.right.execute(p, context.clone()))
             .collect::<Result<Vec<_>>>()?;
         let mut batches = Vec::new();
         let mut merged = futures::stream::select_all(streams);
@@ -306,6 +374,10 @@ impl BuildJob {
     }
 }
 
+#[expect(
+    deprecated,
+    reason = "ExecutionPlan still requires its deprecated methods to be implemented"
+)]
 impl ExecutionPlan for WindowJoinExec {
     fn name(&self) -> &'static str {
         "WindowJoinExec"
@@ -320,7 +392,44 @@ impl ExecutionPlan for WindowJoinExec {
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
-        vec![false, false]
+        let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
+        vec![co_partitioned, co_partitioned]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        let keys = |side: usize| -> Vec<PhysicalExprRef> {
+            self.on
+                .iter()
+                .map(|(l, r)| if side == 0 { l.clone() } else { r.clone() })
+                .collect()
+        };
+        match self.mode {
+            AsOfJoinMode::CoPartitioned => vec![
+                Distribution::HashPartitioned(keys(0)),
+                Distribution::HashPartitioned(keys(1)),
+            ],
+            // Every left partition reads every right partition; without keys the right side is
+            // one partition, so a task that sees one partition of each input still sees it all.
+            AsOfJoinMode::SharedBuild if self.on.is_empty() => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::SinglePartition,
+            ],
+            AsOfJoinMode::SharedBuild => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::UnspecifiedDistribution,
+            ],
+        }
+    }
+
+    fn input_distribution_requirements(&self) -> InputDistributionRequirements {
+        match self.mode {
+            AsOfJoinMode::SharedBuild => {
+                InputDistributionRequirements::new(self.required_input_distribution())
+            }
+            AsOfJoinMode::CoPartitioned => {
+                InputDistributionRequirements::co_partitioned(self.required_input_distribution())
+            }
+        }
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -372,8 +481,14 @@ impl ExecutionPlan for WindowJoinExec {
             left_time: self.left_time.clone(),
             spec: self.spec.clone(),
         };
+        let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
         let job = BuildJob {
             right: self.right.clone(),
+            partitions: if co_partitioned {
+                vec![partition]
+            } else {
+                (0..self.right.output_partitioning().partition_count()).collect()
+            },
             sides: sides.clone(),
             build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
             spill: SpillMetrics::new(&self.metrics, partition),
@@ -385,10 +500,15 @@ impl ExecutionPlan for WindowJoinExec {
         let turn = self.spill_turn.clone();
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            let built = built
-                .get_or_try_init(|| job.run(context.clone()))
-                .await?
-                .clone();
+            // Co-partitioned: this partition's own index; else one shared by every partition.
+            let built = if co_partitioned {
+                job.run(context.clone()).await?
+            } else {
+                built
+                    .get_or_try_init(|| job.run(context.clone()))
+                    .await?
+                    .clone()
+            };
             let batches: SendableRecordBatchStream = match built.as_ref() {
                 Built::Spilled(right) => {
                     let run = SpillRun {
@@ -450,6 +570,9 @@ impl DisplayAs for WindowJoinExec {
         }
         if let Some(known) = &self.known_at {
             write!(f, ", known_at={known}")?;
+        }
+        if self.mode != AsOfJoinMode::SharedBuild {
+            write!(f, ", mode={}", self.mode)?;
         }
         Ok(())
     }

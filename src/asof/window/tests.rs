@@ -192,6 +192,11 @@ impl Case {
     /// The plan over `left_parts` left partitions and `right_parts` right partitions, rows dealt
     /// round-robin and cut into batches of `batch` rows.
     fn plan(&self, left_parts: usize, right_parts: usize, batch: usize) -> Arc<dyn ExecutionPlan> {
+        Arc::new(self.join(left_parts, right_parts, batch))
+    }
+
+    /// The join operator of [`Case::plan`].
+    fn join(&self, left_parts: usize, right_parts: usize, batch: usize) -> WindowJoinExec {
         let split = |b: RecordBatch, parts: usize| -> Vec<Vec<RecordBatch>> {
             // Left rows keep their order within a partition: contiguous ranges.
             let n = b.num_rows();
@@ -252,22 +257,20 @@ impl Case {
         } else {
             Vec::new()
         };
-        Arc::new(
-            WindowJoinExec::try_new(
-                left,
-                right,
-                vec![(c("lk", &ls), c("rk", &rs))],
-                vec![false],
-                c("lt", &ls),
-                c("rt", &rs),
-                self.strict,
-                tiebreak,
-                self.known.then(|| c("rc", &rs)),
-                aggregates,
-                Arc::new(Schema::new(fields)),
-            )
-            .unwrap(),
+        WindowJoinExec::try_new(
+            left,
+            right,
+            vec![(c("lk", &ls), c("rk", &rs))],
+            vec![false],
+            c("lt", &ls),
+            c("rt", &rs),
+            self.strict,
+            tiebreak,
+            self.known.then(|| c("rc", &rs)),
+            aggregates,
+            Arc::new(Schema::new(fields)),
         )
+        .unwrap()
     }
 
     /// The rows of left row `(k, t)`'s window of width `d`, known at `t`.
@@ -513,4 +516,106 @@ async fn spilling_gives_the_oracle_answer_in_the_left_order() {
         }
     }
     assert!(spilled >= 20, "only {spilled} of 40 cases spilled");
+}
+
+/// Every output row as text (the left columns and every aggregate), sorted: the co-partitioned
+/// mode keeps no left order across partitions.
+fn sorted_rows(batches: &[RecordBatch], aggregates: usize) -> Vec<Vec<String>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let mut columns: Vec<Vec<String>> = Vec::new();
+        for c in 0..2 {
+            let f = ArrayFormatter::try_new(b.column(c).as_ref(), &options).unwrap();
+            columns.push((0..b.num_rows()).map(|r| f.value(r).to_string()).collect());
+        }
+        for i in 0..aggregates {
+            columns.push(actual(std::slice::from_ref(b), i));
+        }
+        rows.extend((0..b.num_rows()).map(|r| columns.iter().map(|c| c[r].clone()).collect()));
+    }
+    rows.sort();
+    rows
+}
+
+/// The co-partitioned mode, each partition run on a copy of the plan decoded from bytes (as a
+/// cluster's task runs it, so no index is shared), gives the oracle's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
+    use datafusion::physical_optimizer::PhysicalOptimizerRule;
+    use datafusion::physical_optimizer::ensure_requirements::EnsureRequirements;
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    use datafusion::physical_plan::displayable;
+    use datafusion_proto::bytes::{
+        physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+    };
+    use datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec;
+
+    use crate::asof::exec::AsOfJoinMode;
+    let codec = crate::asof::AsOfPhysicalCodec::new(Arc::new(DefaultPhysicalExtensionCodec {}));
+    let mut partitioned = 0;
+    for seed in 0..300u64 {
+        let mut rng = StdRng::seed_from_u64(70_000 + seed);
+        let case = random_case(&mut rng);
+        let (lp, rp, batch) = [(1, 1, 8192), (2, 3, 1), (3, 1, 2), (1, 2, 7)][seed as usize % 4];
+        // The oracle's answer per left row, beside the row's own columns.
+        let expected = {
+            let left = case.left_batch();
+            let options = FormatOptions::default().with_null("NULL");
+            let own: Vec<Vec<String>> = (0..2)
+                .map(|c| {
+                    let f = ArrayFormatter::try_new(left.column(c).as_ref(), &options).unwrap();
+                    (0..left.num_rows()).map(|r| f.value(r).to_string()).collect()
+                })
+                .collect();
+            let aggregates: Vec<Vec<String>> =
+                (0..FUNCTIONS.len()).map(|i| case.expected(i)).collect();
+            let mut rows: Vec<Vec<String>> = (0..left.num_rows())
+                .map(|r| {
+                    own.iter()
+                        .chain(&aggregates)
+                        .map(|c| c[r].clone())
+                        .collect()
+                })
+                .collect();
+            rows.sort();
+            rows
+        };
+        let join = Arc::new(case.join(lp, rp, batch).with_mode(AsOfJoinMode::CoPartitioned));
+        let mut config = datafusion::config::ConfigOptions::new();
+        config.execution.target_partitions = 1 + (seed as usize % 3);
+        config.optimizer.repartition_joins = true;
+        let plan = EnsureRequirements::new().optimize(join, &config).unwrap();
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        assert!(shown.contains("mode=co_partitioned"), "seed {seed}: {shown}");
+        let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch));
+        let partitions = plan.output_partitioning().partition_count();
+        if partitions > 1 {
+            partitioned += 1;
+        }
+        let mut all = Vec::new();
+        for partition in 0..partitions {
+            let task =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec)
+                    .unwrap();
+            assert_eq!(
+                displayable(task.as_ref()).indent(true).to_string(),
+                shown,
+                "seed {seed}"
+            );
+            let stream = task.execute(partition, ctx.task_ctx()).unwrap();
+            all.extend(
+                datafusion::physical_plan::common::collect(stream)
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(
+            sorted_rows(&all, FUNCTIONS.len()),
+            expected,
+            "seed {seed} ({partitions} partitions)"
+        );
+    }
+    assert!(partitioned >= 150, "{partitioned}");
 }

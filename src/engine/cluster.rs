@@ -1,0 +1,168 @@
+//! What a cluster's processes and clients share (docs/distributed.md): the codecs, the
+//! scheduler's session, the executors' functions and object stores, and the client's switch
+//! that sends queries to the scheduler.
+
+use std::sync::Arc;
+
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use super::{Engine, WarehouseFacts, frontend, guards, pitlake_config};
+use crate::config::Settings;
+use crate::error::{PitlakeError, Result};
+use crate::planner::PitlakeQueryPlanner;
+use crate::storage::Warehouse;
+
+/// The functions pitlake adds to or replaces in DataFusion's: the as-of markers and the capped
+/// functions (`guards`). A cluster's executors register them too.
+pub fn pitlake_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+    let ctx = SessionContext::new();
+    [frontend::marker_udf(), frontend::window_marker_udf()]
+        .into_iter()
+        .chain(guards::capped_functions(&ctx))
+        .map(Arc::new)
+        .collect()
+}
+
+/// The codecs of the plans a cluster runs: as-of joins, warehouse tables as pinned Parquet
+/// files ([`crate::storage::PinnedDeltaTable`]), and Ballista's own nodes.
+pub fn cluster_codecs() -> (
+    Arc<dyn datafusion_proto::logical_plan::LogicalExtensionCodec>,
+    Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
+) {
+    let logical = crate::asof::AsOfLogicalCodec::new(
+        Arc::new(crate::storage::PinnedTablesCodec::new(Arc::new(
+            ballista_core::serde::BallistaLogicalExtensionCodec::default(),
+        ))),
+        Arc::new(WarehouseFacts { pinned: true }),
+    );
+    let physical = crate::asof::AsOfPhysicalCodec::new(Arc::new(
+        ballista_core::serde::BallistaPhysicalExtensionCodec::default(),
+    ));
+    (Arc::new(logical), Arc::new(physical))
+}
+
+/// The base configuration of a cluster's jobs: Ballista's, with pitlake's settings; each job
+/// then takes the settings of the client that sent it.
+pub fn cluster_config() -> SessionConfig {
+    use ballista_core::extension::SessionConfigExt;
+    pitlake_config(SessionConfig::new_with_ballista())
+}
+
+/// The session a cluster's scheduler plans one job in: pitlake's planner (as-of joins
+/// co-partitioned, see [`PitlakeQueryPlanner::cluster`]), rules and functions, over `runtime`.
+pub fn cluster_session_state(
+    config: SessionConfig,
+    runtime: Arc<datafusion::execution::runtime_env::RuntimeEnv>,
+) -> SessionState {
+    use ballista_core::extension::{
+        ballista_aggregate_functions, ballista_scalar_functions, ballista_window_functions,
+    };
+    let mut functions = ballista_scalar_functions();
+    let ours = pitlake_functions();
+    functions.retain(|f| !ours.iter().any(|o| o.name() == f.name()));
+    functions.extend(ours);
+    SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_query_planner(Arc::new(PitlakeQueryPlanner::cluster()))
+        .with_analyzer_rule(Arc::new(frontend::AsOfRule))
+        .with_optimizer_rules(
+            std::iter::once(Arc::new(crate::asof::AsOfRangePruning::new(Arc::new(
+                WarehouseFacts { pinned: true },
+            ))) as _)
+            .chain(ballista_core::optimizer::ballista_default_optimizer_rules())
+            .collect(),
+        )
+        .with_scalar_functions(functions)
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .build()
+}
+
+/// A runtime built by `builder` whose object stores reach the warehouse of `settings` (local
+/// folders need none), for a cluster's scheduler and executors.
+pub fn cluster_runtime(
+    settings: &Settings,
+    builder: RuntimeEnvBuilder,
+) -> datafusion::error::Result<Arc<RuntimeEnv>> {
+    let runtime = builder.build_arc()?;
+    let location = &settings.warehouse;
+    if matches!(location.url.scheme(), "file" | "memory") {
+        return Ok(runtime);
+    }
+    let warehouse = Warehouse::connect(location.clone())
+        .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    let url = url::Url::parse(&format!(
+        "{}://{}",
+        location.url.scheme(),
+        &location.url[url::Position::BeforeHost..url::Position::AfterPort]
+    ))
+    .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+    runtime.register_object_store(&url, warehouse.store().clone());
+    Ok(runtime)
+}
+
+impl Engine {
+    /// `state`, sending the queries planned in it to the cluster of the settings, if any: their
+    /// logical plans go to the scheduler, which plans and runs them on its executors. Writes
+    /// and registry changes stay here (deltalake commits from this process).
+    pub(crate) async fn on_cluster(&self, state: SessionState) -> Result<SessionState> {
+        use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+        let Some(url) = &self.settings.cluster else {
+            return Ok(state);
+        };
+        check_reachable(url).await?;
+        let (logical, physical) = cluster_codecs();
+        let config = state
+            .config()
+            .clone()
+            .upgrade_for_ballista()
+            .with_ballista_logical_extension_codec(logical)
+            .with_ballista_physical_extension_codec(physical)
+            .with_ballista_job_name(&format!("pitlake:{}", self.settings.user))
+            // The static planner: each stage planned once with DataFusion's own rules, the
+            // co-partitioned joins' shuffles included.
+            .with_ballista_adaptive_query_planner(false);
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_config(config)
+            .build();
+        Ok(state.upgrade_for_ballista(url.clone())?)
+    }
+
+}
+
+/// How long a client waits to reach a cluster's scheduler.
+const CLUSTER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fails clearly, within [`CLUSTER_CONNECT_TIMEOUT`], when the scheduler at `url`
+/// (`http://host:port`) does not take connections; Ballista's own client would retry for longer
+/// and say less.
+async fn check_reachable(url: &str) -> Result<()> {
+    let address = url.trim_start_matches("http://");
+    let shown = format!("df://{address}");
+    let fail = |why: String| PitlakeError::Config {
+        name: "--cluster".into(),
+        message: format!(
+            "the scheduler at {shown} cannot be reached ({why}); start it with `pitlake cluster \
+             scheduler`, check the address, or run without --cluster"
+        ),
+    };
+    match tokio::time::timeout(
+        CLUSTER_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail(format!(
+            "no answer within {}s",
+            CLUSTER_CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+

@@ -1,0 +1,227 @@
+"""pitlake on a Ballista cluster of its own processes on loopback: `pitlake cluster scheduler`,
+two `pitlake cluster executor`s, and clients with `--cluster df://…`: the CLI, exports and their
+manifests, a Flight SQL gateway (`serve --cluster`) whose grants still decide what a caller may
+ask, and an executor killed in the middle of a query.
+
+Run through scripts/test.sh, or: PITLAKE_BIN=target/debug/pitlake pytest tests/python
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import pytest
+
+from test_flight import free_port, hash_password, pitlake_bin, run_pitlake, start_server
+
+SETUP = """
+CREATE TABLE labels AS SELECT * FROM (VALUES
+  (1, 10, TIMESTAMP '2026-01-01 00:00:10'), (2, 20, TIMESTAMP '2026-01-01 00:00:20'),
+  (3, 10, TIMESTAMP '2026-01-01 00:00:30'), (4, 30, TIMESTAMP '2026-01-01 00:00:05'),
+  (5, NULL, TIMESTAMP '2026-01-01 00:00:40')) AS v(label_id, entity, at);
+CREATE TABLE feats AS SELECT * FROM (VALUES
+  (10, TIMESTAMP '2026-01-01 00:00:01', 1.5), (10, TIMESTAMP '2026-01-01 00:00:25', 2.5),
+  (20, TIMESTAMP '2026-01-01 00:00:20', 3.5), (30, TIMESTAMP '2026-01-01 00:00:06', 4.5))
+  AS v(entity, ts, value);
+CREATE TABLE big_labels AS SELECT value AS id, value % 1000 AS k, value AS t
+  FROM generate_series(1, 400000);
+CREATE TABLE big_feats AS SELECT value % 1000 AS k, value AS t, value * 2 AS v
+  FROM generate_series(1, 2000000);
+CREATE ENTITY driver (entity BIGINT);
+CREATE FEATURE VIEW fv ENTITY driver FROM feats EVENT TIME ts FEATURES (value);
+"""
+
+ASOF = (
+    "SELECT l.label_id, f.value FROM labels l ASOF LEFT JOIN feats f "
+    "ON l.entity = f.entity AND l.at >= f.ts ORDER BY l.label_id"
+)
+TRAINING_SET = "TRAINING SET LABELS labels AT at FEATURES (fv.value)"
+
+
+class Cluster:
+    """A scheduler and executors started as processes; they exit with this test process."""
+
+    def __init__(self, root, executors=2):
+        self.root = root
+        self.processes = []
+        line = self._start(
+            ["scheduler", "--listen", "127.0.0.1:0", "--executor-timeout", "3s"],
+            "scheduler",
+            "listening on ",
+        )
+        self.address = "df://" + line.split("listening on ", 1)[1].strip()
+        self.executors = [self.add_executor(i) for i in range(executors)]
+
+    def _start(self, args, name, wait_for):
+        log = open(self.root / f"{name}.log", "wb")
+        process = subprocess.Popen(
+            [pitlake_bin(), "cluster", *args, "--parent-pid", str(os.getpid())],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PITLAKE_MEMORY_LIMIT": "1GiB"},
+        )
+        self.processes.append(process)
+        found = []
+
+        def read():
+            for raw in process.stdout:
+                text = raw.decode().strip()
+                if text.startswith(wait_for):
+                    found.append(text)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.time() + 60
+        while not found:
+            if process.poll() is not None or time.time() > deadline:
+                pytest.fail(f"pitlake cluster {args[0]} did not start:\n"
+                            + (self.root / f"{name}.log").read_text())
+            time.sleep(0.05)
+        return found[0]
+
+    def add_executor(self, i):
+        port = free_port()
+        self._start(
+            ["executor", "--scheduler", self.address.removeprefix("df://"),
+             "--listen", f"127.0.0.1:{port}", "--slots", "2", "--heartbeat", "1s",
+             "--work-dir", str(self.root / f"executor-{i}")],
+            f"executor-{i}",
+            "ready",
+        )
+        return self.processes[-1]
+
+    def stop(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster-warehouse")
+    warehouse = root / "warehouse"
+    warehouse.mkdir()
+    run_pitlake(warehouse, "sql", SETUP)
+    return warehouse
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+def pitlake(warehouse, *args, timeout=300):
+    return subprocess.run(
+        [pitlake_bin(), "--warehouse", str(warehouse), *args],
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def test_queries_on_the_cluster_equal_single_node(warehouse, cluster):
+    for sql in [
+        ASOF,
+        TRAINING_SET,
+        "SELECT count(*), sum(f.v) FROM big_labels l ASOF JOIN big_feats f "
+        "ON l.k = f.k AND l.t >= f.t",
+    ]:
+        local = pitlake(warehouse, "sql", "--format", "csv", sql)
+        remote = pitlake(warehouse, "--cluster", cluster.address, "sql", "--format", "csv", sql)
+        assert local.returncode == 0, local.stderr.decode()
+        assert remote.returncode == 0, remote.stderr.decode()
+        assert remote.stdout == local.stdout, sql
+
+
+def test_exports_through_the_cluster_pin_and_hash_as_single_node(warehouse, cluster, tmp_path):
+    manifests = {}
+    for name, extra in [("local", []), ("cluster", ["--cluster", cluster.address])]:
+        out = tmp_path / f"{name}.parquet"
+        done = pitlake(warehouse, *extra, "export", TRAINING_SET, "--to", str(out))
+        assert done.returncode == 0, done.stderr.decode()
+        manifests[name] = json.loads((tmp_path / f"{name}.parquet.manifest.json").read_text())
+    local, remote = manifests["local"], manifests["cluster"]
+    assert remote["output"]["content_hash"] == local["output"]["content_hash"]
+    assert remote["output"]["rows"] == local["output"]["rows"] == 5
+    # `reproduce` rebuilds it on the cluster and finds it identical.
+    done = pitlake(warehouse, "--cluster", cluster.address, "reproduce",
+                   str(tmp_path / "cluster.parquet.manifest.json"))
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+
+
+def test_the_gateway_asks_the_cluster_only_what_the_caller_may_read(warehouse, cluster, tmp_path):
+    auth = tmp_path / "auth.toml"
+    alice = hash_password(warehouse, "alice-pw")
+    bob = hash_password(warehouse, "bob-pw")
+    auth.write_text(
+        f'[users.alice]\npassword_hash = "{alice}"\nroles = ["all"]\n'
+        f'[users.bob]\npassword_hash = "{bob}"\nroles = ["labels"]\n'
+        '[roles.all]\ngrants = ["table:*", "view:*"]\n'
+        '[roles.labels]\ngrants = ["table:labels"]\n'
+    )
+    root = tmp_path / "gateway"
+    root.mkdir()
+    process, log, uri, log_path = start_server(root, warehouse, auth, "--cluster", cluster.address)
+    try:
+        def query(user, sql):
+            kwargs = {"username": user, "password": f"{user}-pw"}
+            with flightsql.connect(uri, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall()
+
+        assert query("alice", ASOF) == [(1, 1.5), (2, 3.5), (3, 2.5), (4, None), (5, None)]
+        assert len(query("bob", "SELECT * FROM labels")) == 5
+        with pytest.raises(adbc_driver_manager.Error) as refused:
+            query("bob", ASOF)
+        # Refused by the gateway, as single-node: the table bob may not read is absent to him.
+        text = str(refused.value)
+        assert "feats" in text and "NOT_FOUND" in text.upper().replace(" ", "_"), text
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+
+
+def test_an_unreachable_scheduler_fails_fast_and_clearly(warehouse):
+    port = free_port()
+    started = time.time()
+    done = pitlake(warehouse, "--cluster", f"df://127.0.0.1:{port}", "sql", ASOF, timeout=60)
+    assert done.returncode == 2
+    assert f"the scheduler at df://127.0.0.1:{port} cannot be reached" in done.stderr.decode()
+    assert time.time() - started < 20
+
+
+def test_an_executor_killed_mid_query_is_replaced_or_the_query_fails_clearly(warehouse, tmp_path):
+    cluster = Cluster(tmp_path, executors=2)
+    try:
+        sql = ("SELECT count(*), sum(f.v) FROM big_labels l ASOF JOIN big_feats f "
+               "ON l.k = f.k AND l.t >= f.t")
+        expected = pitlake(warehouse, "sql", "--format", "csv", sql)
+        assert expected.returncode == 0, expected.stderr.decode()
+        # A third executor, so the work has somewhere to go when one dies.
+        cluster.add_executor(2)
+        result = {}
+
+        def run():
+            result["done"] = pitlake(warehouse, "--cluster", cluster.address, "sql",
+                                     "--format", "csv", sql, timeout=240)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(1.5)
+        cluster.executors[0].kill()
+        thread.join(timeout=250)
+        assert not thread.is_alive(), "the query neither finished nor failed"
+        done = result["done"]
+        if done.returncode == 0:
+            assert done.stdout == expected.stdout
+        else:
+            message = done.stderr.decode()
+            assert message.startswith("Error: ") and "panic" not in message, message
+    finally:
+        cluster.stop()
