@@ -355,7 +355,9 @@ fn main() {
     }
     if wanted.iter().any(|w| w == "cluster")
         && !complete
-        && files.iter().any(|f| file_backends(f).contains(&Backend::Cluster))
+        && files
+            .iter()
+            .any(|f| file_backends(f).contains(&Backend::Cluster))
         && let Err(why) = cluster::shared()
     {
         println!("FAIL  [cluster] every file: {why}\n");

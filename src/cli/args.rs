@@ -79,7 +79,11 @@ fn parse_cluster(raw: &str) -> std::result::Result<String, String> {
         format!("`{raw}` is not a cluster address; write df://HOST:PORT, e.g. df://127.0.0.1:50050")
     })?;
     match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) && !host.contains('/') => {
+        Some((host, port))
+            if !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+                && !host.contains('/') =>
+        {
             Ok(format!("http://{host}:{port}"))
         }
         _ => Err(format!(
@@ -206,6 +210,12 @@ pub enum ClusterCommand {
 /// `pitlake cluster scheduler`.
 #[derive(Debug, Args)]
 pub struct SchedulerArgs {
+    /// Allow a --listen address other than loopback. The cluster's ports have no
+    /// authentication and no TLS: anyone who reaches them can run any plan with the executors'
+    /// storage credentials. Use only on a network that only pitlake clients and gateways reach.
+    #[arg(long)]
+    pub private_network: bool,
+
     /// Exit when the process with this id ends (for test harnesses).
     #[arg(long, hide = true)]
     pub parent_pid: Option<u32>,
@@ -227,6 +237,12 @@ pub struct SchedulerArgs {
 /// `pitlake cluster executor`.
 #[derive(Debug, Args)]
 pub struct ExecutorArgs {
+    /// Allow a --listen address other than loopback. The cluster's ports have no
+    /// authentication and no TLS: anyone who reaches them can run any plan with the executors'
+    /// storage credentials. Use only on a network that only pitlake clients and gateways reach.
+    #[arg(long)]
+    pub private_network: bool,
+
     /// Exit when the process with this id ends (for test harnesses).
     #[arg(long, hide = true)]
     pub parent_pid: Option<u32>,

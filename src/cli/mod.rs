@@ -147,7 +147,10 @@ async fn run_command(cli: Cli) -> Result<()> {
     }
 }
 
-async fn run_cluster(settings: &crate::config::Settings, command: args::ClusterCommand) -> Result<()> {
+async fn run_cluster(
+    settings: &crate::config::Settings,
+    command: args::ClusterCommand,
+) -> Result<()> {
     use crate::cluster::{ExecutorOptions, SchedulerOptions, run_executor, run_scheduler};
     let parent = match &command {
         args::ClusterCommand::Scheduler(a) => a.parent_pid,
@@ -172,6 +175,7 @@ async fn run_cluster(settings: &crate::config::Settings, command: args::ClusterC
                     listen: a.listen,
                     advertise: a.advertise,
                     executor_timeout: a.executor_timeout,
+                    private_network: a.private_network,
                 };
                 run_scheduler(options, settings).await
             }
@@ -183,6 +187,7 @@ async fn run_cluster(settings: &crate::config::Settings, command: args::ClusterC
                     slots: a.slots.unwrap_or(settings.target_partitions),
                     work_dir: a.work_dir,
                     heartbeat: a.heartbeat,
+                    private_network: a.private_network,
                 };
                 run_executor(options, settings).await
             }

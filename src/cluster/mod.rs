@@ -10,4 +10,3 @@
 mod processes;
 
 pub use processes::{ExecutorOptions, SchedulerOptions, run_executor, run_scheduler};
-

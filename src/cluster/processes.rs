@@ -30,6 +30,8 @@ pub struct SchedulerOptions {
     pub advertise: Option<String>,
     /// An executor silent this long is taken as lost and its tasks run elsewhere.
     pub executor_timeout: Duration,
+    /// Whether a listen address other than loopback is allowed.
+    pub private_network: bool,
 }
 
 /// How to run an executor.
@@ -47,6 +49,25 @@ pub struct ExecutorOptions {
     pub work_dir: Option<PathBuf>,
     /// Seconds between heartbeats to the scheduler.
     pub heartbeat: Duration,
+    /// Whether a listen address other than loopback is allowed.
+    pub private_network: bool,
+}
+
+/// Refuses a listen address other than loopback unless the operator said the network is private:
+/// Ballista's ports authenticate nobody.
+fn check_listen(listen: SocketAddr, private_network: bool) -> Result<()> {
+    if listen.ip().is_loopback() || private_network {
+        return Ok(());
+    }
+    Err(PitlakeError::Config {
+        name: "--listen".into(),
+        message: format!(
+            "{listen} is not a loopback address, and the cluster's ports have no authentication \
+             and no TLS: whoever reaches them can run any plan with the executors' storage \
+             credentials. Listen on 127.0.0.1, or add --private-network if only pitlake clients \
+             and gateways can reach this network (see docs/distributed.md)"
+        ),
+    })
 }
 
 fn ballista(e: impl std::fmt::Display) -> PitlakeError {
@@ -55,6 +76,7 @@ fn ballista(e: impl std::fmt::Display) -> PitlakeError {
 
 /// Runs a scheduler (until the future is dropped).
 pub async fn run_scheduler(options: SchedulerOptions, settings: &Settings) -> Result<()> {
+    check_listen(options.listen, options.private_network)?;
     if options.executor_timeout < Duration::from_secs(1) {
         return Err(PitlakeError::Config {
             name: "--executor-timeout".into(),
@@ -93,9 +115,10 @@ pub async fn run_scheduler(options: SchedulerOptions, settings: &Settings) -> Re
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(ballista)?;
-    let scheduler = create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
-        .await
-        .map_err(ballista)?;
+    let scheduler =
+        create_scheduler::<LogicalPlanNode, PhysicalPlanNode>(cluster, Arc::new(config))
+            .await
+            .map_err(ballista)?;
     println!("listening on {bound}");
     start_grpc_service_with_listener(listener, scheduler)
         .await
@@ -112,6 +135,7 @@ pub async fn run_executor(options: ExecutorOptions, settings: &Settings) -> Resu
             name: "--scheduler".into(),
             message: format!("`{}` is not HOST:PORT", options.scheduler),
         })?;
+    check_listen(options.listen, options.private_network)?;
     if options.slots == 0 || options.slots > 1024 {
         return Err(PitlakeError::Config {
             name: "--slots".into(),

@@ -132,7 +132,6 @@ impl Engine {
             .build();
         Ok(state.upgrade_for_ballista(url.clone())?)
     }
-
 }
 
 /// How long a client waits to reach a cluster's scheduler.
@@ -165,4 +164,3 @@ async fn check_reachable(url: &str) -> Result<()> {
         ))),
     }
 }
-

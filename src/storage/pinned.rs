@@ -17,24 +17,24 @@ use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, Result, ScalarValue, TableReference, plan_err};
-use datafusion::datasource::file_format::FileFormatFactory;
-use datafusion::execution::TaskContext;
-use datafusion::logical_expr::{Extension, LogicalPlan};
-use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::table_schema::TableSchema;
+use datafusion::execution::TaskContext;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Extension, LogicalPlan};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use object_store::path::Path;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -166,11 +166,13 @@ impl PinnedDeltaTable {
         let bad = |what: &str| datafusion::common::internal_datafusion_err!("pinned table: {what}");
         let rest = buf.strip_prefix(MAGIC).ok_or_else(|| bad("no header"))?;
         let (len, rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
-        let len = usize::try_from(u64::from_le_bytes(len.try_into().map_err(|_| bad("length"))?))
-            .map_err(|_| bad("length"))?;
+        let len = usize::try_from(u64::from_le_bytes(
+            len.try_into().map_err(|_| bad("length"))?,
+        ))
+        .map_err(|_| bad("length"))?;
         let (schema, rest) = rest.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
-        let schema = datafusion_proto::protobuf::Schema::decode(schema)
-            .map_err(|e| bad(&e.to_string()))?;
+        let schema =
+            datafusion_proto::protobuf::Schema::decode(schema).map_err(|e| bad(&e.to_string()))?;
         let schema = Schema::try_from(&schema)?;
         let pinned: Pinned = serde_json::from_slice(rest).map_err(|e| bad(&e.to_string()))?;
         for column in &pinned.partition_columns {
@@ -281,14 +283,11 @@ impl TableProvider for PinnedDeltaTable {
                 .with_table_partition_cols(partition_fields)
                 .build(),
         );
-        let config = FileScanConfigBuilder::new(
-            ObjectStoreUrl::parse(&self.pinned.store)?,
-            source,
-        )
-        .with_file_groups(groups)
-        .with_projection_indices(Some(read.iter().map(|&i| position[i]).collect()))?
-        .with_limit(if predicate.is_none() { limit } else { None })
-        .build();
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::parse(&self.pinned.store)?, source)
+            .with_file_groups(groups)
+            .with_projection_indices(Some(read.iter().map(|&i| position[i]).collect()))?
+            .with_limit(if predicate.is_none() { limit } else { None })
+            .build();
         let mut plan = format.create_physical_plan(state, config).await?;
 
         // Now the columns are `read`, in scan order.
@@ -337,10 +336,11 @@ impl PinnedDeltaTable {
                 .zip(&fields)
                 .map(|(v, f)| self.partition_value(v.as_deref(), f))
                 .collect::<Result<Vec<_>>>()?;
-            let lightest = groups
-                .iter_mut()
-                .min_by_key(|(bytes, _)| *bytes)
-                .expect("at least one group");
+            let Some(lightest) = groups.iter_mut().min_by_key(|(bytes, _)| *bytes) else {
+                return Err(datafusion::common::internal_datafusion_err!(
+                    "pinned table: no file group"
+                ));
+            };
             lightest.0 += file.size;
             // The location exactly as encoded (`PartitionedFile::new` would encode it again).
             let location = Path::parse(&file.path)
@@ -416,7 +416,9 @@ impl LogicalExtensionCodec for PinnedTablesCodec {
         if let Some(table) = super::as_warehouse_table(&node) {
             return PinnedDeltaTable::from_warehouse_table(table_ref, table)?.encode(buf);
         }
-        if let Some(table) = (node.as_ref() as &dyn std::any::Any).downcast_ref::<PinnedDeltaTable>() {
+        if let Some(table) =
+            (node.as_ref() as &dyn std::any::Any).downcast_ref::<PinnedDeltaTable>()
+        {
             return table.encode(buf);
         }
         self.inner.try_encode_table_provider(table_ref, node, buf)

@@ -132,7 +132,15 @@ async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>>
     let back =
         logical_plan_from_bytes_with_extension_codec(&bytes, &remote.task_ctx(), logical.as_ref())
             .unwrap();
-    sorted(&remote.execute_logical_plan(back).await.unwrap().collect().await.unwrap())
+    sorted(
+        &remote
+            .execute_logical_plan(back)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap(),
+    )
 }
 
 /// Tables written by other engines (DAT: partitioned, multi-partitioned, a schema change),
@@ -151,7 +159,11 @@ async fn pinned_tables_read_other_engines_tables_at_every_version() {
         for v in 0..versions {
             let sql = format!("SELECT * FROM \"delta\" VERSION AS OF {v}");
             let expected = engine.collect(&sql).await.unwrap();
-            assert_eq!(through_pinned(&engine, &sql).await, sorted(&expected), "dat/{case} v{v}");
+            assert_eq!(
+                through_pinned(&engine, &sql).await,
+                sorted(&expected),
+                "dat/{case} v{v}"
+            );
             checked += 1;
         }
     }
@@ -166,10 +178,7 @@ async fn pinned_tables_refuse_what_they_cannot_read() {
     );
     settings.target_partitions = 2;
     let engine = pitlake::Engine::new(settings).unwrap();
-    engine
-        .sql("CREATE TABLE t AS SELECT 1 AS x")
-        .await
-        .unwrap();
+    engine.sql("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
     let plan = engine.logical_plan("SELECT x FROM t").await.unwrap();
     let (logical, _) = cluster_codecs();
     let err = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref())
@@ -204,8 +213,21 @@ fn the_cli_runs_queries_on_the_cluster() {
          ON l.entity = f.entity AND l.at >= f.ts ORDER BY l.label_id",
         "SELECT region, count(*) AS n FROM feats_by_region GROUP BY region ORDER BY region",
     ] {
-        let local = pitlake(&["-w", &wh, "--target-partitions", "2", "sql", "--format", "csv", sql]);
-        assert!(local.status.success(), "{}", String::from_utf8_lossy(&local.stderr));
+        let local = pitlake(&[
+            "-w",
+            &wh,
+            "--target-partitions",
+            "2",
+            "sql",
+            "--format",
+            "csv",
+            sql,
+        ]);
+        assert!(
+            local.status.success(),
+            "{}",
+            String::from_utf8_lossy(&local.stderr)
+        );
         let remote = pitlake(&[
             "-w",
             &wh,
@@ -258,5 +280,33 @@ fn an_unreachable_scheduler_is_a_clear_error() {
     // A malformed address is refused before anything runs.
     let out = pitlake(&["--cluster", "http://x:1", "sql", "SELECT 1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("df://HOST:PORT"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("df://HOST:PORT"),
+        "{stderr}"
+    );
+}
+
+/// The cluster's ports authenticate nobody: a listen address other than loopback needs the
+/// operator to say the network is private.
+#[test]
+fn cluster_processes_listen_on_loopback_unless_told_the_network_is_private() {
+    for args in [
+        vec!["cluster", "scheduler", "--listen", "0.0.0.0:0"],
+        vec![
+            "cluster",
+            "executor",
+            "--scheduler",
+            "127.0.0.1:1",
+            "--listen",
+            "0.0.0.0:0",
+        ],
+    ] {
+        let out = pitlake(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("not a loopback address") && stderr.contains("--private-network"),
+            "{stderr}"
+        );
+    }
 }

@@ -23,13 +23,18 @@ pub fn shared_testdata() -> PathBuf {
     path
 }
 
-/// An engine over `warehouse` with small fixed settings.
-pub fn engine(warehouse: &Path) -> Engine {
+/// Small fixed settings over `warehouse`.
+pub fn settings(warehouse: &Path) -> Settings {
     let mut settings =
         Settings::new(WarehouseLocation::parse(&warehouse.display().to_string()).unwrap());
     settings.target_partitions = 2;
     settings.memory_limit = Some(512 << 20);
-    Engine::new(settings).unwrap()
+    settings
+}
+
+/// An engine over `warehouse` with small fixed settings.
+pub fn engine(warehouse: &Path) -> Engine {
+    Engine::new(settings(warehouse)).unwrap()
 }
 
 /// Rows as strings (NULL as `NULL`), in result order.

@@ -196,10 +196,27 @@ async fn training_sets_follow_the_point_in_time_rules() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(24u64);
+    check_training_sets(0..cases, None).await;
+}
+
+/// The same brute-force check with the queries run on a Ballista cluster of pitlake processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_sets_follow_the_point_in_time_rules_on_a_cluster() {
+    let cluster = crate::cluster_processes::shared().unwrap();
+    let cases = std::env::var("PITLAKE_TRAINING_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(24u64);
+    check_training_sets(1000..1000 + cases, Some(cluster.url.clone())).await;
+}
+
+async fn check_training_sets(seeds: std::ops::Range<u64>, cluster: Option<String>) {
     let (mut matched, mut unmatched) = (0, 0);
-    for seed in 0..cases {
+    for seed in seeds {
         let dir = tempfile::tempdir().unwrap();
-        let engine = engine(dir.path());
+        let mut settings = crate::common::settings(dir.path());
+        settings.cluster = cluster.clone();
+        let engine = Engine::new(settings).unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         let view_count = rng.random_range(1..=3);
         let (labels, views) = random_case(&mut rng, view_count);

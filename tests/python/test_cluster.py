@@ -148,6 +148,13 @@ def test_exports_through_the_cluster_pin_and_hash_as_single_node(warehouse, clus
     local, remote = manifests["local"], manifests["cluster"]
     assert remote["output"]["content_hash"] == local["output"]["content_hash"]
     assert remote["output"]["rows"] == local["output"]["rows"] == 5
+    # `audit` of the manifest gives the same report on the cluster as single-node.
+    manifest = str(tmp_path / "cluster.parquet.manifest.json")
+    audits = [pitlake(warehouse, *extra, "audit", manifest, "--format", "csv")
+              for extra in ([], ["--cluster", cluster.address])]
+    assert audits[0].returncode == 0, audits[0].stderr.decode()
+    assert audits[1].returncode == 0, audits[1].stderr.decode()
+    assert audits[1].stdout == audits[0].stdout and audits[0].stdout
     # `reproduce` rebuilds it on the cluster and finds it identical.
     done = pitlake(warehouse, "--cluster", cluster.address, "reproduce",
                    str(tmp_path / "cluster.parquet.manifest.json"))
@@ -178,9 +185,9 @@ def test_the_gateway_asks_the_cluster_only_what_the_caller_may_read(warehouse, c
         assert len(query("bob", "SELECT * FROM labels")) == 5
         with pytest.raises(adbc_driver_manager.Error) as refused:
             query("bob", ASOF)
-        # Refused by the gateway, as single-node: the table bob may not read is absent to him.
+        # Refused by the gateway while planning, as single-node, before the cluster sees it.
         text = str(refused.value)
-        assert "feats" in text and "NOT_FOUND" in text.upper().replace(" ", "_"), text
+        assert "may not use table `feats`" in text and "PermissionDenied" in text, text
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -199,10 +206,9 @@ def test_an_unreachable_scheduler_fails_fast_and_clearly(warehouse):
 def test_an_executor_killed_mid_query_is_replaced_or_the_query_fails_clearly(warehouse, tmp_path):
     cluster = Cluster(tmp_path, executors=2)
     try:
-        sql = ("SELECT count(*), sum(f.v) FROM big_labels l ASOF JOIN big_feats f "
-               "ON l.k = f.k AND l.t >= f.t")
-        expected = pitlake(warehouse, "sql", "--format", "csv", sql)
-        assert expected.returncode == 0, expected.stderr.decode()
+        # Several seconds of work on two executors: each of the 10,000 residues appears 200
+        # times per side, so 10,000 * 200 * 200 pairs.
+        sql = "SELECT count(*) AS n FROM big_feats a JOIN big_feats b ON a.t % 10000 = b.t % 10000"
         # A third executor, so the work has somewhere to go when one dies.
         cluster.add_executor(2)
         result = {}
@@ -214,12 +220,14 @@ def test_an_executor_killed_mid_query_is_replaced_or_the_query_fails_clearly(war
         thread = threading.Thread(target=run)
         thread.start()
         time.sleep(1.5)
+        assert thread.is_alive(), "the query ended before the executor was killed"
         cluster.executors[0].kill()
         thread.join(timeout=250)
         assert not thread.is_alive(), "the query neither finished nor failed"
         done = result["done"]
+        print("after the kill:", "answered" if done.returncode == 0 else done.stderr.decode())
         if done.returncode == 0:
-            assert done.stdout == expected.stdout
+            assert done.stdout.decode().split() == ["n", "400000000"]
         else:
             message = done.stderr.decode()
             assert message.startswith("Error: ") and "panic" not in message, message

@@ -141,9 +141,7 @@ impl Native {
 /// value, any other key by its row bytes.
 enum Groups {
     /// No keys: every row in one group.
-    Single {
-        seen: bool,
-    },
+    Single { seen: bool },
     Int {
         map: HashMap<i64, u32>,
         /// The group of NULL, for a key where NULL equals NULL.

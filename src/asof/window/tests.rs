@@ -565,7 +565,9 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
             let own: Vec<Vec<String>> = (0..2)
                 .map(|c| {
                     let f = ArrayFormatter::try_new(left.column(c).as_ref(), &options).unwrap();
-                    (0..left.num_rows()).map(|r| f.value(r).to_string()).collect()
+                    (0..left.num_rows())
+                        .map(|r| f.value(r).to_string())
+                        .collect()
                 })
                 .collect();
             let aggregates: Vec<Vec<String>> =
@@ -581,13 +583,19 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
             rows.sort();
             rows
         };
-        let join = Arc::new(case.join(lp, rp, batch).with_mode(AsOfJoinMode::CoPartitioned));
+        let join = Arc::new(
+            case.join(lp, rp, batch)
+                .with_mode(AsOfJoinMode::CoPartitioned),
+        );
         let mut config = datafusion::config::ConfigOptions::new();
         config.execution.target_partitions = 1 + (seed as usize % 3);
         config.optimizer.repartition_joins = true;
         let plan = EnsureRequirements::new().optimize(join, &config).unwrap();
         let shown = displayable(plan.as_ref()).indent(true).to_string();
-        assert!(shown.contains("mode=co_partitioned"), "seed {seed}: {shown}");
+        assert!(
+            shown.contains("mode=co_partitioned"),
+            "seed {seed}: {shown}"
+        );
         let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch));
         let partitions = plan.output_partitioning().partition_count();

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The shared workload's training set single-node and through a Ballista cluster of pitlake
+# processes on this machine (a scheduler and two executors, one slot each), alternately, with the
+# same query and data; checks that both outputs have the workload's checksum.
+# Usage: benches/cluster.sh PITLAKE_BIN [SCALE] [REPS]   (SCALE small|medium|large, default medium)
+# Prints each side's median wall seconds and the client's peak RSS; for the cluster also the
+# executors' and the scheduler's peak RSS (VmHWM) after the runs.
+set -euo pipefail
+bin=$(realpath "$1"); scale=${2:-medium}; reps=${3:-3}
+here=$(cd "$(dirname "$0")" && pwd)
+shared=$(cd "$here/../../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)
+PY=${PY:-$HOME/.cache/pitlake-bench-venv/bin/python}
+[[ -x $PY ]] || PY=$("$shared/setup.sh")
+data=/tmp/pitdata/$scale
+[[ -f $data/meta.json ]] || "$PY" "$shared/gen.py" --scale "$scale" >/dev/null
+out=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$out"; }
+trap cleanup EXIT
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() { # wait_for FILE TEXT
+  for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "no '$2' in $1:"; cat "$1"; exit 1
+}
+
+sched_port=$(free_port)
+"$bin" cluster scheduler --listen "127.0.0.1:$sched_port" >"$out/scheduler.out" 2>"$out/scheduler.err" &
+pids+=($!); sched_pid=$!
+wait_for "$out/scheduler.out" "listening on"
+exec_pids=()
+for i in 0 1; do
+  "$bin" --warehouse "$data/delta" cluster executor --scheduler "127.0.0.1:$sched_port" \
+    --listen "127.0.0.1:$(free_port)" --slots 1 --work-dir "$out/executor-$i" \
+    >"$out/executor-$i.out" 2>"$out/executor-$i.err" &
+  pids+=($!); exec_pids+=($!)
+  wait_for "$out/executor-$i.out" "ready"
+done
+
+sel="l.label_id, l.entity_id, l.label_ts"; joins=""
+for k in 0 1 2; do
+  sel="$sel, f$k.f${k}_a, f$k.f${k}_b, f$k.f${k}_c, f$k.f${k}_n"
+  joins="$joins ASOF LEFT JOIN feat_$k f$k ON l.entity_id = f$k.entity_id AND l.label_ts >= f$k.feature_ts TIEBREAK BY f$k.created_ts DESC"
+done
+sql=${PITLAKE_SQL:-"SELECT $sel FROM labels l $joins"}
+
+run() { # run NAME ARGS...: appends "wall peak_kib" to $out/NAME
+  /usr/bin/time -f "%e %M" -o "$out/t" "$bin" --warehouse "$data/delta" "${@:2}" \
+    sql "$sql" --format parquet --output "$out/$1.parquet" >/dev/null 2>"$out/err" \
+    || { echo "$1 failed:"; tail -n 5 "$out/err"; exit 1; }
+  cat "$out/t" >>"$out/$1"
+}
+for _ in $(seq "$reps"); do
+  run single
+  run cluster --cluster "df://127.0.0.1:$sched_port"
+done
+
+med() { sort -g -k"$2" "$1" | awk -v c="$2" '{a[NR]=$c} END{print a[int((NR+1)/2)]}'; }
+hwm() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+printf '%-8s %10s %18s\n' side "wall s" "client peak MiB"
+for s in single cluster; do
+  printf '%-8s %10s %18.0f\n' "$s" "$(med "$out/$s" 1)" "$(echo "$(med "$out/$s" 2) / 1024" | bc -l)"
+done
+echo "cluster / single: $(echo "scale=2; $(med "$out/cluster" 1) / $(med "$out/single" 1)" | bc)"
+echo "peak RSS: scheduler $(hwm "$sched_pid") MiB, executors $(hwm "${exec_pids[0]}") and $(hwm "${exec_pids[1]}") MiB"
+"$PY" "$shared/check.py" --exact "$out/single.parquet" "$out/cluster.parquet" \
+  && echo "checksums: equal" || echo "checksums: DIFFER"
