@@ -31,7 +31,7 @@ wait_for "$out/scheduler.out" "listening on"
 exec_pids=()
 for i in 0 1; do
   "$bin" --warehouse "$data/delta" cluster executor --scheduler "127.0.0.1:$sched_port" \
-    --listen "127.0.0.1:$(free_port)" --slots 1 --work-dir "$out/executor-$i" \
+    --listen "127.0.0.1:$(free_port)" --task-port "$(free_port)" --slots 1 --work-dir "$out/executor-$i" \
     >"$out/executor-$i.out" 2>"$out/executor-$i.err" &
   pids+=($!); exec_pids+=($!)
   wait_for "$out/executor-$i.out" "ready"

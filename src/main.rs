@@ -8,10 +8,17 @@ use pitlake::cli::{self, args::Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A cluster's processes say what Ballista does (jobs, executors, lost tasks) by default.
+    let default_filter = match cli.command {
+        cli::args::Command::Cluster(_) => {
+            "pitlake=info,ballista_scheduler=info,ballista_executor=info"
+        }
+        _ => "pitlake=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PITLAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("pitlake=warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -259,6 +259,11 @@ pub struct ExecutorArgs {
     #[arg(long)]
     pub advertise: Option<String>,
 
+    /// Where the scheduler hands this executor its tasks and cancels them, on the listen
+    /// address (default: the listen port + 1).
+    #[arg(long)]
+    pub task_port: Option<u16>,
+
     /// Tasks run at once (default: one per core).
     #[arg(long)]
     pub slots: Option<usize>,

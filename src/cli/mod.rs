@@ -183,6 +183,7 @@ async fn run_cluster(
                 let options = ExecutorOptions {
                     scheduler: a.scheduler,
                     listen: a.listen,
+                    task_port: a.task_port,
                     advertise: a.advertise,
                     slots: a.slots.unwrap_or(settings.target_partitions),
                     work_dir: a.work_dir,

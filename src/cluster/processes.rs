@@ -41,6 +41,9 @@ pub struct ExecutorOptions {
     pub scheduler: String,
     /// Where this executor serves its shuffle data (Arrow Flight) to the others and to clients.
     pub listen: SocketAddr,
+    /// The port (on the listen address) where the scheduler hands this executor its tasks and
+    /// cancels them; default: the listen port + 1.
+    pub task_port: Option<u16>,
     /// The host others reach this executor at (default: the listen address).
     pub advertise: Option<String>,
     /// Tasks run at once.
@@ -99,7 +102,9 @@ pub async fn run_scheduler(options: SchedulerOptions, settings: &Settings) -> Re
             .advertise
             .clone()
             .unwrap_or_else(|| bound.ip().to_string()),
-        scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        // Push: the scheduler hands tasks to executors and can cancel them (pull-mode executors
+        // serve no task port, so a cancelled job's running tasks would run to their end).
+        scheduling_policy: TaskSchedulingPolicy::PushStaged,
         executor_timeout_seconds: options.executor_timeout.as_secs(),
         expire_dead_executor_interval_seconds: options.executor_timeout.as_secs().clamp(1, 15),
         no_executors_grace_period_seconds: options.executor_timeout.as_secs(),
@@ -136,6 +141,27 @@ pub async fn run_executor(options: ExecutorOptions, settings: &Settings) -> Resu
             message: format!("`{}` is not HOST:PORT", options.scheduler),
         })?;
     check_listen(options.listen, options.private_network)?;
+    let task_port = match options.task_port {
+        Some(port) => Some(port),
+        None => options.listen.port().checked_add(1),
+    };
+    let (flight_port, Some(task_port)) = (options.listen.port(), task_port.filter(|p| *p != 0))
+    else {
+        return Err(PitlakeError::Config {
+            name: "--task-port".into(),
+            message: "the listen port + 1 is not a port; give --task-port".into(),
+        });
+    };
+    if flight_port == 0 || task_port == flight_port {
+        return Err(PitlakeError::Config {
+            name: "--listen".into(),
+            message: format!(
+                "an executor needs two fixed ports, the listen port ({flight_port}) and the task port \
+                 ({task_port}), different and not 0: the scheduler and the other executors \
+                 connect to them"
+            ),
+        });
+    }
     if options.slots == 0 || options.slots > 1024 {
         return Err(PitlakeError::Config {
             name: "--slots".into(),
@@ -168,13 +194,12 @@ pub async fn run_executor(options: ExecutorOptions, settings: &Settings) -> Resu
                 .unwrap_or_else(|| options.listen.ip().to_string()),
         ),
         port: options.listen.port(),
-        // Pull scheduling: the executor serves no task gRPC port.
-        grpc_port: options.listen.port(),
+        grpc_port: task_port,
         scheduler_host: host,
         scheduler_port: port,
         scheduler_connect_timeout_seconds: 10,
         vcores: options.slots,
-        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
         work_dir,
         executor_heartbeat_interval_seconds: options.heartbeat.as_secs().max(1),
         memory_pool_size: settings.memory_limit.map(|b| b as u64),

@@ -2,7 +2,12 @@
 //! scheduler's session, the executors' functions and object stores, and the client's switch
 //! that sends queries to the scheduler.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::{ExecutionPlan, RecordBatchStream};
 
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -107,6 +112,25 @@ pub fn cluster_runtime(
 }
 
 impl Engine {
+    /// `stream`, the rows of `plan`; when `plan` ran on the cluster and the stream is dropped
+    /// before its end (a timeout, a client gone), the job is cancelled on the scheduler so the
+    /// executors stop working for nobody.
+    pub(crate) fn cancel_cluster_job_on_drop(
+        &self,
+        stream: SendableRecordBatchStream,
+        plan: Arc<dyn ExecutionPlan>,
+    ) -> SendableRecordBatchStream {
+        match &self.settings.cluster {
+            Some(url) => Box::pin(CancelOnDrop {
+                inner: stream,
+                plan,
+                url: url.clone(),
+                done: false,
+            }),
+            None => stream,
+        }
+    }
+
     /// `state`, sending the queries planned in it to the cluster of the settings, if any: their
     /// logical plans go to the scheduler, which plans and runs them on its executors. Writes
     /// and registry changes stay here (deltalake commits from this process).
@@ -162,5 +186,72 @@ async fn check_reachable(url: &str) -> Result<()> {
             "no answer within {}s",
             CLUSTER_CONNECT_TIMEOUT.as_secs()
         ))),
+    }
+}
+
+/// A cluster query's rows that cancel the job when dropped unfinished.
+struct CancelOnDrop {
+    inner: SendableRecordBatchStream,
+    plan: Arc<dyn ExecutionPlan>,
+    url: String,
+    done: bool,
+}
+
+impl futures::Stream for CancelOnDrop {
+    type Item = datafusion::error::Result<arrow::array::RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let next = self.inner.as_mut().poll_next(cx);
+        if matches!(next, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.done = true;
+        }
+        next
+    }
+}
+
+impl RecordBatchStream for CancelOnDrop {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.schema()
+    }
+}
+
+/// The job id of the distributed query in `plan`, once submitted.
+fn job_id(plan: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    use ballista_core::execution_plans::DistributedQueryExec;
+    use datafusion_proto::protobuf::LogicalPlanNode;
+    if let Some(query) = plan.downcast_ref::<DistributedQueryExec<LogicalPlanNode>>() {
+        return query.job_id().map(|id| id.to_string());
+    }
+    plan.children().into_iter().find_map(job_id)
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (Some(job), Ok(runtime)) = (job_id(&self.plan), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let url = self.url.clone();
+        runtime.spawn(async move {
+            use ballista_core::serde::protobuf::CancelJobParams;
+            use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+            let cancelled = async {
+                let mut client = SchedulerGrpcClient::connect(url).await?;
+                client
+                    .cancel_job(CancelJobParams {
+                        job_id: job.clone(),
+                    })
+                    .await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            match tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, cancelled).await {
+                Ok(Ok(())) => tracing::info!(job, "cancelled the cluster job of a dropped query"),
+                Ok(Err(e)) => tracing::warn!(job, error = %e, "could not cancel a cluster job"),
+                Err(_) => tracing::warn!(job, "could not cancel a cluster job: no answer"),
+            }
+        });
     }
 }

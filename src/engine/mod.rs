@@ -540,7 +540,12 @@ impl Engine {
             }
             plan => {
                 let df = DataFrame::new(self.on_cluster(state).await?, plan);
-                Ok(Output::Rows(df.execute_stream().await?))
+                let task = Arc::new(df.task_ctx());
+                let physical = df.create_physical_plan().await?;
+                let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)?;
+                Ok(Output::Rows(
+                    self.cancel_cluster_job_on_drop(stream, physical),
+                ))
             }
         }
     }

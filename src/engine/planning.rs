@@ -410,6 +410,7 @@ impl Engine {
         let task = Arc::new(df.task_ctx());
         let physical = df.create_physical_plan().await?;
         let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)?;
+        let stream = self.cancel_cluster_job_on_drop(stream, physical.clone());
         Ok(Output::Rows(tally_spills(
             stream,
             physical,

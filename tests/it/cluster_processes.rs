@@ -102,6 +102,8 @@ fn start() -> Result<Cluster, String> {
                 address.clone(),
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
+                "--task-port".into(),
+                free_port()?.to_string(),
                 "--slots".into(),
                 "2".into(),
                 "--heartbeat".into(),

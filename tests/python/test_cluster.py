@@ -86,7 +86,8 @@ class Cluster:
         port = free_port()
         self._start(
             ["executor", "--scheduler", self.address.removeprefix("df://"),
-             "--listen", f"127.0.0.1:{port}", "--slots", "2", "--heartbeat", "1s",
+             "--listen", f"127.0.0.1:{port}", "--task-port", str(free_port()),
+             "--slots", "2", "--heartbeat", "1s",
              "--work-dir", str(self.root / f"executor-{i}")],
             f"executor-{i}",
             "ready",
@@ -192,6 +193,52 @@ def test_the_gateway_asks_the_cluster_only_what_the_caller_may_read(warehouse, c
         process.terminate()
         process.wait(timeout=60)
         log.close()
+
+
+def test_a_query_cancelled_at_the_gateway_is_cancelled_on_the_cluster(warehouse, tmp_path):
+    """A query past the gateway's timeout is cancelled there; its job is cancelled on the
+    scheduler too, which tells the executors to stop its tasks."""
+    (tmp_path / "cluster").mkdir()
+    cluster = Cluster(tmp_path / "cluster", executors=2)
+    auth = tmp_path / "auth.toml"
+    auth.write_text(
+        f'[users.alice]\npassword_hash = "{hash_password(warehouse, "alice-pw")}"\n'
+        'roles = ["all"]\n[roles.all]\ngrants = ["table:*"]\n'
+    )
+    root = tmp_path / "gateway"
+    root.mkdir()
+    process, log, uri, _ = start_server(root, warehouse, auth, "--cluster", cluster.address,
+                                        "--query-timeout", "2s")
+    try:
+        sql = "SELECT count(*) AS n FROM big_feats a JOIN big_feats b ON a.t % 1000 = b.t % 1000"
+        kwargs = {"username": "alice", "password": "alice-pw"}
+        started = time.time()
+        with pytest.raises(adbc_driver_manager.Error) as timed_out:
+            with flightsql.connect(uri, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+                cur.execute(sql)
+                cur.fetchall()
+        assert "timeout" in str(timed_out.value).lower() or "deadline" in str(timed_out.value).lower(), \
+            str(timed_out.value)
+        assert time.time() - started < 30
+        # The gateway cancelled the job on the scheduler, which told the executor running it.
+        logs = tmp_path / "cluster"
+        deadline = time.time() + 10
+        while "Job cancelled" not in (logs / "scheduler.log").read_text():
+            assert time.time() < deadline, (logs / "scheduler.log").read_text()
+            time.sleep(0.2)
+        # ... and the executor running its task was told to stop it. (How soon the work stops is
+        # Ballista's: a task is aborted at its next yield, and we have seen executors busy for
+        # tens of seconds after a large join was cancelled; docs/distributed.md.)
+        deadline = time.time() + 10
+        while "Cancelling tasks for" not in "".join(
+                (logs / f"executor-{i}.log").read_text() for i in range(2)):
+            assert time.time() < deadline, "no executor was told to cancel the job's task"
+            time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        log.close()
+        cluster.stop()
 
 
 def test_an_unreachable_scheduler_fails_fast_and_clearly(warehouse):
