@@ -680,6 +680,10 @@ impl DisplayAs for AsOfJoinExec {
         if self.mode != AsOfJoinMode::SharedBuild {
             write!(f, ", mode={}", self.mode)?;
         }
+        if self.on.is_empty() {
+            // No keys to partition by: the right side is one partition, read whole by each task.
+            write!(f, ", mode=single")?;
+        }
         let right = self.right.schema();
         if self.right_output.len() < right.fields().len() {
             let shown: Vec<String> = self

@@ -574,6 +574,9 @@ impl DisplayAs for WindowJoinExec {
         if self.mode != AsOfJoinMode::SharedBuild {
             write!(f, ", mode={}", self.mode)?;
         }
+        if self.on.is_empty() {
+            write!(f, ", mode=single")?;
+        }
         Ok(())
     }
 }
