@@ -28,7 +28,9 @@ CREATE TABLE feats AS SELECT * FROM (VALUES
   (20, TIMESTAMP '2026-01-01 00:00:20', 3.5), (30, TIMESTAMP '2026-01-01 00:00:06', 4.5))
   AS v(entity, ts, value);
 CREATE TABLE big_labels AS SELECT value AS id, value % 1000 AS k, value AS t
-  FROM generate_series(1, 400000);
+  FROM generate_series(1, 200000);
+INSERT INTO big_labels SELECT value AS id, value % 1000 AS k, value AS t
+  FROM generate_series(200001, 400000);
 CREATE TABLE big_feats AS SELECT value % 1000 AS k, value AS t, value * 2 AS v
   FROM generate_series(1, 2000000);
 CREATE ENTITY driver (entity BIGINT);
@@ -137,6 +139,20 @@ def test_queries_on_the_cluster_equal_single_node(warehouse, cluster):
         assert local.returncode == 0, local.stderr.decode()
         assert remote.returncode == 0, remote.stderr.decode()
         assert remote.stdout == local.stdout, sql
+    # A session cannot turn the co-partitioned joins off on the cluster: the scheduler plans
+    # every keyed join co-partitioned, so each task indexes its own share of the right side.
+    sql = ("SELECT count(*), sum(f.v) FROM big_labels l ASOF LEFT JOIN big_feats f "
+           "ON l.k = f.k AND l.t >= f.t")
+    local = pitlake(warehouse, "sql", "--format", "csv", sql)
+    for statement in [sql, "EXPLAIN " + sql]:
+        remote = pitlake(warehouse, "--cluster", cluster.address, "sql", "--format", "csv",
+                         "SET pitlake.asof_co_partitioned = false; " + statement)
+        assert remote.returncode == 0, remote.stderr.decode()
+        out = remote.stdout.decode()
+        if statement == sql:
+            assert out.endswith(local.stdout.decode()) and local.stdout, (out, local.stdout)
+        else:
+            assert out.count("AsOfJoinExec") >= 2 and "mode=co_partitioned" in out, out
 
 
 def test_exports_through_the_cluster_pin_and_hash_as_single_node(warehouse, cluster, tmp_path):
