@@ -117,26 +117,42 @@ fn number_widths<'a>(widths: impl Iterator<Item = &'a Tolerance>) -> Vec<ScalarV
         .collect()
 }
 
-/// An aggregate's function and width from its header; numeric widths are taken from `numbers`
-/// in order.
-fn aggregate_parts(
-    header: &AggregateHeader,
-    numbers: &mut impl Iterator<Item = ScalarValue>,
-) -> Result<(AggFunction, Tolerance)> {
-    let function = AggFunction::from_name(&header.function, header.star)
-        .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
-    let width = match &header.width_nanos {
-        Some(n) => Tolerance::Duration(
-            n.parse()
-                .map_err(|_| internal_datafusion_err!("as-of codec: width {n}"))?,
-        ),
-        None => Tolerance::Number(
-            numbers
-                .next()
-                .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))?,
-        ),
-    };
-    Ok((function, width))
+/// The aggregates of `header` with their arguments: the numeric widths are taken from `numbers`
+/// and the arguments from `args`, in order. The logical aggregates come without their argument,
+/// which is returned beside each (logical or physical, as the caller decoded them).
+fn header_aggregates<A>(
+    header: &Header,
+    numbers: impl IntoIterator<Item = ScalarValue>,
+    args: impl IntoIterator<Item = A>,
+) -> Result<Vec<(WindowAggregate, Option<A>)>> {
+    let (mut numbers, mut args) = (numbers.into_iter(), args.into_iter());
+    header
+        .aggregates
+        .iter()
+        .map(|a| {
+            let function = AggFunction::from_name(&a.function, a.star)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+            let width = match &a.width_nanos {
+                Some(n) => Tolerance::Duration(
+                    n.parse()
+                        .map_err(|_| internal_datafusion_err!("as-of codec: width {n}"))?,
+                ),
+                None => Tolerance::Number(
+                    numbers
+                        .next()
+                        .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))?,
+                ),
+            };
+            let aggregate = WindowAggregate {
+                name: a.name.clone(),
+                function,
+                arg: None,
+                k: a.k,
+                width,
+            };
+            Ok((aggregate, if a.has_arg { args.next() } else { None }))
+        })
+        .collect()
 }
 
 fn op_name(op: AsOfOperator) -> &'static str {
@@ -289,15 +305,14 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
         if exprs.len() < widths {
             return Err(internal_datafusion_err!("as-of codec: width literals"));
         }
-        let mut numbers = exprs
+        let numbers = exprs
             .split_off(exprs.len() - widths)
             .into_iter()
             .map(|e| match e {
                 Expr::Literal(value, _) => Ok(value),
                 _ => Err(internal_datafusion_err!("as-of codec: width literal")),
             })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
+            .collect::<Result<Vec<_>>>()?;
         let number = if header.tolerance_number {
             match exprs.pop() {
                 Some(Expr::Literal(value, _)) => Some(value),
@@ -317,21 +332,11 @@ impl LogicalExtensionCodec for AsOfLogicalCodec {
                 expected + args
             ));
         }
-        let mut arg_exprs = exprs.split_off(expected).into_iter();
-        let aggregates = header
-            .aggregates
-            .iter()
-            .map(|a| {
-                let (function, width) = aggregate_parts(a, &mut numbers)?;
-                Ok(WindowAggregate {
-                    name: a.name.clone(),
-                    function,
-                    arg: if a.has_arg { arg_exprs.next() } else { None },
-                    k: a.k,
-                    width,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let arg_exprs = exprs.split_off(expected);
+        let aggregates: Vec<WindowAggregate> = header_aggregates(&header, numbers, arg_exprs)?
+            .into_iter()
+            .map(|(aggregate, arg)| WindowAggregate { arg, ..aggregate })
+            .collect();
         let known_at = header.known_at.then(|| exprs[expected - 1].clone());
         let tiebreak = header
             .tiebreak
@@ -591,12 +596,11 @@ impl AsOfPhysicalCodec {
         } else {
             None
         };
-        let mut arg_exprs = nodes[base..base + args]
+        let arg_exprs = nodes[base..base + args]
             .iter()
             .map(|n| parse(n, &rs))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let mut numbers = nodes[base + args..]
+            .collect::<Result<Vec<_>>>()?;
+        let numbers = nodes[base + args..]
             .iter()
             .map(|n| {
                 parse(n, &ls)?
@@ -604,22 +608,11 @@ impl AsOfPhysicalCodec {
                     .map(|l| l.value().clone())
                     .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))
             })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let aggregates = header
-            .aggregates
-            .iter()
-            .map(|a| {
-                let (function, width) = aggregate_parts(a, &mut numbers)?;
-                Ok(PhysicalWindowAggregate {
-                    name: a.name.clone(),
-                    function,
-                    arg: if a.has_arg { arg_exprs.next() } else { None },
-                    k: a.k,
-                    width,
-                })
-            })
             .collect::<Result<Vec<_>>>()?;
+        let aggregates = header_aggregates(header, numbers, arg_exprs)?
+            .into_iter()
+            .map(|(aggregate, arg)| PhysicalWindowAggregate::new(&aggregate, arg))
+            .collect();
         let schema = header
             .output_schema
             .as_deref()
