@@ -281,7 +281,9 @@ def test_a_registry_answer_past_16_mib_is_refused(roomy):
 
 
 def test_on_sigterm_a_download_in_progress_finishes_and_new_calls_are_refused(tmp_path, auth_text):
-    # test_flight.start_server fixes the grace at 2 s; this server needs 5 s.
+    # test_flight.start_server fixes the grace at 2 s; this server needs more. The grace is
+    # generous (20 s) so that a busy machine, not the server, cannot cut the download short; the
+    # answer still has to end within it.
     warehouse, auth = warehouse_and_auth(tmp_path, auth_text)
     port, http_port = free_port(), free_port()
     log_path = tmp_path / "server.log"
@@ -289,12 +291,12 @@ def test_on_sigterm_a_download_in_progress_finishes_and_new_calls_are_refused(tm
     process = subprocess.Popen(
         [pitlake_bin(), "--warehouse", str(warehouse), "serve", "--listen", f"127.0.0.1:{port}",
          "--http-listen", f"127.0.0.1:{http_port}", "--auth-file", str(auth),
-         "--insecure-plaintext", "--shutdown-grace", "5s"],
+         "--insecure-plaintext", "--shutdown-grace", "20s"],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PITLAKE_LOG": "pitlake=info"},
     )
     server = served(process, log, log_path, http_port)
     try:
-        rows = 2_000_000  # about 15 MB of CSV: 2 to 3 s at the pace read below
+        rows = 1_000_000  # about 7 MB of CSV: 1 to 2 s at the pace read below
         response = server["reader"].query(
             f"SELECT value FROM generate_series(1, {rows})", accept=CSV, stream=True, timeout=30
         )
@@ -328,7 +330,7 @@ def test_on_sigterm_a_download_in_progress_finishes_and_new_calls_are_refused(tm
         body = b"".join(received).decode()
         # The whole answer, within the grace period.
         assert body == "value\n" + "".join(f"{i}\n" for i in range(1, rows + 1)), len(body)
-        assert time.monotonic() - signalled < 5
+        assert time.monotonic() - signalled < 20
         caller.join(timeout=10)
         # The new call was turned away at once: 503 UNAVAILABLE or a refused connection.
         assert later.get("status") in (503, "refused"), later
