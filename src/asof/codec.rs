@@ -67,9 +67,6 @@ struct Header {
     /// Logical: the qualifier of the aggregates' columns.
     #[serde(default)]
     aggregate_qualifier: Option<String>,
-    /// Physical: a window join's `l.t > r.t`.
-    #[serde(default)]
-    strict: bool,
     /// Physical: a window join's output schema (`datafusion-proto`).
     #[serde(default)]
     output_schema: Option<Vec<u8>>,
@@ -208,7 +205,6 @@ fn header(
         co_partitioned: false,
         aggregates: Vec::new(),
         aggregate_qualifier: None,
-        strict: false,
         output_schema: None,
     }
 }
@@ -492,15 +488,137 @@ fn output_schema(left: &SchemaRef, right: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// What both join operators have, in the order the physical codec writes them: left keys, right
+/// keys, left time, right time, tie-break expressions, the knowledge time. Each operator's own
+/// expressions follow.
+struct JoinParts {
+    on: Vec<(PhysicalExprRef, PhysicalExprRef)>,
+    left_time: PhysicalExprRef,
+    right_time: PhysicalExprRef,
+    tiebreak: Vec<PhysicalSortExpr>,
+    known_at: Option<PhysicalExprRef>,
+}
+
+impl JoinParts {
+    /// How many expressions the parts of a join with `header` take.
+    fn len(header: &Header) -> usize {
+        2 * header.keys + 2 + header.tiebreak.len() + usize::from(header.known_at)
+    }
+
+    /// The expressions, in the codec's order.
+    fn exprs(
+        on: &[(PhysicalExprRef, PhysicalExprRef)],
+        (left_time, right_time): (&PhysicalExprRef, &PhysicalExprRef),
+        tiebreak: &[PhysicalSortExpr],
+        known_at: Option<&PhysicalExprRef>,
+    ) -> Vec<PhysicalExprRef> {
+        let mut exprs: Vec<PhysicalExprRef> = on.iter().map(|(l, _)| l.clone()).collect();
+        exprs.extend(on.iter().map(|(_, r)| r.clone()));
+        exprs.push(left_time.clone());
+        exprs.push(right_time.clone());
+        exprs.extend(tiebreak.iter().map(|s| s.expr.clone()));
+        exprs.extend(known_at.cloned());
+        exprs
+    }
+}
+
+/// The tie-break directions as the header holds them: (ascending, nulls first).
+fn tiebreak_header(tiebreak: &[PhysicalSortExpr]) -> Vec<(bool, bool)> {
+    tiebreak
+        .iter()
+        .map(|s| (!s.options.descending, s.options.nulls_first))
+        .collect()
+}
+
+/// The mode the header names.
+fn mode_from(header: &Header) -> AsOfJoinMode {
+    if header.co_partitioned {
+        AsOfJoinMode::CoPartitioned
+    } else {
+        AsOfJoinMode::SharedBuild
+    }
+}
+
 impl AsOfPhysicalCodec {
+    fn parse(
+        &self,
+        node: &PhysicalExprNode,
+        ctx: &TaskContext,
+        schema: &Schema,
+    ) -> Result<PhysicalExprRef> {
+        parse_physical_expr(node, ctx, schema, self)
+    }
+
+    /// The literal value of `node`.
+    fn literal(
+        &self,
+        node: &PhysicalExprNode,
+        ctx: &TaskContext,
+        schema: &Schema,
+    ) -> Result<ScalarValue> {
+        self.parse(node, ctx, schema)?
+            .downcast_ref::<Literal>()
+            .map(|l| l.value().clone())
+            .ok_or_else(|| internal_datafusion_err!("as-of codec: literal expected"))
+    }
+
+    /// The shared parts from the first [`JoinParts::len`] of `nodes`.
+    fn decode_parts(
+        &self,
+        header: &Header,
+        nodes: &[PhysicalExprNode],
+        (ls, rs): (&Schema, &Schema),
+        ctx: &TaskContext,
+    ) -> Result<JoinParts> {
+        let (k, t) = (header.keys, header.tiebreak.len());
+        let on = (0..k)
+            .map(|i| {
+                Ok((
+                    self.parse(&nodes[i], ctx, ls)?,
+                    self.parse(&nodes[k + i], ctx, rs)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tiebreak = header
+            .tiebreak
+            .iter()
+            .zip(&nodes[2 * k + 2..2 * k + 2 + t])
+            .map(|((asc, nulls_first), node)| {
+                Ok(PhysicalSortExpr::new(
+                    self.parse(node, ctx, rs)?,
+                    SortOptions {
+                        descending: !asc,
+                        nulls_first: *nulls_first,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let known_at = header
+            .known_at
+            .then(|| self.parse(&nodes[2 * k + 2 + t], ctx, rs))
+            .transpose()?;
+        Ok(JoinParts {
+            on,
+            left_time: self.parse(&nodes[2 * k], ctx, ls)?,
+            right_time: self.parse(&nodes[2 * k + 1], ctx, rs)?,
+            tiebreak,
+            known_at,
+        })
+    }
+
+    /// Writes `exprs`, each a length-delimited protobuf message.
+    fn write_exprs(&self, exprs: &[PhysicalExprRef], buf: &mut Vec<u8>) -> Result<()> {
+        for expr in exprs {
+            serialize_physical_expr(expr, self)?
+                .encode_length_delimited(buf)
+                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// A window join: the as-of layout (keys, times, tie-break, knowledge time), then the
     /// aggregates' arguments, then their numeric widths.
     fn encode_window(&self, join: &WindowJoinExec, buf: &mut Vec<u8>) -> Result<()> {
-        let tiebreak = join
-            .tiebreak()
-            .iter()
-            .map(|s| (!s.options.descending, s.options.nulls_first))
-            .collect();
         let op = if join.strict() {
             AsOfOperator::Gt
         } else {
@@ -512,11 +630,10 @@ impl AsOfPhysicalCodec {
             op,
             AsOfJoinType::Left,
             None,
-            tiebreak,
+            tiebreak_header(join.tiebreak()),
             join.known_at().is_some(),
         );
         header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
-        header.strict = join.strict();
         header.aggregates = join
             .aggregates()
             .iter()
@@ -525,25 +642,14 @@ impl AsOfPhysicalCodec {
         let schema = datafusion_proto::protobuf::Schema::try_from(join.output_schema().as_ref())?;
         header.output_schema = Some(schema.encode_to_vec());
         write_header(&header, buf)?;
-        let (left_time, right_time) = join.times();
-        let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();
-        exprs.extend(join.on().iter().map(|(_, r)| r.clone()));
-        exprs.push(left_time.clone());
-        exprs.push(right_time.clone());
-        exprs.extend(join.tiebreak().iter().map(|s| s.expr.clone()));
-        exprs.extend(join.known_at().cloned());
+        let mut exprs = JoinParts::exprs(join.on(), join.times(), join.tiebreak(), join.known_at());
         exprs.extend(join.aggregates().iter().filter_map(|a| a.arg.clone()));
         exprs.extend(
             number_widths(join.aggregates().iter().map(|a| &a.width))
                 .into_iter()
                 .map(|v| Arc::new(Literal::new(v)) as Arc<dyn PhysicalExpr>),
         );
-        for expr in &exprs {
-            serialize_physical_expr(expr, self)?
-                .encode_length_delimited(buf)
-                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
-        }
-        Ok(())
+        self.write_exprs(&exprs, buf)
     }
 
     fn decode_window(
@@ -555,15 +661,13 @@ impl AsOfPhysicalCodec {
         ctx: &TaskContext,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let (ls, rs) = (left.schema(), right.schema());
-        let k = header.keys;
-        let t = header.tiebreak.len();
         let args = header.aggregates.iter().filter(|a| a.has_arg).count();
         let widths = header
             .aggregates
             .iter()
             .filter(|a| a.width_nanos.is_none())
             .count();
-        let base = 2 * k + 2 + t + usize::from(header.known_at);
+        let base = JoinParts::len(header);
         if nodes.len() != base + args + widths {
             return Err(internal_datafusion_err!(
                 "as-of codec: {} expressions, expected {}",
@@ -571,43 +675,14 @@ impl AsOfPhysicalCodec {
                 base + args + widths
             ));
         }
-        let parse = |node: &PhysicalExprNode, schema: &Schema| -> Result<PhysicalExprRef> {
-            parse_physical_expr(node, ctx, schema, self)
-        };
-        let on = (0..k)
-            .map(|i| Ok((parse(&nodes[i], &ls)?, parse(&nodes[k + i], &rs)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let tiebreak = header
-            .tiebreak
-            .iter()
-            .zip(&nodes[2 * k + 2..2 * k + 2 + t])
-            .map(|((asc, nulls_first), node)| {
-                Ok(PhysicalSortExpr::new(
-                    parse(node, &rs)?,
-                    SortOptions {
-                        descending: !asc,
-                        nulls_first: *nulls_first,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let known_at = if header.known_at {
-            Some(parse(&nodes[base - 1], &rs)?)
-        } else {
-            None
-        };
+        let parts = self.decode_parts(header, nodes, (&ls, &rs), ctx)?;
         let arg_exprs = nodes[base..base + args]
             .iter()
-            .map(|n| parse(n, &rs))
+            .map(|n| self.parse(n, ctx, &rs))
             .collect::<Result<Vec<_>>>()?;
         let numbers = nodes[base + args..]
             .iter()
-            .map(|n| {
-                parse(n, &ls)?
-                    .downcast_ref::<Literal>()
-                    .map(|l| l.value().clone())
-                    .ok_or_else(|| internal_datafusion_err!("as-of codec: width literal"))
-            })
+            .map(|n| self.literal(n, ctx, &ls))
             .collect::<Result<Vec<_>>>()?;
         let aggregates = header_aggregates(header, numbers, arg_exprs)?
             .into_iter()
@@ -622,22 +697,17 @@ impl AsOfPhysicalCodec {
         let exec = WindowJoinExec::try_new(
             left.clone(),
             right.clone(),
-            on,
+            parts.on,
             header.null_equal.clone(),
-            parse(&nodes[2 * k], &ls)?,
-            parse(&nodes[2 * k + 1], &rs)?,
-            header.strict,
-            tiebreak,
-            known_at,
+            parts.left_time,
+            parts.right_time,
+            op_from(&header.op)? == AsOfOperator::Gt,
+            parts.tiebreak,
+            parts.known_at,
             aggregates,
             Arc::new(Schema::try_from(&schema)?),
         )?;
-        let mode = if header.co_partitioned {
-            AsOfJoinMode::CoPartitioned
-        } else {
-            AsOfJoinMode::SharedBuild
-        };
-        Ok(Arc::new(exec.with_mode(mode)))
+        Ok(Arc::new(exec.with_mode(mode_from(header))))
     }
 }
 
@@ -663,78 +733,37 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         if !header.aggregates.is_empty() {
             return self.decode_window(&header, &nodes, left, right, ctx);
         }
-        let k = header.keys;
-        let t = header.tiebreak.len();
-        let expected =
-            2 * k + 2 + t + usize::from(header.known_at) + usize::from(header.tolerance_number);
+        let base = JoinParts::len(&header);
+        let expected = base + usize::from(header.tolerance_number);
         if nodes.len() != expected {
             return Err(internal_datafusion_err!(
                 "as-of codec: {} expressions, expected {expected}",
                 nodes.len()
             ));
         }
-        let parse = |node: &PhysicalExprNode, schema: &Schema| -> Result<PhysicalExprRef> {
-            parse_physical_expr(node, ctx, schema, self)
-        };
-        let mut on = Vec::with_capacity(k);
-        for i in 0..k {
-            on.push((parse(&nodes[i], &ls)?, parse(&nodes[k + i], &rs)?));
-        }
-        let left_time = parse(&nodes[2 * k], &ls)?;
-        let right_time = parse(&nodes[2 * k + 1], &rs)?;
-        let tiebreak = header
-            .tiebreak
-            .iter()
-            .zip(&nodes[2 * k + 2..2 * k + 2 + t])
-            .map(|((asc, nulls_first), node)| {
-                Ok(PhysicalSortExpr::new(
-                    parse(node, &rs)?,
-                    SortOptions {
-                        descending: !asc,
-                        nulls_first: *nulls_first,
-                    },
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut next = 2 * k + 2 + t;
-        let known_at = if header.known_at {
-            next += 1;
-            Some(parse(&nodes[next - 1], &rs)?)
-        } else {
-            None
-        };
-        let number = if header.tolerance_number {
-            let literal = parse(&nodes[next], &ls)?;
-            let value = literal
-                .downcast_ref::<Literal>()
-                .map(|l| l.value().clone())
-                .ok_or_else(|| internal_datafusion_err!("as-of codec: tolerance literal"))?;
-            Some(value)
-        } else {
-            None
-        };
+        let parts = self.decode_parts(&header, &nodes, (&ls, &rs), ctx)?;
+        let number = header
+            .tolerance_number
+            .then(|| self.literal(&nodes[base], ctx, &ls))
+            .transpose()?;
         let exec = AsOfJoinExec::try_new(
             left.clone(),
             right.clone(),
-            on,
+            parts.on,
             header.null_equal.clone(),
-            left_time,
-            right_time,
+            parts.left_time,
+            parts.right_time,
             op_from(&header.op)?,
             join_type_from(&header.join_type)?,
             tolerance_from(&header, number)?,
-            tiebreak,
-            known_at,
+            parts.tiebreak,
+            parts.known_at,
             output_schema(&ls, &rs),
         )?;
+        let mode = mode_from(&header);
         let exec = match header.right_output {
             Some(keep) => exec.with_right_output(keep)?,
             None => exec,
-        };
-        let mode = if header.co_partitioned {
-            AsOfJoinMode::CoPartitioned
-        } else {
-            AsOfJoinMode::SharedBuild
         };
         Ok(Arc::new(exec.with_mode(mode)))
     }
@@ -751,18 +780,13 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         let Some(join) = node.downcast_ref::<AsOfJoinExec>() else {
             return self.inner.try_encode(node, buf, proto_converter);
         };
-        let tiebreak = join
-            .tiebreak()
-            .iter()
-            .map(|s| (!s.options.descending, s.options.nulls_first))
-            .collect();
         let mut header = header(
             join.on().len(),
             join.null_equal(),
             join.op(),
             join.join_type(),
             join.tolerance(),
-            tiebreak,
+            tiebreak_header(join.tiebreak()),
             join.known_at().is_some(),
         );
         if join.right_output().len() < join.right().schema().fields().len() {
@@ -770,21 +794,10 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
         }
         header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
         write_header(&header, buf)?;
-        let (left_time, right_time) = join.times();
-        let mut exprs: Vec<PhysicalExprRef> = join.on().iter().map(|(l, _)| l.clone()).collect();
-        exprs.extend(join.on().iter().map(|(_, r)| r.clone()));
-        exprs.push(left_time.clone());
-        exprs.push(right_time.clone());
-        exprs.extend(join.tiebreak().iter().map(|s| s.expr.clone()));
-        exprs.extend(join.known_at().cloned());
+        let mut exprs = JoinParts::exprs(join.on(), join.times(), join.tiebreak(), join.known_at());
         if let Some(Tolerance::Number(value)) = join.tolerance() {
             exprs.push(Arc::new(Literal::new(value.clone())) as Arc<dyn PhysicalExpr>);
         }
-        for expr in &exprs {
-            serialize_physical_expr(expr, self)?
-                .encode_length_delimited(buf)
-                .map_err(|e| internal_datafusion_err!("as-of codec: {e}"))?;
-        }
-        Ok(())
+        self.write_exprs(&exprs, buf)
     }
 }

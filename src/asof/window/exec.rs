@@ -256,11 +256,6 @@ impl WindowJoinExec {
         &self.aggregates
     }
 
-    /// The inputs.
-    pub fn inputs(&self) -> (&Arc<dyn ExecutionPlan>, &Arc<dyn ExecutionPlan>) {
-        (&self.left, &self.right)
-    }
-
     /// The equality keys, (left, right).
     pub fn on(&self) -> &[(PhysicalExprRef, PhysicalExprRef)] {
         &self.on
