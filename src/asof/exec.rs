@@ -211,6 +211,28 @@ pub enum AsOfJoinMode {
     CoPartitioned,
 }
 
+impl AsOfJoinMode {
+    /// The mode a join with `keys` equality keys runs in when asked for this one: a join
+    /// without keys cannot be partitioned by them and stays shared, its right side one
+    /// partition.
+    pub(crate) fn for_keys(self, keys: usize) -> Self {
+        if keys == 0 {
+            AsOfJoinMode::SharedBuild
+        } else {
+            self
+        }
+    }
+
+    /// What a join in this mode asks of its inputs, given their distributions: co-partitioned,
+    /// partition p of each side must hold the same keys (one partitioning for both).
+    pub(crate) fn requirements(self, inputs: Vec<Distribution>) -> InputDistributionRequirements {
+        match self {
+            AsOfJoinMode::SharedBuild => InputDistributionRequirements::new(inputs),
+            AsOfJoinMode::CoPartitioned => InputDistributionRequirements::co_partitioned(inputs),
+        }
+    }
+}
+
 impl fmt::Display for AsOfJoinMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -383,11 +405,7 @@ impl AsOfJoinExec {
     /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
     /// [`AsOfJoinMode::SharedBuild`], its right side one partition.
     pub fn with_mode(mut self, mode: AsOfJoinMode) -> Self {
-        self.mode = if self.on.is_empty() {
-            AsOfJoinMode::SharedBuild
-        } else {
-            mode
-        };
+        self.mode = mode.for_keys(self.on.len());
         self
     }
 
@@ -726,15 +744,7 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        match self.mode {
-            AsOfJoinMode::SharedBuild => {
-                InputDistributionRequirements::new(self.required_input_distribution())
-            }
-            // Partition p of each side must hold the same keys: one partitioning for both.
-            AsOfJoinMode::CoPartitioned => {
-                InputDistributionRequirements::co_partitioned(self.required_input_distribution())
-            }
-        }
+        self.mode.requirements(self.required_input_distribution())
     }
 
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {

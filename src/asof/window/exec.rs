@@ -238,11 +238,7 @@ impl WindowJoinExec {
     /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
     /// [`AsOfJoinMode::SharedBuild`], its right side one partition.
     pub fn with_mode(mut self, mode: AsOfJoinMode) -> Self {
-        self.mode = if self.on.is_empty() {
-            AsOfJoinMode::SharedBuild
-        } else {
-            mode
-        };
+        self.mode = mode.for_keys(self.on.len());
         self
     }
 
@@ -417,14 +413,7 @@ impl ExecutionPlan for WindowJoinExec {
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
-        match self.mode {
-            AsOfJoinMode::SharedBuild => {
-                InputDistributionRequirements::new(self.required_input_distribution())
-            }
-            AsOfJoinMode::CoPartitioned => {
-                InputDistributionRequirements::co_partitioned(self.required_input_distribution())
-            }
-        }
+        self.mode.requirements(self.required_input_distribution())
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
