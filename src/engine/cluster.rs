@@ -12,24 +12,13 @@ use datafusion::physical_plan::{ExecutionPlan, RecordBatchStream};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::SessionConfig;
 
-use super::{Engine, WarehouseFacts, frontend, guards, pitlake_config};
+use super::{Engine, WarehouseFacts, frontend, pitlake_config, pitlake_functions};
 use crate::config::Settings;
 use crate::error::{PitlakeError, Result};
 use crate::planner::PitlakeQueryPlanner;
 use crate::storage::Warehouse;
-
-/// The functions pitlake adds to or replaces in DataFusion's: the as-of markers and the capped
-/// functions (`guards`). A cluster's executors register them too.
-pub fn pitlake_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
-    let ctx = SessionContext::new();
-    [frontend::marker_udf(), frontend::window_marker_udf()]
-        .into_iter()
-        .chain(guards::capped_functions(&ctx))
-        .map(Arc::new)
-        .collect()
-}
 
 /// The codecs of the plans a cluster runs: as-of joins, warehouse tables as pinned Parquet
 /// files ([`crate::storage::PinnedDeltaTable`]), and Ballista's own nodes.

@@ -183,10 +183,3 @@ impl ScalarUDFImpl for Capped {
         self.inner.invoke_with_args(args)
     }
 }
-
-/// Registers the capped functions over the built-ins of `ctx`.
-pub fn register_capped_functions(ctx: &SessionContext) {
-    for udf in capped_functions(ctx) {
-        ctx.register_udf(udf);
-    }
-}

@@ -40,9 +40,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::ObjectName;
 
-pub use cluster::{
-    cluster_codecs, cluster_config, cluster_runtime, cluster_session_state, pitlake_functions,
-};
+pub use cluster::{cluster_codecs, cluster_config, cluster_runtime, cluster_session_state};
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
     Check, ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction,
@@ -110,6 +108,22 @@ fn pitlake_config(config: SessionConfig) -> SessionConfig {
         // (9999-12-31 would come back as 1816). Delta timestamps are microseconds.
         .set_str("datafusion.execution.parquet.coerce_int96", "us")
         .with_option_extension(crate::planner::PitlakeOptions::default())
+}
+
+/// The functions pitlake adds to or replaces in DataFusion's: the as-of markers and the capped
+/// functions (`guards`). Every session that plans or runs pitlake's plans has them: the
+/// engine's, a cluster scheduler's and its executors'. Made once.
+pub fn pitlake_functions() -> Vec<Arc<datafusion::logical_expr::ScalarUDF>> {
+    static FUNCTIONS: std::sync::LazyLock<Vec<Arc<datafusion::logical_expr::ScalarUDF>>> =
+        std::sync::LazyLock::new(|| {
+            let builtins = SessionContext::new();
+            [frontend::marker_udf(), frontend::window_marker_udf()]
+                .into_iter()
+                .chain(guards::capped_functions(&builtins))
+                .map(Arc::new)
+                .collect()
+        });
+    FUNCTIONS.clone()
 }
 
 /// A table a statement may name: a valid warehouse name, and not in pitlake's own schema. The
@@ -271,9 +285,9 @@ impl Engine {
             )
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_udf(frontend::marker_udf());
-        ctx.register_udf(frontend::window_marker_udf());
-        guards::register_capped_functions(&ctx);
+        for udf in pitlake_functions() {
+            ctx.register_udf(Arc::unwrap_or_clone(udf));
+        }
         ctx.register_catalog(CATALOG, catalog.clone());
         Ok(Self {
             base_ctx: ctx.clone(),
