@@ -123,11 +123,16 @@ impl Engine {
     /// `state`, sending the queries planned in it to the cluster of the settings, if any: their
     /// logical plans go to the scheduler, which plans and runs them on its executors. Writes
     /// and registry changes stay here (deltalake commits from this process).
-    pub(crate) async fn on_cluster(&self, state: SessionState) -> Result<SessionState> {
+    pub(crate) async fn on_cluster(
+        &self,
+        state: SessionState,
+        plan: &datafusion::logical_expr::LogicalPlan,
+    ) -> Result<SessionState> {
         use ballista_core::extension::{SessionConfigExt, SessionStateExt};
         let Some(url) = &self.settings.cluster else {
             return Ok(state);
         };
+        only_warehouse_tables(plan)?;
         check_reachable(url).await?;
         let (logical, physical) = cluster_codecs();
         let config = state
@@ -144,6 +149,36 @@ impl Engine {
             .with_config(config)
             .build();
         Ok(state.upgrade_for_ballista(url.clone())?)
+    }
+}
+
+/// Refuses, clearly and before anything is sent, a plan that reads a table the cluster cannot:
+/// only warehouse tables travel (as their pinned files); a table function, a session's upload
+/// or a view over one would otherwise fail inside Ballista's serializer. The information schema
+/// is exempt: Ballista answers plans that read only it in the client.
+fn only_warehouse_tables(plan: &datafusion::logical_expr::LogicalPlan) -> Result<()> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut refused = None;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && scan.table_name.schema() != Some("information_schema")
+        {
+            let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+            if crate::storage::as_warehouse_table(&provider).is_none() {
+                refused = Some(scan.table_name.table().to_string());
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    match refused {
+        Some(name) => Err(PitlakeError::Unsupported(format!(
+            "`{name}` is not a warehouse table (a table function such as generate_series, or a \
+             session's upload): on a cluster a query reads warehouse tables only; run this \
+             statement without --cluster, or write the rows into a table first"
+        ))),
+        None => Ok(()),
     }
 }
 

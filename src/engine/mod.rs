@@ -553,7 +553,7 @@ impl Engine {
                 Ok(Output::Done("ok".into()))
             }
             plan => {
-                let df = DataFrame::new(self.on_cluster(state).await?, plan);
+                let df = DataFrame::new(self.on_cluster(state, &plan).await?, plan);
                 let task = Arc::new(df.task_ctx());
                 let physical = df.create_physical_plan().await?;
                 let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)?;

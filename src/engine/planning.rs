@@ -405,7 +405,9 @@ impl Engine {
             };
             return engine.run(planned.statement, confirmed).await;
         }
-        let state = self.on_cluster(self.query_state(memory_limit)).await?;
+        let state = self
+            .on_cluster(self.query_state(memory_limit), &plan)
+            .await?;
         let df = DataFrame::new(state, plan);
         let task = Arc::new(df.task_ctx());
         let physical = df.create_physical_plan().await?;

@@ -310,3 +310,48 @@ fn cluster_processes_listen_on_loopback_unless_told_the_network_is_private() {
         );
     }
 }
+
+/// On a cluster: a table function is refused clearly before anything is sent, and the capped
+/// functions are capped on the executors too (an oversized value cannot take their memory).
+#[test]
+fn the_cluster_refuses_table_functions_and_caps_functions() {
+    let cluster = processes::shared().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = dir.path().display().to_string();
+    let made = pitlake(&[
+        "-w",
+        &warehouse,
+        "sql",
+        "CREATE TABLE sizes AS SELECT 1000000000 AS n",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let out = pitlake(&[
+        "-w",
+        &warehouse,
+        "--cluster",
+        &cluster.address,
+        "sql",
+        "SELECT count(*) FROM generate_series(1, 10)",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not a warehouse table") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+    let out = pitlake(&[
+        "-w",
+        &warehouse,
+        "--cluster",
+        &cluster.address,
+        "sql",
+        "SELECT length(repeat('x', n)) FROM sizes",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at most 256 MiB is allowed"), "{stderr}");
+}
