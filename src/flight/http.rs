@@ -201,6 +201,7 @@ async fn accept(
         });
         let app = app.clone();
         let tls = tls.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 request.extensions_mut().insert(connection.clone());
@@ -226,6 +227,7 @@ async fn accept(
                         hyper_util::rt::TokioIo::new(stream),
                         service,
                         &closed,
+                        &stop,
                         hard_limit,
                     )
                     .await
@@ -237,6 +239,7 @@ async fn accept(
                     );
                     let stream = tokio::select! {
                         _ = closed.cancelled() => None,
+                        _ = stop.cancelled() => None,
                         done = handshake => match done {
                             Ok(Ok(stream)) => Some(stream),
                             Ok(Err(e)) => {
@@ -251,6 +254,7 @@ async fn accept(
                             hyper_util::rt::TokioIo::new(stream),
                             service,
                             &closed,
+                            &stop,
                             hard_limit,
                         )
                         .await
@@ -260,12 +264,24 @@ async fn accept(
             closed.cancel();
         });
     }
+    // No new connections; those open finish the answer they are sending (idle ones close at
+    // once, see `serve`). The process must not exit under an answer still in the socket's
+    // buffers, though its query has ended: the caller bounds this wait by the grace.
+    drop(listener);
+    for connection in open {
+        connection.closed.cancelled().await;
+    }
 }
 
 /// Serves one connection: closed at once when evicted, gracefully (after its answer) at the
-/// end of its lifetime, and at once past `hard_limit`.
-async fn serve<I, S>(io: I, service: S, closed: &CancellationToken, hard_limit: Duration)
-where
+/// end of its lifetime or when the server stops, and at once past `hard_limit`.
+async fn serve<I, S>(
+    io: I,
+    service: S,
+    closed: &CancellationToken,
+    stopping: &CancellationToken,
+    hard_limit: Duration,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: hyper::service::HttpService<hyper::body::Incoming> + Send,
     S::Future: Send + 'static,
@@ -287,6 +303,10 @@ where
             _ = closed.cancelled() => return,
             _ = &mut hard => return,
             _ = &mut lifetime, if !ending => {
+                ending = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = stopping.cancelled(), if !ending => {
                 ending = true;
                 connection.as_mut().graceful_shutdown();
             }

@@ -45,6 +45,9 @@ const PREPARED_IDLE: Duration = Duration::from_secs(3600);
 /// After the grace period, how long cancelled streams get to close before the server task is
 /// stopped regardless (a client that stopped reading cannot see its stream end).
 const HARD_STOP_AFTER_GRACE: Duration = Duration::from_secs(10);
+/// After the grace period, how long HTTP connections get to finish sending an answer (a
+/// cancelled query's error, or the last bytes of one that ended) before the server stops.
+const HTTP_CLOSE_AFTER_GRACE: Duration = Duration::from_secs(2);
 
 pub use super::config::TLS_HANDSHAKE_TIMEOUT;
 
@@ -129,11 +132,21 @@ impl RunningServer {
             );
             tokio::time::sleep(self.drain_delay).await;
         }
+        let grace_ends = tokio::time::Instant::now() + self.grace;
         let outcome = self.stop_serving().await;
-        // The HTTP endpoint answered 503 on /readyz throughout; now it stops too.
-        if let Some((_, task, stop)) = self.http.take() {
+        // The HTTP endpoint answered 503 on /readyz throughout; now it stops too. A REST
+        // answer whose query has ended may still be on its way to the client: connections get
+        // what is left of the grace (and a little, as cancelled Flight streams do) to send it.
+        if let Some((_, mut task, stop)) = self.http.take() {
             stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            let until = grace_ends.max(tokio::time::Instant::now()) + HTTP_CLOSE_AFTER_GRACE;
+            if tokio::time::timeout_at(until, &mut task).await.is_err() {
+                task.abort();
+                tracing::warn!(
+                    target: "pitlake::http",
+                    "HTTP connections still open after the grace period; closed them"
+                );
+            }
         }
         outcome
     }
