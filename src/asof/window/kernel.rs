@@ -10,11 +10,16 @@
 //! function picks one row (`first`, `last`), by the tie rule: the row `TIEBREAK BY` puts first,
 //! then the greatest value, counts as the later one.
 //!
-//! Probe: per left row, a hash lookup for the group, two binary searches for the window's ends in
-//! the group's times, then one pass over the rows between them, skipping rows not yet known at
+//! The aggregates' arguments are then gathered into that order, so the rows of a window are
+//! contiguous in every array the probe reads.
+//!
+//! Probe: per left row, a hash lookup for the group, a binary search for the window's end in the
+//! group's times and one per distinct width for its start (aggregates of the same width share
+//! it), then one pass per aggregate over the rows between them, skipping rows not yet known at
 //! the left time. `O(log g + w)` per left row and aggregate, for a group of `g` rows of which
-//! `w` fall in the window. Sums are exact (integers in `i128`, floats by [`super::fsum`]), so
-//! every result is the same at any partitioning, batch size and row order.
+//! `w` fall in the window; `count(*)` without knowledge time is `O(1)`. Sums are exact (integers
+//! in `i128`, floats by [`super::fsum`]), so every result is the same at any partitioning, batch
+//! size and row order.
 
 use std::collections::HashSet;
 
@@ -266,22 +271,67 @@ impl Groups {
     }
 }
 
-/// The right rows by key, sorted by time.
+/// The right rows by key, sorted by time. An entry is a position in that order: every array
+/// here (times, knowledge times, the aggregates' values) holds the rows in it.
 pub struct WindowIndex {
     spec: WindowSpec,
     groups: Groups,
-    /// Per group `g`, its rows are `order[offsets[g]..offsets[g + 1]]`.
+    /// Per group `g`, its entries are `offsets[g]..offsets[g + 1]`.
     offsets: Vec<u32>,
-    /// Right row numbers, by (group, time, tie order).
-    order: Vec<u32>,
-    /// The time of each entry of `order`.
+    /// The time of each entry.
     times: Vec<i64>,
-    /// The knowledge time of each entry of `order`, when there is one.
+    /// The knowledge time of each entry, when there is one.
     known: Vec<i64>,
+    /// Per aggregate, its argument's values by entry.
     values: Vec<Values>,
-    /// One window width per aggregate, in the times' unit as (numerator, unit): a time `e` is in
-    /// the window of `t` when `e * unit > t * unit - numerator` (see `lower_key`).
-    widths: Vec<(i128, i128)>,
+    /// The distinct window widths.
+    widths: Vec<Width>,
+    /// Per aggregate, its width in `widths`.
+    width_of: Vec<usize>,
+}
+
+/// A window's width in time-key units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Width {
+    /// A whole number of time keys (7 days of microsecond timestamps): bounds in `i64`.
+    Keys(i64),
+    /// A width that is not (1 ms of second timestamps) as (numerator, unit): a time `e` is in
+    /// the window of `t` when `e * unit > t * unit - numerator`.
+    Scaled(i128, i128),
+}
+
+impl Width {
+    fn new(numerator: i128, unit: i128) -> Self {
+        match i64::try_from(numerator / unit) {
+            Ok(keys) if numerator % unit == 0 => Width::Keys(keys),
+            _ => Width::Scaled(numerator, unit),
+        }
+    }
+
+    /// The first of `times` (ascending) in the window of `t`: after `t - d`, or at or after it
+    /// when `strict`.
+    #[inline]
+    fn start(self, times: &[i64], t: i64, strict: bool) -> usize {
+        match self {
+            Width::Keys(w) => match t.checked_sub(w) {
+                Some(bound) if strict => times.partition_point(|&e| e < bound),
+                Some(bound) => times.partition_point(|&e| e <= bound),
+                // Below every time.
+                None => 0,
+            },
+            Width::Scaled(numerator, unit) => {
+                let t_scaled = i128::from(t) * unit;
+                // (t - d, t]: e * unit > t * unit - d, that is e >= floor((t * unit - d) / unit) + 1.
+                // [t - d, t): e * unit >= t * unit - d, that is e >= ceil((t * unit - d) / unit).
+                let lower = if strict {
+                    -(numerator - t_scaled).div_euclid(unit)
+                } else {
+                    (t_scaled - numerator).div_euclid(unit) + 1
+                };
+                times.partition_point(|&e| i128::from(e) < lower)
+            }
+        }
+    }
 }
 
 /// Nanoseconds per unit of a time key (1 for integer times, whose widths are plain numbers).
@@ -436,7 +486,6 @@ impl WindowIndex {
         for g in 1..offsets.len() {
             offsets[g] += offsets[g - 1];
         }
-        let order: Vec<u32> = entries.iter().map(|e| e.2).collect();
         let sorted_times: Vec<i64> = entries.iter().map(|e| e.1).collect();
         let sorted_known: Vec<i64> = match &known {
             Some(k) => entries
@@ -445,28 +494,50 @@ impl WindowIndex {
                 .collect(),
             None => Vec::new(),
         };
+        let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.2));
         drop(entries);
 
-        let values = spec
-            .aggregates
-            .iter()
-            .zip(&right.args)
-            .map(|(a, arg)| prepare(a.function, arg.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        let widths = spec
-            .aggregates
-            .iter()
-            .map(|a| width_in_keys(&a.width, &spec.time_type))
-            .collect::<Result<Vec<_>>>()?;
+        // The arguments in entry order, each array gathered once however many aggregates read
+        // it (`sum(x)` and `avg(x)` get the same array).
+        let mut gathered: Vec<(ArrayRef, ArrayRef)> = Vec::new();
+        let mut values = Vec::with_capacity(spec.aggregates.len());
+        for (a, arg) in spec.aggregates.iter().zip(&right.args) {
+            let arg = match arg {
+                None => None,
+                Some(arg) => Some(match gathered.iter().find(|(of, _)| Arc::ptr_eq(of, arg)) {
+                    Some((_, done)) => done.clone(),
+                    None => {
+                        let done = take(arg.as_ref(), &order, None)?;
+                        gathered.push((arg.clone(), done.clone()));
+                        done
+                    }
+                }),
+            };
+            values.push(prepare(a.function, arg.as_ref())?);
+        }
+        drop(gathered);
+        let mut widths = Vec::new();
+        let mut width_of = Vec::with_capacity(spec.aggregates.len());
+        for a in &spec.aggregates {
+            let (numerator, unit) = width_in_keys(&a.width, &spec.time_type)?;
+            let width = Width::new(numerator, unit);
+            width_of.push(match widths.iter().position(|w| *w == width) {
+                Some(at) => at,
+                None => {
+                    widths.push(width);
+                    widths.len() - 1
+                }
+            });
+        }
         Ok(Self {
             spec,
             groups,
             offsets,
-            order,
             times: sorted_times,
             known: sorted_known,
             values,
             widths,
+            width_of,
         })
     }
 
@@ -486,15 +557,12 @@ impl WindowIndex {
                 Values::Decimal(a, _) => a.get_array_memory_size(),
             })
             .sum();
-        groups
-            + values
-            + 4 * (self.offsets.len() + self.order.len())
-            + 8 * (self.times.len() + self.known.len())
+        groups + values + 4 * self.offsets.len() + 8 * (self.times.len() + self.known.len())
     }
 
     /// The right rows that can fall in some window.
     pub fn num_rows(&self) -> usize {
-        self.order.len()
+        self.times.len()
     }
 
     /// The aggregates of `len` left rows with keys `keys` and times `time`: one array per
@@ -503,42 +571,59 @@ impl WindowIndex {
         let len = time.len();
         let times = time_keys(time.as_ref(), false)?;
         let key_view = self.groups.view(keys)?;
-        // Per left row: its group's entries and its time, or None (no rows can match).
-        let targets: Vec<Option<(usize, usize, i64)>> = (0..len)
-            .map(|i| {
-                let t = times[i]?;
-                if null_key(keys, &self.spec.keys, i) {
-                    return None;
-                }
-                let g = self.groups.get(&key_view, i)? as usize;
-                Some((self.offsets[g] as usize, self.offsets[g + 1] as usize, t))
+        let strict = self.spec.strict;
+        // Per left row: its group's entries up to the window's end, and its time; an empty
+        // range for a row that can match nothing.
+        let mut ends: Vec<(u32, u32)> = Vec::with_capacity(len);
+        let mut at: Vec<i64> = Vec::with_capacity(len);
+        for (i, t) in times.iter().enumerate() {
+            let group = match t {
+                Some(_) if null_key(keys, &self.spec.keys, i) => None,
+                Some(_) => self.groups.get(&key_view, i),
+                None => None,
+            };
+            let (Some(g), Some(t)) = (group, *t) else {
+                ends.push((0, 0));
+                at.push(0);
+                continue;
+            };
+            let (start, end) = (self.offsets[g as usize], self.offsets[g as usize + 1]);
+            let group = &self.times[start as usize..end as usize];
+            let end = match strict {
+                true => group.partition_point(|&e| e < t),
+                false => group.partition_point(|&e| e <= t),
+            };
+            ends.push((start, start + end as u32));
+            at.push(t);
+        }
+        drop(key_view);
+        // Per distinct width, each left row's window.
+        let windows: Vec<Vec<(u32, u32)>> = self
+            .widths
+            .iter()
+            .map(|width| {
+                ends.iter()
+                    .zip(&at)
+                    .map(|(&(start, end), &t)| {
+                        let group = &self.times[start as usize..end as usize];
+                        (start + width.start(group, t, strict) as u32, end)
+                    })
+                    .collect()
             })
             .collect();
-        drop(key_view);
+        drop(ends);
         self.spec
             .aggregates
             .iter()
             .enumerate()
-            .map(|(a, agg)| self.aggregate_one(a, agg, &targets))
+            .map(|(a, agg)| {
+                let windows = Windows {
+                    ranges: &windows[self.width_of[a]],
+                    at: &at,
+                };
+                self.aggregate_one(a, agg, &windows)
+            })
             .collect()
-    }
-
-    /// The entries `lo..hi` of a window of aggregate `a`, for a left row whose group's entries
-    /// are `start..end` and whose time is `t`.
-    fn window(&self, a: usize, start: usize, end: usize, t: i64) -> (usize, usize) {
-        let (numerator, unit) = self.widths[a];
-        let t_scaled = i128::from(t) * unit;
-        // (t - d, t]: e * unit > t * unit - d, that is e >= floor((t * unit - d) / unit) + 1.
-        // [t - d, t): e * unit >= t * unit - d, that is e >= ceil((t * unit - d) / unit).
-        let (lower, upper) = if self.spec.strict {
-            (-(numerator - t_scaled).div_euclid(unit), i128::from(t) - 1)
-        } else {
-            ((t_scaled - numerator).div_euclid(unit) + 1, i128::from(t))
-        };
-        let group = &self.times[start..end];
-        let lo = group.partition_point(|&e| i128::from(e) < lower);
-        let hi = group.partition_point(|&e| i128::from(e) <= upper);
-        (start + lo, start + hi.max(lo))
     }
 
     /// Whether entry `p` is known at time `t`.
@@ -551,48 +636,39 @@ impl WindowIndex {
         }
     }
 
-    /// The entries of the window of aggregate `a` for one left row, known at its time, from the
-    /// earliest; empty for a row that can match nothing.
-    fn rows(
-        &self,
-        a: usize,
-        target: Option<(usize, usize, i64)>,
-    ) -> impl DoubleEndedIterator<Item = u32> + '_ {
-        let (lo, hi, t) = match target {
-            Some((start, end, t)) => {
-                let (lo, hi) = self.window(a, start, end, t);
-                (lo, hi, t)
-            }
-            None => (0, 0, 0),
-        };
-        (lo..hi)
-            .filter(move |&p| self.known(p, t))
-            .map(|p| self.order[p])
+    /// The entries of left row `i`'s window, known at its time, from the earliest.
+    #[inline]
+    fn rows<'a>(
+        &'a self,
+        windows: &Windows<'_>,
+        i: usize,
+    ) -> impl DoubleEndedIterator<Item = usize> + 'a {
+        let (lo, hi) = windows.ranges[i];
+        let t = windows.at[i];
+        (lo as usize..hi as usize).filter(move |&p| self.known(p, t))
     }
 
     /// Per left row, the greatest (`max`) or least non-NULL value of its window by `greater`;
     /// of equal extremes, the first.
     fn extreme(
         &self,
-        a: usize,
-        targets: &[Option<(usize, usize, i64)>],
+        windows: &Windows<'_>,
         arg: &ArrayRef,
         max: bool,
         greater: impl Fn(usize, usize) -> bool,
     ) -> Result<ArrayRef> {
-        let picked: UInt32Array = targets
-            .iter()
-            .map(|&t| {
-                self.rows(a, t)
-                    .filter(|&r| arg.is_valid(r as usize))
+        let picked: UInt32Array = (0..windows.len())
+            .map(|i| {
+                self.rows(windows, i)
+                    .filter(|&r| arg.is_valid(r))
                     .reduce(|best, r| {
-                        let (x, y) = (r as usize, best as usize);
-                        if (max && greater(x, y)) || (!max && greater(y, x)) {
+                        if (max && greater(r, best)) || (!max && greater(best, r)) {
                             r
                         } else {
                             best
                         }
                     })
+                    .map(|r| r as u32)
             })
             .collect();
         Ok(take(arg.as_ref(), &picked, None)?)
@@ -602,7 +678,7 @@ impl WindowIndex {
         &self,
         a: usize,
         agg: &KernelAggregate,
-        targets: &[Option<(usize, usize, i64)>],
+        windows: &Windows<'_>,
     ) -> Result<ArrayRef> {
         let values = &self.values[a];
         let overflow = || {
@@ -613,60 +689,68 @@ impl WindowIndex {
             ))
         };
         Ok(match (agg.function, values) {
+            // Without knowledge time every entry of a window counts: its length.
+            (AggFunction::CountStar, _) if self.known.is_empty() => {
+                Arc::new(Int64Array::from_iter_values(
+                    windows.ranges.iter().map(|&(lo, hi)| i64::from(hi - lo)),
+                ))
+            }
             (AggFunction::CountStar, _) => Arc::new(Int64Array::from_iter_values(
-                targets.iter().map(|&t| self.rows(a, t).count() as i64),
+                (0..windows.len()).map(|i| self.rows(windows, i).count() as i64),
             )),
             (AggFunction::Count, Values::Array(arg)) => {
-                Arc::new(Int64Array::from_iter_values(targets.iter().map(|&t| {
-                    self.rows(a, t)
-                        .filter(|&r| arg.is_valid(r as usize))
-                        .count() as i64
+                Arc::new(Int64Array::from_iter_values((0..windows.len()).map(|i| {
+                    self.rows(windows, i).filter(|&r| arg.is_valid(r)).count() as i64
                 })))
             }
             (AggFunction::CountDistinct, Values::Rows(arg, rows)) => {
                 let mut seen: HashSet<&[u8]> = HashSet::new();
-                Arc::new(Int64Array::from_iter_values(targets.iter().map(|&t| {
+                Arc::new(Int64Array::from_iter_values((0..windows.len()).map(|i| {
                     seen.clear();
-                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
-                        seen.insert(rows.row(r as usize).data());
+                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
+                        seen.insert(rows.row(r).data());
                     }
                     seen.len() as i64
                 })))
             }
             (AggFunction::Min | AggFunction::Max, Values::Native(arg, native)) => {
                 let max = agg.function == AggFunction::Max;
-                self.extreme(a, targets, arg, max, |x, y| native.greater(x, y))?
+                self.extreme(windows, arg, max, |x, y| native.greater(x, y))?
             }
             (AggFunction::Min | AggFunction::Max, Values::Rows(arg, rows)) => {
                 let max = agg.function == AggFunction::Max;
-                self.extreme(a, targets, arg, max, |x, y| rows.row(x) > rows.row(y))?
+                self.extreme(windows, arg, max, |x, y| rows.row(x) > rows.row(y))?
             }
             (AggFunction::First, Values::Array(arg)) => {
-                let picked: UInt32Array = targets
-                    .iter()
-                    .map(|&t| self.first(a, t, arg.as_ref()))
+                let picked: UInt32Array = (0..windows.len())
+                    .map(|i| self.first(windows, i, arg.as_ref()))
                     .collect();
                 take(arg.as_ref(), &picked, None)?
             }
             (AggFunction::Last, Values::Array(arg)) => match agg.k {
                 None => {
-                    let picked: UInt32Array = targets
-                        .iter()
-                        .map(|&t| self.rows(a, t).rev().find(|&r| arg.is_valid(r as usize)))
+                    let picked: UInt32Array = (0..windows.len())
+                        .map(|i| {
+                            self.rows(windows, i)
+                                .rev()
+                                .find(|&r| arg.is_valid(r))
+                                .map(|r| r as u32)
+                        })
                         .collect();
                     take(arg.as_ref(), &picked, None)?
                 }
                 Some(k) => {
                     let k = k.min(MAX_LAST_K);
                     let mut picked: Vec<u32> = Vec::new();
-                    let mut lengths: Vec<usize> = Vec::with_capacity(targets.len());
-                    for &t in targets {
+                    let mut lengths: Vec<usize> = Vec::with_capacity(windows.len());
+                    for i in 0..windows.len() {
                         let before = picked.len();
                         picked.extend(
-                            self.rows(a, t)
+                            self.rows(windows, i)
                                 .rev()
-                                .filter(|&r| arg.is_valid(r as usize))
-                                .take(k),
+                                .filter(|&r| arg.is_valid(r))
+                                .take(k)
+                                .map(|r| r as u32),
                         );
                         lengths.push(picked.len() - before);
                     }
@@ -681,12 +765,12 @@ impl WindowIndex {
                 }
             },
             (AggFunction::Sum, Values::Int(arg)) => {
-                let mut out = Vec::with_capacity(targets.len());
-                for &t in targets {
+                let mut out = Vec::with_capacity(windows.len());
+                for i in 0..windows.len() {
                     let mut sum: i128 = 0;
                     let mut any = false;
-                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
-                        sum += i128::from(arg.value(r as usize));
+                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
+                        sum += i128::from(arg.value(r));
                         any = true;
                     }
                     out.push(match any {
@@ -698,13 +782,13 @@ impl WindowIndex {
             }
             (AggFunction::Sum, Values::Decimal(arg, scale)) => {
                 const LIMIT: i128 = 10i128.pow(38);
-                let mut out = Vec::with_capacity(targets.len());
-                for &t in targets {
+                let mut out = Vec::with_capacity(windows.len());
+                for i in 0..windows.len() {
                     let mut sum: Option<i128> = None;
-                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
+                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
                         let s = sum
                             .unwrap_or(0)
-                            .checked_add(arg.value(r as usize))
+                            .checked_add(arg.value(r))
                             .filter(|s| s.abs() < LIMIT);
                         match s {
                             Some(s) => sum = Some(s),
@@ -717,11 +801,11 @@ impl WindowIndex {
             }
             (AggFunction::Sum, Values::Float(arg)) => {
                 let mut sum = ExactSum::new();
-                Arc::new(Float64Array::from_iter(targets.iter().map(|&t| {
+                Arc::new(Float64Array::from_iter((0..windows.len()).map(|i| {
                     sum.clear();
                     let mut any = false;
-                    for r in self.rows(a, t).filter(|&r| arg.is_valid(r as usize)) {
-                        sum.add(arg.value(r as usize));
+                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
+                        sum.add(arg.value(r));
                         any = true;
                     }
                     any.then(|| sum.value())
@@ -736,15 +820,15 @@ impl WindowIndex {
                 values,
             ) => {
                 let mut xs: Vec<f64> = Vec::new();
-                let mut out = Vec::with_capacity(targets.len());
-                for &t in targets {
+                let mut out = Vec::with_capacity(windows.len());
+                for i in 0..windows.len() {
                     xs.clear();
-                    let rows = self.rows(a, t);
+                    let rows = self.rows(windows, i);
                     let avg = match values {
                         Values::Int(arg) => {
                             let mut sum: i128 = 0;
-                            for r in rows.filter(|&r| arg.is_valid(r as usize)) {
-                                let v = arg.value(r as usize);
+                            for r in rows.filter(|&r| arg.is_valid(r)) {
+                                let v = arg.value(r);
                                 sum += i128::from(v);
                                 xs.push(v as f64);
                             }
@@ -753,18 +837,15 @@ impl WindowIndex {
                         Values::Decimal(arg, scale) => {
                             let mut sum: i128 = 0;
                             let unit = 10f64.powi(i32::from(*scale));
-                            for r in rows.filter(|&r| arg.is_valid(r as usize)) {
-                                let v = arg.value(r as usize);
+                            for r in rows.filter(|&r| arg.is_valid(r)) {
+                                let v = arg.value(r);
                                 sum = sum.saturating_add(v);
                                 xs.push(v as f64 / unit);
                             }
                             sum as f64 / unit / xs.len() as f64
                         }
                         Values::Float(arg) => {
-                            xs.extend(
-                                rows.filter(|&r| arg.is_valid(r as usize))
-                                    .map(|r| arg.value(r as usize)),
-                            );
+                            xs.extend(rows.filter(|&r| arg.is_valid(r)).map(|r| arg.value(r)));
                             super::exact_sum(xs.iter().copied()) / xs.len() as f64
                         }
                         _ => return internal_err!("window {}: no numbers", agg.name),
@@ -779,17 +860,30 @@ impl WindowIndex {
 
     /// `first(x)`: the earliest non-NULL value; of rows tied on that time, the one the tie rule
     /// prefers (the last of them in entry order).
-    fn first(&self, a: usize, target: Option<(usize, usize, i64)>, arg: &dyn Array) -> Option<u32> {
-        let (start, end, t) = target?;
-        let (lo, hi) = self.window(a, start, end, t);
-        let usable = |p: usize| self.known(p, t) && arg.is_valid(self.order[p] as usize);
+    fn first(&self, windows: &Windows<'_>, i: usize, arg: &dyn Array) -> Option<u32> {
+        let (lo, hi) = windows.ranges[i];
+        let (lo, hi, t) = (lo as usize, hi as usize, windows.at[i]);
+        let usable = |p: usize| self.known(p, t) && arg.is_valid(p);
         let first = (lo..hi).find(|&p| usable(p))?;
         let time = self.times[first];
         let last_tied = (first..hi)
             .take_while(|&p| self.times[p] == time)
             .filter(|&p| usable(p))
             .last()?;
-        Some(self.order[last_tied])
+        Some(last_tied as u32)
+    }
+}
+
+/// The windows of a batch of left rows for one width: per row, its entries `lo..hi` (before the
+/// knowledge-time check) and its time.
+struct Windows<'a> {
+    ranges: &'a [(u32, u32)],
+    at: &'a [i64],
+}
+
+impl Windows<'_> {
+    fn len(&self) -> usize {
+        self.ranges.len()
     }
 }
 
