@@ -32,7 +32,9 @@ use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics,
 };
 use datafusion::physical_plan::spill::SpillManager;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::stream::{
+    RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
+};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
@@ -309,13 +311,28 @@ impl BuildJob {
     async fn run(self, context: Arc<TaskContext>) -> Result<Arc<Built>> {
         let reservation =
             MemoryConsumer::new("WindowJoinExec[build]").register(context.memory_pool());
-        let streams = self
-            .partitions
-            .iter()
-            .map(|&p| self.right.execute(p, context.clone()))
-            .collect::<Result<Vec<_>>>()?;
+        // Each right partition is read (decoded) by a task of its own.
+        let mut merged = match self.partitions.as_slice() {
+            [one] => self.right.execute(*one, context.clone())?,
+            partitions => {
+                let mut builder =
+                    RecordBatchReceiverStreamBuilder::new(self.right.schema(), partitions.len());
+                for &p in partitions {
+                    let mut stream = self.right.execute(p, context.clone())?;
+                    let tx = builder.tx();
+                    builder.spawn(async move {
+                        while let Some(batch) = stream.next().await {
+                            if tx.send(batch).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(())
+                    });
+                }
+                builder.build()
+            }
+        };
         let mut batches = Vec::new();
-        let mut merged = futures::stream::select_all(streams);
         // A join with keys that does not fit goes to bucket files (a join without keys has one
         // bucket, so it must fit).
         let may_spill = !self.sides.right_keys.is_empty()
@@ -353,7 +370,11 @@ impl BuildJob {
         }
         let batch = concat_batches(&self.right.schema(), &batches)?;
         drop(batches);
-        let index = WindowIndex::build(self.sides.spec.clone(), self.sides.right_arrays(&batch)?)?;
+        let index = WindowIndex::build_with(
+            self.sides.spec.clone(),
+            self.sides.right_arrays(&batch)?,
+            context.session_config().target_partitions(),
+        )?;
         drop(batch);
         reservation
             .try_resize(index.memory_size())

@@ -407,6 +407,11 @@ fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
 impl WindowIndex {
     /// Groups and sorts the right rows.
     pub fn build(spec: WindowSpec, right: RightArrays) -> Result<Self> {
+        Self::build_with(spec, right, 1)
+    }
+
+    /// Groups and sorts the right rows, sorting with up to `threads` threads.
+    pub fn build_with(spec: WindowSpec, right: RightArrays, threads: usize) -> Result<Self> {
         let n = right.time.len();
         if u32::try_from(n).is_err() {
             return exec_err!(
@@ -425,19 +430,40 @@ impl WindowIndex {
             None => None,
         };
 
-        let mut entries: Vec<(u32, i64, u32)> = Vec::with_capacity(n);
+        // Each usable row's group, in row order; then a counting sort by group (a scatter),
+        // and a sort by time of each group's entries, which are few and close together.
+        let mut kept: Vec<(u32, u32)> = Vec::with_capacity(n);
+        let mut counts: Vec<u32> = Vec::new();
         for i in 0..n {
-            let Some(t) = times[i] else { continue };
-            if known.as_ref().is_some_and(|k| k[i].is_none()) {
+            if times[i].is_none() || known.as_ref().is_some_and(|k| k[i].is_none()) {
                 continue;
             }
             if null_key(&right.keys, &spec.keys, i) {
                 continue;
             }
             let g = groups.get_or_insert(&key_view, i);
-            entries.push((g, t, i as u32));
+            if g as usize == counts.len() {
+                counts.push(0);
+            }
+            counts[g as usize] += 1;
+            kept.push((g, i as u32));
         }
         drop(key_view);
+        let mut offsets = Vec::with_capacity(counts.len() + 1);
+        offsets.push(0u32);
+        for c in &counts {
+            offsets.push(offsets[offsets.len() - 1] + c);
+        }
+        drop(counts);
+        let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
+        // (time, row) per entry; within a group, rows in their input order.
+        let mut entries: Vec<(i64, u32)> = vec![(0, 0); kept.len()];
+        for &(g, i) in &kept {
+            let at = &mut next[g as usize];
+            entries[*at as usize] = (times[i as usize].unwrap_or_default(), i);
+            *at += 1;
+        }
+        drop((kept, next));
 
         let positional: Vec<&ArrayRef> = spec
             .aggregates
@@ -447,7 +473,7 @@ impl WindowIndex {
             .filter_map(|(_, arg)| arg.as_ref())
             .collect();
         if positional.is_empty() {
-            entries.sort_unstable();
+            sort_groups(&mut entries, &offsets, threads, |a, b| a.cmp(b));
         } else {
             // Within a (group, time), the row the tie rule prefers sorts last: `TIEBREAK BY`
             // reversed, then the values ascending (the greatest wins, NULL lowest).
@@ -471,30 +497,22 @@ impl WindowIndex {
                 columns.push(arg.clone());
             }
             let tie = RowConverter::new(fields)?.convert_columns(&columns)?;
-            entries.sort_unstable_by(|a, b| {
-                (a.0, a.1)
-                    .cmp(&(b.0, b.1))
-                    .then_with(|| tie.row(a.2 as usize).cmp(&tie.row(b.2 as usize)))
-                    .then(a.2.cmp(&b.2))
+            sort_groups(&mut entries, &offsets, threads, |a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| tie.row(a.1 as usize).cmp(&tie.row(b.1 as usize)))
+                    .then(a.1.cmp(&b.1))
             });
         }
 
-        let mut offsets = vec![0u32; groups.len() + 1];
-        for (g, _, _) in &entries {
-            offsets[*g as usize + 1] += 1;
-        }
-        for g in 1..offsets.len() {
-            offsets[g] += offsets[g - 1];
-        }
-        let sorted_times: Vec<i64> = entries.iter().map(|e| e.1).collect();
+        let sorted_times: Vec<i64> = entries.iter().map(|e| e.0).collect();
         let sorted_known: Vec<i64> = match &known {
             Some(k) => entries
                 .iter()
-                .map(|e| k[e.2 as usize].unwrap_or(i64::MAX))
+                .map(|e| k[e.1 as usize].unwrap_or(i64::MAX))
                 .collect(),
             None => Vec::new(),
         };
-        let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.2));
+        let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.1));
         drop(entries);
 
         // The arguments in entry order, each array gathered once however many aggregates read
@@ -885,6 +903,46 @@ impl Windows<'_> {
     fn len(&self) -> usize {
         self.ranges.len()
     }
+}
+
+/// Sorts each group's entries (`offsets[g]..offsets[g + 1]`) by `cmp`, the groups split into up
+/// to `threads` runs of about equal size sorted side by side.
+fn sort_groups<T: Send>(
+    entries: &mut [T],
+    offsets: &[u32],
+    threads: usize,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering + Sync,
+) {
+    let sort = |entries: &mut [T], offsets: &[u32]| {
+        let base = offsets[0] as usize;
+        for w in offsets.windows(2) {
+            entries[w[0] as usize - base..w[1] as usize - base].sort_unstable_by(&cmp);
+        }
+    };
+    // Below this many entries a thread costs more than it saves.
+    const PER_THREAD: usize = 1 << 16;
+    let threads = threads.min(entries.len() / PER_THREAD).max(1);
+    if threads == 1 || offsets.len() < 2 {
+        return sort(entries, offsets);
+    }
+    std::thread::scope(|scope| {
+        let mut rest = entries;
+        let mut first = 0;
+        let per = rest.len().div_ceil(threads);
+        while first + 1 < offsets.len() {
+            // A run ends on the first group boundary at least `per` entries on.
+            let from = offsets[first] as usize;
+            let last = offsets
+                .partition_point(|&o| (o as usize) < from + per)
+                .clamp(first + 1, offsets.len() - 1);
+            let (run, tail) = rest.split_at_mut(offsets[last] as usize - from);
+            rest = tail;
+            let groups = &offsets[first..=last];
+            let sort = &sort;
+            scope.spawn(move || sort(run, groups));
+            first = last;
+        }
+    });
 }
 
 /// The mean (`avg`), or the variance or standard deviation around it, of `xs`: NULL for no

@@ -627,3 +627,40 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
     }
     assert!(partitioned >= 150, "{partitioned}");
 }
+
+/// A right input large enough that the index sorts its groups on several threads: the answers
+/// are the oracle's, as with one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_sorted_on_several_threads_matches_the_oracle() {
+    for seed in 0..3u64 {
+        let mut rng = StdRng::seed_from_u64(20_000 + seed);
+        let mut case = random_case_sized(&mut rng, 2, 150, 20..3000);
+        // Many rows, few times: long runs of ties for the tie rule to order.
+        let template = random_case_sized(&mut rng, 400, 2, 20..3000).right;
+        case.right = (0..300_000)
+            .map(|i| {
+                let mut r = template[i % template.len().max(1)].clone();
+                r.k = r.k.map(|k| (k + i as i64 * 7) % 3000);
+                r
+            })
+            .collect();
+        assert!(case.right.len() >= 4 << 16, "too few rows to split");
+        let expected: Vec<Vec<String>> = (0..FUNCTIONS.len()).map(|i| case.expected(i)).collect();
+        for threads in [1, 4] {
+            let config = SessionConfig::new().with_target_partitions(threads);
+            let ctx = SessionContext::new_with_config(config);
+            let out = collect_partitioned(case.plan(1, 2, 8192), ctx.task_ctx())
+                .await
+                .unwrap();
+            let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
+            for (i, want) in expected.iter().enumerate() {
+                assert_eq!(
+                    &actual(&all, i),
+                    want,
+                    "seed {seed}, {threads} threads, aggregate {i} {:?}",
+                    FUNCTIONS[i]
+                );
+            }
+        }
+    }
+}
