@@ -630,6 +630,7 @@ impl WindowIndex {
             })
             .collect();
         drop(ends);
+        let mut sums = FloatSums::default();
         self.spec
             .aggregates
             .iter()
@@ -639,9 +640,41 @@ impl WindowIndex {
                     ranges: &windows[self.width_of[a]],
                     at: &at,
                 };
-                self.aggregate_one(a, agg, &windows)
+                self.aggregate_one(a, agg, &windows, &mut sums)
             })
             .collect()
+    }
+
+    /// Per left row, the exact sum of the non-NULL values of `arg` in its window for aggregate
+    /// `a`, and their number: computed once per array and width, for every sum and mean of
+    /// them.
+    fn float_sums(
+        &self,
+        arg: &Float64Array,
+        windows: &Windows<'_>,
+        a: usize,
+        cache: &mut FloatSums,
+    ) -> Arc<Vec<(f64, usize)>> {
+        let key = (arg.values().as_ptr() as usize, self.width_of[a]);
+        if let Some((_, done)) = cache.0.iter().find(|(k, _)| *k == key) {
+            return done.clone();
+        }
+        let mut sum = ExactSum::new();
+        let sums: Arc<Vec<(f64, usize)>> = Arc::new(
+            (0..windows.len())
+                .map(|i| {
+                    sum.clear();
+                    let mut n = 0;
+                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
+                        sum.add(arg.value(r));
+                        n += 1;
+                    }
+                    (if n > 0 { sum.value() } else { 0.0 }, n)
+                })
+                .collect(),
+        );
+        cache.0.push((key, sums.clone()));
+        sums
     }
 
     /// Whether entry `p` is known at time `t`.
@@ -697,6 +730,7 @@ impl WindowIndex {
         a: usize,
         agg: &KernelAggregate,
         windows: &Windows<'_>,
+        sums: &mut FloatSums,
     ) -> Result<ArrayRef> {
         let values = &self.values[a];
         let overflow = || {
@@ -818,16 +852,18 @@ impl WindowIndex {
                 Arc::new(Decimal128Array::from(out).with_precision_and_scale(38, *scale)?)
             }
             (AggFunction::Sum, Values::Float(arg)) => {
-                let mut sum = ExactSum::new();
-                Arc::new(Float64Array::from_iter((0..windows.len()).map(|i| {
-                    sum.clear();
-                    let mut any = false;
-                    for r in self.rows(windows, i).filter(|&r| arg.is_valid(r)) {
-                        sum.add(arg.value(r));
-                        any = true;
-                    }
-                    any.then(|| sum.value())
-                })))
+                let sums = self.float_sums(arg, windows, a, sums);
+                Arc::new(Float64Array::from_iter(
+                    sums.iter().map(|&(sum, n)| (n > 0).then_some(sum)),
+                ))
+            }
+            // The mean is the exact sum divided by the count: a sum of the same values over the
+            // same windows has it already.
+            (AggFunction::Avg, Values::Float(arg)) => {
+                let sums = self.float_sums(arg, windows, a, sums);
+                Arc::new(Float64Array::from_iter(
+                    sums.iter().map(|&(sum, n)| (n > 0).then(|| sum / n as f64)),
+                ))
             }
             (
                 AggFunction::Avg
@@ -891,6 +927,11 @@ impl WindowIndex {
         Some(last_tied as u32)
     }
 }
+
+/// The float sums of a batch computed so far, by (values, width) (see
+/// [`WindowIndex::float_sums`]).
+#[derive(Default)]
+struct FloatSums(Vec<((usize, usize), Arc<Vec<(f64, usize)>>)>);
 
 /// The windows of a batch of left rows for one width: per row, its entries `lo..hi` (before the
 /// knowledge-time check) and its time.
