@@ -311,6 +311,7 @@ impl BuildJob {
     async fn run(self, context: Arc<TaskContext>) -> Result<Arc<Built>> {
         let reservation =
             MemoryConsumer::new("WindowJoinExec[build]").register(context.memory_pool());
+        let started = std::time::Instant::now();
         // Each right partition is read (decoded) by a task of its own.
         let mut merged = match self.partitions.as_slice() {
             [one] => self.right.execute(*one, context.clone())?,
@@ -368,14 +369,25 @@ impl BuildJob {
         if let Some(buckets) = buckets {
             return Ok(Arc::new(Built::Spilled(buckets.finish()?)));
         }
+        let read = started.elapsed();
         let batch = concat_batches(&self.right.schema(), &batches)?;
         drop(batches);
+        let right = self.sides.right_arrays(&batch)?;
+        let evaluated = started.elapsed();
         let index = WindowIndex::build_with(
             self.sides.spec.clone(),
-            self.sides.right_arrays(&batch)?,
+            right,
             context.session_config().target_partitions(),
         )?;
         drop(batch);
+        tracing::debug!(
+            target: "pitlake::window",
+            rows = index.num_rows(),
+            read_ms = read.as_millis() as u64,
+            evaluated_ms = (evaluated - read).as_millis() as u64,
+            indexed_ms = (started.elapsed() - evaluated).as_millis() as u64,
+            "window index built"
+        );
         reservation
             .try_resize(index.memory_size())
             .map_err(|e| out_of_memory(e, "index"))?;

@@ -422,6 +422,7 @@ impl WindowIndex {
         if right.args.len() != spec.aggregates.len() {
             return internal_err!("window join: arguments and aggregates differ in number");
         }
+        let started = std::time::Instant::now();
         let mut groups = Groups::new(&spec.keys)?;
         let key_view = groups.view(&right.keys)?;
         let times = time_keys(right.time.as_ref(), false)?;
@@ -449,6 +450,7 @@ impl WindowIndex {
             kept.push((g, i as u32));
         }
         drop(key_view);
+        let grouped = started.elapsed();
         let mut offsets = Vec::with_capacity(counts.len() + 1);
         offsets.push(0u32);
         for c in &counts {
@@ -504,6 +506,7 @@ impl WindowIndex {
             });
         }
 
+        let sorted = started.elapsed();
         let sorted_times: Vec<i64> = entries.iter().map(|e| e.0).collect();
         let sorted_known: Vec<i64> = match &known {
             Some(k) => entries
@@ -534,6 +537,14 @@ impl WindowIndex {
             values.push(prepare(a.function, arg.as_ref())?);
         }
         drop(gathered);
+        tracing::debug!(
+            target: "pitlake::window",
+            groups = groups.len(),
+            grouped_ms = grouped.as_millis() as u64,
+            sorted_ms = (sorted - grouped).as_millis() as u64,
+            gathered_ms = (started.elapsed() - sorted).as_millis() as u64,
+            "window index: phases"
+        );
         let mut widths = Vec::new();
         let mut width_of = Vec::with_capacity(spec.aggregates.len());
         for a in &spec.aggregates {
