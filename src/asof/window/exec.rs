@@ -373,13 +373,14 @@ impl BuildJob {
         let batch = concat_batches(&self.right.schema(), &batches)?;
         drop(batches);
         let right = self.sides.right_arrays(&batch)?;
+        // The arrays the index reads hold their columns; the others go now.
+        drop(batch);
         let evaluated = started.elapsed();
         let index = WindowIndex::build_with(
             self.sides.spec.clone(),
             right,
             context.session_config().target_partitions(),
         )?;
-        drop(batch);
         tracing::debug!(
             target: "pitlake::window",
             rows = index.num_rows(),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Float64Array, Int64Array, ListArray, UInt32Array,
 };
-use arrow::buffer::OffsetBuffer;
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::{SortOptions, cast, take};
 use arrow::datatypes::{DataType, Decimal128Type, Field, Float64Type, Int64Type, TimeUnit};
 use arrow::row::{RowConverter, Rows, SortField};
@@ -38,7 +38,7 @@ use datafusion::common::{Result, exec_err, internal_err};
 use super::fsum::ExactSum;
 use super::{AggFunction, MAX_LAST_K};
 use crate::asof::Tolerance;
-use crate::asof::time::time_keys;
+use crate::asof::time::{dense_time_keys, time_keys};
 
 /// What the kernel is told about one aggregate.
 #[derive(Debug, Clone)]
@@ -425,21 +425,25 @@ impl WindowIndex {
         let started = std::time::Instant::now();
         let mut groups = Groups::new(&spec.keys)?;
         let key_view = groups.view(&right.keys)?;
-        let times = time_keys(right.time.as_ref(), false)?;
+        let (times, times_valid) = dense_time_keys(right.time.as_ref())?;
         let known = match &right.known {
-            Some(k) => Some(time_keys(k.as_ref(), false)?),
+            Some(k) => Some(dense_time_keys(k.as_ref())?),
             None => None,
         };
+        let null =
+            |valid: &Option<NullBuffer>, i: usize| valid.as_ref().is_some_and(|v| v.is_null(i));
 
-        // Each usable row's group, in row order; then a counting sort by group (a scatter),
-        // and a sort by time of each group's entries, which are few and close together.
-        let mut kept: Vec<(u32, u32)> = Vec::with_capacity(n);
+        // Each row's group (NONE for a row no window can hold); then a counting sort by group
+        // (a scatter), and a sort by time of each group's entries, which are few and close.
+        const NONE: u32 = u32::MAX;
+        let mut group_of: Vec<u32> = Vec::with_capacity(n);
         let mut counts: Vec<u32> = Vec::new();
         for i in 0..n {
-            if times[i].is_none() || known.as_ref().is_some_and(|k| k[i].is_none()) {
-                continue;
-            }
-            if null_key(&right.keys, &spec.keys, i) {
+            if null(&times_valid, i)
+                || known.as_ref().is_some_and(|(_, valid)| null(valid, i))
+                || null_key(&right.keys, &spec.keys, i)
+            {
+                group_of.push(NONE);
                 continue;
             }
             let g = groups.get_or_insert(&key_view, i);
@@ -447,9 +451,10 @@ impl WindowIndex {
                 counts.push(0);
             }
             counts[g as usize] += 1;
-            kept.push((g, i as u32));
+            group_of.push(g);
         }
-        drop(key_view);
+        // The keys and times are in `group_of` and `times` now: their arrays go.
+        drop((key_view, right.keys, right.time, right.known));
         let grouped = started.elapsed();
         let mut offsets = Vec::with_capacity(counts.len() + 1);
         offsets.push(0u32);
@@ -459,13 +464,15 @@ impl WindowIndex {
         drop(counts);
         let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
         // (time, row) per entry; within a group, rows in their input order.
-        let mut entries: Vec<(i64, u32)> = vec![(0, 0); kept.len()];
-        for &(g, i) in &kept {
-            let at = &mut next[g as usize];
-            entries[*at as usize] = (times[i as usize].unwrap_or_default(), i);
-            *at += 1;
+        let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
+        for (i, &g) in group_of.iter().enumerate() {
+            if g != NONE {
+                let at = &mut next[g as usize];
+                entries[*at as usize] = (times[i], i as u32);
+                *at += 1;
+            }
         }
-        drop((kept, next));
+        drop((group_of, next, times, times_valid));
 
         let positional: Vec<&ArrayRef> = spec
             .aggregates
@@ -508,11 +515,9 @@ impl WindowIndex {
 
         let sorted = started.elapsed();
         let sorted_times: Vec<i64> = entries.iter().map(|e| e.0).collect();
-        let sorted_known: Vec<i64> = match &known {
-            Some(k) => entries
-                .iter()
-                .map(|e| k[e.1 as usize].unwrap_or(i64::MAX))
-                .collect(),
+        let sorted_known: Vec<i64> = match known {
+            // Rows without a knowledge time were left out above.
+            Some((k, _)) => entries.iter().map(|e| k[e.1 as usize]).collect(),
             None => Vec::new(),
         };
         let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.1));
@@ -665,13 +670,13 @@ impl WindowIndex {
         windows: &Windows<'_>,
         a: usize,
         cache: &mut FloatSums,
-    ) -> Arc<Vec<(f64, usize)>> {
+    ) -> SumsOf {
         let key = (arg.values().as_ptr() as usize, self.width_of[a]);
         if let Some((_, done)) = cache.0.iter().find(|(k, _)| *k == key) {
             return done.clone();
         }
         let mut sum = ExactSum::new();
-        let sums: Arc<Vec<(f64, usize)>> = Arc::new(
+        let sums: SumsOf = Arc::new(
             (0..windows.len())
                 .map(|i| {
                     sum.clear();
@@ -942,7 +947,10 @@ impl WindowIndex {
 /// The float sums of a batch computed so far, by (values, width) (see
 /// [`WindowIndex::float_sums`]).
 #[derive(Default)]
-struct FloatSums(Vec<((usize, usize), Arc<Vec<(f64, usize)>>)>);
+struct FloatSums(Vec<((usize, usize), SumsOf)>);
+
+/// Per left row, an exact sum and the number of values in it.
+type SumsOf = Arc<Vec<(f64, usize)>>;
 
 /// The windows of a batch of left rows for one width: per row, its entries `lo..hi` (before the
 /// knowledge-time check) and its time.
