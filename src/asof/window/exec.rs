@@ -13,8 +13,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
+use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::compute::concat;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -370,8 +370,7 @@ impl BuildJob {
             return Ok(Arc::new(Built::Spilled(buckets.finish()?)));
         }
         let read = started.elapsed();
-        let batch = concat_batches(&self.right.schema(), &batches)?;
-        drop(batches);
+        let batch = concat_by_column(&self.right.schema(), batches)?;
         let right = self.sides.right_arrays(&batch)?;
         // The arrays the index reads hold their columns; the others go now.
         drop(batch);
@@ -397,6 +396,32 @@ impl BuildJob {
             _reservation: reservation,
         }))
     }
+}
+
+/// `batches` as one batch, made a column at a time, each column's pieces freed once it is
+/// whole: the input and its copy are not both held at once, only the input and one column.
+fn concat_by_column(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let mut pieces: Vec<Vec<ArrayRef>> =
+        vec![Vec::with_capacity(batches.len()); schema.fields().len()];
+    for batch in batches {
+        for (column, array) in pieces.iter_mut().zip(batch.columns()) {
+            column.push(array.clone());
+        }
+    }
+    let mut columns = Vec::with_capacity(pieces.len());
+    for column in pieces {
+        let arrays: Vec<&dyn Array> = column.iter().map(|a| a.as_ref()).collect();
+        columns.push(concat(&arrays)?);
+    }
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )?)
 }
 
 #[expect(
