@@ -13,8 +13,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow::compute::concat;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -41,7 +40,7 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::kernel::{KernelAggregate, WindowIndex, WindowSpec};
+use super::kernel::{KernelAggregate, WindowIndex, WindowIndexBuilder, WindowSpec};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
@@ -339,6 +338,9 @@ impl BuildJob {
         let may_spill = !self.sides.right_keys.is_empty()
             && context.runtime_env().disk_manager.tmp_files_enabled();
         let mut buckets: Option<RightBuckets> = None;
+        // Each batch's rows are grouped as it comes; the batches stay until the index is whole
+        // (its arguments are theirs, and a spill would write them out).
+        let mut builder = WindowIndexBuilder::new(self.sides.spec.clone())?;
         while let Some(batch) = merged.next().await {
             let batch = batch?;
             self.build_rows.add(batch.num_rows());
@@ -346,9 +348,12 @@ impl BuildJob {
                 buckets.write(&self.sides, &batch)?;
                 continue;
             }
-            // The batches, then their concatenation and the index: twice their size at most.
+            // The batches, then the index: twice their size at most.
             match reservation.try_grow(2 * batch.get_array_memory_size()) {
-                Ok(()) => batches.push(batch),
+                Ok(()) => {
+                    builder.push(self.sides.right_arrays(&batch)?)?;
+                    batches.push(batch);
+                }
                 Err(e) if !may_spill => return Err(out_of_memory(e, "right input")),
                 Err(_) => {
                     let manager = SpillManager::new(
@@ -363,6 +368,7 @@ impl BuildJob {
                     spilled.write(&self.sides, &batch)?;
                     reservation.free();
                     buckets = Some(spilled);
+                    builder = WindowIndexBuilder::new(self.sides.spec.clone())?;
                 }
             }
         }
@@ -370,22 +376,18 @@ impl BuildJob {
             return Ok(Arc::new(Built::Spilled(buckets.finish()?)));
         }
         let read = started.elapsed();
-        let batch = concat_by_column(&self.right.schema(), batches)?;
-        let right = self.sides.right_arrays(&batch)?;
-        // The arrays the index reads hold their columns; the others go now.
-        drop(batch);
-        let evaluated = started.elapsed();
-        let index = WindowIndex::build_with(
-            self.sides.spec.clone(),
-            right,
-            context.session_config().target_partitions(),
-        )?;
+        if batches.is_empty() {
+            let empty = RecordBatch::new_empty(self.right.schema());
+            builder.push(self.sides.right_arrays(&empty)?)?;
+        }
+        // The builder holds the arguments' arrays; the batches' other columns go now.
+        drop(batches);
+        let index = builder.finish(context.session_config().target_partitions())?;
         tracing::debug!(
             target: "pitlake::window",
             rows = index.num_rows(),
-            read_ms = read.as_millis() as u64,
-            evaluated_ms = (evaluated - read).as_millis() as u64,
-            indexed_ms = (started.elapsed() - evaluated).as_millis() as u64,
+            read_and_grouped_ms = read.as_millis() as u64,
+            indexed_ms = (started.elapsed() - read).as_millis() as u64,
             "window index built"
         );
         reservation
@@ -396,32 +398,6 @@ impl BuildJob {
             _reservation: reservation,
         }))
     }
-}
-
-/// `batches` as one batch, made a column at a time, each column's pieces freed once it is
-/// whole: the input and its copy are not both held at once, only the input and one column.
-fn concat_by_column(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch> {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows == 0 {
-        return Ok(RecordBatch::new_empty(schema.clone()));
-    }
-    let mut pieces: Vec<Vec<ArrayRef>> =
-        vec![Vec::with_capacity(batches.len()); schema.fields().len()];
-    for batch in batches {
-        for (column, array) in pieces.iter_mut().zip(batch.columns()) {
-            column.push(array.clone());
-        }
-    }
-    let mut columns = Vec::with_capacity(pieces.len());
-    for column in pieces {
-        let arrays: Vec<&dyn Array> = column.iter().map(|a| a.as_ref()).collect();
-        columns.push(concat(&arrays)?);
-    }
-    Ok(RecordBatch::try_new_with_options(
-        schema.clone(),
-        columns,
-        &RecordBatchOptions::new().with_row_count(Some(rows)),
-    )?)
 }
 
 #[expect(

@@ -412,167 +412,9 @@ impl WindowIndex {
 
     /// Groups and sorts the right rows, sorting with up to `threads` threads.
     pub fn build_with(spec: WindowSpec, right: RightArrays, threads: usize) -> Result<Self> {
-        let n = right.time.len();
-        if u32::try_from(n).is_err() {
-            return exec_err!(
-                "a window join's right input has {n} rows; at most {} fit one index",
-                u32::MAX
-            );
-        }
-        if right.args.len() != spec.aggregates.len() {
-            return internal_err!("window join: arguments and aggregates differ in number");
-        }
-        let started = std::time::Instant::now();
-        let mut groups = Groups::new(&spec.keys)?;
-        let key_view = groups.view(&right.keys)?;
-        let (times, times_valid) = dense_time_keys(right.time.as_ref())?;
-        let known = match &right.known {
-            Some(k) => Some(dense_time_keys(k.as_ref())?),
-            None => None,
-        };
-        let null =
-            |valid: &Option<NullBuffer>, i: usize| valid.as_ref().is_some_and(|v| v.is_null(i));
-
-        // Each row's group (NONE for a row no window can hold); then a counting sort by group
-        // (a scatter), and a sort by time of each group's entries, which are few and close.
-        const NONE: u32 = u32::MAX;
-        let mut group_of: Vec<u32> = Vec::with_capacity(n);
-        let mut counts: Vec<u32> = Vec::new();
-        for i in 0..n {
-            if null(&times_valid, i)
-                || known.as_ref().is_some_and(|(_, valid)| null(valid, i))
-                || null_key(&right.keys, &spec.keys, i)
-            {
-                group_of.push(NONE);
-                continue;
-            }
-            let g = groups.get_or_insert(&key_view, i);
-            if g as usize == counts.len() {
-                counts.push(0);
-            }
-            counts[g as usize] += 1;
-            group_of.push(g);
-        }
-        // The keys and times are in `group_of` and `times` now: their arrays go.
-        drop((key_view, right.keys, right.time, right.known));
-        let grouped = started.elapsed();
-        let mut offsets = Vec::with_capacity(counts.len() + 1);
-        offsets.push(0u32);
-        for c in &counts {
-            offsets.push(offsets[offsets.len() - 1] + c);
-        }
-        drop(counts);
-        let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
-        // (time, row) per entry; within a group, rows in their input order.
-        let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
-        for (i, &g) in group_of.iter().enumerate() {
-            if g != NONE {
-                let at = &mut next[g as usize];
-                entries[*at as usize] = (times[i], i as u32);
-                *at += 1;
-            }
-        }
-        drop((group_of, next, times, times_valid));
-
-        let positional: Vec<&ArrayRef> = spec
-            .aggregates
-            .iter()
-            .zip(&right.args)
-            .filter(|(a, _)| a.function.is_positional())
-            .filter_map(|(_, arg)| arg.as_ref())
-            .collect();
-        if positional.is_empty() {
-            sort_groups(&mut entries, &offsets, threads, |a, b| a.cmp(b));
-        } else {
-            // Within a (group, time), the row the tie rule prefers sorts last: `TIEBREAK BY`
-            // reversed, then the values ascending (the greatest wins, NULL lowest).
-            let mut fields: Vec<SortField> = right
-                .tiebreak
-                .iter()
-                .zip(&spec.tiebreak)
-                .map(|(a, o)| {
-                    SortField::new_with_options(
-                        a.data_type().clone(),
-                        SortOptions {
-                            descending: !o.descending,
-                            nulls_first: !o.nulls_first,
-                        },
-                    )
-                })
-                .collect();
-            let mut columns: Vec<ArrayRef> = right.tiebreak.clone();
-            for arg in positional {
-                fields.push(SortField::new(arg.data_type().clone()));
-                columns.push(arg.clone());
-            }
-            let tie = RowConverter::new(fields)?.convert_columns(&columns)?;
-            sort_groups(&mut entries, &offsets, threads, |a, b| {
-                a.0.cmp(&b.0)
-                    .then_with(|| tie.row(a.1 as usize).cmp(&tie.row(b.1 as usize)))
-                    .then(a.1.cmp(&b.1))
-            });
-        }
-
-        let sorted = started.elapsed();
-        let sorted_times: Vec<i64> = entries.iter().map(|e| e.0).collect();
-        let sorted_known: Vec<i64> = match known {
-            // Rows without a knowledge time were left out above.
-            Some((k, _)) => entries.iter().map(|e| k[e.1 as usize]).collect(),
-            None => Vec::new(),
-        };
-        let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.1));
-        drop(entries);
-
-        // The arguments in entry order, each array gathered once however many aggregates read
-        // it (`sum(x)` and `avg(x)` get the same array).
-        let mut gathered: Vec<(ArrayRef, ArrayRef)> = Vec::new();
-        let mut values = Vec::with_capacity(spec.aggregates.len());
-        for (a, arg) in spec.aggregates.iter().zip(&right.args) {
-            let arg = match arg {
-                None => None,
-                Some(arg) => Some(match gathered.iter().find(|(of, _)| Arc::ptr_eq(of, arg)) {
-                    Some((_, done)) => done.clone(),
-                    None => {
-                        let done = take(arg.as_ref(), &order, None)?;
-                        gathered.push((arg.clone(), done.clone()));
-                        done
-                    }
-                }),
-            };
-            values.push(prepare(a.function, arg.as_ref())?);
-        }
-        drop(gathered);
-        tracing::debug!(
-            target: "pitlake::window",
-            groups = groups.len(),
-            grouped_ms = grouped.as_millis() as u64,
-            sorted_ms = (sorted - grouped).as_millis() as u64,
-            gathered_ms = (started.elapsed() - sorted).as_millis() as u64,
-            "window index: phases"
-        );
-        let mut widths = Vec::new();
-        let mut width_of = Vec::with_capacity(spec.aggregates.len());
-        for a in &spec.aggregates {
-            let (numerator, unit) = width_in_keys(&a.width, &spec.time_type)?;
-            let width = Width::new(numerator, unit);
-            width_of.push(match widths.iter().position(|w| *w == width) {
-                Some(at) => at,
-                None => {
-                    widths.push(width);
-                    widths.len() - 1
-                }
-            });
-        }
-        Ok(Self {
-            spec,
-            groups,
-            offsets,
-            times: sorted_times,
-            known: sorted_known,
-            values,
-            widths,
-            width_of,
-        })
+        let mut builder = WindowIndexBuilder::new(spec)?;
+        builder.push(right)?;
+        builder.finish(threads)
     }
 
     /// Bytes held, for the memory pool.
@@ -963,6 +805,280 @@ impl Windows<'_> {
     fn len(&self) -> usize {
         self.ranges.len()
     }
+}
+
+/// A [`WindowIndex`] built from the right input a batch at a time, as it arrives: each batch's
+/// rows are grouped and their times read when it comes (while later ones are still being read),
+/// the sorting and gathering done once at the end.
+pub struct WindowIndexBuilder {
+    spec: WindowSpec,
+    groups: Groups,
+    /// Per row, its group, or [`NO_GROUP`] for a row no window can hold.
+    group_of: Vec<u32>,
+    /// Per group, its rows.
+    counts: Vec<u32>,
+    /// Per row, its time key (meaningless for a row without a group).
+    times: Vec<i64>,
+    /// Per row, its knowledge time key, when the join has them.
+    known: Option<Vec<i64>>,
+    /// Per aggregate, its argument's arrays, one per batch.
+    args: Vec<Option<Vec<ArrayRef>>>,
+    /// Per tie-break column, its arrays, one per batch.
+    tiebreak: Vec<Vec<ArrayRef>>,
+}
+
+/// The group of a row no window can hold (a NULL time, key or knowledge time).
+const NO_GROUP: u32 = u32::MAX;
+
+impl WindowIndexBuilder {
+    /// An index of no rows yet, for the join `spec`.
+    pub fn new(spec: WindowSpec) -> Result<Self> {
+        Ok(Self {
+            groups: Groups::new(&spec.keys)?,
+            known: spec.has_known.then(Vec::new),
+            args: spec.aggregates.iter().map(|_| None).collect(),
+            tiebreak: Vec::new(),
+            group_of: Vec::new(),
+            counts: Vec::new(),
+            times: Vec::new(),
+            spec,
+        })
+    }
+
+    /// Groups one batch's rows and reads their times.
+    pub fn push(&mut self, right: RightArrays) -> Result<()> {
+        let n = right.time.len();
+        if u32::try_from(self.group_of.len() + n).is_err() {
+            return exec_err!(
+                "a window join's right input has more than {} rows; at most that fits one index",
+                u32::MAX - 1
+            );
+        }
+        if right.args.len() != self.spec.aggregates.len()
+            || (self.known.is_some() != right.known.is_some())
+        {
+            return internal_err!("window join: the right arrays do not match the join");
+        }
+        let spec = &self.spec;
+        let key_view = self.groups.view(&right.keys)?;
+        let (times, times_valid) = dense_time_keys(right.time.as_ref())?;
+        let known = match &right.known {
+            Some(k) => Some(dense_time_keys(k.as_ref())?),
+            None => None,
+        };
+        let null =
+            |valid: &Option<NullBuffer>, i: usize| valid.as_ref().is_some_and(|v| v.is_null(i));
+        self.group_of.reserve(n);
+        for i in 0..n {
+            if null(&times_valid, i)
+                || known.as_ref().is_some_and(|(_, valid)| null(valid, i))
+                || null_key(&right.keys, &spec.keys, i)
+            {
+                self.group_of.push(NO_GROUP);
+                continue;
+            }
+            let g = self.groups.get_or_insert(&key_view, i);
+            if g as usize == self.counts.len() {
+                self.counts.push(0);
+            }
+            self.counts[g as usize] += 1;
+            self.group_of.push(g);
+        }
+        drop(key_view);
+        self.times.extend_from_slice(&times);
+        if let (Some(all), Some((k, _))) = (&mut self.known, known) {
+            all.extend_from_slice(&k);
+        }
+        for (pieces, arg) in self.args.iter_mut().zip(right.args) {
+            if let Some(arg) = arg {
+                pieces.get_or_insert_with(Vec::new).push(arg);
+            }
+        }
+        if self.tiebreak.is_empty() {
+            self.tiebreak = right.tiebreak.iter().map(|_| Vec::new()).collect();
+        }
+        for (pieces, column) in self.tiebreak.iter_mut().zip(right.tiebreak) {
+            pieces.push(column);
+        }
+        Ok(())
+    }
+
+    /// Sorts the rows pushed by (group, time, tie rule) and gathers the arguments into that
+    /// order, sorting with up to `threads` threads.
+    pub fn finish(self, threads: usize) -> Result<WindowIndex> {
+        const NONE: u32 = NO_GROUP;
+        let WindowIndexBuilder {
+            spec,
+            groups,
+            group_of,
+            counts,
+            times,
+            known,
+            args,
+            tiebreak,
+        } = self;
+        let started = std::time::Instant::now();
+        let mut offsets = Vec::with_capacity(counts.len() + 1);
+        offsets.push(0u32);
+        for c in &counts {
+            offsets.push(offsets[offsets.len() - 1] + c);
+        }
+        drop(counts);
+        let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
+        // (time, row) per entry; within a group, rows in their input order.
+        let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
+        for (i, &g) in group_of.iter().enumerate() {
+            if g != NONE {
+                let at = &mut next[g as usize];
+                entries[*at as usize] = (times[i], i as u32);
+                *at += 1;
+            }
+        }
+        drop((group_of, next, times));
+        // The arguments and tie-break columns whole, an argument read by several aggregates
+        // (`sum(x)`, `avg(x)`) made once, so it is gathered once below.
+        let mut args: Vec<Option<ArrayRef>> = {
+            let mut whole: Vec<(usize, ArrayRef)> = Vec::new();
+            let mut out = Vec::with_capacity(args.len());
+            for (a, pieces) in args.iter().enumerate() {
+                let Some(pieces) = pieces else {
+                    out.push(None);
+                    continue;
+                };
+                let same = whole.iter().find(|(b, _)| {
+                    args[*b].as_ref().is_some_and(|other| {
+                        other.len() == pieces.len()
+                            && other.iter().zip(pieces).all(|(x, y)| Arc::ptr_eq(x, y))
+                    })
+                });
+                let array = match same {
+                    Some((_, array)) => array.clone(),
+                    None => concat_pieces(pieces)?,
+                };
+                whole.push((a, array.clone()));
+                out.push(Some(array));
+            }
+            out
+        };
+        let tiebreak: Vec<ArrayRef> = tiebreak
+            .iter()
+            .map(|pieces| concat_pieces(pieces))
+            .collect::<Result<_>>()?;
+
+        let positional: Vec<&ArrayRef> = spec
+            .aggregates
+            .iter()
+            .zip(&args)
+            .filter(|(a, _)| a.function.is_positional())
+            .filter_map(|(_, arg)| arg.as_ref())
+            .collect();
+        if positional.is_empty() {
+            sort_groups(&mut entries, &offsets, threads, |a, b| a.cmp(b));
+        } else {
+            // Within a (group, time), the row the tie rule prefers sorts last: `TIEBREAK BY`
+            // reversed, then the values ascending (the greatest wins, NULL lowest).
+            let mut fields: Vec<SortField> = tiebreak
+                .iter()
+                .zip(&spec.tiebreak)
+                .map(|(a, o)| {
+                    SortField::new_with_options(
+                        a.data_type().clone(),
+                        SortOptions {
+                            descending: !o.descending,
+                            nulls_first: !o.nulls_first,
+                        },
+                    )
+                })
+                .collect();
+            let mut columns: Vec<ArrayRef> = tiebreak.clone();
+            for arg in positional {
+                fields.push(SortField::new(arg.data_type().clone()));
+                columns.push(arg.clone());
+            }
+            let tie = RowConverter::new(fields)?.convert_columns(&columns)?;
+            sort_groups(&mut entries, &offsets, threads, |a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| tie.row(a.1 as usize).cmp(&tie.row(b.1 as usize)))
+                    .then(a.1.cmp(&b.1))
+            });
+        }
+
+        let sorted = started.elapsed();
+        let sorted_times: Vec<i64> = entries.iter().map(|e| e.0).collect();
+        let sorted_known: Vec<i64> = match known {
+            // Rows without a knowledge time were left out above.
+            Some(k) => entries.iter().map(|e| k[e.1 as usize]).collect(),
+            None => Vec::new(),
+        };
+        drop(tiebreak);
+        let order = UInt32Array::from_iter_values(entries.iter().map(|e| e.1));
+        drop(entries);
+
+        // The arguments in entry order, each array gathered once however many aggregates read
+        // it (`sum(x)` and `avg(x)` get the same array).
+        let mut gathered: Vec<(ArrayRef, ArrayRef)> = Vec::new();
+        let mut values = Vec::with_capacity(spec.aggregates.len());
+        for (a, arg) in spec.aggregates.iter().zip(args.iter_mut()) {
+            // Each whole argument goes once gathered.
+            let arg = arg.take();
+            let arg = match arg {
+                None => None,
+                Some(arg) => Some(
+                    match gathered.iter().find(|(of, _)| Arc::ptr_eq(of, &arg)) {
+                        Some((_, done)) => done.clone(),
+                        None => {
+                            let done = take(arg.as_ref(), &order, None)?;
+                            gathered.push((arg.clone(), done.clone()));
+                            done
+                        }
+                    },
+                ),
+            };
+            values.push(prepare(a.function, arg.as_ref())?);
+        }
+        drop(gathered);
+        tracing::debug!(
+            target: "pitlake::window",
+            groups = groups.len(),
+            sorted_ms = sorted.as_millis() as u64,
+            gathered_ms = (started.elapsed() - sorted).as_millis() as u64,
+            "window index: phases"
+        );
+        let mut widths = Vec::new();
+        let mut width_of = Vec::with_capacity(spec.aggregates.len());
+        for a in &spec.aggregates {
+            let (numerator, unit) = width_in_keys(&a.width, &spec.time_type)?;
+            let width = Width::new(numerator, unit);
+            width_of.push(match widths.iter().position(|w| *w == width) {
+                Some(at) => at,
+                None => {
+                    widths.push(width);
+                    widths.len() - 1
+                }
+            });
+        }
+        Ok(WindowIndex {
+            spec,
+            groups,
+            offsets,
+            times: sorted_times,
+            known: sorted_known,
+            values,
+            widths,
+            width_of,
+        })
+    }
+}
+
+/// One array of `pieces` (one per batch).
+fn concat_pieces(pieces: &[ArrayRef]) -> Result<ArrayRef> {
+    Ok(match pieces {
+        [one] => one.clone(),
+        _ => {
+            let arrays: Vec<&dyn Array> = pieces.iter().map(|a| a.as_ref()).collect();
+            arrow::compute::concat(&arrays)?
+        }
+    })
 }
 
 /// Sorts each group's entries (`offsets[g]..offsets[g + 1]`) by `cmp`, the groups split into up

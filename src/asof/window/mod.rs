@@ -33,7 +33,7 @@ use datafusion::logical_expr::Expr;
 
 pub use exec::{PhysicalWindowAggregate, WindowJoinExec};
 pub use fsum::exact_sum;
-pub use kernel::{KernelAggregate, RightArrays, WindowIndex, WindowSpec};
+pub use kernel::{KernelAggregate, RightArrays, WindowIndex, WindowIndexBuilder, WindowSpec};
 
 use super::Tolerance;
 
