@@ -4,9 +4,11 @@
 //!
 //! # How it runs
 //!
-//! Build: the keys become dense group ids (a hash table over [`arrow::row`] bytes); rows with a
-//! NULL key (unless compared with `IS NOT DISTINCT FROM`), a NULL time or a NULL knowledge time
-//! are dropped, since no window can hold them. The rest are sorted by (group, time) and, where a
+//! Build ([`WindowIndexBuilder`], a batch at a time as the right input arrives): the keys become
+//! dense group ids (a hash table by value for one integer key, over [`arrow::row`] bytes
+//! otherwise); rows with a NULL key (unless compared with `IS NOT DISTINCT FROM`), a NULL time
+//! or a NULL knowledge time are dropped, since no window can hold them. At the end the rest are
+//! put in group order (a counting sort), and each group's rows sorted by time and, where a
 //! function picks one row (`first`, `last`), by the tie rule: the row `TIEBREAK BY` puts first,
 //! then the greatest value, counts as the later one.
 //!
