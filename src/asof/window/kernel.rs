@@ -1097,9 +1097,11 @@ fn sort_groups<T: Send>(
             entries[w[0] as usize - base..w[1] as usize - base].sort_unstable_by(&cmp);
         }
     };
-    // Below this many entries a thread costs more than it saves.
+    // Below this many entries a thread costs more than it saves; more threads than cores (a
+    // session may set any number of partitions) only cost memory and switches.
     const PER_THREAD: usize = 1 << 16;
-    let threads = threads.min(entries.len() / PER_THREAD).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.min(cores).min(entries.len() / PER_THREAD).max(1);
     if threads == 1 || offsets.len() < 2 {
         return sort(entries, offsets);
     }
