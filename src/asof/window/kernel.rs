@@ -310,14 +310,14 @@ impl Width {
         }
     }
 
-    /// The first of `times` (ascending) in the window of `t`: after `t - d`, or at or after it
-    /// when `strict`.
+    /// The first of `times` (ascending, all at or before `t`) in the window of `t`: after
+    /// `t - d`, or at or after it when `strict`.
     #[inline]
     fn start(self, times: &[i64], t: i64, strict: bool) -> usize {
         match self {
             Width::Keys(w) => match t.checked_sub(w) {
-                Some(bound) if strict => times.partition_point(|&e| e < bound),
-                Some(bound) => times.partition_point(|&e| e <= bound),
+                Some(bound) if strict => count_before_from_end(times, |e| e < bound),
+                Some(bound) => count_before_from_end(times, |e| e <= bound),
                 // Below every time.
                 None => 0,
             },
@@ -330,10 +330,30 @@ impl Width {
                 } else {
                     (t_scaled - numerator).div_euclid(unit) + 1
                 };
-                times.partition_point(|&e| i128::from(e) < lower)
+                count_before_from_end(times, |e| i128::from(e) < lower)
             }
         }
     }
+}
+
+/// How many of `times` (ascending) come `before` (a predicate true up to some point, then
+/// false): a galloping search from the end, since a window holds the last few of its key's rows
+/// up to the label's time, so the answer is usually near the end, in cache lines the search for
+/// the window's end has just read.
+#[inline]
+pub(super) fn count_before_from_end(times: &[i64], before: impl Fn(i64) -> bool) -> usize {
+    // Every entry at `hi` or later is not before.
+    let mut hi = times.len();
+    let mut step = 1;
+    while step <= hi {
+        let probe = hi - step;
+        if before(times[probe]) {
+            return probe + 1 + times[probe + 1..hi].partition_point(|&e| before(e));
+        }
+        hi = probe;
+        step *= 2;
+    }
+    times[..hi].partition_point(|&e| before(e))
 }
 
 /// Nanoseconds per unit of a time key (1 for integer times, whose widths are plain numbers).

@@ -664,3 +664,26 @@ async fn a_build_sorted_on_several_threads_matches_the_oracle() {
         }
     }
 }
+
+/// The galloping search for a window's start counts what a binary search counts, for every
+/// sorted array of up to 40 times (with repeats) and every bound.
+#[test]
+fn the_search_from_the_end_counts_as_a_binary_search() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for len in 0..40 {
+        for _ in 0..20 {
+            let mut times: Vec<i64> = (0..len).map(|_| rng.random_range(0..12)).collect();
+            times.sort_unstable();
+            for bound in -1..13 {
+                for strict in [false, true] {
+                    let before = |e: i64| if strict { e < bound } else { e <= bound };
+                    assert_eq!(
+                        super::kernel::count_before_from_end(&times, before),
+                        times.partition_point(|&e| before(e)),
+                        "{times:?} bound {bound} strict {strict}"
+                    );
+                }
+            }
+        }
+    }
+}
