@@ -1049,7 +1049,7 @@ impl WindowIndexBuilder {
                     match gathered.iter().find(|(of, _)| Arc::ptr_eq(of, &arg)) {
                         Some((_, done)) => done.clone(),
                         None => {
-                            let done = take(arg.as_ref(), &order, None)?;
+                            let done = gather(&arg, &order, threads)?;
                             gathered.push((arg.clone(), done.clone()));
                             done
                         }
@@ -1090,6 +1090,38 @@ impl WindowIndexBuilder {
             width_of,
         })
     }
+}
+
+/// The rows `order` of `array`, in that order, taken by up to `threads` threads (one per core
+/// at most), each a run of `order`, and the runs concatenated.
+pub(super) fn gather(array: &ArrayRef, order: &UInt32Array, threads: usize) -> Result<ArrayRef> {
+    // Below this many rows a thread costs more than it saves.
+    const PER_THREAD: usize = 1 << 18;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.min(cores).min(order.len() / PER_THREAD).max(1);
+    if threads == 1 {
+        return Ok(take(array.as_ref(), order, None)?);
+    }
+    let per = order.len().div_ceil(threads);
+    let runs: Vec<Result<ArrayRef>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..order.len())
+            .step_by(per)
+            .map(|from| {
+                let run = order.slice(from, per.min(order.len() - from));
+                scope.spawn(move || Ok(take(array.as_ref(), &run, None)?))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    internal_err!("window join: a thread gathering the index's values panicked")
+                })
+            })
+            .collect()
+    });
+    let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
+    concat_pieces(&runs)
 }
 
 /// One array of `pieces` (one per batch).

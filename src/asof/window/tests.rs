@@ -687,3 +687,29 @@ fn the_search_from_the_end_counts_as_a_binary_search() {
         }
     }
 }
+
+/// Gathering an index's values on several threads gives what one `take` gives: numbers with
+/// NULLs and strings, in a shuffled order long enough to be split.
+#[test]
+fn a_gather_on_several_threads_is_one_take() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let n = 700_000;
+    let numbers: ArrayRef = Arc::new(Float64Array::from_iter(
+        (0..n).map(|i| (i % 7 != 0).then_some(i as f64 / 3.0)),
+    ));
+    let strings: ArrayRef = Arc::new(StringArray::from_iter(
+        (0..n).map(|i| (i % 5 != 0).then(|| format!("s{i}"))),
+    ));
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, rng.random_range(0..=i));
+    }
+    let order = arrow::array::UInt32Array::from(order);
+    for array in [numbers, strings] {
+        let one = arrow::compute::take(array.as_ref(), &order, None).unwrap();
+        for threads in [1, 2, 4] {
+            let got = super::kernel::gather(&array, &order, threads).unwrap();
+            assert_eq!(got.as_ref(), one.as_ref(), "{threads} threads");
+        }
+    }
+}
