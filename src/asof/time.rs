@@ -121,8 +121,9 @@ fn dense_of<T: ArrowPrimitiveType>(
     Ok(array.values().iter().map(|&v| key(v)).collect())
 }
 
-/// The keys of a time array as [`time_keys`] gives them, without an `Option` per row (half the
-/// memory): a value per row, meaningless where the returned validity says NULL (or NaN).
+/// The keys of an integer, date or timestamp time array (window times, see
+/// [`integer_or_datetime`]) as [`time_keys`] gives them, without an `Option` per row (half the
+/// memory): a value per row, meaningless where the returned validity says NULL.
 pub(crate) fn dense_time_keys(array: &dyn Array) -> Result<(Vec<i64>, Option<NullBuffer>)> {
     let keys = match array.data_type() {
         DataType::Int8 => dense_of::<Int8Type>(array, i64::from)?,
@@ -145,13 +146,7 @@ pub(crate) fn dense_time_keys(array: &dyn Array) -> Result<(Vec<i64>, Option<Nul
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
             dense_of::<TimestampNanosecondType>(array, |v| v)?
         }
-        // Floats: NaN has no key, so validity is more than the array's nulls.
-        _ => {
-            let keys = time_keys(array, false)?;
-            let valid = NullBuffer::from_iter(keys.iter().map(Option::is_some));
-            let keys = keys.into_iter().map(Option::unwrap_or_default).collect();
-            return Ok((keys, Some(valid)));
-        }
+        other => return internal_err!("{other} is not an integer, date or timestamp time"),
     };
     Ok((keys, array.logical_nulls()))
 }

@@ -198,6 +198,17 @@ fn pitlake(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `pitlake ARGS`, which must succeed: its output, or a failure with its error and `what`.
+fn pitlake_ok(args: &[&str], what: &str) -> std::process::Output {
+    let out = pitlake(args);
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The CLI through a scheduler and two executors gives the single-node answers.
 #[test]
 fn the_cli_runs_queries_on_the_cluster() {
@@ -213,35 +224,31 @@ fn the_cli_runs_queries_on_the_cluster() {
          ON l.entity = f.entity AND l.at >= f.ts ORDER BY l.label_id",
         "SELECT region, count(*) AS n FROM feats_by_region GROUP BY region ORDER BY region",
     ] {
-        let local = pitlake(&[
-            "-w",
-            &wh,
-            "--target-partitions",
-            "2",
-            "sql",
-            "--format",
-            "csv",
+        let local = pitlake_ok(
+            &[
+                "-w",
+                &wh,
+                "--target-partitions",
+                "2",
+                "sql",
+                "--format",
+                "csv",
+                sql,
+            ],
             sql,
-        ]);
-        assert!(
-            local.status.success(),
-            "{}",
-            String::from_utf8_lossy(&local.stderr)
         );
-        let remote = pitlake(&[
-            "-w",
-            &wh,
-            "--cluster",
-            &cluster.address,
-            "sql",
-            "--format",
-            "csv",
+        let remote = pitlake_ok(
+            &[
+                "-w",
+                &wh,
+                "--cluster",
+                &cluster.address,
+                "sql",
+                "--format",
+                "csv",
+                sql,
+            ],
             sql,
-        ]);
-        assert!(
-            remote.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&remote.stderr)
         );
         assert_eq!(
             String::from_utf8_lossy(&remote.stdout),
@@ -318,17 +325,8 @@ fn the_cluster_refuses_table_functions_and_caps_functions() {
     let cluster = processes::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let warehouse = dir.path().display().to_string();
-    let made = pitlake(&[
-        "-w",
-        &warehouse,
-        "sql",
-        "CREATE TABLE sizes AS SELECT 1000000000 AS n",
-    ]);
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let create = "CREATE TABLE sizes AS SELECT 1000000000 AS n";
+    pitlake_ok(&["-w", &warehouse, "sql", create], create);
     let out = pitlake(&[
         "-w",
         &warehouse,

@@ -1096,9 +1096,7 @@ impl WindowIndexBuilder {
 /// at most), each a run of `order`, and the runs concatenated.
 pub(super) fn gather(array: &ArrayRef, order: &UInt32Array, threads: usize) -> Result<ArrayRef> {
     // Below this many rows a thread costs more than it saves.
-    const PER_THREAD: usize = 1 << 18;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = threads.min(cores).min(order.len() / PER_THREAD).max(1);
+    let threads = worker_threads(threads, order.len(), 1 << 18);
     if threads == 1 {
         return Ok(take(array.as_ref(), order, None)?);
     }
@@ -1135,6 +1133,14 @@ fn concat_pieces(pieces: &[ArrayRef]) -> Result<ArrayRef> {
     })
 }
 
+/// The threads for `items` of work, at most `asked`, at most one per core (a session may set
+/// any number of partitions; more threads than cores only cost memory and switches), and at
+/// least `per_thread` items each: at least one.
+fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    asked.min(cores).min(items / per_thread).max(1)
+}
+
 /// Sorts each group's entries (`offsets[g]..offsets[g + 1]`) by `cmp`, the groups split into up
 /// to `threads` runs of about equal size sorted side by side.
 fn sort_groups<T: Send>(
@@ -1149,11 +1155,8 @@ fn sort_groups<T: Send>(
             entries[w[0] as usize - base..w[1] as usize - base].sort_unstable_by(&cmp);
         }
     };
-    // Below this many entries a thread costs more than it saves; more threads than cores (a
-    // session may set any number of partitions) only cost memory and switches.
-    const PER_THREAD: usize = 1 << 16;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = threads.min(cores).min(entries.len() / PER_THREAD).max(1);
+    // Below this many entries a thread costs more than it saves.
+    let threads = worker_threads(threads, entries.len(), 1 << 16);
     if threads == 1 || offsets.len() < 2 {
         return sort(entries, offsets);
     }

@@ -448,6 +448,21 @@ fn actual(batches: &[RecordBatch], i: usize) -> Vec<String> {
     out
 }
 
+/// Runs `plan` in `ctx` and checks each aggregate's column against the oracle's `expected`;
+/// `context(i)` says which case and aggregate `i` failed.
+async fn assert_oracle(
+    plan: Arc<dyn ExecutionPlan>,
+    ctx: &SessionContext,
+    expected: &[Vec<String>],
+    context: impl Fn(usize) -> String,
+) {
+    let out = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
+    let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&actual(&all, i), want, "{}", context(i));
+    }
+}
+
 #[tokio::test]
 async fn window_operator_matches_the_oracle() {
     let cases: u64 = std::env::var("PITLAKE_WINDOW_CASES")
@@ -461,15 +476,8 @@ async fn window_operator_matches_the_oracle() {
         let shapes = [(1, 1, 8192), (2, 3, 1), (3, 1, 2), (1, 2, 7)];
         let (lp, rp, batch) = shapes[(seed % shapes.len() as u64) as usize];
         let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch));
-        let out = collect_partitioned(case.plan(lp, rp, batch), ctx.task_ctx())
-            .await
-            .unwrap();
-        let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
-        for (i, want) in expected.iter().enumerate() {
-            let got = actual(&all, i);
-            assert_eq!(
-                &got,
-                want,
+        assert_oracle(case.plan(lp, rp, batch), &ctx, &expected, |i| {
+            format!(
                 "seed {seed}, aggregate {i} {:?} width {} strict {} known {} tiebreak {}\nleft {:?}\nright {:?}",
                 FUNCTIONS[i],
                 case.widths[i],
@@ -478,8 +486,9 @@ async fn window_operator_matches_the_oracle() {
                 case.tiebreak,
                 case.left,
                 case.right
-            );
-        }
+            )
+        })
+        .await;
     }
 }
 
@@ -499,18 +508,10 @@ async fn spilling_gives_the_oracle_answer_in_the_left_order() {
         let config = SessionConfig::new().with_batch_size(64);
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let plan = case.plan(2, 2, 64);
-        let out = collect_partitioned(plan.clone(), ctx.task_ctx())
-            .await
-            .unwrap();
-        let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
-        for (i, want) in expected.iter().enumerate() {
-            assert_eq!(
-                &actual(&all, i),
-                want,
-                "seed {seed}, aggregate {i} {:?}",
-                FUNCTIONS[i]
-            );
-        }
+        assert_oracle(plan.clone(), &ctx, &expected, |i| {
+            format!("seed {seed}, aggregate {i} {:?}", FUNCTIONS[i])
+        })
+        .await;
         if plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0) > 0 {
             spilled += 1;
         }
@@ -649,18 +650,13 @@ async fn a_build_sorted_on_several_threads_matches_the_oracle() {
         for threads in [1, 4] {
             let config = SessionConfig::new().with_target_partitions(threads);
             let ctx = SessionContext::new_with_config(config);
-            let out = collect_partitioned(case.plan(1, 2, 8192), ctx.task_ctx())
-                .await
-                .unwrap();
-            let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
-            for (i, want) in expected.iter().enumerate() {
-                assert_eq!(
-                    &actual(&all, i),
-                    want,
+            assert_oracle(case.plan(1, 2, 8192), &ctx, &expected, |i| {
+                format!(
                     "seed {seed}, {threads} threads, aggregate {i} {:?}",
                     FUNCTIONS[i]
-                );
-            }
+                )
+            })
+            .await;
         }
     }
 }
