@@ -1136,7 +1136,7 @@ fn concat_pieces(pieces: &[ArrayRef]) -> Result<ArrayRef> {
 /// The threads for `items` of work, at most `asked`, at most one per core (a session may set
 /// any number of partitions; more threads than cores only cost memory and switches), and at
 /// least `per_thread` items each: at least one.
-fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
+pub(super) fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     asked.min(cores).min(items / per_thread).max(1)
 }
