@@ -33,6 +33,7 @@ pub mod engine;
 pub mod error;
 pub mod flight;
 pub mod frontend;
+pub mod memory;
 pub mod planner;
 pub mod registry;
 pub mod storage;

@@ -7,6 +7,7 @@ use clap::Parser;
 use pitlake::cli::{self, args::Cli};
 
 fn main() -> ExitCode {
+    pitlake::memory::tune_allocator();
     let cli = Cli::parse();
     // A cluster's processes say what Ballista does (jobs, executors, lost tasks) by default.
     let default_filter = match cli.command {

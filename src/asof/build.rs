@@ -1,26 +1,28 @@
 //! The right side of an as-of join: read once, shared by every left partition.
 //!
-//! Each right partition is read by its own task into an [`IndexBuilder`], accounting its memory
-//! as it grows (`AsOfJoin[build n]`). When the pool refuses more, that task spills what it holds
-//! into bucket files and keeps spilling what it reads; if any task spilled, the finished indexes
-//! of the others are spilled too, and the join runs bucket by bucket (see [`super::spill`]).
+//! Each right partition is decoded by its own task; one [`IndexBuilder`] groups their batches
+//! as they come, accounting its memory as it grows (`AsOfJoin[build]`), and orders its groups
+//! on every core when the input ends. When the pool refuses more, what it holds goes to bucket
+//! files and so does the rest of the input; the join then runs bucket by bucket (see
+//! [`super::spill`]). No hash repartition of the right input is needed: the one index holds
+//! every key.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::metrics::SpillMetrics;
 use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
 
-use super::bucket::{BUCKETS, BucketWriter, buckets_of};
-use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
+use super::bucket::{BucketWriter, buckets_of};
+use super::kernel::{IndexBuilder, KernelOptions, PreparedBatch, RightIndex};
 use super::metrics::AsOfJoinMetrics;
 
 /// The expressions evaluated on right batches.
@@ -44,6 +46,18 @@ impl RightExprs {
 
     /// Evaluates everything and pushes the batch into `builder`.
     pub(crate) fn push(&self, builder: &mut IndexBuilder, batch: RecordBatch) -> Result<()> {
+        let prepared = self.prepare(builder.options(), builder.schema(), batch)?;
+        builder.push_prepared(prepared)
+    }
+
+    /// Evaluates everything and prepares the batch for a builder of `opts` over `schema` (see
+    /// [`IndexBuilder::prepare`]); any thread may do it.
+    pub(crate) fn prepare(
+        &self,
+        opts: &KernelOptions,
+        schema: &SchemaRef,
+        batch: RecordBatch,
+    ) -> Result<PreparedBatch> {
         let keys = self.keys(&batch)?;
         let time = Self::eval(&self.time, &batch)?;
         let known = self
@@ -56,7 +70,7 @@ impl RightExprs {
             .iter()
             .map(|e| Self::eval(e, &batch))
             .collect::<Result<Vec<_>>>()?;
-        builder.push(batch, &keys, &time, known.as_ref(), &tiebreak)
+        IndexBuilder::prepare(opts, schema, batch, keys, &time, known.as_ref(), tiebreak)
     }
 
     /// Spills batches into bucket files by their keys.
@@ -68,10 +82,10 @@ impl RightExprs {
 
 /// The right side, built.
 pub(crate) enum BuildSide {
-    /// Everything fit: one index per right partition.
+    /// Everything fit: one index over the whole right input.
     Memory {
-        shards: Vec<RightIndex>,
-        _reservations: Vec<MemoryReservation>,
+        index: Box<RightIndex>,
+        _reservation: MemoryReservation,
     },
     /// The right side is in bucket files (one list of files per bucket).
     Spilled {
@@ -83,12 +97,9 @@ pub(crate) enum BuildSide {
 impl std::fmt::Debug for BuildSide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            BuildSide::Memory { shards, .. } => f
+            BuildSide::Memory { index, .. } => f
                 .debug_struct("Memory")
-                .field(
-                    "rows",
-                    &shards.iter().map(RightIndex::num_rows).sum::<usize>(),
-                )
+                .field("rows", &index.num_rows())
                 .finish(),
             BuildSide::Spilled { buckets, .. } => f
                 .debug_struct("Spilled")
@@ -98,19 +109,41 @@ impl std::fmt::Debug for BuildSide {
     }
 }
 
-/// What one right partition became.
-enum Shard {
-    Memory(Box<RightIndex>, MemoryReservation),
-    Spilled(Vec<Option<Arc<dyn SpillFile>>>),
+/// The right input being read: prepared batches from the reading tasks.
+struct Input {
+    rx: tokio::sync::mpsc::Receiver<Result<PreparedBatch>>,
+    readers: Vec<SpawnedTask<()>>,
 }
 
-/// Reads one right partition into an index, or into bucket files when memory runs out.
+impl Input {
+    /// The next prepared batch, or `None` once every reader has ended; a reader's error or
+    /// panic is an error here.
+    async fn next(&mut self) -> Result<Option<PreparedBatch>> {
+        match self.rx.recv().await {
+            Some(prepared) => prepared.map(Some),
+            None => {
+                for reader in self.readers.drain(..) {
+                    reader
+                        .join_unwind()
+                        .await
+                        .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Reads the right partitions into one index, or into bucket files when memory runs out.
 pub(crate) struct BuildJob {
     pub(crate) right: Arc<dyn ExecutionPlan>,
+    /// The right partitions to read: all of them, or one in the co-partitioned mode.
+    pub(crate) partitions: Vec<usize>,
     pub(crate) exprs: Arc<RightExprs>,
     pub(crate) kernel: KernelOptions,
+    /// The right columns the output shows (ascending), all the index keeps once built.
+    pub(crate) right_output: Vec<usize>,
     pub(crate) metrics: AsOfJoinMetrics,
-    pub(crate) partition: usize,
     pub(crate) context: Arc<TaskContext>,
 }
 
@@ -135,38 +168,58 @@ impl BuildJob {
         )
     }
 
-    fn writer(&self) -> BucketWriter {
-        BucketWriter::new(
-            self.manager(),
-            format!("AsOfJoin[build {}]", self.partition),
-        )
+    /// The right partitions' batches, prepared for the index (see [`RightExprs::prepare`]),
+    /// each partition decoded and prepared by a task of its own. The tasks stop when the
+    /// receiver is dropped.
+    fn input(&self) -> Result<Input> {
+        let (tx, rx) = tokio::sync::mpsc::channel(self.partitions.len().max(1));
+        let schema = self.right.schema();
+        let mut readers = Vec::with_capacity(self.partitions.len());
+        for &partition in &self.partitions {
+            let mut stream = self.right.execute(partition, self.context.clone())?;
+            let tx: tokio::sync::mpsc::Sender<Result<PreparedBatch>> = tx.clone();
+            let (exprs, kernel, schema) = (self.exprs.clone(), self.kernel.clone(), schema.clone());
+            readers.push(SpawnedTask::spawn(async move {
+                while let Some(batch) = stream.next().await {
+                    let prepared = match batch {
+                        Ok(batch) if batch.num_rows() == 0 => continue,
+                        Ok(batch) => exprs.prepare(&kernel, &schema, batch),
+                        Err(e) => Err(e),
+                    };
+                    let failed = prepared.is_err();
+                    if tx.send(prepared).await.is_err() || failed {
+                        break;
+                    }
+                }
+            }));
+        }
+        Ok(Input { rx, readers })
     }
 
-    async fn run(self) -> Result<Shard> {
-        let reservation = MemoryConsumer::new(format!("AsOfJoin[build {}]", self.partition))
-            .register(self.context.memory_pool());
-        let mut stream = self.right.execute(self.partition, self.context.clone())?;
+    /// Reads every partition into one [`IndexBuilder`] (the batches are grouped as they come,
+    /// while the next ones are decoded), accounting its memory as it grows. When the pool
+    /// refuses more, what is held goes to bucket files and so does the rest of the input.
+    pub(crate) async fn run(self) -> Result<BuildSide> {
+        let reservation =
+            MemoryConsumer::new("AsOfJoin[build]").register(self.context.memory_pool());
+        let started = std::time::Instant::now();
+        let mut input = self.input()?;
         let mut builder = Some(IndexBuilder::try_new(
             self.kernel.clone(),
             self.right.schema(),
         )?);
         let mut writer: Option<BucketWriter> = None;
         let has_keys = !self.exprs.keys.is_empty();
-        while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            let rows = batch.num_rows();
-            if rows == 0 {
-                continue;
-            }
-            self.metrics.right_rows.add(rows);
+        while let Some(prepared) = input.next().await? {
+            self.metrics.right_rows.add(prepared.batch().num_rows());
             let timer = self.metrics.build_time.timer();
             if let Some(writer) = writer.as_mut() {
-                self.exprs.spill(writer, &batch)?;
+                self.exprs.spill(writer, prepared.batch())?;
                 timer.done();
                 continue;
             }
             if let Some(b) = builder.as_mut() {
-                self.exprs.push(b, batch)?;
+                b.push_prepared(prepared)?;
                 // Account before holding more: a limit that is too small spills here instead
                 // of being exceeded.
                 if let Err(err) = reservation.try_resize(b.memory_size()) {
@@ -178,7 +231,7 @@ impl BuildJob {
             timer.done();
         }
         if let Some(writer) = writer {
-            return Ok(Shard::Spilled(writer.finish()?));
+            return self.spilled(writer);
         }
         let Some(builder) = builder else {
             return Err(DataFusionError::Internal(
@@ -190,105 +243,45 @@ impl BuildJob {
             out_of_memory(err, has_keys)?;
             let writer = self.spill_builder(Some(builder))?;
             reservation.free();
-            return Ok(Shard::Spilled(writer.finish()?));
+            return self.spilled(writer);
         }
+        let read = started.elapsed();
         let timer = self.metrics.build_time.timer();
-        let index = builder.finish()?;
+        let threads = self.context.session_config().target_partitions();
+        let mut index = builder.finish_with(threads)?;
+        // Matching needs none of the columns now; those the output does not show go.
+        index.retain_columns(&self.right_output)?;
         timer.done();
+        tracing::debug!(
+            target: "pitlake::asof",
+            rows = index.num_rows(),
+            groups = index.num_groups(),
+            read_and_grouped_ms = read.as_millis() as u64,
+            indexed_ms = (started.elapsed() - read).as_millis() as u64,
+            "as-of index built"
+        );
         reservation.try_resize(index.memory_size())?;
-        Ok(Shard::Memory(Box::new(index), reservation))
+        Ok(BuildSide::Memory {
+            index: Box::new(index),
+            _reservation: reservation,
+        })
     }
 
     fn spill_builder(&self, builder: Option<IndexBuilder>) -> Result<BucketWriter> {
-        let mut writer = self.writer();
+        let mut writer = BucketWriter::new(self.manager(), "AsOfJoin[build]");
         for batch in builder.map(IndexBuilder::into_batches).unwrap_or_default() {
             self.exprs.spill(&mut writer, &batch)?;
         }
         Ok(writer)
     }
-}
 
-/// Builds the right partitions `partitions` (each by its own task, in parallel) and assembles
-/// the result.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "what to read, how to index it, and where to account it"
-)]
-pub(crate) async fn build(
-    right: Arc<dyn ExecutionPlan>,
-    partitions: Vec<usize>,
-    exprs: Arc<RightExprs>,
-    kernel: KernelOptions,
-    right_output: Vec<usize>,
-    metrics: impl Fn(usize) -> AsOfJoinMetrics,
-    spill_metrics: SpillMetrics,
-    context: Arc<TaskContext>,
-) -> Result<BuildSide> {
-    use datafusion::common::runtime::SpawnedTask;
-    let tasks: Vec<SpawnedTask<Result<Shard>>> = partitions
-        .into_iter()
-        .map(|partition| {
-            let job = BuildJob {
-                right: right.clone(),
-                exprs: exprs.clone(),
-                kernel: kernel.clone(),
-                metrics: metrics(partition),
-                partition,
-                context: context.clone(),
-            };
-            SpawnedTask::spawn(job.run())
+    fn spilled(&self, writer: BucketWriter) -> Result<BuildSide> {
+        let buckets = writer.finish()?.into_iter().map(Vec::from_iter).collect();
+        Ok(BuildSide::Spilled {
+            buckets,
+            manager: self.manager(),
         })
-        .collect();
-    let mut shards = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        let shard = task
-            .join_unwind()
-            .await
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
-        shards.push(shard);
     }
-    let manager = SpillManager::new(context.runtime_env(), spill_metrics, right.schema());
-    if shards.iter().all(|s| matches!(s, Shard::Memory(..))) {
-        let (shards, reservations) = shards
-            .into_iter()
-            .filter_map(|s| match s {
-                Shard::Memory(index, reservation) => Some((*index, reservation)),
-                Shard::Spilled(_) => None,
-            })
-            .map(|(mut index, reservation)| {
-                // Only now: until every shard is built, any of them may still have to go to
-                // disk, which needs the key and time columns.
-                index.retain_columns(&right_output)?;
-                reservation.try_resize(index.memory_size())?;
-                Ok((index, reservation))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        return Ok(BuildSide::Memory {
-            shards,
-            _reservations: reservations,
-        });
-    }
-    // One partition did not fit: the join runs bucket by bucket, so the rest go to disk too.
-    let mut buckets: Vec<Vec<Arc<dyn SpillFile>>> = vec![Vec::new(); BUCKETS];
-    for shard in shards {
-        let files = match shard {
-            Shard::Spilled(files) => files,
-            Shard::Memory(index, reservation) => {
-                let mut writer = BucketWriter::new(manager.clone(), "AsOfJoin[build]");
-                for batch in index.into_batches() {
-                    exprs.spill(&mut writer, &batch)?;
-                }
-                drop(reservation);
-                writer.finish()?
-            }
-        };
-        for (bucket, file) in files.into_iter().enumerate() {
-            buckets[bucket].extend(file);
-        }
-    }
-    Ok(BuildSide::Spilled { buckets, manager })
 }
 
 /// A schema with one more column, the ordinal that restores the left's order after spilling.

@@ -5,19 +5,20 @@
 //!            left partition 1 ──► probe ──► out 1
 //!                                   ▲
 //!                     shared right index (built once)
+//!                                   ▲
+//!                       one IndexBuilder, groups ordered on every core
 //!          ┌────────────────┬───────┴────────┐
-//!   right hash partition 0   …   right hash partition n-1
-//!     (one IndexBuilder each, built in parallel)
+//!     right partition 0     …     right partition n-1   (each decoded by its own task)
 //! ```
 //!
-//! The right input is hash-partitioned on its keys, so each key lives in exactly one partition;
-//! each partition is read into its own index by its own task, all in parallel, when the first
-//! left partition asks for it. A chain of joins (labels joined to K feature tables) thus builds
-//! one right side after the other, top down: each build already has every core, and a finished
-//! index is trimmed to the columns the output shows before the next one is read, so the peak
-//! memory is the finished indexes plus one being built, not K being built at once.
+//! The right partitions are read as they come (no hash repartition: one index holds every key),
+//! each decoded by its own task, when the first left partition asks for the index; the index
+//! then orders its groups on every core. A chain of joins (labels joined to K feature tables)
+//! thus builds one right side after the other, top down: each build already has every core, and
+//! a finished index is trimmed to the columns the output shows before the next one is read, so
+//! the peak memory is the finished indexes plus one being built, not K being built at once.
 //!
-//! The left input streams: each left batch is looked up in the indexes without being sorted,
+//! The left input streams: each left batch is looked up in the index without being sorted,
 //! and leaves in the order it came, with the right columns gathered only for the rows that
 //! matched.
 //!
@@ -48,7 +49,7 @@ use datafusion::physical_expr::{
 };
 use datafusion::physical_plan::distribution_requirements::InputDistributionRequirements;
 use datafusion::physical_plan::execution_plan::EmissionType;
-use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet, SpillMetrics};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::{ColumnStatistics, Statistics};
@@ -202,8 +203,8 @@ pub(crate) fn fmt_on(
 /// How an as-of join builds its right side and which left rows probe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AsOfJoinMode {
-    /// The right side hash-partitioned on its keys and every partition built into one index
-    /// shared by every left partition; the left keeps its partitioning and order.
+    /// Every right partition read into one index shared by every left partition; the left
+    /// keeps its partitioning and order.
     #[default]
     SharedBuild,
     /// Both sides hash-partitioned on the keys alike; partition p builds right partition p
@@ -617,18 +618,16 @@ impl AsOfJoinExec {
         spill_partition: usize,
         context: &Arc<TaskContext>,
     ) -> SharedBuild {
-        let metrics = self.metrics.clone();
-        let spill_metrics = SpillMetrics::new(&self.metrics, spill_partition);
-        let job = build::build(
-            self.right.clone(),
+        let job = build::BuildJob {
+            right: self.right.clone(),
             partitions,
-            self.right_exprs(),
-            self.kernel.clone(),
-            self.right_output.clone(),
-            move |partition| AsOfJoinMetrics::new(&metrics, partition),
-            spill_metrics,
-            context.clone(),
-        );
+            exprs: self.right_exprs(),
+            kernel: self.kernel.clone(),
+            right_output: self.right_output.clone(),
+            metrics: AsOfJoinMetrics::new(&self.metrics, spill_partition),
+            context: context.clone(),
+        }
+        .run();
         // Spawned on first poll, not now: the joins of a chain build one after the other.
         let build: BuildFuture = async move {
             SpawnedTask::spawn(job)
@@ -729,18 +728,24 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        let right = if self.on.is_empty() {
-            Distribution::SinglePartition
-        } else {
-            Distribution::HashPartitioned(self.on.iter().map(|(_, r)| r.clone()).collect())
-        };
-        let left = match self.mode {
-            AsOfJoinMode::SharedBuild => Distribution::UnspecifiedDistribution,
-            AsOfJoinMode::CoPartitioned => {
-                Distribution::HashPartitioned(self.on.iter().map(|(l, _)| l.clone()).collect())
-            }
-        };
-        vec![left, right]
+        match self.mode {
+            // Both sides split by key: partition p of each holds the same keys.
+            AsOfJoinMode::CoPartitioned => vec![
+                Distribution::HashPartitioned(self.on.iter().map(|(l, _)| l.clone()).collect()),
+                Distribution::HashPartitioned(self.on.iter().map(|(_, r)| r.clone()).collect()),
+            ],
+            // Every left partition reads every right partition into one index; without keys
+            // the right side is one partition, so a task that sees one partition of each input
+            // (a cluster's) still sees it all.
+            AsOfJoinMode::SharedBuild if self.on.is_empty() => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::SinglePartition,
+            ],
+            AsOfJoinMode::SharedBuild => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::UnspecifiedDistribution,
+            ],
+        }
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {

@@ -221,14 +221,15 @@ impl Case {
         let right_source =
             MemorySourceConfig::try_new_exec(std::slice::from_ref(&self.right), rs.clone(), None)
                 .unwrap();
-        // Co-partitioned, the optimizer below partitions both sides itself.
+        // Co-partitioned, the optimizer below partitions both sides itself. Shared, the right's
+        // batches are dealt round-robin, so one key's rows are spread over its partitions.
         let right: Arc<dyn ExecutionPlan> = if self.co_partitioned {
             right_source
         } else {
             Arc::new(
                 RepartitionExec::try_new(
                     right_source,
-                    Partitioning::Hash(self.key_columns("r", &rs), self.right_partitions),
+                    Partitioning::RoundRobinBatch(self.right_partitions),
                 )
                 .unwrap(),
             )

@@ -57,3 +57,11 @@ pub use metrics::AsOfJoinMetrics;
 pub use prune::{AsOfRangePruning, ColumnRange, TableFacts};
 pub use time::supported_time_type;
 pub use tolerance::tolerance_bound;
+
+/// The threads for `items` of work, at most `asked`, at most one per core (a session may set
+/// any number of partitions; more threads than cores only cost memory and switches), and at
+/// least `per_thread` items each: at least one.
+pub(crate) fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    asked.min(cores).min(items / per_thread).max(1)
+}

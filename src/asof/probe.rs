@@ -1,4 +1,4 @@
-//! How a left batch is joined against built right indexes: the left expressions and the
+//! How a left batch is joined against a built right index: the left expressions and the
 //! join's options, shared by the in-memory probe (`stream`) and the spilled run (`spill`).
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
@@ -7,7 +7,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::physical_expr::PhysicalExprRef;
 
-use super::kernel::{Direction, RightIndex, RowRef};
+use super::kernel::{Direction, RightIndex};
 use super::logical::{AsOfJoinType, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::tolerance::tolerance_bound;
@@ -31,11 +31,11 @@ impl Probe {
             .collect()
     }
 
-    /// Joins one left batch against the indexes. The output is the first `left_width` columns
+    /// Joins one left batch against the index. The output is the first `left_width` columns
     /// of `batch`, then the right columns, then (for spilled runs) the rest of `batch`.
     pub(crate) fn join(
         &self,
-        shards: &[&RightIndex],
+        index: &RightIndex,
         batch: &RecordBatch,
         left_width: usize,
         schema: &SchemaRef,
@@ -51,25 +51,15 @@ impl Probe {
             .as_ref()
             .map(|t| tolerance_bound(&time, t, self.direction))
             .transpose()?;
-
-        // Each key lives in exactly one shard, so at most one shard answers for a row.
-        let mut refs: Vec<Option<(usize, RowRef)>> = vec![None; rows];
-        for (shard, index) in shards.iter().enumerate() {
-            if index.num_rows() == 0 {
-                continue;
-            }
-            let found = index.probe(&keys, &time, bound.as_ref())?;
-            for (slot, hit) in refs.iter_mut().zip(found) {
-                if let Some(row) = hit {
-                    *slot = Some((shard, row));
-                }
-            }
-        }
+        let refs = if index.num_rows() == 0 {
+            vec![None; rows]
+        } else {
+            index.probe(&keys, &time, bound.as_ref())?
+        };
         let matched = refs.iter().filter(|r| r.is_some()).count();
         metrics.matched_rows.add(matched);
-        // The right columns for every left row (NULL where unmatched), from whichever shards
-        // matched, in one interleave.
-        let right = RightIndex::gather_from(shards, &refs)?;
+        // The right columns for every left row (NULL where unmatched), in one interleave.
+        let right = index.gather(&refs)?;
         timer.done();
 
         let mut columns: Vec<ArrayRef> = batch.columns()[..left_width].to_vec();

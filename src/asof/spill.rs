@@ -12,8 +12,9 @@
 //! ordinal order, and a streaming merge on the ordinal restores the partition's order. Memory
 //! stays bounded by one bucket's index plus one batch per result file during the merge.
 //!
-//! Buckets are hashed with a seed of their own: the right input arrives hash-partitioned on the
-//! same keys, and reusing that hash would put all of one partition's keys in a few buckets.
+//! Buckets are hashed with a seed of their own: in the co-partitioned mode the right input
+//! arrives hash-partitioned on the same keys, and reusing that hash would put all of one
+//! partition's keys in a few buckets.
 
 use std::sync::Arc;
 
@@ -229,7 +230,7 @@ impl SpilledRun {
         let mut stream = left.manager.read_spill_as_stream(left_file, None)?;
         while let Some(batch) = stream.next().await {
             let joined = self.probe.join(
-                &[index],
+                index,
                 &batch?,
                 left.width,
                 &self.results_schema,

@@ -17,7 +17,6 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 
 use super::build::BuildSide;
 use super::build::SharedBuild;
-use super::kernel::RightIndex;
 use super::metrics::AsOfJoinMetrics;
 use super::probe::Probe;
 use super::spill::{SpillContext, spilled_join};
@@ -87,14 +86,13 @@ impl AsOfStream {
     fn probe_batch(&self, side: &BuildSide, batch: &RecordBatch) -> Result<RecordBatch> {
         let elapsed = self.metrics.baseline.elapsed_compute().clone();
         let _timer = elapsed.timer();
-        let BuildSide::Memory { shards, .. } = side else {
+        let BuildSide::Memory { index, .. } = side else {
             return Err(DataFusionError::Internal(
                 "as-of join: probing a spilled side".into(),
             ));
         };
-        let shards: Vec<&RightIndex> = shards.iter().collect();
         self.probe.join(
-            &shards,
+            index,
             batch,
             batch.num_columns(),
             &self.schema,

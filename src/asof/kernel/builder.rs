@@ -6,7 +6,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::{Result, internal_err, plan_err};
 
 use super::entries::{
-    Entries, KnownEntry, PlainEntry, compact_known, compact_plain, scatter, sort_groups,
+    Entries, KnownEntry, PlainEntry, Ranked, compact_known, compact_plain, scatter, sort_groups,
 };
 use super::groups::NO_GROUP;
 use super::index::{RightIndex, null_row_size};
@@ -16,9 +16,32 @@ use super::options::{
 };
 use super::ties::TieColumns;
 use crate::asof::time::{supported_time_type, time_keys};
+use crate::asof::worker_threads;
+use crate::memory::advise_huge_pages;
+
+/// A thread orders and compacts at least this many entries (fewer cost more than they save).
+/// Tiny under test, so that the random cases run on several threads.
+const ENTRIES_PER_THREAD: usize = if cfg!(test) { 2 } else { 1 << 16 };
 
 /// At most this many right rows per builder, so group ids and group offsets fit a `u32`.
 const MAX_ROWS: usize = (u32::MAX - 1) as usize;
+
+/// A right batch checked and with its times turned into keys by [`IndexBuilder::prepare`].
+#[derive(Debug)]
+pub struct PreparedBatch {
+    batch: RecordBatch,
+    keys: Vec<ArrayRef>,
+    times: Vec<Option<i64>>,
+    known: Option<Vec<Option<i64>>>,
+    tiebreak: Vec<ArrayRef>,
+}
+
+impl PreparedBatch {
+    /// The batch itself (to spill it).
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+}
 
 /// Collects the right input and builds a [`RightIndex`].
 #[derive(Debug)]
@@ -102,53 +125,10 @@ impl IndexBuilder {
         })
     }
 
-    fn check_push(
-        &self,
-        batch: &RecordBatch,
-        keys: &[ArrayRef],
-        time: &ArrayRef,
-        knowledge: Option<&ArrayRef>,
-        tiebreak: &[ArrayRef],
-    ) -> Result<()> {
-        let n = batch.num_rows();
-        let schema = batch.schema();
-        if schema.fields().len() != self.schema.fields().len()
-            || schema
-                .fields()
-                .iter()
-                .zip(self.schema.fields())
-                .any(|(a, b)| a.data_type() != b.data_type())
-        {
-            return internal_err!(
-                "as-of right batch schema {schema:?} does not match the declared {:?}",
-                self.schema
-            );
-        }
-        check_arrays("right", &self.opts, n, keys, time)?;
-        match (knowledge, self.opts.has_knowledge) {
-            (Some(k), true) if k.data_type() == &self.opts.time_type && k.len() == n => {}
-            (None, false) => {}
-            _ => return internal_err!("as-of knowledge time array does not match the options"),
-        }
-        if tiebreak.len() != self.opts.tiebreak.len()
-            || tiebreak
-                .iter()
-                .zip(&self.opts.tiebreak)
-                .any(|(a, s)| a.data_type() != &s.data_type || a.len() != n)
-        {
-            return internal_err!("as-of tie-break arrays do not match the options");
-        }
-        if self.batches.len() >= u32::MAX as usize || self.groups.len() + n > MAX_ROWS {
-            return internal_err!(
-                "an as-of partition holds more than {MAX_ROWS} right rows; use more partitions"
-            );
-        }
-        Ok(())
-    }
-
     /// Adds one right batch with its evaluated expressions, each as long as the batch: the keys
     /// (one array per key, of the declared types), the time, the knowledge time (exactly when
-    /// `has_knowledge`) and the tie-break arrays.
+    /// `has_knowledge`) and the tie-break arrays. The same as [`IndexBuilder::prepare`] then
+    /// [`IndexBuilder::push_prepared`].
     pub fn push(
         &mut self,
         batch: RecordBatch,
@@ -157,17 +137,92 @@ impl IndexBuilder {
         knowledge: Option<&ArrayRef>,
         tiebreak: &[ArrayRef],
     ) -> Result<()> {
-        self.check_push(&batch, keys, time, knowledge, tiebreak)?;
+        let prepared = Self::prepare(
+            &self.opts,
+            &self.schema,
+            batch,
+            keys.to_vec(),
+            time,
+            knowledge,
+            tiebreak.to_vec(),
+        )?;
+        self.push_prepared(prepared)
+    }
+
+    /// Checks one right batch and its evaluated expressions (as for [`IndexBuilder::push`])
+    /// against the options and the right schema the builder was made with, and turns its times
+    /// into keys: the part of a push that needs no builder, so that the tasks decoding the
+    /// input can do it side by side.
+    pub fn prepare(
+        opts: &KernelOptions,
+        schema: &SchemaRef,
+        batch: RecordBatch,
+        keys: Vec<ArrayRef>,
+        time: &ArrayRef,
+        knowledge: Option<&ArrayRef>,
+        tiebreak: Vec<ArrayRef>,
+    ) -> Result<PreparedBatch> {
         let n = batch.num_rows();
-        let mirror = self.opts.spec.direction == Direction::Forward;
-        let strict = self.opts.spec.strict;
+        let batch_schema = batch.schema();
+        if batch_schema.fields().len() != schema.fields().len()
+            || batch_schema
+                .fields()
+                .iter()
+                .zip(schema.fields())
+                .any(|(a, b)| a.data_type() != b.data_type())
+        {
+            return internal_err!(
+                "as-of right batch schema {batch_schema:?} does not match the declared {schema:?}"
+            );
+        }
+        check_arrays("right", opts, n, &keys, time)?;
+        match (knowledge, opts.has_knowledge) {
+            (Some(k), true) if k.data_type() == &opts.time_type && k.len() == n => {}
+            (None, false) => {}
+            _ => return internal_err!("as-of knowledge time array does not match the options"),
+        }
+        if tiebreak.len() != opts.tiebreak.len()
+            || tiebreak
+                .iter()
+                .zip(&opts.tiebreak)
+                .any(|(a, s)| a.data_type() != &s.data_type || a.len() != n)
+        {
+            return internal_err!("as-of tie-break arrays do not match the options");
+        }
+        let mirror = opts.spec.direction == Direction::Forward;
         let times = time_keys(time.as_ref(), mirror)?;
         let known = match knowledge {
             Some(k) => Some(time_keys(k.as_ref(), false)?),
             None => None,
         };
+        Ok(PreparedBatch {
+            batch,
+            keys,
+            times,
+            known,
+            tiebreak,
+        })
+    }
+
+    /// Adds a batch made by [`IndexBuilder::prepare`] with this builder's options and schema.
+    pub fn push_prepared(&mut self, prepared: PreparedBatch) -> Result<()> {
+        let PreparedBatch {
+            batch,
+            keys,
+            times,
+            known,
+            tiebreak,
+        } = prepared;
+        let n = batch.num_rows();
+        if self.batches.len() >= u32::MAX as usize || self.groups.len() + n > MAX_ROWS {
+            return internal_err!(
+                "an as-of partition holds more than {MAX_ROWS} right rows; use more partitions"
+            );
+        }
+        let strict = self.opts.spec.strict;
+        self.reserve(n);
         let base = self.groups.len();
-        if let Err(e) = self.keys.assign(keys, n, &mut self.groups) {
+        if let Err(e) = self.keys.assign(&keys, n, &mut self.groups) {
             // Keep the per-row arrays aligned; keys interned so far only make empty groups.
             self.groups.truncate(base);
             return Err(e);
@@ -204,11 +259,37 @@ impl IndexBuilder {
                 .filter(|a| !batch.columns().iter().any(|c| std::sync::Arc::ptr_eq(a, c)))
                 .map(|a| a.get_array_memory_size())
                 .sum::<usize>();
-            self.tiebreak.push(tiebreak.to_vec());
+            self.tiebreak.push(tiebreak);
         }
         self.batch_bytes += batch.get_array_memory_size();
         self.batches.push(batch);
         Ok(())
+    }
+
+    /// Room for `n` more rows in the per-row arrays, which `finish` reads at random: grown
+    /// by doubling, each new allocation backed by huge pages (see [`advise_huge_pages`]).
+    fn reserve(&mut self, n: usize) {
+        fn grow<T>(v: &mut Vec<T>, n: usize) {
+            if v.capacity() - v.len() < n {
+                v.reserve((v.len() + n).max(2 * v.capacity()) - v.len());
+                advise_huge_pages(v);
+            }
+        }
+        grow(&mut self.groups, n);
+        grow(&mut self.times, n);
+        if self.opts.has_knowledge {
+            grow(&mut self.known, n);
+        }
+    }
+
+    /// The options the builder was made with.
+    pub fn options(&self) -> &KernelOptions {
+        &self.opts
+    }
+
+    /// The right input's schema the builder was made with.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
     }
 
     /// Bytes held now: the batches, the kept tie-break arrays, the per-row build arrays and the
@@ -256,8 +337,15 @@ impl IndexBuilder {
         self.batches
     }
 
-    /// Builds the index. The batches move into it; everything else is dropped.
+    /// Builds the index on this thread. The batches move into it; everything else is dropped.
     pub fn finish(self) -> Result<RightIndex> {
+        self.finish_with(1)
+    }
+
+    /// Builds the index, ordering and compacting its groups on up to `threads` threads (at most
+    /// one per core), each a run of whole groups. The batches move into it; everything else is
+    /// dropped. The index is the same whatever the number of threads.
+    pub fn finish_with(self, threads: usize) -> Result<RightIndex> {
         let Self {
             opts,
             schema,
@@ -291,25 +379,40 @@ impl IndexBuilder {
             tiebreak: &tiebreak,
         };
         let entries = if opts.has_knowledge {
-            let mut entries = scatter(&groups, &offsets, &batch_rows, |i, rref| KnownEntry {
-                key: known[i],
-                time: times[i],
-                rref,
-            });
-            drop((groups, times, known));
-            let ties = sort_groups(&mut entries, &offsets);
-            tie_columns.resolve(&mut entries, ties)?;
-            Entries::Known(compact_known(entries, &mut offsets, strict))
+            let entries = order_groups(
+                &mut offsets,
+                threads,
+                &tie_columns,
+                |run, first, ends| {
+                    scatter(&groups, &batch_rows, first, ends, run, |i, rref| {
+                        KnownEntry {
+                            key: known[i],
+                            time: times[i],
+                            rref,
+                        }
+                    })
+                },
+                |e, ends| compact_known(e, ends, strict),
+            )?;
+            Entries::Known(entries)
         } else {
-            let mut entries = scatter(&groups, &offsets, &batch_rows, |i, rref| PlainEntry {
-                key: times[i],
-                rref,
-            });
-            drop((groups, times, known));
-            let ties = sort_groups(&mut entries, &offsets);
-            tie_columns.resolve(&mut entries, ties)?;
-            Entries::Plain(compact_plain(entries, &mut offsets, strict))
+            let entries = order_groups(
+                &mut offsets,
+                threads,
+                &tie_columns,
+                |run, first, ends| {
+                    scatter(&groups, &batch_rows, first, ends, run, |i, rref| {
+                        PlainEntry {
+                            key: times[i],
+                            rref,
+                        }
+                    })
+                },
+                |e, ends| compact_plain(e, ends, strict),
+            )?;
+            Entries::Plain(entries)
         };
+        drop((groups, times, known));
         drop(tiebreak);
         Ok(RightIndex {
             opts,
@@ -323,4 +426,92 @@ impl IndexBuilder {
             null_row,
         })
     }
+}
+
+/// Makes the entries of every group (`offsets[g]..offsets[g + 1]`) with `scatter`, sorts each
+/// group by time, orders the rows tied on time, and compacts the group with `compact`; returns
+/// the entries, `offsets` then describing the compacted groups. The groups are split into up to
+/// `threads` runs of whole groups of about equal size (at least [`ENTRIES_PER_THREAD`] entries
+/// each), each done from scatter to compaction by a thread of its own; the runs are then moved
+/// together. `scatter(run, first, ends)` fills `run` with the entries of the groups from
+/// `first` on, ending at `ends` within `run`.
+fn order_groups<E: Ranked + Send>(
+    offsets: &mut [u32],
+    threads: usize,
+    ties: &TieColumns<'_>,
+    scatter: impl Fn(&mut [E], u32, &[u32]) + Sync,
+    compact: impl Fn(&mut [E], &mut [u32]) -> usize + Sync,
+) -> Result<Vec<E>> {
+    // One run of groups: `ends` are the groups' ends within `run`, made the compacted ends.
+    let one = |run: &mut [E], first: u32, ends: &mut [u32]| -> Result<usize> {
+        scatter(run, first, ends);
+        let tied = sort_groups(run, ends);
+        ties.resolve(run, tied)?;
+        Ok(compact(run, ends))
+    };
+    let num_groups = offsets.len() - 1;
+    let total = offsets[num_groups] as usize;
+    // Probes read the entries at random: huge pages spare them most TLB misses.
+    let mut entries = Vec::with_capacity(total);
+    advise_huge_pages(&entries);
+    entries.resize(total, E::default());
+    let threads = worker_threads(threads, total, ENTRIES_PER_THREAD);
+    if threads == 1 || num_groups < 2 {
+        let kept = one(&mut entries, 0, &mut offsets[1..])?;
+        entries.truncate(kept);
+        entries.shrink_to_fit();
+        return Ok(entries);
+    }
+    // Runs end on the first group boundary at least `per` entries on.
+    let per = total.div_ceil(threads);
+    let mut bounds = vec![0usize];
+    while let Some(&first) = bounds.last()
+        && first < num_groups
+    {
+        let from = offsets[first] as usize;
+        let last = offsets
+            .partition_point(|&o| (o as usize) < from + per)
+            .clamp(first + 1, num_groups);
+        bounds.push(last);
+    }
+    let bases: Vec<usize> = bounds.iter().map(|&g| offsets[g] as usize).collect();
+    for (run, w) in bounds.windows(2).enumerate() {
+        for end in &mut offsets[w[0] + 1..=w[1]] {
+            *end -= bases[run] as u32;
+        }
+    }
+    let kept: Vec<Result<usize>> = std::thread::scope(|scope| {
+        let one = &one;
+        let mut rest_entries: &mut [E] = entries.as_mut_slice();
+        let mut rest_ends: &mut [u32] = &mut offsets[1..];
+        let mut handles = Vec::with_capacity(bounds.len() - 1);
+        for (run, w) in bounds.windows(2).enumerate() {
+            let (run_entries, tail) = rest_entries.split_at_mut(bases[run + 1] - bases[run]);
+            rest_entries = tail;
+            let (run_ends, tail) = rest_ends.split_at_mut(w[1] - w[0]);
+            rest_ends = tail;
+            let first = w[0] as u32;
+            handles.push(scope.spawn(move || one(run_entries, first, run_ends)));
+        }
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    internal_err!("as-of join: a thread ordering the index's groups panicked")
+                })
+            })
+            .collect()
+    });
+    let mut at = 0;
+    for ((run, w), kept) in bounds.windows(2).enumerate().zip(kept) {
+        let kept = kept?;
+        entries.copy_within(bases[run]..bases[run] + kept, at);
+        for end in &mut offsets[w[0] + 1..=w[1]] {
+            *end += at as u32;
+        }
+        at += kept;
+    }
+    entries.truncate(at);
+    entries.shrink_to_fit();
+    Ok(entries)
 }

@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 
-use super::groups::NO_GROUP;
 use super::options::RowRef;
 
 #[inline]
@@ -67,21 +66,27 @@ pub(super) enum Entries {
     Known(Vec<KnownEntry>),
 }
 
-/// Places every eligible row in its group's slice, in push order.
+/// Places every eligible row of the groups `first..first + ends.len()` in its group's slice of
+/// `out`, in push order; group `first + j` ends at `ends[j]` within `out`. Rows of other groups
+/// are passed over, so that runs of groups can be filled side by side.
 pub(super) fn scatter<E: Ranked>(
     groups: &[u32],
-    offsets: &[u32],
     batch_rows: &[usize],
+    first: u32,
+    ends: &[u32],
+    out: &mut [E],
     make: impl Fn(usize, u64) -> E,
-) -> Vec<E> {
-    let total = offsets.last().copied().unwrap_or(0) as usize;
-    let mut out = vec![E::default(); total];
-    let mut cursor = offsets[..offsets.len().saturating_sub(1)].to_vec();
+) {
+    let mut cursor = Vec::with_capacity(ends.len());
+    cursor.push(0u32);
+    cursor.extend_from_slice(&ends[..ends.len().saturating_sub(1)]);
+    let count = ends.len() as u32;
     let mut i = 0;
     for (b, &rows) in batch_rows.iter().enumerate() {
         for r in 0..rows {
-            let g = groups[i];
-            if g != NO_GROUP {
+            // `NO_GROUP` and groups before `first` wrap around to at least `count`.
+            let g = groups[i].wrapping_sub(first);
+            if g < count {
                 let c = &mut cursor[g as usize];
                 out[*c as usize] = make(i, pack(b, r));
                 *c += 1;
@@ -89,20 +94,23 @@ pub(super) fn scatter<E: Ranked>(
             i += 1;
         }
     }
-    out
 }
 
-/// Sorts each group by time and returns the runs of more than one row with equal time.
-pub(super) fn sort_groups<E: Ranked>(entries: &mut [E], offsets: &[u32]) -> Vec<Range<usize>> {
+/// Sorts each group by time and returns the runs of more than one row with equal time. Group
+/// `g` is `entries[ends[g - 1]..ends[g]]`, the first starting at 0.
+pub(super) fn sort_groups<E: Ranked>(entries: &mut [E], ends: &[u32]) -> Vec<Range<usize>> {
     let mut ties = Vec::new();
-    for w in offsets.windows(2) {
-        let group = &mut entries[w[0] as usize..w[1] as usize];
+    let mut from = 0;
+    for &end in ends {
+        let (from_here, end) = (from, end as usize);
+        from = end;
+        let group = &mut entries[from_here..end];
         group.sort_unstable_by_key(|e| e.time());
         let mut start = 0;
         for i in 1..=group.len() {
             if i == group.len() || group[i].time() != group[start].time() {
                 if i - start > 1 {
-                    ties.push(w[0] as usize + start..w[0] as usize + i);
+                    ties.push(from_here + start..from_here + i);
                 }
                 start = i;
             }
@@ -111,18 +119,16 @@ pub(super) fn sort_groups<E: Ranked>(entries: &mut [E], offsets: &[u32]) -> Vec<
     ties
 }
 
-/// Keeps the best (last) row of each distinct time of each group, keyed by its activation.
-pub(super) fn compact_plain(
-    mut entries: Vec<PlainEntry>,
-    offsets: &mut [u32],
-    strict: i64,
-) -> Vec<PlainEntry> {
+/// Keeps the best (last) row of each distinct time of each group, keyed by its activation, at
+/// the front of `entries`. `ends[g]` is where group `g` ends in `entries` (the groups are
+/// contiguous from 0); it becomes where the group ends once compacted. Returns the entries kept.
+pub(super) fn compact_plain(entries: &mut [PlainEntry], ends: &mut [u32], strict: i64) -> usize {
     let mut w = 0;
     let mut start = 0;
-    for g in 0..offsets.len().saturating_sub(1) {
-        let end = offsets[g + 1] as usize;
-        for i in start..end {
-            if i + 1 == end || entries[i + 1].key != entries[i].key {
+    for end in ends.iter_mut() {
+        let stop = *end as usize;
+        for i in start..stop {
+            if i + 1 == stop || entries[i + 1].key != entries[i].key {
                 entries[w] = PlainEntry {
                     key: entries[i].key + strict,
                     rref: entries[i].rref,
@@ -130,29 +136,24 @@ pub(super) fn compact_plain(
                 w += 1;
             }
         }
-        start = end;
-        offsets[g + 1] = w as u32;
+        start = stop;
+        *end = w as u32;
     }
-    entries.truncate(w);
-    entries.shrink_to_fit();
-    entries
+    w
 }
 
 /// Turns each group (sorted worst to best) into the entries where the best eligible row
-/// changes, keyed by activation `max(t_adj, c)`.
+/// changes, keyed by activation `max(t_adj, c)`, at the front of `entries`; `ends` as for
+/// [`compact_plain`]. Returns the entries kept.
 ///
 /// Works in place with one scratch vector of 16 bytes per row of the largest group.
-pub(super) fn compact_known(
-    mut entries: Vec<KnownEntry>,
-    offsets: &mut [u32],
-    strict: i64,
-) -> Vec<KnownEntry> {
+pub(super) fn compact_known(entries: &mut [KnownEntry], ends: &mut [u32], strict: i64) -> usize {
     let mut w = 0;
     let mut start = 0;
     // Per row of the group: (activation, rank), then compacted in place to the emitted pairs.
     let mut by_activation: Vec<(i64, u32)> = Vec::new();
-    for g in 0..offsets.len().saturating_sub(1) {
-        let end = offsets[g + 1] as usize;
+    for end_of_group in ends.iter_mut() {
+        let end = *end_of_group as usize;
         by_activation.clear();
         by_activation.extend(
             entries[start..end]
@@ -190,9 +191,7 @@ pub(super) fn compact_known(
         }
         w += emitted;
         start = end;
-        offsets[g + 1] = w as u32;
+        *end_of_group = w as u32;
     }
-    entries.truncate(w);
-    entries.shrink_to_fit();
-    entries
+    w
 }

@@ -51,19 +51,12 @@ impl Interleaving {
 }
 
 impl RightIndex {
-    /// The right columns for `refs` from several indexes of the same right input (hash
-    /// partitions): each ref names the index and the row, one output row per ref; `None` gives
-    /// NULL in every column. One interleave per column, whatever the number of indexes. Types
-    /// are kept (dictionaries stay dictionaries, views stay views).
-    pub fn gather_from(
-        indexes: &[&RightIndex],
-        refs: &[Option<(usize, RowRef)>],
-    ) -> Result<Vec<ArrayRef>> {
-        let Some(first) = indexes.first() else {
-            return internal_err!("as-of gather without a right index");
-        };
+    /// The right input's columns for `refs`, one output row per ref; `None` gives NULL in every
+    /// column. One interleave per column over the batches referenced. Types are kept
+    /// (dictionaries stay dictionaries, views stay views).
+    pub fn gather(&self, refs: &[Option<RowRef>]) -> Result<Vec<ArrayRef>> {
         if refs.iter().all(Option::is_none) {
-            return Ok(first
+            return Ok(self
                 .schema
                 .fields()
                 .iter()
@@ -73,54 +66,20 @@ impl RightIndex {
                 })
                 .collect());
         }
-        // Number every batch of every index: (index, batch) -> flat batch id.
-        let mut offsets = Vec::with_capacity(indexes.len());
-        let mut owners: Vec<(usize, usize)> = Vec::new();
-        for (i, index) in indexes.iter().enumerate() {
-            if index.schema != first.schema {
-                return internal_err!("as-of gather over indexes of different schemas");
+        for row in refs.iter().flatten() {
+            let rows = self
+                .batches
+                .get(row.batch as usize)
+                .map(RecordBatch::num_rows);
+            if rows.is_none_or(|rows| row.row as usize >= rows) {
+                return internal_err!("as-of row reference {row:?} is out of range");
             }
-            offsets.push(owners.len());
-            owners.extend((0..index.batches.len()).map(|b| (i, b)));
         }
-        let mut flat = Vec::with_capacity(refs.len());
-        for r in refs {
-            flat.push(match r {
-                None => None,
-                Some((i, row)) => {
-                    let rows = indexes
-                        .get(*i)
-                        .and_then(|index| index.batches.get(row.batch as usize))
-                        .map(RecordBatch::num_rows);
-                    if rows.is_none_or(|rows| row.row as usize >= rows) {
-                        return internal_err!("as-of row reference {i}:{row:?} is out of range");
-                    }
-                    Some(RowRef {
-                        batch: (offsets[*i] + row.batch as usize) as u32,
-                        row: row.row,
-                    })
-                }
-            });
-        }
-        let plan = Interleaving::new(owners.len(), flat.into_iter());
-        first
-            .null_row
+        let plan = Interleaving::new(self.batches.len(), refs.iter().copied());
+        self.null_row
             .iter()
             .enumerate()
-            .map(|(c, null)| {
-                plan.column(null.as_ref(), |b| {
-                    let (i, batch) = owners[b];
-                    indexes[i].batches[batch].column(c).as_ref()
-                })
-            })
+            .map(|(c, null)| plan.column(null.as_ref(), |b| self.batches[b].column(c).as_ref()))
             .collect()
-    }
-
-    /// The right input's columns for `refs`, one output row per ref; `None` gives NULL in every
-    /// column (see [`RightIndex::gather_from`]).
-    pub fn gather(&self, refs: &[Option<RowRef>]) -> Result<Vec<ArrayRef>> {
-        let refs: Vec<Option<(usize, RowRef)>> =
-            refs.iter().map(|r| r.map(|row| (0, row))).collect();
-        Self::gather_from(&[self], &refs)
     }
 }

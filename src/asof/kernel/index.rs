@@ -42,11 +42,6 @@ impl RightIndex {
             + null_row_size(&self.null_row)
     }
 
-    /// Gives the right batches back (the operator spills them when another shard could not fit).
-    pub fn into_batches(self) -> Vec<RecordBatch> {
-        self.batches
-    }
-
     /// Keeps only the right columns `keep` (ascending indices into the right input's schema):
     /// once the index is built, matching needs none of the columns, so those the output does
     /// not show (keys, times, tie-breaks, usually) can go. [`RightIndex::gather`] then returns

@@ -1,9 +1,9 @@
 //! The pure as-of matching kernel: an index over the right input, probed by left rows.
 //!
 //! This module implements docs/semantics.md over Arrow arrays, synchronously and single-threaded.
-//! The operator pushes the right input's batches into an [`IndexBuilder`] (one per hash partition
-//! or spill bucket), calls [`IndexBuilder::finish`], then streams left batches through
-//! [`RightIndex::probe`] and [`RightIndex::gather`].
+//! The operator pushes the right input's batches into an [`IndexBuilder`] (one per join, per
+//! co-partitioned partition or per spill bucket), calls [`IndexBuilder::finish_with`], then
+//! streams left batches through [`RightIndex::probe`] and [`RightIndex::gather`].
 //!
 //! # What it computes
 //!
@@ -38,7 +38,9 @@
 //! Times become order-preserving `i64`s (see `time.rs`), mirrored for the forward direction, so
 //! the kernel only ever answers "the best row whose activation is `<=` the left time".
 //!
-//! `finish` counting-sorts the rows by group and sorts each group by time. Rows that tie on time
+//! `finish` counting-sorts the rows by group and sorts each group by time (`finish_with` splits
+//! the groups into runs of whole groups, one thread per core, and gives the same index). Rows
+//! that tie on time
 //! are ordered by the `TIEBREAK BY` columns and then by the whole row; both comparisons run on
 //! [`arrow::row`] bytes built for the tied rows only. Then each group is compacted to the entries
 //! a probe can return:
@@ -87,7 +89,7 @@ mod options;
 mod search;
 mod ties;
 
-pub use builder::IndexBuilder;
+pub use builder::{IndexBuilder, PreparedBatch};
 pub use index::RightIndex;
 pub use options::{
     Direction, KernelOptions, KeySpec, MatchSpec, RowRef, TiebreakSpec, full_row_comparable,

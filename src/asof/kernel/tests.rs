@@ -40,25 +40,38 @@ fn int_key() -> KeySpec {
     }
 }
 
+/// Builds the index on one thread, checks that several threads build the same one, and that
+/// it stays within what the builder said it would need.
 fn build(opts: &KernelOptions, schema: &SchemaRef, inputs: &[RightInput]) -> RightIndex {
-    let mut builder = IndexBuilder::try_new(opts.clone(), Arc::clone(schema)).unwrap();
-    for i in inputs {
+    let builder = || {
+        let mut builder = IndexBuilder::try_new(opts.clone(), Arc::clone(schema)).unwrap();
+        for i in inputs {
+            builder
+                .push(
+                    i.batch.clone(),
+                    &i.keys,
+                    &i.time,
+                    i.knowledge.as_ref(),
+                    &i.tiebreak,
+                )
+                .unwrap();
+        }
         builder
-            .push(
-                i.batch.clone(),
-                &i.keys,
-                &i.time,
-                i.knowledge.as_ref(),
-                &i.tiebreak,
-            )
-            .unwrap();
-    }
+    };
+    let parallel = builder().finish_with(8).unwrap();
+    let builder = builder();
     let before = builder.memory_size();
     let scratch = builder.finish_scratch_size();
     let index = builder.finish().unwrap();
     assert!(
         index.memory_size() <= before + scratch,
         "index grew past the reservation"
+    );
+    assert_eq!(parallel.offsets, index.offsets, "offsets differ on threads");
+    assert_eq!(
+        format!("{:?}", parallel.entries),
+        format!("{:?}", index.entries),
+        "entries differ on threads"
     );
     index
 }

@@ -41,6 +41,7 @@ use super::fsum::ExactSum;
 use super::{AggFunction, MAX_LAST_K};
 use crate::asof::Tolerance;
 use crate::asof::time::{dense_time_keys, time_keys};
+use crate::asof::worker_threads;
 
 /// What the kernel is told about one aggregate.
 #[derive(Debug, Clone)]
@@ -1131,14 +1132,6 @@ fn concat_pieces(pieces: &[ArrayRef]) -> Result<ArrayRef> {
             arrow::compute::concat(&arrays)?
         }
     })
-}
-
-/// The threads for `items` of work, at most `asked`, at most one per core (a session may set
-/// any number of partitions; more threads than cores only cost memory and switches), and at
-/// least `per_thread` items each: at least one.
-pub(super) fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    asked.min(cores).min(items / per_thread).max(1)
 }
 
 /// Sorts each group's entries (`offsets[g]..offsets[g + 1]`) by `cmp`, the groups split into up

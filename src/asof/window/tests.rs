@@ -715,7 +715,7 @@ fn a_gather_on_several_threads_is_one_take() {
 #[test]
 fn build_threads_are_bounded_by_the_cores_whatever_a_session_asks() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(super::kernel::worker_threads(1 << 30, usize::MAX, 1), cores);
-    assert_eq!(super::kernel::worker_threads(1 << 30, 10, 1 << 16), 1);
-    assert_eq!(super::kernel::worker_threads(0, usize::MAX, 1), 1);
+    assert_eq!(crate::asof::worker_threads(1 << 30, usize::MAX, 1), cores);
+    assert_eq!(crate::asof::worker_threads(1 << 30, 10, 1 << 16), 1);
+    assert_eq!(crate::asof::worker_threads(0, usize::MAX, 1), 1);
 }
