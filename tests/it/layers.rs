@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("config", 0),
+    ("memory", 0),
     ("storage", 1),
     ("asof", 1),
     ("planner", 2),
