@@ -17,7 +17,6 @@ use super::options::{
 use super::ties::TieColumns;
 use crate::asof::time::{supported_time_type, time_keys};
 use crate::asof::worker_threads;
-use crate::memory::advise_huge_pages;
 
 /// A thread orders and compacts at least this many entries (fewer cost more than they save).
 /// Tiny under test, so that the random cases run on several threads.
@@ -220,7 +219,6 @@ impl IndexBuilder {
             );
         }
         let strict = self.opts.spec.strict;
-        self.reserve(n);
         let base = self.groups.len();
         if let Err(e) = self.keys.assign(&keys, n, &mut self.groups) {
             // Keep the per-row arrays aligned; keys interned so far only make empty groups.
@@ -264,22 +262,6 @@ impl IndexBuilder {
         self.batch_bytes += batch.get_array_memory_size();
         self.batches.push(batch);
         Ok(())
-    }
-
-    /// Room for `n` more rows in the per-row arrays, which `finish` reads at random: grown
-    /// by doubling, each new allocation backed by huge pages (see [`advise_huge_pages`]).
-    fn reserve(&mut self, n: usize) {
-        fn grow<T>(v: &mut Vec<T>, n: usize) {
-            if v.capacity() - v.len() < n {
-                v.reserve((v.len() + n).max(2 * v.capacity()) - v.len());
-                advise_huge_pages(v);
-            }
-        }
-        grow(&mut self.groups, n);
-        grow(&mut self.times, n);
-        if self.opts.has_knowledge {
-            grow(&mut self.known, n);
-        }
     }
 
     /// The options the builder was made with.
@@ -451,10 +433,7 @@ fn order_groups<E: Ranked + Send>(
     };
     let num_groups = offsets.len() - 1;
     let total = offsets[num_groups] as usize;
-    // Probes read the entries at random: huge pages spare them most TLB misses.
-    let mut entries = Vec::with_capacity(total);
-    advise_huge_pages(&entries);
-    entries.resize(total, E::default());
+    let mut entries = vec![E::default(); total];
     let threads = worker_threads(threads, total, ENTRIES_PER_THREAD);
     if threads == 1 || num_groups < 2 {
         let kept = one(&mut entries, 0, &mut offsets[1..])?;
