@@ -1,7 +1,10 @@
 //! The probe side: one stream per left partition. It waits for the shared right side, then
 //! looks each left batch up and emits it with the matched right columns, in the left's order.
-//! When the right side was spilled, it runs the join bucket by bucket instead (see
-//! [`super::spill`]). The matching itself is the kernel's; this reads, measures and emits.
+//! Up to one left batch per core is looked up at once, each by a task of its own, and the
+//! results are emitted in the order the batches came: a left in one partition (a labels file
+//! of one Parquet row group) still probes on every core. When the right side was spilled, it
+//! runs the join bucket by bucket instead (see [`super::spill`]). The matching itself is the
+//! kernel's; this reads, measures and emits.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,9 +13,11 @@ use std::task::{Context, Poll, ready};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::stream::FuturesOrdered;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 
 use super::build::BuildSide;
@@ -25,7 +30,7 @@ use super::spill::{SpillContext, spilled_join};
 enum State {
     /// Waiting for the right side.
     Building(SharedBuild),
-    /// Reading left batches against the in-memory indexes.
+    /// Reading left batches against the in-memory index.
     Probing(Arc<BuildSide>),
     /// Streaming the result of a spilled run.
     Spilled(SendableRecordBatchStream),
@@ -37,6 +42,10 @@ enum State {
 pub(crate) struct AsOfStream {
     schema: SchemaRef,
     left: Option<SendableRecordBatchStream>,
+    /// Left batches being looked up, oldest first.
+    probing: FuturesOrdered<SpawnedTask<Result<RecordBatch>>>,
+    /// At most this many left batches are looked up at once.
+    parallel: usize,
     state: State,
     probe: Probe,
     spill: SpillContext,
@@ -55,6 +64,8 @@ impl AsOfStream {
         Self {
             schema,
             left: Some(left),
+            probing: FuturesOrdered::new(),
+            parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
             state: State::Building(build),
             probe,
             spill,
@@ -82,22 +93,24 @@ impl AsOfStream {
         )))
     }
 
-    /// Joins one left batch against the in-memory indexes, timed as compute.
-    fn probe_batch(&self, side: &BuildSide, batch: &RecordBatch) -> Result<RecordBatch> {
-        let elapsed = self.metrics.baseline.elapsed_compute().clone();
-        let _timer = elapsed.timer();
-        let BuildSide::Memory { index, .. } = side else {
-            return Err(DataFusionError::Internal(
-                "as-of join: probing a spilled side".into(),
-            ));
-        };
-        self.probe.join(
-            index,
-            batch,
-            batch.num_columns(),
-            &self.schema,
-            &self.metrics,
-        )
+    /// Starts looking one left batch up against the in-memory index, timed as compute, on a
+    /// task of its own.
+    fn start_probe(&mut self, side: Arc<BuildSide>, batch: RecordBatch) {
+        let (probe, schema, metrics) = (
+            self.probe.clone(),
+            self.schema.clone(),
+            self.metrics.clone(),
+        );
+        self.probing.push_back(SpawnedTask::spawn(async move {
+            let elapsed = metrics.baseline.elapsed_compute().clone();
+            let _timer = elapsed.timer();
+            let BuildSide::Memory { index, .. } = side.as_ref() else {
+                return Err(DataFusionError::Internal(
+                    "as-of join: probing a spilled side".into(),
+                ));
+            };
+            probe.join(index, &batch, batch.num_columns(), &schema, &metrics)
+        }));
     }
 
     /// Emits a batch of output.
@@ -139,18 +152,35 @@ impl Stream for AsOfStream {
                 },
                 State::Probing(side) => {
                     let side = side.clone();
-                    let Some(left) = self.left.as_mut() else {
-                        self.state = State::Done;
-                        continue;
-                    };
-                    match ready!(left.poll_next_unpin(cx)) {
-                        Some(Ok(batch)) => match self.probe_batch(&side, &batch) {
-                            Ok(out) if out.num_rows() == 0 => continue,
-                            Ok(out) => return self.emit(out),
-                            Err(err) => return self.fail(err),
-                        },
-                        Some(Err(err)) => return self.fail(err),
-                        None => return self.finish(),
+                    // Start lookups while there is room and the left has batches ready.
+                    let mut left_pending = false;
+                    while self.probing.len() < self.parallel {
+                        let Some(left) = self.left.as_mut() else {
+                            break;
+                        };
+                        match left.poll_next_unpin(cx) {
+                            Poll::Ready(Some(Ok(batch))) => self.start_probe(side.clone(), batch),
+                            Poll::Ready(Some(Err(err))) => return self.fail(err),
+                            Poll::Ready(None) => self.left = None,
+                            Poll::Pending => {
+                                left_pending = true;
+                                break;
+                            }
+                        }
+                    }
+                    match self.probing.poll_next_unpin(cx) {
+                        Poll::Ready(Some(joined)) => {
+                            match joined.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e))) {
+                                Ok(Ok(out)) if out.num_rows() == 0 => continue,
+                                Ok(Ok(out)) => return self.emit(out),
+                                Ok(Err(err)) | Err(err) => return self.fail(err),
+                            }
+                        }
+                        // Nothing in flight: done once the left has ended.
+                        Poll::Ready(None) if self.left.is_none() => return self.finish(),
+                        Poll::Ready(None) if left_pending => return Poll::Pending,
+                        Poll::Ready(None) => continue,
+                        Poll::Pending => return Poll::Pending,
                     }
                 }
                 State::Spilled(stream) => match ready!(stream.poll_next_unpin(cx)) {
