@@ -16,6 +16,7 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use datafusion::common::JoinType;
+use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
@@ -539,20 +540,38 @@ impl ExecutionPlan for WindowJoinExec {
                     spilled_window(left, right, &sides, out_schema, run).await?
                 }
                 Built::InMemory { .. } => {
+                    // Up to one left batch per core at once, each on a task of its own, in the
+                    // order they came: a left in one partition (a labels file of one Parquet
+                    // row group) still uses every core.
+                    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
                     let built = built.clone();
                     let batch_schema = out_schema.clone();
-                    let stream = left.map(move |batch| {
-                        let batch = batch?;
-                        let Built::InMemory { index, .. } = built.as_ref() else {
-                            unreachable!("matched above")
-                        };
-                        let timer = baseline.elapsed_compute().timer();
-                        let columns = sides.aggregate(index, &batch)?;
-                        let out = RecordBatch::try_new(batch_schema.clone(), columns)?;
-                        timer.done();
-                        baseline.record_output(out.num_rows());
-                        Ok(out)
-                    });
+                    let sides = Arc::new(sides);
+                    let stream = left
+                        .map(move |batch| {
+                            let (built, sides, schema, baseline) = (
+                                built.clone(),
+                                sides.clone(),
+                                batch_schema.clone(),
+                                baseline.clone(),
+                            );
+                            SpawnedTask::spawn(async move {
+                                let batch = batch?;
+                                let Built::InMemory { index, .. } = built.as_ref() else {
+                                    return internal_err!("window join: probing a spilled side");
+                                };
+                                let timer = baseline.elapsed_compute().timer();
+                                let columns = sides.aggregate(index, &batch)?;
+                                let out = RecordBatch::try_new(schema, columns)?;
+                                timer.done();
+                                baseline.record_output(out.num_rows());
+                                Ok(out)
+                            })
+                        })
+                        .buffered(parallel)
+                        .map(|joined| {
+                            joined.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
+                        });
                     Box::pin(RecordBatchStreamAdapter::new(out_schema.clone(), stream))
                 }
             };
