@@ -49,8 +49,8 @@ pub mod window;
 pub use codec::{AsOfLogicalCodec, AsOfPhysicalCodec};
 pub use exec::{AsOfJoinExec, AsOfJoinMode};
 pub use kernel::{
-    Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, RightIndex, RowRef, TiebreakSpec,
-    full_row_comparable, supported_key_type, supported_tiebreak_type,
+    Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, PreparedBatch, RightIndex, RowRef,
+    TiebreakSpec, full_row_comparable, supported_key_type, supported_tiebreak_type,
 };
 pub use logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 pub use metrics::AsOfJoinMetrics;
