@@ -224,6 +224,36 @@ impl AsOfJoinMode {
         }
     }
 
+    /// The distributions a join in this mode on the key pairs `on` needs, left then right
+    /// (for `required_input_distribution`, which DataFusion 55 still asks in these terms).
+    #[expect(
+        deprecated,
+        reason = "ExecutionPlan::required_input_distribution still speaks HashPartitioned"
+    )]
+    pub(crate) fn distributions(
+        self,
+        on: &[(PhysicalExprRef, PhysicalExprRef)],
+    ) -> Vec<Distribution> {
+        match self {
+            // Both sides split by key: partition p of each holds the same keys.
+            AsOfJoinMode::CoPartitioned => vec![
+                Distribution::HashPartitioned(on.iter().map(|(l, _)| l.clone()).collect()),
+                Distribution::HashPartitioned(on.iter().map(|(_, r)| r.clone()).collect()),
+            ],
+            // Every left partition reads every right partition into one index; without keys
+            // the right side is one partition, so a task that sees one partition of each input
+            // (a cluster's) still sees it all.
+            AsOfJoinMode::SharedBuild if on.is_empty() => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::SinglePartition,
+            ],
+            AsOfJoinMode::SharedBuild => vec![
+                Distribution::UnspecifiedDistribution,
+                Distribution::UnspecifiedDistribution,
+            ],
+        }
+    }
+
     /// What a join in this mode asks of its inputs, given their distributions: co-partitioned,
     /// partition p of each side must hold the same keys (one partitioning for both).
     pub(crate) fn requirements(self, inputs: Vec<Distribution>) -> InputDistributionRequirements {
@@ -728,24 +758,7 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        match self.mode {
-            // Both sides split by key: partition p of each holds the same keys.
-            AsOfJoinMode::CoPartitioned => vec![
-                Distribution::HashPartitioned(self.on.iter().map(|(l, _)| l.clone()).collect()),
-                Distribution::HashPartitioned(self.on.iter().map(|(_, r)| r.clone()).collect()),
-            ],
-            // Every left partition reads every right partition into one index; without keys
-            // the right side is one partition, so a task that sees one partition of each input
-            // (a cluster's) still sees it all.
-            AsOfJoinMode::SharedBuild if self.on.is_empty() => vec![
-                Distribution::UnspecifiedDistribution,
-                Distribution::SinglePartition,
-            ],
-            AsOfJoinMode::SharedBuild => vec![
-                Distribution::UnspecifiedDistribution,
-                Distribution::UnspecifiedDistribution,
-            ],
-        }
+        self.mode.distributions(&self.on)
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {

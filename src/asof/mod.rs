@@ -58,10 +58,34 @@ pub use prune::{AsOfRangePruning, ColumnRange, TableFacts};
 pub use time::supported_time_type;
 pub use tolerance::tolerance_bound;
 
+/// The cores this process may use: at least one.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The threads for `items` of work, at most `asked`, at most one per core (a session may set
 /// any number of partitions; more threads than cores only cost memory and switches), and at
 /// least `per_thread` items each: at least one.
 pub(crate) fn worker_threads(asked: usize, items: usize, per_thread: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    asked.min(cores).min(items / per_thread).max(1)
+    asked.min(cores()).min(items / per_thread).max(1)
+}
+
+/// Splits the groups `offsets` describes (group `g` is `offsets[g]..offsets[g + 1]`) into about
+/// `runs` runs of whole groups of about equal size: the first group of each run, then the
+/// number of groups. A run ends on the first group boundary at least `total / runs` entries on.
+pub(crate) fn group_runs(offsets: &[u32], runs: usize) -> Vec<usize> {
+    let num_groups = offsets.len().saturating_sub(1);
+    let total = offsets.last().copied().unwrap_or(0) as usize;
+    let per = total.div_ceil(runs.max(1));
+    let mut bounds = vec![0usize];
+    while let Some(&first) = bounds.last()
+        && first < num_groups
+    {
+        let from = offsets[first] as usize;
+        let last = offsets
+            .partition_point(|&o| (o as usize) < from + per)
+            .clamp(first + 1, num_groups);
+        bounds.push(last);
+    }
+    bounds
 }

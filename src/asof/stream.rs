@@ -65,7 +65,7 @@ impl AsOfStream {
             schema,
             left: Some(left),
             probing: FuturesOrdered::new(),
-            parallel: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            parallel: super::cores(),
             state: State::Building(build),
             probe,
             spill,

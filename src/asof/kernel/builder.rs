@@ -16,7 +16,7 @@ use super::options::{
 };
 use super::ties::TieColumns;
 use crate::asof::time::{supported_time_type, time_keys};
-use crate::asof::worker_threads;
+use crate::asof::{group_runs, worker_threads};
 
 /// A thread orders and compacts at least this many entries (fewer cost more than they save).
 /// Tiny under test, so that the random cases run on several threads.
@@ -361,38 +361,32 @@ impl IndexBuilder {
             tiebreak: &tiebreak,
         };
         let entries = if opts.has_knowledge {
-            let entries = order_groups(
+            Entries::Known(order_groups(
+                &groups,
+                &batch_rows,
                 &mut offsets,
                 threads,
                 &tie_columns,
-                |run, first, ends| {
-                    scatter(&groups, &batch_rows, first, ends, run, |i, rref| {
-                        KnownEntry {
-                            key: known[i],
-                            time: times[i],
-                            rref,
-                        }
-                    })
+                |i, rref| KnownEntry {
+                    key: known[i],
+                    time: times[i],
+                    rref,
                 },
                 |e, ends| compact_known(e, ends, strict),
-            )?;
-            Entries::Known(entries)
+            )?)
         } else {
-            let entries = order_groups(
+            Entries::Plain(order_groups(
+                &groups,
+                &batch_rows,
                 &mut offsets,
                 threads,
                 &tie_columns,
-                |run, first, ends| {
-                    scatter(&groups, &batch_rows, first, ends, run, |i, rref| {
-                        PlainEntry {
-                            key: times[i],
-                            rref,
-                        }
-                    })
+                |i, rref| PlainEntry {
+                    key: times[i],
+                    rref,
                 },
                 |e, ends| compact_plain(e, ends, strict),
-            )?;
-            Entries::Plain(entries)
+            )?)
         };
         drop((groups, times, known));
         drop(tiebreak);
@@ -410,23 +404,26 @@ impl IndexBuilder {
     }
 }
 
-/// Makes the entries of every group (`offsets[g]..offsets[g + 1]`) with `scatter`, sorts each
-/// group by time, orders the rows tied on time, and compacts the group with `compact`; returns
-/// the entries, `offsets` then describing the compacted groups. The groups are split into up to
-/// `threads` runs of whole groups of about equal size (at least [`ENTRIES_PER_THREAD`] entries
-/// each), each done from scatter to compaction by a thread of its own; the runs are then moved
-/// together. `scatter(run, first, ends)` fills `run` with the entries of the groups from
-/// `first` on, ending at `ends` within `run`.
+/// Makes the entries of every group (`offsets[g]..offsets[g + 1]`) from the rows of `groups`
+/// (one group per pushed row, over batches of `batch_rows` rows) with `make(row, packed ref)`,
+/// sorts each group by time, orders the rows tied on time, and compacts the group with
+/// `compact`; returns the entries, `offsets` then describing the compacted groups. The groups
+/// are split into up to `threads` runs of whole groups of about equal size (at least
+/// [`ENTRIES_PER_THREAD`] entries each), each done from scatter to compaction by a thread of
+/// its own; the runs are then moved together.
 fn order_groups<E: Ranked + Send>(
+    groups: &[u32],
+    batch_rows: &[usize],
     offsets: &mut [u32],
     threads: usize,
     ties: &TieColumns<'_>,
-    scatter: impl Fn(&mut [E], u32, &[u32]) + Sync,
+    make: impl Fn(usize, u64) -> E + Sync,
     compact: impl Fn(&mut [E], &mut [u32]) -> usize + Sync,
 ) -> Result<Vec<E>> {
-    // One run of groups: `ends` are the groups' ends within `run`, made the compacted ends.
+    // One run of groups from `first` on: `ends` are their ends within `run`, made the
+    // compacted ends.
     let one = |run: &mut [E], first: u32, ends: &mut [u32]| -> Result<usize> {
-        scatter(run, first, ends);
+        scatter(groups, batch_rows, first, ends, run, &make);
         let tied = sort_groups(run, ends);
         ties.resolve(run, tied)?;
         Ok(compact(run, ends))
@@ -441,18 +438,7 @@ fn order_groups<E: Ranked + Send>(
         entries.shrink_to_fit();
         return Ok(entries);
     }
-    // Runs end on the first group boundary at least `per` entries on.
-    let per = total.div_ceil(threads);
-    let mut bounds = vec![0usize];
-    while let Some(&first) = bounds.last()
-        && first < num_groups
-    {
-        let from = offsets[first] as usize;
-        let last = offsets
-            .partition_point(|&o| (o as usize) < from + per)
-            .clamp(first + 1, num_groups);
-        bounds.push(last);
-    }
+    let bounds = group_runs(offsets, threads);
     let bases: Vec<usize> = bounds.iter().map(|&g| offsets[g] as usize).collect();
     for (run, w) in bounds.windows(2).enumerate() {
         for end in &mut offsets[w[0] + 1..=w[1]] {

@@ -424,28 +424,7 @@ impl ExecutionPlan for WindowJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        let keys = |side: usize| -> Vec<PhysicalExprRef> {
-            self.on
-                .iter()
-                .map(|(l, r)| if side == 0 { l.clone() } else { r.clone() })
-                .collect()
-        };
-        match self.mode {
-            AsOfJoinMode::CoPartitioned => vec![
-                Distribution::HashPartitioned(keys(0)),
-                Distribution::HashPartitioned(keys(1)),
-            ],
-            // Every left partition reads every right partition; without keys the right side is
-            // one partition, so a task that sees one partition of each input still sees it all.
-            AsOfJoinMode::SharedBuild if self.on.is_empty() => vec![
-                Distribution::UnspecifiedDistribution,
-                Distribution::SinglePartition,
-            ],
-            AsOfJoinMode::SharedBuild => vec![
-                Distribution::UnspecifiedDistribution,
-                Distribution::UnspecifiedDistribution,
-            ],
-        }
+        self.mode.distributions(&self.on)
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
@@ -543,7 +522,7 @@ impl ExecutionPlan for WindowJoinExec {
                     // Up to one left batch per core at once, each on a task of its own, in the
                     // order they came: a left in one partition (a labels file of one Parquet
                     // row group) still uses every core.
-                    let parallel = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let parallel = crate::asof::cores();
                     let built = built.clone();
                     let batch_schema = out_schema.clone();
                     let sides = Arc::new(sides);

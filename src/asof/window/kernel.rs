@@ -41,7 +41,7 @@ use super::fsum::ExactSum;
 use super::{AggFunction, MAX_LAST_K};
 use crate::asof::Tolerance;
 use crate::asof::time::{dense_time_keys, time_keys};
-use crate::asof::worker_threads;
+use crate::asof::{group_runs, worker_threads};
 
 /// What the kernel is told about one aggregate.
 #[derive(Debug, Clone)]
@@ -1155,20 +1155,13 @@ fn sort_groups<T: Send>(
     }
     std::thread::scope(|scope| {
         let mut rest = entries;
-        let mut first = 0;
-        let per = rest.len().div_ceil(threads);
-        while first + 1 < offsets.len() {
-            // A run ends on the first group boundary at least `per` entries on.
-            let from = offsets[first] as usize;
-            let last = offsets
-                .partition_point(|&o| (o as usize) < from + per)
-                .clamp(first + 1, offsets.len() - 1);
-            let (run, tail) = rest.split_at_mut(offsets[last] as usize - from);
+        for w in group_runs(offsets, threads).windows(2) {
+            let (first, last) = (w[0], w[1]);
+            let (run, tail) = rest.split_at_mut((offsets[last] - offsets[first]) as usize);
             rest = tail;
             let groups = &offsets[first..=last];
             let sort = &sort;
             scope.spawn(move || sort(run, groups));
-            first = last;
         }
     });
 }
