@@ -94,7 +94,7 @@ pub async fn run_scheduler(options: SchedulerOptions, settings: &Settings) -> Re
             message: format!("cannot listen on {}: {e}", options.listen),
         })?;
     let bound = listener.local_addr()?;
-    let (logical, physical) = cluster_codecs();
+    let (logical, physical) = cluster_codecs(settings);
     let config = SchedulerConfig {
         bind_host: bound.ip().to_string(),
         bind_port: bound.port(),
@@ -168,7 +168,7 @@ pub async fn run_executor(options: ExecutorOptions, settings: &Settings) -> Resu
             message: format!("{} is out of range; use 1 to 1024", options.slots),
         });
     }
-    let (logical, physical) = cluster_codecs();
+    let (logical, physical) = cluster_codecs(settings);
     let mut functions = BallistaFunctionRegistry::default();
     for udf in pitlake_functions() {
         functions

@@ -20,21 +20,29 @@ use crate::error::{PitlakeError, Result};
 use crate::planner::PitlakeQueryPlanner;
 use crate::storage::Warehouse;
 
-/// The codecs of the plans a cluster runs: as-of joins, warehouse tables as pinned Parquet
-/// files ([`crate::storage::PinnedDeltaTable`]), and Ballista's own nodes.
-pub fn cluster_codecs() -> (
+/// The codecs of the plans a cluster runs: exports written by executors, as-of joins,
+/// warehouse tables as pinned Parquet files ([`crate::storage::PinnedDeltaTable`]), and
+/// Ballista's own nodes. An export decoded here builds its destination's store with `settings`'
+/// storage options (an executor's own: credentials never travel in plans).
+pub fn cluster_codecs(
+    settings: &Settings,
+) -> (
     Arc<dyn datafusion_proto::logical_plan::LogicalExtensionCodec>,
     Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
 ) {
-    let logical = crate::asof::AsOfLogicalCodec::new(
-        Arc::new(crate::storage::PinnedTablesCodec::new(Arc::new(
-            ballista_core::serde::BallistaLogicalExtensionCodec::default(),
+    let logical =
+        super::export::ExportLogicalCodec::new(Arc::new(crate::asof::AsOfLogicalCodec::new(
+            Arc::new(crate::storage::PinnedTablesCodec::new(Arc::new(
+                ballista_core::serde::BallistaLogicalExtensionCodec::default(),
+            ))),
+            Arc::new(WarehouseFacts { pinned: true }),
+        )));
+    let physical = super::export::ExportPhysicalCodec::new(
+        Arc::new(crate::asof::AsOfPhysicalCodec::new(Arc::new(
+            ballista_core::serde::BallistaPhysicalExtensionCodec::default(),
         ))),
-        Arc::new(WarehouseFacts { pinned: true }),
+        settings.warehouse.storage_options.clone(),
     );
-    let physical = crate::asof::AsOfPhysicalCodec::new(Arc::new(
-        ballista_core::serde::BallistaPhysicalExtensionCodec::default(),
-    ));
     (Arc::new(logical), Arc::new(physical))
 }
 
@@ -62,7 +70,9 @@ pub fn cluster_session_state(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_query_planner(Arc::new(PitlakeQueryPlanner::cluster()))
+        .with_query_planner(Arc::new(
+            PitlakeQueryPlanner::cluster().with_planner(Arc::new(super::export::ExportPlanner)),
+        ))
         .with_analyzer_rule(Arc::new(frontend::AsOfRule))
         .with_optimizer_rules(
             std::iter::once(Arc::new(crate::asof::AsOfRangePruning::new(Arc::new(
@@ -134,7 +144,7 @@ impl Engine {
         };
         only_warehouse_tables(plan)?;
         check_reachable(url).await?;
-        let (logical, physical) = cluster_codecs();
+        let (logical, physical) = cluster_codecs(&self.settings);
         let config = state
             .config()
             .clone()

@@ -26,6 +26,7 @@
 //! manifest. Naming the data file by its hash would avoid the mismatch altogether, but exports
 //! go where the user said, to be read by name; the check keeps that.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -39,8 +40,13 @@ use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
+mod remote;
 mod sink;
 
+pub use remote::{
+    ExportLogicalCodec, ExportPhysicalCodec, ExportPlanner, ExportWrite, ExportWriteExec,
+    PartReport,
+};
 use sink::{Destination, ExportSink, FileDigest, digest_of};
 
 use super::training::{TrainingPlan, ViewUse, quote};
@@ -148,6 +154,19 @@ impl ContentHash {
         self.rows
     }
 
+    /// The four 64-bit lanes of the digest sum, for [`ContentHash::merge`].
+    pub fn lanes(&self) -> [u64; 4] {
+        self.sum
+    }
+
+    /// Adds the rows another hash saw (its row count and lanes): exact, since the hash is a sum.
+    pub fn merge(&mut self, rows: u64, lanes: [u64; 4]) {
+        for (lane, other) in self.sum.iter_mut().zip(lanes) {
+            *lane = lane.wrapping_add(other);
+        }
+        self.rows += rows;
+    }
+
     /// The hash as text.
     pub fn finish(&self) -> String {
         format!(
@@ -158,7 +177,7 @@ impl ContentHash {
 }
 
 /// The output formats of an export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExportFormat {
     /// One Parquet file.
     Parquet,
@@ -188,7 +207,8 @@ impl ExportFormat {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// The format's name.
+    pub fn as_str(self) -> &'static str {
         match self {
             ExportFormat::Parquet => "parquet",
             ExportFormat::Csv => "csv",
@@ -331,24 +351,56 @@ pub fn manifest_location(to: &str) -> String {
 /// The store and path of an output URL on object storage, built like the warehouse's store
 /// (the same settings, resolved in the same order; see `storage::options`).
 fn output_store(engine: &Engine, url: &str) -> Result<Warehouse> {
-    let location = WarehouseLocation::parse(url)?
-        .with_storage_options(engine.settings().warehouse.storage_options.clone());
+    output_store_with(&engine.settings().warehouse.storage_options, url)
+}
+
+/// The store and path of an output URL, built with the storage settings `options`.
+fn output_store_with(options: &HashMap<String, String>, url: &str) -> Result<Warehouse> {
+    let location = WarehouseLocation::parse(url)?.with_storage_options(options.clone());
     Warehouse::connect(location)
 }
 
 /// Where a file named by the user goes: a local path, or an object of a store built like the
 /// warehouse's.
 fn destination(engine: &Engine, to: &str) -> Result<Destination> {
+    destination_with(&engine.settings().warehouse.storage_options, to)
+}
+
+/// Where a file goes, its store built with the storage settings `options` (an executor's own).
+fn destination_with(options: &HashMap<String, String>, to: &str) -> Result<Destination> {
     Ok(match local_path(to) {
         Some(path) => Destination::Local(path),
         None => {
-            let out = output_store(engine, to)?;
+            let out = output_store_with(options, to)?;
             Destination::Store {
                 store: out.store().clone(),
                 path: out.root().clone(),
             }
         }
     })
+}
+
+/// `stream`, each batch added to `hash` and counted in `progress` on its way.
+fn hashing(
+    stream: SendableRecordBatchStream,
+    hash: Arc<Mutex<ContentHash>>,
+    progress: Option<Arc<dyn ExportProgress>>,
+) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    let counting = stream.map(move |batch| {
+        let batch = batch?;
+        match hash.lock() {
+            Ok(mut h) => h.update(&batch).map_err(PitlakeError::into_datafusion)?,
+            Err(_) => {
+                return Err(PitlakeError::Internal("export hash lock".into()).into_datafusion());
+            }
+        }
+        if let Some(p) = &progress {
+            p.rows(batch.num_rows() as u64);
+        }
+        Ok(batch)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, counting))
 }
 
 /// Writes a small file (a manifest) under a temporary name and publishes it in one step.
@@ -387,12 +439,110 @@ async fn read_text(engine: &Engine, from: &str) -> Result<String> {
     })
 }
 
+/// Writes one Parquet or CSV file under a temporary name and publishes it in one step (see
+/// `sink`): a failed export never leaves half a file behind nor spoils an earlier export at
+/// the same place. Returns the file's size and SHA-256.
+async fn write_file_to(
+    mut stream: SendableRecordBatchStream,
+    destination: Destination,
+    to: &str,
+    format: ExportFormat,
+) -> Result<FileDigest> {
+    let schema = stream.schema();
+    let sink = ExportSink::create(destination, to)?;
+    let (sink, written) = if format == ExportFormat::Parquet {
+        let mut writer = parquet::arrow::AsyncArrowWriter::try_new(sink, schema, None)?;
+        let written = async {
+            while let Some(batch) = stream.next().await {
+                writer.write(&batch?).await?;
+            }
+            writer.finish().await?;
+            Ok::<_, PitlakeError>(())
+        }
+        .await;
+        (writer.into_inner(), written)
+    } else {
+        let mut sink = sink;
+        let written = async {
+            // One CSV writer per batch into a reused buffer, the header with the first: the
+            // same bytes as one writer over the whole file, sent on as they are made.
+            let mut buffer = Vec::new();
+            let mut header = true;
+            while let Some(batch) = stream.next().await {
+                let batch = batch?;
+                buffer.clear();
+                arrow::csv::WriterBuilder::new()
+                    .with_header(header)
+                    .build(&mut buffer)
+                    .write(&batch)?;
+                header = false;
+                sink.put(&buffer).await?;
+            }
+            Ok::<_, PitlakeError>(())
+        }
+        .await;
+        (sink, written)
+    };
+    match written {
+        Ok(()) => sink.publish().await,
+        Err(e) => {
+            sink.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// The output of an export that wrote `schema`'s rows, hashed in `hash`.
+fn output_info(
+    to: &str,
+    format: ExportFormat,
+    schema: &SchemaRef,
+    hash: &ContentHash,
+    file: Option<FileDigest>,
+    delta_version: Option<i64>,
+) -> OutputInfo {
+    OutputInfo {
+        url: to.to_string(),
+        format: format.as_str().to_string(),
+        rows: hash.rows(),
+        content_hash: hash.finish(),
+        schema: schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect(),
+        bytes: file.as_ref().map(|f| f.bytes),
+        sha256: file.map(|f| f.sha256),
+        delta_version,
+    }
+}
+
+/// `plan` without its final `ORDER BY` (under the projections above it), for an output with no
+/// row order; a sort with a limit stays.
+fn without_final_sort(
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::logical_expr::{LogicalPlan, Projection};
+    Ok(match plan {
+        LogicalPlan::Sort(sort) if sort.fetch.is_none() => Arc::unwrap_or_clone(sort.input),
+        LogicalPlan::Projection(projection) => {
+            let input = without_final_sort(Arc::unwrap_or_clone(projection.input))?;
+            LogicalPlan::Projection(Projection::try_new_with_schema(
+                projection.expr,
+                Arc::new(input),
+                projection.schema,
+            )?)
+        }
+        other => other,
+    })
+}
+
 impl Engine {
-    /// Runs one query and returns its rows as a stream.
+    /// Parses one query, refusing anything else.
     ///
     /// Only a plain SQL query is accepted: the DSL calls this without recursing into itself, and
     /// `reproduce` and `audit` run a manifest's queries through it, which must never write.
-    pub(crate) async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+    fn query_statement(&self, sql: &str) -> Result<datafusion::sql::parser::Statement> {
         let mut statements = self.parse(sql)?;
         let statement = match (statements.pop(), statements.is_empty()) {
             (Some(statement), true) => statement,
@@ -408,7 +558,13 @@ impl Engine {
         // The text may come from a manifest, which anyone can edit: run queries only, never a
         // statement that writes, reads files or changes settings.
         crate::frontend::bounds::ensure_query(&mut statement, "a training set's query")?;
-        match self.run_sql(*statement, RunOptions::default()).await? {
+        Ok(*statement)
+    }
+
+    /// Runs one query and returns its rows as a stream (see [`Engine::query_statement`]).
+    pub(crate) async fn sql_stream(&self, sql: &str) -> Result<SendableRecordBatchStream> {
+        let statement = self.query_statement(sql)?;
+        match self.run_sql(statement, RunOptions::default()).await? {
             Output::Rows(stream) => Ok(stream),
             Output::Done(_) => Err(PitlakeError::Internal("a query returned no rows".into())),
         }
@@ -466,7 +622,9 @@ impl Engine {
         Ok(manifest)
     }
 
-    /// Streams a query's rows into `to`, hashing them on the way.
+    /// Streams a query's rows into `to`, hashing them on the way. On a cluster, an export to
+    /// object storage is written by the executors (see `remote`); a local path is written here,
+    /// since an executor's disk is not this machine's.
     async fn write_query(
         &self,
         query: &str,
@@ -474,103 +632,152 @@ impl Engine {
         format: ExportFormat,
         progress: Option<Arc<dyn ExportProgress>>,
     ) -> Result<OutputInfo> {
+        if self.settings().cluster.is_some() && local_path(to).is_none() {
+            return self.write_on_cluster(query, to, format, progress).await;
+        }
         let stream = self.sql_stream(query).await?;
         let schema = stream.schema();
         let hash = Arc::new(Mutex::new(ContentHash::new(&schema)?));
-        let counting = {
-            let hash = hash.clone();
-            stream.map(move |batch| {
-                let batch = batch?;
-                match hash.lock() {
-                    Ok(mut h) => h.update(&batch).map_err(PitlakeError::into_datafusion)?,
-                    Err(_) => {
-                        return Err(
-                            PitlakeError::Internal("export hash lock".into()).into_datafusion()
-                        );
-                    }
-                }
-                if let Some(p) = &progress {
-                    p.rows(batch.num_rows() as u64);
-                }
-                Ok(batch)
-            })
-        };
-        let counting: SendableRecordBatchStream =
-            Box::pin(RecordBatchStreamAdapter::new(schema.clone(), counting));
+        let counting = hashing(stream, hash.clone(), progress);
         let (file, delta_version) = match format {
-            ExportFormat::Parquet | ExportFormat::Csv => {
-                (Some(self.write_file(counting, to, format).await?), None)
-            }
+            ExportFormat::Parquet | ExportFormat::Csv => (
+                Some(write_file_to(counting, destination(self, to)?, to, format).await?),
+                None,
+            ),
             ExportFormat::Delta => (None, self.write_delta(counting, to).await?),
         };
         let hash = hash
             .lock()
             .map_err(|_| PitlakeError::Internal("export hash lock".into()))?;
-        Ok(OutputInfo {
-            url: to.to_string(),
-            format: format.as_str().to_string(),
-            rows: hash.rows(),
-            content_hash: hash.finish(),
-            schema: schema
-                .fields()
-                .iter()
-                .map(|f| format!("{} {}", f.name(), f.data_type()))
-                .collect(),
-            bytes: file.as_ref().map(|f| f.bytes),
-            sha256: file.map(|f| f.sha256),
-            delta_version,
-        })
+        Ok(output_info(to, format, &schema, &hash, file, delta_version))
     }
 
-    /// Writes one Parquet or CSV file under a temporary name and publishes it in one step (see
-    /// `sink`): a failed export never leaves half a file behind nor spoils an earlier export at
-    /// the same place. Returns the file's size and SHA-256.
-    async fn write_file(
+    /// An export written by the cluster's executors: each task writes its partition (a Delta
+    /// export's parts in parallel; a file from the query's one ordered partition) and reports
+    /// its rows' hash; this process checks that every partition reported, merges the hashes
+    /// and, for Delta, commits the parts as one version. A failure before the commit leaves no
+    /// version and deletes the parts it was told of.
+    async fn write_on_cluster(
         &self,
-        mut stream: SendableRecordBatchStream,
+        query: &str,
         to: &str,
         format: ExportFormat,
-    ) -> Result<FileDigest> {
-        let schema = stream.schema();
-        let sink = ExportSink::create(destination(self, to)?, to)?;
-        let (sink, written) = if format == ExportFormat::Parquet {
-            let mut writer = parquet::arrow::AsyncArrowWriter::try_new(sink, schema, None)?;
-            let written = async {
-                while let Some(batch) = stream.next().await {
-                    writer.write(&batch?).await?;
-                }
-                writer.finish().await?;
-                Ok::<_, PitlakeError>(())
+        progress: Option<Arc<dyn ExportProgress>>,
+    ) -> Result<OutputInfo> {
+        use futures::TryStreamExt;
+        let (state, plan, _) = self.plan_sql(self.query_statement(query)?).await?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let plan = match format {
+            // A table has no row order (nor has the content hash): every partition writes at
+            // once.
+            ExportFormat::Delta => {
+                output_store(self, to)?.check_commit_safety().await?;
+                without_final_sort(plan)?
             }
-            .await;
-            (writer.into_inner(), written)
-        } else {
-            let mut sink = sink;
-            let written = async {
-                // One CSV writer per batch into a reused buffer, the header with the first: the
-                // same bytes as one writer over the whole file, sent on as they are made.
-                let mut buffer = Vec::new();
-                let mut header = true;
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    buffer.clear();
-                    arrow::csv::WriterBuilder::new()
-                        .with_header(header)
-                        .build(&mut buffer)
-                        .write(&batch)?;
-                    header = false;
-                    sink.put(&buffer).await?;
-                }
-                Ok::<_, PitlakeError>(())
-            }
-            .await;
-            (sink, written)
+            ExportFormat::Parquet | ExportFormat::Csv => plan,
         };
-        match written {
-            Ok(()) => sink.publish().await,
-            Err(e) => {
-                sink.abort().await;
-                Err(e)
+        let export = ExportWrite::new(plan, to, format)?.into_plan();
+        let state = self.on_cluster(state, &export).await?;
+        let df = datafusion::dataframe::DataFrame::new(state, export);
+        let task = Arc::new(df.task_ctx());
+        let physical = df.create_physical_plan().await?;
+        let stream = datafusion::physical_plan::execute_stream(physical.clone(), task)?;
+        let batches: Vec<RecordBatch> = self
+            .cancel_cluster_job_on_drop(stream, physical)
+            .try_collect()
+            .await
+            .map_err(|e| {
+                let e = PitlakeError::from(e);
+                match remote::write_failure(&e.to_string()) {
+                    Some(why) => PitlakeError::Execution(format!(
+                        "{why}; nothing was exported (no new version, no manifest)"
+                    )),
+                    None => e,
+                }
+            })?;
+        let reports = remote::parse_reports(&batches)?;
+        let committed = async {
+            let mut hash = ContentHash::new(&schema)?;
+            for report in &reports {
+                hash.merge(report.rows, report.sum);
+            }
+            if let Some(p) = &progress {
+                p.rows(hash.rows());
+            }
+            let (file, delta_version) = match format {
+                ExportFormat::Delta => {
+                    let adds = reports
+                        .iter()
+                        .flat_map(|r| r.adds.iter().cloned())
+                        .collect();
+                    (None, self.commit_delta_parts(to, &schema, adds).await?)
+                }
+                ExportFormat::Parquet | ExportFormat::Csv => match reports.as_slice() {
+                    [
+                        PartReport {
+                            file: Some((bytes, sha256)),
+                            ..
+                        },
+                    ] => (
+                        Some(FileDigest {
+                            bytes: *bytes,
+                            sha256: sha256.clone(),
+                        }),
+                        None,
+                    ),
+                    _ => {
+                        return Err(PitlakeError::Internal(format!(
+                            "a file export was written by {} tasks, not one",
+                            reports.len()
+                        )));
+                    }
+                },
+            };
+            Ok::<_, PitlakeError>(output_info(to, format, &schema, &hash, file, delta_version))
+        }
+        .await;
+        if committed.is_err() && format == ExportFormat::Delta {
+            self.delete_parts(to, &reports).await;
+        }
+        committed
+    }
+
+    /// Commits data files written by the executors as the one new version of the Delta table at
+    /// `to`: created with them, or all its rows replaced by them (schema included); one commit,
+    /// refused if anything else committed to the table meanwhile (see `storage::write`).
+    async fn commit_delta_parts(
+        &self,
+        to: &str,
+        schema: &SchemaRef,
+        adds: Vec<deltalake::kernel::Add>,
+    ) -> Result<Option<i64>> {
+        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+        let table = self.delta_output(to)?;
+        let columns: deltalake::kernel::StructType = remote::delta_schema(schema)
+            .as_ref()
+            .try_into_kernel()
+            .map_err(|e| PitlakeError::Internal(format!("export schema: {e}")))?;
+        let committed = deltalake::operations::create::CreateBuilder::new()
+            .with_log_store(table.log_store())
+            .with_columns(columns.fields().cloned())
+            .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
+            .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
+            .with_commit_properties(single_attempt())
+            .await
+            .map_err(|e| concurrent_write(to, &e).unwrap_or(PitlakeError::Delta(e)))?;
+        Ok(committed.version().map(|v| v as i64))
+    }
+
+    /// Deletes the data files of an export that was not committed (best effort: files left
+    /// behind are never referenced, and `VACUUM` removes them).
+    async fn delete_parts(&self, to: &str, reports: &[PartReport]) {
+        let Ok(out) = output_store(self, to) else {
+            return;
+        };
+        for add in reports.iter().flat_map(|r| &r.adds) {
+            let path = object_store::path::Path::from(format!("{}/{}", out.root(), add.path));
+            if let Err(e) = out.store().delete(&path).await {
+                tracing::warn!(%path, error = %e, "could not delete an uncommitted export part");
             }
         }
     }

@@ -43,8 +43,8 @@ use sqlparser::ast::ObjectName;
 pub use cluster::{cluster_codecs, cluster_config, cluster_runtime, cluster_session_state};
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
-    Check, ContentHash, ExportFormat, ExportProgress, Manifest, OutputInfo, Reproduction,
-    Verification, is_manifest, manifest_location,
+    Check, ContentHash, ExportFormat, ExportProgress, ExportWrite, ExportWriteExec, Manifest,
+    OutputInfo, PartReport, Reproduction, Verification, is_manifest, manifest_location,
 };
 pub use ingest::{IngestFormat, IngestProgress, IngestRequest};
 pub use training::{PinnedInput, TrainingPlan, ViewUse};
@@ -273,7 +273,9 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_query_planner(Arc::new(PitlakeQueryPlanner::default()))
+            .with_query_planner(Arc::new(
+                PitlakeQueryPlanner::default().with_planner(Arc::new(export::ExportPlanner)),
+            ))
             .with_analyzer_rule(Arc::new(frontend::AsOfRule))
             // Before DataFusion's own rules, so that filter pushdown hands the range to the scans.
             .with_optimizer_rules(

@@ -36,9 +36,20 @@ impl datafusion::common::config::ConfigExtension for PitlakeOptions {
 }
 
 /// Plans logical plans, including pitlake's and deltalake's extension nodes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PitlakeQueryPlanner {
     cluster: bool,
+    /// Planners of nodes the layers above add (the engine's exports).
+    more: Vec<Arc<dyn ExtensionPlanner + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PitlakeQueryPlanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PitlakeQueryPlanner")
+            .field("cluster", &self.cluster)
+            .field("more", &self.more.len())
+            .finish()
+    }
 }
 
 impl PitlakeQueryPlanner {
@@ -46,16 +57,27 @@ impl PitlakeQueryPlanner {
     /// whatever the session says, since a task there sees one partition of each input (a shared
     /// build would silently miss rows).
     pub fn cluster() -> Self {
-        Self { cluster: true }
+        Self {
+            cluster: true,
+            more: Vec::new(),
+        }
+    }
+
+    /// This planner, also planning the nodes `planner` knows.
+    pub fn with_planner(mut self, planner: Arc<dyn ExtensionPlanner + Send + Sync>) -> Self {
+        self.more.push(planner);
+        self
     }
 
     fn extension_planners(&self) -> Vec<Arc<dyn ExtensionPlanner + Send + Sync>> {
-        vec![
+        let mut planners: Vec<Arc<dyn ExtensionPlanner + Send + Sync>> = vec![
             Arc::new(AsOfPlanner {
                 cluster: self.cluster,
             }),
             DeltaExtensionPlanner::new(),
-        ]
+        ];
+        planners.extend(self.more.iter().cloned());
+        planners
     }
 }
 

@@ -67,7 +67,7 @@ async fn pinned_tables_read_what_deltalake_reads() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());
     fixture(&engine).await;
-    let (logical, _) = cluster_codecs();
+    let (logical, _) = cluster_codecs(engine.settings());
     let settings = engine.settings().clone();
     let runtime = cluster_runtime(&settings, Default::default()).unwrap();
     let remote = SessionContext::new_with_state(cluster_session_state(
@@ -124,7 +124,7 @@ async fn pinned_tables_read_what_deltalake_reads() {
 /// The rows of `sql` planned by `engine`, sent through the cluster codec and run in a
 /// scheduler's session (in this process).
 async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>> {
-    let (logical, _) = cluster_codecs();
+    let (logical, _) = cluster_codecs(engine.settings());
     let runtime = cluster_runtime(engine.settings(), Default::default()).unwrap();
     let remote = SessionContext::new_with_state(cluster_session_state(cluster_config(), runtime));
     let plan = engine.logical_plan(sql).await.unwrap();
@@ -180,7 +180,7 @@ async fn pinned_tables_refuse_what_they_cannot_read() {
     let engine = pitlake::Engine::new(settings).unwrap();
     engine.sql("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
     let plan = engine.logical_plan("SELECT x FROM t").await.unwrap();
-    let (logical, _) = cluster_codecs();
+    let (logical, _) = cluster_codecs(engine.settings());
     let err = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref())
         .unwrap_err()
         .to_string();

@@ -11,6 +11,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
@@ -35,6 +36,8 @@ CREATE TABLE big_feats AS SELECT value % 1000 AS k, value AS t, value * 2 AS v
   FROM generate_series(1, 2000000);
 CREATE ENTITY driver (entity BIGINT);
 CREATE FEATURE VIEW fv ENTITY driver FROM feats EVENT TIME ts FEATURES (value);
+CREATE ENTITY key (k BIGINT);
+CREATE FEATURE VIEW big_fv ENTITY key FROM big_feats EVENT TIME t FEATURES (v);
 """
 
 ASOF = (
@@ -42,6 +45,23 @@ ASOF = (
     "ON l.entity = f.entity AND l.at >= f.ts ORDER BY l.label_id"
 )
 TRAINING_SET = "TRAINING SET LABELS labels AT at FEATURES (fv.value)"
+BIG_TRAINING_SET = "TRAINING SET LABELS big_labels AT t FEATURES (big_fv.v)"
+
+
+def s3_env():
+    """The S3 test server (moto) that scripts/test.sh starts, as every pitlake process of this
+    module (clients and executors alike) reaches it: through the `AWS_*` variables."""
+    endpoint = os.environ.get("PITLAKE_TEST_S3_ENDPOINT")
+    if not endpoint:
+        pytest.fail("PITLAKE_TEST_S3_ENDPOINT is not set: run through scripts/test.sh, or start "
+                    "the servers with `eval \"$(scripts/storage-servers.sh start)\"`")
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "pitlake-test",
+        "AWS_SECRET_ACCESS_KEY": "pitlake-test-secret",
+    }
 
 
 class Cluster:
@@ -64,7 +84,7 @@ class Cluster:
             [pitlake_bin(), "cluster", *args, "--parent-pid", str(os.getpid())],
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**os.environ, "PITLAKE_MEMORY_LIMIT": "1GiB"},
+            env={**os.environ, **s3_env(), "PITLAKE_MEMORY_LIMIT": "1GiB"},
         )
         self.processes.append(process)
         found = []
@@ -124,6 +144,7 @@ def pitlake(warehouse, *args, timeout=300):
         [pitlake_bin(), "--warehouse", str(warehouse), *args],
         capture_output=True,
         timeout=timeout,
+        env={**os.environ, **s3_env()},
     )
 
 
@@ -176,6 +197,74 @@ def test_exports_through_the_cluster_pin_and_hash_as_single_node(warehouse, clus
     done = pitlake(warehouse, "--cluster", cluster.address, "reproduce",
                    str(tmp_path / "cluster.parquet.manifest.json"))
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+
+
+def delta_log(bucket, prefix):
+    """The actions of each version of the Delta table under s3://bucket/prefix."""
+    import boto3
+
+    env = s3_env()
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/_delta_log/")
+    versions = sorted(o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".json"))
+    return [[json.loads(line) for line in s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+             .decode().splitlines()] for key in versions]
+
+
+def test_executors_write_exports_to_object_storage(warehouse, cluster):
+    """On a cluster, an export to object storage is written by the executors (each partition
+    its own Delta parts, or one task the whole file) and committed and described by the client;
+    the rows hash as a single-node export's, and `verify` and `reproduce` accept the result."""
+    bucket = os.environ.get("PITLAKE_TEST_S3_BUCKET", "pitlake-test")
+    prefix = f"cluster-exports-{uuid.uuid4().hex}"
+    base = f"s3://{bucket}/{prefix}"
+    before = [(cluster.root / f"executor-{i}.log").read_text().count("wrote an export part")
+              for i in range(2)]
+    hashes = {}
+    for name, to, extra in [
+        ("single", f"{base}/single", []),
+        ("delta", f"{base}/delta", ["--cluster", cluster.address]),
+        ("parquet", f"{base}/ts.parquet", ["--cluster", cluster.address]),
+        ("csv", f"{base}/ts.csv", ["--cluster", cluster.address]),
+    ]:
+        done = pitlake(warehouse, *extra, "export", BIG_TRAINING_SET, "--to", to)
+        assert done.returncode == 0, done.stderr.decode()
+        verified = pitlake(warehouse, "verify", f"{to}.manifest.json")
+        assert verified.returncode == 0, verified.stdout.decode() + verified.stderr.decode()
+        line = next(l for l in done.stdout.decode().splitlines() if l.startswith("Content hash"))
+        hashes[name] = line
+    assert len(set(hashes.values())) == 1, hashes
+    assert "rows400000:" in hashes["single"]
+    # The executors wrote: every partition of the Delta export its own data files, committed
+    # as one version with their statistics; the file exports one part each.
+    (version,) = delta_log(bucket, f"{prefix}/delta")
+    adds = [a["add"] for a in version if "add" in a]
+    assert len(adds) >= 2, version
+    assert sum(json.loads(a["stats"])["numRecords"] for a in adds) == 400000
+    after = [(cluster.root / f"executor-{i}.log").read_text().count("wrote an export part")
+             for i in range(2)]
+    assert sum(after) - sum(before) >= len(adds) + 2, (before, after)
+    # A second export replaces the rows in one new version; `reproduce` on the cluster agrees.
+    done = pitlake(warehouse, "--cluster", cluster.address, "export", BIG_TRAINING_SET,
+                   "--to", f"{base}/delta")
+    assert done.returncode == 0, done.stderr.decode()
+    versions = delta_log(bucket, f"{prefix}/delta")
+    assert len(versions) == 2
+    removed = {a["remove"]["path"] for a in versions[1] if "remove" in a}
+    assert removed == {a["path"] for a in adds}
+    for to in [f"{base}/delta", f"{base}/ts.parquet"]:
+        done = pitlake(warehouse, "--cluster", cluster.address, "reproduce",
+                       f"{to}.manifest.json")
+        assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    # An executor that cannot write says so, in its words; nothing is published.
+    to = "s3://no-such-bucket-for-pitlake/ts.parquet"
+    done = pitlake(warehouse, "--cluster", cluster.address, "export", TRAINING_SET, "--to", to)
+    err = done.stderr.decode()
+    assert done.returncode != 0, done.stdout.decode()
+    assert "an executor could not write the export to " + to in err, err
+    assert "NoSuchBucket" in err and "nothing was exported" in err, err
 
 
 def test_the_gateway_asks_the_cluster_only_what_the_caller_may_read(warehouse, cluster, tmp_path):
