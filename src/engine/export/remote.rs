@@ -363,6 +363,10 @@ impl Part {
     }
 }
 
+/// The size at which a partition's Delta data file is closed and the next begun (deltalake's
+/// default).
+const TARGET_FILE_SIZE: u64 = 100 << 20;
+
 /// The schema a Delta table stores `schema` as (nanosecond timestamps as microseconds, …), as
 /// deltalake's own writer converts it.
 pub(super) fn delta_schema(schema: &SchemaRef) -> SchemaRef {
@@ -392,11 +396,13 @@ async fn write_delta_part(
         }
     };
     let schema = delta_schema(&rows.schema());
+    // Files roll at deltalake's default target size, as a single-node export's do; statistics
+    // for the default number of columns.
     let config = WriterConfig::new(
         schema.clone(),
         Vec::new(),
         None,
-        None,
+        std::num::NonZeroU64::new(TARGET_FILE_SIZE),
         None,
         Default::default(),
         None,
