@@ -343,6 +343,14 @@ fn local_path(to: &str) -> Option<PathBuf> {
     }
 }
 
+/// Whether `to` is on object storage, which a cluster's executors reach as the client does (a
+/// local path or `memory://` is this process's own).
+fn on_object_storage(to: &str) -> bool {
+    local_path(to).is_none()
+        && url::Url::parse(to)
+            .is_ok_and(|url| matches!(url.scheme(), "s3" | "s3a" | "gs" | "az" | "abfs" | "abfss"))
+}
+
 /// The manifest's location for an output.
 pub fn manifest_location(to: &str) -> String {
     format!("{}.manifest.json", to.trim_end_matches('/'))
@@ -623,8 +631,8 @@ impl Engine {
     }
 
     /// Streams a query's rows into `to`, hashing them on the way. On a cluster, an export to
-    /// object storage is written by the executors (see `remote`); a local path is written here,
-    /// since an executor's disk is not this machine's.
+    /// object storage is written by the executors (see `remote`); a local path (or `memory://`)
+    /// is written here, since an executor's disk is not this machine's.
     async fn write_query(
         &self,
         query: &str,
@@ -632,7 +640,7 @@ impl Engine {
         format: ExportFormat,
         progress: Option<Arc<dyn ExportProgress>>,
     ) -> Result<OutputInfo> {
-        if self.settings().cluster.is_some() && local_path(to).is_none() {
+        if self.settings().cluster.is_some() && on_object_storage(to) {
             return self.write_on_cluster(query, to, format, progress).await;
         }
         let stream = self.sql_stream(query).await?;
@@ -1422,6 +1430,27 @@ mod tests {
         let mut c = ContentHash::new(&schema).unwrap();
         c.update(&batch(vec![Some(1), Some(2), Some(3)])).unwrap();
         assert_ne!(a.finish(), c.finish());
+    }
+
+    #[test]
+    fn only_object_storage_is_written_by_a_clusters_executors() {
+        for to in [
+            "s3://b/ts",
+            "gs://b/ts.parquet",
+            "az://c/ts",
+            "abfss://c@a.dfs/ts",
+        ] {
+            assert!(on_object_storage(to), "{to}");
+        }
+        for to in [
+            "ts.parquet",
+            "/tmp/ts",
+            "file:///tmp/ts",
+            "memory:///ts",
+            "C:/ts",
+        ] {
+            assert!(!on_object_storage(to), "{to}");
+        }
     }
 
     #[test]
