@@ -236,11 +236,105 @@ impl futures::Stream for CancelOnDrop {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let next = self.inner.as_mut().poll_next(cx);
-        if matches!(next, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.done = true;
+        match next {
+            Poll::Ready(None) => self.done = true,
+            Poll::Ready(Some(Err(err))) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(readable_job_error(err))));
+            }
+            _ => {}
         }
         next
     }
+}
+
+/// A failed cluster job's error in words: Ballista passes a task's error to the client as the
+/// debug rendering of its error chain (`Job J failed: Job failed due to stage S failed: Task
+/// failed due to runtime execution error: DataFusionError(ArrowError(DivideByZero, None))`);
+/// this keeps the job and stage and turns the chain into its messages ("Divide by zero"). Other
+/// errors pass unchanged; the original is logged at debug level.
+fn readable_job_error(
+    err: datafusion::error::DataFusionError,
+) -> datafusion::error::DataFusionError {
+    use datafusion::error::DataFusionError;
+    let DataFusionError::Execution(message) = &err else {
+        return err;
+    };
+    let Some(readable) = readable_job_message(message) else {
+        return err;
+    };
+    tracing::debug!(error = %message, "a cluster job failed");
+    DataFusionError::Execution(readable)
+}
+
+fn readable_job_message(message: &str) -> Option<String> {
+    const TASK: &str = "Task failed due to runtime execution error: ";
+    let rest = message.strip_prefix("Job ")?;
+    let (job, rest) = rest.split_once(" failed: ")?;
+    let stage = rest
+        .strip_prefix("Job failed due to stage ")
+        .and_then(|r| r.split_once(' '))
+        .map(|(stage, _)| stage);
+    let chain = &rest[rest.find(TASK)? + TASK.len()..];
+    let words = debug_chain_words(chain.trim_end());
+    if words.is_empty() {
+        return None;
+    }
+    let at = match stage {
+        Some(stage) => format!("job {job}, stage {stage}"),
+        None => format!("job {job}"),
+    };
+    Some(format!("the cluster's job failed ({at}): {words}"))
+}
+
+/// The words in a Rust debug rendering of an error chain: its string literals, unescaped and
+/// joined with ": ", or, when it has none, its innermost variant name in words
+/// (`ArrowError(DivideByZero, None)` → "Divide by zero").
+fn debug_chain_words(chain: &str) -> String {
+    let mut strings: Vec<String> = Vec::new();
+    let mut chars = chain.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut text = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('n') => text.push('\n'),
+                    Some('t') => text.push('\t'),
+                    Some(other) => text.push(other),
+                    None => {}
+                },
+                c => text.push(c),
+            }
+        }
+        if !text.is_empty() && !strings.contains(&text) {
+            strings.push(text);
+        }
+    }
+    if !strings.is_empty() {
+        return strings.join(": ");
+    }
+    // No literal: the last name that opens nothing or stands alone inside the chain.
+    let names: Vec<&str> = chain
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|n| n.starts_with(|c: char| c.is_ascii_uppercase()) && *n != "None" && *n != "Some")
+        .collect();
+    let Some(name) = names.last() else {
+        return String::new();
+    };
+    let mut words = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+            words.push(c.to_ascii_lowercase());
+        } else {
+            words.push(c);
+        }
+    }
+    words
 }
 
 impl RecordBatchStream for CancelOnDrop {
@@ -287,5 +381,53 @@ impl Drop for CancelOnDrop {
                 Err(_) => tracing::warn!(job, "could not cancel a cluster job: no answer"),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_job_message;
+
+    #[test]
+    fn cluster_job_errors_read_as_words() {
+        let cases = [
+            ("Job 038H Failed", None),
+            (
+                "Job 038H failed: Job failed due to stage 2 failed: Task failed due to runtime \
+                 execution error: DataFusionError(ArrowError(DivideByZero, None))\n",
+                Some("the cluster's job failed (job 038H, stage 2): Divide by zero"),
+            ),
+            (
+                "Job 7 failed: Job failed due to stage 4 failed: Task failed due to runtime \
+                 execution error: DataFusionError(ArrowError(CastError(\"Cannot cast string \
+                 'x' to value of Int32 type\"), None))",
+                Some(
+                    "the cluster's job failed (job 7, stage 4): Cannot cast string 'x' to value \
+                     of Int32 type",
+                ),
+            ),
+            (
+                "Job 9 failed: Job failed due to stage 1 failed: Task failed due to runtime \
+                 execution error: DataFusionError(Context(\"reading t\", Execution(\"a \\\"quoted\\\" \
+                 word\\nand a line\")))",
+                Some(
+                    "the cluster's job failed (job 9, stage 1): reading t: a \"quoted\" word\nand \
+                     a line",
+                ),
+            ),
+            // Not a task's failure (a lost executor, a cancelled job): unchanged.
+            (
+                "Job 9 failed: Job failed due to stage 1 failed: Stage 1 has failed 4 times",
+                None,
+            ),
+            ("Divide by zero error", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(
+                readable_job_message(message).as_deref(),
+                expected,
+                "{message}"
+            );
+        }
     }
 }
