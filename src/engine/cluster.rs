@@ -157,9 +157,70 @@ impl Engine {
             .with_ballista_adaptive_query_planner(false);
         let state = SessionStateBuilder::new_from_existing(state)
             .with_config(config)
+            .with_optimizer_rule(Arc::new(PruneClusterFiles))
             .build();
         Ok(state.upgrade_for_ballista(url.clone())?)
     }
+}
+
+/// On a cluster, gives each warehouse table the filters of the scan that reads it, so that the
+/// table travels as only those of its files whose statistics allow a row that passes them (see
+/// `storage::pinned`). Runs last in each optimizer pass, when the filters have been pushed into
+/// the scans; a later pass that pushes more updates them.
+#[derive(Debug)]
+struct PruneClusterFiles;
+
+impl datafusion::optimizer::OptimizerRule for PruneClusterFiles {
+    fn name(&self) -> &str {
+        "pitlake_prune_cluster_files"
+    }
+
+    fn apply_order(&self) -> Option<datafusion::optimizer::ApplyOrder> {
+        Some(datafusion::optimizer::ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: datafusion::logical_expr::LogicalPlan,
+        _config: &dyn datafusion::optimizer::OptimizerConfig,
+    ) -> datafusion::error::Result<
+        datafusion::common::tree_node::Transformed<datafusion::logical_expr::LogicalPlan>,
+    > {
+        use datafusion::common::tree_node::Transformed;
+        use datafusion::logical_expr::LogicalPlan;
+        let LogicalPlan::TableScan(scan) = &plan else {
+            return Ok(Transformed::no(plan));
+        };
+        let provider = datafusion::datasource::source_as_provider(&scan.source)?;
+        let Some(table) = crate::storage::as_warehouse_table(&provider) else {
+            return Ok(Transformed::no(plan));
+        };
+        if table.prune_filters() == scan.filters.as_slice() {
+            return Ok(Transformed::no(plan));
+        }
+        let table = Arc::new(table.with_prune_filters(scan.filters.clone()));
+        let LogicalPlan::TableScan(mut scan) = plan else {
+            return Ok(Transformed::no(plan));
+        };
+        scan.source = datafusion::datasource::provider_as_source(table);
+        Ok(Transformed::yes(LogicalPlan::TableScan(scan)))
+    }
+}
+
+/// `plan` as a cluster client sends it: each warehouse table with the filters of its scan, for
+/// pruning its files (what [`PruneClusterFiles`] does in the client's optimizer).
+pub fn prune_cluster_files(
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+    let config = OptimizerContext::new();
+    Ok(plan
+        .transform_up_with_subqueries(|node| PruneClusterFiles.rewrite(node, &config))?
+        .data)
 }
 
 /// Refuses, clearly and before anything is sent, a plan that reads a table the cluster cannot:

@@ -40,7 +40,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use sqlparser::ast::ObjectName;
 
-pub use cluster::{cluster_codecs, cluster_config, cluster_runtime, cluster_session_state};
+pub use cluster::{
+    cluster_codecs, cluster_config, cluster_runtime, cluster_session_state, prune_cluster_files,
+};
 pub use definitions::{DefinitionPlan, PlannedChange};
 pub use export::{
     Check, ContentHash, ExportFormat, ExportProgress, ExportWrite, ExportWriteExec, Manifest,

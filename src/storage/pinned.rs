@@ -135,13 +135,21 @@ impl PinnedDeltaTable {
                     .collect(),
             });
         }
+        let schema = table.schema();
+        // The files no row of the scan can come from, by their statistics, stay behind.
+        if let Some(keep) = files_kept(state, &schema, &partition_columns, table.prune_filters())
+            && keep.len() == files.len()
+        {
+            let mut keep = keep.into_iter();
+            files.retain(|_| keep.next().unwrap_or(true));
+        }
         Ok(Self {
             pinned: Pinned {
                 store,
                 partition_columns,
                 files,
             },
-            schema: table.schema(),
+            schema,
         })
     }
 
@@ -362,6 +370,109 @@ impl PinnedDeltaTable {
             .filter(|(_, files)| !files.is_empty())
             .map(|(_, files)| FileGroup::new(files))
             .collect())
+    }
+}
+
+/// Per file of `state` (in the log's order), whether its statistics allow a row that passes
+/// `filters`; `None` when no filter can tell. Only the conjuncts over integer, date and timestamp
+/// columns outside the partition columns count (strings' statistics may be truncated, floats'
+/// are NaN-blind), and a timestamp's maximum is widened by a millisecond: the log keeps
+/// timestamps to the millisecond, truncated, so a file's true maximum may lie just above it.
+fn files_kept(
+    state: &deltalake::table::state::DeltaTableState,
+    schema: &SchemaRef,
+    partition_columns: &[String],
+    filters: &[Expr],
+) -> Option<Vec<bool>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::utils::split_conjunction;
+    let usable = |expr: &Expr| {
+        let columns = expr.column_refs();
+        !columns.is_empty()
+            && columns.iter().all(|c| {
+                !partition_columns.contains(&c.name)
+                    && schema
+                        .field_with_name(&c.name)
+                        .is_ok_and(|f| super::table::bounded_type(f.data_type()))
+            })
+    };
+    let conjuncts: Vec<Expr> = filters
+        .iter()
+        .flat_map(split_conjunction)
+        .filter(|e| usable(e))
+        .cloned()
+        .collect();
+    let predicate = conjunction(conjuncts)?
+        .transform(|e| {
+            Ok(match e {
+                Expr::Column(c) => Transformed::yes(Expr::Column(
+                    datafusion::common::Column::new_unqualified(c.name),
+                )),
+                other => Transformed::no(other),
+            })
+        })
+        .ok()?
+        .data;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ok()?;
+    let physical = datafusion::physical_expr::create_physical_expr(
+        &predicate,
+        &df_schema,
+        &datafusion::execution::context::ExecutionProps::new(),
+        &Default::default(),
+    )
+    .ok()?;
+    let pruning = datafusion::physical_optimizer::pruning::PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .build(physical)?;
+    pruning.prune(&WidenedStatistics(state.log_data())).ok()
+}
+
+/// A table version's file statistics with every timestamp maximum raised by a millisecond (see
+/// [`files_kept`]).
+struct WidenedStatistics<'a>(deltalake::kernel::LogDataHandler<'a>);
+
+impl datafusion::common::pruning::PruningStatistics for WidenedStatistics<'_> {
+    fn min_values(&self, column: &datafusion::common::Column) -> Option<arrow::array::ArrayRef> {
+        self.0.min_values(column)
+    }
+
+    fn max_values(&self, column: &datafusion::common::Column) -> Option<arrow::array::ArrayRef> {
+        use arrow::array::AsArray;
+        use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+        let max = self.0.max_values(column)?;
+        let DataType::Timestamp(unit, _) = max.data_type() else {
+            return Some(max);
+        };
+        let millisecond = match unit {
+            TimeUnit::Second | TimeUnit::Millisecond => 1,
+            TimeUnit::Microsecond => 1_000,
+            TimeUnit::Nanosecond => 1_000_000,
+        };
+        let ints = arrow::compute::cast(&max, &DataType::Int64).ok()?;
+        let widened = ints
+            .as_primitive::<Int64Type>()
+            .unary::<_, Int64Type>(|v| v.saturating_add(millisecond));
+        arrow::compute::cast(&widened, max.data_type()).ok()
+    }
+
+    fn num_containers(&self) -> usize {
+        self.0.num_containers()
+    }
+
+    fn null_counts(&self, column: &datafusion::common::Column) -> Option<arrow::array::ArrayRef> {
+        self.0.null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<arrow::array::ArrayRef> {
+        self.0.row_counts()
+    }
+
+    fn contained(
+        &self,
+        column: &datafusion::common::Column,
+        values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<arrow::array::BooleanArray> {
+        self.0.contained(column, values)
     }
 }
 

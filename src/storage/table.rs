@@ -48,6 +48,9 @@ pub struct WarehouseTable {
     root: Option<url::Url>,
     /// The ranges asked for so far: computed on demand, since most statements never ask.
     ranges: Mutex<HashMap<String, Option<ColumnRange>>>,
+    /// The filters of the scan that reads this table on a cluster, by which its pinned file list
+    /// is pruned (see `storage::pinned`; empty: every file).
+    prune_filters: Vec<Expr>,
 }
 
 impl WarehouseTable {
@@ -58,7 +61,24 @@ impl WarehouseTable {
             state: table.snapshot().ok().cloned(),
             root: Some(table.table_url().clone()),
             ranges: Mutex::default(),
+            prune_filters: Vec::new(),
         }
+    }
+
+    /// This table, to be read by a scan with `filters` (which may prune its pinned files).
+    pub fn with_prune_filters(&self, filters: Vec<Expr>) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+            root: self.root.clone(),
+            ranges: Mutex::default(),
+            prune_filters: filters,
+        }
+    }
+
+    /// The filters given by [`WarehouseTable::with_prune_filters`].
+    pub fn prune_filters(&self) -> &[Expr] {
+        &self.prune_filters
     }
 
     /// The range of column `name` (an integer, date or timestamp column), when every file's

@@ -127,7 +127,9 @@ async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>>
     let (logical, _) = cluster_codecs(engine.settings());
     let runtime = cluster_runtime(engine.settings(), Default::default()).unwrap();
     let remote = SessionContext::new_with_state(cluster_session_state(cluster_config(), runtime));
-    let plan = engine.logical_plan(sql).await.unwrap();
+    // As a cluster client sends it: each table's files pruned by its scan's filters.
+    let plan =
+        pitlake::engine::prune_cluster_files(engine.logical_plan(sql).await.unwrap()).unwrap();
     let bytes = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref()).unwrap();
     let back =
         logical_plan_from_bytes_with_extension_codec(&bytes, &remote.task_ctx(), logical.as_ref())
@@ -149,25 +151,29 @@ async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>>
 async fn pinned_tables_read_other_engines_tables_at_every_version() {
     let corpus = crate::common::shared_testdata().join("dat");
     let mut checked = 0;
-    for (case, versions) in [
-        ("basic_append", 2),
-        ("basic_partitioned", 2),
-        ("multi_partitioned", 3),
-        ("with_schema_change", 2),
+    // Each case at every version, with an integer column of that version.
+    for (case, columns) in [
+        ("basic_append", &["number", "number"][..]),
+        ("basic_partitioned", &["number", "number"][..]),
+        ("multi_partitioned", &["number", "number", "number"][..]),
+        ("with_schema_change", &["number", "num1"][..]),
     ] {
         let engine = engine(&corpus.join(case));
-        for v in 0..versions {
-            let sql = format!("SELECT * FROM \"delta\" VERSION AS OF {v}");
-            let expected = engine.collect(&sql).await.unwrap();
-            assert_eq!(
-                through_pinned(&engine, &sql).await,
-                sorted(&expected),
-                "dat/{case} v{v}"
-            );
-            checked += 1;
+        for (v, column) in columns.iter().enumerate() {
+            // Whole, and filtered on the integer column (Spark's file statistics prune files).
+            for filter in [String::new(), format!(" WHERE {column} > 3")] {
+                let sql = format!("SELECT * FROM \"delta\" VERSION AS OF {v}{filter}");
+                let expected = engine.collect(&sql).await.unwrap();
+                assert_eq!(
+                    through_pinned(&engine, &sql).await,
+                    sorted(&expected),
+                    "dat/{case} v{v}{filter}"
+                );
+                checked += 1;
+            }
         }
     }
-    assert_eq!(checked, 9);
+    assert_eq!(checked, 18);
 }
 
 #[tokio::test]
@@ -352,4 +358,75 @@ fn the_cluster_refuses_table_functions_and_caps_functions() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("at most 256 MiB is allowed"), "{stderr}");
+}
+
+/// On a cluster a table travels as only those of its files whose statistics allow a row that
+/// passes the scan's filters (integer, date and timestamp columns; a timestamp's logged maximum,
+/// truncated to the millisecond, widened by one), and the rows are single-node's.
+#[tokio::test]
+async fn pinned_tables_leave_out_the_files_the_filters_exclude() {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::logical_expr::LogicalPlan;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    for sql in [
+        "CREATE TABLE ev AS SELECT 1 AS k, CAST('2024-01-01 00:00:00.000500' AS TIMESTAMP) AS t, \
+         'a' AS s",
+        "INSERT INTO ev VALUES (2, TIMESTAMP '2024-02-01 00:00:00', 'b')",
+        "INSERT INTO ev VALUES (3, TIMESTAMP '2024-03-01 00:00:00', 'c')",
+    ] {
+        engine.sql(sql).await.unwrap();
+    }
+    let (logical, _) = cluster_codecs(engine.settings());
+    let runtime = cluster_runtime(engine.settings(), Default::default()).unwrap();
+    let remote = SessionContext::new_with_state(cluster_session_state(cluster_config(), runtime));
+    for (filter, files) in [
+        ("t > TIMESTAMP '2024-01-15 00:00:00'", 2),
+        ("t >= TIMESTAMP '2024-03-01 00:00:00' AND k > 0", 1),
+        ("k = 2", 1),
+        ("t < TIMESTAMP '2023-01-01 00:00:00'", 0),
+        // Logged as 00:00:00.000; its rows reach .000500.
+        ("t > TIMESTAMP '2024-01-01 00:00:00.000200'", 3),
+        // Strings' statistics may be truncated: not used.
+        ("s > 'b'", 3),
+        ("k > 1 OR s = 'a'", 3),
+    ] {
+        let sql = format!("SELECT k FROM ev WHERE {filter}");
+        let plan =
+            pitlake::engine::prune_cluster_files(engine.logical_plan(&sql).await.unwrap()).unwrap();
+        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref()).unwrap();
+        let back = logical_plan_from_bytes_with_extension_codec(
+            &bytes,
+            &remote.task_ctx(),
+            logical.as_ref(),
+        )
+        .unwrap();
+        let mut pinned = Vec::new();
+        back.apply(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                let provider = datafusion::datasource::source_as_provider(&scan.source).unwrap();
+                let table = (provider.as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<pitlake::storage::PinnedDeltaTable>()
+                    .unwrap();
+                pinned.push(table.file_count());
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        assert_eq!(pinned, vec![files], "{filter}");
+        let got = sorted(
+            &remote
+                .execute_logical_plan(back)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            got,
+            sorted(&engine.collect(&sql).await.unwrap()),
+            "{filter}"
+        );
+    }
 }
