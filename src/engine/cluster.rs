@@ -365,6 +365,14 @@ fn debug_chain_words(chain: &str) -> String {
                 '\\' => match chars.next() {
                     Some('n') => text.push('\n'),
                     Some('t') => text.push('\t'),
+                    Some('r') => text.push('\r'),
+                    Some('0') => text.push('\0'),
+                    Some('u') if chars.peek() == Some(&'{') => {
+                        let code: String =
+                            chars.by_ref().skip(1).take_while(|c| *c != '}').collect();
+                        let decoded = u32::from_str_radix(&code, 16).ok().and_then(char::from_u32);
+                        text.push(decoded.unwrap_or(char::REPLACEMENT_CHARACTER));
+                    }
                     Some(other) => text.push(other),
                     None => {}
                 },
@@ -482,6 +490,11 @@ mod tests {
                 None,
             ),
             ("Divide by zero error", None),
+            (
+                "Job 3 failed: Job failed due to stage 2 failed: Task failed due to runtime \
+                 execution error: DataFusionError(Execution(\"tab\\there \\u{1b}[0m caf\\u{e9}\"",
+                Some("the cluster's job failed (job 3, stage 2): tab\there \u{1b}[0m caf\u{e9}"),
+            ),
         ];
         for (message, expected) in cases {
             assert_eq!(

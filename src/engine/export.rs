@@ -525,6 +525,30 @@ fn output_info(
     }
 }
 
+/// What a Delta export on a cluster commits to: the table's columns in Delta's types, and the
+/// version it replaces (`None`: it creates the table).
+pub(super) struct DeltaTarget {
+    columns: deltalake::kernel::StructType,
+    replaces: Option<i64>,
+}
+
+/// A query's schema as the columns of the Delta table an export writes.
+pub(super) fn delta_columns(schema: &SchemaRef) -> Result<deltalake::kernel::StructType> {
+    use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+    remote::delta_schema(schema)
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| PitlakeError::Plan(format!("the training set cannot be a Delta table: {e}")))
+}
+
+/// Where an `Add` of the table at `out` is.
+fn part_path(out: &Warehouse, add: &deltalake::kernel::Add) -> object_store::path::Path {
+    out.root()
+        .parts()
+        .chain(object_store::path::Path::from(add.path.as_str()).parts())
+        .collect()
+}
+
 /// `plan` without its final `ORDER BY` (under the projections above it), for an output with no
 /// row order; a sort with a limit stays.
 fn without_final_sort(
@@ -662,8 +686,8 @@ impl Engine {
 
     /// An export written by the cluster's executors: each task writes its partition (a Delta
     /// export's parts in parallel; a file from the query's one ordered partition) and reports
-    /// its rows' hash; this process checks that every partition reported, merges the hashes
-    /// and, for Delta, commits the parts as one version. A failure before the commit leaves no
+    /// its rows' hash; this process merges the hashes and, for Delta, commits the parts as one
+    /// version (see [`Engine::commit_delta_parts`]). A failure before the commit leaves no
     /// version and deletes the parts it was told of.
     async fn write_on_cluster(
         &self,
@@ -675,14 +699,19 @@ impl Engine {
         use futures::TryStreamExt;
         let (state, plan, _) = self.plan_sql(self.query_statement(query)?).await?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let plan = match format {
+        let (plan, delta) = match format {
             // A table has no row order (nor has the content hash): every partition writes at
-            // once.
+            // once. What the commit needs is checked before any work: the store's conditional
+            // writes, the table's schema in Delta's types, and the version the export replaces.
             ExportFormat::Delta => {
                 output_store(self, to)?.check_commit_safety().await?;
-                without_final_sort(plan)?
+                let target = DeltaTarget {
+                    columns: delta_columns(&schema)?,
+                    replaces: self.delta_version_at(to).await,
+                };
+                (without_final_sort(plan)?, Some(target))
             }
-            ExportFormat::Parquet | ExportFormat::Csv => plan,
+            ExportFormat::Parquet | ExportFormat::Csv => (plan, None),
         };
         let export = ExportWrite::new(plan, to, format)?.into_plan();
         let state = self.on_cluster(state, &export).await?;
@@ -704,86 +733,139 @@ impl Engine {
                 }
             })?;
         let reports = remote::parse_reports(&batches)?;
-        let committed = async {
-            let mut hash = ContentHash::new(&schema)?;
-            for report in &reports {
-                hash.merge(report.rows, report.sum);
+        let mut hash = ContentHash::new(&schema)?;
+        for report in &reports {
+            hash.merge(report.rows, report.sum);
+        }
+        if let Some(p) = &progress {
+            p.rows(hash.rows());
+        }
+        let (file, delta_version) = match delta {
+            Some(target) => {
+                let adds: Vec<_> = reports
+                    .iter()
+                    .flat_map(|r| r.adds.iter().cloned())
+                    .collect();
+                (None, self.commit_delta_parts(to, target, adds).await?)
             }
-            if let Some(p) = &progress {
-                p.rows(hash.rows());
-            }
-            let (file, delta_version) = match format {
-                ExportFormat::Delta => {
-                    let adds = reports
-                        .iter()
-                        .flat_map(|r| r.adds.iter().cloned())
-                        .collect();
-                    (None, self.commit_delta_parts(to, &schema, adds).await?)
+            None => match reports.as_slice() {
+                [
+                    PartReport {
+                        file: Some((bytes, sha256)),
+                        ..
+                    },
+                ] => (
+                    Some(FileDigest {
+                        bytes: *bytes,
+                        sha256: sha256.clone(),
+                    }),
+                    None,
+                ),
+                _ => {
+                    return Err(PitlakeError::Internal(format!(
+                        "a file export was written by {} tasks, not one",
+                        reports.len()
+                    )));
                 }
-                ExportFormat::Parquet | ExportFormat::Csv => match reports.as_slice() {
-                    [
-                        PartReport {
-                            file: Some((bytes, sha256)),
-                            ..
-                        },
-                    ] => (
-                        Some(FileDigest {
-                            bytes: *bytes,
-                            sha256: sha256.clone(),
-                        }),
-                        None,
-                    ),
-                    _ => {
-                        return Err(PitlakeError::Internal(format!(
-                            "a file export was written by {} tasks, not one",
-                            reports.len()
-                        )));
-                    }
-                },
-            };
-            Ok::<_, PitlakeError>(output_info(to, format, &schema, &hash, file, delta_version))
-        }
-        .await;
-        if committed.is_err() && format == ExportFormat::Delta {
-            self.delete_parts(to, &reports).await;
-        }
-        committed
+            },
+        };
+        Ok(output_info(to, format, &schema, &hash, file, delta_version))
+    }
+
+    /// The latest version of the Delta table at `to`, `None` when there is none yet.
+    pub(super) async fn delta_version_at(&self, to: &str) -> Option<i64> {
+        let mut table = self.delta_output(to).ok()?;
+        table.load().await.ok()?;
+        table.version().map(|v| v as i64)
     }
 
     /// Commits data files written by the executors as the one new version of the Delta table at
-    /// `to`: created with them, or all its rows replaced by them (schema included); one commit,
-    /// refused if anything else committed to the table meanwhile (see `storage::write`).
-    async fn commit_delta_parts(
+    /// `to`: created with them, or all its rows replaced by them (schema included). Refused, and
+    /// the parts deleted, when a part is missing from the store this process sees (the executors
+    /// wrote elsewhere) or another writer committed to the table since the export began (checked
+    /// before the commit, which is itself refused if one lands in between). A commit that may
+    /// have landed (an error after it was sent) deletes nothing that the table references.
+    pub(super) async fn commit_delta_parts(
         &self,
         to: &str,
-        schema: &SchemaRef,
+        target: DeltaTarget,
         adds: Vec<deltalake::kernel::Add>,
     ) -> Result<Option<i64>> {
-        use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+        let checked = async {
+            let out = output_store(self, to)?;
+            for add in &adds {
+                let path = part_path(&out, add);
+                if let Err(e) = out.store().head(&path).await {
+                    return Err(PitlakeError::Execution(format!(
+                        "the executors wrote the export's part `{}` where this process cannot \
+                         read it ({e}); the executors and the client must reach `{to}` with the \
+                         same storage settings. Nothing was committed",
+                        add.path
+                    )));
+                }
+            }
+            let now = self.delta_version_at(to).await;
+            if now != target.replaces {
+                return Err(PitlakeError::Execution(format!(
+                    "another writer committed to `{to}` (version {}) while this export ran; \
+                     nothing was committed: export again",
+                    now.map_or("none".to_string(), |v| v.to_string())
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
+            self.delete_parts(to, &adds).await;
+            return Err(e);
+        }
         let table = self.delta_output(to)?;
-        let columns: deltalake::kernel::StructType = remote::delta_schema(schema)
-            .as_ref()
-            .try_into_kernel()
-            .map_err(|e| PitlakeError::Internal(format!("export schema: {e}")))?;
         let committed = deltalake::operations::create::CreateBuilder::new()
             .with_log_store(table.log_store())
-            .with_columns(columns.fields().cloned())
+            .with_columns(target.columns.fields().cloned())
             .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
-            .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
+            .with_actions(adds.iter().cloned().map(deltalake::kernel::Action::Add))
             .with_commit_properties(single_attempt())
-            .await
-            .map_err(|e| concurrent_write(to, &e).unwrap_or(PitlakeError::Delta(e)))?;
-        Ok(committed.version().map(|v| v as i64))
+            .await;
+        match committed {
+            Ok(table) => Ok(table.version().map(|v| v as i64)),
+            Err(e) => {
+                // The commit file may have been written before the error (a post-commit step,
+                // a reply lost on the way back): keep the parts if the table references them.
+                if self.parts_referenced(to, &adds).await == Some(false) {
+                    self.delete_parts(to, &adds).await;
+                }
+                Err(concurrent_write(to, &e).unwrap_or(PitlakeError::Delta(e)))
+            }
+        }
+    }
+
+    /// Whether the latest version of the table at `to` references any of `adds` (`None`: it
+    /// cannot be read, so nobody can tell).
+    async fn parts_referenced(&self, to: &str, adds: &[deltalake::kernel::Add]) -> Option<bool> {
+        let mut table = self.delta_output(to).ok()?;
+        if table.load().await.is_err() {
+            // No table: the commit did not create it.
+            return Some(false);
+        }
+        let state = table.snapshot().ok()?;
+        let ours: std::collections::HashSet<&str> = adds.iter().map(|a| a.path.as_str()).collect();
+        Some(
+            state
+                .log_data()
+                .iter()
+                .any(|file| ours.contains(file.path().as_ref())),
+        )
     }
 
     /// Deletes the data files of an export that was not committed (best effort: files left
-    /// behind are never referenced, and `VACUUM` removes them).
-    async fn delete_parts(&self, to: &str, reports: &[PartReport]) {
+    /// behind are never referenced, and `VACUUM` removes them once the table exists).
+    async fn delete_parts(&self, to: &str, adds: &[deltalake::kernel::Add]) {
         let Ok(out) = output_store(self, to) else {
             return;
         };
-        for add in reports.iter().flat_map(|r| &r.adds) {
-            let path = object_store::path::Path::from(format!("{}/{}", out.root(), add.path));
+        for add in adds {
+            let path = part_path(&out, add);
             if let Err(e) = out.store().delete(&path).await {
                 tracing::warn!(%path, error = %e, "could not delete an uncommitted export part");
             }

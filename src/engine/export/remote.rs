@@ -7,12 +7,17 @@
 //!
 //! - **Delta** (`--format delta`): every partition writes Parquet files under the table's root
 //!   with deltalake's data-file writer (statistics included), without committing; the client
-//!   checks that every partition reported once, then commits all the parts as one new version.
-//!   Files of failed attempts and of exports that fail before the commit are never referenced
-//!   (the client deletes the parts it was told of; `VACUUM` removes the rest).
+//!   checks that it sees every part and that the table has not moved since the export began,
+//!   then commits all the parts as one new version. Files of failed attempts and of exports that
+//!   fail before the commit are never referenced (the client deletes the parts it was told of;
+//!   `VACUUM` removes the rest once the table exists).
 //! - **Parquet and CSV**: the query keeps its `ORDER BY`, so its last stage is one partition,
-//!   and one task writes the file at its final place the way a
-//!   single-node export (`ExportSink`: the whole object or nothing).
+//!   and one task writes the file at its final place the way a single-node export does
+//!   (`ExportSink`: the whole object or nothing).
+//!
+//! There is one report per partition of the export's input: a Ballista job's result holds each
+//! final partition's output once, from the attempt that succeeded. The codecs refuse a
+//! destination off object storage, so no plan makes an executor write to its own disk.
 //!
 //! The client builds the manifest from its own plan, as single-node does, with the merged
 //! content hash: the same rows give the same hash, whatever the partitioning.
@@ -160,7 +165,6 @@ impl UserDefinedLogicalNodeCore for ExportWrite {
 /// Writes each partition of its input to the destination and returns one [`PartReport`] per
 /// partition. A file export takes one partition (the query's order kept); a Delta export writes
 /// every partition in parallel.
-#[derive(Debug)]
 pub struct ExportWriteExec {
     input: Arc<dyn ExecutionPlan>,
     to: String,
@@ -206,6 +210,18 @@ impl ExportWriteExec {
     /// The format.
     pub fn format(&self) -> ExportFormat {
         self.format
+    }
+}
+
+impl fmt::Debug for ExportWriteExec {
+    /// Without the storage settings' values, which may hold keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportWriteExec")
+            .field("input", &self.input)
+            .field("to", &self.to)
+            .field("format", &self.format)
+            .field("storage", &self.storage.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -288,6 +304,14 @@ impl ExecutionPlan for ExportWriteExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
+        // A file is its query's one partition, whole: reading a part of it would publish a
+        // file (and a manifest) without the other partitions' rows.
+        let inputs = self.input.output_partitioning().partition_count();
+        if self.format != ExportFormat::Delta && (inputs != 1 || partition != 0) {
+            return Err(internal_datafusion_err!(
+                "a file export reads one partition, not partition {partition} of {inputs}"
+            ));
+        }
         let input = self.input.execute(partition, context)?;
         let part = Part {
             to: self.to.clone(),
@@ -296,10 +320,14 @@ impl ExecutionPlan for ExportWriteExec {
         };
         let report = futures::stream::once(async move {
             let to = part.to.clone();
-            let report = part
-                .write(input)
-                .await
-                .map_err(|e| DataFusionError::Execution(format!("{WRITE_FAILED} {to}: {e}")))?;
+            let report = part.write(input).await.map_err(|e| match e {
+                // The query's own error, as it came: Ballista reruns a lost executor's stages
+                // and retries I/O errors by their kind.
+                PartError::Input(e) => e,
+                PartError::Write(e) => {
+                    DataFusionError::Execution(format!("{WRITE_FAILED} {to}: {e}"))
+                }
+            })?;
             let json = serde_json::to_string(&report)
                 .map_err(|e| internal_datafusion_err!("export part report: {e}"))?;
             Ok(RecordBatch::try_new(
@@ -317,13 +345,17 @@ impl ExecutionPlan for ExportWriteExec {
 /// How an executor's failure to write an export begins (the client finds it in the job's error).
 pub(super) const WRITE_FAILED: &str = "an executor could not write the export to";
 
-/// The executor's own words from a failed job's error that an export could not be written
-/// (Ballista passes them on inside its debug rendering of the error chain).
+/// The executor's own words from a failed job's error that an export could not be written (the
+/// job's error in words, see `engine::cluster::readable_job_error`): from them to the end.
 pub(super) fn write_failure(message: &str) -> Option<String> {
     let start = message.find(WRITE_FAILED)?;
-    let rest = &message[start..];
-    let end = rest.find("\")").unwrap_or(rest.len());
-    Some(rest[..end].replace("\\\"", "\"").replace("\\n", "\n"))
+    Some(message[start..].trim_end().to_string())
+}
+
+/// Why a part of an export failed: its query, or writing its rows.
+enum PartError {
+    Input(DataFusionError),
+    Write(PitlakeError),
 }
 
 /// One partition's share of an export.
@@ -334,20 +366,53 @@ struct Part {
 }
 
 impl Part {
-    async fn write(self, input: SendableRecordBatchStream) -> Result<PartReport> {
-        let hash = Arc::new(Mutex::new(ContentHash::new(&input.schema())?));
+    async fn write(
+        self,
+        input: SendableRecordBatchStream,
+    ) -> std::result::Result<PartReport, PartError> {
+        let hash = Arc::new(Mutex::new(
+            ContentHash::new(&input.schema()).map_err(PartError::Write)?,
+        ));
+        // The query's first error is kept aside as it came; the writer sees a stand-in.
+        let failed: Arc<Mutex<Option<DataFusionError>>> = Arc::default();
+        let input = {
+            let (schema, failed) = (input.schema(), failed.clone());
+            let rows = input.map(move |batch| {
+                batch.map_err(|e| {
+                    let shown = e.to_string();
+                    if let Ok(mut slot) = failed.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    DataFusionError::Execution(shown)
+                })
+            });
+            Box::pin(RecordBatchStreamAdapter::new(schema, rows)) as SendableRecordBatchStream
+        };
         let rows = hashing(input, hash.clone(), None);
-        let destination = destination_with(&self.storage, &self.to)?;
-        let (file, adds) = match self.format {
-            ExportFormat::Parquet | ExportFormat::Csv => {
-                let digest = write_file_to(rows, destination, &self.to, self.format).await?;
-                (Some((digest.bytes, digest.sha256)), Vec::new())
+        let written = async {
+            let destination = destination_with(&self.storage, &self.to)?;
+            Ok::<_, PitlakeError>(match self.format {
+                ExportFormat::Parquet | ExportFormat::Csv => {
+                    let digest = write_file_to(rows, destination, &self.to, self.format).await?;
+                    (Some((digest.bytes, digest.sha256)), Vec::new())
+                }
+                ExportFormat::Delta => (None, write_delta_part(rows, destination, &self.to).await?),
+            })
+        }
+        .await;
+        let (file, adds) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                let input = failed.lock().ok().and_then(|mut slot| slot.take());
+                return Err(match input {
+                    Some(input) => PartError::Input(input),
+                    None => PartError::Write(e),
+                });
             }
-            ExportFormat::Delta => (None, write_delta_part(rows, destination, &self.to).await?),
         };
         let hash = hash
             .lock()
-            .map_err(|_| PitlakeError::Internal("export hash lock".into()))?;
+            .map_err(|_| PartError::Write(PitlakeError::Internal("export hash lock".into())))?;
         tracing::info!(
             to = %self.to,
             rows = hash.rows(),
@@ -446,7 +511,8 @@ pub(super) fn parse_reports(batches: &[RecordBatch]) -> Result<Vec<PartReport>> 
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or_else(|| PitlakeError::Internal("export reports: not text".into()))?;
-        for json in column.iter().flatten() {
+        for json in column.iter() {
+            let json = json.ok_or_else(|| PitlakeError::Internal("export report: NULL".into()))?;
             reports.push(
                 serde_json::from_str::<PartReport>(json)
                     .map_err(|e| PitlakeError::Internal(format!("export report: {e}")))?,
@@ -474,12 +540,21 @@ fn encode(to: &str, format: ExportFormat, buf: &mut Vec<u8>) -> DFResult<()> {
     serde_json::to_writer(buf, &header).map_err(|e| internal_datafusion_err!("export codec: {e}"))
 }
 
+/// Decodes an export; refuses a destination off object storage: a plan reaching an executor
+/// (from a client, or from whoever reaches the scheduler) never writes to the executor's disk.
 fn decode(buf: &[u8]) -> DFResult<Option<(String, ExportFormat)>> {
     let Some(rest) = buf.strip_prefix(MAGIC.as_slice()) else {
         return Ok(None);
     };
     let header: Header =
         serde_json::from_slice(rest).map_err(|e| internal_datafusion_err!("export codec: {e}"))?;
+    if !super::on_object_storage(&header.to) {
+        return Err(DataFusionError::Plan(format!(
+            "an export on a cluster writes to object storage (s3://, gs://, az://, abfss://), \
+             not to `{}`",
+            header.to
+        )));
+    }
     let format = ExportFormat::resolve(Some(&header.format), &header.to)
         .map_err(|e| internal_datafusion_err!("export codec: {e}"))?;
     Ok(Some((header.to, format)))
@@ -565,10 +640,19 @@ impl datafusion_proto::logical_plan::LogicalExtensionCodec for ExportLogicalCode
 
 /// Encodes and decodes [`ExportWriteExec`] (its store built with this process's `storage`
 /// settings); everything else goes to `inner`.
-#[derive(Debug)]
 pub struct ExportPhysicalCodec {
     inner: Arc<dyn datafusion_proto::physical_plan::PhysicalExtensionCodec>,
     storage: Arc<HashMap<String, String>>,
+}
+
+impl fmt::Debug for ExportPhysicalCodec {
+    /// Without the storage settings' values, which may hold keys.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExportPhysicalCodec")
+            .field("inner", &self.inner)
+            .field("storage", &self.storage.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl ExportPhysicalCodec {
@@ -754,7 +838,10 @@ mod tests {
             adds.iter()
                 .all(|a| a.stats.as_deref().is_some_and(|s| s.contains("numRecords")))
         );
-        let version = engine.commit_delta_parts(&to, &schema, adds).await.unwrap();
+        let version = engine
+            .commit_delta_parts(&to, target(&engine, &to, &schema).await, adds)
+            .await
+            .unwrap();
         assert_eq!(version, Some(0));
         let read = read_delta(&to).await;
         assert_eq!(read.iter().map(|b| b.num_rows()).sum::<usize>(), 400);
@@ -779,13 +866,97 @@ mod tests {
         let reports = run_parts(exec).await;
         let adds: Vec<_> = reports.iter().flat_map(|r| r.adds.clone()).collect();
         let version = engine
-            .commit_delta_parts(&to, &second[0][0].schema(), adds)
+            .commit_delta_parts(
+                &to,
+                target(&engine, &to, &second[0][0].schema()).await,
+                adds,
+            )
             .await
             .unwrap();
         assert_eq!(version, Some(1));
         let read = read_delta(&to).await;
         let all: Vec<RecordBatch> = second.iter().flatten().cloned().collect();
         assert_eq!(content_hash(&read), content_hash(&all));
+    }
+
+    /// What a cluster export of `schema` to `to` commits against, as the client takes it before
+    /// the job.
+    async fn target(engine: &Engine, to: &str, schema: &SchemaRef) -> super::super::DeltaTarget {
+        super::super::DeltaTarget {
+            columns: super::super::delta_columns(schema).unwrap(),
+            replaces: engine.delta_version_at(to).await,
+        }
+    }
+
+    /// Parts are not committed, and are deleted, when the table moved on while the export ran or
+    /// when a part is not where the client looks; nothing else changes.
+    #[tokio::test]
+    async fn parts_are_refused_and_deleted_when_the_table_moved_or_a_part_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(Settings::new(
+            WarehouseLocation::parse(&dir.path().join("wh").display().to_string()).unwrap(),
+        ))
+        .unwrap();
+        let to = dir.path().join("out").display().to_string();
+        let schema = batch(0, 0).schema();
+        let write = |rows: (i64, i64)| {
+            Arc::new(ExportWriteExec::new(
+                input(&[vec![batch(rows.0, rows.1)]]),
+                &to,
+                ExportFormat::Delta,
+                Arc::default(),
+            ))
+        };
+        let adds = |reports: Vec<PartReport>| -> Vec<_> {
+            reports.into_iter().flat_map(|r| r.adds).collect()
+        };
+        let parquet_files = || {
+            std::fs::read_dir(&to)
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "parquet")
+                })
+                .count()
+        };
+        // Export A begins against no table; export B creates it meanwhile.
+        let before = target(&engine, &to, &schema).await;
+        let a = adds(run_parts(write((0, 10))).await);
+        let b = adds(run_parts(write((10, 20))).await);
+        let later = target(&engine, &to, &schema).await;
+        assert_eq!(
+            engine.commit_delta_parts(&to, later, b).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(parquet_files(), 2);
+        let err = engine.commit_delta_parts(&to, before, a).await.unwrap_err();
+        assert!(
+            err.to_string().contains("another writer committed"),
+            "{err}"
+        );
+        assert_eq!(parquet_files(), 1, "A's part is deleted, B's stays");
+        assert_eq!(
+            read_delta(&to)
+                .await
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            10
+        );
+
+        // A part the client cannot find: nothing committed, the others deleted.
+        let mut c = adds(run_parts(write((20, 30))).await);
+        let mut missing = c[0].clone();
+        missing.path = "part-that-is-not-there.parquet".into();
+        c.push(missing);
+        let now = target(&engine, &to, &schema).await;
+        let err = engine.commit_delta_parts(&to, now, c).await.unwrap_err();
+        assert!(err.to_string().contains("same storage settings"), "{err}");
+        assert_eq!(parquet_files(), 1);
+        assert_eq!(engine.delta_version_at(&to).await, Some(0));
     }
 
     async fn read_delta(to: &str) -> Vec<RecordBatch> {
@@ -901,17 +1072,150 @@ mod tests {
         );
     }
 
-    /// The client finds the executor's words in Ballista's rendering of a failed job.
+    /// The client finds the executor's words in the job's error (in words already).
     #[test]
     fn a_failed_write_is_told_in_the_executors_words() {
-        let job = r#"Job 1 failed: Job failed due to stage 4 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(Execution("an executor could not write the export to s3://b/ts.parquet: object storage: \"ts.parquet\" not found\nNoSuchBucket")))))"#;
+        let job = "the cluster's job failed (job 1, stage 4): an executor could not write the \
+                   export to s3://b/ts.parquet: object storage: \"ts.parquet\") not found\n";
         assert_eq!(
             write_failure(job).as_deref(),
             Some(
                 "an executor could not write the export to s3://b/ts.parquet: object storage: \
-                 \"ts.parquet\" not found\nNoSuchBucket"
+                 \"ts.parquet\") not found"
             )
         );
-        assert_eq!(write_failure("Job 1 failed: Divide by zero"), None);
+        assert_eq!(
+            write_failure("the cluster's job failed (job 1, stage 2): Divide by zero"),
+            None
+        );
+    }
+
+    /// A plan that reaches an executor never writes to its disk: the codecs refuse any
+    /// destination off object storage, whoever built the plan.
+    #[tokio::test]
+    async fn the_codecs_refuse_destinations_off_object_storage() {
+        let ctx = SessionContext::new();
+        let plan = ctx
+            .sql("SELECT 1 AS x")
+            .await
+            .unwrap()
+            .into_optimized_plan()
+            .unwrap();
+        let logical = ExportLogicalCodec::new(Arc::new(
+            datafusion_proto::logical_plan::DefaultLogicalExtensionCodec {},
+        ));
+        let physical = ExportPhysicalCodec::new(
+            Arc::new(datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec {}),
+            HashMap::new(),
+        );
+        for to in [
+            "/etc/cron.d/x.csv",
+            "file:///tmp/x",
+            "memory:///x",
+            "relative/x.parquet",
+        ] {
+            let mut buf = Vec::new();
+            encode(to, ExportFormat::Csv, &mut buf).unwrap();
+            let err = logical
+                .try_decode(&buf, std::slice::from_ref(&plan), &ctx.task_ctx())
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("writes to object storage"),
+                "{to}: {err}"
+            );
+            let err = physical
+                .try_decode(
+                    &buf,
+                    &[input(&[vec![batch(0, 1)]])],
+                    &ctx.task_ctx(),
+                    &DefaultPhysicalProtoConverter {},
+                )
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("writes to object storage"),
+                "{to}: {err}"
+            );
+        }
+        // Debug output shows the settings' names, never their values.
+        let exec = ExportWriteExec::new(
+            input(&[vec![batch(0, 1)]]),
+            "s3://b/x",
+            ExportFormat::Delta,
+            Arc::new([("aws_secret_access_key".to_string(), "SECRET-9".to_string())].into()),
+        );
+        let shown = format!("{exec:?} {:?}", physical);
+        assert!(
+            !shown.contains("SECRET-9") && shown.contains("aws_secret_access_key"),
+            "{shown}"
+        );
+    }
+
+    /// The query's own error reaches the job as it came (Ballista retries I/O errors and reruns
+    /// lost stages by their kind), not as a failure to write; and a file export reads exactly one
+    /// partition.
+    #[tokio::test]
+    async fn a_query_error_is_not_a_write_error_and_a_file_is_one_partition() {
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+        #[derive(Debug)]
+        struct Failing(SchemaRef);
+        impl PartitionStream for Failing {
+            fn schema(&self) -> &SchemaRef {
+                &self.0
+            }
+            fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+                let rows = futures::stream::iter(vec![
+                    Ok(batch(0, 5)),
+                    Err(DataFusionError::ResourcesExhausted(
+                        "the pool is full".into(),
+                    )),
+                ]);
+                Box::pin(RecordBatchStreamAdapter::new(self.0.clone(), rows))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let schema = batch(0, 0).schema();
+        for (format, to) in [
+            (
+                ExportFormat::Delta,
+                dir.path().join("t").display().to_string(),
+            ),
+            (
+                ExportFormat::Parquet,
+                dir.path().join("t.parquet").display().to_string(),
+            ),
+        ] {
+            let failing = Arc::new(
+                StreamingTableExec::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Failing(schema.clone()))],
+                    None,
+                    Vec::<datafusion::physical_expr::LexOrdering>::new(),
+                    false,
+                    None,
+                )
+                .unwrap(),
+            );
+            let exec = Arc::new(ExportWriteExec::new(failing, &to, format, Arc::default()));
+            let ctx = SessionContext::new();
+            let err = datafusion::physical_plan::collect(exec, ctx.task_ctx())
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err.find_root(), DataFusionError::ResourcesExhausted(_)),
+                "{format:?}: {err:?}"
+            );
+            assert!(!err.to_string().contains(WRITE_FAILED), "{err}");
+            assert!(!std::path::Path::new(&to).join("_delta_log").exists());
+        }
+        assert!(!dir.path().join("t.parquet").exists(), "no half file");
+        let two = Arc::new(ExportWriteExec::new(
+            input(&[vec![batch(0, 1)], vec![batch(1, 2)]]),
+            &dir.path().join("u.parquet").display().to_string(),
+            ExportFormat::Parquet,
+            Arc::default(),
+        ));
+        let ctx = SessionContext::new();
+        assert!(two.execute(0, ctx.task_ctx()).is_err());
     }
 }
