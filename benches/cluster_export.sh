@@ -41,23 +41,9 @@ done
 "$bin" -w "$wh" sql "$setup" >/dev/null
 training="TRAINING SET LABELS labels AT label_ts FEATURES ($features)"
 
-free_port() { "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { # wait_for FILE TEXT
-  for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "no '$2' in $1:"; cat "$1"; exit 1
-}
-sched_port=$(free_port)
-"$bin" cluster scheduler --listen "127.0.0.1:$sched_port" >"$out/scheduler.out" 2>"$out/scheduler.err" &
-pids+=($!)
-wait_for "$out/scheduler.out" "listening on"
-exec_pids=()
-for i in 0 1; do
-  "$bin" --warehouse "$wh" cluster executor --scheduler "127.0.0.1:$sched_port" \
-    --listen "127.0.0.1:$(free_port)" --task-port "$(free_port)" --slots 1 --work-dir "$out/executor-$i" \
-    >"$out/executor-$i.out" 2>"$out/executor-$i.err" &
-  pids+=($!); exec_pids+=($!)
-  wait_for "$out/executor-$i.out" "ready"
-done
+PY="$VENV/bin/python"
+. benches/cluster_common.sh
+start_cluster "$wh"
 
 to="s3://pitlake-bench/$scale"
 run() { # run NAME ARGS...: appends "wall peak_kib" to $out/NAME, the content hash to $out/NAME.hash
@@ -74,13 +60,7 @@ for _ in $(seq "$reps"); do
   run cluster --cluster "df://127.0.0.1:$sched_port"
 done
 
-med() { sort -g -k"$2" "$1" | awk -v c="$2" '{a[NR]=$c} END{print a[int((NR+1)/2)]}'; }
-hwm() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-printf '%-8s %10s %18s\n' side "wall s" "client peak MiB"
-for s in single cluster; do
-  printf '%-8s %10s %18.0f\n' "$s" "$(med "$out/$s" 1)" "$(echo "$(med "$out/$s" 2) / 1024" | bc -l)"
-done
-echo "cluster / single: $(echo "scale=2; $(med "$out/cluster" 1) / $(med "$out/single" 1)" | bc)"
+print_sides
 echo "peak RSS: executors $(hwm "${exec_pids[0]}") and $(hwm "${exec_pids[1]}") MiB"
 echo "executor export parts: $(cat "$out"/executor-*.err | grep -c 'wrote an export part' || true)"
 if cmp -s "$out/single.hash" "$out/cluster.hash"; then

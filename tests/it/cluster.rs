@@ -67,13 +67,7 @@ async fn pinned_tables_read_what_deltalake_reads() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine(dir.path());
     fixture(&engine).await;
-    let (logical, _) = cluster_codecs(engine.settings());
-    let settings = engine.settings().clone();
-    let runtime = cluster_runtime(&settings, Default::default()).unwrap();
-    let remote = SessionContext::new_with_state(cluster_session_state(
-        cluster_config().with_target_partitions(3),
-        runtime,
-    ));
+    let remote = scheduler(&engine, 3);
     for sql in [
         "SELECT * FROM feats_by_region",
         "SELECT value, region FROM feats_by_region WHERE region = 'a' OR region IS NULL",
@@ -87,15 +81,10 @@ async fn pinned_tables_read_what_deltalake_reads() {
          MATCH_CONDITION (l.at < f.ts) ON l.entity IS NOT DISTINCT FROM f.entity",
     ] {
         let expected = sorted(&engine.collect(sql).await.unwrap());
-        let plan = engine.logical_plan(sql).await.unwrap();
-        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref()).unwrap();
-        let back = logical_plan_from_bytes_with_extension_codec(
-            &bytes,
-            &remote.task_ctx(),
-            logical.as_ref(),
-        )
-        .unwrap();
-        let df = remote.execute_logical_plan(back).await.unwrap();
+        let df = remote
+            .execute_logical_plan(sent(&engine, sql, &remote).await)
+            .await
+            .unwrap();
         let physical = df.clone().create_physical_plan().await.unwrap();
         let shown = displayable(physical.as_ref()).indent(true).to_string();
         assert!(
@@ -121,19 +110,36 @@ async fn pinned_tables_read_what_deltalake_reads() {
     assert_eq!(rows(&v0), vec![vec!["0".to_string()]]);
 }
 
-/// The rows of `sql` planned by `engine`, sent through the cluster codec and run in a
-/// scheduler's session (in this process).
-async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>> {
-    let (logical, _) = cluster_codecs(engine.settings());
+/// A scheduler's session (in this process) over `engine`'s storage, planning `partitions`
+/// partitions.
+fn scheduler(engine: &pitlake::Engine, partitions: usize) -> SessionContext {
     let runtime = cluster_runtime(engine.settings(), Default::default()).unwrap();
-    let remote = SessionContext::new_with_state(cluster_session_state(cluster_config(), runtime));
-    // As a cluster client sends it: each table's files pruned by its scan's filters.
+    SessionContext::new_with_state(cluster_session_state(
+        cluster_config().with_target_partitions(partitions),
+        runtime,
+    ))
+}
+
+/// `sql` planned by `engine` as a cluster client sends it (each table's files pruned by its
+/// scan's filters), through the cluster codec, as `remote` decodes it.
+async fn sent(
+    engine: &pitlake::Engine,
+    sql: &str,
+    remote: &SessionContext,
+) -> datafusion::logical_expr::LogicalPlan {
+    let (logical, _) = cluster_codecs(engine.settings());
     let plan =
         pitlake::engine::prune_cluster_files(engine.logical_plan(sql).await.unwrap()).unwrap();
     let bytes = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref()).unwrap();
-    let back =
-        logical_plan_from_bytes_with_extension_codec(&bytes, &remote.task_ctx(), logical.as_ref())
-            .unwrap();
+    logical_plan_from_bytes_with_extension_codec(&bytes, &remote.task_ctx(), logical.as_ref())
+        .unwrap()
+}
+
+/// The rows of `sql` planned by `engine`, sent through the cluster codec and run in a
+/// scheduler's session (in this process).
+async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>> {
+    let remote = scheduler(engine, 2);
+    let back = sent(engine, sql, &remote).await;
     sorted(
         &remote
             .execute_logical_plan(back)
@@ -377,9 +383,7 @@ async fn pinned_tables_leave_out_the_files_the_filters_exclude() {
     ] {
         engine.sql(sql).await.unwrap();
     }
-    let (logical, _) = cluster_codecs(engine.settings());
-    let runtime = cluster_runtime(engine.settings(), Default::default()).unwrap();
-    let remote = SessionContext::new_with_state(cluster_session_state(cluster_config(), runtime));
+    let remote = scheduler(&engine, 2);
     for (filter, files) in [
         ("t > TIMESTAMP '2024-01-15 00:00:00'", 2),
         ("t >= TIMESTAMP '2024-03-01 00:00:00' AND k > 0", 1),
@@ -392,15 +396,7 @@ async fn pinned_tables_leave_out_the_files_the_filters_exclude() {
         ("k > 1 OR s = 'a'", 3),
     ] {
         let sql = format!("SELECT k FROM ev WHERE {filter}");
-        let plan =
-            pitlake::engine::prune_cluster_files(engine.logical_plan(&sql).await.unwrap()).unwrap();
-        let bytes = logical_plan_to_bytes_with_extension_codec(&plan, logical.as_ref()).unwrap();
-        let back = logical_plan_from_bytes_with_extension_codec(
-            &bytes,
-            &remote.task_ctx(),
-            logical.as_ref(),
-        )
-        .unwrap();
+        let back = sent(&engine, &sql, &remote).await;
         let mut pinned = Vec::new();
         back.apply(|node| {
             if let LogicalPlan::TableScan(scan) = node {

@@ -1012,10 +1012,8 @@ mod tests {
         assert_eq!(read, vec![batch(0, 30)]);
     }
 
-    /// Both nodes travel through the codecs: the logical node as it is, the physical one with
-    /// the decoding process's storage settings, never the encoder's.
-    #[tokio::test]
-    async fn exports_round_trip_through_the_codecs() {
+    /// A session, a one-row plan and the logical codec over DataFusion's own.
+    async fn codec_fixture() -> (SessionContext, LogicalPlan, ExportLogicalCodec) {
         let ctx = SessionContext::new();
         let plan = ctx
             .sql("SELECT 1 AS x")
@@ -1023,10 +1021,18 @@ mod tests {
             .unwrap()
             .into_optimized_plan()
             .unwrap();
-        let node = ExportWrite::new(plan.clone(), "s3://b/ts", ExportFormat::Delta).unwrap();
         let logical = ExportLogicalCodec::new(Arc::new(
             datafusion_proto::logical_plan::DefaultLogicalExtensionCodec {},
         ));
+        (ctx, plan, logical)
+    }
+
+    /// Both nodes travel through the codecs: the logical node as it is, the physical one with
+    /// the decoding process's storage settings, never the encoder's.
+    #[tokio::test]
+    async fn exports_round_trip_through_the_codecs() {
+        let (ctx, plan, logical) = codec_fixture().await;
+        let node = ExportWrite::new(plan.clone(), "s3://b/ts", ExportFormat::Delta).unwrap();
         let mut buf = Vec::new();
         logical
             .try_encode(
@@ -1094,16 +1100,7 @@ mod tests {
     /// destination off object storage, whoever built the plan.
     #[tokio::test]
     async fn the_codecs_refuse_destinations_off_object_storage() {
-        let ctx = SessionContext::new();
-        let plan = ctx
-            .sql("SELECT 1 AS x")
-            .await
-            .unwrap()
-            .into_optimized_plan()
-            .unwrap();
-        let logical = ExportLogicalCodec::new(Arc::new(
-            datafusion_proto::logical_plan::DefaultLogicalExtensionCodec {},
-        ));
+        let (ctx, plan, logical) = codec_fixture().await;
         let physical = ExportPhysicalCodec::new(
             Arc::new(datafusion_proto::physical_plan::DefaultPhysicalExtensionCodec {}),
             HashMap::new(),
