@@ -526,10 +526,28 @@ fn output_info(
 }
 
 /// What a Delta export on a cluster commits to: the table's columns in Delta's types, and the
-/// version it replaces (`None`: it creates the table).
+/// version it replaces (`None`: it creates the table) and that version's table properties, which
+/// the new version keeps.
 pub(super) struct DeltaTarget {
     columns: deltalake::kernel::StructType,
     replaces: Option<i64>,
+    properties: HashMap<String, String>,
+}
+
+impl DeltaTarget {
+    /// The target of an export of `schema` to `to`, as the table is now.
+    async fn of(engine: &Engine, to: &str, schema: &SchemaRef) -> Result<Self> {
+        let table = engine.delta_table_at(to).await;
+        Ok(Self {
+            columns: delta_columns(schema)?,
+            replaces: table.as_ref().and_then(|t| t.version()).map(|v| v as i64),
+            properties: table
+                .as_ref()
+                .and_then(|t| t.snapshot().ok())
+                .map(|s| s.metadata().configuration().clone())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 /// A query's schema as the columns of the Delta table an export writes.
@@ -705,10 +723,7 @@ impl Engine {
             // writes, the table's schema in Delta's types, and the version the export replaces.
             ExportFormat::Delta => {
                 output_store(self, to)?.check_commit_safety().await?;
-                let target = DeltaTarget {
-                    columns: delta_columns(&schema)?,
-                    replaces: self.delta_version_at(to).await,
-                };
+                let target = DeltaTarget::of(self, to, &schema).await?;
                 (without_final_sort(plan)?, Some(target))
             }
             ExportFormat::Parquet | ExportFormat::Csv => (plan, None),
@@ -774,9 +789,14 @@ impl Engine {
 
     /// The latest version of the Delta table at `to`, `None` when there is none yet.
     pub(super) async fn delta_version_at(&self, to: &str) -> Option<i64> {
+        self.delta_table_at(to).await?.version().map(|v| v as i64)
+    }
+
+    /// The Delta table at `to`, loaded at its latest version; `None` when there is none yet.
+    async fn delta_table_at(&self, to: &str) -> Option<deltalake::DeltaTable> {
         let mut table = self.delta_output(to).ok()?;
         table.load().await.ok()?;
-        table.version().map(|v| v as i64)
+        Some(table)
     }
 
     /// Commits data files written by the executors as the one new version of the Delta table at
@@ -823,6 +843,10 @@ impl Engine {
         let committed = deltalake::operations::create::CreateBuilder::new()
             .with_log_store(table.log_store())
             .with_columns(target.columns.fields().cloned())
+            // The replaced version's table properties (retention, checkpoints, the user's own)
+            // carry over, as a single-node export's WRITE keeps them.
+            .with_configuration(target.properties.into_iter().map(|(k, v)| (k, Some(v))))
+            .with_raise_if_key_not_exists(false)
             .with_save_mode(deltalake::protocol::SaveMode::Overwrite)
             .with_actions(adds.iter().cloned().map(deltalake::kernel::Action::Add))
             .with_commit_properties(single_attempt())

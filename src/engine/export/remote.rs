@@ -838,10 +838,13 @@ mod tests {
             adds.iter()
                 .all(|a| a.stats.as_deref().is_some_and(|s| s.contains("numRecords")))
         );
-        let version = engine
-            .commit_delta_parts(&to, target(&engine, &to, &schema).await, adds)
-            .await
-            .unwrap();
+        // Created with a table property (as a user might have set one on an earlier version).
+        let mut first = target(&engine, &to, &schema).await;
+        first.properties.insert(
+            "delta.logRetentionDuration".into(),
+            "interval 60 days".into(),
+        );
+        let version = engine.commit_delta_parts(&to, first, adds).await.unwrap();
         assert_eq!(version, Some(0));
         let read = read_delta(&to).await;
         assert_eq!(read.iter().map(|b| b.num_rows()).sum::<usize>(), 400);
@@ -877,15 +880,28 @@ mod tests {
         let read = read_delta(&to).await;
         let all: Vec<RecordBatch> = second.iter().flatten().cloned().collect();
         assert_eq!(content_hash(&read), content_hash(&all));
+        // The replaced version's table properties carry over.
+        let table = deltalake::open_table(url::Url::from_directory_path(&to).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            table
+                .snapshot()
+                .unwrap()
+                .metadata()
+                .configuration()
+                .get("delta.logRetentionDuration")
+                .map(String::as_str),
+            Some("interval 60 days")
+        );
     }
 
     /// What a cluster export of `schema` to `to` commits against, as the client takes it before
     /// the job.
     async fn target(engine: &Engine, to: &str, schema: &SchemaRef) -> super::super::DeltaTarget {
-        super::super::DeltaTarget {
-            columns: super::super::delta_columns(schema).unwrap(),
-            replaces: engine.delta_version_at(to).await,
-        }
+        super::super::DeltaTarget::of(engine, to, schema)
+            .await
+            .unwrap()
     }
 
     /// Parts are not committed, and are deleted, when the table moved on while the export ran or
