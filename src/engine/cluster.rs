@@ -503,5 +503,21 @@ mod tests {
                 "{message}"
             );
         }
+        // Deeply nested, unterminated, oversized and non-ASCII chains are read in one pass:
+        // words or nothing, never a panic.
+        let prefix = "Job 1 failed: Job failed due to stage 1 failed: Task failed due to \
+                      runtime execution error: ";
+        let nested = format!(
+            "{prefix}{}DivideByZero{}",
+            "E(".repeat(100_000),
+            ")".repeat(100_000)
+        );
+        assert_eq!(
+            readable_job_message(&nested).as_deref(),
+            Some("the cluster's job failed (job 1, stage 1): Divide by zero")
+        );
+        let long = format!("{prefix}Execution(\"{}", "é\\u{".repeat(1 << 20));
+        assert!(readable_job_message(&long).is_some());
+        assert_eq!(readable_job_message(&format!("{prefix}(((")), None);
     }
 }

@@ -135,20 +135,28 @@ async fn sent(
         .unwrap()
 }
 
-/// The rows of `sql` planned by `engine`, sent through the cluster codec and run in a
-/// scheduler's session (in this process).
-async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>> {
-    let remote = scheduler(engine, 2);
-    let back = sent(engine, sql, &remote).await;
+/// The rows of `plan` run in `remote`, sorted.
+async fn run_sorted(
+    remote: &SessionContext,
+    plan: datafusion::logical_expr::LogicalPlan,
+) -> Vec<Vec<String>> {
     sorted(
         &remote
-            .execute_logical_plan(back)
+            .execute_logical_plan(plan)
             .await
             .unwrap()
             .collect()
             .await
             .unwrap(),
     )
+}
+
+/// The rows of `sql` planned by `engine`, sent through the cluster codec and run in a
+/// scheduler's session (in this process).
+async fn through_pinned(engine: &pitlake::Engine, sql: &str) -> Vec<Vec<String>> {
+    let remote = scheduler(engine, 2);
+    let back = sent(engine, sql, &remote).await;
+    run_sorted(&remote, back).await
 }
 
 /// Tables written by other engines (DAT: partitioned, multi-partitioned, a schema change),
@@ -410,15 +418,7 @@ async fn pinned_tables_leave_out_the_files_the_filters_exclude() {
         })
         .unwrap();
         assert_eq!(pinned, vec![files], "{filter}");
-        let got = sorted(
-            &remote
-                .execute_logical_plan(back)
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap(),
-        );
+        let got = run_sorted(&remote, back).await;
         assert_eq!(
             got,
             sorted(&engine.collect(&sql).await.unwrap()),

@@ -795,18 +795,24 @@ mod tests {
         hash.finish()
     }
 
-    /// Every partition writes its own Delta parts; the client commits them as one version, which
-    /// holds exactly the rows (by content hash and count) — created first, then replaced with
-    /// other rows and another schema by a second export, each time with the merged hash of the
-    /// reports equal to the rows'.
-    #[tokio::test]
-    async fn delta_parts_written_per_partition_commit_as_one_version() {
+    /// A client engine over a fresh warehouse, and a Delta destination beside it.
+    fn engine_and_destination() -> (tempfile::TempDir, Engine, String) {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::new(Settings::new(
             WarehouseLocation::parse(&dir.path().join("wh").display().to_string()).unwrap(),
         ))
         .unwrap();
         let to = dir.path().join("out").display().to_string();
+        (dir, engine, to)
+    }
+
+    /// Every partition writes its own Delta parts; the client commits them as one version, which
+    /// holds exactly the rows (by content hash and count) — created first, then replaced with
+    /// other rows and another schema by a second export, each time with the merged hash of the
+    /// reports equal to the rows'.
+    #[tokio::test]
+    async fn delta_parts_written_per_partition_commit_as_one_version() {
+        let (_dir, engine, to) = engine_and_destination();
         let first = vec![
             vec![batch(0, 100), batch(100, 150)],
             vec![],
@@ -908,12 +914,7 @@ mod tests {
     /// when a part is not where the client looks; nothing else changes.
     #[tokio::test]
     async fn parts_are_refused_and_deleted_when_the_table_moved_or_a_part_is_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(Settings::new(
-            WarehouseLocation::parse(&dir.path().join("wh").display().to_string()).unwrap(),
-        ))
-        .unwrap();
-        let to = dir.path().join("out").display().to_string();
+        let (_dir, engine, to) = engine_and_destination();
         let schema = batch(0, 0).schema();
         let write = |rows: (i64, i64)| {
             Arc::new(ExportWriteExec::new(
@@ -1149,6 +1150,25 @@ mod tests {
                 "{to}: {err}"
             );
         }
+        // Bytes after the magic that are not a header (garbage, deeply nested, the wrong type)
+        // are an error, never a panic; an oversized destination decodes as what it is.
+        let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        for rest in [&b"\xff\x00{"[..], nested.as_bytes(), br#"{"to":1}"#] {
+            let buf = [MAGIC.as_slice(), rest].concat();
+            assert!(
+                logical
+                    .try_decode(&buf, std::slice::from_ref(&plan), &ctx.task_ctx())
+                    .is_err()
+            );
+        }
+        let long = format!("s3://b/{}", "x".repeat(8 << 20));
+        let mut buf = Vec::new();
+        encode(&long, ExportFormat::Delta, &mut buf).unwrap();
+        let decoded = logical
+            .try_decode(&buf, std::slice::from_ref(&plan), &ctx.task_ctx())
+            .unwrap();
+        let decoded = decoded.node.as_any().downcast_ref::<ExportWrite>().unwrap();
+        assert_eq!(decoded.to.len(), long.len());
         // Debug output shows the settings' names, never their values.
         let exec = ExportWriteExec::new(
             input(&[vec![batch(0, 1)]]),
