@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use super::exec::{AsOfJoinExec, AsOfJoinMode};
 use super::logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
-use super::window::{AggFunction, PhysicalWindowAggregate, WindowAggregate, WindowJoinExec};
+use super::window::{
+    AggFunction, PhysicalWindowAggregate, WindowAggregate, WindowBuild, WindowJoinExec,
+};
 
 const MAGIC: &[u8; 8] = b"PLASOF01";
 
@@ -70,6 +72,9 @@ struct Header {
     /// Physical: a window join's output schema (`datafusion-proto`).
     #[serde(default)]
     output_schema: Option<Vec<u8>>,
+    /// Physical: a window join that indexes its left side (`WindowBuild::Left`).
+    #[serde(default)]
+    left_build: bool,
 }
 
 /// One aggregate of a window join.
@@ -206,6 +211,7 @@ fn header(
         aggregates: Vec::new(),
         aggregate_qualifier: None,
         output_schema: None,
+        left_build: false,
     }
 }
 
@@ -634,6 +640,7 @@ impl AsOfPhysicalCodec {
             join.known_at().is_some(),
         );
         header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
+        header.left_build = join.build() == WindowBuild::Left;
         header.aggregates = join
             .aggregates()
             .iter()
@@ -707,7 +714,13 @@ impl AsOfPhysicalCodec {
             aggregates,
             Arc::new(Schema::try_from(&schema)?),
         )?;
-        Ok(Arc::new(exec.with_mode(mode_from(header))))
+        let build = match header.left_build {
+            true => WindowBuild::Left,
+            false => WindowBuild::Right,
+        };
+        Ok(Arc::new(
+            exec.with_mode(mode_from(header)).with_build(build),
+        ))
     }
 }
 

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::JoinType;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -32,6 +32,7 @@ use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, SpillMetrics,
 };
 use datafusion::physical_plan::spill::SpillManager;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::{
     RecordBatchReceiverStreamBuilder, RecordBatchStreamAdapter,
 };
@@ -42,6 +43,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt};
 
 use super::kernel::{KernelAggregate, WindowIndex, WindowIndexBuilder, WindowSpec};
+use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
@@ -91,6 +93,27 @@ enum Built {
     Spilled(SpilledRight),
 }
 
+/// Which input a window join indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowBuild {
+    /// The right rows by key and time ([`WindowIndex`]); the left streams through. Computes
+    /// every aggregate.
+    Right,
+    /// The left rows by key and time ([`LabelIndex`]); the right streams through once, each
+    /// row added to the windows that hold it, and the left comes out when the right is done.
+    /// For the aggregates [`left_build_computes`] takes, when the left is not the larger input.
+    Left,
+}
+
+impl fmt::Display for WindowBuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WindowBuild::Right => "right",
+            WindowBuild::Left => "left",
+        })
+    }
+}
+
 /// The window join operator. Build it with [`WindowJoinExec::try_new`].
 #[derive(Debug)]
 pub struct WindowJoinExec {
@@ -107,6 +130,12 @@ pub struct WindowJoinExec {
     aggregates: Vec<PhysicalWindowAggregate>,
     spec: WindowSpec,
     mode: AsOfJoinMode,
+    build: WindowBuild,
+    /// With the left indexed: the right rows put in key order at once.
+    chunk_rows: usize,
+    /// Per aggregate: its argument's type, and the first aggregate with the same argument.
+    arg_types: Vec<Option<DataType>>,
+    same_arg: Vec<usize>,
     schema: SchemaRef,
     cache: Arc<PlanProperties>,
     built: Arc<tokio::sync::OnceCell<Arc<Built>>>,
@@ -182,6 +211,19 @@ impl WindowJoinExec {
                 })
                 .collect(),
         };
+        let arg_types = aggregates
+            .iter()
+            .map(|a| a.arg.as_ref().map(|e| e.data_type(&rs)).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let same_arg = aggregates
+            .iter()
+            .enumerate()
+            .map(|(a, agg)| {
+                (0..a)
+                    .find(|&b| aggregates[b].arg.is_some() && aggregates[b].arg == agg.arg)
+                    .unwrap_or(a)
+            })
+            .collect();
         let agg_schema = Arc::new(Schema::new(schema.fields()[ls.fields().len()..].to_vec()));
         let mut eq = join_equivalence_properties(
             left.equivalence_properties().clone(),
@@ -199,7 +241,7 @@ impl WindowJoinExec {
             EmissionType::Incremental,
             left.boundedness(),
         ));
-        Ok(Self {
+        let mut join = Self {
             left,
             right,
             on,
@@ -212,12 +254,66 @@ impl WindowJoinExec {
             aggregates,
             spec,
             mode: AsOfJoinMode::SharedBuild,
+            build: WindowBuild::Right,
+            chunk_rows: LabelIndex::CHUNK_ROWS,
+            arg_types,
+            same_arg,
             schema,
             cache,
             built: Arc::default(),
             spill_turn: Arc::default(),
             metrics: ExecutionPlanMetricsSet::new(),
-        })
+        };
+        let build = join.natural_build();
+        join = join.with_build(build);
+        Ok(join)
+    }
+
+    /// The side to index when nothing says otherwise: the left when it can compute every
+    /// aggregate and the inputs' statistics do not say the left is the larger (the usual
+    /// training set: fewer labels than events).
+    fn natural_build(&self) -> WindowBuild {
+        if !self.left_build_computes() {
+            return WindowBuild::Right;
+        }
+        let rows = |plan: &Arc<dyn ExecutionPlan>| {
+            StatisticsContext::new()
+                .compute(plan.as_ref(), &StatisticsArgs::new())
+                .ok()
+                .and_then(|s| s.num_rows.get_value().copied())
+        };
+        match (rows(&self.left), rows(&self.right)) {
+            (Some(left), Some(right)) if left > right => WindowBuild::Right,
+            _ => WindowBuild::Left,
+        }
+    }
+
+    fn left_build_computes(&self) -> bool {
+        self.aggregates
+            .iter()
+            .zip(&self.arg_types)
+            .all(|(a, t)| left_build_computes(a.function, t.as_ref()))
+    }
+
+    /// The same join indexing `build`'s side; [`WindowBuild::Left`] only where it computes every
+    /// aggregate (else the join stays [`WindowBuild::Right`]).
+    pub fn with_build(mut self, build: WindowBuild) -> Self {
+        self.build = match build {
+            WindowBuild::Left if self.left_build_computes() => WindowBuild::Left,
+            _ => WindowBuild::Right,
+        };
+        let emission = match self.build {
+            WindowBuild::Right => EmissionType::Incremental,
+            WindowBuild::Left => EmissionType::Final,
+        };
+        let properties = self.cache.as_ref().clone().with_emission_type(emission);
+        self.cache = Arc::new(properties);
+        self
+    }
+
+    /// Which side the join indexes.
+    pub fn build(&self) -> WindowBuild {
+        self.build
     }
 
     fn rebuild(&self, left: Arc<dyn ExecutionPlan>, right: Arc<dyn ExecutionPlan>) -> Result<Self> {
@@ -234,7 +330,16 @@ impl WindowJoinExec {
             self.aggregates.clone(),
             self.schema.clone(),
         )?
-        .with_mode(self.mode))
+        .with_mode(self.mode)
+        .with_build(self.build)
+        .with_chunk_rows(self.chunk_rows))
+    }
+
+    /// With the left indexed, the right rows put in key order at once (tests use a few, to
+    /// run many chunks).
+    pub(crate) fn with_chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.max(1);
+        self
     }
 
     /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
@@ -401,6 +506,215 @@ impl BuildJob {
     }
 }
 
+/// What one output partition runs.
+struct PartitionRun {
+    job: BuildJob,
+    built: Arc<tokio::sync::OnceCell<Arc<Built>>>,
+    co_partitioned: bool,
+    sides: Arc<Sides>,
+    schema: SchemaRef,
+    baseline: BaselineMetrics,
+    spill: SpillRun,
+}
+
+/// What indexing the left needs beyond [`Sides`].
+struct LabelJob {
+    arg_types: Vec<Option<DataType>>,
+    same_arg: Vec<usize>,
+    output_types: Vec<DataType>,
+    /// The right rows put in key order at once ([`LabelIndex::CHUNK_ROWS`]).
+    chunk_rows: usize,
+}
+
+impl PartitionRun {
+    /// The right side indexed (or in bucket files), the left streamed through it.
+    async fn index_right(
+        self,
+        left: SendableRecordBatchStream,
+    ) -> Result<SendableRecordBatchStream> {
+        let PartitionRun {
+            job,
+            built,
+            co_partitioned,
+            sides,
+            schema,
+            baseline,
+            spill,
+        } = self;
+        // Co-partitioned: this partition's own index; else one shared by every partition.
+        let built = if co_partitioned {
+            job.run(spill.context.clone()).await?
+        } else {
+            built
+                .get_or_try_init(|| job.run(spill.context.clone()))
+                .await?
+                .clone()
+        };
+        if let Built::Spilled(right) = built.as_ref() {
+            let sides = sides.as_ref().clone();
+            return spilled_window(left, right, &sides, schema, spill).await;
+        }
+        // Up to one left batch per core at once, each on a task of its own, in the order they
+        // came: a left in one partition (a labels file of one Parquet row group) still uses
+        // every core.
+        let parallel = crate::asof::cores();
+        let batch_schema = schema.clone();
+        let stream = left
+            .map(move |batch| {
+                let (built, sides, schema, baseline) = (
+                    built.clone(),
+                    sides.clone(),
+                    batch_schema.clone(),
+                    baseline.clone(),
+                );
+                SpawnedTask::spawn(async move {
+                    let batch = batch?;
+                    let Built::InMemory { index, .. } = built.as_ref() else {
+                        return internal_err!("window join: probing a spilled side");
+                    };
+                    let timer = baseline.elapsed_compute().timer();
+                    let columns = sides.aggregate(index, &batch)?;
+                    let out = RecordBatch::try_new(schema, columns)?;
+                    timer.done();
+                    baseline.record_output(out.num_rows());
+                    Ok(out)
+                })
+            })
+            .buffered(parallel)
+            .map(|joined| joined.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+
+    /// The left side indexed, the right streamed through it once (each right partition by a
+    /// task of its own, into accumulators they share); the left comes out in its order. A left side that does not fit in memory goes the other way
+    /// ([`PartitionRun::index_right`], which spills), with the batches already read.
+    async fn index_left(
+        self,
+        mut left: SendableRecordBatchStream,
+        labels: LabelJob,
+    ) -> Result<SendableRecordBatchStream> {
+        let context = self.spill.context.clone();
+        let reservation =
+            MemoryConsumer::new("WindowJoinExec[left index]").register(context.memory_pool());
+        let started = std::time::Instant::now();
+        let mut held: Vec<RecordBatch> = Vec::new();
+        let left_schema = left.schema();
+        let give_up = |held: Vec<RecordBatch>, rest: SendableRecordBatchStream| {
+            tracing::debug!(
+                target: "pitlake::window",
+                "window join: the left side does not fit in memory; indexing the right"
+            );
+            let stream = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
+            Box::pin(RecordBatchStreamAdapter::new(left_schema.clone(), stream))
+                as SendableRecordBatchStream
+        };
+        while let Some(batch) = left.next().await {
+            let batch = batch?;
+            if reservation.try_grow(batch.get_array_memory_size()).is_err() {
+                held.push(batch);
+                drop(reservation);
+                return self.index_right(give_up(held, left)).await;
+            }
+            held.push(batch);
+        }
+        let arrays = held
+            .iter()
+            .map(|b| self.sides.left_arrays(b))
+            .collect::<Result<Vec<_>>>()?;
+        let index = LabelIndex::new(
+            self.sides.spec.clone(),
+            &labels.arg_types,
+            &labels.same_arg,
+            &arrays,
+        )?;
+        drop(arrays);
+        let tasks = self.job.partitions.len();
+        // The accumulators, and per task a chunk of right rows in key order.
+        let chunk = labels.chunk_rows.min(LabelIndex::CHUNK_ROWS);
+        let wanted = index.memory_size()
+            + index.accumulators_size()
+            + tasks * chunk * LabelIndex::CHUNK_ROW_BYTES;
+        if reservation.try_grow(wanted).is_err() {
+            drop((index, reservation));
+            let rest: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+                left_schema.clone(),
+                futures::stream::empty(),
+            ));
+            return self.index_right(give_up(held, rest)).await;
+        }
+        let indexed = started.elapsed();
+        MetricBuilder::new(&self.spill.metrics)
+            .counter("left_index_rows", self.spill.partition)
+            .add(held.iter().map(|b| b.num_rows()).sum());
+        let index = Arc::new(index);
+        let shared = Arc::new(std::sync::Mutex::new(index.accumulators()));
+        let mut handles = Vec::with_capacity(tasks);
+        let chunk_limit = labels.chunk_rows;
+        for &p in &self.job.partitions {
+            let mut stream = self.job.right.execute(p, context.clone())?;
+            let (index, shared, sides, rows) = (
+                index.clone(),
+                shared.clone(),
+                self.sides.clone(),
+                self.job.build_rows.clone(),
+            );
+            handles.push(SpawnedTask::spawn(async move {
+                let mut scratch = Scratch::default();
+                // Batches gathered into chunks, each put in key order as a whole.
+                let (mut chunk, mut chunk_rows) = (Vec::new(), 0);
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    rows.add(batch.num_rows());
+                    chunk_rows += batch.num_rows();
+                    chunk.push(sides.right_arrays(&batch)?);
+                    if chunk_rows >= chunk_limit {
+                        index.apply(&shared, &mut scratch, &chunk)?;
+                        (chunk, chunk_rows) = (Vec::new(), 0);
+                    }
+                }
+                index.apply(&shared, &mut scratch, &chunk)
+            }));
+        }
+        for handle in handles {
+            handle
+                .join()
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+        }
+        let Some(all) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
+            return internal_err!("window join: the accumulators are still shared");
+        };
+        let streamed = started.elapsed();
+        let timer = self.baseline.elapsed_compute().timer();
+        let columns = index.finish(all, &labels.output_types)?;
+        timer.done();
+        tracing::debug!(
+            target: "pitlake::window",
+            left_rows = columns.first().map_or(0, |c| c.len()),
+            indexed_ms = indexed.as_millis() as u64,
+            streamed_ms = (streamed - indexed).as_millis() as u64,
+            finished_ms = (started.elapsed() - streamed).as_millis() as u64,
+            "window join: left indexed, right streamed"
+        );
+        let mut out = Vec::with_capacity(held.len());
+        let mut offset = 0;
+        for batch in held {
+            let n = batch.num_rows();
+            let mut all = batch.columns().to_vec();
+            all.extend(columns.iter().map(|c| c.slice(offset, n)));
+            offset += n;
+            let joined = RecordBatch::try_new(self.schema.clone(), all)?;
+            self.baseline.record_output(n);
+            out.push(Ok(joined));
+        }
+        drop(reservation);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(out),
+        )))
+    }
+}
+
 #[expect(
     deprecated,
     reason = "ExecutionPlan still requires its deprecated methods to be implemented"
@@ -424,7 +738,12 @@ impl ExecutionPlan for WindowJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        self.mode.distributions(&self.on)
+        let mut distributions = self.mode.distributions(&self.on);
+        // Indexing the left, one task indexes all of it: every right row is read once.
+        if self.build == WindowBuild::Left && self.mode == AsOfJoinMode::SharedBuild {
+            distributions[0] = Distribution::SinglePartition;
+        }
+        distributions
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
@@ -492,69 +811,38 @@ impl ExecutionPlan for WindowJoinExec {
             build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
             spill: SpillMetrics::new(&self.metrics, partition),
         };
-        let built = self.built.clone();
+        let run = PartitionRun {
+            job,
+            built: self.built.clone(),
+            co_partitioned,
+            sides: Arc::new(sides),
+            schema: self.schema.clone(),
+            baseline: BaselineMetrics::new(&self.metrics, partition),
+            spill: SpillRun {
+                context,
+                metrics: self.metrics.clone(),
+                partition,
+                turn: self.spill_turn.clone(),
+            },
+        };
+        // Indexing the left needs all of it: one partition, or this partition's keys alone.
+        let left_build = self.build == WindowBuild::Left
+            && (co_partitioned || self.left.output_partitioning().partition_count() == 1);
+        let labels = LabelJob {
+            chunk_rows: self.chunk_rows,
+            arg_types: self.arg_types.clone(),
+            same_arg: self.same_arg.clone(),
+            output_types: self.schema.fields()[self.left.schema().fields().len()..]
+                .iter()
+                .map(|f| f.data_type().clone())
+                .collect(),
+        };
         let schema = self.schema.clone();
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let metrics = self.metrics.clone();
-        let turn = self.spill_turn.clone();
-        let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
-            // Co-partitioned: this partition's own index; else one shared by every partition.
-            let built = if co_partitioned {
-                job.run(context.clone()).await?
-            } else {
-                built
-                    .get_or_try_init(|| job.run(context.clone()))
-                    .await?
-                    .clone()
-            };
-            let batches: SendableRecordBatchStream = match built.as_ref() {
-                Built::Spilled(right) => {
-                    let run = SpillRun {
-                        context,
-                        metrics,
-                        partition,
-                        turn,
-                    };
-                    spilled_window(left, right, &sides, out_schema, run).await?
-                }
-                Built::InMemory { .. } => {
-                    // Up to one left batch per core at once, each on a task of its own, in the
-                    // order they came: a left in one partition (a labels file of one Parquet
-                    // row group) still uses every core.
-                    let parallel = crate::asof::cores();
-                    let built = built.clone();
-                    let batch_schema = out_schema.clone();
-                    let sides = Arc::new(sides);
-                    let stream = left
-                        .map(move |batch| {
-                            let (built, sides, schema, baseline) = (
-                                built.clone(),
-                                sides.clone(),
-                                batch_schema.clone(),
-                                baseline.clone(),
-                            );
-                            SpawnedTask::spawn(async move {
-                                let batch = batch?;
-                                let Built::InMemory { index, .. } = built.as_ref() else {
-                                    return internal_err!("window join: probing a spilled side");
-                                };
-                                let timer = baseline.elapsed_compute().timer();
-                                let columns = sides.aggregate(index, &batch)?;
-                                let out = RecordBatch::try_new(schema, columns)?;
-                                timer.done();
-                                baseline.record_output(out.num_rows());
-                                Ok(out)
-                            })
-                        })
-                        .buffered(parallel)
-                        .map(|joined| {
-                            joined.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?
-                        });
-                    Box::pin(RecordBatchStreamAdapter::new(out_schema.clone(), stream))
-                }
-            };
-            Ok::<_, DataFusionError>(batches)
+            match left_build {
+                true => run.index_left(left, labels).await,
+                false => run.index_right(left).await,
+            }
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
@@ -590,6 +878,9 @@ impl DisplayAs for WindowJoinExec {
         }
         if self.mode != AsOfJoinMode::SharedBuild {
             write!(f, ", mode={}", self.mode)?;
+        }
+        if self.build == WindowBuild::Left {
+            write!(f, ", build=left")?;
         }
         if self.on.is_empty() {
             write!(f, ", mode=single")?;

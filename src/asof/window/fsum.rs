@@ -3,6 +3,9 @@
 //! or ties). Shewchuk's algorithm: the running sum is kept as a list of non-overlapping partial
 //! sums, each addition exact (two-sum); the result is their sum rounded half to even.
 
+/// Beyond this magnitude a partial sum could overflow: 2^1021 (times 1 - 2^-53).
+pub(super) const BIG: f64 = f64::MAX / 8.0;
+
 /// Accumulates floats exactly. NaN and infinities follow IEEE addition: any NaN, or both
 /// infinities, give NaN; one infinity gives it. A sum whose exact value overflows `f64` is
 /// ±infinity.
@@ -42,7 +45,6 @@ impl ExactSum {
         }
         // Partial sums stay below 3 * 2^1021 while every value and partial is below 2^1021, so
         // no step can overflow; beyond that, keep every value and sum them sorted at the end.
-        const BIG: f64 = f64::MAX / 8.0; // 2^1021 (times 1 - 2^-53)
         if self.overflow || x.abs() >= BIG || self.partials.last().is_some_and(|p| p.abs() >= BIG) {
             if !self.overflow {
                 self.overflow = true;
@@ -70,6 +72,15 @@ impl ExactSum {
         self.partials.push(x);
     }
 
+    /// A sum whose partial sums are `partials` (non-overlapping, by increasing magnitude, as
+    /// [`ExactSum::add`] leaves them).
+    pub(super) fn from_partials(partials: &[f64]) -> Self {
+        Self {
+            partials: partials.to_vec(),
+            ..Self::default()
+        }
+    }
+
     /// The correctly rounded sum (0.0 for no values).
     pub fn value(&self) -> f64 {
         if self.has_special {
@@ -81,34 +92,39 @@ impl ExactSum {
             values.sort_by(f64::total_cmp);
             return values.iter().sum();
         }
-        let p = &self.partials;
-        let Some(mut n) = p.len().checked_sub(1) else {
-            return 0.0;
-        };
-        let mut hi = p[n];
-        let mut lo = 0.0;
-        while n > 0 {
-            let x = hi;
-            n -= 1;
-            let y = p[n];
-            hi = x + y;
-            let yr = hi - x;
-            lo = y - yr;
-            if lo != 0.0 {
-                break;
-            }
-        }
-        // Round half to even: if the rest has the same sign as `lo`, `hi` may need to move.
-        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
-            let y = lo * 2.0;
-            let x = hi + y;
-            let yr = x - hi;
-            if y == yr {
-                hi = x;
-            }
-        }
-        hi
+        round_partials(&self.partials)
     }
+}
+
+/// The correctly rounded sum of Shewchuk partial sums (non-overlapping, by increasing
+/// magnitude); 0.0 for none.
+pub(super) fn round_partials(p: &[f64]) -> f64 {
+    let Some(mut n) = p.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let mut hi = p[n];
+    let mut lo = 0.0;
+    while n > 0 {
+        let x = hi;
+        n -= 1;
+        let y = p[n];
+        hi = x + y;
+        let yr = hi - x;
+        lo = y - yr;
+        if lo != 0.0 {
+            break;
+        }
+    }
+    // Round half to even: if the rest has the same sign as `lo`, `hi` may need to move.
+    if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+        let y = lo * 2.0;
+        let x = hi + y;
+        let yr = x - hi;
+        if y == yr {
+            hi = x;
+        }
+    }
+    hi
 }
 
 /// The exact, correctly rounded sum of `values`, in any order.

@@ -147,7 +147,7 @@ impl Native {
 
 /// The groups of the right rows by key: one integer key (an entity id, the usual case) by its
 /// value, any other key by its row bytes.
-enum Groups {
+pub(super) enum Groups {
     /// No keys: every row in one group.
     Single { seen: bool },
     Int {
@@ -162,7 +162,7 @@ enum Groups {
 }
 
 /// A batch's keys, as [`Groups`] reads them.
-enum KeyView {
+pub(super) enum KeyView {
     None,
     Int(Int64Array),
     Bytes(Rows),
@@ -170,7 +170,7 @@ enum KeyView {
 
 /// Whether values of this type convert to i64 exactly and in order (keys grouped by value,
 /// extremes compared natively).
-fn int_key(data_type: &DataType) -> bool {
+pub(super) fn int_key(data_type: &DataType) -> bool {
     matches!(
         data_type,
         DataType::Int8
@@ -184,7 +184,7 @@ fn int_key(data_type: &DataType) -> bool {
 }
 
 impl Groups {
-    fn new(keys: &[(DataType, bool)]) -> Result<Self> {
+    pub(super) fn new(keys: &[(DataType, bool)]) -> Result<Self> {
         Ok(match keys {
             [] => Groups::Single { seen: false },
             [(t, _)] if int_key(t) => Groups::Int {
@@ -202,7 +202,7 @@ impl Groups {
         })
     }
 
-    fn view(&self, keys: &[ArrayRef]) -> Result<KeyView> {
+    pub(super) fn view(&self, keys: &[ArrayRef]) -> Result<KeyView> {
         Ok(match self {
             Groups::Single { .. } => KeyView::None,
             Groups::Int { .. } => KeyView::Int(
@@ -216,7 +216,7 @@ impl Groups {
 
     /// The group of row `i` of `view`, if it has one.
     #[inline]
-    fn get(&self, view: &KeyView, i: usize) -> Option<u32> {
+    pub(super) fn get(&self, view: &KeyView, i: usize) -> Option<u32> {
         match (self, view) {
             (Groups::Single { seen }, _) => seen.then_some(0),
             (Groups::Int { map, null }, KeyView::Int(keys)) => match keys.is_null(i) {
@@ -231,7 +231,7 @@ impl Groups {
     }
 
     /// The group of row `i` of `view`, made when first seen.
-    fn get_or_insert(&mut self, view: &KeyView, i: usize) -> u32 {
+    pub(super) fn get_or_insert(&mut self, view: &KeyView, i: usize) -> u32 {
         let next = self.len() as u32;
         match (self, view) {
             (Groups::Single { seen }, _) => {
@@ -257,7 +257,7 @@ impl Groups {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         match self {
             Groups::Single { seen } => usize::from(*seen),
             Groups::Int { map, null } => map.len() + usize::from(null.is_some()),
@@ -265,7 +265,7 @@ impl Groups {
         }
     }
 
-    fn memory_size(&self) -> usize {
+    pub(super) fn memory_size(&self) -> usize {
         match self {
             Groups::Single { .. } => 0,
             Groups::Int { map, .. } => map.capacity() * 16,
@@ -295,7 +295,7 @@ pub struct WindowIndex {
 
 /// A window's width in time-key units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Width {
+pub(super) enum Width {
     /// A whole number of time keys (7 days of microsecond timestamps): bounds in `i64`.
     Keys(i64),
     /// A width that is not (1 ms of second timestamps) as (numerator, unit): a time `e` is in
@@ -304,7 +304,7 @@ enum Width {
 }
 
 impl Width {
-    fn new(numerator: i128, unit: i128) -> Self {
+    pub(super) fn new(numerator: i128, unit: i128) -> Self {
         match i64::try_from(numerator / unit) {
             Ok(keys) if numerator % unit == 0 => Width::Keys(keys),
             _ => Width::Scaled(numerator, unit),
@@ -386,6 +386,22 @@ fn width_in_keys(width: &Tolerance, time_type: &DataType) -> Result<(i128, i128)
     Ok((numerator, unit))
 }
 
+/// An integer argument of `function` as BIGINT: an error naming the function for a value that
+/// does not fit (an UNSIGNED BIGINT past 2^63 - 1), never a NULL in its place.
+pub(super) fn integers(function: AggFunction, arg: &ArrayRef) -> Result<Int64Array> {
+    let options = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let cast = arrow::compute::cast_with_options(arg, &DataType::Int64, &options).map_err(|e| {
+        datafusion::error::DataFusionError::Execution(format!(
+            "{}(x): a value does not fit BIGINT ({e}); cast x to DECIMAL(38, 0)",
+            function.name()
+        ))
+    })?;
+    Ok(cast.as_primitive::<Int64Type>().clone())
+}
+
 fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
     let Some(arg) = arg else {
         return Ok(Values::None);
@@ -409,15 +425,7 @@ fn prepare(function: AggFunction, arg: Option<&ArrayRef>) -> Result<Values> {
             DataType::Decimal128(_, scale) => {
                 Values::Decimal(arg.as_primitive::<Decimal128Type>().clone(), *scale)
             }
-            t if t.is_integer() => {
-                let cast = cast(arg, &DataType::Int64).map_err(|e| {
-                    datafusion::error::DataFusionError::Execution(format!(
-                        "{}(x): a value does not fit BIGINT ({e}); cast x to DECIMAL(38, 0)",
-                        function.name()
-                    ))
-                })?;
-                Values::Int(cast.as_primitive::<Int64Type>().clone())
-            }
+            t if t.is_integer() => Values::Int(integers(function, arg)?),
             _ => Values::Float(
                 cast(arg, &DataType::Float64)?
                     .as_primitive::<Float64Type>()
@@ -1067,19 +1075,7 @@ impl WindowIndexBuilder {
             gathered_ms = (started.elapsed() - sorted).as_millis() as u64,
             "window index: phases"
         );
-        let mut widths = Vec::new();
-        let mut width_of = Vec::with_capacity(spec.aggregates.len());
-        for a in &spec.aggregates {
-            let (numerator, unit) = width_in_keys(&a.width, &spec.time_type)?;
-            let width = Width::new(numerator, unit);
-            width_of.push(match widths.iter().position(|w| *w == width) {
-                Some(at) => at,
-                None => {
-                    widths.push(width);
-                    widths.len() - 1
-                }
-            });
-        }
+        let (widths, width_of) = distinct_widths(&spec)?;
         Ok(WindowIndex {
             spec,
             groups,
@@ -1121,6 +1117,25 @@ pub(super) fn gather(array: &ArrayRef, order: &UInt32Array, threads: usize) -> R
     });
     let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
     concat_pieces(&runs)
+}
+
+/// The distinct window widths of `spec`'s aggregates, and per aggregate its width's place among
+/// them (aggregates of one width share the search for their windows).
+pub(super) fn distinct_widths(spec: &WindowSpec) -> Result<(Vec<Width>, Vec<usize>)> {
+    let mut widths = Vec::new();
+    let mut width_of = Vec::with_capacity(spec.aggregates.len());
+    for a in &spec.aggregates {
+        let (numerator, unit) = width_in_keys(&a.width, &spec.time_type)?;
+        let width = Width::new(numerator, unit);
+        width_of.push(match widths.iter().position(|w| *w == width) {
+            Some(at) => at,
+            None => {
+                widths.push(width);
+                widths.len() - 1
+            }
+        });
+    }
+    Ok((widths, width_of))
 }
 
 /// One array of `pieces` (one per batch).
@@ -1186,7 +1201,7 @@ fn moment(function: AggFunction, mean: f64, xs: &[f64]) -> Option<f64> {
 }
 
 /// Whether row `i` has a NULL in a key that does not treat NULL as equal.
-fn null_key(keys: &[ArrayRef], specs: &[(DataType, bool)], i: usize) -> bool {
+pub(super) fn null_key(keys: &[ArrayRef], specs: &[(DataType, bool)], i: usize) -> bool {
     keys.iter()
         .zip(specs)
         .any(|(k, (_, null_equal))| !null_equal && k.is_null(i))

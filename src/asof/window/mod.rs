@@ -14,12 +14,15 @@
 //! - `kernel`: [`WindowIndex`], the right rows grouped by key and sorted by time, and the
 //!   aggregation of one left batch against it.
 //! - `exec`: [`WindowJoinExec`], the physical operator.
+//! - `labels`: [`LabelIndex`], the other way round: the left rows indexed, the right rows
+//!   streamed through once into per-left-row accumulators (for counts, sums, means, extremes).
 //! - `spill`: the bucket-by-bucket run for a right input larger than memory.
 //! - `tests`: the kernel against a brute-force oracle on random inputs (tests only).
 
 mod exec;
 mod fsum;
 mod kernel;
+mod labels;
 mod spill;
 #[cfg(test)]
 mod tests;
@@ -31,9 +34,10 @@ use arrow::datatypes::{DataType, Field};
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::Expr;
 
-pub use exec::{PhysicalWindowAggregate, WindowJoinExec};
+pub use exec::{PhysicalWindowAggregate, WindowBuild, WindowJoinExec};
 pub use fsum::exact_sum;
 pub use kernel::{KernelAggregate, RightArrays, WindowIndex, WindowIndexBuilder, WindowSpec};
+pub use labels::{Accumulators, LabelIndex, LeftArrays, Scratch, left_build_computes};
 
 use super::Tolerance;
 

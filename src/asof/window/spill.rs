@@ -79,6 +79,18 @@ impl Sides {
         })
     }
 
+    /// The left side's keys and time over `batch`.
+    pub fn left_arrays(&self, batch: &RecordBatch) -> Result<super::labels::LeftArrays> {
+        Ok(super::labels::LeftArrays {
+            keys: self
+                .left_keys
+                .iter()
+                .map(|e| evaluate(e, batch))
+                .collect::<Result<_>>()?,
+            time: evaluate(&self.left_time, batch)?,
+        })
+    }
+
     /// The output columns of one left batch: its columns, then the aggregates.
     pub fn aggregate(
         &self,

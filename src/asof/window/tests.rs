@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::fsum::exact_sum;
-use super::{AggFunction, PhysicalWindowAggregate, WindowJoinExec};
+use super::{AggFunction, PhysicalWindowAggregate, WindowBuild, WindowJoinExec};
 use crate::asof::Tolerance;
 
 /// Every function, with the argument column it reads (`None`: `count(*)`) and `k`.
@@ -197,6 +197,18 @@ impl Case {
 
     /// The join operator of [`Case::plan`].
     fn join(&self, left_parts: usize, right_parts: usize, batch: usize) -> WindowJoinExec {
+        let all: Vec<usize> = (0..FUNCTIONS.len()).collect();
+        self.join_of(&all, left_parts, right_parts, batch)
+    }
+
+    /// The join of the aggregates `FUNCTIONS[f]` for `f` in `functions`, in that order.
+    fn join_of(
+        &self,
+        functions: &[usize],
+        left_parts: usize,
+        right_parts: usize,
+        batch: usize,
+    ) -> WindowJoinExec {
         let split = |b: RecordBatch, parts: usize| -> Vec<Vec<RecordBatch>> {
             // Left rows keep their order within a partition: contiguous ranges.
             let n = b.num_rows();
@@ -228,22 +240,24 @@ impl Case {
         )
         .unwrap();
         let c = |name: &str, s: &SchemaRef| -> PhysicalExprRef { col(name, s).unwrap() };
-        let aggregates: Vec<PhysicalWindowAggregate> = FUNCTIONS
+        let aggregates: Vec<PhysicalWindowAggregate> = functions
             .iter()
-            .zip(&self.widths)
             .enumerate()
-            .map(|(i, ((function, arg, k), width))| PhysicalWindowAggregate {
-                name: format!("a{i}"),
-                function: *function,
-                arg: arg.map(|a| c(a, &rs)),
-                k: *k,
-                width: Tolerance::Number(ScalarValue::Int64(Some(*width))),
+            .map(|(i, &f)| {
+                let (function, arg, k) = FUNCTIONS[f];
+                PhysicalWindowAggregate {
+                    name: format!("a{i}"),
+                    function,
+                    arg: arg.map(|a| c(a, &rs)),
+                    k,
+                    width: Tolerance::Number(ScalarValue::Int64(Some(self.widths[f]))),
+                }
             })
             .collect();
         let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
-        for (i, (function, arg, k)) in FUNCTIONS.iter().enumerate() {
+        for (i, (function, arg, k)) in functions.iter().map(|&f| FUNCTIONS[f]).enumerate() {
             let arg_type = arg.map(|a| rs.field_with_name(a).unwrap().data_type().clone());
-            let t = function.output_type(arg_type.as_ref(), *k).unwrap();
+            let t = function.output_type(arg_type.as_ref(), k).unwrap();
             fields.push(Field::new(format!("a{i}"), t, true));
         }
         let tiebreak = if self.tiebreak {
@@ -355,13 +369,13 @@ impl Case {
                     (AggFunction::Sum, Some("rv")) if ints.is_empty() => null(),
                     (AggFunction::Sum, Some("rv")) => ints.iter().sum::<i64>().to_string(),
                     (AggFunction::Sum, _) if floats.is_empty() => null(),
-                    (AggFunction::Sum, _) => float(floats.iter().sum()),
+                    (AggFunction::Sum, _) => float(exact_sum(floats.iter().copied())),
                     (AggFunction::Avg, _) if numbers.is_empty() => null(),
                     (AggFunction::Avg, _) => float(mean()),
                     (AggFunction::Min, Some("rf")) => floats
                         .iter()
                         .copied()
-                        .reduce(f64::min)
+                        .reduce(|a, b| if b.total_cmp(&a).is_lt() { b } else { a })
                         .map(float)
                         .unwrap_or_else(null),
                     (AggFunction::Max, Some("rv")) => {
@@ -371,7 +385,7 @@ impl Case {
                     (AggFunction::Max, _) => floats
                         .iter()
                         .copied()
-                        .reduce(f64::max)
+                        .reduce(|a, b| if b.total_cmp(&a).is_gt() { b } else { a })
                         .map(float)
                         .unwrap_or_else(null),
                     (AggFunction::First, _) => {
@@ -559,6 +573,11 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
         let mut rng = StdRng::seed_from_u64(70_000 + seed);
         let case = random_case(&mut rng);
         let (lp, rp, batch) = [(1, 1, 8192), (2, 3, 1), (3, 1, 2), (1, 2, 7)][seed as usize % 4];
+        // Odd seeds index the left side, with the aggregates that build computes.
+        let (functions, build) = match seed % 2 {
+            1 => (LEFT_BUILD.to_vec(), WindowBuild::Left),
+            _ => ((0..FUNCTIONS.len()).collect::<Vec<_>>(), WindowBuild::Right),
+        };
         // The oracle's answer per left row, beside the row's own columns.
         let expected = {
             let left = case.left_batch();
@@ -572,7 +591,7 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
                 })
                 .collect();
             let aggregates: Vec<Vec<String>> =
-                (0..FUNCTIONS.len()).map(|i| case.expected(i)).collect();
+                functions.iter().map(|&f| case.expected(f)).collect();
             let mut rows: Vec<Vec<String>> = (0..left.num_rows())
                 .map(|r| {
                     own.iter()
@@ -585,8 +604,9 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
             rows
         };
         let join = Arc::new(
-            case.join(lp, rp, batch)
-                .with_mode(AsOfJoinMode::CoPartitioned),
+            case.join_of(&functions, lp, rp, batch)
+                .with_mode(AsOfJoinMode::CoPartitioned)
+                .with_build(build),
         );
         let mut config = datafusion::config::ConfigOptions::new();
         config.execution.target_partitions = 1 + (seed as usize % 3);
@@ -594,7 +614,8 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
         let plan = EnsureRequirements::new().optimize(join, &config).unwrap();
         let shown = displayable(plan.as_ref()).indent(true).to_string();
         assert!(
-            shown.contains("mode=co_partitioned"),
+            shown.contains("mode=co_partitioned")
+                && shown.contains("build=left") == (build == WindowBuild::Left),
             "seed {seed}: {shown}"
         );
         let bytes = physical_plan_to_bytes_with_extension_codec(plan.clone(), &codec).unwrap();
@@ -621,7 +642,7 @@ async fn the_co_partitioned_mode_matches_the_oracle_through_the_codec() {
             );
         }
         assert_eq!(
-            sorted_rows(&all, FUNCTIONS.len()),
+            sorted_rows(&all, functions.len()),
             expected,
             "seed {seed} ({partitions} partitions)"
         );
@@ -718,4 +739,192 @@ fn build_threads_are_bounded_by_the_cores_whatever_a_session_asks() {
     assert_eq!(crate::asof::worker_threads(1 << 30, usize::MAX, 1), cores);
     assert_eq!(crate::asof::worker_threads(1 << 30, 10, 1 << 16), 1);
     assert_eq!(crate::asof::worker_threads(0, usize::MAX, 1), 1);
+}
+
+/// The aggregates of [`FUNCTIONS`] the left build computes: counts, sums and means of integers
+/// and floats, extremes of integers and floats.
+const LEFT_BUILD: &[usize] = &[0, 1, 3, 4, 5, 6, 8, 9, 10];
+
+#[test]
+fn the_left_build_takes_exactly_the_accumulating_aggregates() {
+    let schema = right_schema(false);
+    for (f, (function, arg, _)) in FUNCTIONS.iter().enumerate() {
+        let arg_type = arg.map(|a| schema.field_with_name(a).unwrap().data_type().clone());
+        assert_eq!(
+            super::left_build_computes(*function, arg_type.as_ref()),
+            LEFT_BUILD.contains(&f),
+            "{:?}",
+            FUNCTIONS[f]
+        );
+    }
+    // The others stay with the right side indexed, whatever is asked.
+    let mut rng = StdRng::seed_from_u64(1);
+    let case = random_case(&mut rng);
+    let join = case.join(1, 1, 64).with_build(WindowBuild::Left);
+    assert_eq!(join.build(), WindowBuild::Right);
+    let join = case.join_of(LEFT_BUILD, 1, 1, 64);
+    let shown = datafusion::physical_plan::displayable(&join)
+        .one_line()
+        .to_string();
+    assert_eq!(join.build(), WindowBuild::Left, "{shown}");
+    assert!(shown.contains("build=left"), "{shown}");
+}
+
+/// The rows the left index held, summed over partitions: 0 when the join indexed its right.
+fn left_indexed_rows(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    plan.metrics()
+        .and_then(|m| m.sum_by_name("left_index_rows"))
+        .map_or(0, |v| v.as_usize())
+}
+
+/// The left indexed and the right streamed through, at several batch sizes and right partition
+/// counts (each right partition accumulates apart; the parts are merged): every answer is the
+/// oracle's, byte for byte, in the left's order.
+#[tokio::test]
+async fn the_left_build_matches_the_oracle() {
+    let cases: u64 = std::env::var("PITLAKE_WINDOW_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    for seed in 0..cases {
+        let mut rng = StdRng::seed_from_u64(40_000 + seed);
+        let case = random_case(&mut rng);
+        let expected: Vec<Vec<String>> = LEFT_BUILD.iter().map(|&f| case.expected(f)).collect();
+        let (rp, batch) = [(1, 8192), (3, 1), (1, 2), (2, 7)][(seed % 4) as usize];
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(batch));
+        // Right rows put in key order a few batches at a time, or all at once.
+        let chunk = [1, 5, 64, super::LabelIndex::CHUNK_ROWS][(seed / 4 % 4) as usize];
+        let join = case
+            .join_of(LEFT_BUILD, 1, rp, batch)
+            .with_build(WindowBuild::Left)
+            .with_chunk_rows(chunk);
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(join);
+        assert_oracle(plan.clone(), &ctx, &expected, |i| {
+            format!(
+                "seed {seed}, aggregate {i} {:?} width {} strict {} known {}\nleft {:?}\nright {:?}",
+                FUNCTIONS[LEFT_BUILD[i]],
+                case.widths[LEFT_BUILD[i]],
+                case.strict,
+                case.known,
+                case.left,
+                case.right
+            )
+        })
+        .await;
+        assert_eq!(left_indexed_rows(&plan), case.left.len(), "seed {seed}");
+    }
+}
+
+/// Floats of every magnitude, signed zeros, subnormals, NaN and infinities: the left build's
+/// sums, means and extremes have the right build's bytes (and, without NaN, the oracle's).
+#[tokio::test]
+async fn the_left_build_sums_floats_of_every_magnitude_as_the_right_build_does() {
+    let values = [
+        1e16,
+        1.0,
+        1e-16,
+        0.1,
+        3e-300,
+        1e300,
+        5e-324,
+        2f64.powi(-53),
+        -0.0,
+        0.0,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let mut hostile = 0;
+    for seed in 0..400u64 {
+        let mut rng = StdRng::seed_from_u64(50_000 + seed);
+        let mut case = random_case_sized(&mut rng, 120, 40, 1..3);
+        // Without the last three (NaN, infinities) in half the cases.
+        let usable = if seed % 2 == 0 {
+            values.len() - 3
+        } else {
+            values.len()
+        };
+        for r in &mut case.right {
+            if let Some(f) = &mut r.f {
+                let sign = if rng.random_bool(0.5) { -1.0 } else { 1.0 };
+                let scale = f64::from(rng.random_range(1..8));
+                *f = sign * scale * values[rng.random_range(0..usable)];
+            }
+        }
+        let rp = 1 + (seed % 3) as usize;
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_batch_size(16));
+        let mut outputs = Vec::new();
+        for build in [WindowBuild::Left, WindowBuild::Right] {
+            let plan = Arc::new(case.join_of(LEFT_BUILD, 1, rp, 16).with_build(build));
+            let out = collect_partitioned(plan, ctx.task_ctx()).await.unwrap();
+            let all: Vec<RecordBatch> = out.into_iter().flatten().collect();
+            outputs.push(
+                (0..LEFT_BUILD.len())
+                    .map(|i| actual(&all, i))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let special = case
+            .right
+            .iter()
+            .any(|r| r.f.is_some_and(|f| !f.is_finite()));
+        if special {
+            hostile += 1;
+        } else {
+            for (i, &f) in LEFT_BUILD.iter().enumerate() {
+                let expected = case.expected(f);
+                for (build, output) in ["left", "right"].iter().zip(&outputs) {
+                    assert_eq!(
+                        output[i], expected,
+                        "seed {seed}, {build}, {:?}",
+                        FUNCTIONS[f]
+                    );
+                }
+            }
+        }
+        for (i, &f) in LEFT_BUILD.iter().enumerate() {
+            assert_eq!(
+                outputs[0][i], outputs[1][i],
+                "seed {seed}, {:?}\nright {:?}",
+                FUNCTIONS[f], case.right
+            );
+        }
+    }
+    assert!(hostile >= 50, "only {hostile} cases with NaN or infinities");
+}
+
+/// A left side that does not fit in the memory limit is not indexed: the join indexes its
+/// right (spilling it too when needed) with the left batches already read, and answers as the
+/// oracle does, in the left's order.
+#[tokio::test]
+async fn a_left_side_larger_than_memory_goes_the_other_way() {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    for seed in 0..6u64 {
+        let mut rng = StdRng::seed_from_u64(60_000 + seed);
+        let mut case = random_case_sized(&mut rng, 400, 5000, 20..60);
+        while case.left.len() < 1000 {
+            case.left.extend(case.left.clone());
+            case.left.push((Some(1), Some(5)));
+        }
+        let expected: Vec<Vec<String>> = LEFT_BUILD.iter().map(|&f| case.expected(f)).collect();
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(64 * 1024, 1.0)
+            .build_arc()
+            .unwrap();
+        let config = SessionConfig::new().with_batch_size(64);
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        let plan: Arc<dyn ExecutionPlan> = Arc::new(
+            case.join_of(LEFT_BUILD, 1, 2, 64)
+                .with_build(WindowBuild::Left),
+        );
+        assert_oracle(plan.clone(), &ctx, &expected, |i| {
+            format!("seed {seed}, aggregate {i} {:?}", FUNCTIONS[LEFT_BUILD[i]])
+        })
+        .await;
+        assert_eq!(
+            left_indexed_rows(&plan),
+            0,
+            "seed {seed}: the left was indexed"
+        );
+    }
 }
