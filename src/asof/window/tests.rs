@@ -928,3 +928,34 @@ async fn a_left_side_larger_than_memory_goes_the_other_way() {
         );
     }
 }
+
+/// An UNSIGNED BIGINT value past BIGINT's range, summed or averaged, is an error naming the
+/// function and the cast that would do (both builds read integers through this one function),
+/// never a NULL in its place; values in range convert, NULLs stay NULL.
+#[test]
+fn an_unsigned_value_past_bigint_is_an_error_not_a_null() {
+    use arrow::array::UInt64Array;
+    let past: ArrayRef = Arc::new(UInt64Array::from(vec![Some(1), Some(u64::MAX)]));
+    for function in [AggFunction::Sum, AggFunction::Avg] {
+        let e = super::kernel::integers(function, &past)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "{}(x): a value does not fit BIGINT",
+                function.name()
+            )) && e.contains("cast x to DECIMAL(38, 0)"),
+            "{e}"
+        );
+    }
+    let fits: ArrayRef = Arc::new(UInt64Array::from(vec![
+        Some(7),
+        None,
+        Some(i64::MAX as u64),
+    ]));
+    let values = super::kernel::integers(AggFunction::Sum, &fits).unwrap();
+    assert_eq!(
+        values,
+        Int64Array::from(vec![Some(7), None, Some(i64::MAX)])
+    );
+}
