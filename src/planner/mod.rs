@@ -190,7 +190,7 @@ impl ExtensionPlanner for AsOfPlanner {
                 aggregates,
                 Arc::new(node.schema().as_arrow().clone()),
             )?;
-            return Ok(Some(Arc::new(exec.with_mode(mode))));
+            return Ok(Some(Arc::new(exec.with_mode(mode).with_natural_build())));
         }
         let exec = AsOfJoinExec::try_new(
             left.clone(),

@@ -241,7 +241,7 @@ impl WindowJoinExec {
             EmissionType::Incremental,
             left.boundedness(),
         ));
-        let mut join = Self {
+        Ok(Self {
             left,
             right,
             on,
@@ -263,15 +263,18 @@ impl WindowJoinExec {
             built: Arc::default(),
             spill_turn: Arc::default(),
             metrics: ExecutionPlanMetricsSet::new(),
-        };
-        let build = join.natural_build();
-        join = join.with_build(build);
-        Ok(join)
+        })
     }
 
-    /// The side to index when nothing says otherwise: the left when it can compute every
-    /// aggregate and the inputs' statistics do not say the left is the larger (the usual
-    /// training set: fewer labels than events).
+    /// The same join indexing the side it should when nothing says otherwise (the planner's
+    /// choice; a join rebuilt or decoded keeps the side it had, without computing statistics
+    /// again): the left when it can compute every aggregate and the inputs' statistics do not
+    /// say the left is the larger (the usual training set: fewer labels than events).
+    pub fn with_natural_build(self) -> Self {
+        let build = self.natural_build();
+        self.with_build(build)
+    }
+
     fn natural_build(&self) -> WindowBuild {
         if !self.left_build_computes() {
             return WindowBuild::Right;

@@ -56,12 +56,7 @@ impl ExactSum {
         let mut x = x;
         let mut kept = 0;
         for j in 0..self.partials.len() {
-            let mut y = self.partials[j];
-            if x.abs() < y.abs() {
-                std::mem::swap(&mut x, &mut y);
-            }
-            let hi = x + y;
-            let lo = y - (hi - x);
+            let (hi, lo) = two_sum(x, self.partials[j]);
             if lo != 0.0 {
                 self.partials[kept] = lo;
                 kept += 1;
@@ -94,6 +89,15 @@ impl ExactSum {
         }
         round_partials(&self.partials)
     }
+}
+
+/// One step of Shewchuk's addition: `x + y` rounded and its rounding error, exactly
+/// (`hi + lo == x + y`).
+#[inline]
+pub(super) fn two_sum(x: f64, y: f64) -> (f64, f64) {
+    let (x, y) = if x.abs() < y.abs() { (y, x) } else { (x, y) };
+    let hi = x + y;
+    (hi, y - (hi - x))
 }
 
 /// The correctly rounded sum of Shewchuk partial sums (non-overlapping, by increasing

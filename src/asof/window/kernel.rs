@@ -859,7 +859,7 @@ pub struct WindowIndexBuilder {
 }
 
 /// The group of a row no window can hold (a NULL time, key or knowledge time).
-const NO_GROUP: u32 = u32::MAX;
+pub(super) const NO_GROUP: u32 = u32::MAX;
 
 impl WindowIndexBuilder {
     /// An index of no rows yet, for the join `spec`.
@@ -937,7 +937,6 @@ impl WindowIndexBuilder {
     /// Sorts the rows pushed by (group, time, tie rule) and gathers the arguments into that
     /// order, sorting with up to `threads` threads.
     pub fn finish(self, threads: usize) -> Result<WindowIndex> {
-        const NONE: u32 = NO_GROUP;
         let WindowIndexBuilder {
             spec,
             groups,
@@ -949,23 +948,9 @@ impl WindowIndexBuilder {
             tiebreak,
         } = self;
         let started = std::time::Instant::now();
-        let mut offsets = Vec::with_capacity(counts.len() + 1);
-        offsets.push(0u32);
-        for c in &counts {
-            offsets.push(offsets[offsets.len() - 1] + c);
-        }
-        drop(counts);
-        let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
         // (time, row) per entry; within a group, rows in their input order.
-        let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
-        for (i, &g) in group_of.iter().enumerate() {
-            if g != NONE {
-                let at = &mut next[g as usize];
-                entries[*at as usize] = (times[i], i as u32);
-                *at += 1;
-            }
-        }
-        drop((group_of, next, times));
+        let (offsets, mut entries) = group_entries(&counts, &group_of, &times);
+        drop((counts, group_of, times));
         // The arguments and tie-break columns whole, an argument read by several aggregates
         // (`sum(x)`, `avg(x)`) made once, so it is gathered once below.
         let mut args: Vec<Option<ArrayRef>> = {
@@ -1117,6 +1102,31 @@ pub(super) fn gather(array: &ArrayRef, order: &UInt32Array, threads: usize) -> R
     });
     let runs = runs.into_iter().collect::<Result<Vec<_>>>()?;
     concat_pieces(&runs)
+}
+
+/// A counting sort of rows by group: per group `g` (of `counts[g]` rows) its entries are
+/// `offsets[g]..offsets[g + 1]`, each entry a row's `(times[row], row)`, rows of a group in
+/// their input order; a row of group [`NO_GROUP`] has none.
+pub(super) fn group_entries(
+    counts: &[u32],
+    group_of: &[u32],
+    times: &[i64],
+) -> (Vec<u32>, Vec<(i64, u32)>) {
+    let mut offsets = Vec::with_capacity(counts.len() + 1);
+    offsets.push(0u32);
+    for c in counts {
+        offsets.push(offsets[offsets.len() - 1] + c);
+    }
+    let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
+    let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
+    for (row, &g) in group_of.iter().enumerate() {
+        if g != NO_GROUP {
+            let at = &mut next[g as usize];
+            entries[*at as usize] = (times[row], row as u32);
+            *at += 1;
+        }
+    }
+    (offsets, entries)
 }
 
 /// The distinct window widths of `spec`'s aggregates, and per aggregate its width's place among

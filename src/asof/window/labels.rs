@@ -41,9 +41,10 @@ use std::sync::Mutex;
 use hashbrown::HashMap;
 
 use super::AggFunction;
-use super::fsum::{BIG, ExactSum, round_partials};
+use super::fsum::{BIG, ExactSum, round_partials, two_sum};
 use super::kernel::{
-    Groups, KeyView, RightArrays, Width, WindowSpec, distinct_widths, int_key, integers, null_key,
+    Groups, KeyView, NO_GROUP, RightArrays, Width, WindowSpec, distinct_widths, group_entries,
+    int_key, integers, null_key,
 };
 use crate::asof::time::dense_time_keys;
 
@@ -136,7 +137,9 @@ impl DenseGroups {
     }
 }
 
-const NO_ENTRY: u32 = u32::MAX;
+/// No entry (a left row in no window) or no group (a right row in none): the same marker as
+/// the right-side index's.
+const NO_ENTRY: u32 = NO_GROUP;
 
 /// One left batch's keys and times.
 pub struct LeftArrays {
@@ -225,23 +228,9 @@ impl LabelIndex {
                 row_times.push(t);
             }
         }
-        let mut offsets = Vec::with_capacity(counts.len() + 1);
-        offsets.push(0u32);
-        for c in &counts {
-            offsets.push(offsets[offsets.len() - 1] + c);
-        }
-        drop(counts);
         // A counting sort by group, then each group's few rows by time.
-        let mut next: Vec<u32> = offsets[..offsets.len() - 1].to_vec();
-        let mut entries: Vec<(i64, u32)> = vec![(0, 0); offsets[offsets.len() - 1] as usize];
-        for (row, &g) in group_of.iter().enumerate() {
-            if g != NO_ENTRY {
-                let at = &mut next[g as usize];
-                entries[*at as usize] = (row_times[row], row as u32);
-                *at += 1;
-            }
-        }
-        drop((group_of, row_times, next));
+        let (offsets, mut entries) = group_entries(&counts, &group_of, &row_times);
+        drop((counts, group_of, row_times));
         for w in offsets.windows(2) {
             entries[w[0] as usize..w[1] as usize].sort_unstable();
         }
@@ -861,12 +850,7 @@ fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize,
     let mut out = [0.0f64; INLINE + 1];
     let mut kept = 0;
     for j in 0..len {
-        let mut y = acc.partials[j];
-        if x.abs() < y.abs() {
-            std::mem::swap(&mut x, &mut y);
-        }
-        let hi = x + y;
-        let lo = y - (hi - x);
+        let (hi, lo) = two_sum(x, acc.partials[j]);
         if lo != 0.0 {
             out[kept] = lo;
             kept += 1;
@@ -961,6 +945,28 @@ mod tests {
 
     fn value(sums: &[FloatAcc], side: &HashMap<u32, ExactSum>) -> f64 {
         float_value(sums, side, 0)
+    }
+
+    /// The direct table of integer keys: built only for keys in a small range (never for keys
+    /// a client spreads over the whole of BIGINT), and a lookup of any key, however far out,
+    /// is a group or none.
+    #[test]
+    fn the_direct_key_table_is_small_and_takes_any_key() {
+        let map = |keys: &[i64]| -> HashMap<i64, u32> {
+            keys.iter()
+                .enumerate()
+                .map(|(g, &k)| (k, g as u32))
+                .collect()
+        };
+        assert!(DenseGroups::of(&map(&[i64::MIN, i64::MAX])).is_none());
+        assert!(DenseGroups::of(&map(&[0, 1 << 40])).is_none());
+        assert!(DenseGroups::of(&map(&[])).is_none());
+        let dense = DenseGroups::of(&map(&[-5, 7, 3])).unwrap();
+        assert_eq!(dense.groups.len(), 13);
+        assert_eq!(
+            [-5, 7, 3, 0, -6, 8, i64::MIN, i64::MAX].map(|k| dense.get(k)),
+            [Some(0), Some(1), Some(2), None, None, None, None, None]
+        );
     }
 
     /// A sum kept inline (three partial sums), or moved to the side table when it needs more or

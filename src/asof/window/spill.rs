@@ -97,14 +97,9 @@ impl Sides {
         index: &WindowIndex,
         batch: &RecordBatch,
     ) -> Result<Vec<arrow::array::ArrayRef>> {
-        let keys = self
-            .left_keys
-            .iter()
-            .map(|e| evaluate(e, batch))
-            .collect::<Result<Vec<_>>>()?;
-        let time = evaluate(&self.left_time, batch)?;
+        let left = self.left_arrays(batch)?;
         let mut columns = batch.columns().to_vec();
-        columns.extend(index.aggregate(&keys, &time)?);
+        columns.extend(index.aggregate(&left.keys, &left.time)?);
         Ok(columns)
     }
 }

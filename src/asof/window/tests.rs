@@ -477,12 +477,17 @@ async fn assert_oracle(
     }
 }
 
-#[tokio::test]
-async fn window_operator_matches_the_oracle() {
-    let cases: u64 = std::env::var("PITLAKE_WINDOW_CASES")
+/// The random cases an oracle test runs: `PITLAKE_WINDOW_CASES` (README), 2000 by default.
+fn window_cases() -> u64 {
+    std::env::var("PITLAKE_WINDOW_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(2000)
+}
+
+#[tokio::test]
+async fn window_operator_matches_the_oracle() {
+    let cases = window_cases();
     for seed in 0..cases {
         let mut rng = StdRng::seed_from_u64(seed);
         let case = random_case(&mut rng);
@@ -763,11 +768,27 @@ fn the_left_build_takes_exactly_the_accumulating_aggregates() {
     let join = case.join(1, 1, 64).with_build(WindowBuild::Left);
     assert_eq!(join.build(), WindowBuild::Right);
     let join = case.join_of(LEFT_BUILD, 1, 1, 64);
+    assert_eq!(
+        join.build(),
+        WindowBuild::Right,
+        "the planner chooses, not the constructor"
+    );
+    let join = join.with_natural_build();
     let shown = datafusion::physical_plan::displayable(&join)
         .one_line()
         .to_string();
     assert_eq!(join.build(), WindowBuild::Left, "{shown}");
     assert!(shown.contains("build=left"), "{shown}");
+    // With more left rows than right ones (the statistics say so), the right side is indexed.
+    let mut larger_left = case;
+    larger_left.right.truncate(2);
+    while larger_left.left.len() <= larger_left.right.len() {
+        larger_left.left.push((Some(1), Some(3)));
+    }
+    let join = larger_left
+        .join_of(LEFT_BUILD, 1, 1, 64)
+        .with_natural_build();
+    assert_eq!(join.build(), WindowBuild::Right);
 }
 
 /// The rows the left index held, summed over partitions: 0 when the join indexed its right.
@@ -782,10 +803,7 @@ fn left_indexed_rows(plan: &Arc<dyn ExecutionPlan>) -> usize {
 /// oracle's, byte for byte, in the left's order.
 #[tokio::test]
 async fn the_left_build_matches_the_oracle() {
-    let cases: u64 = std::env::var("PITLAKE_WINDOW_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+    let cases = window_cases();
     for seed in 0..cases {
         let mut rng = StdRng::seed_from_u64(40_000 + seed);
         let case = random_case(&mut rng);
