@@ -6,11 +6,17 @@
 //!   next allocation instead of new pages being faulted in: at the shared workload's medium
 //!   scale it took 1.7-1.8 s of system time instead of 2.2-2.6 s (benches/README.md).
 //!
-//! Tried and left out: transparent huge pages (`madvise`) for an as-of index's entries. Probes
-//! got 8-15% faster, but in this machine's VM a fresh huge page costs so much to zero that
-//! building the index got slower by as much, and some runs by 0.2 s (benches/README.md).
+//! - [`prefetch`]: asks the CPU for memory a loop will read a few rows on.
+//!
+//! Tried and left out: transparent huge pages for an as-of index's entries. Probes got 8-15%
+//! faster, but in this machine's VM a fresh huge page costs so much to zero that building the
+//! index (arrays allocated, filled and dropped per build) got slower by as much, and some runs
+//! by 0.2 s (benches/README.md). Tried again for a window join's accumulators and label times
+//! (`madvise` before the first touch, 84 MB on huge pages at medium): medians of six runs
+//! 1.12 s against 1.125 s without, and 10-20 MB more memory; left out too.
 
-// One call into libc that changes an allocator setting; see it.
+// Calls into libc that change an allocator setting or advise the kernel, and a prefetch hint;
+// see each.
 #![allow(unsafe_code)]
 
 /// Limits glibc's malloc to one arena per core. Call it first thing in `main`, before any other
@@ -26,4 +32,18 @@ pub fn tune_allocator() {
             libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
+}
+
+/// Asks the CPU to bring `slice[i]` into its cache; nothing past the end, nothing off x86-64.
+#[inline(always)]
+pub fn prefetch<T>(slice: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = slice.get(i) {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        // SAFETY: SSE is part of every x86-64 CPU, and a prefetch is a hint that reads no
+        // memory the program sees (here, an element of a live slice).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>((x as *const T).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slice, i);
 }

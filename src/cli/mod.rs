@@ -4,6 +4,7 @@
 
 pub mod args;
 mod demo;
+mod parquet_out;
 pub mod print;
 mod serve;
 mod shell;

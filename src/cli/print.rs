@@ -12,6 +12,7 @@ use comfy_table::{Cell, ContentArrangement, Table, presets};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
+use super::parquet_out::ParquetOut;
 use crate::error::{PitlakeError, Result};
 
 /// How results are printed.
@@ -181,7 +182,8 @@ pub async fn print_stream(
             writer.finish()?;
         }
         OutputFormat::Parquet => {
-            let mut writer = parquet::arrow::ArrowWriter::try_new(&mut *out, schema.clone(), None)?;
+            let threads = crate::asof::cores();
+            let mut writer = ParquetOut::try_new(&mut *out, schema.clone(), None, threads)?;
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
                 rows += batch.num_rows();

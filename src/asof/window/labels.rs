@@ -47,6 +47,7 @@ use super::kernel::{
     int_key, integers, null_key,
 };
 use crate::asof::time::dense_time_keys;
+use crate::memory::prefetch;
 
 /// Whether the left-build kernel computes `function` of an argument of type `arg` (`None` for
 /// `count(*)`).
@@ -300,8 +301,10 @@ impl LabelIndex {
 
     /// How many right rows [`LabelIndex::apply`] should get at once: enough that, put in key
     /// order, they reach the left rows' accumulators close to one another, few enough that
-    /// their sorted copy stays small (about 30 bytes a row).
-    pub const CHUNK_ROWS: usize = 1 << 19;
+    /// their sorted copy stays small (about 30 bytes a row). At the windowed benchmark's
+    /// medium scale, 2^18 rows took as long as 2^19 and 2^20 and 50 MB less memory than 2^19
+    /// (benches/README.md); 2^17 and 2^16 were slower.
+    pub const CHUNK_ROWS: usize = 1 << 18;
 
     /// About the bytes a chunk's row takes while [`LabelIndex::apply`] runs: its group, place,
     /// times and an argument, sorted.
@@ -398,6 +401,9 @@ impl LabelIndex {
         for (t, known) in &times {
             for i in 0..t.len() {
                 let g = group_of[r];
+                if let Some(&ahead) = group_of.get(r + AHEAD) {
+                    prefetch(next, ahead as usize);
+                }
                 r += 1;
                 if g == NO_ENTRY {
                     place.push(NO_ENTRY);
@@ -422,6 +428,9 @@ impl LabelIndex {
         refill(hits, 0, (0, 0));
         refill(ends, 0, 0);
         for p in 0..kept {
+            if let Some(&ahead) = sorted_group.get(p + AHEAD) {
+                prefetch(&self.times, self.offsets[ahead as usize] as usize);
+            }
             let g = sorted_group[p] as usize;
             let (from, to) = (self.offsets[g] as usize, self.offsets[g + 1] as usize);
             let group = &self.times[from..to];
@@ -453,9 +462,15 @@ impl LabelIndex {
 
         // 4. Each accumulator over the rows in windows, its values put in group order first.
         let (hits, ends) = (&*hits, &*ends);
+        // Each run with the first entry of the run `AHEAD` on, to fetch it early.
         let runs = |w: usize| {
             hits.iter().enumerate().map(move |(j, &(p, start))| {
-                (p as usize, start as usize..ends[j * widths + w] as usize)
+                let ahead = hits.get(j + AHEAD).map_or(usize::MAX, |h| h.1 as usize);
+                (
+                    p as usize,
+                    start as usize..ends[j * widths + w] as usize,
+                    ahead,
+                )
             })
         };
         // The values first, then the accumulators, shared by the tasks, under their lock.
@@ -491,34 +506,50 @@ impl LabelIndex {
             });
             match (acc, column) {
                 (Acc::Count(counts), None) => {
-                    for (_, run) in runs(slot.width) {
+                    for (_, run, ahead) in runs(slot.width) {
+                        prefetch(counts, ahead);
                         counts[run].iter_mut().for_each(|c| *c += 1);
                     }
                 }
                 (Acc::Count(counts), Some(Column::Valid(valid))) => {
-                    for (_, run) in runs(slot.width).filter(|(p, _)| valid[*p]) {
-                        counts[run].iter_mut().for_each(|c| *c += 1);
+                    for (p, run, ahead) in runs(slot.width) {
+                        prefetch(counts, ahead);
+                        if valid[p] {
+                            counts[run].iter_mut().for_each(|c| *c += 1);
+                        }
                     }
                 }
                 (Acc::IntSum(sums, counts), Some(Column::Int(values, valid))) => {
-                    for (p, run) in runs(slot.width).filter(|(p, _)| valid[*p]) {
-                        let v = i128::from(values[p]);
-                        sums[run.clone()].iter_mut().for_each(|s| *s += v);
-                        counts[run].iter_mut().for_each(|c| *c += 1);
+                    for (p, run, ahead) in runs(slot.width) {
+                        prefetch(sums, ahead);
+                        prefetch(counts, ahead);
+                        if valid[p] {
+                            let v = i128::from(values[p]);
+                            sums[run.clone()].iter_mut().for_each(|s| *s += v);
+                            counts[run].iter_mut().for_each(|c| *c += 1);
+                        }
                     }
                 }
                 (Acc::FloatSum(sums, side), Some(Column::Float(values, valid))) => {
-                    for (p, run) in runs(slot.width).filter(|(p, _)| valid[*p]) {
-                        let v = values[p];
-                        for e in run {
-                            sums[e].add_count(1);
-                            add_float(sums, side, e, v);
+                    for (p, run, ahead) in runs(slot.width) {
+                        prefetch(sums, ahead);
+                        if valid[p] {
+                            let v = values[p];
+                            for e in run {
+                                sums[e].add_count(1);
+                                add_float(sums, side, e, v);
+                            }
                         }
                     }
                 }
                 (Acc::IntExtreme(best, seen), Some(Column::Int(values, valid))) => {
                     let max = slot.kind == Kind::IntExtreme { max: true };
-                    for (p, run) in runs(slot.width).filter(|(p, _)| valid[*p]) {
+                    for (p, run, ahead) in runs(slot.width) {
+                        prefetch(best, ahead);
+                        prefetch(seen, ahead);
+                        if !valid[p] {
+                            continue;
+                        }
                         let v = values[p];
                         for e in run {
                             if !seen[e] || (max && v > best[e]) || (!max && v < best[e]) {
@@ -530,7 +561,12 @@ impl LabelIndex {
                 }
                 (Acc::FloatExtreme(best, seen), Some(Column::Float(values, valid))) => {
                     let max = slot.kind == Kind::FloatExtreme { max: true };
-                    for (p, run) in runs(slot.width).filter(|(p, _)| valid[*p]) {
+                    for (p, run, ahead) in runs(slot.width) {
+                        prefetch(best, ahead);
+                        prefetch(seen, ahead);
+                        if !valid[p] {
+                            continue;
+                        }
                         let v = values[p];
                         for e in run {
                             let order = v.total_cmp(&best[e]);
@@ -641,6 +677,10 @@ fn upper_bound(width: Width, e: i64, strict: bool) -> i64 {
         }
     }
 }
+
+/// How many rows ahead [`LabelIndex::apply`] asks for the memory a row will read: its loads
+/// then overlap instead of waiting one after another.
+const AHEAD: usize = 16;
 
 fn is_null(valid: &Option<NullBuffer>, i: usize) -> bool {
     valid.as_ref().is_some_and(|v| v.is_null(i))
@@ -891,48 +931,11 @@ enum Acc {
 
 /// `f` of every item, on up to one thread per core, in the items' order.
 fn on_cores<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> Result<R> + Sync) -> Result<Vec<R>> {
-    let threads = crate::asof::cores().min(items.len());
-    if threads <= 1 {
-        return items.into_iter().map(f).collect();
-    }
-    let count = items.len();
-    let mut dealt: Vec<Vec<(usize, T)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, item) in items.into_iter().enumerate() {
-        dealt[i % threads].push((i, item));
-    }
-    let f = &f;
-    let done: Vec<Result<Vec<(usize, R)>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = dealt
-            .into_iter()
-            .map(|run| {
-                scope.spawn(move || {
-                    run.into_iter()
-                        .map(|(i, item)| f(item).map(|r| (i, r)))
-                        .collect::<Result<Vec<_>>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    internal_err!("window join: a thread finishing the aggregates panicked")
-                })
-            })
-            .collect()
-    });
-    let mut out: Vec<Option<R>> = (0..count).map(|_| None).collect();
-    for run in done {
-        for (i, r) in run? {
-            out[i] = Some(r);
-        }
-    }
-    out.into_iter()
-        .map(|r| match r {
-            Some(r) => Ok(r),
-            None => internal_err!("window join: a finished aggregate is missing"),
-        })
-        .collect()
+    crate::asof::on_threads(crate::asof::cores(), items, f, || {
+        datafusion::error::DataFusionError::Internal(
+            "window join: a thread finishing the aggregates panicked".into(),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,372 @@
+//! Parquet output with its columns encoded on every core.
+//!
+//! [`parquet::arrow::ArrowWriter`] encodes one column after another on the thread that calls
+//! it. A result of a million rows and a dozen columns then spends a visible part of a query's
+//! wall time on one core, and all of it when the plan emits its rows at the end (a window join
+//! that indexes its labels). [`ParquetOut`] writes the same file (the same schema, Arrow
+//! metadata, row groups and pages as `ArrowWriter` with the same properties), but encodes the
+//! rows it has gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows
+//! (the only extra memory), then each column's slice of them is written to that column's
+//! writer, the columns dealt to up to one thread per core. A row group is closed at the
+//! properties' row count, as `ArrowWriter` closes it.
+
+use std::io::Write;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{
+    ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
+};
+use parquet::errors::{ParquetError, Result};
+use parquet::file::properties::{DEFAULT_MAX_ROW_GROUP_ROW_COUNT, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
+
+/// Rows gathered before they are encoded on the cores: enough that starting the threads costs
+/// nothing next to the encoding, few enough that the copy held stays small.
+pub const ENCODE_ROWS: usize = 1 << 16;
+
+/// Writes record batches as one Parquet file, encoding columns in parallel.
+pub struct ParquetOut<W: Write + Send> {
+    file: SerializedFileWriter<W>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// The open row group's writers: per field, its leaves' writers.
+    open: Option<Vec<Vec<ArrowColumnWriter>>>,
+    /// Rows already encoded into the open row group.
+    group_rows: usize,
+    /// The most rows a row group holds.
+    max_group_rows: usize,
+    /// Row groups closed so far.
+    groups: usize,
+    /// Batches not yet encoded, and their rows.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    threads: usize,
+}
+
+impl<W: Write + Send> ParquetOut<W> {
+    /// A writer of `schema` to `out` with `props` (`None`: the defaults), encoding on up to
+    /// `threads` threads.
+    pub fn try_new(
+        out: W,
+        schema: SchemaRef,
+        props: Option<WriterProperties>,
+        threads: usize,
+    ) -> Result<Self> {
+        let props = props.unwrap_or_default();
+        let max_group_rows = props
+            .max_row_group_row_count()
+            .unwrap_or(DEFAULT_MAX_ROW_GROUP_ROW_COUNT)
+            .max(1);
+        // ArrowWriter sets up the file as it would write it (the Parquet schema, the Arrow
+        // schema in the metadata); its row groups are then written here.
+        let (file, factory) =
+            ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
+        Ok(Self {
+            file,
+            factory,
+            schema,
+            open: None,
+            group_rows: 0,
+            max_group_rows,
+            groups: 0,
+            pending: Vec::new(),
+            pending_rows: 0,
+            threads: threads.max(1),
+        })
+    }
+
+    /// Adds `batch`'s rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(ParquetError::General(format!(
+                "a batch of {} does not match the file's schema {}",
+                batch.schema(),
+                self.schema
+            )));
+        }
+        let mut batch = batch.clone();
+        while batch.num_rows() > 0 {
+            // Never past the end of the open row group.
+            let room = self.max_group_rows - self.group_rows - self.pending_rows;
+            let take = batch.num_rows().min(room);
+            self.pending.push(batch.slice(0, take));
+            self.pending_rows += take;
+            batch = batch.slice(take, batch.num_rows() - take);
+            if self.group_rows + self.pending_rows == self.max_group_rows {
+                self.encode()?;
+                self.close_group()?;
+            } else if self.pending_rows >= ENCODE_ROWS {
+                self.encode()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is left and the footer.
+    pub fn close(mut self) -> Result<()> {
+        self.encode()?;
+        self.close_group()?;
+        self.file.close()?;
+        Ok(())
+    }
+
+    /// Encodes the pending rows into the open row group (opening one if none is).
+    fn encode(&mut self) -> Result<()> {
+        if self.pending_rows == 0 {
+            return Ok(());
+        }
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => self.new_group()?,
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let fields = self.schema.fields();
+        let jobs: Vec<_> = open.into_iter().enumerate().collect();
+        let open = on_threads(self.threads, jobs, |(f, mut writers)| {
+            // Per batch, the field's leaves in the order of its writers.
+            for batch in &pending {
+                let leaves = compute_leaves(&fields[f], batch.column(f))?;
+                if leaves.len() != writers.len() {
+                    return Err(ParquetError::General(format!(
+                        "{} has {} leaves, not {}",
+                        fields[f].name(),
+                        leaves.len(),
+                        writers.len()
+                    )));
+                }
+                for (writer, leaf) in writers.iter_mut().zip(&leaves) {
+                    writer.write(leaf)?;
+                }
+            }
+            Ok(writers)
+        })?;
+        self.group_rows += self.pending_rows;
+        self.pending_rows = 0;
+        self.open = Some(open);
+        Ok(())
+    }
+
+    /// The writers of the next row group, per field.
+    fn new_group(&self) -> Result<Vec<Vec<ArrowColumnWriter>>> {
+        let mut writers = self.factory.create_column_writers(self.groups)?.into_iter();
+        let per_field: Vec<Vec<_>> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|field| writers.by_ref().take(leaves(field.data_type())).collect())
+            .collect();
+        if writers.next().is_some() || per_field.iter().any(|w| w.is_empty()) {
+            return Err(ParquetError::General(
+                "the Parquet writers do not match the schema's fields".into(),
+            ));
+        }
+        Ok(per_field)
+    }
+
+    /// Closes the open row group (its column chunks finished on the threads) and appends it to
+    /// the file.
+    fn close_group(&mut self) -> Result<()> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let chunks: Vec<Vec<ArrowColumnChunk>> = on_threads(self.threads, open, |writers| {
+            writers.into_iter().map(ArrowColumnWriter::close).collect()
+        })?;
+        let mut group = self.file.next_row_group()?;
+        for chunk in chunks.into_iter().flatten() {
+            chunk.append_to_row_group(&mut group)?;
+        }
+        group.close()?;
+        self.groups += 1;
+        self.group_rows = 0;
+        Ok(())
+    }
+}
+
+/// How many Parquet leaf columns a field of `data_type` has.
+fn leaves(data_type: &DataType) -> usize {
+    match data_type {
+        DataType::Struct(fields) => fields.iter().map(|f| leaves(f.data_type())).sum(),
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => leaves(f.data_type()),
+        DataType::Dictionary(_, value) => leaves(value),
+        DataType::RunEndEncoded(_, value) => leaves(value.data_type()),
+        _ => 1,
+    }
+}
+
+/// `f` of each item on up to `threads` threads, in order.
+fn on_threads<T: Send, R: Send>(
+    threads: usize,
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    crate::asof::on_threads(threads, items, f, || {
+        ParquetError::General("a thread encoding a Parquet column panicked".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+        TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, TimeUnit};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    use super::*;
+
+    /// Rows `from..from + n` of a schema with flat, nested and NULL-holding columns.
+    fn batch(schema: &SchemaRef, from: i64, n: i64) -> RecordBatch {
+        let ids = from..from + n;
+        let point = StructArray::new(
+            Fields::from(vec![
+                Field::new("x", DataType::Int64, true),
+                Field::new("label", DataType::Utf8, true),
+            ]),
+            vec![
+                Arc::new(Int64Array::from_iter(
+                    ids.clone().map(|i| (i % 3 != 0).then_some(i * 7)),
+                )) as ArrayRef,
+                Arc::new(StringArray::from_iter(
+                    ids.clone().map(|i| (i % 5 != 0).then(|| format!("p{i}"))),
+                )),
+            ],
+            None,
+        );
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(ids.clone())),
+            Arc::new(Float64Array::from_iter(
+                ids.clone().map(|i| (i % 11 != 0).then_some(i as f64 / 3.0)),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(ids.clone().map(|i| i * 1_000_000))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(
+                ids.clone().map(|i| {
+                    (i % 7 != 0).then(|| (0..i % 4).map(|j| Some(i + j)).collect::<Vec<_>>())
+                }),
+            )),
+            Arc::new(point),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("f", DataType::Float64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new_list("l", Field::new_list_field(DataType::Int64, true), true),
+            Field::new_struct(
+                "p",
+                vec![
+                    Field::new("x", DataType::Int64, true),
+                    Field::new("label", DataType::Utf8, true),
+                ],
+                false,
+            ),
+        ]))
+    }
+
+    fn read(bytes: Vec<u8>) -> (Vec<RecordBatch>, Vec<i64>) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes)).unwrap();
+        let groups = reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows())
+            .collect();
+        let batches = reader
+            .build()
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        (batches, groups)
+    }
+
+    /// The same rows, schema and row groups as `ArrowWriter` writes, and the same bytes, for
+    /// batches of any size across row-group boundaries, on one thread or several.
+    #[test]
+    fn same_file_as_arrow_writer() {
+        let schema = schema();
+        let props = || {
+            WriterProperties::builder()
+                .set_max_row_group_row_count(Some(1000))
+                .build()
+        };
+        let sizes: [&[i64]; 4] = [&[2500], &[1, 999, 1, 1499], &[7; 500], &[0, 1000, 0, 1]];
+        for sizes in sizes {
+            let mut batches = Vec::new();
+            let mut from = 0;
+            for &n in sizes {
+                batches.push(batch(&schema, from, n));
+                from += n;
+            }
+            let mut expected = Vec::new();
+            let mut writer =
+                ArrowWriter::try_new(&mut expected, schema.clone(), Some(props())).unwrap();
+            for b in &batches {
+                writer.write(b).unwrap();
+            }
+            writer.close().unwrap();
+            for threads in [1, 2, 3, 8] {
+                let mut got = Vec::new();
+                let mut out =
+                    ParquetOut::try_new(&mut got, schema.clone(), Some(props()), threads).unwrap();
+                for b in &batches {
+                    out.write(b).unwrap();
+                }
+                out.close().unwrap();
+                let (rows, groups) = read(got.clone());
+                let (want_rows, want_groups) = read(expected.clone());
+                assert_eq!(groups, want_groups, "{sizes:?} on {threads}");
+                let all = arrow::compute::concat_batches(&schema, &rows).unwrap();
+                let want = arrow::compute::concat_batches(&schema, &want_rows).unwrap();
+                assert_eq!(all, want, "{sizes:?} on {threads}");
+                assert_eq!(got, expected, "{sizes:?} on {threads}: not the same bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_has_the_schema() {
+        let schema = schema();
+        let mut got = Vec::new();
+        ParquetOut::try_new(&mut got, schema.clone(), None, 2)
+            .unwrap()
+            .close()
+            .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(got)).unwrap();
+        assert_eq!(reader.schema().fields(), schema.fields());
+        assert_eq!(reader.metadata().num_row_groups(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_another_schema_is_refused() {
+        let schema = schema();
+        let mut got = Vec::new();
+        let mut out = ParquetOut::try_new(&mut got, schema, None, 2).unwrap();
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        let err = out.write(&other).unwrap_err().to_string();
+        assert!(err.contains("does not match the file's schema"), "{err}");
+    }
+}
