@@ -34,6 +34,7 @@ pub mod error;
 pub mod flight;
 pub mod frontend;
 pub mod memory;
+pub mod parallel;
 pub mod planner;
 pub mod registry;
 pub mod storage;

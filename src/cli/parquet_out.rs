@@ -207,7 +207,7 @@ fn on_threads<T: Send, R: Send>(
     items: Vec<T>,
     f: impl Fn(T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    crate::asof::on_threads(threads, items, f, || {
+    crate::parallel::on_threads(threads, items, f, || {
         ParquetError::General("a thread encoding a Parquet column panicked".into())
     })
 }

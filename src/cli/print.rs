@@ -182,7 +182,7 @@ pub async fn print_stream(
             writer.finish()?;
         }
         OutputFormat::Parquet => {
-            let threads = crate::asof::cores();
+            let threads = crate::parallel::cores();
             let mut writer = ParquetOut::try_new(&mut *out, schema.clone(), None, threads)?;
             while let Some(batch) = stream.next().await {
                 let batch = batch?;
