@@ -220,7 +220,7 @@ mod tests {
         ArrayRef, Float64Array, Int64Array, ListArray, StringArray, StructArray,
         TimestampMicrosecondArray,
     };
-    use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema, TimeUnit};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
     use super::*;
@@ -228,11 +228,11 @@ mod tests {
     /// Rows `from..from + n` of a schema with flat, nested and NULL-holding columns.
     fn batch(schema: &SchemaRef, from: i64, n: i64) -> RecordBatch {
         let ids = from..from + n;
+        let DataType::Struct(point_fields) = schema.field(4).data_type() else {
+            unreachable!("the schema's fifth field is a struct")
+        };
         let point = StructArray::new(
-            Fields::from(vec![
-                Field::new("x", DataType::Int64, true),
-                Field::new("label", DataType::Utf8, true),
-            ]),
+            point_fields.clone(),
             vec![
                 Arc::new(Int64Array::from_iter(
                     ids.clone().map(|i| (i % 3 != 0).then_some(i * 7)),

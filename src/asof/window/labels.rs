@@ -544,38 +544,16 @@ impl LabelIndex {
                 }
                 (Acc::IntExtreme(best, seen), Some(Column::Int(values, valid))) => {
                     let max = slot.kind == Kind::IntExtreme { max: true };
-                    for (p, run, ahead) in runs(slot.width) {
-                        prefetch(best, ahead);
-                        prefetch(seen, ahead);
-                        if !valid[p] {
-                            continue;
-                        }
-                        let v = values[p];
-                        for e in run {
-                            if !seen[e] || (max && v > best[e]) || (!max && v < best[e]) {
-                                best[e] = v;
-                                seen[e] = true;
-                            }
-                        }
-                    }
+                    let beats = |v: i64, b: i64| if max { v > b } else { v < b };
+                    add_extremes(best, seen, values, valid, runs(slot.width), beats);
                 }
                 (Acc::FloatExtreme(best, seen), Some(Column::Float(values, valid))) => {
                     let max = slot.kind == Kind::FloatExtreme { max: true };
-                    for (p, run, ahead) in runs(slot.width) {
-                        prefetch(best, ahead);
-                        prefetch(seen, ahead);
-                        if !valid[p] {
-                            continue;
-                        }
-                        let v = values[p];
-                        for e in run {
-                            let order = v.total_cmp(&best[e]);
-                            if !seen[e] || (max && order.is_gt()) || (!max && order.is_lt()) {
-                                best[e] = v;
-                                seen[e] = true;
-                            }
-                        }
-                    }
+                    let beats = |v: f64, b: f64| match max {
+                        true => v.total_cmp(&b).is_gt(),
+                        false => v.total_cmp(&b).is_lt(),
+                    };
+                    add_extremes(best, seen, values, valid, runs(slot.width), beats);
                 }
                 _ => return internal_err!("window join: an accumulator got the wrong values"),
             }
@@ -674,6 +652,32 @@ fn upper_bound(width: Width, e: i64, strict: bool) -> i64 {
         Width::Scaled(numerator, unit) => {
             let reach = i128::from(e) * unit + numerator - i128::from(!strict);
             i64::try_from(reach.div_euclid(unit)).unwrap_or(i64::MAX)
+        }
+    }
+}
+
+/// Keeps, per entry of each run, the value of right row `p` when it `beats` the entry's best
+/// so far (or is its first); NULL values are skipped.
+fn add_extremes<T: Copy>(
+    best: &mut [T],
+    seen: &mut [bool],
+    values: &[T],
+    valid: &[bool],
+    runs: impl Iterator<Item = (usize, std::ops::Range<usize>, usize)>,
+    beats: impl Fn(T, T) -> bool,
+) {
+    for (p, run, ahead) in runs {
+        prefetch(best, ahead);
+        prefetch(seen, ahead);
+        if !valid[p] {
+            continue;
+        }
+        let v = values[p];
+        for e in run {
+            if !seen[e] || beats(v, best[e]) {
+                best[e] = v;
+                seen[e] = true;
+            }
         }
     }
 }
