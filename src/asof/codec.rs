@@ -30,7 +30,7 @@ use datafusion_proto::protobuf::{LogicalExprNode, PhysicalExprNode};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::exec::{AsOfJoinExec, AsOfJoinMode};
+use super::exec::{AsOfBuild, AsOfJoinExec, AsOfJoinMode};
 use super::logical::{AsOfJoin, AsOfJoinType, AsOfOperator, Tolerance};
 use super::window::{
     AggFunction, PhysicalWindowAggregate, WindowAggregate, WindowBuild, WindowJoinExec,
@@ -72,7 +72,8 @@ struct Header {
     /// Physical: a window join's output schema (`datafusion-proto`).
     #[serde(default)]
     output_schema: Option<Vec<u8>>,
-    /// Physical: a window join that indexes its left side (`WindowBuild::Left`).
+    /// Physical: a window or as-of join that indexes its left side (`WindowBuild::Left`,
+    /// `AsOfBuild::Left`).
     #[serde(default)]
     left_build: bool,
 }
@@ -778,7 +779,11 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
             Some(keep) => exec.with_right_output(keep)?,
             None => exec,
         };
-        Ok(Arc::new(exec.with_mode(mode)))
+        let build = match header.left_build {
+            true => AsOfBuild::Left,
+            false => AsOfBuild::Right,
+        };
+        Ok(Arc::new(exec.with_mode(mode).with_build(build)))
     }
 
     fn try_encode(
@@ -806,6 +811,7 @@ impl PhysicalExtensionCodec for AsOfPhysicalCodec {
             header.right_output = Some(join.right_output().to_vec());
         }
         header.co_partitioned = join.mode() == AsOfJoinMode::CoPartitioned;
+        header.left_build = join.build() == AsOfBuild::Left;
         write_header(&header, buf)?;
         let mut exprs = JoinParts::exprs(join.on(), join.times(), join.tiebreak(), join.known_at());
         if let Some(Tolerance::Number(value)) = join.tolerance() {

@@ -52,17 +52,20 @@ use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ColumnStatistics, Statistics};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::FutureExt;
 use futures::future::WeakShared;
+use futures::{FutureExt, TryStreamExt};
 
 use super::build::{self, RightExprs};
 use super::build::{BuildFuture, SharedBuild};
 use super::kernel::{IndexBuilder, KernelOptions, KeySpec, TiebreakSpec};
+use super::labels::{Layout, LeftIndex, MAX_VALUES, word_type};
+use super::left_build::{Fallback, LeftBuild, RightColumn};
 use super::logical::{AsOfJoinType, AsOfOperator, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::probe::Probe;
@@ -273,6 +276,19 @@ impl fmt::Display for AsOfJoinMode {
     }
 }
 
+/// Which side an as-of join indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsOfBuild {
+    /// The right rows by key and time; the left streams through, in its order.
+    #[default]
+    Right,
+    /// The left rows by key and time (`super::labels`); the right streams through once, each
+    /// right row kept by the left rows it is the best match of so far, and the left comes out
+    /// when the right is done. Only where every right column is a key or of a type a record
+    /// holds in a word, the tie-breaks too, and the times are integers, dates or timestamps.
+    Left,
+}
+
 /// The as-of join operator. Build it with [`AsOfJoinExec::try_new`].
 #[derive(Debug)]
 pub struct AsOfJoinExec {
@@ -289,6 +305,9 @@ pub struct AsOfJoinExec {
     known_at: Option<PhysicalExprRef>,
     kernel: KernelOptions,
     mode: AsOfJoinMode,
+    side: AsOfBuild,
+    /// With the left indexed, the right rows put in key order at once.
+    chunk_rows: usize,
     /// Left ++ every right column: the schema given to [`AsOfJoinExec::try_new`].
     full_schema: SchemaRef,
     /// The right input's columns the output shows, ascending (all of them unless a projection
@@ -388,6 +407,8 @@ impl AsOfJoinExec {
             known_at,
             kernel,
             mode: AsOfJoinMode::SharedBuild,
+            side: AsOfBuild::Right,
+            chunk_rows: LeftIndex::CHUNK_ROWS,
             full_schema: schema.clone(),
             right_output,
             schema,
@@ -430,7 +451,95 @@ impl AsOfJoinExec {
             self.schema.clone(),
         )?);
         self.right_output = keep;
-        Ok(self)
+        let side = self.side;
+        Ok(self.with_build(side))
+    }
+
+    /// The same join indexing `build`'s side; [`AsOfBuild::Left`] only where the left build
+    /// can hold the right rows (else the join stays [`AsOfBuild::Right`]).
+    pub fn with_build(mut self, build: AsOfBuild) -> Self {
+        self.side = match build {
+            AsOfBuild::Left if self.left_layout().is_some() => AsOfBuild::Left,
+            _ => AsOfBuild::Right,
+        };
+        let emission = match self.side {
+            AsOfBuild::Right => EmissionType::Incremental,
+            AsOfBuild::Left => EmissionType::Final,
+        };
+        let properties = self.cache.as_ref().clone().with_emission_type(emission);
+        self.cache = Arc::new(properties);
+        self
+    }
+
+    /// The same join indexing the side it should when nothing says otherwise (the planner's
+    /// choice): the left where it can, unless the inputs' statistics say the left is the
+    /// larger (a training set has fewer labels than feature rows).
+    pub fn with_natural_build(self) -> Self {
+        if self.left_layout().is_none() {
+            return self;
+        }
+        let rows = |plan: &Arc<dyn ExecutionPlan>| {
+            datafusion::physical_plan::statistics::StatisticsContext::new()
+                .compute(plan.as_ref(), &StatisticsArgs::new())
+                .ok()
+                .and_then(|s| s.num_rows.get_value().copied())
+        };
+        let build = match (rows(&self.left), rows(&self.right)) {
+            (Some(left), Some(right)) if left > right => AsOfBuild::Right,
+            _ => AsOfBuild::Left,
+        };
+        self.with_build(build)
+    }
+
+    /// With the left indexed, the right rows put in key order at once (tests use a few, to
+    /// run many chunks).
+    pub(crate) fn with_chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// Which side the join indexes.
+    pub fn build(&self) -> AsOfBuild {
+        self.side
+    }
+
+    /// How a left build keeps the right rows: the record layout, the right columns the records
+    /// hold, and per right column whether it is held or is a key read from the left. `None`
+    /// where a left build cannot run this join.
+    fn left_layout(&self) -> Option<(Layout, Vec<usize>, Vec<RightColumn>)> {
+        if !super::time::integer_or_datetime(&self.kernel.time_type)
+            || !self.kernel.tiebreak.iter().all(|t| word_type(&t.data_type))
+        {
+            return None;
+        }
+        let right = self.right.schema();
+        let mut stored = Vec::new();
+        let mut from = Vec::with_capacity(right.fields().len());
+        for (c, field) in right.fields().iter().enumerate() {
+            let key = self.on.iter().position(|(_, r)| {
+                r.downcast_ref::<Column>()
+                    .is_some_and(|col| col.index() == c)
+            });
+            from.push(match key {
+                Some(k) => RightColumn::LeftKey(k),
+                None if word_type(field.data_type()) => {
+                    stored.push(c);
+                    RightColumn::Stored(stored.len() - 1)
+                }
+                None => return None,
+            });
+        }
+        if stored.len() + self.kernel.tiebreak.len() > MAX_VALUES {
+            return None;
+        }
+        let layout = Layout {
+            tiebreak: self.kernel.tiebreak.iter().map(|t| t.options).collect(),
+            columns: stored
+                .iter()
+                .map(|&c| right.field(c).data_type().clone())
+                .collect(),
+        };
+        Some((layout, stored, from))
     }
 
     /// The same join in `mode`. A join without keys cannot be partitioned by them: it stays
@@ -551,7 +660,9 @@ impl AsOfJoinExec {
             self.known_at.clone(),
             full_schema,
         )?
-        .with_mode(self.mode))
+        .with_mode(self.mode)
+        .with_build(self.side)
+        .with_chunk_rows(self.chunk_rows))
     }
 
     /// The same join over other inputs (`with_new_children`, `reset_state`).
@@ -727,6 +838,9 @@ impl DisplayAs for AsOfJoinExec {
         if self.mode != AsOfJoinMode::SharedBuild {
             write!(f, ", mode={}", self.mode)?;
         }
+        if self.side == AsOfBuild::Left {
+            write!(f, ", build=left")?;
+        }
         if self.on.is_empty() {
             // No keys to partition by: the right side is one partition, read whole by each task.
             write!(f, ", mode=single")?;
@@ -758,7 +872,12 @@ impl ExecutionPlan for AsOfJoinExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        self.mode.distributions(&self.on)
+        let mut distributions = self.mode.distributions(&self.on);
+        // Indexing the left, one task indexes all of it: every right row is read once.
+        if self.side == AsOfBuild::Left && self.mode == AsOfJoinMode::SharedBuild {
+            distributions[0] = Distribution::SinglePartition;
+        }
+        distributions
     }
 
     fn input_distribution_requirements(&self) -> InputDistributionRequirements {
@@ -925,9 +1044,57 @@ impl ExecutionPlan for AsOfJoinExec {
             partition,
             turn: self.spill_turn.clone(),
         };
-        let stream = AsOfStream::new(self.schema.clone(), left, build, probe, spill, metrics);
+        // Indexing the left needs all of it: one partition, or this partition's keys alone.
+        let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
+        let left_layout = match self.side {
+            AsOfBuild::Left
+                if co_partitioned || self.left.output_partitioning().partition_count() == 1 =>
+            {
+                self.left_layout()
+            }
+            _ => None,
+        };
+        let Some((layout, stored, from)) = left_layout else {
+            let stream = AsOfStream::new(self.schema.clone(), left, build, probe, spill, metrics);
+            return Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+                stream,
+            )));
+        };
+        let run = LeftBuild {
+            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
+            left_time: self.left_time.clone(),
+            key_specs: self
+                .kernel
+                .keys
+                .iter()
+                .map(|k| (k.data_type.clone(), k.null_equal))
+                .collect(),
+            spec: self.op.spec(),
+            tolerance: self.tolerance.clone(),
+            join_type: self.join_type,
+            right: self.right.clone(),
+            partitions: if co_partitioned {
+                vec![partition]
+            } else {
+                (0..self.right.output_partitioning().partition_count()).collect()
+            },
+            exprs: self.right_exprs(),
+            layout,
+            stored,
+            outputs: self.right_output.iter().map(|&c| from[c]).collect(),
+            schema: self.schema.clone(),
+            metrics: metrics.clone(),
+            context,
+            chunk_rows: self.chunk_rows,
+        };
+        let schema = self.schema.clone();
+        let fallback: Fallback = Box::new(move |left| {
+            Box::pin(AsOfStream::new(schema, left, build, probe, spill, metrics))
+        });
+        let schema = self.schema.clone();
+        let stream = futures::stream::once(run.run(left, fallback)).try_flatten();
         Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
-            stream,
+            RecordBatchStreamAdapter::new(schema, stream),
         )))
     }
 

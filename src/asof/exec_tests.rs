@@ -23,8 +23,8 @@ use rand::{Rng, SeedableRng};
 
 use super::oracle::{RightInput, oracle_asof};
 use super::{
-    AsOfJoinExec, AsOfJoinMode, AsOfJoinType, AsOfOperator, IndexBuilder, KernelOptions, KeySpec,
-    TiebreakSpec, Tolerance, tolerance_bound,
+    AsOfBuild, AsOfJoinExec, AsOfJoinMode, AsOfJoinType, AsOfOperator, IndexBuilder, KernelOptions,
+    KeySpec, TiebreakSpec, Tolerance, tolerance_bound,
 };
 
 /// One random case.
@@ -46,6 +46,11 @@ struct Case {
     /// The co-partitioned mode: both sides hash-partitioned (into `right_partitions`) by
     /// DataFusion's own EnsureRequirements rule, as the planner would.
     co_partitioned: bool,
+    /// The side the join indexes (the left only with one left partition, as the planner
+    /// gives it one, unless co-partitioned).
+    build: AsOfBuild,
+    /// With the left indexed, the right rows put in key order at once.
+    chunk_rows: usize,
 }
 
 fn schema(prefix: &str, timestamp: bool, two_keys: bool, right: bool) -> SchemaRef {
@@ -153,7 +158,14 @@ fn random_case(rng: &mut StdRng) -> Case {
     let times = [2, 5, 30, 10_000][rng.random_range(0..4)];
     let nulls = [0.0, 0.0, 0.1, 0.5][rng.random_range(0..4)];
     let batch_size = BATCH_SIZES[rng.random_range(0..BATCH_SIZES.len())];
-    let left_partitions = rng.random_range(1..=4);
+    let build = match rng.random_bool(0.5) {
+        true => AsOfBuild::Left,
+        false => AsOfBuild::Right,
+    };
+    let left_partitions = match build {
+        AsOfBuild::Left => 1,
+        AsOfBuild::Right => rng.random_range(1..=4),
+    };
     let left_rows = [0, 1, 10, 60, 300][rng.random_range(0..5)];
     let right_rows = [0, 1, 10, 80, 400][rng.random_range(0..5)];
     let mut left = Vec::new();
@@ -192,6 +204,8 @@ fn random_case(rng: &mut StdRng) -> Case {
         batch_size,
         only_rid: rng.random_bool(0.5),
         co_partitioned: false,
+        build,
+        chunk_rows: [1, 7, 100, 1 << 17][rng.random_range(0..4)],
     }
 }
 
@@ -264,7 +278,14 @@ impl Case {
             known,
             Arc::new(Schema::new(fields)),
         )
-        .unwrap();
+        .unwrap()
+        .with_build(self.build)
+        .with_chunk_rows(self.chunk_rows);
+        assert_eq!(
+            join.build(),
+            self.build,
+            "every test schema takes either build"
+        );
         let join = if self.only_rid {
             join.with_right_output(vec![rs.index_of("rid").unwrap()])
                 .unwrap()
@@ -366,7 +387,8 @@ impl Case {
     fn describe(&self) -> String {
         format!(
             "ts={} two_keys={} op={:?} type={:?} tol={:?} tiebreak={:?} known={} null_equal={} \
-             left_partitions={} left_rows={} right_rows={} right_partitions={} batch={} only_rid={}",
+             left_partitions={} left_rows={} right_rows={} right_partitions={} batch={} only_rid={} \
+             build={:?} chunk_rows={}",
             self.timestamp,
             self.two_keys,
             self.op,
@@ -384,7 +406,9 @@ impl Case {
             self.right.iter().map(|b| b.num_rows()).sum::<usize>(),
             self.right_partitions,
             self.batch_size,
-            self.only_rid
+            self.only_rid,
+            self.build,
+            self.chunk_rows
         )
     }
 }
@@ -470,6 +494,9 @@ async fn spilling_gives_the_same_answer_in_the_same_order() {
     let mut spilled = 0;
     for i in 0..24 {
         let mut case = random_case(&mut rng);
+        // The right side indexed: it is what spills (a left build that does not fit falls back
+        // to this, see below).
+        case.build = AsOfBuild::Right;
         // A right side of a few MiB (its index about twice that) against a pool of 1 or 2 MiB.
         let right_rows = rng.random_range(20_000..40_000);
         let batch = [512, 1000, 8192][rng.random_range(0..3)];
@@ -518,6 +545,109 @@ async fn spilling_gives_the_same_answer_in_the_same_order() {
     }
     // Most cases must really have spilled, or this proves nothing about spilling.
     assert!(spilled >= 16, "only {spilled} of 24 cases spilled");
+}
+
+/// A left build whose left side does not fit in the pool falls back to indexing the right side,
+/// which spills, with the left batches it already read: the same rows in the same order as the
+/// right build without a limit (itself checked against the oracle above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_left_build_that_does_not_fit_indexes_the_right_and_spills() {
+    let mut rng = StdRng::seed_from_u64(20_261_128);
+    for i in 0..4 {
+        let mut case = random_case(&mut rng);
+        case.build = AsOfBuild::Left;
+        // Without a tolerance, so that most rows match and the comparison says something.
+        case.tolerance = None;
+        case.left = vec![rows(
+            &mut rng,
+            60_000,
+            2000,
+            5000,
+            0.05,
+            case.timestamp,
+            case.two_keys,
+            false,
+            0,
+            1000,
+        )];
+        case.right = rows(
+            &mut rng,
+            30_000,
+            2000,
+            5000,
+            0.05,
+            case.timestamp,
+            case.two_keys,
+            true,
+            0,
+            1000,
+        );
+        case.batch_size = 1000;
+        let (got, spills) = run_limited(&case, 1 << 20).await;
+        assert!(spills > 0, "case {i}: the fallback did not spill");
+        let mut reference = case;
+        reference.build = AsOfBuild::Right;
+        let want = run(&reference, &context(1000, None)).await;
+        assert_eq!(got, want, "case {i}: {}", reference.describe());
+        assert!(want[0].iter().filter(|(_, r)| r.is_some()).count() > 1000);
+    }
+}
+
+/// The left build holds every right column in its records, so a right column of a type a word
+/// cannot hold (a string that is not a key) keeps the join indexing the right side.
+#[test]
+fn a_right_string_column_keeps_the_right_build() {
+    use datafusion::physical_expr::expressions::Column;
+    let ls = schema("l", false, false, false);
+    let rs = Arc::new(Schema::new(vec![
+        Field::new("rk", DataType::Int64, true),
+        Field::new("rt", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+    ]));
+    let left = MemorySourceConfig::try_new_exec(&[], ls.clone(), None).unwrap();
+    let right = MemorySourceConfig::try_new_exec(&[], rs.clone(), None).unwrap();
+    let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(rs.fields().iter().map(|f| f.as_ref().clone()));
+    let join = |name_key: bool| {
+        let mut on: Vec<(PhysicalExprRef, PhysicalExprRef)> =
+            vec![(col("lk", &ls).unwrap(), Arc::new(Column::new("rk", 0)))];
+        if name_key {
+            // The string is a key: its value is the left's, read from the left.
+            on.push((
+                Arc::new(datafusion::physical_expr::expressions::CastExpr::new(
+                    col("lk", &ls).unwrap(),
+                    DataType::Utf8,
+                    None,
+                )),
+                Arc::new(Column::new("name", 2)),
+            ));
+        }
+        AsOfJoinExec::try_new(
+            left.clone(),
+            right.clone(),
+            on.clone(),
+            vec![false; on.len()],
+            col("lt", &ls).unwrap(),
+            col("rt", &rs).unwrap(),
+            AsOfOperator::GtEq,
+            AsOfJoinType::Left,
+            None,
+            vec![],
+            None,
+            Arc::new(Schema::new(fields.clone())),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        join(false).with_build(AsOfBuild::Left).build(),
+        AsOfBuild::Right
+    );
+    assert_eq!(join(false).with_natural_build().build(), AsOfBuild::Right);
+    assert_eq!(
+        join(true).with_build(AsOfBuild::Left).build(),
+        AsOfBuild::Left
+    );
+    assert_eq!(join(true).with_natural_build().build(), AsOfBuild::Left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,6 +816,16 @@ async fn the_co_partitioned_mode_matches_the_oracle_reading_each_right_row_once(
     for i in 0..600 {
         let mut case = random_case(&mut rng);
         case.co_partitioned = true;
+        // Co-partitioned, each partition indexes its own left rows: a left build may start from
+        // several left partitions too.
+        if case.build == AsOfBuild::Left {
+            let parts = rng.random_range(1..=4);
+            let mut left = vec![Vec::new(); parts];
+            for (b, batch) in case.left.concat().into_iter().enumerate() {
+                left[b % parts].push(batch);
+            }
+            case.left = left;
+        }
         let ctx = context(case.batch_size, None);
         let plan = case.plan();
         // The optimizer partitioned both inputs alike, on their keys.

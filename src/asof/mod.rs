@@ -34,6 +34,8 @@ mod exec;
 #[cfg(test)]
 mod exec_tests;
 mod kernel;
+mod labels;
+mod left_build;
 mod logical;
 mod metrics;
 #[doc(hidden)]
@@ -47,7 +49,7 @@ mod tolerance;
 pub mod window;
 
 pub use codec::{AsOfLogicalCodec, AsOfPhysicalCodec};
-pub use exec::{AsOfJoinExec, AsOfJoinMode};
+pub use exec::{AsOfBuild, AsOfJoinExec, AsOfJoinMode};
 pub use kernel::{
     Direction, IndexBuilder, KernelOptions, KeySpec, MatchSpec, PreparedBatch, RightIndex, RowRef,
     TiebreakSpec, full_row_comparable, supported_key_type, supported_tiebreak_type,

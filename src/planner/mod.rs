@@ -206,6 +206,6 @@ impl ExtensionPlanner for AsOfPlanner {
             known_at,
             Arc::new(node.schema().as_arrow().clone()),
         )?;
-        Ok(Some(Arc::new(exec.with_mode(mode))))
+        Ok(Some(Arc::new(exec.with_mode(mode).with_natural_build())))
     }
 }

@@ -91,17 +91,25 @@ struct Slot {
 /// The left rows by key, sorted by time, and what each aggregate accumulates.
 pub struct LabelIndex {
     spec: WindowSpec,
-    groups: Groups,
-    /// Per group `g`, its entries are `offsets[g]..offsets[g + 1]`.
-    offsets: Vec<u32>,
-    /// The time of each entry.
-    times: Vec<i64>,
-    /// Per left row, its entry, or [`NO_ENTRY`].
-    entry_of: Vec<u32>,
+    left: LeftKeys,
     widths: Vec<Width>,
     slots: Vec<Slot>,
     /// Per aggregate, its slot.
     slot_of: Vec<usize>,
+}
+
+/// Left rows grouped by key, each group's rows sorted by time: what a join that indexes its
+/// left side (a window join's [`LabelIndex`], the as-of join's left build) looks right rows up
+/// in. A left row with a NULL key (unless `IS NOT DISTINCT FROM`) or a NULL time gets no entry.
+pub(crate) struct LeftKeys {
+    keys: Vec<(DataType, bool)>,
+    groups: Groups,
+    /// Per group `g`, its entries are `offsets[g]..offsets[g + 1]`.
+    pub(crate) offsets: Vec<u32>,
+    /// The time of each entry.
+    pub(crate) times: Vec<i64>,
+    /// Per left row, its entry, or [`NO_ENTRY`].
+    pub(crate) entry_of: Vec<u32>,
     /// For one integer key whose values span a small range: the groups by value, a table
     /// looked up without hashing.
     dense: Option<DenseGroups>,
@@ -140,7 +148,7 @@ impl DenseGroups {
 
 /// No entry (a left row in no window) or no group (a right row in none): the same marker as
 /// the right-side index's.
-const NO_ENTRY: u32 = NO_GROUP;
+pub(crate) const NO_ENTRY: u32 = NO_GROUP;
 
 /// One left batch's keys and times.
 pub struct LeftArrays {
@@ -148,6 +156,112 @@ pub struct LeftArrays {
     pub keys: Vec<ArrayRef>,
     /// The times.
     pub time: ArrayRef,
+}
+
+impl LeftKeys {
+    /// Groups the left rows `left` (batch after batch: row numbers run on across them) by the
+    /// keys `keys` (type, NULL equals NULL); `join` names the join in errors.
+    pub(crate) fn new(keys: &[(DataType, bool)], left: &[LeftArrays], join: &str) -> Result<Self> {
+        let rows: usize = left.iter().map(|l| l.time.len()).sum();
+        if u32::try_from(rows).is_err() {
+            return exec_err!(
+                "{join}'s left input has more than {} rows; at most that fits one index",
+                u32::MAX - 1
+            );
+        }
+        let mut groups = Groups::new(keys)?;
+        let mut group_of: Vec<u32> = Vec::with_capacity(rows);
+        let mut row_times: Vec<i64> = Vec::with_capacity(rows);
+        let mut counts: Vec<u32> = Vec::new();
+        for batch in left {
+            let view = groups.view(&batch.keys)?;
+            let (times, valid) = dense_time_keys(batch.time.as_ref())?;
+            for (i, &t) in times.iter().enumerate() {
+                if is_null(&valid, i) || null_key(&batch.keys, keys, i) {
+                    group_of.push(NO_ENTRY);
+                    row_times.push(0);
+                    continue;
+                }
+                let g = groups.get_or_insert(&view, i);
+                if g as usize == counts.len() {
+                    counts.push(0);
+                }
+                counts[g as usize] += 1;
+                group_of.push(g);
+                row_times.push(t);
+            }
+        }
+        // A counting sort by group, then each group's few rows by time.
+        let (offsets, mut entries) = group_entries(&counts, &group_of, &row_times);
+        drop((counts, group_of, row_times));
+        for w in offsets.windows(2) {
+            entries[w[0] as usize..w[1] as usize].sort_unstable();
+        }
+        let mut entry_of = vec![NO_ENTRY; rows];
+        for (p, &(_, row)) in entries.iter().enumerate() {
+            entry_of[row as usize] = p as u32;
+        }
+        let times = entries.iter().map(|e| e.0).collect();
+        let dense = match &groups {
+            Groups::Int { map, .. } => DenseGroups::of(map),
+            _ => None,
+        };
+        Ok(Self {
+            keys: keys.to_vec(),
+            groups,
+            offsets,
+            times,
+            entry_of,
+            dense,
+        })
+    }
+
+    /// Bytes held, for the memory pool.
+    pub(crate) fn memory_size(&self) -> usize {
+        self.groups.memory_size()
+            + self.dense.as_ref().map_or(0, |d| 4 * d.groups.len())
+            + 4 * (self.offsets.len() + self.entry_of.len())
+            + 8 * self.times.len()
+    }
+
+    /// The number of groups.
+    pub(crate) fn num_groups(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    /// Appends to `out` the group of each right row whose keys are `keys`, [`NO_ENTRY`] for a
+    /// row whose key no left row has, a NULL key (unless NULL equals NULL), or `skip(i)`.
+    pub(crate) fn groups_of(
+        &self,
+        keys: &[ArrayRef],
+        rows: usize,
+        skip: impl Fn(usize) -> bool,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let view = self.groups.view(keys)?;
+        let dense = match (&self.dense, &view) {
+            (Some(dense), KeyView::Int(keys)) => Some((dense, keys)),
+            _ => None,
+        };
+        out.extend((0..rows).map(|i| {
+            if skip(i) || null_key(keys, &self.keys, i) {
+                return NO_ENTRY;
+            }
+            let group = match dense {
+                Some((dense, keys)) if keys.is_valid(i) => dense.get(keys.value(i)),
+                _ => self.groups.get(&view, i),
+            };
+            group.unwrap_or(NO_ENTRY)
+        }));
+        Ok(())
+    }
+
+    /// The times of group `g`'s entries, and the entry of the first.
+    #[inline]
+    pub(crate) fn group(&self, g: usize) -> (&[i64], usize) {
+        let (from, to) = (self.offsets[g] as usize, self.offsets[g + 1] as usize);
+        (&self.times[from..to], from)
+    }
 }
 
 impl LabelIndex {
@@ -200,74 +314,23 @@ impl LabelIndex {
             });
         }
 
-        let rows: usize = left.iter().map(|l| l.time.len()).sum();
-        if u32::try_from(rows).is_err() {
-            return exec_err!(
-                "a window join's left input has more than {} rows; at most that fits one index",
-                u32::MAX - 1
-            );
-        }
-        let mut groups = Groups::new(&spec.keys)?;
-        let mut group_of: Vec<u32> = Vec::with_capacity(rows);
-        let mut row_times: Vec<i64> = Vec::with_capacity(rows);
-        let mut counts: Vec<u32> = Vec::new();
-        for batch in left {
-            let view = groups.view(&batch.keys)?;
-            let (times, valid) = dense_time_keys(batch.time.as_ref())?;
-            for (i, &t) in times.iter().enumerate() {
-                if is_null(&valid, i) || null_key(&batch.keys, &spec.keys, i) {
-                    group_of.push(NO_ENTRY);
-                    row_times.push(0);
-                    continue;
-                }
-                let g = groups.get_or_insert(&view, i);
-                if g as usize == counts.len() {
-                    counts.push(0);
-                }
-                counts[g as usize] += 1;
-                group_of.push(g);
-                row_times.push(t);
-            }
-        }
-        // A counting sort by group, then each group's few rows by time.
-        let (offsets, mut entries) = group_entries(&counts, &group_of, &row_times);
-        drop((counts, group_of, row_times));
-        for w in offsets.windows(2) {
-            entries[w[0] as usize..w[1] as usize].sort_unstable();
-        }
-        let mut entry_of = vec![NO_ENTRY; rows];
-        for (p, &(_, row)) in entries.iter().enumerate() {
-            entry_of[row as usize] = p as u32;
-        }
-        let times = entries.iter().map(|e| e.0).collect();
-        let dense = match &groups {
-            Groups::Int { map, .. } => DenseGroups::of(map),
-            _ => None,
-        };
         Ok(Self {
+            left: LeftKeys::new(&spec.keys, left, "a window join")?,
             spec,
-            groups,
-            offsets,
-            times,
-            entry_of,
             widths,
             slots,
             slot_of,
-            dense,
         })
     }
 
     /// Bytes held, for the memory pool.
     pub fn memory_size(&self) -> usize {
-        self.groups.memory_size()
-            + self.dense.as_ref().map_or(0, |d| 4 * d.groups.len())
-            + 4 * (self.offsets.len() + self.entry_of.len())
-            + 8 * self.times.len()
+        self.left.memory_size()
     }
 
     /// Empty accumulators, shared by the tasks streaming right rows.
     pub fn accumulators(&self) -> Accumulators {
-        let n = self.times.len();
+        let n = self.left.times.len();
         Accumulators {
             slots: self
                 .slots
@@ -296,7 +359,7 @@ impl LabelIndex {
                 Kind::IntExtreme { .. } | Kind::FloatExtreme { .. } => 9,
             })
             .sum();
-        per_entry * self.times.len()
+        per_entry * self.left.times.len()
     }
 
     /// How many right rows [`LabelIndex::apply`] should get at once: enough that, put in key
@@ -329,7 +392,7 @@ impl LabelIndex {
             }
         }
         let strict = self.spec.strict;
-        let num_groups = self.offsets.len() - 1;
+        let num_groups = self.left.num_groups();
 
         // 1. Each row's group (`NO_ENTRY` for a row in no window).
         // Every buffer is the task's, kept from chunk to chunk (fresh pages cost a fault each).
@@ -351,34 +414,17 @@ impl LabelIndex {
         refill(counts, num_groups, 0);
         let mut times = Vec::with_capacity(chunk.len());
         for right in chunk {
-            let view = self.groups.view(&right.keys)?;
             let (t, valid) = dense_time_keys(right.time.as_ref())?;
             let known = match &right.known {
                 Some(k) => Some(dense_time_keys(k.as_ref())?),
                 None => None,
             };
-            let dense = match (&self.dense, &view) {
-                (Some(dense), KeyView::Int(keys)) => Some((dense, keys)),
-                _ => None,
-            };
-            for i in 0..t.len() {
-                let group = if is_null(&valid, i)
-                    || known.as_ref().is_some_and(|(_, v)| is_null(v, i))
-                    || null_key(&right.keys, &self.spec.keys, i)
-                {
-                    None
-                } else {
-                    match dense {
-                        Some((dense, keys)) if keys.is_valid(i) => dense.get(keys.value(i)),
-                        _ => self.groups.get(&view, i),
-                    }
-                };
-                match group {
-                    Some(g) => {
-                        counts[g as usize] += 1;
-                        group_of.push(g);
-                    }
-                    None => group_of.push(NO_ENTRY),
+            let from = group_of.len();
+            let skip = |i| is_null(&valid, i) || known.as_ref().is_some_and(|(_, v)| is_null(v, i));
+            self.left.groups_of(&right.keys, t.len(), skip, group_of)?;
+            for &g in &group_of[from..] {
+                if g != NO_ENTRY {
+                    counts[g as usize] += 1;
                 }
             }
             times.push((t, known.map(|(k, _)| k)));
@@ -429,11 +475,9 @@ impl LabelIndex {
         refill(ends, 0, 0);
         for p in 0..kept {
             if let Some(&ahead) = sorted_group.get(p + AHEAD) {
-                prefetch(&self.times, self.offsets[ahead as usize] as usize);
+                prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
             }
-            let g = sorted_group[p] as usize;
-            let (from, to) = (self.offsets[g] as usize, self.offsets[g + 1] as usize);
-            let group = &self.times[from..to];
+            let (group, from) = self.left.group(sorted_group[p] as usize);
             let e = sorted_time[p];
             let lowest = match self.spec.has_known {
                 true => e.max(sorted_known[p]),
@@ -571,11 +615,11 @@ impl LabelIndex {
         if all.slots.len() != self.slots.len() {
             return internal_err!("window join: the accumulators do not match the join");
         }
-        let entry = |row: usize| match self.entry_of[row] {
+        let entry = |row: usize| match self.left.entry_of[row] {
             NO_ENTRY => None,
             p => Some(p as usize),
         };
-        let rows = self.entry_of.len();
+        let rows = self.left.entry_of.len();
         let jobs: Vec<(usize, &super::KernelAggregate)> =
             self.spec.aggregates.iter().enumerate().collect();
         on_cores(jobs, |(a, agg)| -> Result<ArrayRef> {

@@ -38,6 +38,7 @@ pub use exec::{PhysicalWindowAggregate, WindowBuild, WindowJoinExec};
 pub use fsum::exact_sum;
 pub use kernel::{KernelAggregate, RightArrays, WindowIndex, WindowIndexBuilder, WindowSpec};
 pub use labels::{Accumulators, LabelIndex, LeftArrays, Scratch, left_build_computes};
+pub(crate) use labels::{LeftKeys, NO_ENTRY};
 
 use super::Tolerance;
 

@@ -1,0 +1,733 @@
+//! The as-of join the other way round: the left rows (the labels) indexed, the right rows (the
+//! feature rows) streamed through once. For a right input much larger than the left (10M
+//! feature rows, 1M labels) nothing of the right side is kept but, per left row, the one right
+//! row that is its best match so far: memory follows the labels, and the right input is read at
+//! the speed of its decoding.
+//!
+//! # How it runs
+//!
+//! Build: the left rows are grouped by key and each group sorted by time ([`LeftKeys`], the
+//! same index a window join's left build uses); each left row's entry gets a record, empty at
+//! first.
+//!
+//! Stream ([`LeftIndex::apply`], a task per right partition): a right row at time `e` (known at
+//! `c`) is eligible, backward, for exactly the left rows of its key at `t >= max(e, c)` (`t > e`
+//! for `>`), a suffix of its group's time order; forward, for those at `t <= e` (`t < e`), a
+//! prefix. So it is offered to one entry, the first (backward) or last (forward) of its range,
+//! and kept there if it beats the record's row under the join's order (the time, then the
+//! `TIEBREAK BY` values, then the whole row: docs/semantics.md). The records of a batch's rows
+//! are assembled first, then compared under the lock the tasks share, each row fetching the
+//! record 16 rows on before its own.
+//!
+//! Finish ([`LeftIndex::finish`]): one sweep through each group carries the best record forward
+//! (backward: each entry takes the better of its own and the one before it; forward, from the
+//! end): an entry then holds the best of every right row eligible for it. A tolerance is checked
+//! on the result (the best eligible row is the latest; if it is too old, every other one is
+//! older still).
+//!
+//! A record is a row of 64-bit words: the time as a score (greater wins), the tie-break values
+//! and the right row's columns as order-preserving keys, then a word of NULL flags. It holds the
+//! right columns' values, which are read back out of it: so every right column must be of a
+//! type a word holds ([`word_type`]), except key columns equal to the left's keys (taken from
+//! the left). The exec falls back to indexing the right side otherwise.
+
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, PrimitiveArray};
+use arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
+use arrow::compute::SortOptions;
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, DurationMicrosecondType, DurationMillisecondType,
+    DurationNanosecondType, DurationSecondType, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, Time32MillisecondType, Time32SecondType, Time64MicrosecondType,
+    Time64NanosecondType, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use datafusion::common::{Result, internal_datafusion_err, internal_err};
+
+use super::kernel::{Direction, MatchSpec};
+use super::time::dense_time_keys;
+use super::window::{LeftKeys, NO_ENTRY};
+use crate::memory::prefetch;
+
+/// The sign bit, flipped to order signed values as unsigned words.
+const SIGN: u64 = 1 << 63;
+/// In a record's flags word: the record holds a row.
+const OCCUPIED: u64 = 1 << 63;
+/// How many rows ahead a row's record is fetched.
+const AHEAD: usize = 16;
+
+/// Whether a record keeps values of `data_type` in a word: integers, floats, booleans, dates,
+/// times, timestamps and durations.
+pub(crate) fn word_type(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Boolean
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt8
+            | DataType::UInt16
+            | DataType::UInt32
+            | DataType::UInt64
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Date32
+            | DataType::Date64
+            | DataType::Time32(_)
+            | DataType::Time64(_)
+            | DataType::Timestamp(_, _)
+            | DataType::Duration(_)
+    )
+}
+
+/// The most words a record has: the flags word has a bit per tie-break and column, and one for
+/// "occupied".
+pub(crate) const MAX_VALUES: usize = 63;
+
+fn typed<T: ArrowPrimitiveType>(array: &dyn Array) -> Result<&PrimitiveArray<T>> {
+    array
+        .as_primitive_opt::<T>()
+        .ok_or_else(|| internal_datafusion_err!("left build: {} expected", T::DATA_TYPE))
+}
+
+macro_rules! keys_signed {
+    ($t:ty, $array:expr, $out:expr) => {
+        $out.extend(
+            typed::<$t>($array)?
+                .values()
+                .iter()
+                .map(|&v| (v as i64 as u64) ^ SIGN),
+        )
+    };
+}
+
+macro_rules! keys_unsigned {
+    ($t:ty, $array:expr, $out:expr) => {
+        $out.extend(typed::<$t>($array)?.values().iter().map(|&v| v as u64))
+    };
+}
+
+/// The bits of an `f64` as a word in IEEE total order (`-NaN < -inf < … < -0.0 < 0.0 < …`).
+fn f64_key(v: f64) -> u64 {
+    let b = v.to_bits();
+    if b & SIGN != 0 { !b } else { b | SIGN }
+}
+
+fn f64_of(k: u64) -> f64 {
+    f64::from_bits(if k & SIGN != 0 { k & !SIGN } else { !k })
+}
+
+fn f32_key(v: f32) -> u64 {
+    let b = v.to_bits();
+    u64::from(if b & (1 << 31) != 0 {
+        !b
+    } else {
+        b | (1 << 31)
+    })
+}
+
+fn f32_of(k: u64) -> f32 {
+    let k = k as u32;
+    f32::from_bits(if k & (1 << 31) != 0 {
+        k & !(1 << 31)
+    } else {
+        !k
+    })
+}
+
+/// Appends the order key of each value of `array` (meaningless where it is NULL): a word that
+/// orders as the value does (floats in IEEE total order, `false < true`).
+fn order_keys(array: &dyn Array, out: &mut Vec<u64>) -> Result<()> {
+    match array.data_type() {
+        DataType::Boolean => {
+            let values = array.as_boolean().values();
+            out.extend(values.iter().map(u64::from));
+        }
+        DataType::Int8 => keys_signed!(Int8Type, array, out),
+        DataType::Int16 => keys_signed!(Int16Type, array, out),
+        DataType::Int32 => keys_signed!(Int32Type, array, out),
+        DataType::Int64 => keys_signed!(Int64Type, array, out),
+        DataType::UInt8 => keys_unsigned!(UInt8Type, array, out),
+        DataType::UInt16 => keys_unsigned!(UInt16Type, array, out),
+        DataType::UInt32 => keys_unsigned!(UInt32Type, array, out),
+        DataType::UInt64 => keys_unsigned!(UInt64Type, array, out),
+        DataType::Float32 => out.extend(
+            typed::<Float32Type>(array)?
+                .values()
+                .iter()
+                .map(|&v| f32_key(v)),
+        ),
+        DataType::Float64 => out.extend(
+            typed::<Float64Type>(array)?
+                .values()
+                .iter()
+                .map(|&v| f64_key(v)),
+        ),
+        DataType::Date32 => keys_signed!(Date32Type, array, out),
+        DataType::Date64 => keys_signed!(Date64Type, array, out),
+        DataType::Time32(TimeUnit::Second) => keys_signed!(Time32SecondType, array, out),
+        DataType::Time32(TimeUnit::Millisecond) => {
+            keys_signed!(Time32MillisecondType, array, out)
+        }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            keys_signed!(Time64MicrosecondType, array, out)
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => keys_signed!(Time64NanosecondType, array, out),
+        DataType::Timestamp(TimeUnit::Second, _) => keys_signed!(TimestampSecondType, array, out),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            keys_signed!(TimestampMillisecondType, array, out)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            keys_signed!(TimestampMicrosecondType, array, out)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            keys_signed!(TimestampNanosecondType, array, out)
+        }
+        DataType::Duration(TimeUnit::Second) => keys_signed!(DurationSecondType, array, out),
+        DataType::Duration(TimeUnit::Millisecond) => {
+            keys_signed!(DurationMillisecondType, array, out)
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            keys_signed!(DurationMicrosecondType, array, out)
+        }
+        DataType::Duration(TimeUnit::Nanosecond) => {
+            keys_signed!(DurationNanosecondType, array, out)
+        }
+        other => return internal_err!("left build: {other} is not kept in a word"),
+    }
+    Ok(())
+}
+
+fn primitive<T: ArrowPrimitiveType>(
+    data_type: &DataType,
+    keys: &[u64],
+    nulls: Option<NullBuffer>,
+    value: impl Fn(u64) -> T::Native,
+) -> ArrayRef {
+    let values: ScalarBuffer<T::Native> = keys.iter().map(|&k| value(k)).collect();
+    Arc::new(PrimitiveArray::<T>::new(values, nulls).with_data_type(data_type.clone()))
+}
+
+macro_rules! from_signed {
+    ($t:ty, $dt:expr, $keys:expr, $nulls:expr) => {
+        primitive::<$t>($dt, $keys, $nulls, |k| {
+            ((k ^ SIGN) as i64) as <$t as ArrowPrimitiveType>::Native
+        })
+    };
+}
+
+macro_rules! from_unsigned {
+    ($t:ty, $dt:expr, $keys:expr, $nulls:expr) => {
+        primitive::<$t>($dt, $keys, $nulls, |k| {
+            k as <$t as ArrowPrimitiveType>::Native
+        })
+    };
+}
+
+/// The array of `data_type` whose values have the order keys `keys` ([`order_keys`]' inverse).
+fn from_keys(data_type: &DataType, keys: &[u64], nulls: Option<NullBuffer>) -> Result<ArrayRef> {
+    let dt = data_type;
+    Ok(match dt {
+        DataType::Boolean => Arc::new(BooleanArray::new(
+            keys.iter().map(|&k| k != 0).collect::<BooleanBuffer>(),
+            nulls,
+        )),
+        DataType::Int8 => from_signed!(Int8Type, dt, keys, nulls),
+        DataType::Int16 => from_signed!(Int16Type, dt, keys, nulls),
+        DataType::Int32 => from_signed!(Int32Type, dt, keys, nulls),
+        DataType::Int64 => from_signed!(Int64Type, dt, keys, nulls),
+        DataType::UInt8 => from_unsigned!(UInt8Type, dt, keys, nulls),
+        DataType::UInt16 => from_unsigned!(UInt16Type, dt, keys, nulls),
+        DataType::UInt32 => from_unsigned!(UInt32Type, dt, keys, nulls),
+        DataType::UInt64 => from_unsigned!(UInt64Type, dt, keys, nulls),
+        DataType::Float32 => primitive::<Float32Type>(dt, keys, nulls, f32_of),
+        DataType::Float64 => primitive::<Float64Type>(dt, keys, nulls, f64_of),
+        DataType::Date32 => from_signed!(Date32Type, dt, keys, nulls),
+        DataType::Date64 => from_signed!(Date64Type, dt, keys, nulls),
+        DataType::Time32(TimeUnit::Second) => from_signed!(Time32SecondType, dt, keys, nulls),
+        DataType::Time32(TimeUnit::Millisecond) => {
+            from_signed!(Time32MillisecondType, dt, keys, nulls)
+        }
+        DataType::Time64(TimeUnit::Microsecond) => {
+            from_signed!(Time64MicrosecondType, dt, keys, nulls)
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            from_signed!(Time64NanosecondType, dt, keys, nulls)
+        }
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            from_signed!(TimestampSecondType, dt, keys, nulls)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            from_signed!(TimestampMillisecondType, dt, keys, nulls)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            from_signed!(TimestampMicrosecondType, dt, keys, nulls)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            from_signed!(TimestampNanosecondType, dt, keys, nulls)
+        }
+        DataType::Duration(TimeUnit::Second) => from_signed!(DurationSecondType, dt, keys, nulls),
+        DataType::Duration(TimeUnit::Millisecond) => {
+            from_signed!(DurationMillisecondType, dt, keys, nulls)
+        }
+        DataType::Duration(TimeUnit::Microsecond) => {
+            from_signed!(DurationMicrosecondType, dt, keys, nulls)
+        }
+        DataType::Duration(TimeUnit::Nanosecond) => {
+            from_signed!(DurationNanosecondType, dt, keys, nulls)
+        }
+        other => return internal_err!("left build: {other} is not kept in a word"),
+    })
+}
+
+/// What a record holds: after the time's score, the `TIEBREAK BY` values (in their written
+/// order) and the right row's columns (compared ascending, NULL first, in the right input's
+/// order), then the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// Per tie-break, its written order.
+    pub tiebreak: Vec<SortOptions>,
+    /// The types of the right columns a record holds.
+    pub columns: Vec<DataType>,
+}
+
+impl Layout {
+    /// Words per record.
+    pub(crate) fn stride(&self) -> usize {
+        2 + self.tiebreak.len() + self.columns.len()
+    }
+
+    /// Whether record `a` holds a better row than record `b` under the join's order: the
+    /// greater score (an empty record loses to every row), then the tie-break values (the one
+    /// sorting first wins), then the whole row (the greatest wins, NULL least). Equal records
+    /// hold rows equal in every compared column: neither beats the other.
+    #[inline]
+    fn beats(&self, a: &[u64], b: &[u64]) -> bool {
+        let flags = a.len() - 1;
+        let (fa, fb) = (a[flags], b[flags]);
+        if fb & OCCUPIED == 0 || fa & OCCUPIED == 0 {
+            return fa & OCCUPIED != 0 && fb & OCCUPIED == 0;
+        }
+        if a[0] != b[0] {
+            return a[0] > b[0];
+        }
+        for (j, options) in self.tiebreak.iter().enumerate() {
+            let (na, nb) = ((fa >> j) & 1 == 1, (fb >> j) & 1 == 1);
+            let (ka, kb) = (a[1 + j], b[1 + j]);
+            match (na, nb) {
+                (true, true) => {}
+                (true, false) => return options.nulls_first,
+                (false, true) => return !options.nulls_first,
+                (false, false) if ka != kb => return options.descending == (ka > kb),
+                (false, false) => {}
+            }
+        }
+        let base = 1 + self.tiebreak.len();
+        for c in 0..self.columns.len() {
+            let bit = self.tiebreak.len() + c;
+            let (na, nb) = ((fa >> bit) & 1 == 1, (fb >> bit) & 1 == 1);
+            let (ka, kb) = (a[base + c], b[base + c]);
+            match (na, nb) {
+                (true, true) => {}
+                (true, false) => return false,
+                (false, true) => return true,
+                (false, false) if ka != kb => return ka > kb,
+                (false, false) => {}
+            }
+        }
+        false
+    }
+}
+
+/// One right batch, evaluated.
+pub(crate) struct RightRows {
+    /// The key columns, in the join's order.
+    pub keys: Vec<ArrayRef>,
+    /// The times.
+    pub time: ArrayRef,
+    /// The knowledge times, if the join has them.
+    pub known: Option<ArrayRef>,
+    /// The `TIEBREAK BY` values.
+    pub tiebreak: Vec<ArrayRef>,
+    /// The columns the records hold ([`Layout::columns`]).
+    pub columns: Vec<ArrayRef>,
+}
+
+/// Per left entry, the record of its best right row so far.
+pub(crate) struct Best {
+    words: Vec<u64>,
+}
+
+/// A task's buffers, kept from batch to batch (fresh pages cost a fault each).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// Per row of the chunk: its group, time and knowledge time.
+    group_of: Vec<u32>,
+    times: Vec<i64>,
+    known: Vec<i64>,
+    /// Per group, where its rows go in `order` (a counting sort).
+    counts: Vec<u32>,
+    /// The chunk's rows with a group, in group order.
+    order: Vec<u32>,
+    /// Per right row that reaches an entry, in entry order: (the entry, the row).
+    hits: Vec<(u32, u32)>,
+    records: Vec<u64>,
+    /// Per value (tie-break, then column), the order key of every row of the chunk.
+    keys: Vec<u64>,
+    /// Per row, its record's flags: occupied, and which of its values are NULL.
+    nulls: Vec<u64>,
+}
+
+/// The left rows by key and time, and how records are laid out.
+pub(crate) struct LeftIndex {
+    left: LeftKeys,
+    spec: MatchSpec,
+    has_known: bool,
+    layout: Layout,
+}
+
+impl LeftIndex {
+    /// The index of the grouped left rows `left` for a join with the match condition `spec`.
+    pub(crate) fn new(
+        left: LeftKeys,
+        spec: MatchSpec,
+        has_known: bool,
+        layout: Layout,
+    ) -> Result<Self> {
+        if layout.tiebreak.len() + layout.columns.len() > MAX_VALUES {
+            return internal_err!("left build: more than {MAX_VALUES} values per record");
+        }
+        if has_known && spec.direction == Direction::Forward {
+            return internal_err!("left build: a knowledge time with a forward condition");
+        }
+        Ok(Self {
+            left,
+            spec,
+            has_known,
+            layout,
+        })
+    }
+
+    /// Bytes held by the index and by one [`Best`].
+    pub(crate) fn memory_size(&self) -> usize {
+        self.left.memory_size() + 8 * self.layout.stride() * self.left.times.len()
+    }
+
+    /// Empty records, one per entry.
+    pub(crate) fn best(&self) -> Best {
+        Best {
+            words: vec![0; self.layout.stride() * self.left.times.len()],
+        }
+    }
+
+    /// How many right rows [`LeftIndex::apply`] should get at once: put in key order, they
+    /// reach the left's times and records close to one another (as a window join's left build
+    /// does, `LabelIndex::CHUNK_ROWS`).
+    pub(crate) const CHUNK_ROWS: usize = 1 << 17;
+
+    /// Offers each row of a chunk of right batches to the entry it reaches, keeping it where it
+    /// beats the entry's record. The rows are first put in the order of their left groups (a
+    /// counting sort), so the searches and the records move through memory in order instead of
+    /// missing the cache on every row.
+    pub(crate) fn apply(
+        &self,
+        shared: &Mutex<Best>,
+        scratch: &mut Scratch,
+        chunk: &[RightRows],
+    ) -> Result<()> {
+        let Scratch {
+            group_of,
+            counts,
+            order,
+            times,
+            known,
+            hits,
+            records,
+            keys,
+            nulls,
+        } = scratch;
+        let values = self.layout.tiebreak.len() + self.layout.columns.len();
+        for right in chunk {
+            if right.tiebreak.len() != self.layout.tiebreak.len()
+                || right.columns.len() != self.layout.columns.len()
+                || right.known.is_some() != self.has_known
+            {
+                return internal_err!("left build: the right arrays do not match the join");
+            }
+        }
+
+        // 1. Each row's group, time and knowledge time, the chunk's rows one after the other.
+        group_of.clear();
+        times.clear();
+        known.clear();
+        for right in chunk {
+            let (t, valid) = dense_time_keys(right.time.as_ref())?;
+            let k = right
+                .known
+                .as_ref()
+                .map(|k| dense_time_keys(k.as_ref()))
+                .transpose()?;
+            let skip = |i: usize| {
+                valid.as_ref().is_some_and(|v| v.is_null(i))
+                    || k.as_ref()
+                        .is_some_and(|(_, v)| v.as_ref().is_some_and(|v| v.is_null(i)))
+            };
+            self.left.groups_of(&right.keys, t.len(), skip, group_of)?;
+            times.extend_from_slice(&t);
+            if let Some((k, _)) = k {
+                known.extend_from_slice(&k);
+            }
+        }
+
+        // 2. The rows in the order of their groups (a counting sort).
+        counts.clear();
+        counts.resize(self.left.num_groups() + 1, 0);
+        for &g in group_of.iter() {
+            if g != NO_ENTRY {
+                counts[g as usize + 1] += 1;
+            }
+        }
+        for g in 1..counts.len() {
+            counts[g] += counts[g - 1];
+        }
+        order.clear();
+        order.resize(counts[counts.len() - 1] as usize, 0);
+        for (r, &g) in group_of.iter().enumerate() {
+            if g != NO_ENTRY {
+                let at = &mut counts[g as usize];
+                order[*at as usize] = r as u32;
+                *at += 1;
+            }
+        }
+
+        // 3. The entry each row reaches, in group order.
+        hits.clear();
+        let (backward, strict) = (self.spec.direction == Direction::Backward, self.spec.strict);
+        for (j, &r) in order.iter().enumerate() {
+            if let Some(&ahead) = order.get(j + AHEAD) {
+                let g = group_of[ahead as usize] as usize;
+                prefetch(&self.left.times, self.left.offsets[g] as usize);
+            }
+            let r = r as usize;
+            let (group, from) = self.left.group(group_of[r] as usize);
+            let e = times[r];
+            let entry = if backward {
+                let c = known.get(r).copied().unwrap_or(i64::MIN);
+                let at = match strict {
+                    true => group.partition_point(|&t| t <= e || t < c),
+                    false => group.partition_point(|&t| t < e.max(c)),
+                };
+                if at == group.len() {
+                    continue;
+                }
+                from + at
+            } else {
+                let end = match strict {
+                    true => group.partition_point(|&t| t < e),
+                    false => group.partition_point(|&t| t <= e),
+                };
+                if end == 0 {
+                    continue;
+                }
+                from + end - 1
+            };
+            hits.push((entry as u32, r as u32));
+        }
+
+        // 4. Their records: the score, the values' order keys, their NULL flags.
+        let layout = &self.layout;
+        let stride = layout.stride();
+        let flags = stride - 1;
+        nulls.clear();
+        nulls.resize(times.len(), OCCUPIED);
+        keys.clear();
+        for v in 0..values {
+            let mut offset = 0;
+            for right in chunk {
+                let array = match v < layout.tiebreak.len() {
+                    true => &right.tiebreak[v],
+                    false => &right.columns[v - layout.tiebreak.len()],
+                };
+                order_keys(array.as_ref(), keys)?;
+                if let Some(n) = array.logical_nulls() {
+                    for i in n
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, valid)| !valid)
+                        .map(|(i, _)| i)
+                    {
+                        nulls[offset + i] |= 1 << v;
+                    }
+                }
+                offset += array.len();
+            }
+        }
+        let rows = times.len();
+        records.clear();
+        records.resize(hits.len() * stride, 0);
+        for (record, &(_, r)) in records.chunks_exact_mut(stride).zip(hits.iter()) {
+            let r = r as usize;
+            let key = (times[r] as u64) ^ SIGN;
+            record[0] = if backward { key } else { !key };
+            for v in 0..values {
+                record[1 + v] = keys[v * rows + r];
+            }
+            record[flags] = nulls[r];
+        }
+
+        // 5. Each kept where it beats the entry's record.
+        let mut best = match shared.lock() {
+            Ok(best) => best,
+            Err(_) => return internal_err!("left build: a task offering right rows panicked"),
+        };
+        let words = &mut best.words;
+        for (h, &(entry, _)) in hits.iter().enumerate() {
+            if let Some(&(ahead, _)) = hits.get(h + AHEAD) {
+                let at = ahead as usize * stride;
+                prefetch(words, at);
+                prefetch(words, at + flags);
+            }
+            let at = entry as usize * stride;
+            let record = &records[h * stride..(h + 1) * stride];
+            if layout.beats(record, &words[at..at + stride]) {
+                words[at..at + stride].copy_from_slice(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries each group's best record along its time order, so that every entry holds the
+    /// best of all the right rows eligible for it.
+    pub(crate) fn finish(&self, best: &mut Best) {
+        let stride = self.layout.stride();
+        let words = &mut best.words;
+        // Entry `e` takes entry `from`'s record where that holds the better row.
+        let mut carry = |from: usize, e: usize| {
+            let (a, b) = (from * stride, e * stride);
+            if self
+                .layout
+                .beats(&words[a..a + stride], &words[b..b + stride])
+            {
+                words.copy_within(a..a + stride, b);
+            }
+        };
+        for g in 0..self.left.num_groups() {
+            let (group, first) = self.left.group(g);
+            let entries = first..first + group.len();
+            match self.spec.direction {
+                Direction::Backward => entries.skip(1).for_each(|e| carry(e - 1, e)),
+                Direction::Forward => entries.rev().skip(1).for_each(|e| carry(e + 1, e)),
+            }
+        }
+    }
+
+    /// The entry holding left row `row`'s match, if it has one within the tolerance: `bound` is
+    /// the row's tolerance bound as a time key (`Some(None)`: a NULL bound, which nothing meets).
+    pub(crate) fn matched(
+        &self,
+        best: &Best,
+        row: usize,
+        bound: Option<Option<i64>>,
+    ) -> Option<usize> {
+        let entry = self.left.entry_of[row];
+        if entry == NO_ENTRY {
+            return None;
+        }
+        let stride = self.layout.stride();
+        let record = &best.words[entry as usize * stride..(entry as usize + 1) * stride];
+        if record[stride - 1] & OCCUPIED == 0 {
+            return None;
+        }
+        let backward = self.spec.direction == Direction::Backward;
+        let score = if backward { record[0] } else { !record[0] };
+        let time = (score ^ SIGN) as i64;
+        let within = match bound {
+            None => true,
+            Some(None) => false,
+            Some(Some(b)) if backward => time >= b,
+            Some(Some(b)) => time <= b,
+        };
+        within.then_some(entry as usize)
+    }
+
+    /// Column `c` of the layout for the entries `entries` (`None`: NULL).
+    pub(crate) fn column(
+        &self,
+        best: &Best,
+        c: usize,
+        entries: &[Option<usize>],
+    ) -> Result<ArrayRef> {
+        let stride = self.layout.stride();
+        let (word, bit) = (
+            1 + self.layout.tiebreak.len() + c,
+            self.layout.tiebreak.len() + c,
+        );
+        let mut keys = Vec::with_capacity(entries.len());
+        let mut valid = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                Some(e) => {
+                    let record = &best.words[e * stride..(e + 1) * stride];
+                    keys.push(record[word]);
+                    valid.push((record[stride - 1] >> bit) & 1 == 0);
+                }
+                None => {
+                    keys.push(0);
+                    valid.push(false);
+                }
+            }
+        }
+        let nulls = NullBuffer::from(valid);
+        let nulls = (nulls.null_count() > 0).then_some(nulls);
+        from_keys(&self.layout.columns[c], &keys, nulls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Order keys order as the values do, and read back to the same values, for every type a
+    /// record holds.
+    #[test]
+    fn order_keys_keep_order_and_read_back() {
+        use arrow::array::{Float32Array, Float64Array, Int8Array, UInt64Array};
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(Int8Array::from(vec![i8::MIN, -1, 0, 1, i8::MAX])),
+            Arc::new(UInt64Array::from(vec![0, 1, 1 << 63, u64::MAX])),
+            Arc::new(Float64Array::from(vec![
+                f64::NEG_INFINITY,
+                -1.5,
+                -0.0,
+                0.0,
+                f64::MIN_POSITIVE,
+                f64::INFINITY,
+                f64::NAN,
+            ])),
+            Arc::new(Float32Array::from(vec![
+                f32::NEG_INFINITY,
+                -0.0,
+                0.0,
+                2.5,
+                f32::NAN,
+            ])),
+            Arc::new(BooleanArray::from(vec![false, true])),
+            Arc::new(
+                PrimitiveArray::<TimestampMicrosecondType>::from(vec![i64::MIN, 0, i64::MAX])
+                    .with_timezone("UTC"),
+            ),
+        ];
+        for array in arrays {
+            let mut keys = Vec::new();
+            order_keys(array.as_ref(), &mut keys).unwrap();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{array:?}: {keys:?}");
+            let back = from_keys(array.data_type(), &keys, None).unwrap();
+            assert_eq!(back.data_type(), array.data_type());
+            let mut again = Vec::new();
+            order_keys(back.as_ref(), &mut again).unwrap();
+            assert_eq!(again, keys, "{array:?}");
+        }
+    }
+}
