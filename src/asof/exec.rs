@@ -64,7 +64,7 @@ use futures::{FutureExt, TryStreamExt};
 use super::build::{self, RightExprs};
 use super::build::{BuildFuture, SharedBuild};
 use super::kernel::{IndexBuilder, KernelOptions, KeySpec, TiebreakSpec};
-use super::labels::{Layout, LeftIndex, MAX_VALUES, word_type};
+use super::labels::{Layout, MAX_VALUES, Source, word_type};
 use super::left_build::{Fallback, LeftBuild, RightColumn};
 use super::logical::{AsOfJoinType, AsOfOperator, Tolerance};
 use super::metrics::AsOfJoinMetrics;
@@ -306,7 +306,8 @@ pub struct AsOfJoinExec {
     kernel: KernelOptions,
     mode: AsOfJoinMode,
     side: AsOfBuild,
-    /// With the left indexed, the right rows put in key order at once.
+    /// With the left indexed, at most this many right rows put in key order at once (the index
+    /// says how many, `LeftIndex::chunk_rows`).
     chunk_rows: usize,
     /// Left ++ every right column: the schema given to [`AsOfJoinExec::try_new`].
     full_schema: SchemaRef,
@@ -408,7 +409,7 @@ impl AsOfJoinExec {
             kernel,
             mode: AsOfJoinMode::SharedBuild,
             side: AsOfBuild::Right,
-            chunk_rows: LeftIndex::CHUNK_ROWS,
+            chunk_rows: usize::MAX,
             full_schema: schema.clone(),
             right_output,
             schema,
@@ -503,8 +504,9 @@ impl AsOfJoinExec {
         self.side
     }
 
-    /// How a left build keeps the right rows: the record layout, the right columns the records
-    /// hold, and per right column whether it is held or is a key read from the left. `None`
+    /// How a left build keeps the right rows: the record layout, the right columns with a word
+    /// of their own in the records, and per right column whether the records hold it or it is
+    /// a key read from the left. `None`
     /// where a left build cannot run this join.
     fn left_layout(&self) -> Option<(Layout, Vec<usize>, Vec<RightColumn>)> {
         if !super::time::integer_or_datetime(&self.kernel.time_type)
@@ -513,32 +515,45 @@ impl AsOfJoinExec {
             return None;
         }
         let right = self.right.schema();
+        let column_of = |e: &PhysicalExprRef| e.downcast_ref::<Column>().map(|col| col.index());
+        let time_column = column_of(&self.right_time).filter(|_| {
+            // The score is the time key, which is the order key of signed types only.
+            !self.kernel.time_type.is_unsigned_integer()
+        });
+        let mut columns = Vec::new();
         let mut stored = Vec::new();
         let mut from = Vec::with_capacity(right.fields().len());
         for (c, field) in right.fields().iter().enumerate() {
-            let key = self.on.iter().position(|(_, r)| {
-                r.downcast_ref::<Column>()
-                    .is_some_and(|col| col.index() == c)
-            });
-            from.push(match key {
-                Some(k) => RightColumn::LeftKey(k),
-                None if word_type(field.data_type()) => {
+            let key = self.on.iter().position(|(_, r)| column_of(r) == Some(c));
+            if let Some(k) = key {
+                from.push(RightColumn::LeftKey(k));
+                continue;
+            }
+            if !word_type(field.data_type()) {
+                return None;
+            }
+            let tiebreak = self
+                .tiebreak
+                .iter()
+                .position(|t| column_of(&t.expr) == Some(c));
+            let source = match (time_column == Some(c), tiebreak) {
+                (true, _) => Source::Score,
+                (false, Some(j)) => Source::Tiebreak(j),
+                (false, None) => {
                     stored.push(c);
-                    RightColumn::Stored(stored.len() - 1)
+                    Source::Word
                 }
-                None => return None,
-            });
-        }
-        if stored.len() + self.kernel.tiebreak.len() > MAX_VALUES {
-            return None;
+            };
+            columns.push((field.data_type().clone(), source));
+            from.push(RightColumn::Stored(columns.len() - 1));
         }
         let layout = Layout {
             tiebreak: self.kernel.tiebreak.iter().map(|t| t.options).collect(),
-            columns: stored
-                .iter()
-                .map(|&c| right.field(c).data_type().clone())
-                .collect(),
+            columns,
         };
+        if layout.values() > MAX_VALUES {
+            return None;
+        }
         Some((layout, stored, from))
     }
 

@@ -282,21 +282,64 @@ fn from_keys(data_type: &DataType, keys: &[u64], nulls: Option<NullBuffer>) -> R
     })
 }
 
+/// Where a record keeps a right column's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// A word of its own.
+    Word,
+    /// The time's score: the column is the join's time, a signed integer, date or timestamp
+    /// (whose order key is its time key), never NULL in a record.
+    Score,
+    /// The word of tie-break `j`: the column is that tie-break.
+    Tiebreak(usize),
+}
+
 /// What a record holds: after the time's score, the `TIEBREAK BY` values (in their written
-/// order) and the right row's columns (compared ascending, NULL first, in the right input's
-/// order), then the flags.
+/// order) and the words of the right row's other columns (compared ascending, NULL first, in
+/// the right input's order), then the flags. A record of at most 8 words takes 8, one cache
+/// line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
     /// Per tie-break, its written order.
     pub tiebreak: Vec<SortOptions>,
-    /// The types of the right columns a record holds.
-    pub columns: Vec<DataType>,
+    /// The right columns a record holds: their types, and where their values are.
+    pub columns: Vec<(DataType, Source)>,
 }
 
 impl Layout {
-    /// Words per record.
+    /// The values with a word of their own: the tie-breaks, then the columns of
+    /// [`Source::Word`].
+    pub(crate) fn values(&self) -> usize {
+        self.tiebreak.len() + self.words()
+    }
+
+    /// The columns with a word of their own.
+    fn words(&self) -> usize {
+        self.columns
+            .iter()
+            .filter(|(_, s)| *s == Source::Word)
+            .count()
+    }
+
+    /// Words per record: one cache line (8 words) when that holds it.
     pub(crate) fn stride(&self) -> usize {
-        2 + self.tiebreak.len() + self.columns.len()
+        let used = 2 + self.values();
+        if used <= 8 { 8 } else { used }
+    }
+
+    /// Where column `c`'s value is: its word and NULL flag (`None` for the score).
+    fn place(&self, c: usize) -> Option<usize> {
+        match self.columns[c].1 {
+            Source::Score => None,
+            Source::Tiebreak(j) => Some(j),
+            Source::Word => Some(
+                self.tiebreak.len()
+                    + self.columns[..c]
+                        .iter()
+                        .filter(|(_, s)| *s == Source::Word)
+                        .count(),
+            ),
+        }
     }
 
     /// Whether record `a` holds a better row than record `b` under the join's order: the
@@ -324,11 +367,10 @@ impl Layout {
                 (false, false) => {}
             }
         }
-        let base = 1 + self.tiebreak.len();
-        for c in 0..self.columns.len() {
-            let bit = self.tiebreak.len() + c;
+        // A column kept as the score or a tie-break is equal in rows tied so far.
+        for bit in self.tiebreak.len()..self.values() {
             let (na, nb) = ((fa >> bit) & 1 == 1, (fb >> bit) & 1 == 1);
-            let (ka, kb) = (a[base + c], b[base + c]);
+            let (ka, kb) = (a[1 + bit], b[1 + bit]);
             match (na, nb) {
                 (true, true) => {}
                 (true, false) => return false,
@@ -351,13 +393,25 @@ pub(crate) struct RightRows {
     pub known: Option<ArrayRef>,
     /// The `TIEBREAK BY` values.
     pub tiebreak: Vec<ArrayRef>,
-    /// The columns the records hold ([`Layout::columns`]).
+    /// The columns with a word of their own ([`Source::Word`]), in the layout's order.
     pub columns: Vec<ArrayRef>,
 }
 
-/// Per left entry, the record of its best right row so far.
+/// Per left entry, the record of its best right row so far: `all[start..]`, whose first word
+/// starts a cache line.
 pub(crate) struct Best {
-    words: Vec<u64>,
+    all: Vec<u64>,
+    start: usize,
+}
+
+impl Best {
+    fn words(&self) -> &[u64] {
+        &self.all[self.start..]
+    }
+
+    fn words_mut(&mut self) -> &mut [u64] {
+        &mut self.all[self.start..]
+    }
 }
 
 /// A task's buffers, kept from batch to batch (fresh pages cost a fault each).
@@ -367,17 +421,18 @@ pub(crate) struct Scratch {
     group_of: Vec<u32>,
     times: Vec<i64>,
     known: Vec<i64>,
-    /// Per group, where its rows go in `order` (a counting sort).
+    /// Per group, where its rows go (a counting sort).
     counts: Vec<u32>,
-    /// The chunk's rows with a group, in group order.
+    /// The group of each row with one, in group order.
     order: Vec<u32>,
-    /// Per right row that reaches an entry, in entry order: (the entry, the row).
-    hits: Vec<(u32, u32)>,
+    /// Their knowledge times, in group order.
+    sorted_known: Vec<i64>,
+    /// Their records, in group order.
     records: Vec<u64>,
-    /// Per value (tie-break, then column), the order key of every row of the chunk.
+    /// Per row that reaches an entry, in entry order: (the entry, its place in group order).
+    hits: Vec<(u32, u32)>,
+    /// Per value (tie-break, then column), the order key of every row of a batch.
     keys: Vec<u64>,
-    /// Per row, its record's flags: occupied, and which of its values are NULL.
-    nulls: Vec<u64>,
 }
 
 /// The left rows by key and time, and how records are laid out.
@@ -396,7 +451,7 @@ impl LeftIndex {
         has_known: bool,
         layout: Layout,
     ) -> Result<Self> {
-        if layout.tiebreak.len() + layout.columns.len() > MAX_VALUES {
+        if layout.values() > MAX_VALUES {
             return internal_err!("left build: more than {MAX_VALUES} values per record");
         }
         if has_known && spec.direction == Direction::Forward {
@@ -412,20 +467,34 @@ impl LeftIndex {
 
     /// Bytes held by the index and by one [`Best`].
     pub(crate) fn memory_size(&self) -> usize {
-        self.left.memory_size() + 8 * self.layout.stride() * self.left.times.len()
+        self.left.memory_size() + 8 * (self.layout.stride() * self.left.times.len() + 8)
     }
 
-    /// Empty records, one per entry.
+    /// Empty records, one per entry, the first on a cache line's start.
     pub(crate) fn best(&self) -> Best {
-        Best {
-            words: vec![0; self.layout.stride() * self.left.times.len()],
-        }
+        let len = self.layout.stride() * self.left.times.len();
+        let all = vec![0; len + 8];
+        let start = (all.as_ptr() as usize).wrapping_neg() % 64 / 8;
+        Best { all, start }
     }
 
     /// How many right rows [`LeftIndex::apply`] should get at once: put in key order, they
     /// reach the left's times and records close to one another (as a window join's left build
     /// does, `LabelIndex::CHUNK_ROWS`).
     pub(crate) const CHUNK_ROWS: usize = 1 << 17;
+
+    /// The right rows [`LeftIndex::apply`] should get at once for this left side: at least
+    /// [`LeftIndex::CHUNK_ROWS`], and one per eight left rows up to 2^20, so that at millions
+    /// of left rows a chunk's rows still fall close together in the left's times and records.
+    pub(crate) fn chunk_rows(&self) -> usize {
+        (self.left.times.len() / 8).clamp(Self::CHUNK_ROWS, 1 << 20)
+    }
+
+    /// About the bytes a chunk's row takes while [`LeftIndex::apply`] runs: its record, group,
+    /// times and place.
+    pub(crate) fn chunk_row_bytes(&self) -> usize {
+        8 * self.layout.stride() + 40
+    }
 
     /// Offers each row of a chunk of right batches to the entry it reaches, keeping it where it
     /// beats the entry's record. The rows are first put in the order of their left groups (a
@@ -443,15 +512,15 @@ impl LeftIndex {
             order,
             times,
             known,
-            hits,
+            sorted_known,
             records,
+            hits,
             keys,
-            nulls,
         } = scratch;
-        let values = self.layout.tiebreak.len() + self.layout.columns.len();
+        let values = self.layout.values();
         for right in chunk {
             if right.tiebreak.len() != self.layout.tiebreak.len()
-                || right.columns.len() != self.layout.columns.len()
+                || right.columns.len() != self.layout.words()
                 || right.known.is_some() != self.has_known
             {
                 return internal_err!("left build: the right arrays do not match the join");
@@ -481,7 +550,12 @@ impl LeftIndex {
             }
         }
 
-        // 2. The rows in the order of their groups (a counting sort).
+        // 2. The rows' records in the order of their groups (a counting sort): the score, the
+        // values' order keys and their NULL flags, with each row's group and knowledge time.
+        let layout = &self.layout;
+        let stride = layout.stride();
+        let flags = stride - 1;
+        let backward = self.spec.direction == Direction::Backward;
         counts.clear();
         counts.resize(self.left.num_groups() + 1, 0);
         for &g in group_of.iter() {
@@ -492,29 +566,62 @@ impl LeftIndex {
         for g in 1..counts.len() {
             counts[g] += counts[g - 1];
         }
+        let kept = counts[counts.len() - 1] as usize;
+        records.clear();
+        records.resize(kept * stride, 0);
         order.clear();
-        order.resize(counts[counts.len() - 1] as usize, 0);
-        for (r, &g) in group_of.iter().enumerate() {
-            if g != NO_ENTRY {
-                let at = &mut counts[g as usize];
-                order[*at as usize] = r as u32;
-                *at += 1;
+        order.resize(kept, 0);
+        let has_known = self.has_known;
+        sorted_known.clear();
+        sorted_known.resize(if has_known { kept } else { 0 }, 0);
+        let mut base = 0;
+        for right in chunk {
+            let n = right.time.len();
+            keys.clear();
+            let mut value_nulls = Vec::with_capacity(values);
+            for array in right.tiebreak.iter().chain(&right.columns) {
+                order_keys(array.as_ref(), keys)?;
+                value_nulls.push(array.logical_nulls());
             }
+            for i in 0..n {
+                let r = base + i;
+                let g = group_of[r];
+                if g == NO_ENTRY {
+                    continue;
+                }
+                let pos = counts[g as usize] as usize;
+                counts[g as usize] += 1;
+                order[pos] = g;
+                if has_known {
+                    sorted_known[pos] = known[r];
+                }
+                let record = &mut records[pos * stride..(pos + 1) * stride];
+                let key = (times[r] as u64) ^ SIGN;
+                record[0] = if backward { key } else { !key };
+                let mut bits = OCCUPIED;
+                for v in 0..values {
+                    record[1 + v] = keys[v * n + i];
+                    if value_nulls[v].as_ref().is_some_and(|nb| nb.is_null(i)) {
+                        bits |= 1 << v;
+                    }
+                }
+                record[flags] = bits;
+            }
+            base += n;
         }
 
         // 3. The entry each row reaches, in group order.
         hits.clear();
-        let (backward, strict) = (self.spec.direction == Direction::Backward, self.spec.strict);
-        for (j, &r) in order.iter().enumerate() {
-            if let Some(&ahead) = order.get(j + AHEAD) {
-                let g = group_of[ahead as usize] as usize;
-                prefetch(&self.left.times, self.left.offsets[g] as usize);
+        let strict = self.spec.strict;
+        for (pos, &g) in order.iter().enumerate() {
+            if let Some(&ahead) = order.get(pos + AHEAD) {
+                prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
             }
-            let r = r as usize;
-            let (group, from) = self.left.group(group_of[r] as usize);
-            let e = times[r];
+            let (group, from) = self.left.group(g as usize);
+            let score = records[pos * stride];
+            let e = (if backward { score } else { !score } ^ SIGN) as i64;
             let entry = if backward {
-                let c = known.get(r).copied().unwrap_or(i64::MIN);
+                let c = sorted_known.get(pos).copied().unwrap_or(i64::MIN);
                 let at = match strict {
                     true => group.partition_point(|&t| t <= e || t < c),
                     false => group.partition_point(|&t| t < e.max(c)),
@@ -533,48 +640,7 @@ impl LeftIndex {
                 }
                 from + end - 1
             };
-            hits.push((entry as u32, r as u32));
-        }
-
-        // 4. Their records: the score, the values' order keys, their NULL flags.
-        let layout = &self.layout;
-        let stride = layout.stride();
-        let flags = stride - 1;
-        nulls.clear();
-        nulls.resize(times.len(), OCCUPIED);
-        keys.clear();
-        for v in 0..values {
-            let mut offset = 0;
-            for right in chunk {
-                let array = match v < layout.tiebreak.len() {
-                    true => &right.tiebreak[v],
-                    false => &right.columns[v - layout.tiebreak.len()],
-                };
-                order_keys(array.as_ref(), keys)?;
-                if let Some(n) = array.logical_nulls() {
-                    for i in n
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, valid)| !valid)
-                        .map(|(i, _)| i)
-                    {
-                        nulls[offset + i] |= 1 << v;
-                    }
-                }
-                offset += array.len();
-            }
-        }
-        let rows = times.len();
-        records.clear();
-        records.resize(hits.len() * stride, 0);
-        for (record, &(_, r)) in records.chunks_exact_mut(stride).zip(hits.iter()) {
-            let r = r as usize;
-            let key = (times[r] as u64) ^ SIGN;
-            record[0] = if backward { key } else { !key };
-            for v in 0..values {
-                record[1 + v] = keys[v * rows + r];
-            }
-            record[flags] = nulls[r];
+            hits.push((entry as u32, pos as u32));
         }
 
         // 5. Each kept where it beats the entry's record.
@@ -582,15 +648,16 @@ impl LeftIndex {
             Ok(best) => best,
             Err(_) => return internal_err!("left build: a task offering right rows panicked"),
         };
-        let words = &mut best.words;
-        for (h, &(entry, _)) in hits.iter().enumerate() {
+        let words = best.words_mut();
+        for (h, &(entry, pos)) in hits.iter().enumerate() {
             if let Some(&(ahead, _)) = hits.get(h + AHEAD) {
                 let at = ahead as usize * stride;
                 prefetch(words, at);
                 prefetch(words, at + flags);
             }
             let at = entry as usize * stride;
-            let record = &records[h * stride..(h + 1) * stride];
+            let pos = pos as usize;
+            let record = &records[pos * stride..(pos + 1) * stride];
             if layout.beats(record, &words[at..at + stride]) {
                 words[at..at + stride].copy_from_slice(record);
             }
@@ -602,7 +669,7 @@ impl LeftIndex {
     /// best of all the right rows eligible for it.
     pub(crate) fn finish(&self, best: &mut Best) {
         let stride = self.layout.stride();
-        let words = &mut best.words;
+        let words = best.words_mut();
         // Entry `e` takes entry `from`'s record where that holds the better row.
         let mut carry = |from: usize, e: usize| {
             let (a, b) = (from * stride, e * stride);
@@ -636,7 +703,7 @@ impl LeftIndex {
             return None;
         }
         let stride = self.layout.stride();
-        let record = &best.words[entry as usize * stride..(entry as usize + 1) * stride];
+        let record = &best.words()[entry as usize * stride..(entry as usize + 1) * stride];
         if record[stride - 1] & OCCUPIED == 0 {
             return None;
         }
@@ -660,18 +727,25 @@ impl LeftIndex {
         entries: &[Option<usize>],
     ) -> Result<ArrayRef> {
         let stride = self.layout.stride();
-        let (word, bit) = (
-            1 + self.layout.tiebreak.len() + c,
-            self.layout.tiebreak.len() + c,
-        );
+        let backward = self.spec.direction == Direction::Backward;
+        let place = self.layout.place(c);
+        let words = best.words();
         let mut keys = Vec::with_capacity(entries.len());
         let mut valid = Vec::with_capacity(entries.len());
         for entry in entries {
             match entry {
                 Some(e) => {
-                    let record = &best.words[e * stride..(e + 1) * stride];
-                    keys.push(record[word]);
-                    valid.push((record[stride - 1] >> bit) & 1 == 0);
+                    let record = &words[e * stride..(e + 1) * stride];
+                    match place {
+                        Some(at) => {
+                            keys.push(record[1 + at]);
+                            valid.push((record[stride - 1] >> at) & 1 == 0);
+                        }
+                        None => {
+                            keys.push(if backward { record[0] } else { !record[0] });
+                            valid.push(true);
+                        }
+                    }
                 }
                 None => {
                     keys.push(0);
@@ -681,7 +755,7 @@ impl LeftIndex {
         }
         let nulls = NullBuffer::from(valid);
         let nulls = (nulls.null_count() > 0).then_some(nulls);
-        from_keys(&self.layout.columns[c], &keys, nulls)
+        from_keys(&self.layout.columns[c].0, &keys, nulls)
     }
 }
 

@@ -60,7 +60,8 @@ pub(crate) struct LeftBuild {
     pub schema: SchemaRef,
     pub metrics: AsOfJoinMetrics,
     pub context: Arc<TaskContext>,
-    /// The right rows put in key order at once ([`LeftIndex::CHUNK_ROWS`]; tests use a few).
+    /// At most this many right rows put in key order at once ([`LeftIndex::chunk_rows`] says
+    /// how many; tests use a few).
     pub chunk_rows: usize,
 }
 
@@ -123,7 +124,11 @@ impl LeftBuild {
             self.layout.clone(),
         )?;
         timer.done();
-        if reservation.try_grow(index.memory_size()).is_err() {
+        // The index with its records, and per task a chunk of right rows in key order.
+        let chunk_limit = self.chunk_rows.min(index.chunk_rows());
+        let wanted =
+            index.memory_size() + self.partitions.len() * chunk_limit * index.chunk_row_bytes();
+        if reservation.try_grow(wanted).is_err() {
             drop((index, arrays, reservation));
             let rest: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
                 left_schema.clone(),
@@ -135,7 +140,6 @@ impl LeftBuild {
         let index = Arc::new(index);
         let shared = Arc::new(Mutex::new(index.best()));
         let mut handles = Vec::with_capacity(self.partitions.len());
-        let chunk_limit = self.chunk_rows;
         for &p in &self.partitions {
             let mut stream = self.right.execute(p, self.context.clone())?;
             let (index, shared, exprs, stored, rows) = (

@@ -139,6 +139,40 @@ impl DenseGroups {
         Some(Self { min, groups })
     }
 
+    /// An empty table for the integer keys of `views` (left rows, `rows` of them), when their
+    /// values span at most 4 slots per row (and 16M).
+    fn spanning(views: &[KeyView], rows: usize) -> Option<Self> {
+        let (mut min, mut max) = (i64::MAX, i64::MIN);
+        for view in views {
+            let KeyView::Int(keys) = view else {
+                return None;
+            };
+            min = min.min(arrow::compute::min(keys).unwrap_or(i64::MAX));
+            max = max.max(arrow::compute::max(keys).unwrap_or(i64::MIN));
+        }
+        let span = usize::try_from(max.checked_sub(min)?)
+            .ok()?
+            .checked_add(1)?;
+        if span > 4 * rows + 1024 || span > 1 << 24 {
+            return None;
+        }
+        Some(Self {
+            min,
+            groups: vec![NO_ENTRY; span],
+        })
+    }
+
+    /// The group of `key` (within the table's span), numbered `next` when first seen.
+    #[inline]
+    fn get_or_insert(&mut self, key: i64, next: &mut u32) -> u32 {
+        let slot = &mut self.groups[(key - self.min) as usize];
+        if *slot == NO_ENTRY {
+            *slot = *next;
+            *next += 1;
+        }
+        *slot
+    }
+
     #[inline]
     fn get(&self, key: i64) -> Option<u32> {
         let at = usize::try_from(key.checked_sub(self.min)?).ok()?;
@@ -170,11 +204,21 @@ impl LeftKeys {
             );
         }
         let mut groups = Groups::new(keys)?;
+        let views = left
+            .iter()
+            .map(|b| groups.view(&b.keys))
+            .collect::<Result<Vec<_>>>()?;
+        // One integer key whose values span a small range: grouped by value in a table, without
+        // hashing (NULL, where it equals NULL, gets a group of its own).
+        let mut table = match &groups {
+            Groups::Int { .. } => DenseGroups::spanning(&views, rows),
+            _ => None,
+        };
+        let (mut next, mut null_group) = (0u32, None);
         let mut group_of: Vec<u32> = Vec::with_capacity(rows);
         let mut row_times: Vec<i64> = Vec::with_capacity(rows);
         let mut counts: Vec<u32> = Vec::new();
-        for batch in left {
-            let view = groups.view(&batch.keys)?;
+        for (batch, view) in left.iter().zip(&views) {
             let (times, valid) = dense_time_keys(batch.time.as_ref())?;
             for (i, &t) in times.iter().enumerate() {
                 if is_null(&valid, i) || null_key(&batch.keys, keys, i) {
@@ -182,7 +226,16 @@ impl LeftKeys {
                     row_times.push(0);
                     continue;
                 }
-                let g = groups.get_or_insert(&view, i);
+                let g = match (&mut table, view) {
+                    (Some(table), KeyView::Int(k)) if k.is_valid(i) => {
+                        table.get_or_insert(k.value(i), &mut next)
+                    }
+                    (Some(_), _) => *null_group.get_or_insert_with(|| {
+                        next += 1;
+                        next - 1
+                    }),
+                    (None, _) => groups.get_or_insert(view, i),
+                };
                 if g as usize == counts.len() {
                     counts.push(0);
                 }
@@ -202,9 +255,16 @@ impl LeftKeys {
             entry_of[row as usize] = p as u32;
         }
         let times = entries.iter().map(|e| e.0).collect();
-        let dense = match &groups {
-            Groups::Int { map, .. } => DenseGroups::of(map),
-            _ => None,
+        let dense = match (table, &groups) {
+            (Some(table), _) => {
+                groups = Groups::Int {
+                    map: HashMap::new(),
+                    null: null_group,
+                };
+                Some(table)
+            }
+            (None, Groups::Int { map, .. }) => DenseGroups::of(map),
+            (None, _) => None,
         };
         Ok(Self {
             keys: keys.to_vec(),
