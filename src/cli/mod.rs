@@ -4,7 +4,6 @@
 
 pub mod args;
 mod demo;
-mod parquet_out;
 pub mod print;
 mod serve;
 mod shell;

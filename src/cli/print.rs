@@ -12,7 +12,7 @@ use comfy_table::{Cell, ContentArrangement, Table, presets};
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
-use super::parquet_out::ParquetOut;
+use crate::engine::ParquetOut;
 use crate::error::{PitlakeError, Result};
 
 /// How results are printed.

@@ -50,7 +50,7 @@ pub use remote::{
 use sink::{Destination, ExportSink, FileDigest, digest_of};
 
 use super::training::{TrainingPlan, ViewUse, quote};
-use super::{Engine, Output, RunOptions};
+use super::{Engine, Output, ParquetOut, RunOptions};
 use crate::config::WarehouseLocation;
 use crate::error::{PitlakeError, Result};
 use crate::frontend::Statement;
@@ -388,26 +388,42 @@ fn destination_with(options: &HashMap<String, String>, to: &str) -> Result<Desti
     })
 }
 
-/// `stream`, each batch added to `hash` and counted in `progress` on its way.
+/// `stream`, each batch added to `hash` and counted in `progress` on its way. Batches are hashed
+/// on tasks of their own, up to one per core at once and in order (the hash is a sum, so each
+/// task sums its batch and the sums are added): the hashing runs beside the writing instead of
+/// before it on the writer's thread.
 fn hashing(
     stream: SendableRecordBatchStream,
     hash: Arc<Mutex<ContentHash>>,
     progress: Option<Arc<dyn ExportProgress>>,
 ) -> SendableRecordBatchStream {
     let schema = stream.schema();
-    let counting = stream.map(move |batch| {
-        let batch = batch?;
-        match hash.lock() {
-            Ok(mut h) => h.update(&batch).map_err(PitlakeError::into_datafusion)?,
-            Err(_) => {
-                return Err(PitlakeError::Internal("export hash lock".into()).into_datafusion());
+    let batch_schema = schema.clone();
+    let counting = stream
+        .map(move |batch| {
+            let schema = batch_schema.clone();
+            datafusion::common::runtime::SpawnedTask::spawn(async move {
+                let batch = batch?;
+                let mut one = ContentHash::new(&schema).map_err(PitlakeError::into_datafusion)?;
+                one.update(&batch).map_err(PitlakeError::into_datafusion)?;
+                Ok::<_, datafusion::error::DataFusionError>((batch, one.rows(), one.lanes()))
+            })
+        })
+        .buffered(crate::parallel::cores())
+        .map(move |hashed| {
+            let (batch, rows, lanes) = hashed
+                .map_err(|e| datafusion::error::DataFusionError::ExecutionJoin(Box::new(e)))??;
+            match hash.lock() {
+                Ok(mut h) => h.merge(rows, lanes),
+                Err(_) => {
+                    return Err(PitlakeError::Internal("export hash lock".into()).into_datafusion());
+                }
             }
-        }
-        if let Some(p) = &progress {
-            p.rows(batch.num_rows() as u64);
-        }
-        Ok(batch)
-    });
+            if let Some(p) = &progress {
+                p.rows(batch.num_rows() as u64);
+            }
+            Ok(batch)
+        });
     Box::pin(RecordBatchStreamAdapter::new(schema, counting))
 }
 
@@ -447,6 +463,36 @@ async fn read_text(engine: &Engine, from: &str) -> Result<String> {
     })
 }
 
+/// Bytes written by one side (a Parquet writer) and taken by the other (the export's sink).
+#[derive(Clone, Default)]
+struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    /// The bytes written since the last call.
+    fn take(&self) -> Result<Vec<u8>> {
+        self.0
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .map_err(|_| PitlakeError::Internal("export buffer lock poisoned".into()))
+    }
+}
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock() {
+            Ok(mut b) => {
+                b.extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            Err(_) => Err(std::io::Error::other("export buffer lock poisoned")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes one Parquet or CSV file under a temporary name and publishes it in one step (see
 /// `sink`): a failed export never leaves half a file behind nor spoils an earlier export at
 /// the same place. Returns the file's size and SHA-256.
@@ -459,16 +505,23 @@ async fn write_file_to(
     let schema = stream.schema();
     let sink = ExportSink::create(destination, to)?;
     let (sink, written) = if format == ExportFormat::Parquet {
-        let mut writer = parquet::arrow::AsyncArrowWriter::try_new(sink, schema, None)?;
+        // Encoded on every core into a buffer that is sent on after each batch (the same bytes
+        // as `ArrowWriter`'s file, see `ParquetOut`).
+        let mut sink = sink;
+        let buffer = SharedBuffer::default();
         let written = async {
+            let mut writer =
+                ParquetOut::try_new(buffer.clone(), schema, None, crate::parallel::cores())?;
             while let Some(batch) = stream.next().await {
-                writer.write(&batch?).await?;
+                writer.write(&batch?)?;
+                sink.put(&buffer.take()?).await?;
             }
-            writer.finish().await?;
+            writer.close()?;
+            sink.put(&buffer.take()?).await?;
             Ok::<_, PitlakeError>(())
         }
         .await;
-        (writer.into_inner(), written)
+        (sink, written)
     } else {
         let mut sink = sink;
         let written = async {

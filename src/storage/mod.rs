@@ -8,6 +8,7 @@ mod drop;
 mod log;
 mod name;
 mod options;
+mod parquet_out;
 mod pinned;
 mod store;
 mod table;
@@ -19,6 +20,7 @@ pub use catalog::{
 };
 pub use log::{CommitSummary, LogListing, format_millis};
 pub use name::{DEFAULT_SCHEMA, TableName};
+pub use parquet_out::ParquetOut;
 pub use pinned::{PinnedDeltaTable, PinnedTablesCodec};
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{TableVersion, Warehouse};

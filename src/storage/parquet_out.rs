@@ -1,8 +1,8 @@
 //! Parquet output with its columns encoded on every core.
 //!
 //! [`parquet::arrow::ArrowWriter`] encodes one column after another on the thread that calls
-//! it, so a plan that emits its rows at the end (a window join that indexes its labels) writes
-//! them on one core while the others wait. (At the windowed benchmark's medium scale, 1M rows
+//! it, so a plan that emits its rows at the end (a join that indexes its labels) writes them on
+//! one core while the others wait. The CLI's Parquet output and `pitlake export` write with it. (At the windowed benchmark's medium scale, 1M rows
 //! of 8 columns, the gain was within the run-to-run noise; it grows with the output.) [`ParquetOut`] writes the same file (the same schema, Arrow
 //! metadata, row groups and pages as `ArrowWriter` with the same properties), but encodes the
 //! rows it has gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows
