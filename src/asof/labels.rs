@@ -10,14 +10,15 @@
 //! same index a window join's left build uses); each left row's entry gets a record, empty at
 //! first.
 //!
-//! Stream ([`LeftIndex::apply`], a task per right partition): a right row at time `e` (known at
-//! `c`) is eligible, backward, for exactly the left rows of its key at `t >= max(e, c)` (`t > e`
-//! for `>`), a suffix of its group's time order; forward, for those at `t <= e` (`t < e`), a
-//! prefix. So it is offered to one entry, the first (backward) or last (forward) of its range,
-//! and kept there if it beats the record's row under the join's order (the time, then the
-//! `TIEBREAK BY` values, then the whole row: docs/semantics.md). The records of a batch's rows
-//! are assembled first, then compared under the lock the tasks share, each row fetching the
-//! record 16 rows on before its own.
+//! Stream ([`LeftIndex::apply`], a task per right partition, a chunk of its batches at a time):
+//! a right row at time `e` (known at `c`) is eligible, backward, for exactly the left rows of
+//! its key at `t >= max(e, c)` (`t > e` for `>`), a suffix of its group's time order; forward,
+//! for those at `t <= e` (`t < e`), a prefix. So it is offered to one entry, the first
+//! (backward) or last (forward) of its range, and kept there if it beats the record's row under
+//! the join's order (the time, then the `TIEBREAK BY` values, then the whole row:
+//! docs/semantics.md). A chunk's records are first put in the order of their left groups (a
+//! counting sort), so the searches and the comparisons, under the lock the tasks share, move
+//! through the left's times and records in order.
 //!
 //! Finish ([`LeftIndex::finish`]): one sweep through each group carries the best record forward
 //! (backward: each entry takes the better of its own and the one before it; forward, from the
@@ -26,10 +27,11 @@
 //! older still).
 //!
 //! A record is a row of 64-bit words: the time as a score (greater wins), the tie-break values
-//! and the right row's columns as order-preserving keys, then a word of NULL flags. It holds the
-//! right columns' values, which are read back out of it: so every right column must be of a
-//! type a word holds ([`word_type`]), except key columns equal to the left's keys (taken from
-//! the left). The exec falls back to indexing the right side otherwise.
+//! and the right row's other columns as order-preserving keys, then a word of NULL flags; a
+//! column that is the time or a tie-break shares its word, and a record of up to 8 words takes
+//! one aligned cache line. It holds the right columns' values, which are read back out of it:
+//! so every right column must be of a type a word holds ([`word_type`]), except key columns
+//! equal to the left's keys (taken from the left). The exec indexes the right side otherwise.
 
 use std::sync::{Arc, Mutex};
 
