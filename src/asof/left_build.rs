@@ -10,7 +10,6 @@ use std::task::Poll;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, nullif};
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
@@ -21,6 +20,7 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::StreamExt;
 
 use super::build::RightExprs;
+use super::chunks::in_chunks;
 use super::kernel::MatchSpec;
 use super::labels::{Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
@@ -139,48 +139,33 @@ impl LeftBuild {
         let indexed = started.elapsed();
         let index = Arc::new(index);
         let shared = Arc::new(Mutex::new(index.best()));
-        let mut handles = Vec::with_capacity(self.partitions.len());
-        for &p in &self.partitions {
-            let mut stream = self.right.execute(p, self.context.clone())?;
-            let (index, shared, exprs, stored, rows) = (
-                index.clone(),
-                shared.clone(),
-                self.exprs.clone(),
-                self.stored.clone(),
-                self.metrics.right_rows.clone(),
-            );
-            handles.push(SpawnedTask::spawn(async move {
-                let mut scratch = Scratch::default();
-                // Batches gathered into chunks, each put in key order as a whole.
-                let (mut chunk, mut chunk_rows) = (Vec::new(), 0);
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    rows.add(batch.num_rows());
-                    chunk_rows += batch.num_rows();
-                    let eval =
-                        |e: &PhysicalExprRef| e.evaluate(&batch)?.into_array(batch.num_rows());
-                    let right = RightRows {
-                        keys: exprs.keys(&batch)?,
-                        time: eval(&exprs.time)?,
-                        known: exprs.known_at.as_ref().map(eval).transpose()?,
-                        tiebreak: exprs.tiebreak.iter().map(eval).collect::<Result<_>>()?,
-                        columns: stored.iter().map(|&c| batch.column(c).clone()).collect(),
-                    };
-                    chunk.push(right);
-                    if chunk_rows >= chunk_limit {
-                        index.apply(&shared, &mut scratch, &chunk)?;
-                        (chunk, chunk_rows) = (Vec::new(), 0);
-                    }
-                }
-                index.apply(&shared, &mut scratch, &chunk)
-            }));
-        }
-        for handle in handles {
-            handle
-                .join()
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
-        }
+        let (exprs, stored) = (self.exprs.clone(), self.stored.clone());
+        let prepare = move |batch: &RecordBatch| {
+            let eval = |e: &PhysicalExprRef| e.evaluate(batch)?.into_array(batch.num_rows());
+            Ok(RightRows {
+                keys: exprs.keys(batch)?,
+                time: eval(&exprs.time)?,
+                known: exprs.known_at.as_ref().map(eval).transpose()?,
+                tiebreak: exprs.tiebreak.iter().map(eval).collect::<Result<_>>()?,
+                columns: stored.iter().map(|&c| batch.column(c).clone()).collect(),
+            })
+        };
+        let (applying, records) = (index.clone(), shared.clone());
+        let apply = move |scratch: &mut Scratch, chunk: &[RightRows]| {
+            applying.apply(&records, scratch, chunk)
+        };
+        let (plan, partitions) = (&self.right, &self.partitions);
+        let rows = &self.metrics.right_rows;
+        in_chunks(
+            plan,
+            partitions,
+            &self.context,
+            chunk_limit,
+            rows,
+            prepare,
+            apply,
+        )
+        .await?;
         let Some(mut best) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
             return internal_err!("as-of join: the records are still shared");
         };

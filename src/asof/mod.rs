@@ -29,6 +29,7 @@
 
 mod bucket;
 mod build;
+mod chunks;
 mod codec;
 mod exec;
 #[cfg(test)]

@@ -42,11 +42,12 @@ use datafusion::physical_plan::{
 };
 use futures::{StreamExt, TryStreamExt};
 
-use super::kernel::{KernelAggregate, WindowIndex, WindowIndexBuilder, WindowSpec};
+use super::kernel::{KernelAggregate, RightArrays, WindowIndex, WindowIndexBuilder, WindowSpec};
 use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
+use crate::asof::chunks::in_chunks;
 use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
@@ -651,39 +652,24 @@ impl PartitionRun {
             .add(held.iter().map(|b| b.num_rows()).sum());
         let index = Arc::new(index);
         let shared = Arc::new(std::sync::Mutex::new(index.accumulators()));
-        let mut handles = Vec::with_capacity(tasks);
-        let chunk_limit = labels.chunk_rows;
-        for &p in &self.job.partitions {
-            let mut stream = self.job.right.execute(p, context.clone())?;
-            let (index, shared, sides, rows) = (
-                index.clone(),
-                shared.clone(),
-                self.sides.clone(),
-                self.job.build_rows.clone(),
-            );
-            handles.push(SpawnedTask::spawn(async move {
-                let mut scratch = Scratch::default();
-                // Batches gathered into chunks, each put in key order as a whole.
-                let (mut chunk, mut chunk_rows) = (Vec::new(), 0);
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    rows.add(batch.num_rows());
-                    chunk_rows += batch.num_rows();
-                    chunk.push(sides.right_arrays(&batch)?);
-                    if chunk_rows >= chunk_limit {
-                        index.apply(&shared, &mut scratch, &chunk)?;
-                        (chunk, chunk_rows) = (Vec::new(), 0);
-                    }
-                }
-                index.apply(&shared, &mut scratch, &chunk)
-            }));
-        }
-        for handle in handles {
-            handle
-                .join()
-                .await
-                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
-        }
+        let sides = self.sides.clone();
+        let prepare = move |batch: &RecordBatch| sides.right_arrays(batch);
+        let (applying, accumulators) = (index.clone(), shared.clone());
+        let apply = move |scratch: &mut Scratch, chunk: &[RightArrays]| {
+            applying.apply(&accumulators, scratch, chunk)
+        };
+        let (plan, partitions) = (&self.job.right, &self.job.partitions);
+        let rows = &self.job.build_rows;
+        in_chunks(
+            plan,
+            partitions,
+            &context,
+            labels.chunk_rows,
+            rows,
+            prepare,
+            apply,
+        )
+        .await?;
         let Some(all) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
             return internal_err!("window join: the accumulators are still shared");
         };
