@@ -506,8 +506,7 @@ impl AsOfJoinExec {
 
     /// How a left build keeps the right rows: the record layout, the right columns with a word
     /// of their own in the records, and per right column whether the records hold it or it is
-    /// a key read from the left. `None`
-    /// where a left build cannot run this join.
+    /// a key read from the left. `None` where a left build cannot run this join.
     fn left_layout(&self) -> Option<(Layout, Vec<usize>, Vec<RightColumn>)> {
         if !super::time::integer_or_datetime(&self.kernel.time_type)
             || !self.kernel.tiebreak.iter().all(|t| word_type(&t.data_type))
