@@ -20,7 +20,7 @@ use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::StreamExt;
 
 use super::build::RightExprs;
-use super::chunks::in_chunks;
+use super::chunks::{LeftInput, in_chunks, read_left, replay_all};
 use super::kernel::MatchSpec;
 use super::labels::{Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
@@ -73,34 +73,24 @@ impl LeftBuild {
     /// The joined batches, in the left's order.
     pub(crate) async fn run(
         self,
-        mut left: SendableRecordBatchStream,
+        left: SendableRecordBatchStream,
         fallback: Fallback,
     ) -> Result<SendableRecordBatchStream> {
-        let reservation =
+        let mut reservation =
             MemoryConsumer::new("AsOfJoinExec[left index]").register(self.context.memory_pool());
         let started = std::time::Instant::now();
         let left_schema = left.schema();
-        let give_up = |held: Vec<RecordBatch>, rest: SendableRecordBatchStream| {
+        let give_up = |left: SendableRecordBatchStream| {
             tracing::debug!(
                 target: "pitlake::asof",
                 "as-of join: the left side does not fit in memory; indexing the right"
             );
-            let stream = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
-            fallback(Box::pin(RecordBatchStreamAdapter::new(
-                left_schema.clone(),
-                stream,
-            )))
+            fallback(left)
         };
-        let mut held: Vec<RecordBatch> = Vec::new();
-        while let Some(batch) = left.next().await {
-            let batch = batch?;
-            let grown = reservation.try_grow(batch.get_array_memory_size());
-            held.push(batch);
-            if grown.is_err() {
-                drop(reservation);
-                return Ok(give_up(held, left));
-            }
-        }
+        let held = match read_left(left, &mut reservation).await? {
+            LeftInput::Held(held) => held,
+            LeftInput::TooLarge(left) => return Ok(give_up(left)),
+        };
         let timer = self.metrics.build_time.timer();
         let arrays = held
             .iter()
@@ -130,11 +120,7 @@ impl LeftBuild {
             index.memory_size() + self.partitions.len() * chunk_limit * index.chunk_row_bytes();
         if reservation.try_grow(wanted).is_err() {
             drop((index, arrays, reservation));
-            let rest: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-                left_schema.clone(),
-                futures::stream::empty(),
-            ));
-            return Ok(give_up(held, rest));
+            return Ok(give_up(replay_all(held, left_schema)));
         }
         let indexed = started.elapsed();
         let index = Arc::new(index);

@@ -47,7 +47,7 @@ use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
-use crate::asof::chunks::in_chunks;
+use crate::asof::chunks::{LeftInput, in_chunks, read_left, replay_all};
 use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
@@ -594,33 +594,27 @@ impl PartitionRun {
     /// ([`PartitionRun::index_right`], which spills), with the batches already read.
     async fn index_left(
         self,
-        mut left: SendableRecordBatchStream,
+        left: SendableRecordBatchStream,
         labels: LabelJob,
     ) -> Result<SendableRecordBatchStream> {
         let context = self.spill.context.clone();
-        let reservation =
+        let mut reservation =
             MemoryConsumer::new("WindowJoinExec[left index]").register(context.memory_pool());
         let started = std::time::Instant::now();
-        let mut held: Vec<RecordBatch> = Vec::new();
         let left_schema = left.schema();
-        let give_up = |held: Vec<RecordBatch>, rest: SendableRecordBatchStream| {
+        let give_up = || {
             tracing::debug!(
                 target: "pitlake::window",
                 "window join: the left side does not fit in memory; indexing the right"
-            );
-            let stream = futures::stream::iter(held.into_iter().map(Ok)).chain(rest);
-            Box::pin(RecordBatchStreamAdapter::new(left_schema.clone(), stream))
-                as SendableRecordBatchStream
+            )
         };
-        while let Some(batch) = left.next().await {
-            let batch = batch?;
-            if reservation.try_grow(batch.get_array_memory_size()).is_err() {
-                held.push(batch);
-                drop(reservation);
-                return self.index_right(give_up(held, left)).await;
+        let held = match read_left(left, &mut reservation).await? {
+            LeftInput::Held(held) => held,
+            LeftInput::TooLarge(left) => {
+                give_up();
+                return self.index_right(left).await;
             }
-            held.push(batch);
-        }
+        };
         let arrays = held
             .iter()
             .map(|b| self.sides.left_arrays(b))
@@ -640,11 +634,8 @@ impl PartitionRun {
             + tasks * chunk * LabelIndex::CHUNK_ROW_BYTES;
         if reservation.try_grow(wanted).is_err() {
             drop((index, reservation));
-            let rest: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
-                left_schema.clone(),
-                futures::stream::empty(),
-            ));
-            return self.index_right(give_up(held, rest)).await;
+            give_up();
+            return self.index_right(replay_all(held, left_schema)).await;
         }
         let indexed = started.elapsed();
         MetricBuilder::new(&self.spill.metrics)
