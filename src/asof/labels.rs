@@ -57,7 +57,7 @@ const SIGN: u64 = 1 << 63;
 /// In a record's flags word: the record holds a row.
 const OCCUPIED: u64 = 1 << 63;
 /// How many rows ahead a row's record is fetched.
-const AHEAD: usize = 16;
+pub(crate) const AHEAD: usize = 16;
 
 /// Whether a record keeps values of `data_type` in a word: integers, floats, booleans, dates,
 /// times, timestamps and durations.
@@ -694,6 +694,18 @@ impl LeftIndex {
 
     /// The entry holding left row `row`'s match, if it has one within the tolerance: `bound` is
     /// the row's tolerance bound as a time key (`Some(None)`: a NULL bound, which nothing meets).
+    /// Asks early for the record of left row `row`'s entry (the entries are spread over the
+    /// groups, so reading them out in the left's order misses the cache on each, unless the
+    /// loads of the rows [`AHEAD`] on are already under way).
+    #[inline]
+    pub(crate) fn touch(&self, best: &Best, row: usize) {
+        if let Some(&entry) = self.left.entry_of.get(row)
+            && entry != NO_ENTRY
+        {
+            prefetch(best.words(), entry as usize * self.layout.stride());
+        }
+    }
+
     pub(crate) fn matched(
         &self,
         best: &Best,

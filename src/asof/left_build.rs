@@ -22,7 +22,7 @@ use futures::StreamExt;
 use super::build::RightExprs;
 use super::chunks::{LeftInput, in_chunks, read_left, replay_all};
 use super::kernel::MatchSpec;
-use super::labels::{Layout, LeftIndex, RightRows, Scratch};
+use super::labels::{AHEAD, Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::time::dense_time_keys;
@@ -223,6 +223,7 @@ impl LeftBuild {
                 let bound = bounds.as_ref().map(|(keys, valid)| {
                     (!valid.as_ref().is_some_and(|v| v.is_null(i))).then(|| keys[i])
                 });
+                index.touch(best, offset + i + AHEAD);
                 index.matched(best, offset + i, bound)
             })
             .collect();

@@ -322,6 +322,28 @@ impl LeftKeys {
         let (from, to) = (self.offsets[g] as usize, self.offsets[g + 1] as usize);
         (&self.times[from..to], from)
     }
+
+    /// Per left row of `rows`, in the left's order, its entry (`None`: it has none). The entries are
+    /// spread over the groups, so each would be a cache miss: `touch` is called with the entry
+    /// of the row [`AHEAD`] on, to ask for its memory early, and the loads overlap.
+    pub(crate) fn entries<'a>(
+        &'a self,
+        rows: std::ops::Range<usize>,
+        touch: impl Fn(usize) + 'a,
+    ) -> impl Iterator<Item = Option<usize>> + 'a {
+        let of = &self.entry_of;
+        rows.map(move |r| {
+            if let Some(&ahead) = of.get(r + AHEAD)
+                && ahead != NO_ENTRY
+            {
+                touch(ahead as usize);
+            }
+            match of[r] {
+                NO_ENTRY => None,
+                p => Some(p as usize),
+            }
+        })
+    }
 }
 
 impl LabelIndex {
@@ -398,7 +420,7 @@ impl LabelIndex {
                 .map(|s| match s.kind {
                     Kind::Count => Acc::Count(vec![0; n]),
                     Kind::IntSum => Acc::IntSum(vec![0; n], vec![0; n]),
-                    Kind::FloatSum => Acc::FloatSum(vec![FloatAcc::default(); n], HashMap::new()),
+                    Kind::FloatSum => Acc::FloatSum(vec![[0; INLINE + 1]; n], HashMap::new()),
                     Kind::IntExtreme { .. } => Acc::IntExtreme(vec![0; n], vec![false; n]),
                     Kind::FloatExtreme { .. } => Acc::FloatExtreme(vec![0.0; n], vec![false; n]),
                 })
@@ -675,10 +697,6 @@ impl LabelIndex {
         if all.slots.len() != self.slots.len() {
             return internal_err!("window join: the accumulators do not match the join");
         }
-        let entry = |row: usize| match self.left.entry_of[row] {
-            NO_ENTRY => None,
-            p => Some(p as usize),
-        };
         let rows = self.left.entry_of.len();
         let jobs: Vec<(usize, &super::KernelAggregate)> =
             self.spec.aggregates.iter().enumerate().collect();
@@ -693,41 +711,54 @@ impl LabelIndex {
             let avg = agg.function == AggFunction::Avg;
             let array: ArrayRef = match &all.slots[self.slot_of[a]] {
                 Acc::Count(counts) => std::sync::Arc::new(Int64Array::from_iter_values(
-                    (0..rows).map(|r| entry(r).map_or(0, |p| counts[p] as i64)),
+                    self.left
+                        .entries(0..rows, |p| prefetch(counts, p))
+                        .map(|e| e.map_or(0, |p| counts[p] as i64)),
                 )),
-                Acc::IntSum(sums, counts) if avg => {
-                    std::sync::Arc::new(Float64Array::from_iter((0..rows).map(|r| {
-                        let p = entry(r).filter(|&p| counts[p] > 0)?;
-                        Some(sums[p] as f64 / counts[p] as f64)
-                    })))
-                }
+                Acc::IntSum(sums, counts) if avg => std::sync::Arc::new(Float64Array::from_iter(
+                    self.left
+                        .entries(0..rows, |p| prefetch(counts, p))
+                        .map(|e| {
+                            let p = e.filter(|&p| counts[p] > 0)?;
+                            Some(sums[p] as f64 / counts[p] as f64)
+                        }),
+                )),
                 Acc::IntSum(sums, counts) => {
-                    let values = (0..rows)
-                        .map(|r| match entry(r).filter(|&p| counts[p] > 0) {
+                    let values = self
+                        .left
+                        .entries(0..rows, |p| {
+                            prefetch(sums, p);
+                            prefetch(counts, p)
+                        })
+                        .map(|e| match e.filter(|&p| counts[p] > 0) {
                             None => Ok(None),
                             Some(p) => i64::try_from(sums[p]).map(Some).map_err(|_| overflow()),
                         })
                         .collect::<Result<Vec<_>>>()?;
                     std::sync::Arc::new(Int64Array::from(values))
                 }
-                Acc::FloatSum(sums, side) => {
-                    std::sync::Arc::new(Float64Array::from_iter((0..rows).map(|r| {
-                        let p = entry(r).filter(|&p| sums[p].count() > 0)?;
+                Acc::FloatSum(sums, side) => std::sync::Arc::new(Float64Array::from_iter(
+                    self.left.entries(0..rows, |p| prefetch(sums, p)).map(|e| {
+                        let p = e.filter(|&p| sums[p].count() > 0)?;
                         let sum = float_value(sums, side, p);
                         Some(match avg {
                             true => sum / sums[p].count() as f64,
                             false => sum,
                         })
-                    })))
-                }
+                    }),
+                )),
                 Acc::IntExtreme(best, seen) => cast(
                     &Int64Array::from_iter(
-                        (0..rows).map(|r| entry(r).filter(|&p| seen[p]).map(|p| best[p])),
+                        self.left
+                            .entries(0..rows, |p| prefetch(best, p))
+                            .map(|e| e.filter(|&p| seen[p]).map(|p| best[p])),
                     ),
                     &output_types[a],
                 )?,
                 Acc::FloatExtreme(best, seen) => std::sync::Arc::new(Float64Array::from_iter(
-                    (0..rows).map(|r| entry(r).filter(|&p| seen[p]).map(|p| best[p])),
+                    self.left
+                        .entries(0..rows, |p| prefetch(best, p))
+                        .map(|e| e.filter(|&p| seen[p]).map(|p| best[p])),
                 )),
             };
             if array.data_type() != &output_types[a] {
@@ -944,36 +975,55 @@ const INLINE: usize = 3;
 
 /// A float sum kept inline, in 32 bytes: Shewchuk's partial sums while three suffice (almost
 /// every sum of values of similar magnitudes), else ([`SIDE`]) an [`ExactSum`] in the side
-/// table; and the count of values added.
-#[derive(Debug, Clone, Copy, Default)]
-struct FloatAcc {
-    partials: [f64; INLINE],
-    /// The count of values (the low 61 bits) and of partial sums (the top 3).
-    meta: u64,
+/// table; and the count of values added. Words: the partial sums' bits, then the counts (of
+/// values in the low 61 bits, of partial sums in the top 3). Plain words, so that a vector of
+/// empty ones is allocated zeroed (pages the kernel zeroes when first touched, on the tasks
+/// that touch them) instead of written over before the first right row.
+type FloatAcc = [u64; INLINE + 1];
+
+/// What [`FloatAcc`]'s words hold.
+trait Inline {
+    const COUNT: u64 = (1 << 61) - 1;
+    fn len(&self) -> usize;
+    fn set_len(&mut self, len: usize);
+    fn count(&self) -> u64;
+    /// Counts `n` more values (a count never reaches 2^61: that many rows are never read).
+    fn add_count(&mut self, n: u64);
+    fn partials(&self) -> [f64; INLINE];
+    fn set_partials(&mut self, partials: &[f64]);
 }
 
-impl FloatAcc {
-    const COUNT: u64 = (1 << 61) - 1;
-
+impl Inline for FloatAcc {
     #[inline]
     fn len(&self) -> usize {
-        (self.meta >> 61) as usize
+        (self[INLINE] >> 61) as usize
     }
 
     #[inline]
     fn set_len(&mut self, len: usize) {
-        self.meta = (self.meta & Self::COUNT) | ((len as u64) << 61);
+        self[INLINE] = (self[INLINE] & Self::COUNT) | ((len as u64) << 61);
     }
 
     #[inline]
     fn count(&self) -> u64 {
-        self.meta & Self::COUNT
+        self[INLINE] & Self::COUNT
     }
 
-    /// Counts `n` more values (a count never reaches 2^61: that many rows are never read).
     #[inline]
     fn add_count(&mut self, n: u64) {
-        self.meta += n;
+        self[INLINE] += n;
+    }
+
+    #[inline]
+    fn partials(&self) -> [f64; INLINE] {
+        std::array::from_fn(|j| f64::from_bits(self[j]))
+    }
+
+    #[inline]
+    fn set_partials(&mut self, partials: &[f64]) {
+        for (word, p) in self.iter_mut().zip(partials) {
+            *word = p.to_bits();
+        }
     }
 }
 
@@ -983,12 +1033,13 @@ impl FloatAcc {
 fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize, x: f64) {
     let acc = &mut sums[p];
     let len = acc.len();
+    let partials = acc.partials();
     if len == SIDE {
         side.entry(p as u32).or_default().add(x);
         return;
     }
-    if !x.is_finite() || x.abs() >= BIG || (len > 0 && acc.partials[len - 1].abs() >= BIG) {
-        let mut sum = ExactSum::from_partials(&acc.partials[..len]);
+    if !x.is_finite() || x.abs() >= BIG || (len > 0 && partials[len - 1].abs() >= BIG) {
+        let mut sum = ExactSum::from_partials(&partials[..len]);
         sum.add(x);
         side.insert(p as u32, sum);
         acc.set_len(SIDE);
@@ -997,8 +1048,8 @@ fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize,
     let mut x = x;
     let mut out = [0.0f64; INLINE + 1];
     let mut kept = 0;
-    for j in 0..len {
-        let (hi, lo) = two_sum(x, acc.partials[j]);
+    for &partial in &partials[..len] {
+        let (hi, lo) = two_sum(x, partial);
         if lo != 0.0 {
             out[kept] = lo;
             kept += 1;
@@ -1008,7 +1059,7 @@ fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize,
     out[kept] = x;
     kept += 1;
     if kept <= INLINE {
-        acc.partials.copy_from_slice(&out[..INLINE]);
+        acc.set_partials(&out[..INLINE]);
         acc.set_len(kept);
     } else {
         side.insert(p as u32, ExactSum::from_partials(&out));
@@ -1020,7 +1071,7 @@ fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize,
 fn float_value(sums: &[FloatAcc], side: &HashMap<u32, ExactSum>, p: usize) -> f64 {
     match sums[p].len() {
         SIDE => side.get(&(p as u32)).map_or(0.0, ExactSum::value),
-        len => round_partials(&sums[p].partials[..len]),
+        len => round_partials(&sums[p].partials()[..len]),
     }
 }
 
