@@ -505,22 +505,36 @@ async fn write_file_to(
     let schema = stream.schema();
     let sink = ExportSink::create(destination, to)?;
     let (sink, written) = if format == ExportFormat::Parquet {
-        // Encoded on every core into a buffer that is sent on after each batch (the same bytes
-        // as `ArrowWriter`'s file, see `ParquetOut`).
+        // Encoded on every core (the same bytes as `ArrowWriter`'s file, see `ParquetOut`):
+        // into a local file directly, or into a buffer sent on after each batch.
         let mut sink = sink;
-        let buffer = SharedBuffer::default();
-        let written = async {
-            let mut writer =
-                ParquetOut::try_new(buffer.clone(), schema, None, crate::parallel::cores())?;
-            while let Some(batch) = stream.next().await {
-                writer.write(&batch?)?;
-                sink.put(&buffer.take()?).await?;
+        let threads = crate::parallel::cores();
+        let written = match sink.local() {
+            Some(local) => {
+                async {
+                    let mut writer = ParquetOut::try_new(local, schema, None, threads)?;
+                    while let Some(batch) = stream.next().await {
+                        writer.write(&batch?)?;
+                    }
+                    Ok::<_, PitlakeError>(writer.close()?)
+                }
+                .await
             }
-            writer.close()?;
-            sink.put(&buffer.take()?).await?;
-            Ok::<_, PitlakeError>(())
-        }
-        .await;
+            None => {
+                let buffer = SharedBuffer::default();
+                async {
+                    let mut writer = ParquetOut::try_new(buffer.clone(), schema, None, threads)?;
+                    while let Some(batch) = stream.next().await {
+                        writer.write(&batch?)?;
+                        sink.put(&buffer.take()?).await?;
+                    }
+                    writer.close()?;
+                    sink.put(&buffer.take()?).await?;
+                    Ok::<_, PitlakeError>(())
+                }
+                .await
+            }
+        };
         (sink, written)
     } else {
         let mut sink = sink;

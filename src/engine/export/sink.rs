@@ -201,6 +201,19 @@ impl ExportSink {
         }
     }
 
+    /// For a local file, a writer that hashes and writes in place (a Parquet file's row group
+    /// then goes to the file page by page, never whole in memory); `None` for object storage,
+    /// whose writes are [`ExportSink::put`]'s.
+    pub fn local(&mut self) -> Option<LocalWriter<'_>> {
+        match &mut self.target {
+            Some(Target::Local { out, .. }) => Some(LocalWriter {
+                out,
+                hasher: self.hasher.as_mut(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Publishes the file under its name, in one step, and returns its size and hash. On
     /// failure nothing is published and the temporary file or upload is gone.
     pub async fn publish(mut self) -> Result<FileDigest> {
@@ -275,6 +288,26 @@ impl Drop for ExportSink {
                 let _ = multipart.abort().await;
             });
         }
+    }
+}
+
+/// The bytes of a local export file, hashed as they are written (see [`ExportSink::local`]).
+pub(super) struct LocalWriter<'a> {
+    out: &'a mut std::io::BufWriter<std::fs::File>,
+    hasher: Option<&'a mut Hasher>,
+}
+
+impl Write for LocalWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.out.write(bytes)?;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&bytes[..written]);
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 
