@@ -407,8 +407,9 @@ pub(crate) struct Best {
     /// Per entry, the score of its record (0 while it has none, which no row's score is below):
     /// a row whose score is lower cannot beat the record, and one whose score is higher does,
     /// so only ties read the records. An eighth of their size, these stay in the cache where
-    /// the records do not: most rows offered to an entry lose (of the ten rows a medium-scale
-    /// label is offered, about three beat the best so far).
+    /// the records do not, and most rows offered to an entry lose (in arrival order only the
+    /// running maxima win: about ln n + 0.58 of n rows, expected, when the order is unrelated
+    /// to the times).
     scores: Vec<u64>,
 }
 
@@ -705,8 +706,6 @@ impl LeftIndex {
         }
     }
 
-    /// The entry holding left row `row`'s match, if it has one within the tolerance: `bound` is
-    /// the row's tolerance bound as a time key (`Some(None)`: a NULL bound, which nothing meets).
     /// Asks early for the record of left row `row`'s entry (the entries are spread over the
     /// groups, so reading them out in the left's order misses the cache on each, unless the
     /// loads of the rows [`AHEAD`] on are already under way).
@@ -719,6 +718,8 @@ impl LeftIndex {
         }
     }
 
+    /// The entry holding left row `row`'s match, if it has one within the tolerance: `bound` is
+    /// the row's tolerance bound as a time key (`Some(None)`: a NULL bound, which nothing meets).
     pub(crate) fn matched(
         &self,
         best: &Best,

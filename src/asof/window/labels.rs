@@ -323,9 +323,10 @@ impl LeftKeys {
         (&self.times[from..to], from)
     }
 
-    /// Per left row of `rows`, in the left's order, its entry (`None`: it has none). The entries are
-    /// spread over the groups, so each would be a cache miss: `touch` is called with the entry
-    /// of the row [`AHEAD`] on, to ask for its memory early, and the loads overlap.
+    /// Per left row of `rows`, in the left's order, its entry (`None`: it has none). The
+    /// entries are spread over the groups, so each would be a cache miss: `touch` is called
+    /// with the entry of the row [`AHEAD`] on, to ask for its memory early, and the loads
+    /// overlap.
     pub(crate) fn entries<'a>(
         &'a self,
         rows: std::ops::Range<usize>,
@@ -1033,11 +1034,11 @@ impl Inline for FloatAcc {
 fn add_float(sums: &mut [FloatAcc], side: &mut HashMap<u32, ExactSum>, p: usize, x: f64) {
     let acc = &mut sums[p];
     let len = acc.len();
-    let partials = acc.partials();
     if len == SIDE {
         side.entry(p as u32).or_default().add(x);
         return;
     }
+    let partials = acc.partials();
     if !x.is_finite() || x.abs() >= BIG || (len > 0 && partials[len - 1].abs() >= BIG) {
         let mut sum = ExactSum::from_partials(&partials[..len]);
         sum.add(x);
