@@ -216,11 +216,20 @@ pub fn substitute(statement: &mut DFStatement, queries: Vec<Query>) -> Result<()
     Ok(())
 }
 
+/// The statement an `EXPLAIN` (or `EXPLAIN ANALYZE`) explains, or `statement` itself: an
+/// explained training set is planned as it runs, order included.
+fn explained(statement: &mut DFStatement) -> &mut DFStatement {
+    match statement {
+        DFStatement::Explain(explain) => explained(&mut explain.statement),
+        other => other,
+    }
+}
+
 /// The query of a statement that only takes rows from one training set, `SELECT * FROM
 /// <placeholder or its query>` with at most a LIMIT / OFFSET / FETCH, and orders nothing
 /// itself (as `TRAINING SET … LIMIT 3` parses).
 fn bare_training_set(statement: &mut DFStatement) -> Option<&mut Query> {
-    let DFStatement::Statement(inner) = statement else {
+    let DFStatement::Statement(inner) = explained(statement) else {
         return None;
     };
     let sqlparser::ast::Statement::Query(outer) = inner.as_mut() else {
@@ -246,7 +255,7 @@ fn bare_training_set(statement: &mut DFStatement) -> Option<&mut Query> {
 /// Makes a bare query around one training set ([`bare_training_set`]) the training set's own
 /// query, which keeps its ORDER BY; DataFusion would not keep a subquery's order.
 fn keep_order(statement: &mut DFStatement) {
-    let DFStatement::Statement(inner) = statement else {
+    let DFStatement::Statement(inner) = explained(statement) else {
         return;
     };
     let sqlparser::ast::Statement::Query(outer) = inner.as_mut() else {
