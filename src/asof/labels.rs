@@ -57,7 +57,7 @@ const SIGN: u64 = 1 << 63;
 /// In a record's flags word: the record holds a row.
 const OCCUPIED: u64 = 1 << 63;
 /// How many rows ahead a row's record is fetched.
-pub(crate) const AHEAD: usize = 16;
+const AHEAD: usize = 16;
 
 /// Whether a record keeps values of `data_type` in a word: integers, floats, booleans, dates,
 /// times, timestamps and durations.
@@ -706,32 +706,30 @@ impl LeftIndex {
         }
     }
 
-    /// Asks early for the record of left row `row`'s entry (the entries are spread over the
-    /// groups, so reading them out in the left's order misses the cache on each, unless the
-    /// loads of the rows [`AHEAD`] on are already under way).
-    #[inline]
-    pub(crate) fn touch(&self, best: &Best, row: usize) {
-        if let Some(&entry) = self.left.entry_of.get(row)
-            && entry != NO_ENTRY
-        {
-            prefetch(best.words(), entry as usize * self.layout.stride());
-        }
+    /// Per left row of `rows`, in the left's order, its entry (`None`: it has none), the
+    /// records of the rows ahead asked for early ([`LeftKeys::entries`]).
+    pub(crate) fn entries<'a>(
+        &'a self,
+        best: &'a Best,
+        rows: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = Option<usize>> + 'a {
+        let stride = self.layout.stride();
+        self.left
+            .entries(rows, move |e| prefetch(best.words(), e * stride))
     }
 
-    /// The entry holding left row `row`'s match, if it has one within the tolerance: `bound` is
-    /// the row's tolerance bound as a time key (`Some(None)`: a NULL bound, which nothing meets).
+    /// The entry holding a left row's match, if it has one within the tolerance: `entry` is the
+    /// row's entry ([`LeftIndex::entries`]) and `bound` its tolerance bound as a time key
+    /// (`Some(None)`: a NULL bound, which nothing meets).
     pub(crate) fn matched(
         &self,
         best: &Best,
-        row: usize,
+        entry: Option<usize>,
         bound: Option<Option<i64>>,
     ) -> Option<usize> {
-        let entry = self.left.entry_of[row];
-        if entry == NO_ENTRY {
-            return None;
-        }
+        let entry = entry?;
         let stride = self.layout.stride();
-        let record = &best.words()[entry as usize * stride..(entry as usize + 1) * stride];
+        let record = &best.words()[entry * stride..(entry + 1) * stride];
         if record[stride - 1] & OCCUPIED == 0 {
             return None;
         }
@@ -744,7 +742,7 @@ impl LeftIndex {
             Some(Some(b)) if backward => time >= b,
             Some(Some(b)) => time <= b,
         };
-        within.then_some(entry as usize)
+        within.then_some(entry)
     }
 
     /// Column `c` of the layout for the entries `entries` (`None`: NULL).

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use super::build::RightExprs;
 use super::chunks::{LeftInput, in_chunks, read_left, replay_all};
 use super::kernel::MatchSpec;
-use super::labels::{AHEAD, Layout, LeftIndex, RightRows, Scratch};
+use super::labels::{Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::time::dense_time_keys;
@@ -218,13 +218,14 @@ impl LeftBuild {
             }
             None => None,
         };
-        let entries: Vec<Option<usize>> = (0..rows)
-            .map(|i| {
+        let entries: Vec<Option<usize>> = index
+            .entries(best, offset..offset + rows)
+            .enumerate()
+            .map(|(i, entry)| {
                 let bound = bounds.as_ref().map(|(keys, valid)| {
                     (!valid.as_ref().is_some_and(|v| v.is_null(i))).then(|| keys[i])
                 });
-                index.touch(best, offset + i + AHEAD);
-                index.matched(best, offset + i, bound)
+                index.matched(best, entry, bound)
             })
             .collect();
         let matched: BooleanArray = entries.iter().map(|e| Some(e.is_some())).collect();

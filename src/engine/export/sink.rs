@@ -18,10 +18,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
-use parquet::arrow::async_writer::AsyncFileWriter;
 
 use crate::error::{PitlakeError, Result};
 
@@ -308,21 +306,6 @@ impl Write for LocalWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
-    }
-}
-
-/// Parquet's async writer writes through the sink; publishing stays with the caller.
-impl AsyncFileWriter for ExportSink {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async move {
-            self.put(&bs)
-                .await
-                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
-        })
-    }
-
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        Box::pin(async { Ok(()) })
     }
 }
 
