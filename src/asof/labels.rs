@@ -432,7 +432,11 @@ pub(crate) struct Scratch {
     known: Vec<i64>,
     /// Per group, where its rows go (a counting sort).
     counts: Vec<u32>,
-    /// The group of each row with one, in group order.
+    /// Per row of the chunk, its place in group order (`NO_ENTRY`: it has no group).
+    dest: Vec<u32>,
+    /// The group of each row with one, in group order. This and the next two are only ever
+    /// grown: a chunk writes every place it reads, so what an earlier chunk left is never seen,
+    /// and clearing them would write each chunk's 16 MB of records twice.
     order: Vec<u32>,
     /// Their knowledge times, in group order.
     sorted_known: Vec<i64>,
@@ -442,6 +446,25 @@ pub(crate) struct Scratch {
     hits: Vec<(u32, u32)>,
     /// Per value (tie-break, then column), the order key of every row of a batch.
     keys: Vec<u64>,
+}
+
+/// `buffer` at least `len` long, what it holds kept.
+fn grow<T: Copy + Default>(buffer: &mut Vec<T>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, T::default());
+    }
+}
+
+/// Copies a record: one cache line as eight moves when it is one (the usual case), not a call.
+#[inline]
+fn copy_record(to: &mut [u64], from: &[u64]) {
+    match (
+        <&mut [u64; 8]>::try_from(&mut *to),
+        <&[u64; 8]>::try_from(from),
+    ) {
+        (Ok(to), Ok(from)) => *to = *from,
+        _ => to.copy_from_slice(from),
+    }
 }
 
 /// The left rows by key and time, and how records are laid out.
@@ -520,6 +543,7 @@ impl LeftIndex {
         let Scratch {
             group_of,
             counts,
+            dest,
             order,
             times,
             known,
@@ -578,13 +602,21 @@ impl LeftIndex {
             counts[g] += counts[g - 1];
         }
         let kept = counts[counts.len() - 1] as usize;
-        records.clear();
-        records.resize(kept * stride, 0);
-        order.clear();
-        order.resize(kept, 0);
         let has_known = self.has_known;
-        sorted_known.clear();
-        sorted_known.resize(if has_known { kept } else { 0 }, 0);
+        grow(records, kept * stride);
+        grow(order, kept);
+        grow(sorted_known, if has_known { kept } else { 0 });
+        // Each row's place first, so that the loop writing the records can ask for the line of
+        // the row a few ahead early: 64 bytes per row at random within 16 MB miss the caches.
+        dest.clear();
+        dest.extend(group_of.iter().map(|&g| {
+            if g == NO_ENTRY {
+                return NO_ENTRY;
+            }
+            let pos = counts[g as usize];
+            counts[g as usize] += 1;
+            pos
+        }));
         let mut base = 0;
         for right in chunk {
             let n = right.time.len();
@@ -596,12 +628,16 @@ impl LeftIndex {
             }
             for i in 0..n {
                 let r = base + i;
-                let g = group_of[r];
+                let (g, pos) = (group_of[r], dest[r]);
                 if g == NO_ENTRY {
                     continue;
                 }
-                let pos = counts[g as usize] as usize;
-                counts[g as usize] += 1;
+                if let Some(&ahead) = dest.get(r + AHEAD)
+                    && ahead != NO_ENTRY
+                {
+                    prefetch(records, ahead as usize * stride);
+                }
+                let pos = pos as usize;
                 order[pos] = g;
                 if has_known {
                     sorted_known[pos] = known[r];
@@ -624,7 +660,7 @@ impl LeftIndex {
         // 3. The entry each row reaches, in group order.
         hits.clear();
         let strict = self.spec.strict;
-        for (pos, &g) in order.iter().enumerate() {
+        for (pos, &g) in order[..kept].iter().enumerate() {
             if let Some(&ahead) = order.get(pos + AHEAD) {
                 prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
             }
@@ -665,6 +701,12 @@ impl LeftIndex {
             if let Some(&(ahead, _)) = hits.get(h + AHEAD) {
                 prefetch(scores, ahead as usize);
             }
+            // Most rows win where the right side comes in about its time order (a table
+            // appended to as events arrive): the record's line is asked for too, later than
+            // the score so as not to crowd it out.
+            if let Some(&(ahead, _)) = hits.get(h + AHEAD / 2) {
+                prefetch(words, ahead as usize * stride);
+            }
             let (entry, pos) = (entry as usize, pos as usize);
             let record = &records[pos * stride..(pos + 1) * stride];
             let at = entry * stride;
@@ -674,7 +716,7 @@ impl LeftIndex {
                 std::cmp::Ordering::Equal => layout.beats(record, &words[at..at + stride]),
             };
             if beats {
-                words[at..at + stride].copy_from_slice(record);
+                copy_record(&mut words[at..at + stride], record);
                 scores[entry] = record[0];
             }
         }
