@@ -65,7 +65,7 @@ use super::build::{self, RightExprs};
 use super::build::{BuildFuture, SharedBuild};
 use super::kernel::{IndexBuilder, KernelOptions, KeySpec, TiebreakSpec};
 use super::labels::{Layout, MAX_VALUES, Source, word_type};
-use super::left_build::{Fallback, LeftBuild, RightColumn};
+use super::left_build::{self, Fallback, LeftBuild, RightColumn};
 use super::logical::{AsOfJoinType, AsOfOperator, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::probe::Probe;
@@ -721,6 +721,128 @@ impl AsOfJoinExec {
         Ok(Some(LeftSide { plan, on, time }))
     }
 
+    /// The joins that run as one with this one, innermost first and this one last: where this
+    /// join's left input is another as-of join over the same left keys and time, and both
+    /// index their left side, the left rows are read and grouped once for both, each join's
+    /// right side is streamed through them in turn, and the feature columns of every join are
+    /// gathered onto the left rows at the end, instead of the outer join reading and grouping
+    /// the inner one's whole output again (docs/semantics.md, "How it runs"). Just this join
+    /// when it runs alone.
+    pub fn chain(&self) -> Vec<&AsOfJoinExec> {
+        let mut chain = vec![self];
+        let mut outer = self;
+        while let Some(inner) = outer.left.downcast_ref::<AsOfJoinExec>()
+            && outer.chains_onto(inner)
+        {
+            chain.push(inner);
+            outer = inner;
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// Whether this join runs as one with `inner`, its left input ([`AsOfJoinExec::chain`]):
+    /// both index their single left partition, and this join's left keys and time are
+    /// `inner`'s (the left's columns keep their places in `inner`'s output).
+    fn chains_onto(&self, inner: &AsOfJoinExec) -> bool {
+        let indexes_left = |join: &AsOfJoinExec| {
+            join.side == AsOfBuild::Left
+                && join.mode == AsOfJoinMode::SharedBuild
+                && join.left.output_partitioning().partition_count() == 1
+                && join.left_layout().is_some()
+        };
+        indexes_left(self)
+            && indexes_left(inner)
+            && self.kernel.keys == inner.kernel.keys
+            && self.on.len() == inner.on.len()
+            && self
+                .on
+                .iter()
+                .zip(&inner.on)
+                .all(|((outer, _), (inner, _))| outer == inner)
+            && self.left_time.eq(&inner.left_time)
+    }
+
+    /// The run indexing the left side for left partition `partition`, if this join indexes it
+    /// (else it indexes its right side, [`AsOfJoinExec::fallback`]).
+    fn left_build(
+        &self,
+        partition: usize,
+        context: &Arc<TaskContext>,
+        metrics: AsOfJoinMetrics,
+    ) -> Option<LeftBuild> {
+        // Indexing the left needs all of it: one partition, or this partition's keys alone.
+        let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
+        if self.side != AsOfBuild::Left
+            || !(co_partitioned || self.left.output_partitioning().partition_count() == 1)
+        {
+            return None;
+        }
+        let (layout, stored, from) = self.left_layout()?;
+        Some(LeftBuild {
+            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
+            left_time: self.left_time.clone(),
+            key_specs: self
+                .kernel
+                .keys
+                .iter()
+                .map(|k| (k.data_type.clone(), k.null_equal))
+                .collect(),
+            spec: self.op.spec(),
+            tolerance: self.tolerance.clone(),
+            join_type: self.join_type,
+            right: self.right.clone(),
+            partitions: if co_partitioned {
+                vec![partition]
+            } else {
+                (0..self.right.output_partitioning().partition_count()).collect()
+            },
+            exprs: self.right_exprs(),
+            layout,
+            stored,
+            outputs: self.right_output.iter().map(|&c| from[c]).collect(),
+            schema: self.schema.clone(),
+            metrics,
+            context: context.clone(),
+            chunk_rows: self.chunk_rows,
+        })
+    }
+
+    /// The join of left partition `partition` over a given left stream with the right side
+    /// indexed (built, or spilled, when the stream is first polled).
+    fn fallback(
+        &self,
+        partition: usize,
+        context: &Arc<TaskContext>,
+        metrics: AsOfJoinMetrics,
+    ) -> Result<Fallback> {
+        let build = match self.mode {
+            AsOfJoinMode::SharedBuild => self.shared_build(context)?,
+            // Right partition p alone, for left partition p alone.
+            AsOfJoinMode::CoPartitioned => self.start_build_of(vec![partition], partition, context),
+        };
+        let probe = Probe {
+            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
+            left_time: self.left_time.clone(),
+            tolerance: self.tolerance.clone(),
+            direction: self.op.spec().direction,
+            join_type: self.join_type,
+        };
+        let spill = SpillContext {
+            right: self.right_exprs(),
+            kernel: self.kernel.clone(),
+            right_schema: self.right.schema(),
+            right_output: self.right_output.clone(),
+            context: context.clone(),
+            partition,
+            turn: self.spill_turn.clone(),
+        };
+        let schema = self.schema.clone();
+        Ok(Box::new(move |left| {
+            Box::pin(AsOfStream::new(schema, left, build, probe, spill, metrics))
+        }))
+    }
+
     /// The shared build, started by the first partition that executes.
     fn shared_build(&self, context: &Arc<TaskContext>) -> Result<SharedBuild> {
         let mut slot = self
@@ -854,6 +976,12 @@ impl DisplayAs for AsOfJoinExec {
         }
         if self.side == AsOfBuild::Left {
             write!(f, ", build=left")?;
+        }
+        if let Some(inner) = self.left.downcast_ref::<AsOfJoinExec>()
+            && self.chains_onto(inner)
+        {
+            // Run as one with the as-of join below (`AsOfJoinExec::chain`).
+            write!(f, ", chained")?;
         }
         if self.on.is_empty() {
             // No keys to partition by: the right side is one partition, read whole by each task.
@@ -1033,83 +1161,27 @@ impl ExecutionPlan for AsOfJoinExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let build = match self.mode {
-            AsOfJoinMode::SharedBuild => self.shared_build(&context)?,
-            // Right partition p alone, for left partition p alone.
-            AsOfJoinMode::CoPartitioned => {
-                self.start_build_of(vec![partition], partition, &context)
-            }
-        };
-        let left = self.left.execute(partition, context.clone())?;
-        let metrics = AsOfJoinMetrics::new(&self.metrics, partition);
-        let probe = Probe {
-            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
-            left_time: self.left_time.clone(),
-            tolerance: self.tolerance.clone(),
-            direction: self.op.spec().direction,
-            join_type: self.join_type,
-        };
-        let spill = SpillContext {
-            right: self.right_exprs(),
-            kernel: self.kernel.clone(),
-            right_schema: self.right.schema(),
-            right_output: self.right_output.clone(),
-            context: context.clone(),
-            partition,
-            turn: self.spill_turn.clone(),
-        };
-        // Indexing the left needs all of it: one partition, or this partition's keys alone.
-        let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
-        let left_layout = match self.side {
-            AsOfBuild::Left
-                if co_partitioned || self.left.output_partitioning().partition_count() == 1 =>
-            {
-                self.left_layout()
-            }
-            _ => None,
-        };
-        let Some((layout, stored, from)) = left_layout else {
-            let stream = AsOfStream::new(self.schema.clone(), left, build, probe, spill, metrics);
-            return Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
-                stream,
-            )));
-        };
-        let run = LeftBuild {
-            left_keys: self.on.iter().map(|(l, _)| l.clone()).collect(),
-            left_time: self.left_time.clone(),
-            key_specs: self
-                .kernel
-                .keys
-                .iter()
-                .map(|k| (k.data_type.clone(), k.null_equal))
-                .collect(),
-            spec: self.op.spec(),
-            tolerance: self.tolerance.clone(),
-            join_type: self.join_type,
-            right: self.right.clone(),
-            partitions: if co_partitioned {
-                vec![partition]
-            } else {
-                (0..self.right.output_partitioning().partition_count()).collect()
-            },
-            exprs: self.right_exprs(),
-            layout,
-            stored,
-            outputs: self.right_output.iter().map(|&c| from[c]).collect(),
-            schema: self.schema.clone(),
-            metrics: metrics.clone(),
-            context,
-            chunk_rows: self.chunk_rows,
-        };
+        let chain = self.chain();
+        let left = chain[0].left.execute(partition, context.clone())?;
+        let mut runs = Vec::with_capacity(chain.len());
+        let mut fallbacks = Vec::with_capacity(chain.len());
+        for join in &chain {
+            let metrics = AsOfJoinMetrics::new(&join.metrics, partition);
+            fallbacks.push(join.fallback(partition, &context, metrics.clone())?);
+            runs.extend(join.left_build(partition, &context, metrics));
+        }
         let schema = self.schema.clone();
-        let fallback: Fallback = Box::new(move |left| {
-            Box::pin(AsOfStream::new(schema, left, build, probe, spill, metrics))
-        });
-        let schema = self.schema.clone();
-        let stream = futures::stream::once(run.run(left, fallback)).try_flatten();
-        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
-            RecordBatchStreamAdapter::new(schema, stream),
-        )))
+        let stream: SendableRecordBatchStream = if runs.len() < chain.len() {
+            let [fallback] = <[Fallback; 1]>::try_from(fallbacks).map_err(|_| {
+                DataFusionError::Internal("AsOfJoinExec: a chain that cannot run".into())
+            })?;
+            fallback(left)
+        } else {
+            let stream =
+                futures::stream::once(left_build::run(runs, fallbacks, left)).try_flatten();
+            Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+        };
+        Ok(datafusion::physical_plan::coop::make_cooperative(stream))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -893,3 +893,166 @@ fn joins_in_ref(plan: &Arc<dyn ExecutionPlan>) -> Option<&AsOfJoinExec> {
     }
     plan.children().into_iter().find_map(joins_in_ref)
 }
+
+/// Joins `cases` one onto the other over the first case's left rows (one partition), each
+/// case giving a join its right rows and options, every join indexing `build`'s side.
+fn chain_plan(cases: &[Case], build: AsOfBuild) -> Arc<dyn ExecutionPlan> {
+    let first = &cases[0];
+    let ls = schema("l", first.timestamp, first.two_keys, false);
+    let mut plan: Arc<dyn ExecutionPlan> =
+        MemorySourceConfig::try_new_exec(&[first.left.concat()], ls, None).unwrap();
+    for case in cases {
+        let ls = plan.schema();
+        let rs = schema("r", case.timestamp, case.two_keys, true);
+        let source =
+            MemorySourceConfig::try_new_exec(std::slice::from_ref(&case.right), rs.clone(), None)
+                .unwrap();
+        let right = Arc::new(
+            RepartitionExec::try_new(source, Partitioning::RoundRobinBatch(case.right_partitions))
+                .unwrap(),
+        );
+        let on = case
+            .key_columns("l", &ls)
+            .into_iter()
+            .zip(case.key_columns("r", &rs))
+            .collect::<Vec<_>>();
+        let null_equal = vec![case.null_equal; on.len()];
+        let tiebreak = case
+            .tiebreak
+            .map(|options| PhysicalSortExpr::new(col("rc", &rs).unwrap(), options))
+            .into_iter()
+            .collect();
+        let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(
+            rs.fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true)),
+        );
+        let join = AsOfJoinExec::try_new(
+            plan,
+            right,
+            on,
+            null_equal,
+            col("lt", &ls).unwrap(),
+            col("rt", &rs).unwrap(),
+            case.op,
+            case.join_type,
+            case.tolerance(),
+            tiebreak,
+            case.known.then(|| col("rc", &rs).unwrap()),
+            Arc::new(Schema::new(fields)),
+        )
+        .unwrap()
+        .with_build(build)
+        .with_chunk_rows(case.chunk_rows);
+        plan = Arc::new(match case.only_rid {
+            true => join
+                .with_right_output(vec![rs.index_of("rid").unwrap()])
+                .unwrap(),
+            false => join,
+        });
+    }
+    plan
+}
+
+/// The rows of a plan's one partition, in one batch.
+async fn all_rows(plan: Arc<dyn ExecutionPlan>, ctx: &SessionContext) -> RecordBatch {
+    let schema = plan.schema();
+    let out = datafusion::physical_plan::collect(plan, ctx.task_ctx())
+        .await
+        .unwrap();
+    arrow::compute::concat_batches(&schema, &out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
+    let mut rng = StdRng::seed_from_u64(20_261_128);
+    let (mut chained, mut rows, mut matched) = (0, 0, 0);
+    for i in 0..300 {
+        let first = random_case(&mut rng);
+        let mut cases = vec![first];
+        while cases.len() < rng.random_range(2..=3) {
+            let case = random_case(&mut rng);
+            if (case.timestamp, case.two_keys) == (cases[0].timestamp, cases[0].two_keys) {
+                cases.push(case);
+            }
+        }
+        // Joins chain only with the same key rules: mostly keep them, sometimes not.
+        if rng.random_bool(0.8) {
+            let null_equal = cases[0].null_equal;
+            cases.iter_mut().for_each(|c| c.null_equal = null_equal);
+        }
+        let describe = cases.iter().map(Case::describe).collect::<Vec<_>>();
+        let ctx = context(cases[0].batch_size, None);
+        // Each join indexing its right side runs alone (the operator against the oracle above).
+        let want = all_rows(chain_plan(&cases, AsOfBuild::Right), &ctx).await;
+        let plan = chain_plan(&cases, AsOfBuild::Left);
+        let top = plan.downcast_ref::<AsOfJoinExec>().unwrap();
+        // The joins from the top down that share the key rules of the join below them.
+        let last = cases.len() - 1;
+        let chain = 1
+            + (1..cases.len())
+                .rev()
+                .take_while(|&j| cases[j].null_equal == cases[j - 1].null_equal)
+                .count();
+        let same_keys = chain == cases.len();
+        assert_eq!(top.chain().len(), chain, "case {i}");
+        let shown = datafusion::physical_plan::displayable(top)
+            .one_line()
+            .to_string();
+        assert_eq!(
+            shown.contains("chained"),
+            cases[last].null_equal == cases[last - 1].null_equal,
+            "case {i}: {shown}"
+        );
+        chained += usize::from(same_keys);
+        let got = all_rows(plan.clone(), &ctx).await;
+        assert_eq!(got, want, "case {i}: {describe:#?}");
+        // Each join counts the rows it saw and matched, as when run alone.
+        let count = |plan: &Arc<dyn ExecutionPlan>, name: &str| {
+            let mut counts = Vec::new();
+            let mut at = Some(plan.clone());
+            while let Some(p) = at {
+                let join = p.downcast_ref::<AsOfJoinExec>().unwrap();
+                counts.push(
+                    join.metrics()
+                        .and_then(|m| m.sum_by_name(name))
+                        .map_or(0, |v| v.as_usize()),
+                );
+                at = join
+                    .left()
+                    .downcast_ref::<AsOfJoinExec>()
+                    .map(|_| join.left().clone());
+            }
+            counts
+        };
+        let reference = chain_plan(&cases, AsOfBuild::Right);
+        all_rows(reference.clone(), &ctx).await;
+        for name in ["left_rows", "matched_rows", "output_rows"] {
+            assert_eq!(
+                count(&plan, name),
+                count(&reference, name),
+                "case {i}: {name}"
+            );
+        }
+        rows += got.num_rows();
+        matched += got.num_rows() - got.column(got.num_columns() - 1).null_count();
+        // Under a memory pool too small for some of it: the joins from where memory ran out
+        // on index their right side, over what the chain has done, with the same answer.
+        for limit in [256 << 10, 512 << 10, 1 << 20, 4 << 20] {
+            let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(limit));
+            let ctx = context(cases[0].batch_size, Some(pool.clone()));
+            let plan = chain_plan(&cases, AsOfBuild::Left);
+            let got = all_rows(plan, &ctx).await;
+            assert_eq!(got, want, "case {i}, limit {limit}: {describe:#?}");
+            assert_eq!(pool.reserved(), 0, "case {i}: memory left reserved");
+        }
+    }
+    assert!(chained > 200, "{chained} of 300 cases chained");
+    let resumed = super::left_build::RESUMED_PART_WAY.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(resumed > 20, "{resumed} chains ran out of memory part way");
+    assert!(
+        rows > 5_000 && matched > rows / 10,
+        "{rows} rows, {matched} matched"
+    );
+}

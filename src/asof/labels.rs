@@ -469,7 +469,7 @@ fn copy_record(to: &mut [u64], from: &[u64]) {
 
 /// The left rows by key and time, and how records are laid out.
 pub(crate) struct LeftIndex {
-    left: LeftKeys,
+    left: Arc<LeftKeys>,
     spec: MatchSpec,
     has_known: bool,
     layout: Layout,
@@ -478,7 +478,7 @@ pub(crate) struct LeftIndex {
 impl LeftIndex {
     /// The index of the grouped left rows `left` for a join with the match condition `spec`.
     pub(crate) fn new(
-        left: LeftKeys,
+        left: Arc<LeftKeys>,
         spec: MatchSpec,
         has_known: bool,
         layout: Layout,
@@ -497,9 +497,10 @@ impl LeftIndex {
         })
     }
 
-    /// Bytes held by the index and by one [`Best`].
-    pub(crate) fn memory_size(&self) -> usize {
-        self.left.memory_size() + 8 * ((self.layout.stride() + 1) * self.left.times.len() + 8)
+    /// Bytes held by one [`Best`] (the grouped left rows, which the joins of a chain share,
+    /// not counted).
+    pub(crate) fn records_size(&self) -> usize {
+        8 * ((self.layout.stride() + 1) * self.left.times.len() + 8)
     }
 
     /// Empty records, one per entry, the first on a cache line's start.

@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Instant;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, nullif};
@@ -17,12 +18,13 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{StreamExt, TryStreamExt};
 
 use super::build::RightExprs;
 use super::chunks::{LeftInput, in_chunks, read_left, replay_all};
 use super::kernel::MatchSpec;
-use super::labels::{Layout, LeftIndex, RightRows, Scratch};
+use super::labels::{Best, Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::time::dense_time_keys;
@@ -69,61 +71,235 @@ pub(crate) struct LeftBuild {
 pub(crate) type Fallback =
     Box<dyn FnOnce(SendableRecordBatchStream) -> SendableRecordBatchStream + Send>;
 
-impl LeftBuild {
-    /// The joined batches, in the left's order.
-    pub(crate) async fn run(
-        self,
-        left: SendableRecordBatchStream,
-        fallback: Fallback,
-    ) -> Result<SendableRecordBatchStream> {
-        let mut reservation =
-            MemoryConsumer::new("AsOfJoinExec[left index]").register(self.context.memory_pool());
-        let started = std::time::Instant::now();
-        let left_schema = left.schema();
-        let give_up = |left: SendableRecordBatchStream| {
+/// How many chains ran out of memory after their first join (the tests check that some do).
+#[cfg(test)]
+pub(crate) static RESUMED_PART_WAY: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
+/// their left side and share its keys and time, over `left`, the innermost join's left input:
+/// the left read whole into the memory pool and grouped once, then for each join in turn its
+/// right side streamed through the grouped rows and its columns read out for every left row,
+/// and last the left's batches, in their order, with every join's columns. Where memory runs
+/// out, the joins from there on run the usual way (`fallbacks`, one per join: the join with
+/// its right side indexed, over a given left stream) over what is done so far.
+pub(crate) async fn run(
+    joins: Vec<LeftBuild>,
+    fallbacks: Vec<Fallback>,
+    left: SendableRecordBatchStream,
+) -> Result<SendableRecordBatchStream> {
+    let Some(first) = joins.first() else {
+        return internal_err!("as-of join: an empty chain");
+    };
+    if fallbacks.len() != joins.len() {
+        return internal_err!("as-of join: a chain with a fallback missing");
+    }
+    let mut reservation =
+        MemoryConsumer::new("AsOfJoinExec[left index]").register(first.context.memory_pool());
+    let started = Instant::now();
+    let left_schema = left.schema();
+    let held = match read_left(left, &mut reservation).await? {
+        LeftInput::Held(held) => held,
+        LeftInput::TooLarge(left) => {
             tracing::debug!(
                 target: "pitlake::asof",
                 "as-of join: the left side does not fit in memory; indexing the right"
             );
-            fallback(left)
-        };
-        let held = match read_left(left, &mut reservation).await? {
-            LeftInput::Held(held) => held,
-            LeftInput::TooLarge(left) => return Ok(give_up(left)),
-        };
-        let timer = self.metrics.build_time.timer();
-        let arrays = held
-            .iter()
-            .map(|b| {
-                let rows = b.num_rows();
-                Ok(LeftArrays {
-                    keys: self
-                        .left_keys
-                        .iter()
-                        .map(|e| e.evaluate(b)?.into_array(rows))
-                        .collect::<Result<_>>()?,
-                    time: self.left_time.evaluate(b)?.into_array(rows)?,
-                })
+            return Ok(resume(joins, fallbacks, 0, left, false));
+        }
+    };
+    let timer = first.metrics.build_time.timer();
+    let arrays = held
+        .iter()
+        .map(|b| {
+            let rows = b.num_rows();
+            Ok(LeftArrays {
+                keys: first
+                    .left_keys
+                    .iter()
+                    .map(|e| e.evaluate(b)?.into_array(rows))
+                    .collect::<Result<_>>()?,
+                time: first.left_time.evaluate(b)?.into_array(rows)?,
             })
-            .collect::<Result<Vec<_>>>()?;
-        let keys = LeftKeys::new(&self.key_specs, &arrays, "an as-of join")?;
-        let index = LeftIndex::new(
-            keys,
-            self.spec,
-            self.exprs.known_at.is_some(),
-            self.layout.clone(),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let keys = Arc::new(LeftKeys::new(&first.key_specs, &arrays, "an as-of join")?);
+    timer.done();
+    if reservation.try_grow(keys.memory_size()).is_err() {
+        drop((keys, arrays, reservation));
+        return Ok(resume(
+            joins,
+            fallbacks,
+            0,
+            replay_all(held, left_schema),
+            false,
+        ));
+    }
+    let mut offsets = Vec::with_capacity(held.len());
+    let mut offset = 0;
+    for b in &held {
+        offsets.push(offset);
+        offset += b.num_rows();
+    }
+    // Per left batch: its columns so far, and which of its rows every inner join so far kept
+    // (`None`: all of them).
+    let mut columns: Vec<Vec<ArrayRef>> = held.iter().map(|b| b.columns().to_vec()).collect();
+    let mut kept: Vec<Option<BooleanArray>> = vec![None; held.len()];
+    let mut schema = left_schema;
+    drop(held);
+    let last = joins.len() - 1;
+    for i in 0..joins.len() {
+        let join = &joins[i];
+        let phase = Instant::now();
+        let index = Arc::new(LeftIndex::new(
+            keys.clone(),
+            join.spec,
+            join.exprs.known_at.is_some(),
+            join.layout.clone(),
+        )?);
+        // The records, and per task a chunk of right rows in key order.
+        let chunk_limit = join.chunk_rows.min(index.chunk_rows());
+        let wanted =
+            index.records_size() + join.partitions.len() * chunk_limit * index.chunk_row_bytes();
+        if reservation.try_grow(wanted).is_err() {
+            drop((index, arrays));
+            let batches = batches(&schema, columns, &kept)?;
+            return Ok(resume(
+                joins,
+                fallbacks,
+                i,
+                replay_all(batches, schema),
+                i > 0,
+            ));
+        }
+        let best = join.stream(&index, chunk_limit).await?;
+        let streamed = phase.elapsed();
+        let timer = join.metrics.probe_time.timer();
+        let jobs: Vec<_> = arrays.iter().zip(&offsets).zip(&kept).collect();
+        let out = on_threads(
+            cores(),
+            jobs,
+            |((arrays, &offset), kept)| join.read_out(&index, &best, arrays, offset, kept.as_ref()),
+            || {
+                DataFusionError::Internal(
+                    "as-of join: a thread reading out matches panicked".into(),
+                )
+            },
         )?;
         timer.done();
-        // The index with its records, and per task a chunk of right rows in key order.
-        let chunk_limit = self.chunk_rows.min(index.chunk_rows());
-        let wanted =
-            index.memory_size() + self.partitions.len() * chunk_limit * index.chunk_row_bytes();
-        if reservation.try_grow(wanted).is_err() {
-            drop((index, arrays, reservation));
-            return Ok(give_up(replay_all(held, left_schema)));
+        drop((best, index));
+        reservation.shrink(wanted);
+        let mut size = 0;
+        let mut rows = 0;
+        for ((columns, kept), (read, matched)) in columns.iter_mut().zip(&mut kept).zip(out) {
+            size += read
+                .iter()
+                .map(|a| a.get_array_memory_size())
+                .sum::<usize>();
+            columns.extend(read);
+            if join.join_type == AsOfJoinType::Inner {
+                *kept = Some(match kept.take() {
+                    Some(k) => arrow::compute::and(&k, &matched)?,
+                    None => matched,
+                });
+            }
+            rows += kept.as_ref().map_or(columns[0].len(), |k| k.true_count());
         }
-        let indexed = started.elapsed();
-        let index = Arc::new(index);
+        schema = join.schema.clone();
+        tracing::debug!(
+            target: "pitlake::asof",
+            join = i,
+            left_rows = offset,
+            indexed_ms = (started.elapsed() - phase.elapsed()).as_millis() as u64,
+            streamed_ms = streamed.as_millis() as u64,
+            finished_ms = (phase.elapsed() - streamed).as_millis() as u64,
+            "as-of join: left indexed, right streamed"
+        );
+        if i < last {
+            // The rows this join passes on (the last one's are counted as they leave).
+            join.metrics.baseline.record_output(rows);
+            if reservation.try_grow(size).is_err() {
+                drop(arrays);
+                let batches = batches(&schema, columns, &kept)?;
+                return Ok(resume(
+                    joins,
+                    fallbacks,
+                    i + 1,
+                    replay_all(batches, schema),
+                    true,
+                ));
+            }
+        }
+    }
+    drop((arrays, keys));
+    let out = batches(&schema, columns, &kept)?;
+    let metrics = joins[last].metrics.clone();
+    let stream = futures::stream::iter(out).map(move |b| {
+        match metrics.baseline.record_poll(Poll::Ready(Some(Ok(b)))) {
+            Poll::Ready(Some(b)) => b,
+            _ => internal_err!("as-of join: a batch lost on its way out"),
+        }
+    });
+    drop(reservation);
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+}
+
+/// Joins `i..` of a chain (`joins`, with their `fallbacks`) over `stream`, which has the columns
+/// of the joins before `i`, one after the other as they run outside a chain: each indexing its
+/// left side where that fits, else its right side; join `i` its right side at once unless
+/// `retry`.
+fn resume(
+    mut joins: Vec<LeftBuild>,
+    mut fallbacks: Vec<Fallback>,
+    i: usize,
+    mut stream: SendableRecordBatchStream,
+    retry: bool,
+) -> SendableRecordBatchStream {
+    #[cfg(test)]
+    if i > 0 {
+        RESUMED_PART_WAY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let rest = joins.split_off(i.min(joins.len()));
+    let fallbacks = fallbacks.split_off(i.min(fallbacks.len()));
+    for (k, (join, fallback)) in rest.into_iter().zip(fallbacks).enumerate() {
+        stream = if k == 0 && !retry {
+            fallback(stream)
+        } else {
+            let schema = join.schema.clone();
+            let alone: BoxFuture<'static, Result<SendableRecordBatchStream>> =
+                Box::pin(run(vec![join], vec![fallback], stream));
+            Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::once(alone).try_flatten(),
+            ))
+        };
+    }
+    stream
+}
+
+/// The batches of `schema` with `columns`, each without the rows `kept` says were dropped.
+fn batches(
+    schema: &SchemaRef,
+    columns: Vec<Vec<ArrayRef>>,
+    kept: &[Option<BooleanArray>],
+) -> Result<Vec<RecordBatch>> {
+    columns
+        .into_iter()
+        .zip(kept)
+        .map(|(columns, kept)| {
+            let batch = RecordBatch::try_new(schema.clone(), columns)?;
+            match kept {
+                Some(k) if k.true_count() < batch.num_rows() => Ok(filter_record_batch(&batch, k)?),
+                _ => Ok(batch),
+            }
+        })
+        .collect()
+}
+
+impl LeftBuild {
+    /// Streams the right side through `index`, each right partition on a task of its own in
+    /// chunks of `chunk_rows`, and returns every left entry's best record.
+    async fn stream(&self, index: &Arc<LeftIndex>, chunk_rows: usize) -> Result<Best> {
         let shared = Arc::new(Mutex::new(index.best()));
         let (exprs, stored) = (self.exprs.clone(), self.stored.clone());
         let prepare = move |batch: &RecordBatch| {
@@ -140,14 +316,12 @@ impl LeftBuild {
         let apply = move |scratch: &mut Scratch, chunk: &[RightRows]| {
             applying.apply(&records, scratch, chunk)
         };
-        let (plan, partitions) = (&self.right, &self.partitions);
-        let rows = &self.metrics.right_rows;
         in_chunks(
-            plan,
-            partitions,
+            &self.right,
+            &self.partitions,
             &self.context,
-            chunk_limit,
-            rows,
+            chunk_rows,
+            &self.metrics.right_rows,
             prepare,
             apply,
         )
@@ -155,62 +329,24 @@ impl LeftBuild {
         let Some(mut best) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
             return internal_err!("as-of join: the records are still shared");
         };
-        let streamed = started.elapsed();
         let timer = self.metrics.probe_time.timer();
         index.finish(&mut best);
-        // Each left batch with its matches, on every core, in order.
-        let mut offsets = Vec::with_capacity(held.len());
-        let mut offset = 0;
-        for b in &held {
-            offsets.push(offset);
-            offset += b.num_rows();
-        }
-        let jobs: Vec<_> = held.iter().zip(&arrays).zip(offsets).collect();
-        let out = on_threads(
-            cores(),
-            jobs,
-            |((batch, arrays), offset)| self.joined(&index, &best, batch, arrays, offset),
-            || {
-                DataFusionError::Internal(
-                    "as-of join: a thread reading out matches panicked".into(),
-                )
-            },
-        )?;
         timer.done();
-        drop((arrays, held, best, index));
-        tracing::debug!(
-            target: "pitlake::asof",
-            left_rows = offset,
-            indexed_ms = indexed.as_millis() as u64,
-            streamed_ms = (streamed - indexed).as_millis() as u64,
-            finished_ms = (started.elapsed() - streamed).as_millis() as u64,
-            "as-of join: left indexed, right streamed"
-        );
-        let metrics = self.metrics.clone();
-        let stream = futures::stream::iter(out).map(move |b| {
-            match metrics.baseline.record_poll(Poll::Ready(Some(Ok(b)))) {
-                Poll::Ready(Some(b)) => b,
-                _ => internal_err!("as-of join: a batch lost on its way out"),
-            }
-        });
-        drop(reservation);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            stream,
-        )))
+        Ok(best)
     }
 
-    /// One left batch (its rows from `offset` on in the index) with its right columns.
-    fn joined(
+    /// This join's output right columns for the left rows of one batch (from `offset` on in
+    /// the index), and which of them matched. `kept` says which rows an inner join before this
+    /// one kept (`None`: all), for the metrics.
+    fn read_out(
         &self,
         index: &LeftIndex,
-        best: &super::labels::Best,
-        batch: &RecordBatch,
+        best: &Best,
         arrays: &LeftArrays,
         offset: usize,
-    ) -> Result<RecordBatch> {
-        let rows = batch.num_rows();
-        self.metrics.left_rows.add(rows);
+        kept: Option<&BooleanArray>,
+    ) -> Result<(Vec<ArrayRef>, BooleanArray)> {
+        let rows = arrays.time.len();
         let bounds = match &self.tolerance {
             Some(t) => {
                 let bound = tolerance_bound(&arrays.time, t, self.spec.direction)?;
@@ -230,19 +366,25 @@ impl LeftBuild {
             .collect();
         let matched: BooleanArray = entries.iter().map(|e| Some(e.is_some())).collect();
         let unmatched = arrow::compute::not(&matched)?;
-        let matches = matched.true_count();
-        self.metrics.matched_rows.add(matches);
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        for output in &self.outputs {
-            columns.push(match *output {
-                RightColumn::Stored(c) => index.column(best, c, &entries)?,
-                RightColumn::LeftKey(k) => nullif(&arrays.keys[k], &unmatched)?,
-            });
+        match kept {
+            Some(k) => {
+                self.metrics.left_rows.add(k.true_count());
+                let both = arrow::compute::and(k, &matched)?;
+                self.metrics.matched_rows.add(both.true_count());
+            }
+            None => {
+                self.metrics.left_rows.add(rows);
+                self.metrics.matched_rows.add(matched.true_count());
+            }
         }
-        let out = RecordBatch::try_new(self.schema.clone(), columns)?;
-        match self.join_type {
-            AsOfJoinType::Inner if matches < rows => Ok(filter_record_batch(&out, &matched)?),
-            _ => Ok(out),
-        }
+        let columns = self
+            .outputs
+            .iter()
+            .map(|output| match *output {
+                RightColumn::Stored(c) => index.column(best, c, &entries),
+                RightColumn::LeftKey(k) => Ok(nullif(&arrays.keys[k], &unmatched)?),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((columns, matched))
     }
 }
