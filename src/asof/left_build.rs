@@ -1,8 +1,10 @@
-//! An as-of join run with its left side indexed ([`super::labels`]): the left read whole into
-//! the memory pool, the right partitions streamed through the index by a task each, then the
-//! left's batches coming out in their order with their matches. A left side that does not fit
+//! As-of joins run with their left side indexed ([`super::labels`]), one join or a chain of
+//! them over the same left keys and time: the left read whole into the memory pool and grouped
+//! once, each join's right partitions streamed through it by a task each, then the left's
+//! batches coming out in their order with every join's matches. A left side that does not fit
 //! in the pool, or an index that does not, falls back to indexing the right side (which spills)
-//! with the left batches already read.
+//! with the left batches already read; a chain that stops fitting part way runs its remaining
+//! joins one by one over what it has done.
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -81,8 +83,9 @@ pub(crate) static RESUMED_PART_WAY: std::sync::atomic::AtomicUsize =
 /// the left read whole into the memory pool and grouped once, then for each join in turn its
 /// right side streamed through the grouped rows and its columns read out for every left row,
 /// and last the left's batches, in their order, with every join's columns. Where memory runs
-/// out, the joins from there on run the usual way (`fallbacks`, one per join: the join with
-/// its right side indexed, over a given left stream) over what is done so far.
+/// out, the joins from there on run one by one over what is done so far ([`resume`];
+/// `fallbacks`, one per join, is the join with its right side indexed over a given left
+/// stream).
 pub(crate) async fn run(
     joins: Vec<LeftBuild>,
     fallbacks: Vec<Fallback>,
