@@ -248,9 +248,39 @@ impl Case {
                 .unwrap(),
             )
         };
-        let lkeys = self.key_columns("l", &ls);
-        let rkeys = self.key_columns("r", &rs);
-        let on = lkeys.into_iter().zip(rkeys).collect::<Vec<_>>();
+        let join = self.join(left, right, self.build);
+        assert_eq!(
+            join.build(),
+            self.build,
+            "every test schema takes either build"
+        );
+        if !self.co_partitioned {
+            return Arc::new(join);
+        }
+        let join = Arc::new(join.with_mode(AsOfJoinMode::CoPartitioned));
+        let mut config = datafusion::config::ConfigOptions::new();
+        config.execution.target_partitions = self.right_partitions;
+        config.optimizer.repartition_joins = true;
+        use datafusion::physical_optimizer::PhysicalOptimizerRule;
+        datafusion::physical_optimizer::ensure_requirements::EnsureRequirements::new()
+            .optimize(join, &config)
+            .unwrap()
+    }
+
+    /// This case's join of `left` (its schema starting with the left columns) and `right` (of
+    /// the right schema), indexing `build`'s side where it can.
+    fn join(
+        &self,
+        left: Arc<dyn ExecutionPlan>,
+        right: Arc<dyn ExecutionPlan>,
+        build: AsOfBuild,
+    ) -> AsOfJoinExec {
+        let (ls, rs) = (left.schema(), right.schema());
+        let on = self
+            .key_columns("l", &ls)
+            .into_iter()
+            .zip(self.key_columns("r", &rs))
+            .collect::<Vec<_>>();
         let null_equal = vec![self.null_equal; on.len()];
         let tiebreak = self
             .tiebreak
@@ -279,30 +309,14 @@ impl Case {
             Arc::new(Schema::new(fields)),
         )
         .unwrap()
-        .with_build(self.build)
+        .with_build(build)
         .with_chunk_rows(self.chunk_rows);
-        assert_eq!(
-            join.build(),
-            self.build,
-            "every test schema takes either build"
-        );
-        let join = if self.only_rid {
-            join.with_right_output(vec![rs.index_of("rid").unwrap()])
-                .unwrap()
-        } else {
-            join
-        };
-        if !self.co_partitioned {
-            return Arc::new(join);
+        match self.only_rid {
+            true => join
+                .with_right_output(vec![rs.index_of("rid").unwrap()])
+                .unwrap(),
+            false => join,
         }
-        let join = Arc::new(join.with_mode(AsOfJoinMode::CoPartitioned));
-        let mut config = datafusion::config::ConfigOptions::new();
-        config.execution.target_partitions = self.right_partitions;
-        config.optimizer.repartition_joins = true;
-        use datafusion::physical_optimizer::PhysicalOptimizerRule;
-        datafusion::physical_optimizer::ensure_requirements::EnsureRequirements::new()
-            .optimize(join, &config)
-            .unwrap()
     }
 
     /// Per left partition, the expected (left id, right id) pairs in order.
@@ -902,7 +916,6 @@ fn chain_plan(cases: &[Case], build: AsOfBuild) -> Arc<dyn ExecutionPlan> {
     let mut plan: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[first.left.concat()], ls, None).unwrap();
     for case in cases {
-        let ls = plan.schema();
         let rs = schema("r", case.timestamp, case.two_keys, true);
         let source =
             MemorySourceConfig::try_new_exec(std::slice::from_ref(&case.right), rs.clone(), None)
@@ -911,46 +924,7 @@ fn chain_plan(cases: &[Case], build: AsOfBuild) -> Arc<dyn ExecutionPlan> {
             RepartitionExec::try_new(source, Partitioning::RoundRobinBatch(case.right_partitions))
                 .unwrap(),
         );
-        let on = case
-            .key_columns("l", &ls)
-            .into_iter()
-            .zip(case.key_columns("r", &rs))
-            .collect::<Vec<_>>();
-        let null_equal = vec![case.null_equal; on.len()];
-        let tiebreak = case
-            .tiebreak
-            .map(|options| PhysicalSortExpr::new(col("rc", &rs).unwrap(), options))
-            .into_iter()
-            .collect();
-        let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(
-            rs.fields()
-                .iter()
-                .map(|f| f.as_ref().clone().with_nullable(true)),
-        );
-        let join = AsOfJoinExec::try_new(
-            plan,
-            right,
-            on,
-            null_equal,
-            col("lt", &ls).unwrap(),
-            col("rt", &rs).unwrap(),
-            case.op,
-            case.join_type,
-            case.tolerance(),
-            tiebreak,
-            case.known.then(|| col("rc", &rs).unwrap()),
-            Arc::new(Schema::new(fields)),
-        )
-        .unwrap()
-        .with_build(build)
-        .with_chunk_rows(case.chunk_rows);
-        plan = Arc::new(match case.only_rid {
-            true => join
-                .with_right_output(vec![rs.index_of("rid").unwrap()])
-                .unwrap(),
-            false => join,
-        });
+        plan = Arc::new(case.join(plan, right, build));
     }
     plan
 }
