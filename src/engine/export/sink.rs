@@ -4,8 +4,9 @@
 //! - A local file is written to a temporary file beside the target (`.pitlake-export-*`),
 //!   flushed to disk, then renamed over the target: readers see the old file or the new one,
 //!   never part of one. The kernel is asked to start writing it out every [`WRITEBACK`] bytes
-//!   on the way (Linux), so the flush before the rename waits for the last few megabytes only. A failure or a cancelled export deletes the temporary file; a process
-//!   that dies leaves it behind (hidden, never read; delete it at leisure).
+//!   on the way (Linux), so the flush before the rename waits for the last few megabytes only.
+//!   A failure or a cancelled export deletes the temporary file; a process that dies leaves it
+//!   behind (hidden, never read; delete it at leisure).
 //! - An object is uploaded with a single PUT when it is small (under [`PART`]) and otherwise
 //!   streamed as a multipart upload in parts of [`PART`], at most [`PARTS_IN_FLIGHT`] at a
 //!   time, so an export never holds more than that in memory. The object appears when the
