@@ -227,6 +227,21 @@ impl AsOfJoinMode {
         }
     }
 
+    /// The partitions of `right` that left partition `partition` of a join in this mode reads:
+    /// all of them when shared, its own alone when co-partitioned.
+    pub(crate) fn right_partitions(
+        self,
+        right: &dyn ExecutionPlan,
+        partition: usize,
+    ) -> Vec<usize> {
+        match self {
+            AsOfJoinMode::SharedBuild => {
+                (0..right.output_partitioning().partition_count()).collect()
+            }
+            AsOfJoinMode::CoPartitioned => vec![partition],
+        }
+    }
+
     /// The distributions a join in this mode on the key pairs `on` needs, left then right
     /// (for `required_input_distribution`, which DataFusion 55 still asks in these terms).
     #[expect(
@@ -792,11 +807,7 @@ impl AsOfJoinExec {
             tolerance: self.tolerance.clone(),
             join_type: self.join_type,
             right: self.right.clone(),
-            partitions: if co_partitioned {
-                vec![partition]
-            } else {
-                (0..self.right.output_partitioning().partition_count()).collect()
-            },
+            partitions: self.mode.right_partitions(self.right.as_ref(), partition),
             exprs: self.right_exprs(),
             layout,
             stored,

@@ -782,11 +782,7 @@ impl ExecutionPlan for WindowJoinExec {
         let co_partitioned = self.mode == AsOfJoinMode::CoPartitioned;
         let job = BuildJob {
             right: self.right.clone(),
-            partitions: if co_partitioned {
-                vec![partition]
-            } else {
-                (0..self.right.output_partitioning().partition_count()).collect()
-            },
+            partitions: self.mode.right_partitions(self.right.as_ref(), partition),
             sides: sides.clone(),
             build_rows: MetricBuilder::new(&self.metrics).counter("build_input_rows", partition),
             spill: SpillMetrics::new(&self.metrics, partition),
