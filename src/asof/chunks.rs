@@ -4,11 +4,12 @@
 //! on whole (a chunk is put in the order of the left's keys before it is applied, see `labels`
 //! and `window::labels`).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use datafusion::common::Result;
 use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryReservation;
@@ -16,6 +17,8 @@ use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
 use futures::StreamExt;
+
+use crate::parallel::cores;
 
 /// A left input read for indexing.
 pub(crate) enum LeftInput {
@@ -63,48 +66,251 @@ pub(crate) fn replay_all(
     replay(held, Box::pin(rest))
 }
 
-/// Reads `partitions` of `plan`, each on a task of its own: every batch is counted in `rows`
-/// and turned into an item by `prepare`, and the items are handed to `apply` in chunks of at
-/// least `chunk_rows` rows (the last one whatever is left), with a scratch value the task keeps
-/// from chunk to chunk. Returns once every task is done, with the first error.
+/// What a part's batches become, and what is done with a chunk of them (with the scratch value
+/// of the task doing it).
+pub(crate) type Prepare<T> = Arc<dyn Fn(&RecordBatch) -> Result<T> + Send + Sync>;
+pub(crate) type Apply<T, S> = Arc<dyn Fn(&mut S, &[T]) -> Result<()> + Send + Sync>;
+
+/// One right partition to read: every batch is counted in `rows` and turned into an item by
+/// `prepare`, and the items are handed to `apply` in chunks of at least `chunk_rows` rows (the
+/// last one whatever is left). `job` says whose part it is (a join of a chain).
+pub(crate) struct Part<T, S> {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub partition: usize,
+    pub job: usize,
+    pub rows: Count,
+    pub chunk_rows: usize,
+    pub prepare: Prepare<T>,
+    pub apply: Apply<T, S>,
+}
+
+/// Parts being read by a few tasks, each taking the next part not yet taken, in the order
+/// given: when one task's part ends before the others', it goes on with the next part (the next
+/// join's, in a chain) instead of waiting. Dropping this stops the tasks.
+pub(crate) struct Parts {
+    tasks: Vec<SpawnedTask<()>>,
+    /// A report per part done (its job), or the first error.
+    done: tokio::sync::mpsc::UnboundedReceiver<Result<usize>>,
+    /// Per job, its parts not done yet.
+    left: Vec<usize>,
+}
+
+impl Parts {
+    /// Starts reading `parts` on as many tasks as there are cores, or as a job has parts if
+    /// more: all of one job's partitions are read at once (an input that deals its rows out
+    /// to its partitions, a `RepartitionExec`, would otherwise hold those of the ones not
+    /// read), and the next job's start as tasks come free.
+    pub(crate) fn start<T, S>(parts: Vec<Part<T, S>>, context: &Arc<TaskContext>) -> Self
+    where
+        T: Send + 'static,
+        S: Default + Send + 'static,
+    {
+        let jobs = parts.iter().map(|p| p.job + 1).max().unwrap_or(0);
+        let mut left = vec![0; jobs];
+        for part in &parts {
+            left[part.job] += 1;
+        }
+        let tasks = cores().max(left.iter().copied().max().unwrap_or(0));
+        let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
+        let (report, done) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = (0..tasks.min(queue.lock().map_or(0, |q| q.len())))
+            .map(|_| {
+                let (queue, report, context) = (queue.clone(), report.clone(), context.clone());
+                SpawnedTask::spawn(async move {
+                    let mut scratch = S::default();
+                    loop {
+                        let next = match queue.lock() {
+                            Ok(mut queue) => queue.pop_front(),
+                            Err(_) => None,
+                        };
+                        let Some(part) = next else { return };
+                        let job = part.job;
+                        // The part (and what its closures hold) is gone before it is reported.
+                        let result = read_part(part, &mut scratch, &context).await;
+                        let failed = result.is_err();
+                        if report.send(result.map(|()| job)).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { tasks, done, left }
+    }
+
+    /// Waits until every part of `job` is done (reports of other jobs are counted on the way),
+    /// or returns the first error.
+    pub(crate) async fn finished(&mut self, job: usize) -> Result<()> {
+        while self.left.get(job).is_some_and(|&n| n > 0) {
+            match self.done.recv().await {
+                Some(Ok(j)) => self.left[j] -= 1,
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return internal_err!("a task reading a join's right side stopped early");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every part, then for the tasks to end.
+    pub(crate) async fn all_finished(mut self) -> Result<()> {
+        for job in 0..self.left.len() {
+            self.finished(job).await?;
+        }
+        for task in std::mem::take(&mut self.tasks) {
+            task.join()
+                .await
+                .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads one part whole, in chunks.
+async fn read_part<T, S>(
+    part: Part<T, S>,
+    scratch: &mut S,
+    context: &Arc<TaskContext>,
+) -> Result<()> {
+    let mut stream = part.plan.execute(part.partition, context.clone())?;
+    let (mut chunk, mut held) = (Vec::new(), 0);
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        part.rows.add(batch.num_rows());
+        held += batch.num_rows();
+        chunk.push((part.prepare)(&batch)?);
+        if held >= part.chunk_rows {
+            (part.apply)(scratch, &chunk)?;
+            (chunk, held) = (Vec::new(), 0);
+        }
+    }
+    (part.apply)(scratch, &chunk)
+}
+
+/// Reads `partitions` of `plan` ([`Parts`], one job), handing their batches to `apply` in
+/// chunks of at least `chunk_rows` rows, as [`Part`] says. Returns once every partition is
+/// read, with the first error.
 pub(crate) async fn in_chunks<T, S>(
     plan: &Arc<dyn ExecutionPlan>,
     partitions: &[usize],
     context: &Arc<TaskContext>,
     chunk_rows: usize,
     rows: &Count,
-    prepare: impl Fn(&RecordBatch) -> Result<T> + Clone + Send + 'static,
-    apply: impl Fn(&mut S, &[T]) -> Result<()> + Clone + Send + 'static,
+    prepare: Prepare<T>,
+    apply: Apply<T, S>,
 ) -> Result<()>
 where
     T: Send + 'static,
     S: Default + Send + 'static,
 {
-    let mut handles = Vec::with_capacity(partitions.len());
-    for &p in partitions {
-        let mut stream = plan.execute(p, context.clone())?;
-        let (prepare, apply, rows) = (prepare.clone(), apply.clone(), rows.clone());
-        handles.push(SpawnedTask::spawn(async move {
-            let mut scratch = S::default();
-            let (mut chunk, mut held) = (Vec::new(), 0);
-            while let Some(batch) = stream.next().await {
-                let batch = batch?;
-                rows.add(batch.num_rows());
-                held += batch.num_rows();
-                chunk.push(prepare(&batch)?);
-                if held >= chunk_rows {
-                    apply(&mut scratch, &chunk)?;
-                    (chunk, held) = (Vec::new(), 0);
-                }
+    let parts = partitions
+        .iter()
+        .map(|&partition| Part {
+            plan: plan.clone(),
+            partition,
+            job: 0,
+            rows: rows.clone(),
+            chunk_rows,
+            prepare: prepare.clone(),
+            apply: apply.clone(),
+        })
+        .collect();
+    drop((prepare, apply));
+    Parts::start(parts, context).all_finished().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use arrow::array::{Int64Array, RecordBatch};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+
+    /// A plan of `partitions` partitions, partition `p` holding `p + 1` batches of 10 rows.
+    fn plan(partitions: usize) -> Arc<dyn ExecutionPlan> {
+        let batch = |n: i64| {
+            RecordBatch::try_from_iter([(
+                "x",
+                Arc::new(Int64Array::from_iter_values(n..n + 10)) as _,
+            )])
+            .unwrap()
+        };
+        let parts: Vec<Vec<RecordBatch>> = (0..partitions)
+            .map(|p| (0..=p as i64).map(|b| batch(100 * p as i64 + b)).collect())
+            .collect();
+        MemorySourceConfig::try_new_exec(&parts, parts[0][0].schema(), None).unwrap()
+    }
+
+    /// Parts of several jobs, more than there are tasks: every row reaches its job's `apply`
+    /// once, and a job is reported finished only when all of
+    /// its parts are; an error in one part is the result, whichever task met it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parts_are_read_whole_and_jobs_reported_when_done() {
+        let context = SessionContext::new().task_ctx();
+        let jobs = [(3usize, 7usize), (5, 1), (2, 1000)];
+        let sums: Vec<Arc<AtomicUsize>> = jobs.iter().map(|_| Default::default()).collect();
+        let mut parts = Vec::new();
+        for (job, &(partitions, chunk_rows)) in jobs.iter().enumerate() {
+            let input = plan(partitions);
+            let sum = sums[job].clone();
+            let apply: Apply<usize, ()> = Arc::new(move |_, chunk: &[usize]| {
+                sum.fetch_add(chunk.iter().sum(), Ordering::Relaxed);
+                Ok(())
+            });
+            let prepare: Prepare<usize> = Arc::new(|b: &RecordBatch| Ok(b.num_rows()));
+            parts.extend((0..partitions).map(|partition| Part {
+                plan: input.clone(),
+                partition,
+                job,
+                rows: Count::new(),
+                chunk_rows,
+                prepare: prepare.clone(),
+                apply: apply.clone(),
+            }));
+        }
+        let mut reading = Parts::start(parts, &context);
+        for (job, &(partitions, _)) in jobs.iter().enumerate() {
+            reading.finished(job).await.unwrap();
+            // Partition p has p + 1 batches of 10 rows.
+            let rows = 10 * partitions * (partitions + 1) / 2;
+            assert_eq!(sums[job].load(Ordering::Relaxed), rows, "job {job}");
+        }
+        reading.all_finished().await.unwrap();
+
+        let failing: Prepare<usize> = Arc::new(|b: &RecordBatch| match b.num_rows() {
+            _ if b
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .value(0)
+                == 301 =>
+            {
+                internal_err!("batch 301 refused")
             }
-            apply(&mut scratch, &chunk)
-        }));
-    }
-    for handle in handles {
-        handle
-            .join()
+            n => Ok(n),
+        });
+        let apply: Apply<usize, ()> = Arc::new(|_, _| Ok(()));
+        let input = plan(6);
+        let parts = (0..6)
+            .map(|partition| Part {
+                plan: input.clone(),
+                partition,
+                job: partition % 2,
+                rows: Count::new(),
+                chunk_rows: 1,
+                prepare: failing.clone(),
+                apply: apply.clone(),
+            })
+            .collect();
+        let err = Parts::start(parts, &context)
+            .all_finished()
             .await
-            .map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))??;
+            .unwrap_err();
+        assert!(err.to_string().contains("batch 301 refused"), "{err}");
     }
-    Ok(())
 }

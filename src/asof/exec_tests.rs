@@ -1025,6 +1025,12 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
     assert!(chained > 200, "{chained} of 300 cases chained");
     let resumed = super::left_build::RESUMED_PART_WAY.load(std::sync::atomic::Ordering::Relaxed);
     assert!(resumed > 20, "{resumed} chains ran out of memory part way");
+    let together = super::left_build::STREAMED_TOGETHER.load(std::sync::atomic::Ordering::Relaxed);
+    let cut = super::left_build::CUT_SHORT.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        together > 100 && cut > 20,
+        "{together} chains streamed joins side by side, {cut} held fewer than they had"
+    );
     assert!(
         rows > 5_000 && matched > rows / 10,
         "{rows} rows, {matched} matched"

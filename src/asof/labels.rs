@@ -423,7 +423,8 @@ impl Best {
     }
 }
 
-/// A task's buffers, kept from batch to batch (fresh pages cost a fault each).
+/// A task's buffers, kept from chunk to chunk, and from one join of a chain to the next
+/// (fresh pages cost a fault each).
 #[derive(Default)]
 pub(crate) struct Scratch {
     /// Per row of the chunk: its group, time and knowledge time.
@@ -669,7 +670,13 @@ impl LeftIndex {
             let score = records[pos * stride];
             let e = (if backward { score } else { !score } ^ SIGN) as i64;
             let entry = if backward {
-                let c = sorted_known.get(pos).copied().unwrap_or(i64::MIN);
+                // What an earlier chunk left there (a join with knowledge times, the scratch
+                // being a task's, shared by the joins of a chain) is not this join's.
+                let c = if has_known {
+                    sorted_known[pos]
+                } else {
+                    i64::MIN
+                };
                 let at = match strict {
                     true => group.partition_point(|&t| t <= e || t < c),
                     false => group.partition_point(|&t| t < e.max(c)),

@@ -1,10 +1,11 @@
 //! As-of joins run with their left side indexed ([`super::labels`]), one join or a chain of
 //! them over the same left keys and time: the left read whole into the memory pool and grouped
-//! once, each join's right partitions streamed through it by a task each, then the left's
-//! batches coming out in their order with every join's matches. A left side that does not fit
-//! in the pool, or an index that does not, falls back to indexing the right side (which spills)
-//! with the left batches already read; a chain that stops fitting part way runs its remaining
-//! joins one by one over what it has done.
+//! once, each join's right partitions streamed through it by a task each (the right sides of as
+//! many joins at once as the pool holds the records of), then the left's batches coming out in
+//! their order with every join's matches. A left side that does not fit in the pool, or an
+//! index that does not, falls back to indexing the right side (which spills) with the left
+//! batches already read; a chain that stops fitting part way runs its remaining joins one by
+//! one over what it has done.
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -24,7 +25,7 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 
 use super::build::RightExprs;
-use super::chunks::{LeftInput, in_chunks, read_left, replay_all};
+use super::chunks::{Apply, LeftInput, Part, Parts, Prepare, read_left, replay_all};
 use super::kernel::MatchSpec;
 use super::labels::{Best, Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
@@ -78,11 +79,22 @@ pub(crate) type Fallback =
 pub(crate) static RESUMED_PART_WAY: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
+/// How many times a chain streamed more than one join's right side at once, and how many
+/// times the pool held fewer of its remaining joins than there were (the tests check that both
+/// happen).
+#[cfg(test)]
+pub(crate) static STREAMED_TOGETHER: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
 /// their left side and share its keys and time, over `left`, the innermost join's left input:
-/// the left read whole into the memory pool and grouped once, then for each join in turn its
-/// right side streamed through the grouped rows and its columns read out for every left row,
-/// and last the left's batches, in their order, with every join's columns. Where memory runs
+/// the left read whole into the memory pool and grouped once, then the right sides of as many
+/// joins as the pool holds streamed through the grouped rows side by side and their columns
+/// read out for every left row, join after join, and last the left's batches, in their order,
+/// with every join's columns. Where memory runs
 /// out, the joins from there on run one by one over what is done so far ([`resume`];
 /// `fallbacks`, one per join, is the join with its right side indexed over a given left
 /// stream).
@@ -151,21 +163,31 @@ pub(crate) async fn run(
     let mut schema = left_schema;
     drop(held);
     let last = joins.len() - 1;
-    for i in 0..joins.len() {
-        let join = &joins[i];
-        let phase = Instant::now();
-        let index = Arc::new(LeftIndex::new(
-            keys.clone(),
-            join.spec,
-            join.exprs.known_at.is_some(),
-            join.layout.clone(),
-        )?);
-        // The records, and per task a chunk of right rows in key order.
-        let chunk_limit = join.chunk_rows.min(index.chunk_rows());
-        let wanted =
-            index.records_size() + join.partitions.len() * chunk_limit * index.chunk_row_bytes();
-        if reservation.try_grow(wanted).is_err() {
-            drop((index, arrays));
+    let mut i = 0;
+    while i < joins.len() {
+        // As many of the joins from `i` on as the pool holds at once (their records, and per
+        // task a chunk of right rows in key order): their right sides' partitions are read one
+        // after the other by tasks that each take the next when theirs ends, so one join's
+        // last partition, alone on its core, no longer leaves the others idle, and a join is
+        // read out while the next ones' are read.
+        let mut group = Vec::new();
+        for join in &joins[i..] {
+            let index = Arc::new(LeftIndex::new(
+                keys.clone(),
+                join.spec,
+                join.exprs.known_at.is_some(),
+                join.layout.clone(),
+            )?);
+            let chunk_limit = join.chunk_rows.min(index.chunk_rows());
+            let wanted = index.records_size()
+                + join.partitions.len() * chunk_limit * index.chunk_row_bytes();
+            if reservation.try_grow(wanted).is_err() {
+                break;
+            }
+            group.push((index, chunk_limit, wanted));
+        }
+        if group.is_empty() {
+            drop(arrays);
             let batches = batches(&schema, columns, &kept)?;
             return Ok(resume(
                 joins,
@@ -175,62 +197,109 @@ pub(crate) async fn run(
                 i > 0,
             ));
         }
-        let best = join.stream(&index, chunk_limit).await?;
-        let streamed = phase.elapsed();
-        let timer = join.metrics.probe_time.timer();
-        let jobs: Vec<_> = arrays.iter().zip(&offsets).zip(&kept).collect();
-        let out = on_threads(
-            cores(),
-            jobs,
-            |((arrays, &offset), kept)| join.read_out(&index, &best, arrays, offset, kept.as_ref()),
-            || {
-                DataFusionError::Internal(
-                    "as-of join: a thread reading out matches panicked".into(),
-                )
-            },
-        )?;
-        timer.done();
-        drop((best, index));
-        reservation.shrink(wanted);
-        let mut size = 0;
-        let mut rows = 0;
-        for ((columns, kept), (read, matched)) in columns.iter_mut().zip(&mut kept).zip(out) {
-            size += read
-                .iter()
-                .map(|a| a.get_array_memory_size())
-                .sum::<usize>();
-            columns.extend(read);
-            if join.join_type == AsOfJoinType::Inner {
-                *kept = Some(match kept.take() {
-                    Some(k) => arrow::compute::and(&k, &matched)?,
-                    None => matched,
-                });
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            if group.len() > 1 {
+                STREAMED_TOGETHER.fetch_add(1, Relaxed);
             }
-            rows += kept.as_ref().map_or(columns[0].len(), |k| k.true_count());
+            if group.len() < joins.len() - i {
+                CUT_SHORT.fetch_add(1, Relaxed);
+            }
         }
-        schema = join.schema.clone();
-        tracing::debug!(
-            target: "pitlake::asof",
-            join = i,
-            left_rows = offset,
-            indexed_ms = (started.elapsed() - phase.elapsed()).as_millis() as u64,
-            streamed_ms = streamed.as_millis() as u64,
-            finished_ms = (phase.elapsed() - streamed).as_millis() as u64,
-            "as-of join: left indexed, right streamed"
-        );
-        if i < last {
-            // The rows this join passes on (the last one's are counted as they leave).
-            join.metrics.baseline.record_output(rows);
-            if reservation.try_grow(size).is_err() {
-                drop(arrays);
-                let batches = batches(&schema, columns, &kept)?;
-                return Ok(resume(
-                    joins,
-                    fallbacks,
-                    i + 1,
-                    replay_all(batches, schema),
-                    true,
-                ));
+        let phase = Instant::now();
+        // Every part of the group's joins, join after join, read by tasks that each go on to
+        // the next part when theirs ends.
+        let mut shared = Vec::with_capacity(group.len());
+        let mut parts = Vec::new();
+        for (k, ((index, chunk_limit, _), join)) in group.iter().zip(&joins[i..]).enumerate() {
+            let best = Arc::new(Mutex::new(index.best()));
+            let (prepare, apply) = join.closures(index, &best);
+            shared.push(best);
+            parts.extend(join.partitions.iter().map(|&partition| Part {
+                plan: join.right.clone(),
+                partition,
+                job: k,
+                rows: join.metrics.right_rows.clone(),
+                chunk_rows: *chunk_limit,
+                prepare: prepare.clone(),
+                apply: apply.clone(),
+            }));
+        }
+        let mut reading = Parts::start(parts, &first.context);
+        let together = group.len();
+        for (k, ((index, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
+            reading.finished(k).await?;
+            let Some(mut best) = Arc::into_inner(best).and_then(|m| m.into_inner().ok()) else {
+                return internal_err!("as-of join: the records are still shared");
+            };
+            let streamed = phase.elapsed();
+            let join = &joins[i];
+            let timer = join.metrics.probe_time.timer();
+            index.finish(&mut best);
+            let jobs: Vec<_> = arrays.iter().zip(&offsets).zip(&kept).collect();
+            let out = on_threads(
+                cores(),
+                jobs,
+                |((arrays, &offset), kept)| {
+                    join.read_out(&index, &best, arrays, offset, kept.as_ref())
+                },
+                || {
+                    DataFusionError::Internal(
+                        "as-of join: a thread reading out matches panicked".into(),
+                    )
+                },
+            )?;
+            timer.done();
+            drop((best, index));
+            reservation.shrink(wanted);
+            let mut size = 0;
+            let mut rows = 0;
+            for ((columns, kept), (read, matched)) in columns.iter_mut().zip(&mut kept).zip(out) {
+                size += read
+                    .iter()
+                    .map(|a| a.get_array_memory_size())
+                    .sum::<usize>();
+                columns.extend(read);
+                if join.join_type == AsOfJoinType::Inner {
+                    *kept = Some(match kept.take() {
+                        Some(k) => arrow::compute::and(&k, &matched)?,
+                        None => matched,
+                    });
+                }
+                rows += kept.as_ref().map_or(columns[0].len(), |k| k.true_count());
+            }
+            schema = join.schema.clone();
+            tracing::debug!(
+                target: "pitlake::asof",
+                join = i,
+                together,
+                left_rows = offset,
+                indexed_ms = (started.elapsed() - phase.elapsed()).as_millis() as u64,
+                streamed_ms = streamed.as_millis() as u64,
+                finished_ms = (phase.elapsed() - streamed).as_millis() as u64,
+                "as-of join: left indexed, right streamed"
+            );
+            i += 1;
+            if i <= last {
+                // The rows this join passes on (the last one's are counted as they leave).
+                join.metrics.baseline.record_output(rows);
+                if k + 1 < together {
+                    // The group's next joins have started on their right sides, which cannot
+                    // be read again: their records are read out whatever the pool says (each
+                    // gives back more than its columns take, bar wide left keys).
+                    reservation.grow(size);
+                } else if reservation.try_grow(size).is_err() {
+                    drop(arrays);
+                    let batches = batches(&schema, columns, &kept)?;
+                    return Ok(resume(
+                        joins,
+                        fallbacks,
+                        i,
+                        replay_all(batches, schema),
+                        true,
+                    ));
+                }
             }
         }
     }
@@ -300,10 +369,13 @@ fn batches(
 }
 
 impl LeftBuild {
-    /// Streams the right side through `index`, each right partition on a task of its own in
-    /// chunks of `chunk_rows`, and returns every left entry's best record.
-    async fn stream(&self, index: &Arc<LeftIndex>, chunk_rows: usize) -> Result<Best> {
-        let shared = Arc::new(Mutex::new(index.best()));
+    /// What this join does with its right batches: each turned into the rows `index` takes,
+    /// a chunk of them offered to the records in `best`.
+    fn closures(
+        &self,
+        index: &Arc<LeftIndex>,
+        best: &Arc<Mutex<Best>>,
+    ) -> (Prepare<RightRows>, Apply<RightRows, Scratch>) {
         let (exprs, stored) = (self.exprs.clone(), self.stored.clone());
         let prepare = move |batch: &RecordBatch| {
             let eval = |e: &PhysicalExprRef| e.evaluate(batch)?.into_array(batch.num_rows());
@@ -315,27 +387,10 @@ impl LeftBuild {
                 columns: stored.iter().map(|&c| batch.column(c).clone()).collect(),
             })
         };
-        let (applying, records) = (index.clone(), shared.clone());
-        let apply = move |scratch: &mut Scratch, chunk: &[RightRows]| {
-            applying.apply(&records, scratch, chunk)
-        };
-        in_chunks(
-            &self.right,
-            &self.partitions,
-            &self.context,
-            chunk_rows,
-            &self.metrics.right_rows,
-            prepare,
-            apply,
-        )
-        .await?;
-        let Some(mut best) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
-            return internal_err!("as-of join: the records are still shared");
-        };
-        let timer = self.metrics.probe_time.timer();
-        index.finish(&mut best);
-        timer.done();
-        Ok(best)
+        let (index, best) = (index.clone(), best.clone());
+        let apply =
+            move |scratch: &mut Scratch, chunk: &[RightRows]| index.apply(&best, scratch, chunk);
+        (Arc::new(prepare), Arc::new(apply))
     }
 
     /// This join's output right columns for the left rows of one batch (from `offset` on in

@@ -657,8 +657,8 @@ impl PartitionRun {
             &context,
             labels.chunk_rows,
             rows,
-            prepare,
-            apply,
+            Arc::new(prepare),
+            Arc::new(apply),
         )
         .await?;
         let Some(all) = Arc::into_inner(shared).and_then(|m| m.into_inner().ok()) else {
