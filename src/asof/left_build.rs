@@ -1,8 +1,9 @@
 //! As-of joins run with their left side indexed ([`super::labels`]), one join or a chain of
 //! them over the same left keys and time: the left read whole into the memory pool and grouped
-//! once, each join's right partitions streamed through it by a task each (the right sides of as
-//! many joins at once as the pool holds the records of), then the left's batches coming out in
-//! their order with every join's matches. A left side that does not fit in the pool, or an
+//! once, the joins' right partitions streamed through it by a task per core, each taking the
+//! next partition (the next join's) when its own ends (for as many joins at once as the pool
+//! holds the records of), then the left's batches coming out in their order with every join's
+//! matches. A left side that does not fit in the pool, or an
 //! index that does not, falls back to indexing the right side (which spills) with the left
 //! batches already read; a chain that stops fitting part way runs its remaining joins one by
 //! one over what it has done.
@@ -54,7 +55,7 @@ pub(crate) struct LeftBuild {
     pub tolerance: Option<Tolerance>,
     pub join_type: AsOfJoinType,
     pub right: Arc<dyn ExecutionPlan>,
-    /// The right partitions streamed, a task each.
+    /// The right partitions streamed ([`Parts`]).
     pub partitions: Vec<usize>,
     pub exprs: Arc<RightExprs>,
     pub layout: Layout,
@@ -91,10 +92,10 @@ pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
 
 /// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
 /// their left side and share its keys and time, over `left`, the innermost join's left input:
-/// the left read whole into the memory pool and grouped once, then the right sides of as many
-/// joins as the pool holds streamed through the grouped rows side by side and their columns
-/// read out for every left row, join after join, and last the left's batches, in their order,
-/// with every join's columns. Where memory runs
+/// the left read whole into the memory pool and grouped once, then the right partitions of as
+/// many joins as the pool holds streamed through the grouped rows ([`Parts`]) and each join's
+/// columns read out for every left row once its partitions are done, and last the left's
+/// batches, in their order, with every join's columns. Where memory runs
 /// out, the joins from there on run one by one over what is done so far ([`resume`];
 /// `fallbacks`, one per join, is the join with its right side indexed over a given left
 /// stream).
