@@ -84,6 +84,31 @@ pub(crate) struct Part<T, S> {
     pub apply: Apply<T, S>,
 }
 
+impl<T, S> Part<T, S> {
+    /// The parts of job `job`: `partitions` of `plan`, each read as [`Part`] says.
+    pub(crate) fn each(
+        plan: &Arc<dyn ExecutionPlan>,
+        partitions: &[usize],
+        job: usize,
+        rows: &Count,
+        chunk_rows: usize,
+        prepare: &Prepare<T>,
+        apply: &Apply<T, S>,
+    ) -> impl Iterator<Item = Self> {
+        let (plan, rows, prepare, apply) =
+            (plan.clone(), rows.clone(), prepare.clone(), apply.clone());
+        partitions.iter().map(move |&partition| Part {
+            plan: plan.clone(),
+            partition,
+            job,
+            rows: rows.clone(),
+            chunk_rows,
+            prepare: prepare.clone(),
+            apply: apply.clone(),
+        })
+    }
+}
+
 /// Parts being read by a few tasks, each taking the next part not yet taken, in the order
 /// given: when one task's part ends before the others', it goes on with the next part (the next
 /// join's, in a chain) instead of waiting. Dropping this stops the tasks.
@@ -110,10 +135,12 @@ impl Parts {
         for part in &parts {
             left[part.job] += 1;
         }
-        let tasks = cores().max(left.iter().copied().max().unwrap_or(0));
+        let tasks = cores()
+            .max(left.iter().copied().max().unwrap_or(0))
+            .min(parts.len());
         let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
         let (report, done) = tokio::sync::mpsc::unbounded_channel();
-        let tasks = (0..tasks.min(queue.lock().map_or(0, |q| q.len())))
+        let tasks = (0..tasks)
             .map(|_| {
                 let (queue, report, context) = (queue.clone(), report.clone(), context.clone());
                 SpawnedTask::spawn(async move {
@@ -204,18 +231,7 @@ where
     T: Send + 'static,
     S: Default + Send + 'static,
 {
-    let parts = partitions
-        .iter()
-        .map(|&partition| Part {
-            plan: plan.clone(),
-            partition,
-            job: 0,
-            rows: rows.clone(),
-            chunk_rows,
-            prepare: prepare.clone(),
-            apply: apply.clone(),
-        })
-        .collect();
+    let parts = Part::each(plan, partitions, 0, rows, chunk_rows, &prepare, &apply).collect();
     drop((prepare, apply));
     Parts::start(parts, context).all_finished().await
 }
@@ -246,8 +262,8 @@ mod tests {
     }
 
     /// Parts of several jobs, more than there are tasks: every row reaches its job's `apply`
-    /// once, and a job is reported finished only when all of
-    /// its parts are; an error in one part is the result, whichever task met it.
+    /// once, and a job is reported finished only when all of its parts are; an error in one
+    /// part is the result, whichever task met it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn parts_are_read_whole_and_jobs_reported_when_done() {
         let context = SessionContext::new().task_ctx();
@@ -262,15 +278,16 @@ mod tests {
                 Ok(())
             });
             let prepare: Prepare<usize> = Arc::new(|b: &RecordBatch| Ok(b.num_rows()));
-            parts.extend((0..partitions).map(|partition| Part {
-                plan: input.clone(),
-                partition,
+            let all: Vec<usize> = (0..partitions).collect();
+            parts.extend(Part::each(
+                &input,
+                &all,
                 job,
-                rows: Count::new(),
+                &Count::new(),
                 chunk_rows,
-                prepare: prepare.clone(),
-                apply: apply.clone(),
-            }));
+                &prepare,
+                &apply,
+            ));
         }
         let mut reading = Parts::start(parts, &context);
         for (job, &(partitions, _)) in jobs.iter().enumerate() {
@@ -281,18 +298,12 @@ mod tests {
         }
         reading.all_finished().await.unwrap();
 
-        let failing: Prepare<usize> = Arc::new(|b: &RecordBatch| match b.num_rows() {
-            _ if b
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap()
-                .value(0)
-                == 301 =>
-            {
-                internal_err!("batch 301 refused")
+        let failing: Prepare<usize> = Arc::new(|b: &RecordBatch| {
+            let first = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            match first.value(0) {
+                301 => internal_err!("batch 301 refused"),
+                _ => Ok(b.num_rows()),
             }
-            n => Ok(n),
         });
         let apply: Apply<usize, ()> = Arc::new(|_, _| Ok(()));
         let input = plan(6);

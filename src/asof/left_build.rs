@@ -189,14 +189,7 @@ pub(crate) async fn run(
         }
         if group.is_empty() {
             drop(arrays);
-            let batches = batches(&schema, columns, &kept)?;
-            return Ok(resume(
-                joins,
-                fallbacks,
-                i,
-                replay_all(batches, schema),
-                i > 0,
-            ));
+            return resume_done(joins, fallbacks, i, schema, columns, &kept, i > 0);
         }
         #[cfg(test)]
         {
@@ -217,15 +210,15 @@ pub(crate) async fn run(
             let best = Arc::new(Mutex::new(index.best()));
             let (prepare, apply) = join.closures(index, &best);
             shared.push(best);
-            parts.extend(join.partitions.iter().map(|&partition| Part {
-                plan: join.right.clone(),
-                partition,
-                job: k,
-                rows: join.metrics.right_rows.clone(),
-                chunk_rows: *chunk_limit,
-                prepare: prepare.clone(),
-                apply: apply.clone(),
-            }));
+            parts.extend(Part::each(
+                &join.right,
+                &join.partitions,
+                k,
+                &join.metrics.right_rows,
+                *chunk_limit,
+                &prepare,
+                &apply,
+            ));
         }
         let mut reading = Parts::start(parts, &first.context);
         let together = group.len();
@@ -292,14 +285,7 @@ pub(crate) async fn run(
                     reservation.grow(size);
                 } else if reservation.try_grow(size).is_err() {
                     drop(arrays);
-                    let batches = batches(&schema, columns, &kept)?;
-                    return Ok(resume(
-                        joins,
-                        fallbacks,
-                        i,
-                        replay_all(batches, schema),
-                        true,
-                    ));
+                    return resume_done(joins, fallbacks, i, schema, columns, &kept, true);
                 }
             }
         }
@@ -348,6 +334,27 @@ fn resume(
         };
     }
     stream
+}
+
+/// [`resume`] from join `i` over what the joins before it have done: the left batches with
+/// `columns` (of `schema`), without the rows `kept` says were dropped.
+fn resume_done(
+    joins: Vec<LeftBuild>,
+    fallbacks: Vec<Fallback>,
+    i: usize,
+    schema: SchemaRef,
+    columns: Vec<Vec<ArrayRef>>,
+    kept: &[Option<BooleanArray>],
+    retry: bool,
+) -> Result<SendableRecordBatchStream> {
+    let batches = batches(&schema, columns, kept)?;
+    Ok(resume(
+        joins,
+        fallbacks,
+        i,
+        replay_all(batches, schema),
+        retry,
+    ))
 }
 
 /// The batches of `schema` with `columns`, each without the rows `kept` says were dropped.
