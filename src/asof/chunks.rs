@@ -1,8 +1,8 @@
 //! The inputs of a join that indexes its left side: the left read whole into the memory pool
 //! (or, when it does not fit, handed back for the other way round), and the right read once,
-//! each right partition on a task of its own, its batches gathered into chunks that are handed
-//! on whole (a chunk is put in the order of the left's keys before it is applied, see `labels`
-//! and `window::labels`).
+//! in parts (a file scan split into byte ranges, [`Input`]) taken by a task per core, each
+//! part's batches gathered into chunks that are handed on whole (a chunk is put in the order
+//! of the left's keys before it is applied, see `labels` and `window::labels`).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -15,7 +15,9 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::physical_plan::metrics::Count;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
+};
 use futures::StreamExt;
 
 use crate::parallel::cores;
@@ -66,6 +68,64 @@ pub(crate) fn replay_all(
     replay(held, Box::pin(rest))
 }
 
+/// The partitions of a right input that a join reads, as the parts it reads them in.
+pub(crate) struct Input {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub partitions: Vec<usize>,
+    /// Whether each partition can be read on its own ([`Part::alone`]).
+    pub alone: bool,
+}
+
+impl Input {
+    /// How many byte ranges per core a file scan read whole is split into: a partition is read
+    /// by one task, so the last one read leaves the other cores idle for as long as it takes;
+    /// split this fine, it is at most a sixteenth of a core's share (or one row group, which
+    /// is never split) instead of half of it.
+    pub(crate) const RANGES_PER_CORE: usize = 16;
+
+    /// `partitions` of `plan`, the parts a join reads them in. Where they are all of its
+    /// partitions and `plan` is a file scan that can be split by byte ranges (DataFusion's
+    /// `repartition_file_scans`, `repartition_file_min_size`), into
+    /// [`Self::RANGES_PER_CORE`] ranges per core, each read on its own; else as they are, read
+    /// at once ([`Parts::start`]).
+    pub(crate) fn of(
+        plan: &Arc<dyn ExecutionPlan>,
+        partitions: &[usize],
+        context: &TaskContext,
+    ) -> Result<Self> {
+        let count = plan.output_partitioning().partition_count();
+        let options = context.session_config().options();
+        let target = Self::RANGES_PER_CORE * cores();
+        if options.optimizer.repartition_file_scans
+            && target > count
+            && partitions.iter().copied().eq(0..count)
+            && let Some(finer) = plan.clone().repartitioned(target, options)?
+        {
+            let partitions = (0..finer.output_partitioning().partition_count()).collect();
+            return Ok(Self {
+                plan: finer,
+                partitions,
+                alone: true,
+            });
+        }
+        Ok(Self {
+            plan: plan.clone(),
+            partitions: partitions.to_vec(),
+            alone: false,
+        })
+    }
+
+    /// How many of the parts are read at once: a task per core, or all of them where they
+    /// cannot be read alone.
+    pub(crate) fn readers(&self) -> usize {
+        if self.alone {
+            cores().min(self.partitions.len())
+        } else {
+            self.partitions.len()
+        }
+    }
+}
+
 /// What a part's batches become, and what is done with a chunk of them (with the scratch value
 /// of the task doing it).
 pub(crate) type Prepare<T> = Arc<dyn Fn(&RecordBatch) -> Result<T> + Send + Sync>;
@@ -77,6 +137,9 @@ pub(crate) type Apply<T, S> = Arc<dyn Fn(&mut S, &[T]) -> Result<()> + Send + Sy
 pub(crate) struct Part<T, S> {
     pub plan: Arc<dyn ExecutionPlan>,
     pub partition: usize,
+    /// Whether the part can be read on its own (a file scan's), or only beside the rest of its
+    /// job's (a `RepartitionExec`'s).
+    pub alone: bool,
     pub job: usize,
     pub rows: Count,
     pub chunk_rows: usize,
@@ -85,27 +148,36 @@ pub(crate) struct Part<T, S> {
 }
 
 impl<T, S> Part<T, S> {
-    /// The parts of job `job`: `partitions` of `plan`, each read as [`Part`] says.
+    /// The parts of job `job`: `input`'s, each read as [`Part`] says.
     pub(crate) fn each(
-        plan: &Arc<dyn ExecutionPlan>,
-        partitions: &[usize],
+        input: &Input,
         job: usize,
         rows: &Count,
         chunk_rows: usize,
         prepare: &Prepare<T>,
         apply: &Apply<T, S>,
     ) -> impl Iterator<Item = Self> {
-        let (plan, rows, prepare, apply) =
-            (plan.clone(), rows.clone(), prepare.clone(), apply.clone());
-        partitions.iter().map(move |&partition| Part {
-            plan: plan.clone(),
-            partition,
-            job,
-            rows: rows.clone(),
-            chunk_rows,
-            prepare: prepare.clone(),
-            apply: apply.clone(),
-        })
+        let (plan, alone, rows, prepare, apply) = (
+            input.plan.clone(),
+            input.alone,
+            rows.clone(),
+            prepare.clone(),
+            apply.clone(),
+        );
+        input
+            .partitions
+            .clone()
+            .into_iter()
+            .map(move |partition| Part {
+                plan: plan.clone(),
+                partition,
+                alone,
+                job,
+                rows: rows.clone(),
+                chunk_rows,
+                prepare: prepare.clone(),
+                apply: apply.clone(),
+            })
     }
 }
 
@@ -121,10 +193,11 @@ pub(crate) struct Parts {
 }
 
 impl Parts {
-    /// Starts reading `parts` on as many tasks as there are cores, or as a job has parts if
-    /// more: all of one job's partitions are read at once (an input that deals its rows out
-    /// to its partitions, a `RepartitionExec`, would otherwise hold those of the ones not
-    /// read), and the next job's start as tasks come free.
+    /// Starts reading `parts` on as many tasks as there are cores, or, where a job's parts
+    /// cannot be read alone ([`Part::alone`]), as it has parts if more: those are read at once
+    /// (an input that deals its rows out to its partitions, a `RepartitionExec`, would
+    /// otherwise hold those of the ones not read). The next parts, the next job's, start as
+    /// tasks come free.
     pub(crate) fn start<T, S>(parts: Vec<Part<T, S>>, context: &Arc<TaskContext>) -> Self
     where
         T: Send + 'static,
@@ -132,11 +205,16 @@ impl Parts {
     {
         let jobs = parts.iter().map(|p| p.job + 1).max().unwrap_or(0);
         let mut left = vec![0; jobs];
+        // Per job, how many of its parts must be read at once.
+        let mut together = vec![1; jobs];
         for part in &parts {
             left[part.job] += 1;
+            if !part.alone {
+                together[part.job] = left[part.job];
+            }
         }
         let tasks = cores()
-            .max(left.iter().copied().max().unwrap_or(0))
+            .max(together.iter().copied().max().unwrap_or(0))
             .min(parts.len());
         let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
         let (report, done) = tokio::sync::mpsc::unbounded_channel();
@@ -219,8 +297,7 @@ async fn read_part<T, S>(
 /// chunks of at least `chunk_rows` rows, as [`Part`] says. Returns once every partition is
 /// read, with the first error.
 pub(crate) async fn in_chunks<T, S>(
-    plan: &Arc<dyn ExecutionPlan>,
-    partitions: &[usize],
+    input: &Input,
     context: &Arc<TaskContext>,
     chunk_rows: usize,
     rows: &Count,
@@ -231,9 +308,54 @@ where
     T: Send + 'static,
     S: Default + Send + 'static,
 {
-    let parts = Part::each(plan, partitions, 0, rows, chunk_rows, &prepare, &apply).collect();
+    let parts = Part::each(input, 0, rows, chunk_rows, &prepare, &apply).collect();
     drop((prepare, apply));
     Parts::start(parts, context).all_finished().await
+}
+
+/// `batches` (of `schema`) written to the Parquet file `path` in row groups of `group_rows`
+/// rows, and a scan of it ([`parquet_scan`]).
+#[cfg(test)]
+pub(crate) fn parquet_file(
+    path: &std::path::Path,
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+    group_rows: usize,
+) -> Arc<dyn ExecutionPlan> {
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(group_rows.max(1)))
+        .build();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+    for batch in batches {
+        writer.write(batch).unwrap();
+    }
+    writer.close().unwrap();
+    parquet_scan(path, schema)
+}
+
+/// A scan of the Parquet file `path` (of `schema`) as one partition: a file scan that
+/// [`Input::of`] splits by byte ranges (under a session whose `repartition_file_min_size` is
+/// below the file's size).
+#[cfg(test)]
+pub(crate) fn parquet_scan(
+    path: &std::path::Path,
+    schema: arrow::datatypes::SchemaRef,
+) -> Arc<dyn ExecutionPlan> {
+    use datafusion::datasource::listing::PartitionedFile;
+    use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
+    use datafusion::datasource::source::DataSourceExec;
+    use datafusion::execution::object_store::ObjectStoreUrl;
+
+    let size = std::fs::metadata(path).unwrap().len();
+    let source = Arc::new(ParquetSource::new(schema));
+    let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        .with_file(PartitionedFile::new(path.display().to_string(), size))
+        .build();
+    DataSourceExec::from_data_source(config)
 }
 
 #[cfg(test)]
@@ -242,7 +364,7 @@ mod tests {
 
     use arrow::array::{Int64Array, RecordBatch};
     use datafusion::datasource::memory::MemorySourceConfig;
-    use datafusion::prelude::SessionContext;
+    use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
 
@@ -279,9 +401,13 @@ mod tests {
             });
             let prepare: Prepare<usize> = Arc::new(|b: &RecordBatch| Ok(b.num_rows()));
             let all: Vec<usize> = (0..partitions).collect();
+            let input = Input {
+                plan: input,
+                partitions: all,
+                alone: false,
+            };
             parts.extend(Part::each(
                 &input,
-                &all,
                 job,
                 &Count::new(),
                 chunk_rows,
@@ -311,6 +437,7 @@ mod tests {
             .map(|partition| Part {
                 plan: input.clone(),
                 partition,
+                alone: false,
                 job: partition % 2,
                 rows: Count::new(),
                 chunk_rows: 1,
@@ -323,5 +450,67 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("batch 301 refused"), "{err}");
+    }
+
+    /// A file scan read whole is split into byte ranges read alone, which together hold every
+    /// row once; a scan DataFusion may not split (`repartition_file_scans` off), or one
+    /// partition of several (the co-partitioned mode), is read as it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_scan_is_split_into_ranges_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches: Vec<RecordBatch> = (0..40)
+            .map(|b| {
+                RecordBatch::try_from_iter([(
+                    "x",
+                    Arc::new(Int64Array::from_iter_values(b * 5..b * 5 + 5)) as _,
+                )])
+                .unwrap()
+            })
+            .collect();
+        let scan = parquet_file(
+            &dir.path().join("x.parquet"),
+            batches[0].schema(),
+            &batches,
+            5,
+        );
+        let mut config = SessionConfig::new();
+        config.options_mut().optimizer.repartition_file_min_size = 0;
+        let context = SessionContext::new_with_config(config.clone()).task_ctx();
+        let input = Input::of(&scan, &[0], &context).unwrap();
+        assert!(input.alone);
+        let ranges = Input::RANGES_PER_CORE * cores();
+        assert_eq!(input.partitions, (0..ranges).collect::<Vec<_>>());
+        assert_eq!(input.readers(), cores());
+        // Every row once, whichever range it fell in.
+        let seen = Arc::new(Mutex::new(Vec::<i64>::new()));
+        let (into, count) = (seen.clone(), Count::new());
+        let prepare: Prepare<Vec<i64>> = Arc::new(|b: &RecordBatch| {
+            let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            Ok(x.values().to_vec())
+        });
+        let apply: Apply<Vec<i64>, ()> = Arc::new(move |_, chunk: &[Vec<i64>]| {
+            into.lock().unwrap().extend(chunk.iter().flatten());
+            Ok(())
+        });
+        in_chunks(&input, &context, 7, &count, prepare, apply)
+            .await
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+        assert_eq!(count.value(), 200);
+
+        config.options_mut().optimizer.repartition_file_scans = false;
+        let unsplit = SessionContext::new_with_config(config).task_ctx();
+        let input = Input::of(&scan, &[0], &unsplit).unwrap();
+        assert!(!input.alone);
+        assert_eq!(input.partitions, [0]);
+        let two = scan
+            .clone()
+            .repartitioned(2, context.session_config().options());
+        let two = two.unwrap().unwrap();
+        let input = Input::of(&two, &[1], &context).unwrap();
+        assert!(!input.alone);
+        assert_eq!(input.partitions, [1]);
     }
 }

@@ -448,10 +448,10 @@ fn context(batch_size: usize, pool: Option<Arc<dyn MemoryPool>>) -> SessionConte
     if let Some(pool) = pool {
         runtime = runtime.with_memory_pool(pool);
     }
-    SessionContext::new_with_config_rt(
-        SessionConfig::new().with_batch_size(batch_size),
-        runtime.build_arc().unwrap(),
-    )
+    let mut config = SessionConfig::new().with_batch_size(batch_size);
+    // The tests' Parquet files are small: split them all the same.
+    config.options_mut().optimizer.repartition_file_min_size = 0;
+    SessionContext::new_with_config_rt(config, runtime.build_arc().unwrap())
 }
 
 async fn run(case: &Case, ctx: &SessionContext) -> Vec<Vec<(i64, Option<i64>)>> {
@@ -909,21 +909,38 @@ fn joins_in_ref(plan: &Arc<dyn ExecutionPlan>) -> Option<&AsOfJoinExec> {
 }
 
 /// Joins `cases` one onto the other over the first case's left rows (one partition), each
-/// case giving a join its right rows and options, every join indexing `build`'s side.
-fn chain_plan(cases: &[Case], build: AsOfBuild) -> Arc<dyn ExecutionPlan> {
+/// case giving a join its right rows and options, every join indexing `build`'s side. A case's
+/// right rows come from `files`' Parquet file where it has one (a scan the left build splits
+/// by byte ranges), else from memory dealt round robin to the case's partitions (read at once).
+fn chain_plan(
+    cases: &[Case],
+    build: AsOfBuild,
+    files: &[Option<std::path::PathBuf>],
+) -> Arc<dyn ExecutionPlan> {
     let first = &cases[0];
     let ls = schema("l", first.timestamp, first.two_keys, false);
     let mut plan: Arc<dyn ExecutionPlan> =
         MemorySourceConfig::try_new_exec(&[first.left.concat()], ls, None).unwrap();
-    for case in cases {
+    for (case, file) in cases.iter().zip(files) {
         let rs = schema("r", case.timestamp, case.two_keys, true);
-        let source =
-            MemorySourceConfig::try_new_exec(std::slice::from_ref(&case.right), rs.clone(), None)
+        let right: Arc<dyn ExecutionPlan> = match file {
+            Some(path) => super::chunks::parquet_scan(path, rs),
+            None => {
+                let source = MemorySourceConfig::try_new_exec(
+                    std::slice::from_ref(&case.right),
+                    rs.clone(),
+                    None,
+                )
                 .unwrap();
-        let right = Arc::new(
-            RepartitionExec::try_new(source, Partitioning::RoundRobinBatch(case.right_partitions))
-                .unwrap(),
-        );
+                Arc::new(
+                    RepartitionExec::try_new(
+                        source,
+                        Partitioning::RoundRobinBatch(case.right_partitions),
+                    )
+                    .unwrap(),
+                )
+            }
+        };
         plan = Arc::new(case.join(plan, right, build));
     }
     plan
@@ -957,10 +974,26 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
             cases.iter_mut().for_each(|c| c.null_equal = null_equal);
         }
         let describe = cases.iter().map(Case::describe).collect::<Vec<_>>();
+        // Half the joins read a Parquet file of small row groups, split into byte ranges.
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<Option<std::path::PathBuf>> = cases
+            .iter()
+            .enumerate()
+            .map(|(k, case)| {
+                rng.random_bool(0.5).then(|| {
+                    let path = dir.path().join(format!("right{k}.parquet"));
+                    let rs = schema("r", case.timestamp, case.two_keys, true);
+                    let rows: usize = case.right.iter().map(|b| b.num_rows()).sum();
+                    let group_rows = rng.random_range(1..=rows.max(1));
+                    super::chunks::parquet_file(&path, rs, &case.right, group_rows);
+                    path
+                })
+            })
+            .collect();
         let ctx = context(cases[0].batch_size, None);
         // Each join indexing its right side runs alone (the operator against the oracle above).
-        let want = all_rows(chain_plan(&cases, AsOfBuild::Right), &ctx).await;
-        let plan = chain_plan(&cases, AsOfBuild::Left);
+        let want = all_rows(chain_plan(&cases, AsOfBuild::Right, &files), &ctx).await;
+        let plan = chain_plan(&cases, AsOfBuild::Left, &files);
         let top = plan.downcast_ref::<AsOfJoinExec>().unwrap();
         // The joins from the top down that share the key rules of the join below them.
         let last = cases.len() - 1;
@@ -1000,7 +1033,7 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
             }
             counts
         };
-        let reference = chain_plan(&cases, AsOfBuild::Right);
+        let reference = chain_plan(&cases, AsOfBuild::Right, &files);
         all_rows(reference.clone(), &ctx).await;
         for name in ["left_rows", "matched_rows", "output_rows"] {
             assert_eq!(
@@ -1016,7 +1049,7 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
         for limit in [256 << 10, 512 << 10, 1 << 20, 4 << 20] {
             let pool: Arc<dyn MemoryPool> = Arc::new(FairSpillPool::new(limit));
             let ctx = context(cases[0].batch_size, Some(pool.clone()));
-            let plan = chain_plan(&cases, AsOfBuild::Left);
+            let plan = chain_plan(&cases, AsOfBuild::Left, &files);
             let got = all_rows(plan, &ctx).await;
             assert_eq!(got, want, "case {i}, limit {limit}: {describe:#?}");
             assert_eq!(pool.reserved(), 0, "case {i}: memory left reserved");

@@ -26,7 +26,7 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 
 use super::build::RightExprs;
-use super::chunks::{Apply, LeftInput, Part, Parts, Prepare, read_left, replay_all};
+use super::chunks::{Apply, Input, LeftInput, Part, Parts, Prepare, read_left, replay_all};
 use super::kernel::MatchSpec;
 use super::labels::{Best, Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
@@ -180,12 +180,13 @@ pub(crate) async fn run(
                 join.layout.clone(),
             )?);
             let chunk_limit = join.chunk_rows.min(index.chunk_rows());
-            let wanted = index.records_size()
-                + join.partitions.len() * chunk_limit * index.chunk_row_bytes();
+            let input = Input::of(&join.right, &join.partitions, &join.context)?;
+            let wanted =
+                index.records_size() + input.readers() * chunk_limit * index.chunk_row_bytes();
             if reservation.try_grow(wanted).is_err() {
                 break;
             }
-            group.push((index, chunk_limit, wanted));
+            group.push((index, input, chunk_limit, wanted));
         }
         if group.is_empty() {
             drop(arrays);
@@ -206,13 +207,13 @@ pub(crate) async fn run(
         // the next part when theirs ends.
         let mut shared = Vec::with_capacity(group.len());
         let mut parts = Vec::new();
-        for (k, ((index, chunk_limit, _), join)) in group.iter().zip(&joins[i..]).enumerate() {
+        for (k, ((index, input, chunk_limit, _), join)) in group.iter().zip(&joins[i..]).enumerate()
+        {
             let best = Arc::new(Mutex::new(index.best()));
             let (prepare, apply) = join.closures(index, &best);
             shared.push(best);
             parts.extend(Part::each(
-                &join.right,
-                &join.partitions,
+                input,
                 k,
                 &join.metrics.right_rows,
                 *chunk_limit,
@@ -222,7 +223,7 @@ pub(crate) async fn run(
         }
         let mut reading = Parts::start(parts, &first.context);
         let together = group.len();
-        for (k, ((index, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
+        for (k, ((index, _, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
             reading.finished(k).await?;
             let Some(mut best) = Arc::into_inner(best).and_then(|m| m.into_inner().ok()) else {
                 return internal_err!("as-of join: the records are still shared");

@@ -47,7 +47,7 @@ use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
-use crate::asof::chunks::{LeftInput, in_chunks, read_left, replay_all};
+use crate::asof::chunks::{Input, LeftInput, in_chunks, read_left, replay_all};
 use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
@@ -626,7 +626,8 @@ impl PartitionRun {
             &arrays,
         )?;
         drop(arrays);
-        let tasks = self.job.partitions.len();
+        let input = Input::of(&self.job.right, &self.job.partitions, &context)?;
+        let tasks = input.readers();
         // The accumulators, and per task a chunk of right rows in key order.
         let chunk = labels.chunk_rows.min(LabelIndex::CHUNK_ROWS);
         let wanted = index.memory_size()
@@ -649,11 +650,9 @@ impl PartitionRun {
         let apply = move |scratch: &mut Scratch, chunk: &[RightArrays]| {
             applying.apply(&accumulators, scratch, chunk)
         };
-        let (plan, partitions) = (&self.job.right, &self.job.partitions);
         let rows = &self.job.build_rows;
         in_chunks(
-            plan,
-            partitions,
+            &input,
             &context,
             labels.chunk_rows,
             rows,
