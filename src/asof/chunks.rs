@@ -186,10 +186,20 @@ impl<T, S> Part<T, S> {
 /// join's, in a chain) instead of waiting. Dropping this stops the tasks.
 pub(crate) struct Parts {
     tasks: Vec<SpawnedTask<()>>,
-    /// A report per part done (its job), or the first error.
-    done: tokio::sync::mpsc::UnboundedReceiver<Result<usize>>,
+    /// The tasks' reports, or the first error.
+    done: tokio::sync::mpsc::UnboundedReceiver<Result<Report>>,
     /// Per job, its parts not done yet.
     left: Vec<usize>,
+    /// How many tasks have found no part left to take.
+    idle: usize,
+}
+
+/// What a task reading parts tells.
+enum Report {
+    /// It has read a part of this job.
+    Done(usize),
+    /// It found no part left to take, and ended.
+    Idle,
 }
 
 impl Parts {
@@ -228,32 +238,54 @@ impl Parts {
                             Ok(mut queue) => queue.pop_front(),
                             Err(_) => None,
                         };
-                        let Some(part) = next else { return };
+                        let Some(part) = next else {
+                            let _ = report.send(Ok(Report::Idle));
+                            return;
+                        };
                         let job = part.job;
                         // The part (and what its closures hold) is gone before it is reported.
                         let result = read_part(part, &mut scratch, &context).await;
                         let failed = result.is_err();
-                        if report.send(result.map(|()| job)).is_err() || failed {
+                        if report.send(result.map(|()| Report::Done(job))).is_err() || failed {
                             return;
                         }
                     }
                 })
             })
             .collect();
-        Self { tasks, done, left }
+        Self {
+            tasks,
+            done,
+            left,
+            idle: 0,
+        }
     }
 
     /// Waits until every part of `job` is done (reports of other jobs are counted on the way),
     /// or returns the first error.
     pub(crate) async fn finished(&mut self, job: usize) -> Result<()> {
         while self.left.get(job).is_some_and(|&n| n > 0) {
-            match self.done.recv().await {
-                Some(Ok(j)) => self.left[j] -= 1,
-                Some(Err(e)) => return Err(e),
-                None => {
-                    return internal_err!("a task reading a join's right side stopped early");
-                }
-            }
+            self.next_report().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until a task has no part left to take (a core comes free for other work while
+    /// the last parts are read), or every part is done; or returns the first error.
+    pub(crate) async fn a_task_idle(&mut self) -> Result<()> {
+        while self.idle == 0 && self.left.iter().any(|&n| n > 0) {
+            self.next_report().await?;
+        }
+        Ok(())
+    }
+
+    /// Counts the next report.
+    async fn next_report(&mut self) -> Result<()> {
+        match self.done.recv().await {
+            Some(Ok(Report::Done(job))) => self.left[job] -= 1,
+            Some(Ok(Report::Idle)) => self.idle += 1,
+            Some(Err(e)) => return Err(e),
+            None => return internal_err!("a task reading a join's right side stopped early"),
         }
         Ok(())
     }
@@ -512,5 +544,48 @@ mod tests {
         let input = Input::of(&two, &[1], &context).unwrap();
         assert!(!input.alone);
         assert_eq!(input.partitions, [1]);
+    }
+
+    /// A task that finds no part left says so: `a_task_idle` returns while another task still
+    /// reads the last part, and at once when every part is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_with_no_part_left_is_reported_idle() {
+        use std::sync::atomic::AtomicBool;
+        let context = SessionContext::new().task_ctx();
+        if cores() < 2 {
+            // One task reads every part: none is idle while another reads.
+            return;
+        }
+        // Two parts: partition 1 (two batches) waits in its second batch until let go.
+        let go = Arc::new(AtomicBool::new(false));
+        let wait = go.clone();
+        let prepare: Prepare<usize> = Arc::new(move |b: &RecordBatch| {
+            let first = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            if first.value(0) == 101 {
+                while !wait.load(Ordering::Acquire) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            Ok(b.num_rows())
+        });
+        let apply: Apply<usize, ()> = Arc::new(|_, _| Ok(()));
+        let input = Input {
+            plan: plan(2),
+            partitions: vec![0, 1],
+            alone: true,
+        };
+        let parts = Part::each(&input, 0, &Count::new(), 1, &prepare, &apply).collect();
+        let mut reading = Parts::start(parts, &context);
+        let idle = tokio::time::timeout(std::time::Duration::from_secs(20), reading.a_task_idle());
+        let waited = idle.await;
+        go.store(true, Ordering::Release);
+        waited
+            .expect("no task was reported idle while the last part was read")
+            .unwrap();
+        assert_eq!(reading.left, [1], "the waiting part is not done");
+        go.store(true, Ordering::Release);
+        reading.finished(0).await.unwrap();
+        reading.a_task_idle().await.unwrap();
+        reading.all_finished().await.unwrap();
     }
 }

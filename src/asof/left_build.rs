@@ -1,9 +1,9 @@
 //! As-of joins run with their left side indexed ([`super::labels`]), one join or a chain of
 //! them over the same left keys and time: the left read whole into the memory pool and grouped
-//! once, the joins' right partitions streamed through it by a task per core, each taking the
-//! next partition (the next join's) when its own ends (for as many joins at once as the pool
-//! holds the records of), then the left's batches coming out in their order with every join's
-//! matches. A left side that does not fit in the pool, or an
+//! once, the joins' right sides streamed through it in parts by a task per core, each taking
+//! the next part (the next join's) when its own ends (for as many joins at once as the pool
+//! holds the records of), each join read out once a task has no part left, then the left's
+//! batches coming out in their order with every join's matches. A left side that does not fit in the pool, or an
 //! index that does not, falls back to indexing the right side (which spills) with the left
 //! batches already read; a chain that stops fitting part way runs its remaining joins one by
 //! one over what it has done.
@@ -92,10 +92,10 @@ pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
 
 /// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
 /// their left side and share its keys and time, over `left`, the innermost join's left input:
-/// the left read whole into the memory pool and grouped once, then the right partitions of as
-/// many joins as the pool holds streamed through the grouped rows ([`Parts`]) and each join's
-/// columns read out for every left row once its partitions are done, and last the left's
-/// batches, in their order, with every join's columns. Where memory runs
+/// the left read whole into the memory pool and grouped once, then the right sides of as many
+/// joins as the pool holds streamed through the grouped rows in parts ([`Input`], [`Parts`])
+/// and each join's columns read out for every left row once its parts are done and a task has
+/// no part left, and last the left's batches, in their order, with every join's columns. Where memory runs
 /// out, the joins from there on run one by one over what is done so far ([`resume`];
 /// `fallbacks`, one per join, is the join with its right side indexed over a given left
 /// stream).
@@ -225,6 +225,12 @@ pub(crate) async fn run(
         let together = group.len();
         for (k, ((index, _, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
             reading.finished(k).await?;
+            if k + 1 < together {
+                // Read out once a core has no part left to read: until then the cores are
+                // busy reading, and the read-out (a sweep and a gather over the records) is
+                // slower beside the next join's reading than alone.
+                reading.a_task_idle().await?;
+            }
             let Some(mut best) = Arc::into_inner(best).and_then(|m| m.into_inner().ok()) else {
                 return internal_err!("as-of join: the records are still shared");
             };
