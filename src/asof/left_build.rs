@@ -3,10 +3,10 @@
 //! once, the joins' right sides streamed through it in parts by a task per core, each taking
 //! the next part (the next join's) when its own ends (for as many joins at once as the pool
 //! holds the records of), each join read out once a task has no part left, then the left's
-//! batches coming out in their order with every join's matches. A left side that does not fit in the pool, or an
-//! index that does not, falls back to indexing the right side (which spills) with the left
-//! batches already read; a chain that stops fitting part way runs its remaining joins one by
-//! one over what it has done.
+//! batches coming out in their order with every join's matches. A left side that does not fit
+//! in the pool, or an index that does not, falls back to indexing the right side (which
+//! spills) with the left batches already read; a chain that stops fitting part way runs its
+//! remaining joins one by one over what it has done.
 
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -95,10 +95,10 @@ pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
 /// the left read whole into the memory pool and grouped once, then the right sides of as many
 /// joins as the pool holds streamed through the grouped rows in parts ([`Input`], [`Parts`])
 /// and each join's columns read out for every left row once its parts are done and a task has
-/// no part left, and last the left's batches, in their order, with every join's columns. Where memory runs
-/// out, the joins from there on run one by one over what is done so far ([`resume`];
-/// `fallbacks`, one per join, is the join with its right side indexed over a given left
-/// stream).
+/// no part left, and last the left's batches, in their order, with every join's columns. Where
+/// memory runs out, the joins from there on run one by one over what is done so far
+/// ([`resume`]; `fallbacks`, one per join, is the join with its right side indexed over a
+/// given left stream).
 pub(crate) async fn run(
     joins: Vec<LeftBuild>,
     fallbacks: Vec<Fallback>,
@@ -226,9 +226,9 @@ pub(crate) async fn run(
         for (k, ((index, _, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
             reading.finished(k).await?;
             if k + 1 < together {
-                // Read out once a core has no part left to read: until then the cores are
-                // busy reading, and the read-out (a sweep and a gather over the records) is
-                // slower beside the next join's reading than alone.
+                // Read out once a task has no part left to take: until then every core is
+                // reading; from then on the last parts leave cores idle, which the read-out (a
+                // sweep and a gather over the records) takes.
                 reading.a_task_idle().await?;
             }
             let Some(mut best) = Arc::into_inner(best).and_then(|m| m.into_inner().ok()) else {
