@@ -345,15 +345,15 @@ where
     Parts::start(parts, context).all_finished().await
 }
 
-/// `batches` (of `schema`) written to the Parquet file `path` in row groups of `group_rows`
-/// rows, and a scan of it ([`parquet_scan`]).
+/// Writes `batches` (of `schema`) to the Parquet file `path` in row groups of `group_rows`
+/// rows, for [`parquet_scan`] to read.
 #[cfg(test)]
 pub(crate) fn parquet_file(
     path: &std::path::Path,
     schema: arrow::datatypes::SchemaRef,
     batches: &[RecordBatch],
     group_rows: usize,
-) -> Arc<dyn ExecutionPlan> {
+) {
     use parquet::arrow::ArrowWriter;
     use parquet::file::properties::WriterProperties;
 
@@ -361,12 +361,11 @@ pub(crate) fn parquet_file(
         .set_max_row_group_row_count(Some(group_rows.max(1)))
         .build();
     let file = std::fs::File::create(path).unwrap();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+    let mut writer = ArrowWriter::try_new(file, schema, Some(props)).unwrap();
     for batch in batches {
         writer.write(batch).unwrap();
     }
     writer.close().unwrap();
-    parquet_scan(path, schema)
 }
 
 /// A scan of the Parquet file `path` (of `schema`) as one partition: a file scan that
@@ -499,12 +498,9 @@ mod tests {
                 .unwrap()
             })
             .collect();
-        let scan = parquet_file(
-            &dir.path().join("x.parquet"),
-            batches[0].schema(),
-            &batches,
-            5,
-        );
+        let path = dir.path().join("x.parquet");
+        parquet_file(&path, batches[0].schema(), &batches, 5);
+        let scan = parquet_scan(&path, batches[0].schema());
         let mut config = SessionConfig::new();
         config.options_mut().optimizer.repartition_file_min_size = 0;
         let context = SessionContext::new_with_config(config.clone()).task_ctx();

@@ -55,7 +55,7 @@ pub(crate) struct LeftBuild {
     pub tolerance: Option<Tolerance>,
     pub join_type: AsOfJoinType,
     pub right: Arc<dyn ExecutionPlan>,
-    /// The right partitions streamed ([`Parts`]).
+    /// The right partitions streamed, split finer where they can be ([`Input::of`]).
     pub partitions: Vec<usize>,
     pub exprs: Arc<RightExprs>,
     pub layout: Layout,
@@ -167,10 +167,9 @@ pub(crate) async fn run(
     let mut i = 0;
     while i < joins.len() {
         // As many of the joins from `i` on as the pool holds at once (their records, and per
-        // task a chunk of right rows in key order): their right sides' partitions are read one
+        // task a chunk of right rows in key order): their right sides' parts are read one
         // after the other by tasks that each take the next when theirs ends, so one join's
-        // last partition, alone on its core, no longer leaves the others idle, and a join is
-        // read out while the next ones' are read.
+        // last part, alone on its core, does not leave the others idle.
         let mut group = Vec::new();
         for join in &joins[i..] {
             let index = Arc::new(LeftIndex::new(
