@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Engine, IngestFormat, IngestProgress, IngestRequest, Output, RunOptions};
 use crate::engine::{TableName, WriteMode};
 use crate::error::{PitlakeError, Result};
+use crate::storage::Replacement;
 use args::{Cli, Command, FormatArg, IngestArgs, ModeArg, SqlArgs};
 use print::{OutputFormat, check_destination, print_stream};
 
@@ -224,16 +225,11 @@ async fn run_sql(engine: &Engine, args: SqlArgs) -> Result<()> {
     if statements.is_empty() {
         return Err(PitlakeError::Syntax("no statement given".into()));
     }
-    let mut out: Box<dyn Write + Send> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|e| PitlakeError::Input {
-                path: path.display().to_string(),
-                message: format!("cannot create the output file: {e}"),
-            })?,
-        )),
+    let mut out = match &args.output {
+        Some(path) => Sink::file(path)?,
         None => {
             check_destination(args.format, std::io::stdout().is_terminal())?;
-            Box::new(std::io::BufWriter::new(Stdout(std::io::stdout())))
+            Sink::Stdout(std::io::BufWriter::new(Stdout(std::io::stdout())))
         }
     };
     let max_rows = (args.max_rows > 0).then_some(args.max_rows);
@@ -242,7 +238,7 @@ async fn run_sql(engine: &Engine, args: SqlArgs) -> Result<()> {
         let started = Instant::now();
         match engine.run(statement, options).await? {
             Output::Rows(stream) => {
-                print_stream(stream, args.format, max_rows, out.as_mut()).await?;
+                print_stream(stream, args.format, max_rows, &mut out).await?;
             }
             Output::Done(message) => {
                 // Reports go where they cannot corrupt machine-readable output.
@@ -258,7 +254,68 @@ async fn run_sql(engine: &Engine, args: SqlArgs) -> Result<()> {
             eprintln!("Elapsed: {:.3} s", started.elapsed().as_secs_f64());
         }
     }
-    Ok(())
+    out.finish()
+}
+
+/// Where `pitlake sql` writes its results. A file given with `--output` is replaced whole once
+/// every statement has run: a statement that fails, or an interrupt, leaves the file as it was
+/// ([`Replacement`]; a device or a pipe is written to in place).
+enum Sink {
+    Stdout(std::io::BufWriter<Stdout>),
+    InPlace(std::io::BufWriter<std::fs::File>),
+    Replace(std::io::BufWriter<Replacement>),
+}
+
+impl Sink {
+    fn file(path: &Path) -> Result<Self> {
+        let error = |e: std::io::Error| PitlakeError::Input {
+            path: path.display().to_string(),
+            message: format!("cannot create the output file: {e}"),
+        };
+        Ok(if Replacement::needed(path) {
+            let replacement = Replacement::create(path, ".pitlake-output-").map_err(error)?;
+            Sink::Replace(std::io::BufWriter::new(replacement))
+        } else {
+            Sink::InPlace(std::io::BufWriter::new(
+                std::fs::File::create(path).map_err(error)?,
+            ))
+        })
+    }
+
+    /// Flushes what is buffered and puts a replaced file in place.
+    fn finish(self) -> Result<()> {
+        match self {
+            Sink::Stdout(mut out) => out.flush()?,
+            Sink::InPlace(mut out) => out.flush()?,
+            Sink::Replace(out) => {
+                let replacement = out.into_inner().map_err(|e| e.into_error())?;
+                let target = replacement.target().to_path_buf();
+                replacement.persist().map_err(|e| PitlakeError::Input {
+                    path: target.display().to_string(),
+                    message: format!("cannot replace the output file: {e}"),
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Stdout(out) => out.write(bytes),
+            Sink::InPlace(out) => out.write(bytes),
+            Sink::Replace(out) => out.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::InPlace(out) => out.flush(),
+            Sink::Replace(out) => out.flush(),
+        }
+    }
 }
 
 /// Draws ingest progress on a terminal: a bar over the input bytes, with the row count.

@@ -1,7 +1,9 @@
 //! Storage: the warehouse's object store (`store`, its settings in `options`), finding its
 //! Delta tables and opening each at a pinned version or timestamp (`warehouse`, names in
 //! `name`), reading their log and history (`log`), the DataFusion catalog over them (`catalog`,
-//! `table`), writing to them one commit at a time (`write`) and dropping them (`drop`).
+//! `table`), writing to them one commit at a time (`write`) and dropping them (`drop`); local
+//! output files, written with their columns encoded on every core (`parquet_out`) and replaced
+//! whole (`replace`).
 
 mod catalog;
 mod drop;
@@ -10,6 +12,7 @@ mod name;
 mod options;
 mod parquet_out;
 mod pinned;
+mod replace;
 mod store;
 mod table;
 mod warehouse;
@@ -22,6 +25,7 @@ pub use log::{CommitSummary, LogListing, format_millis};
 pub use name::{DEFAULT_SCHEMA, TableName};
 pub use parquet_out::ParquetOut;
 pub use pinned::{PinnedDeltaTable, PinnedTablesCodec};
+pub use replace::Replacement;
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};
 pub use warehouse::{TableVersion, Warehouse};
 pub use write::{WriteMode, WriteOutcome, conform_to_table, write_plan};

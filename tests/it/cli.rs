@@ -318,6 +318,75 @@ fn errors_have_messages_and_exit_codes() {
     assert_eq!(run.code, 2);
 }
 
+/// `--output` replaces the file only once every statement has run: a query that fails, at
+/// planning or at its second statement, leaves the old file as it was and no temporary file
+/// beside it; a device is written to in place.
+#[test]
+fn a_failed_query_leaves_the_output_file_as_it_was() {
+    let (dir, warehouse) = small_warehouse();
+    let out_dir = dir.path().join("results");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = write_file(&out_dir, "scores.csv", "earlier results\n");
+    let listing = || {
+        let mut names: Vec<_> = std::fs::read_dir(&out_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let run_to = |query: &str, path: &Path| {
+        pitlake(
+            &warehouse,
+            &[
+                "sql",
+                query,
+                "--format",
+                "csv",
+                "--output",
+                path.to_str().unwrap(),
+            ],
+        )
+    };
+    for failing in [
+        "SELECT * FROM no_such_table",
+        "SELECT id FROM t; SELECT no_such_column FROM t",
+        "SELECT CAST(name AS INT) FROM t",
+    ] {
+        let run = run_to(failing, &out);
+        assert_eq!(run.code, 1, "{failing}: {}", run.stderr);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "earlier results\n",
+            "{failing}"
+        );
+        assert_eq!(listing(), ["scores.csv"], "{failing}");
+    }
+
+    #[cfg(unix)]
+    std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    ok(run_to("SELECT id FROM t ORDER BY id; SELECT count(*) AS n FROM t", &out));
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "id\n1\n2\n3\nn\n3\n"
+    );
+    assert_eq!(listing(), ["scores.csv"]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "the replaced file keeps its permissions");
+        ok(run_to("SELECT 1 AS one", Path::new("/dev/null")));
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+                || !cfg!(target_os = "linux")
+        );
+    }
+}
+
 #[test]
 fn drop_needs_force() {
     let (_dir, warehouse) = small_warehouse();

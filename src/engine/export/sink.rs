@@ -1,8 +1,8 @@
 //! An export's bytes on their way to a file or an object: written under a temporary name and
 //! published in one step, counted and hashed (SHA-256) on the way; and the same bytes read back.
 //!
-//! - A local file is written to a temporary file beside the target (`.pitlake-export-*`),
-//!   flushed to disk, then renamed over the target: readers see the old file or the new one,
+//! - A local file is written to a temporary file beside the target (`.pitlake-export-*`, with
+//!   the target's permissions: [`Replacement`]), flushed to disk, then renamed over the target: readers see the old file or the new one,
 //!   never part of one. The kernel is asked to start writing it out every [`WRITEBACK`] bytes
 //!   on the way (Linux), so the flush before the rename waits for the last few megabytes only.
 //!   A failure or a cancelled export deletes the temporary file; a process that dies leaves it
@@ -24,6 +24,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 use crate::error::{PitlakeError, Result};
+use crate::storage::Replacement;
 
 /// The size of one multipart part (and the largest object uploaded with one PUT).
 pub(super) const PART: usize = 10 << 20;
@@ -135,7 +136,7 @@ pub(super) enum Destination {
 
 enum Target {
     Local {
-        temp: tempfile::NamedTempFile,
+        temp: Replacement,
         out: LocalOut,
         path: PathBuf,
     },
@@ -174,15 +175,23 @@ impl ExportSink {
                     path: parent.display().to_string(),
                     message: format!("cannot create the output folder: {e}"),
                 })?;
-                let temp = tempfile::Builder::new()
-                    .prefix(".pitlake-export-")
-                    .tempfile_in(&parent)
-                    .map_err(|e| PitlakeError::Input {
+                if !Replacement::needed(&path) {
+                    // Renamed over, a device (`/dev/null`) would be replaced by a file.
+                    return Err(PitlakeError::Input {
+                        path: path.display().to_string(),
+                        message: "exists and is not a regular file; an export writes a new \
+                                  file, or replaces one"
+                            .into(),
+                    });
+                }
+                let temp = Replacement::create(&path, ".pitlake-export-").map_err(|e| {
+                    PitlakeError::Input {
                         path: parent.display().to_string(),
                         message: format!("cannot write to the output folder: {e}"),
-                    })?;
+                    }
+                })?;
                 let out = LocalOut {
-                    out: std::io::BufWriter::new(temp.as_file().try_clone()?),
+                    out: std::io::BufWriter::new(temp.file().try_clone()?),
                     written: 0,
                     started: 0,
                 };
@@ -284,11 +293,12 @@ impl ExportSink {
                 file.sync_all()
                     .map_err(|e| self.write_error(format!("cannot write: {e}")))?;
                 drop(file);
-                temp.persist(&path).map_err(|e| PitlakeError::Input {
+                let target = temp.target().to_path_buf();
+                temp.persist().map_err(|e| PitlakeError::Input {
                     path: path.display().to_string(),
-                    message: format!("cannot replace: {}", e.error),
+                    message: format!("cannot replace: {e}"),
                 })?;
-                sync_parent(&path);
+                sync_parent(&target);
             }
             Some(Target::Store {
                 store,
@@ -470,6 +480,21 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    /// A device cannot be an export's file: renamed over, it would be replaced by a file.
+    #[cfg(unix)]
+    #[test]
+    fn a_device_is_refused_and_left_alone() {
+        let err = ExportSink::create(Destination::Local("/dev/null".into()), "x")
+            .err()
+            .expect("a device refused");
+        assert!(
+            err.to_string().contains("is not a regular file"),
+            "{err}"
+        );
+        let kind = std::fs::metadata("/dev/null").unwrap().file_type();
+        assert!(!kind.is_file());
     }
 
     /// A local file larger than [`WRITEBACK`], written through `put` and through the Parquet
