@@ -137,12 +137,24 @@ mod tests {
         r.write_all(b"new, half written").unwrap();
         r.flush().unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
-        assert_eq!(entries(dir.path()).len(), 2, "the temporary file sits beside the target");
+        assert_eq!(
+            entries(dir.path()).len(),
+            2,
+            "the temporary file sits beside the target"
+        );
         drop(r);
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "old");
-        assert_eq!(entries(dir.path()), ["out.csv"], "a dropped replacement leaves nothing");
+        assert_eq!(
+            entries(dir.path()),
+            ["out.csv"],
+            "a dropped replacement leaves nothing"
+        );
 
-        write_all(Replacement::create(&target, ".pitlake-test-").unwrap(), b"new").unwrap();
+        write_all(
+            Replacement::create(&target, ".pitlake-test-").unwrap(),
+            b"new",
+        )
+        .unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
         assert_eq!(entries(dir.path()), ["out.csv"]);
     }

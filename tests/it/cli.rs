@@ -365,7 +365,10 @@ fn a_failed_query_leaves_the_output_file_as_it_was() {
 
     #[cfg(unix)]
     std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
-    ok(run_to("SELECT id FROM t ORDER BY id; SELECT count(*) AS n FROM t", &out));
+    ok(run_to(
+        "SELECT id FROM t ORDER BY id; SELECT count(*) AS n FROM t",
+        &out,
+    ));
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
         "id\n1\n2\n3\nn\n3\n"

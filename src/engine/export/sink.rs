@@ -489,10 +489,7 @@ mod tests {
         let err = ExportSink::create(Destination::Local("/dev/null".into()), "x")
             .err()
             .expect("a device refused");
-        assert!(
-            err.to_string().contains("is not a regular file"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("is not a regular file"), "{err}");
         let kind = std::fs::metadata("/dev/null").unwrap().file_type();
         assert!(!kind.is_file());
     }
