@@ -19,9 +19,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::{Engine, IngestFormat, IngestProgress, IngestRequest, Output, RunOptions};
-use crate::engine::{TableName, WriteMode};
+use crate::engine::{Replacement, TableName, WriteMode};
 use crate::error::{PitlakeError, Result};
-use crate::storage::Replacement;
+
 use args::{Cli, Command, FormatArg, IngestArgs, ModeArg, SqlArgs};
 use print::{OutputFormat, check_destination, print_stream};
 

@@ -54,7 +54,9 @@ pub use training::{PinnedInput, TrainingPlan, ViewUse};
 // The engine's API speaks of these; callers above it (the CLI, the server) name them here.
 pub use crate::frontend::dsl::TrainingSetSql;
 pub use crate::frontend::split_statements;
-pub use crate::storage::{ParquetOut, TableName, WriteMode, WriteOutcome, format_millis};
+pub use crate::storage::{
+    ParquetOut, Replacement, TableName, WriteMode, WriteOutcome, format_millis,
+};
 
 use crate::config::Settings;
 use crate::error::{PitlakeError, Result};

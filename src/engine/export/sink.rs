@@ -2,11 +2,12 @@
 //! published in one step, counted and hashed (SHA-256) on the way; and the same bytes read back.
 //!
 //! - A local file is written to a temporary file beside the target (`.pitlake-export-*`, with
-//!   the target's permissions: [`Replacement`]), flushed to disk, then renamed over the target: readers see the old file or the new one,
-//!   never part of one. The kernel is asked to start writing it out every [`WRITEBACK`] bytes
-//!   on the way (Linux), so the flush before the rename waits for the last few megabytes only.
-//!   A failure or a cancelled export deletes the temporary file; a process that dies leaves it
-//!   behind (hidden, never read; delete it at leisure).
+//!   the target's permissions: [`Replacement`]), flushed to disk, then renamed over the target:
+//!   readers see the old file or the new one, never part of one. The kernel is asked to start
+//!   writing it out every [`WRITEBACK`] bytes on the way (Linux), so the flush before the
+//!   rename waits for the last few megabytes only. A failure or a cancelled export deletes the
+//!   temporary file; a process that dies leaves it behind (hidden, never read; delete it at
+//!   leisure). A target that is not a regular file (a device) is refused.
 //! - An object is uploaded with a single PUT when it is small (under [`PART`]) and otherwise
 //!   streamed as a multipart upload in parts of [`PART`], at most [`PARTS_IN_FLIGHT`] at a
 //!   time, so an export never holds more than that in memory. The object appears when the
