@@ -21,7 +21,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::engine::{Engine, IngestFormat, IngestProgress, IngestRequest, Output, RunOptions};
 use crate::engine::{Replacement, TableName, WriteMode};
 use crate::error::{PitlakeError, Result};
-
 use args::{Cli, Command, FormatArg, IngestArgs, ModeArg, SqlArgs};
 use print::{OutputFormat, check_destination, print_stream};
 
