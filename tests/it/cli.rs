@@ -327,14 +327,7 @@ fn a_failed_query_leaves_the_output_file_as_it_was() {
     let out_dir = dir.path().join("results");
     std::fs::create_dir(&out_dir).unwrap();
     let out = write_file(&out_dir, "scores.csv", "earlier results\n");
-    let listing = || {
-        let mut names: Vec<_> = std::fs::read_dir(&out_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        names
-    };
+    let listing = || crate::common::entries(&out_dir);
     let run_to = |query: &str, path: &Path| {
         pitlake(
             &warehouse,

@@ -14,7 +14,7 @@ use pitlake::{Engine, Output, PitlakeError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{engine, rows};
+use crate::common::{engine, entries, rows};
 
 const MINUTE: i64 = 60_000_000;
 
@@ -410,16 +410,6 @@ async fn exports_reproduce_after_the_inputs_move_on() {
         std::fs::read(&rebuilt).unwrap(),
         "the rebuilt Parquet file is bit for bit the export"
     );
-}
-
-/// The names of a folder's entries, sorted.
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// Writes a manifest with its `output` fields changed by `edit`, beside the original.
