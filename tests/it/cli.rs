@@ -319,8 +319,8 @@ fn errors_have_messages_and_exit_codes() {
 }
 
 /// `--output` replaces the file only once every statement has run: a query that fails, at
-/// planning or at its second statement, leaves the old file as it was and no temporary file
-/// beside it; a device is written to in place.
+/// planning, at its second statement or while its rows are written, leaves the old file as it
+/// was and no temporary file beside it; a named pipe is written to in place.
 #[test]
 fn a_failed_query_leaves_the_output_file_as_it_was() {
     let (dir, warehouse) = small_warehouse();
@@ -372,14 +372,23 @@ fn a_failed_query_leaves_the_output_file_as_it_was() {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640, "the replaced file keeps its permissions");
-        ok(run_to("SELECT 1 AS one", Path::new("/dev/null")));
+        // A named pipe is written to in place (renamed over, it would become a file), and
+        // its reader gets the rows.
+        let pipe = out_dir.join("pipe");
         assert!(
-            std::fs::metadata("/dev/null")
+            Command::new("mkfifo")
+                .arg(&pipe)
+                .status()
                 .unwrap()
-                .file_type()
-                .is_char_device()
-                || !cfg!(target_os = "linux")
+                .success()
         );
+        let reader = {
+            let pipe = pipe.clone();
+            std::thread::spawn(move || std::fs::read_to_string(pipe).unwrap())
+        };
+        ok(run_to("SELECT 1 AS one", &pipe));
+        assert_eq!(reader.join().unwrap(), "one\n1\n");
+        assert!(std::fs::metadata(&pipe).unwrap().file_type().is_fifo());
     }
 }
 
