@@ -9,7 +9,8 @@
 //! - A target that is a symbolic link is resolved: the file it points to is replaced and the link
 //!   stays.
 //! - A target that exists and is not a regular file (`/dev/stdout`, a named pipe, a device)
-//!   cannot be replaced; [`Replacement::needed`] says so, and it is written to in place.
+//!   is never replaced: [`Replacement::create`] refuses it (renamed over, a device would become
+//!   a file), and [`Replacement::needed`] tells a caller to write to it in place instead.
 //!
 //! A process that dies leaves its temporary file behind (hidden, never read; delete it at leisure).
 
@@ -34,7 +35,8 @@ impl Replacement {
 
     /// Starts a replacement of `target`: an empty temporary file whose name starts with
     /// `prefix` (hidden: start it with a dot) in the folder of the file `target` is or points
-    /// to. The folder must exist.
+    /// to. The folder must exist. A target that exists and is not a regular file is refused
+    /// with [`std::io::ErrorKind::InvalidInput`].
     pub fn create(target: &Path, prefix: &str) -> std::io::Result<Self> {
         let is_link = std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
         // A link that points nowhere yet is written through as a new file would be: its target
@@ -43,6 +45,12 @@ impl Replacement {
             true => std::fs::canonicalize(target).or_else(|_| resolve_dangling(target))?,
             false => target.to_path_buf(),
         };
+        if !Self::needed(&target) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "exists and is not a regular file, so it is not replaced",
+            ));
+        }
         let folder = match target.parent().filter(|p| !p.as_os_str().is_empty()) {
             Some(folder) => folder.to_path_buf(),
             None => PathBuf::from("."),
@@ -222,6 +230,7 @@ mod tests {
     #[cfg(unix)]
     #[test]
     fn only_regular_files_are_replaced() {
+        use std::os::unix::fs::FileTypeExt;
         let dir = tempfile::tempdir().unwrap();
         assert!(Replacement::needed(&dir.path().join("absent.csv")));
         let file = dir.path().join("f.csv");
@@ -229,5 +238,16 @@ mod tests {
         assert!(Replacement::needed(&file));
         assert!(!Replacement::needed(Path::new("/dev/null")));
         assert!(!Replacement::needed(dir.path()));
+        for special in [Path::new("/dev/null"), dir.path()] {
+            let err = Replacement::create(special, ".x-").err().expect("refused");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{special:?}");
+        }
+        assert!(
+            std::fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+        assert_eq!(entries(dir.path()), ["f.csv"]);
     }
 }

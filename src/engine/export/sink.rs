@@ -176,21 +176,18 @@ impl ExportSink {
                     path: parent.display().to_string(),
                     message: format!("cannot create the output folder: {e}"),
                 })?;
-                if !Replacement::needed(&path) {
-                    // Renamed over, a device (`/dev/null`) would be replaced by a file.
-                    return Err(PitlakeError::Input {
-                        path: path.display().to_string(),
-                        message: "exists and is not a regular file; an export writes a new \
-                                  file, or replaces one"
-                            .into(),
-                    });
-                }
-                let temp = Replacement::create(&path, ".pitlake-export-").map_err(|e| {
-                    PitlakeError::Input {
-                        path: parent.display().to_string(),
-                        message: format!("cannot write to the output folder: {e}"),
-                    }
-                })?;
+                // A device (`/dev/null`) is refused: renamed over, it would become a file.
+                let temp =
+                    Replacement::create(&path, ".pitlake-export-").map_err(|e| match e.kind() {
+                        std::io::ErrorKind::InvalidInput => PitlakeError::Input {
+                            path: path.display().to_string(),
+                            message: format!("{e}; an export writes a new file, or replaces one"),
+                        },
+                        _ => PitlakeError::Input {
+                            path: parent.display().to_string(),
+                            message: format!("cannot write to the output folder: {e}"),
+                        },
+                    })?;
                 let out = LocalOut {
                     out: std::io::BufWriter::new(temp.file().try_clone()?),
                     written: 0,
