@@ -16,9 +16,10 @@
 //! for those at `t <= e` (`t < e`), a prefix. So it is offered to one entry, the first
 //! (backward) or last (forward) of its range, and kept there if it beats the record's row under
 //! the join's order (the time, then the `TIEBREAK BY` values, then the whole row:
-//! docs/semantics.md). A chunk's records are first put in the order of their left groups (a
-//! counting sort), so the searches and the comparisons, under the lock the tasks share, move
-//! through the left's times and records in order.
+//! docs/semantics.md). A chunk's rows are first put in the order of their left groups (a
+//! counting sort of a 16-byte place per row; the records stay in arrival order), so the
+//! searches move through the left's times in order and the rows reaching one entry come
+//! together: only the best of them is offered, under the lock the tasks share, in entry order.
 //!
 //! Finish ([`LeftIndex::finish`]): one sweep through each group carries the best record forward
 //! (backward: each entry takes the better of its own and the one before it; forward, from the
@@ -433,17 +434,15 @@ pub(crate) struct Scratch {
     known: Vec<i64>,
     /// Per group, where its rows go (a counting sort).
     counts: Vec<u32>,
-    /// Per row of the chunk, its place in group order (`NO_ENTRY`: it has no group).
-    dest: Vec<u32>,
-    /// The group of each row with one, in group order. This and the next two are only ever
-    /// grown: a chunk writes every place it reads, so what an earlier chunk left is never seen,
-    /// and clearing them would write each chunk's 16 MB of records twice.
-    order: Vec<u32>,
+    /// Per row with a group, in group order: (the group, the row, its time).
+    places: Vec<(u32, u32, i64)>,
     /// Their knowledge times, in group order.
     sorted_known: Vec<i64>,
-    /// Their records, in group order.
+    /// Per row, its record (written only for rows with a group). This and the two before are
+    /// only ever grown: a chunk writes every place it reads, so what an earlier chunk left is
+    /// never seen, and clearing them would write each chunk's 16 MB of records twice.
     records: Vec<u64>,
-    /// Per row that reaches an entry, in entry order: (the entry, its place in group order).
+    /// Per run of rows reaching one entry, in entry order: (the entry, the run's best row).
     hits: Vec<(u32, u32)>,
     /// Per value (tie-break, then column), the order key of every row of a batch.
     keys: Vec<u64>,
@@ -527,15 +526,17 @@ impl LeftIndex {
     }
 
     /// About the bytes a chunk's row takes while [`LeftIndex::apply`] runs: its record, group,
-    /// times and place.
+    /// times, place and hit.
     pub(crate) fn chunk_row_bytes(&self) -> usize {
-        8 * self.layout.stride() + 40
+        8 * self.layout.stride() + 52
     }
 
     /// Offers each row of a chunk of right batches to the entry it reaches, keeping it where it
-    /// beats the entry's record. The rows are first put in the order of their left groups (a
-    /// counting sort), so the searches and the records move through memory in order instead of
-    /// missing the cache on every row.
+    /// beats the entry's record. The rows' records are written in arrival order; a narrow
+    /// (group, row, time) per row is put in the order of the left groups (a counting sort), so
+    /// that the searches move through the left's times in order; the rows of a chunk that reach
+    /// one entry then come one after another, and only the best of them is offered to the
+    /// shared records, in entry order.
     pub(crate) fn apply(
         &self,
         shared: &Mutex<Best>,
@@ -544,11 +545,10 @@ impl LeftIndex {
     ) -> Result<()> {
         let Scratch {
             group_of,
-            counts,
-            dest,
-            order,
             times,
             known,
+            counts,
+            places,
             sorted_known,
             records,
             hits,
@@ -587,38 +587,18 @@ impl LeftIndex {
             }
         }
 
-        // 2. The rows' records in the order of their groups (a counting sort): the score, the
-        // values' order keys and their NULL flags, with each row's group and knowledge time.
+        // 2. The records of the rows with a group, in arrival order (written in order, read
+        // back only for the best row of each entry): the score, the values' order keys and
+        // their NULL flags.
         let layout = &self.layout;
         let stride = layout.stride();
         let flags = stride - 1;
         let backward = self.spec.direction == Direction::Backward;
-        counts.clear();
-        counts.resize(self.left.num_groups() + 1, 0);
-        for &g in group_of.iter() {
-            if g != NO_ENTRY {
-                counts[g as usize + 1] += 1;
-            }
-        }
-        for g in 1..counts.len() {
-            counts[g] += counts[g - 1];
-        }
-        let kept = counts[counts.len() - 1] as usize;
-        let has_known = self.has_known;
-        grow(records, kept * stride);
-        grow(order, kept);
-        grow(sorted_known, if has_known { kept } else { 0 });
-        // Each row's place first, so that the loop writing the records can ask for the line of
-        // the row a few ahead early: 64 bytes per row at random within 16 MB miss the caches.
-        dest.clear();
-        dest.extend(group_of.iter().map(|&g| {
-            if g == NO_ENTRY {
-                return NO_ENTRY;
-            }
-            let pos = counts[g as usize];
-            counts[g as usize] += 1;
-            pos
-        }));
+        let score_of = |time: i64| {
+            let key = (time as u64) ^ SIGN;
+            if backward { key } else { !key }
+        };
+        grow(records, group_of.len() * stride);
         let mut base = 0;
         for right in chunk {
             let n = right.time.len();
@@ -630,23 +610,11 @@ impl LeftIndex {
             }
             for i in 0..n {
                 let r = base + i;
-                let (g, pos) = (group_of[r], dest[r]);
-                if g == NO_ENTRY {
+                if group_of[r] == NO_ENTRY {
                     continue;
                 }
-                if let Some(&ahead) = dest.get(r + AHEAD)
-                    && ahead != NO_ENTRY
-                {
-                    prefetch(records, ahead as usize * stride);
-                }
-                let pos = pos as usize;
-                order[pos] = g;
-                if has_known {
-                    sorted_known[pos] = known[r];
-                }
-                let record = &mut records[pos * stride..(pos + 1) * stride];
-                let key = (times[r] as u64) ^ SIGN;
-                record[0] = if backward { key } else { !key };
+                let record = &mut records[r * stride..(r + 1) * stride];
+                record[0] = score_of(times[r]);
                 let mut bits = OCCUPIED;
                 for v in 0..values {
                     record[1 + v] = keys[v * n + i];
@@ -659,16 +627,48 @@ impl LeftIndex {
             base += n;
         }
 
-        // 3. The entry each row reaches, in group order.
+        // 3. Each row's group, place and time in the order of the groups (a counting sort:
+        // 16 bytes a row written out of order, not its record's 64), with its knowledge time.
+        counts.clear();
+        counts.resize(self.left.num_groups() + 1, 0);
+        for &g in group_of.iter() {
+            if g != NO_ENTRY {
+                counts[g as usize + 1] += 1;
+            }
+        }
+        for g in 1..counts.len() {
+            counts[g] += counts[g - 1];
+        }
+        let kept = counts[counts.len() - 1] as usize;
+        let has_known = self.has_known;
+        // Only ever grown: a chunk writes every place it reads.
+        grow(places, kept);
+        grow(sorted_known, if has_known { kept } else { 0 });
+        for (r, &g) in group_of.iter().enumerate() {
+            if g == NO_ENTRY {
+                continue;
+            }
+            let pos = counts[g as usize] as usize;
+            counts[g as usize] += 1;
+            places[pos] = (g, r as u32, times[r]);
+            if has_known {
+                sorted_known[pos] = known[r];
+            }
+        }
+
+        // 4. The entry each row reaches, in group order. A group's rows of one chunk come
+        // close together in time (a table appended to as events arrive), so they mostly reach
+        // one entry: of each run of rows reaching the same entry only the best is kept, found
+        // from the scores (the records are read only on a tie).
         hits.clear();
         let strict = self.spec.strict;
-        for (pos, &g) in order[..kept].iter().enumerate() {
-            if let Some(&ahead) = order.get(pos + AHEAD) {
+        let mut run: Option<(u32, u32, u64)> = None;
+        for pos in 0..kept {
+            if let Some(&(ahead, _, _)) = places.get(pos + AHEAD) {
                 prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
             }
+            let (g, r, e) = places[pos];
             let (group, from) = self.left.group(g as usize);
-            let score = records[pos * stride];
-            let e = (if backward { score } else { !score } ^ SIGN) as i64;
             let entry = if backward {
                 // What an earlier chunk left there (a join with knowledge times, the scratch
                 // being a task's, shared by the joins of a chain) is not this join's.
@@ -695,28 +695,52 @@ impl LeftIndex {
                 }
                 from + end - 1
             };
-            hits.push((entry as u32, pos as u32));
+            let (entry, score) = (entry as u32, score_of(e));
+            match run {
+                Some((at, best, top)) if at == entry => {
+                    let wins = match score.cmp(&top) {
+                        std::cmp::Ordering::Less => false,
+                        std::cmp::Ordering::Greater => true,
+                        std::cmp::Ordering::Equal => {
+                            let (a, b) = (r as usize * stride, best as usize * stride);
+                            layout.beats(&records[a..a + stride], &records[b..b + stride])
+                        }
+                    };
+                    if wins {
+                        run = Some((entry, r, score));
+                    }
+                }
+                _ => {
+                    if let Some((at, best, _)) = run {
+                        hits.push((at, best));
+                    }
+                    run = Some((entry, r, score));
+                }
+            }
+        }
+        if let Some((at, best, _)) = run {
+            hits.push((at, best));
         }
 
-        // 5. Each kept where it beats the entry's record.
+        // 5. Each run's best kept where it beats the entry's record.
         let mut best = match shared.lock() {
             Ok(best) => best,
             Err(_) => return internal_err!("left build: a task offering right rows panicked"),
         };
         let Best { all, start, scores } = &mut *best;
         let words = &mut all[*start..];
-        for (h, &(entry, pos)) in hits.iter().enumerate() {
-            if let Some(&(ahead, _)) = hits.get(h + AHEAD) {
+        for (h, &(entry, r)) in hits.iter().enumerate() {
+            if let Some(&(ahead, row)) = hits.get(h + AHEAD) {
                 prefetch(scores, ahead as usize);
+                prefetch(records, row as usize * stride);
             }
-            // Most rows win where the right side comes in about its time order (a table
-            // appended to as events arrive): the record's line is asked for too, later than
-            // the score so as not to crowd it out.
+            // Most rows win where the right side comes in about its time order: the record's
+            // line is asked for too, later than the score so as not to crowd it out.
             if let Some(&(ahead, _)) = hits.get(h + AHEAD / 2) {
                 prefetch(words, ahead as usize * stride);
             }
-            let (entry, pos) = (entry as usize, pos as usize);
-            let record = &records[pos * stride..(pos + 1) * stride];
+            let (entry, r) = (entry as usize, r as usize);
+            let record = &records[r * stride..(r + 1) * stride];
             let at = entry * stride;
             let beats = match record[0].cmp(&scores[entry]) {
                 std::cmp::Ordering::Less => false,
