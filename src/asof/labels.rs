@@ -49,7 +49,7 @@ use arrow::datatypes::{
 use datafusion::common::{Result, internal_datafusion_err, internal_err};
 
 use super::kernel::{Direction, MatchSpec};
-use super::time::dense_time_keys;
+use super::time::dense_time_keys_into;
 use super::window::{LeftKeys, NO_ENTRY};
 use crate::memory::prefetch;
 
@@ -569,22 +569,17 @@ impl LeftIndex {
         times.clear();
         known.clear();
         for right in chunk {
-            let (t, valid) = dense_time_keys(right.time.as_ref())?;
-            let k = right
-                .known
-                .as_ref()
-                .map(|k| dense_time_keys(k.as_ref()))
-                .transpose()?;
+            let valid = dense_time_keys_into(right.time.as_ref(), times)?;
+            let known_valid = match &right.known {
+                Some(k) => dense_time_keys_into(k.as_ref(), known)?,
+                None => None,
+            };
             let skip = |i: usize| {
                 valid.as_ref().is_some_and(|v| v.is_null(i))
-                    || k.as_ref()
-                        .is_some_and(|(_, v)| v.as_ref().is_some_and(|v| v.is_null(i)))
+                    || known_valid.as_ref().is_some_and(|v| v.is_null(i))
             };
-            self.left.groups_of(&right.keys, t.len(), skip, group_of)?;
-            times.extend_from_slice(&t);
-            if let Some((k, _)) = k {
-                known.extend_from_slice(&k);
-            }
+            self.left
+                .groups_of(&right.keys, right.time.len(), skip, group_of)?;
         }
 
         // 2. The records of the rows with a group, in arrival order (written in order, read

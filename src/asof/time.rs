@@ -114,41 +114,56 @@ pub(crate) fn time_keys(array: &dyn Array, mirror: bool) -> Result<Vec<Option<i6
 fn dense_of<T: ArrowPrimitiveType>(
     array: &dyn Array,
     key: impl Fn(T::Native) -> i64,
-) -> Result<Vec<i64>> {
+    out: &mut Vec<i64>,
+) -> Result<()> {
     let Some(array) = array.as_primitive_opt::<T>() else {
         return internal_err!("time array is not a {}", T::DATA_TYPE);
     };
-    Ok(array.values().iter().map(|&v| key(v)).collect())
+    out.extend(array.values().iter().map(|&v| key(v)));
+    Ok(())
 }
 
 /// The keys of an integer, date or timestamp time array (window times, see
 /// [`integer_or_datetime`]) as [`time_keys`] gives them, without an `Option` per row (half the
 /// memory): a value per row, meaningless where the returned validity says NULL.
 pub(crate) fn dense_time_keys(array: &dyn Array) -> Result<(Vec<i64>, Option<NullBuffer>)> {
-    let keys = match array.data_type() {
-        DataType::Int8 => dense_of::<Int8Type>(array, i64::from)?,
-        DataType::Int16 => dense_of::<Int16Type>(array, i64::from)?,
-        DataType::Int32 => dense_of::<Int32Type>(array, i64::from)?,
-        DataType::Int64 => dense_of::<Int64Type>(array, |v| v)?,
-        DataType::UInt8 => dense_of::<UInt8Type>(array, i64::from)?,
-        DataType::UInt16 => dense_of::<UInt16Type>(array, i64::from)?,
-        DataType::UInt32 => dense_of::<UInt32Type>(array, i64::from)?,
-        DataType::UInt64 => dense_of::<UInt64Type>(array, u64_key)?,
-        DataType::Date32 => dense_of::<Date32Type>(array, i64::from)?,
-        DataType::Date64 => dense_of::<Date64Type>(array, |v| v)?,
-        DataType::Timestamp(TimeUnit::Second, _) => dense_of::<TimestampSecondType>(array, |v| v)?,
+    let mut keys = Vec::with_capacity(array.len());
+    let valid = dense_time_keys_into(array, &mut keys)?;
+    Ok((keys, valid))
+}
+
+/// [`dense_time_keys`] appended to `out` (no vector of its own to fill and copy), with the
+/// validity.
+pub(crate) fn dense_time_keys_into(
+    array: &dyn Array,
+    out: &mut Vec<i64>,
+) -> Result<Option<NullBuffer>> {
+    match array.data_type() {
+        DataType::Int8 => dense_of::<Int8Type>(array, i64::from, out)?,
+        DataType::Int16 => dense_of::<Int16Type>(array, i64::from, out)?,
+        DataType::Int32 => dense_of::<Int32Type>(array, i64::from, out)?,
+        DataType::Int64 => dense_of::<Int64Type>(array, |v| v, out)?,
+        DataType::UInt8 => dense_of::<UInt8Type>(array, i64::from, out)?,
+        DataType::UInt16 => dense_of::<UInt16Type>(array, i64::from, out)?,
+        DataType::UInt32 => dense_of::<UInt32Type>(array, i64::from, out)?,
+        DataType::UInt64 => dense_of::<UInt64Type>(array, u64_key, out)?,
+        DataType::Date32 => dense_of::<Date32Type>(array, i64::from, out)?,
+        DataType::Date64 => dense_of::<Date64Type>(array, |v| v, out)?,
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            dense_of::<TimestampSecondType>(array, |v| v, out)?
+        }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            dense_of::<TimestampMillisecondType>(array, |v| v)?
+            dense_of::<TimestampMillisecondType>(array, |v| v, out)?
         }
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            dense_of::<TimestampMicrosecondType>(array, |v| v)?
+            dense_of::<TimestampMicrosecondType>(array, |v| v, out)?
         }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            dense_of::<TimestampNanosecondType>(array, |v| v)?
+            dense_of::<TimestampNanosecondType>(array, |v| v, out)?
         }
         other => return internal_err!("{other} is not an integer, date or timestamp time"),
-    };
-    Ok((keys, array.logical_nulls()))
+    }
+    Ok(array.logical_nulls())
 }
 
 #[cfg(test)]
