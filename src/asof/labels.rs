@@ -17,9 +17,10 @@
 //! (backward) or last (forward) of its range, and kept there if it beats the record's row under
 //! the join's order (the time, then the `TIEBREAK BY` values, then the whole row:
 //! docs/semantics.md). A chunk's rows are first put in the order of their left groups (a
-//! counting sort of a 16-byte place per row; the records stay in arrival order), so the
-//! searches move through the left's times in order and the rows reaching one entry come
-//! together: only the best of them is offered, under the lock the tasks share, in entry order.
+//! counting sort of a 16-byte place per row), so the searches move through the left's times in
+//! order and the rows reaching one entry come together: only the one of them with the latest
+//! time (all of those tied on it) is offered. Only the rows offered get a record, written in
+//! arrival order; they are offered under the lock the tasks share, in entry order.
 //!
 //! Finish ([`LeftIndex::finish`]): one sweep through each group carries the best record forward
 //! (backward: each entry takes the better of its own and the one before it; forward, from the
@@ -428,7 +429,8 @@ impl Best {
 /// (fresh pages cost a fault each).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// Per row of the chunk: its group, time and knowledge time.
+    /// Per row of the chunk: its group, then the entry it is offered to (or [`NO_ENTRY`]);
+    /// its time and knowledge time.
     group_of: Vec<u32>,
     times: Vec<i64>,
     known: Vec<i64>,
@@ -438,14 +440,32 @@ pub(crate) struct Scratch {
     places: Vec<(u32, u32, i64)>,
     /// Their knowledge times, in group order.
     sorted_known: Vec<i64>,
-    /// Per row, its record (written only for rows with a group). This and the two before are
-    /// only ever grown: a chunk writes every place it reads, so what an earlier chunk left is
-    /// never seen, and clearing them would write each chunk's 16 MB of records twice.
+    /// Per row offered, in arrival order, its record. This, the two before and the one after
+    /// are only ever grown: a chunk writes every place it reads, so what an earlier chunk
+    /// left is never seen, and clearing them would write each chunk's records twice.
     records: Vec<u64>,
-    /// Per run of rows reaching one entry, in entry order: (the entry, the run's best row).
-    hits: Vec<(u32, u32)>,
+    /// Per offer, in entry order, where its record is.
+    slots: Vec<u32>,
+    /// Per offer, in entry order, its entry.
+    entries: Vec<u32>,
     /// Per value (tie-break, then column), the order key of every row of a batch.
     keys: Vec<u64>,
+}
+
+/// The number of `times` (ascending) for which `below` holds (a prefix), checked first at
+/// `hint` (the answer for the row before, which the next mostly shares).
+#[inline(always)]
+fn search(times: &[i64], hint: Option<usize>, below: impl Fn(i64) -> bool) -> usize {
+    match hint {
+        Some(at)
+            if at <= times.len()
+                && (at == 0 || below(times[at - 1]))
+                && (at == times.len() || !below(times[at])) =>
+        {
+            at
+        }
+        _ => times.partition_point(|&t| below(t)),
+    }
 }
 
 /// `buffer` at least `len` long, what it holds kept.
@@ -525,18 +545,18 @@ impl LeftIndex {
         (self.left.times.len() / 8).clamp(Self::CHUNK_ROWS, 1 << 20)
     }
 
-    /// About the bytes a chunk's row takes while [`LeftIndex::apply`] runs: its record, group,
-    /// times, place and hit.
+    /// About the bytes a chunk's row takes while [`LeftIndex::apply`] runs, at most: its
+    /// record (if every row is offered), group, times, place and offer.
     pub(crate) fn chunk_row_bytes(&self) -> usize {
         8 * self.layout.stride() + 52
     }
 
     /// Offers each row of a chunk of right batches to the entry it reaches, keeping it where it
-    /// beats the entry's record. The rows' records are written in arrival order; a narrow
-    /// (group, row, time) per row is put in the order of the left groups (a counting sort), so
-    /// that the searches move through the left's times in order; the rows of a chunk that reach
-    /// one entry then come one after another, and only the best of them is offered to the
-    /// shared records, in entry order.
+    /// beats the entry's record. A narrow (group, row, time) per row is put in the order of the
+    /// left groups (a counting sort), so that the searches move through the left's times in
+    /// order; the rows of a chunk that reach one entry then come one after another, and only
+    /// the latest of them (all of those tied on its time) is offered to the shared records, in
+    /// entry order. Only the rows offered get a record, written in arrival order.
     pub(crate) fn apply(
         &self,
         shared: &Mutex<Best>,
@@ -551,7 +571,8 @@ impl LeftIndex {
             places,
             sorted_known,
             records,
-            hits,
+            slots,
+            entries,
             keys,
         } = scratch;
         let values = self.layout.values();
@@ -582,48 +603,16 @@ impl LeftIndex {
                 .groups_of(&right.keys, right.time.len(), skip, group_of)?;
         }
 
-        // 2. The records of the rows with a group, in arrival order (written in order, read
-        // back only for the best row of each entry): the score, the values' order keys and
-        // their NULL flags.
+        // 2. Each row's group, place and time in the order of the groups (a counting sort:
+        // 16 bytes a row written out of order), with its knowledge time. A row's slot in
+        // `group_of` is then free: it is to hold the offer it is part of, if it is.
         let layout = &self.layout;
         let stride = layout.stride();
-        let flags = stride - 1;
         let backward = self.spec.direction == Direction::Backward;
         let score_of = |time: i64| {
             let key = (time as u64) ^ SIGN;
             if backward { key } else { !key }
         };
-        grow(records, group_of.len() * stride);
-        let mut base = 0;
-        for right in chunk {
-            let n = right.time.len();
-            keys.clear();
-            let mut value_nulls = Vec::with_capacity(values);
-            for array in right.tiebreak.iter().chain(&right.columns) {
-                order_keys(array.as_ref(), keys)?;
-                value_nulls.push(array.logical_nulls());
-            }
-            for i in 0..n {
-                let r = base + i;
-                if group_of[r] == NO_ENTRY {
-                    continue;
-                }
-                let record = &mut records[r * stride..(r + 1) * stride];
-                record[0] = score_of(times[r]);
-                let mut bits = OCCUPIED;
-                for v in 0..values {
-                    record[1 + v] = keys[v * n + i];
-                    if value_nulls[v].as_ref().is_some_and(|nb| nb.is_null(i)) {
-                        bits |= 1 << v;
-                    }
-                }
-                record[flags] = bits;
-            }
-            base += n;
-        }
-
-        // 3. Each row's group, place and time in the order of the groups (a counting sort:
-        // 16 bytes a row written out of order, not its record's 64), with its knowledge time.
         counts.clear();
         counts.resize(self.left.num_groups() + 1, 0);
         for &g in group_of.iter() {
@@ -639,7 +628,8 @@ impl LeftIndex {
         // Only ever grown: a chunk writes every place it reads.
         grow(places, kept);
         grow(sorted_known, if has_known { kept } else { 0 });
-        for (r, &g) in group_of.iter().enumerate() {
+        for (r, slot) in group_of.iter_mut().enumerate() {
+            let g = std::mem::replace(slot, NO_ENTRY);
             if g == NO_ENTRY {
                 continue;
             }
@@ -651,91 +641,143 @@ impl LeftIndex {
             }
         }
 
-        // 4. The entry each row reaches, in group order. A group's rows of one chunk come
-        // close together in time (a table appended to as events arrive), so they mostly reach
-        // one entry: of each run of rows reaching the same entry only the best is kept, found
-        // from the scores (the records are read only on a tie).
-        hits.clear();
+        // 3. The entry each row reaches, in group order: the searches move through the left's
+        // times in the order they are laid out. A group's rows of one chunk come close
+        // together in time (a table appended to as events arrive), so they mostly reach one
+        // entry, the one the row before reached: that is checked before a search. Of each run
+        // of rows reaching the same entry only the one of the greatest score is offered (all
+        // of those tied on it, the rest of the order being in the records, not read here). The
+        // offers are listed in entry order; a row offered has its offer's number in its slot
+        // of `group_of`.
         let strict = self.spec.strict;
+        entries.clear();
+        let mut offer = |r: u32, entry: u32| {
+            group_of[r as usize] = entries.len() as u32;
+            entries.push(entry);
+        };
+        // The run: its entry, its best row and that one's score.
         let mut run: Option<(u32, u32, u64)> = None;
+        // The group of the row before and the index in it the search gave.
+        let mut last = (NO_ENTRY, 0);
         for pos in 0..kept {
             if let Some(&(ahead, _, _)) = places.get(pos + AHEAD) {
                 prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
             }
             let (g, r, e) = places[pos];
             let (group, from) = self.left.group(g as usize);
+            // The number of the group's times before the row's range (backward: those at or
+            // before the time, strict, or before it, and those before its knowledge time) or
+            // in it (forward: those before the time, strict, or at or before it).
+            let hint = (last.0 == g).then_some(last.1);
+            let at = match (backward, strict) {
+                (true, true) => match (has_known, sorted_known[..].get(pos)) {
+                    // `t <= e || t < c` as one bound: `t <= max(e, c - 1)`.
+                    (true, Some(&c)) if c > e.saturating_add(1) => search(group, hint, |t| t < c),
+                    _ => search(group, hint, |t| t <= e),
+                },
+                (true, false) => {
+                    let x = match (has_known, sorted_known[..].get(pos)) {
+                        (true, Some(&c)) => e.max(c),
+                        _ => e,
+                    };
+                    search(group, hint, |t| t < x)
+                }
+                (false, true) => search(group, hint, |t| t < e),
+                (false, false) => search(group, hint, |t| t <= e),
+            };
+            last = (g, at);
             let entry = if backward {
-                // What an earlier chunk left there (a join with knowledge times, the scratch
-                // being a task's, shared by the joins of a chain) is not this join's.
-                let c = if has_known {
-                    sorted_known[pos]
-                } else {
-                    i64::MIN
-                };
-                let at = match strict {
-                    true => group.partition_point(|&t| t <= e || t < c),
-                    false => group.partition_point(|&t| t < e.max(c)),
-                };
                 if at == group.len() {
                     continue;
                 }
                 from + at
             } else {
-                let end = match strict {
-                    true => group.partition_point(|&t| t < e),
-                    false => group.partition_point(|&t| t <= e),
-                };
-                if end == 0 {
+                if at == 0 {
                     continue;
                 }
-                from + end - 1
+                from + at - 1
             };
             let (entry, score) = (entry as u32, score_of(e));
             match run {
-                Some((at, best, top)) if at == entry => {
-                    let wins = match score.cmp(&top) {
-                        std::cmp::Ordering::Less => false,
-                        std::cmp::Ordering::Greater => true,
-                        std::cmp::Ordering::Equal => {
-                            let (a, b) = (r as usize * stride, best as usize * stride);
-                            layout.beats(&records[a..a + stride], &records[b..b + stride])
-                        }
-                    };
-                    if wins {
+                Some((at, best, top)) if at == entry => match score.cmp(&top) {
+                    std::cmp::Ordering::Less => {}
+                    std::cmp::Ordering::Greater => run = Some((entry, r, score)),
+                    std::cmp::Ordering::Equal => {
+                        offer(best, at);
                         run = Some((entry, r, score));
                     }
-                }
+                },
                 _ => {
                     if let Some((at, best, _)) = run {
-                        hits.push((at, best));
+                        offer(best, at);
                     }
                     run = Some((entry, r, score));
                 }
             }
         }
         if let Some((at, best, _)) = run {
-            hits.push((at, best));
+            offer(best, at);
         }
 
-        // 5. Each run's best kept where it beats the entry's record.
+        // 4. The records of the rows offered, one after the other in arrival order (where each
+        // offer's is noted): the score, the values' order keys and their NULL flags.
+        let flags = stride - 1;
+        grow(records, entries.len() * stride);
+        grow(slots, entries.len());
+        let mut slot = 0;
+        let mut base = 0;
+        for right in chunk {
+            let n = right.time.len();
+            keys.clear();
+            let mut value_nulls = Vec::with_capacity(values);
+            for array in right.tiebreak.iter().chain(&right.columns) {
+                order_keys(array.as_ref(), keys)?;
+                value_nulls.push(array.logical_nulls());
+            }
+            for i in 0..n {
+                let r = base + i;
+                let offer = group_of[r];
+                if offer == NO_ENTRY {
+                    continue;
+                }
+                slots[offer as usize] = slot;
+                let at = slot as usize * stride;
+                slot += 1;
+                let record = &mut records[at..at + stride];
+                record[0] = score_of(times[r]);
+                let mut bits = OCCUPIED;
+                for v in 0..values {
+                    record[1 + v] = keys[v * n + i];
+                    if value_nulls[v].as_ref().is_some_and(|nb| nb.is_null(i)) {
+                        bits |= 1 << v;
+                    }
+                }
+                record[flags] = bits;
+            }
+            base += n;
+        }
+
+        // 5. Each row offered kept where it beats its entry's record, in entry order (the
+        // entries' scores and records are met in the order they are laid out).
         let mut best = match shared.lock() {
             Ok(best) => best,
             Err(_) => return internal_err!("left build: a task offering right rows panicked"),
         };
         let Best { all, start, scores } = &mut *best;
         let words = &mut all[*start..];
-        for (h, &(entry, r)) in hits.iter().enumerate() {
-            if let Some(&(ahead, row)) = hits.get(h + AHEAD) {
+        for (h, &entry) in entries.iter().enumerate() {
+            if let Some(&ahead) = entries.get(h + AHEAD) {
                 prefetch(scores, ahead as usize);
-                prefetch(records, row as usize * stride);
+                prefetch(records, slots[h + AHEAD] as usize * stride);
             }
             // Most rows win where the right side comes in about its time order: the record's
             // line is asked for too, later than the score so as not to crowd it out.
-            if let Some(&(ahead, _)) = hits.get(h + AHEAD / 2) {
+            if let Some(&ahead) = entries.get(h + AHEAD / 2) {
                 prefetch(words, ahead as usize * stride);
             }
-            let (entry, r) = (entry as usize, r as usize);
-            let record = &records[r * stride..(r + 1) * stride];
+            let entry = entry as usize;
+            let slot = slots[h] as usize;
+            let record = &records[slot * stride..(slot + 1) * stride];
             let at = entry * stride;
             let beats = match record[0].cmp(&scores[entry]) {
                 std::cmp::Ordering::Less => false,
