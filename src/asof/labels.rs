@@ -429,8 +429,8 @@ impl Best {
 /// (fresh pages cost a fault each).
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// Per row of the chunk: its group, then the entry it is offered to (or [`NO_ENTRY`]);
-    /// its time and knowledge time.
+    /// Per row of the chunk: its group, then (once sorted) the number of its offer, or
+    /// [`NO_ENTRY`] if it is not offered; its time and knowledge time.
     group_of: Vec<u32>,
     times: Vec<i64>,
     known: Vec<i64>,
