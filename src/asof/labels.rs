@@ -669,17 +669,17 @@ impl LeftIndex {
             // before the time, strict, or before it, and those before its knowledge time) or
             // in it (forward: those before the time, strict, or at or before it).
             let hint = (last.0 == g).then_some(last.1);
+            // What an earlier chunk left in `sorted_known` (the scratch being a task's, shared
+            // by the joins of a chain) is not this join's.
+            let known_at = has_known.then(|| sorted_known[pos]);
             let at = match (backward, strict) {
-                (true, true) => match (has_known, sorted_known[..].get(pos)) {
-                    // `t <= e || t < c` as one bound: `t <= max(e, c - 1)`.
-                    (true, Some(&c)) if c > e.saturating_add(1) => search(group, hint, |t| t < c),
+                (true, true) => match known_at {
+                    // `t <= e || t < c` as one bound: `t < c` where that takes in `t <= e`.
+                    Some(c) if c > e.saturating_add(1) => search(group, hint, |t| t < c),
                     _ => search(group, hint, |t| t <= e),
                 },
                 (true, false) => {
-                    let x = match (has_known, sorted_known[..].get(pos)) {
-                        (true, Some(&c)) => e.max(c),
-                        _ => e,
-                    };
+                    let x = known_at.map_or(e, |c| e.max(c));
                     search(group, hint, |t| t < x)
                 }
                 (false, true) => search(group, hint, |t| t < e),
