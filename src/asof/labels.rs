@@ -96,20 +96,23 @@ fn typed<T: ArrowPrimitiveType>(array: &dyn Array) -> Result<&PrimitiveArray<T>>
         .ok_or_else(|| internal_datafusion_err!("left build: {} expected", T::DATA_TYPE))
 }
 
+/// Appends `key` of the values of `values` at `rows`.
+#[inline(always)]
+fn keys_at<T: Copy>(values: &[T], rows: &[u32], out: &mut Vec<u64>, key: impl Fn(T) -> u64) {
+    out.extend(rows.iter().map(|&i| key(values[i as usize])));
+}
+
 macro_rules! keys_signed {
-    ($t:ty, $array:expr, $out:expr) => {
-        $out.extend(
-            typed::<$t>($array)?
-                .values()
-                .iter()
-                .map(|&v| (v as i64 as u64) ^ SIGN),
-        )
+    ($t:ty, $array:expr, $rows:expr, $out:expr) => {
+        keys_at(typed::<$t>($array)?.values(), $rows, $out, |v| {
+            (v as i64 as u64) ^ SIGN
+        })
     };
 }
 
 macro_rules! keys_unsigned {
-    ($t:ty, $array:expr, $out:expr) => {
-        $out.extend(typed::<$t>($array)?.values().iter().map(|&v| v as u64))
+    ($t:ty, $array:expr, $rows:expr, $out:expr) => {
+        keys_at(typed::<$t>($array)?.values(), $rows, $out, |v| v as u64)
     };
 }
 
@@ -141,63 +144,57 @@ fn f32_of(k: u64) -> f32 {
     })
 }
 
-/// Appends the order key of each value of `array` (meaningless where it is NULL): a word that
-/// orders as the value does (floats in IEEE total order, `false < true`).
-fn order_keys(array: &dyn Array, out: &mut Vec<u64>) -> Result<()> {
+/// Appends the order key of the value of `array` at each of `rows` (meaningless where it is
+/// NULL): a word that orders as the value does (floats in IEEE total order, `false < true`).
+fn order_keys(array: &dyn Array, rows: &[u32], out: &mut Vec<u64>) -> Result<()> {
     match array.data_type() {
         DataType::Boolean => {
             let values = array.as_boolean().values();
-            out.extend(values.iter().map(u64::from));
+            out.extend(rows.iter().map(|&i| u64::from(values.value(i as usize))));
         }
-        DataType::Int8 => keys_signed!(Int8Type, array, out),
-        DataType::Int16 => keys_signed!(Int16Type, array, out),
-        DataType::Int32 => keys_signed!(Int32Type, array, out),
-        DataType::Int64 => keys_signed!(Int64Type, array, out),
-        DataType::UInt8 => keys_unsigned!(UInt8Type, array, out),
-        DataType::UInt16 => keys_unsigned!(UInt16Type, array, out),
-        DataType::UInt32 => keys_unsigned!(UInt32Type, array, out),
-        DataType::UInt64 => keys_unsigned!(UInt64Type, array, out),
-        DataType::Float32 => out.extend(
-            typed::<Float32Type>(array)?
-                .values()
-                .iter()
-                .map(|&v| f32_key(v)),
-        ),
-        DataType::Float64 => out.extend(
-            typed::<Float64Type>(array)?
-                .values()
-                .iter()
-                .map(|&v| f64_key(v)),
-        ),
-        DataType::Date32 => keys_signed!(Date32Type, array, out),
-        DataType::Date64 => keys_signed!(Date64Type, array, out),
-        DataType::Time32(TimeUnit::Second) => keys_signed!(Time32SecondType, array, out),
+        DataType::Int8 => keys_signed!(Int8Type, array, rows, out),
+        DataType::Int16 => keys_signed!(Int16Type, array, rows, out),
+        DataType::Int32 => keys_signed!(Int32Type, array, rows, out),
+        DataType::Int64 => keys_signed!(Int64Type, array, rows, out),
+        DataType::UInt8 => keys_unsigned!(UInt8Type, array, rows, out),
+        DataType::UInt16 => keys_unsigned!(UInt16Type, array, rows, out),
+        DataType::UInt32 => keys_unsigned!(UInt32Type, array, rows, out),
+        DataType::UInt64 => keys_unsigned!(UInt64Type, array, rows, out),
+        DataType::Float32 => keys_at(typed::<Float32Type>(array)?.values(), rows, out, f32_key),
+        DataType::Float64 => keys_at(typed::<Float64Type>(array)?.values(), rows, out, f64_key),
+        DataType::Date32 => keys_signed!(Date32Type, array, rows, out),
+        DataType::Date64 => keys_signed!(Date64Type, array, rows, out),
+        DataType::Time32(TimeUnit::Second) => keys_signed!(Time32SecondType, array, rows, out),
         DataType::Time32(TimeUnit::Millisecond) => {
-            keys_signed!(Time32MillisecondType, array, out)
+            keys_signed!(Time32MillisecondType, array, rows, out)
         }
         DataType::Time64(TimeUnit::Microsecond) => {
-            keys_signed!(Time64MicrosecondType, array, out)
+            keys_signed!(Time64MicrosecondType, array, rows, out)
         }
-        DataType::Time64(TimeUnit::Nanosecond) => keys_signed!(Time64NanosecondType, array, out),
-        DataType::Timestamp(TimeUnit::Second, _) => keys_signed!(TimestampSecondType, array, out),
+        DataType::Time64(TimeUnit::Nanosecond) => {
+            keys_signed!(Time64NanosecondType, array, rows, out)
+        }
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            keys_signed!(TimestampSecondType, array, rows, out)
+        }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            keys_signed!(TimestampMillisecondType, array, out)
+            keys_signed!(TimestampMillisecondType, array, rows, out)
         }
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            keys_signed!(TimestampMicrosecondType, array, out)
+            keys_signed!(TimestampMicrosecondType, array, rows, out)
         }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            keys_signed!(TimestampNanosecondType, array, out)
+            keys_signed!(TimestampNanosecondType, array, rows, out)
         }
-        DataType::Duration(TimeUnit::Second) => keys_signed!(DurationSecondType, array, out),
+        DataType::Duration(TimeUnit::Second) => keys_signed!(DurationSecondType, array, rows, out),
         DataType::Duration(TimeUnit::Millisecond) => {
-            keys_signed!(DurationMillisecondType, array, out)
+            keys_signed!(DurationMillisecondType, array, rows, out)
         }
         DataType::Duration(TimeUnit::Microsecond) => {
-            keys_signed!(DurationMicrosecondType, array, out)
+            keys_signed!(DurationMicrosecondType, array, rows, out)
         }
         DataType::Duration(TimeUnit::Nanosecond) => {
-            keys_signed!(DurationNanosecondType, array, out)
+            keys_signed!(DurationNanosecondType, array, rows, out)
         }
         other => return internal_err!("left build: {other} is not kept in a word"),
     }
@@ -448,24 +445,35 @@ pub(crate) struct Scratch {
     slots: Vec<u32>,
     /// Per offer, in entry order, its entry.
     entries: Vec<u32>,
-    /// Per value (tie-break, then column), the order key of every row of a batch.
+    /// Per left group, the index in its times the last search of this task gave, the next
+    /// search's first guess ([`search`]): kept from chunk to chunk, as the right side's time
+    /// moves on slowly. Any value is only a guess, so one left by another join is harmless.
+    hints: Vec<u32>,
+    /// The rows of a batch that are offered, and one value's order keys for them.
+    chosen: Vec<u32>,
     keys: Vec<u64>,
 }
 
 /// The number of `times` (ascending) for which `below` holds (a prefix), checked first at
-/// `hint` (the answer for the row before, which the next mostly shares).
+/// `hint` and the index after it: the answer an earlier row of the same group got, which a
+/// right side coming in about its time order mostly shares or passes by one. A hint past the
+/// end is ignored; one on the wrong side narrows the search all the same.
 #[inline(always)]
-fn search(times: &[i64], hint: Option<usize>, below: impl Fn(i64) -> bool) -> usize {
-    match hint {
-        Some(at)
-            if at <= times.len()
-                && (at == 0 || below(times[at - 1]))
-                && (at == times.len() || !below(times[at])) =>
-        {
-            at
-        }
-        _ => times.partition_point(|&t| below(t)),
+fn search(times: &[i64], hint: usize, below: impl Fn(i64) -> bool) -> usize {
+    let len = times.len();
+    if hint > len {
+        return times.partition_point(|&t| below(t));
     }
+    if hint > 0 && !below(times[hint - 1]) {
+        return times[..hint - 1].partition_point(|&t| below(t));
+    }
+    if hint == len || !below(times[hint]) {
+        return hint;
+    }
+    if hint + 1 == len || !below(times[hint + 1]) {
+        return hint + 1;
+    }
+    hint + 2 + times[hint + 2..].partition_point(|&t| below(t))
 }
 
 /// `buffer` at least `len` long, what it holds kept.
@@ -573,9 +581,10 @@ impl LeftIndex {
             records,
             slots,
             entries,
+            hints,
+            chosen,
             keys,
         } = scratch;
-        let values = self.layout.values();
         for right in chunk {
             if right.tiebreak.len() != self.layout.tiebreak.len()
                 || right.columns.len() != self.layout.words()
@@ -644,11 +653,11 @@ impl LeftIndex {
         // 3. The entry each row reaches, in group order: the searches move through the left's
         // times in the order they are laid out. A group's rows of one chunk come close
         // together in time (a table appended to as events arrive), so they mostly reach one
-        // entry, the one the row before reached: that is checked before a search. Of each run
-        // of rows reaching the same entry only the one of the greatest score is offered (all
-        // of those tied on it, the rest of the order being in the records, not read here). The
-        // offers are listed in entry order; a row offered has its offer's number in its slot
-        // of `group_of`.
+        // entry, the one the row before reached, or the one an earlier chunk's rows of the
+        // group reached: that is checked before a search. Of each run of rows reaching the
+        // same entry only the one of the greatest score is offered (all of those tied on it,
+        // the rest of the order being in the records, not read here). The offers are listed
+        // in entry order; a row offered has its offer's number in its slot of `group_of`.
         let strict = self.spec.strict;
         entries.clear();
         let mut offer = |r: u32, entry: u32| {
@@ -657,8 +666,7 @@ impl LeftIndex {
         };
         // The run: its entry, its best row and that one's score.
         let mut run: Option<(u32, u32, u64)> = None;
-        // The group of the row before and the index in it the search gave.
-        let mut last = (NO_ENTRY, 0);
+        grow(hints, self.left.num_groups());
         for pos in 0..kept {
             if let Some(&(ahead, _, _)) = places.get(pos + AHEAD) {
                 prefetch(&self.left.times, self.left.offsets[ahead as usize] as usize);
@@ -668,7 +676,7 @@ impl LeftIndex {
             // The number of the group's times before the row's range (backward: those at or
             // before the time, strict, or before it, and those before its knowledge time) or
             // in it (forward: those before the time, strict, or at or before it).
-            let hint = (last.0 == g).then_some(last.1);
+            let hint = hints[g as usize] as usize;
             // What an earlier chunk left in `sorted_known` (the scratch being a task's, shared
             // by the joins of a chain) is not this join's.
             let known_at = has_known.then(|| sorted_known[pos]);
@@ -685,7 +693,7 @@ impl LeftIndex {
                 (false, true) => search(group, hint, |t| t < e),
                 (false, false) => search(group, hint, |t| t <= e),
             };
-            last = (g, at);
+            hints[g as usize] = at as u32;
             let entry = if backward {
                 if at == group.len() {
                     continue;
@@ -720,40 +728,46 @@ impl LeftIndex {
         }
 
         // 4. The records of the rows offered, one after the other in arrival order (where each
-        // offer's is noted): the score, the values' order keys and their NULL flags.
+        // offer's is noted): the score, the values' order keys and their NULL flags. Only
+        // those rows' values are read (about a third of a chunk's at the shared workload's
+        // medium scale).
         let flags = stride - 1;
         grow(records, entries.len() * stride);
         grow(slots, entries.len());
-        let mut slot = 0;
+        let mut first = 0;
         let mut base = 0;
         for right in chunk {
             let n = right.time.len();
-            keys.clear();
-            let mut value_nulls = Vec::with_capacity(values);
-            for array in right.tiebreak.iter().chain(&right.columns) {
-                order_keys(array.as_ref(), keys)?;
-                value_nulls.push(array.logical_nulls());
-            }
+            // The batch's rows offered, and their records' places.
+            chosen.clear();
             for i in 0..n {
-                let r = base + i;
-                let offer = group_of[r];
-                if offer == NO_ENTRY {
-                    continue;
+                let offer = group_of[base + i];
+                if offer != NO_ENTRY {
+                    slots[offer as usize] = (first + chosen.len()) as u32;
+                    chosen.push(i as u32);
                 }
-                slots[offer as usize] = slot;
-                let at = slot as usize * stride;
-                slot += 1;
-                let record = &mut records[at..at + stride];
-                record[0] = score_of(times[r]);
-                let mut bits = OCCUPIED;
-                for v in 0..values {
-                    record[1 + v] = keys[v * n + i];
-                    if value_nulls[v].as_ref().is_some_and(|nb| nb.is_null(i)) {
-                        bits |= 1 << v;
+            }
+            let m = chosen.len();
+            let mine = &mut records[first * stride..(first + m) * stride];
+            for (record, &i) in mine.chunks_exact_mut(stride).zip(chosen.iter()) {
+                record[0] = score_of(times[base + i as usize]);
+                record[flags] = OCCUPIED;
+            }
+            for (v, array) in right.tiebreak.iter().chain(&right.columns).enumerate() {
+                keys.clear();
+                order_keys(array.as_ref(), chosen, keys)?;
+                for (record, &key) in mine.chunks_exact_mut(stride).zip(keys.iter()) {
+                    record[1 + v] = key;
+                }
+                if let Some(nulls) = array.logical_nulls().filter(|n| n.null_count() > 0) {
+                    for (record, &i) in mine.chunks_exact_mut(stride).zip(chosen.iter()) {
+                        if nulls.is_null(i as usize) {
+                            record[flags] |= 1 << v;
+                        }
                     }
                 }
-                record[flags] = bits;
             }
+            first += m;
             base += n;
         }
 
@@ -856,43 +870,55 @@ impl LeftIndex {
         within.then_some(entry)
     }
 
-    /// Column `c` of the layout for the entries `entries` (`None`: NULL).
-    pub(crate) fn column(
+    /// Columns `cs` of the layout for the entries `entries` (`None`: NULL), each entry's
+    /// record read once for all of them.
+    pub(crate) fn columns(
         &self,
         best: &Best,
-        c: usize,
+        cs: &[usize],
         entries: &[Option<usize>],
-    ) -> Result<ArrayRef> {
+    ) -> Result<Vec<ArrayRef>> {
         let stride = self.layout.stride();
         let backward = self.spec.direction == Direction::Backward;
-        let place = self.layout.place(c);
+        let places: Vec<Option<usize>> = cs.iter().map(|&c| self.layout.place(c)).collect();
         let words = best.words();
-        let mut keys = Vec::with_capacity(entries.len());
-        let mut valid = Vec::with_capacity(entries.len());
+        let rows = entries.len();
+        let mut keys: Vec<Vec<u64>> = cs.iter().map(|_| Vec::with_capacity(rows)).collect();
+        let mut valid: Vec<Vec<bool>> = cs.iter().map(|_| Vec::with_capacity(rows)).collect();
         for entry in entries {
             match entry {
                 Some(e) => {
                     let record = &words[e * stride..(e + 1) * stride];
-                    match place {
-                        Some(at) => {
-                            keys.push(record[1 + at]);
-                            valid.push((record[stride - 1] >> at) & 1 == 0);
-                        }
-                        None => {
-                            keys.push(if backward { record[0] } else { !record[0] });
-                            valid.push(true);
+                    let bits = record[stride - 1];
+                    for ((keys, valid), place) in keys.iter_mut().zip(&mut valid).zip(&places) {
+                        match *place {
+                            Some(at) => {
+                                keys.push(record[1 + at]);
+                                valid.push((bits >> at) & 1 == 0);
+                            }
+                            None => {
+                                keys.push(if backward { record[0] } else { !record[0] });
+                                valid.push(true);
+                            }
                         }
                     }
                 }
                 None => {
-                    keys.push(0);
-                    valid.push(false);
+                    for (keys, valid) in keys.iter_mut().zip(&mut valid) {
+                        keys.push(0);
+                        valid.push(false);
+                    }
                 }
             }
         }
-        let nulls = NullBuffer::from(valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        from_keys(&self.layout.columns[c].0, &keys, nulls)
+        cs.iter()
+            .zip(keys.iter().zip(valid))
+            .map(|(&c, (keys, valid))| {
+                let nulls = NullBuffer::from(valid);
+                let nulls = (nulls.null_count() > 0).then_some(nulls);
+                from_keys(&self.layout.columns[c].0, keys, nulls)
+            })
+            .collect()
     }
 }
 
@@ -931,14 +957,52 @@ mod tests {
             ),
         ];
         for array in arrays {
+            let all: Vec<u32> = (0..array.len() as u32).collect();
             let mut keys = Vec::new();
-            order_keys(array.as_ref(), &mut keys).unwrap();
+            order_keys(array.as_ref(), &all, &mut keys).unwrap();
             assert!(keys.windows(2).all(|w| w[0] < w[1]), "{array:?}: {keys:?}");
             let back = from_keys(array.data_type(), &keys, None).unwrap();
             assert_eq!(back.data_type(), array.data_type());
             let mut again = Vec::new();
-            order_keys(back.as_ref(), &mut again).unwrap();
+            order_keys(back.as_ref(), &all, &mut again).unwrap();
             assert_eq!(again, keys, "{array:?}");
+            // A selection of the rows: their keys, in the selection's order.
+            let some: Vec<u32> = all.iter().rev().step_by(2).copied().collect();
+            let mut picked = Vec::new();
+            order_keys(array.as_ref(), &some, &mut picked).unwrap();
+            let expected: Vec<u64> = some.iter().map(|&i| keys[i as usize]).collect();
+            assert_eq!(picked, expected, "{array:?}");
+        }
+    }
+
+    /// The search gives `partition_point`'s answer whatever its hint: right, one short, one
+    /// over, far off either way, or past the end.
+    #[test]
+    fn search_matches_partition_point_for_every_hint() {
+        let groups: [&[i64]; 5] = [
+            &[],
+            &[5],
+            &[1, 3, 3, 3, 7],
+            &[2, 2, 2],
+            &[0, 1, 2, 4, 8, 16],
+        ];
+        for times in groups {
+            for bound in -1..=18 {
+                let expected = times.partition_point(|&t| t <= bound);
+                let strict = times.partition_point(|&t| t < bound);
+                for hint in 0..=times.len() + 3 {
+                    assert_eq!(
+                        search(times, hint, |t| t <= bound),
+                        expected,
+                        "{times:?} <= {bound} from {hint}"
+                    );
+                    assert_eq!(
+                        search(times, hint, |t| t < bound),
+                        strict,
+                        "{times:?} < {bound} from {hint}"
+                    );
+                }
+            }
         }
     }
 }

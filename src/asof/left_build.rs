@@ -15,7 +15,7 @@ use std::time::Instant;
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow::compute::{filter_record_batch, nullif};
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::common::{Result, internal_err};
+use datafusion::common::{Result, internal_datafusion_err, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
@@ -449,11 +449,22 @@ impl LeftBuild {
                 self.metrics.matched_rows.add(matched.true_count());
             }
         }
+        let stored: Vec<usize> = self
+            .outputs
+            .iter()
+            .filter_map(|output| match *output {
+                RightColumn::Stored(c) => Some(c),
+                RightColumn::LeftKey(_) => None,
+            })
+            .collect();
+        let mut stored = index.columns(best, &stored, &entries)?.into_iter();
         let columns = self
             .outputs
             .iter()
             .map(|output| match *output {
-                RightColumn::Stored(c) => index.column(best, c, &entries),
+                RightColumn::Stored(_) => stored
+                    .next()
+                    .ok_or_else(|| internal_datafusion_err!("left build: a column missing")),
                 RightColumn::LeftKey(k) => Ok(nullif(&arrays.keys[k], &unmatched)?),
             })
             .collect::<Result<Vec<_>>>()?;

@@ -1210,6 +1210,14 @@ fn moment(function: AggFunction, mean: f64, xs: &[f64]) -> Option<f64> {
     })
 }
 
+/// Whether any row has a NULL in a key that does not treat NULL as equal: only then is
+/// [`null_key`] (a call through each array's vtable) asked row by row.
+pub(super) fn nullable_keys(keys: &[ArrayRef], specs: &[(DataType, bool)]) -> bool {
+    keys.iter()
+        .zip(specs)
+        .any(|(k, (_, null_equal))| !null_equal && k.null_count() > 0)
+}
+
 /// Whether row `i` has a NULL in a key that does not treat NULL as equal.
 pub(super) fn null_key(keys: &[ArrayRef], specs: &[(DataType, bool)], i: usize) -> bool {
     keys.iter()
