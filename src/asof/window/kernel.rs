@@ -483,9 +483,10 @@ impl WindowIndex {
         // range for a row that can match nothing.
         let mut ends: Vec<(u32, u32)> = Vec::with_capacity(len);
         let mut at: Vec<i64> = Vec::with_capacity(len);
+        let null_keys = null_keys(keys, &self.spec.keys);
         for (i, t) in times.iter().enumerate() {
             let group = match t {
-                Some(_) if null_key(keys, &self.spec.keys, i) => None,
+                Some(_) if null_keys.as_ref().is_some_and(|n| n.is_null(i)) => None,
                 Some(_) => self.groups.get(&key_view, i),
                 None => None,
             };
@@ -899,11 +900,12 @@ impl WindowIndexBuilder {
         };
         let null =
             |valid: &Option<NullBuffer>, i: usize| valid.as_ref().is_some_and(|v| v.is_null(i));
+        let null_keys = null_keys(&right.keys, &spec.keys);
         self.group_of.reserve(n);
         for i in 0..n {
             if null(&times_valid, i)
                 || known.as_ref().is_some_and(|(_, valid)| null(valid, i))
-                || null_key(&right.keys, &spec.keys, i)
+                || null(&null_keys, i)
             {
                 self.group_of.push(NO_GROUP);
                 continue;
@@ -1210,17 +1212,13 @@ fn moment(function: AggFunction, mean: f64, xs: &[f64]) -> Option<f64> {
     })
 }
 
-/// Whether any row has a NULL in a key that does not treat NULL as equal: only then is
-/// [`null_key`] (a call through each array's vtable) asked row by row.
-pub(super) fn nullable_keys(keys: &[ArrayRef], specs: &[(DataType, bool)]) -> bool {
+/// The rows with a NULL in a key that does not treat NULL as equal, as one bitmap (`None`: no
+/// such row): checked per row as a bit, not through each key array's vtable.
+pub(super) fn null_keys(keys: &[ArrayRef], specs: &[(DataType, bool)]) -> Option<NullBuffer> {
     keys.iter()
         .zip(specs)
-        .any(|(k, (_, null_equal))| !null_equal && k.null_count() > 0)
-}
-
-/// Whether row `i` has a NULL in a key that does not treat NULL as equal.
-pub(super) fn null_key(keys: &[ArrayRef], specs: &[(DataType, bool)], i: usize) -> bool {
-    keys.iter()
-        .zip(specs)
-        .any(|(k, (_, null_equal))| !null_equal && k.is_null(i))
+        .filter(|(_, (_, null_equal))| !null_equal)
+        .fold(None, |nulls, (k, _)| {
+            NullBuffer::union(nulls.as_ref(), k.nulls())
+        })
 }

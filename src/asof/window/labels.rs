@@ -44,7 +44,7 @@ use super::AggFunction;
 use super::fsum::{BIG, ExactSum, round_partials, two_sum};
 use super::kernel::{
     Groups, KeyView, NO_GROUP, RightArrays, Width, WindowSpec, distinct_widths, group_entries,
-    int_key, integers, null_key, nullable_keys,
+    int_key, integers, null_keys,
 };
 use crate::asof::time::dense_time_keys;
 use crate::memory::prefetch;
@@ -228,9 +228,9 @@ impl LeftKeys {
         let mut counts: Vec<u32> = Vec::new();
         for (batch, view) in left.iter().zip(&views) {
             let (times, valid) = dense_time_keys(batch.time.as_ref())?;
-            let nullable = nullable_keys(&batch.keys, keys);
+            let null_keys = null_keys(&batch.keys, keys);
             for (i, &t) in times.iter().enumerate() {
-                if is_null(&valid, i) || (nullable && null_key(&batch.keys, keys, i)) {
+                if is_null(&valid, i) || is_null(&null_keys, i) {
                     group_of.push(NO_ENTRY);
                     row_times.push(0);
                     continue;
@@ -312,7 +312,7 @@ impl LeftKeys {
             (Some(dense), KeyView::Int(keys)) => Some((dense, keys)),
             _ => None,
         };
-        let nullable = nullable_keys(keys, &self.keys);
+        let null_keys = null_keys(keys, &self.keys);
         out.extend((0..rows).map(|i| {
             // The right rows' keys come in no order: a table slot a few rows on is asked for
             // now (at the shared workload's medium scale, half of this loop waited on them).
@@ -321,7 +321,7 @@ impl LeftKeys {
             {
                 dense.prefetch(keys.value(i + AHEAD));
             }
-            if skip(i) || (nullable && null_key(keys, &self.keys, i)) {
+            if skip(i) || is_null(&null_keys, i) {
                 return NO_ENTRY;
             }
             let group = match dense {
