@@ -5,10 +5,12 @@
 //! one core while the others wait. The CLI's Parquet output and `pitlake export` write with it. (At the windowed benchmark's medium scale, 1M rows
 //! of 8 columns, the gain was within the run-to-run noise; it grows with the output.) [`ParquetOut`] writes the same file (the same schema, Arrow
 //! metadata, row groups and pages as `ArrowWriter` with the same properties), but encodes the
-//! rows it has gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows
-//! (the only extra memory), then each column's slice of them is written to that column's
-//! writer, the columns dealt to up to one thread per core. A row group is closed at the
-//! properties' row count, as `ArrowWriter` closes it.
+//! rows it has gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows,
+//! then each column's slice of them is written to that column's writer, the columns dealt to
+//! up to one thread per core. That encoding runs in the background while the caller goes on
+//! making the next rows (an export hashing them): the next [`ParquetOut::write`] that has
+//! gathered enough waits for it first, so at most two lots of rows are held (the only extra
+//! memory). A row group is closed at the properties' row count, as `ArrowWriter` closes it.
 
 use std::io::Write;
 
@@ -26,13 +28,16 @@ use parquet::file::writer::SerializedFileWriter;
 /// nothing next to the encoding, few enough that the copy held stays small.
 pub const ENCODE_ROWS: usize = 1 << 16;
 
+/// A row group's column writers, per field its leaves' writers.
+type Writers = Vec<Vec<ArrowColumnWriter>>;
+
 /// Writes record batches as one Parquet file, encoding columns in parallel.
 pub struct ParquetOut<W: Write + Send> {
     file: SerializedFileWriter<W>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
-    /// The open row group's writers: per field, its leaves' writers.
-    open: Option<Vec<Vec<ArrowColumnWriter>>>,
+    /// The open row group: the thread encoding rows into its writers, which hands them back.
+    open: Option<std::thread::JoinHandle<Result<Writers>>>,
     /// Rows already encoded into the open row group.
     group_rows: usize,
     /// The most rows a row group holds.
@@ -112,44 +117,30 @@ impl<W: Write + Send> ParquetOut<W> {
         Ok(())
     }
 
-    /// Encodes the pending rows into the open row group (opening one if none is).
+    /// Starts encoding the pending rows into the open row group (opening one if none is) on a
+    /// background thread, once the rows before them are encoded.
     fn encode(&mut self) -> Result<()> {
         if self.pending_rows == 0 {
             return Ok(());
         }
         let open = match self.open.take() {
-            Some(open) => open,
+            Some(open) => writers(open)?,
             None => self.new_group()?,
         };
         let pending = std::mem::take(&mut self.pending);
-        let fields = self.schema.fields();
-        let jobs: Vec<_> = open.into_iter().enumerate().collect();
-        let open = on_threads(self.threads, jobs, |(f, mut writers)| {
-            // Per batch, the field's leaves in the order of its writers.
-            for batch in &pending {
-                let leaves = compute_leaves(&fields[f], batch.column(f))?;
-                if leaves.len() != writers.len() {
-                    return Err(ParquetError::General(format!(
-                        "{} has {} leaves, not {}",
-                        fields[f].name(),
-                        leaves.len(),
-                        writers.len()
-                    )));
-                }
-                for (writer, leaf) in writers.iter_mut().zip(&leaves) {
-                    writer.write(leaf)?;
-                }
-            }
-            Ok(writers)
-        })?;
+        let (schema, threads) = (self.schema.clone(), self.threads);
+        let encoding = std::thread::Builder::new()
+            .name("parquet-encode".into())
+            .spawn(move || encode(&schema, threads, open, &pending))
+            .map_err(|e| ParquetError::General(format!("cannot start encoding: {e}")))?;
         self.group_rows += self.pending_rows;
         self.pending_rows = 0;
-        self.open = Some(open);
+        self.open = Some(encoding);
         Ok(())
     }
 
     /// The writers of the next row group, per field.
-    fn new_group(&self) -> Result<Vec<Vec<ArrowColumnWriter>>> {
+    fn new_group(&self) -> Result<Writers> {
         let mut writers = self.factory.create_column_writers(self.groups)?.into_iter();
         let per_field: Vec<Vec<_>> = self
             .schema
@@ -171,6 +162,7 @@ impl<W: Write + Send> ParquetOut<W> {
         let Some(open) = self.open.take() else {
             return Ok(());
         };
+        let open = writers(open)?;
         let chunks: Vec<Vec<ArrowColumnChunk>> = on_threads(self.threads, open, |writers| {
             writers.into_iter().map(ArrowColumnWriter::close).collect()
         })?;
@@ -183,6 +175,43 @@ impl<W: Write + Send> ParquetOut<W> {
         self.group_rows = 0;
         Ok(())
     }
+}
+
+/// A row group's writers, once `encoding` has written the rows given to them.
+fn writers(encoding: std::thread::JoinHandle<Result<Writers>>) -> Result<Writers> {
+    encoding
+        .join()
+        .map_err(|_| ParquetError::General("a thread encoding Parquet columns panicked".into()))?
+}
+
+/// Writes `pending`'s rows (of `schema`) to `open`, the columns dealt to up to `threads`
+/// threads.
+fn encode(
+    schema: &SchemaRef,
+    threads: usize,
+    open: Writers,
+    pending: &[RecordBatch],
+) -> Result<Writers> {
+    let fields = schema.fields();
+    let jobs: Vec<_> = open.into_iter().enumerate().collect();
+    on_threads(threads, jobs, |(f, mut writers)| {
+        // Per batch, the field's leaves in the order of its writers.
+        for batch in pending {
+            let leaves = compute_leaves(&fields[f], batch.column(f))?;
+            if leaves.len() != writers.len() {
+                return Err(ParquetError::General(format!(
+                    "{} has {} leaves, not {}",
+                    fields[f].name(),
+                    leaves.len(),
+                    writers.len()
+                )));
+            }
+            for (writer, leaf) in writers.iter_mut().zip(&leaves) {
+                writer.write(leaf)?;
+            }
+        }
+        Ok(writers)
+    })
 }
 
 /// How many Parquet leaf columns a field of `data_type` has.
@@ -300,17 +329,29 @@ mod tests {
     }
 
     /// The same rows, schema and row groups as `ArrowWriter` writes, and the same bytes, for
-    /// batches of any size across row-group boundaries, on one thread or several.
+    /// batches of any size across row-group boundaries, on one thread or several; with row
+    /// groups of several lots of [`ENCODE_ROWS`], rows are gathered while the lot before them
+    /// is encoded.
     #[test]
     fn same_file_as_arrow_writer() {
         let schema = schema();
-        let props = || {
-            WriterProperties::builder()
-                .set_max_row_group_row_count(Some(1000))
-                .build()
-        };
-        let sizes: [&[i64]; 4] = [&[2500], &[1, 999, 1, 1499], &[7; 500], &[0, 1000, 0, 1]];
-        for sizes in sizes {
+        let lots = ENCODE_ROWS as i64;
+        let cases: [(usize, &[i64]); 5] = [
+            (1000, &[2500]),
+            (1000, &[1, 999, 1, 1499]),
+            (1000, &[7; 500]),
+            (1000, &[0, 1000, 0, 1]),
+            (
+                2 * ENCODE_ROWS + 5,
+                &[lots - 1, 2, lots, lots + 3, 9, lots / 2],
+            ),
+        ];
+        for (group_rows, sizes) in cases {
+            let props = || {
+                WriterProperties::builder()
+                    .set_max_row_group_row_count(Some(group_rows))
+                    .build()
+            };
             let mut batches = Vec::new();
             let mut from = 0;
             for &n in sizes {

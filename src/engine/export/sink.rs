@@ -87,36 +87,136 @@ impl Write for LocalOut {
     }
 }
 
-/// Counts and hashes bytes.
+/// Bytes handed to the hashing thread at once.
+const HASH_BLOCK: usize = 1 << 20;
+/// Blocks on their way to the hashing thread at most (the memory it takes beside the one being
+/// filled and the one being hashed).
+const HASH_QUEUE: usize = 4;
+
+/// Counts and hashes bytes: a file's first [`HASH_BLOCK`] bytes are gathered, and from then on
+/// hashed a block at a time by a thread of their own while the caller goes on (writing the
+/// same bytes to a file, reading the next ones), so an export's hash takes little beyond its
+/// writes. Up to [`HASH_QUEUE`] blocks wait for that thread; the caller waits when more do.
 struct Hasher {
     bytes: u64,
-    digest: ring::digest::Context,
+    /// Bytes not yet handed on.
+    block: Vec<u8>,
+    hashing: Hashing,
+}
+
+enum Hashing {
+    /// Nothing hashed yet: every byte so far is in the block.
+    NotYet,
+    /// By a thread that takes full blocks and gives them back emptied.
+    Beside {
+        blocks: std::sync::mpsc::SyncSender<Vec<u8>>,
+        emptied: std::sync::mpsc::Receiver<Vec<u8>>,
+        thread: std::thread::JoinHandle<ring::digest::Context>,
+    },
+    /// On the caller's thread (no thread could be started).
+    Here(ring::digest::Context),
 }
 
 impl Hasher {
     fn new() -> Self {
         Self {
             bytes: 0,
-            digest: ring::digest::Context::new(&ring::digest::SHA256),
+            block: Vec::new(),
+            hashing: Hashing::NotYet,
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    fn update(&mut self, mut data: &[u8]) {
         self.bytes += data.len() as u64;
-        self.digest.update(data);
+        while !data.is_empty() {
+            let take = (HASH_BLOCK - self.block.len()).min(data.len());
+            self.block.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.block.len() == HASH_BLOCK {
+                self.hand_on();
+            }
+        }
     }
 
-    fn finish(self) -> FileDigest {
-        let sha256 = self
-            .digest
+    /// Hands the full block on, starting the thread with the first.
+    fn hand_on(&mut self) {
+        if let Hashing::NotYet = self.hashing {
+            self.hashing = Hashing::start();
+        }
+        match &mut self.hashing {
+            Hashing::Beside {
+                blocks, emptied, ..
+            } => {
+                let next = emptied
+                    .try_recv()
+                    .unwrap_or_else(|_| Vec::with_capacity(HASH_BLOCK));
+                // If the thread is gone, `finish` says so.
+                let _ = blocks.send(std::mem::replace(&mut self.block, next));
+            }
+            Hashing::Here(context) => {
+                context.update(&self.block);
+                self.block.clear();
+            }
+            Hashing::NotYet => {}
+        }
+    }
+
+    fn finish(self) -> Result<FileDigest> {
+        let context = match self.hashing {
+            Hashing::NotYet => {
+                let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+                context.update(&self.block);
+                context
+            }
+            Hashing::Here(mut context) => {
+                context.update(&self.block);
+                context
+            }
+            Hashing::Beside { blocks, thread, .. } => {
+                let _ = blocks.send(self.block);
+                drop(blocks);
+                thread.join().map_err(|_| {
+                    PitlakeError::Internal("the thread hashing an export panicked".into())
+                })?
+            }
+        };
+        let sha256 = context
             .finish()
             .as_ref()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        FileDigest {
+        Ok(FileDigest {
             bytes: self.bytes,
             sha256,
+        })
+    }
+}
+
+impl Hashing {
+    /// A thread hashing the blocks sent to it, in order, until the sender is dropped; where
+    /// none can be started, hashing here.
+    fn start() -> Self {
+        let (blocks, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(HASH_QUEUE);
+        let (giving_back, emptied) = std::sync::mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("export-hash".into())
+            .spawn(move || {
+                let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+                for mut block in received {
+                    context.update(&block);
+                    block.clear();
+                    let _ = giving_back.send(block);
+                }
+                context
+            });
+        match started {
+            Ok(thread) => Hashing::Beside {
+                blocks,
+                emptied,
+                thread,
+            },
+            Err(_) => Hashing::Here(ring::digest::Context::new(&ring::digest::SHA256)),
         }
     }
 }
@@ -274,7 +374,16 @@ impl ExportSink {
     /// Publishes the file under its name, in one step, and returns its size and hash. On
     /// failure nothing is published and the temporary file or upload is gone.
     pub async fn publish(mut self) -> Result<FileDigest> {
-        let digest = self.hasher.take().map(Hasher::finish);
+        // Before anything is published: a hash that failed publishes nothing.
+        let digest = match self.hasher.take() {
+            Some(hasher) => hasher.finish()?,
+            None => {
+                return Err(PitlakeError::Internal(format!(
+                    "export sink for {} has no hash",
+                    self.shown
+                )));
+            }
+        };
         let shown = self.shown.clone();
         match self.target.take() {
             None => {
@@ -316,7 +425,7 @@ impl ExportSink {
                 }
             },
         }
-        digest.ok_or_else(|| PitlakeError::Internal(format!("export sink for {shown}: no hash")))
+        Ok(digest)
     }
 
     /// Discards the file: deletes the temporary file, or aborts the upload.
@@ -434,7 +543,7 @@ pub(super) async fn digest_of(
     if let Some(copy) = copy_to {
         copy.flush()?;
     }
-    Ok(Some(hasher.finish()))
+    Ok(Some(hasher.finish()?))
 }
 
 #[cfg(test)]
@@ -482,6 +591,38 @@ mod tests {
 
     /// A device cannot be an export's file: renamed over, it would be replaced by a file.
     #[cfg(unix)]
+    /// The hash of bytes given in pieces of any size, across block boundaries and past what
+    /// waits for the hashing thread, is SHA-256 of them all (a file under one block is hashed
+    /// without the thread).
+    #[test]
+    fn bytes_hashed_beside_are_hashed_whole_and_in_order() {
+        let whole: Vec<u8> = (0..(HASH_QUEUE + 3) * HASH_BLOCK + 17)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        for len in [
+            0,
+            1,
+            HASH_BLOCK - 1,
+            HASH_BLOCK,
+            HASH_BLOCK + 1,
+            whole.len(),
+        ] {
+            let want = ring::digest::digest(&ring::digest::SHA256, &whole[..len]);
+            let want: String = want.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            for piece in [1 << 20, 4095, 1 << 21, 7 << 18] {
+                let mut hasher = Hasher::new();
+                for bytes in whole[..len].chunks(piece) {
+                    hasher.update(bytes);
+                }
+                let started = !matches!(hasher.hashing, Hashing::NotYet);
+                assert_eq!(started, len >= HASH_BLOCK, "{len} in pieces of {piece}");
+                let digest = hasher.finish().unwrap();
+                assert_eq!(digest.bytes, len as u64);
+                assert_eq!(digest.sha256, want, "{len} bytes in pieces of {piece}");
+            }
+        }
+    }
+
     #[test]
     fn a_device_is_refused_and_left_alone() {
         let err = ExportSink::create(Destination::Local("/dev/null".into()), "x")
