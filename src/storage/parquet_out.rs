@@ -2,39 +2,58 @@
 //!
 //! [`parquet::arrow::ArrowWriter`] encodes one column after another on the thread that calls
 //! it, so a plan that emits its rows at the end (a join that indexes its labels) writes them on
-//! one core while the others wait. The CLI's Parquet output and `pitlake export` write with it. (At the windowed benchmark's medium scale, 1M rows
-//! of 8 columns, the gain was within the run-to-run noise; it grows with the output.) [`ParquetOut`] writes the same file (the same schema, Arrow
-//! metadata, row groups and pages as `ArrowWriter` with the same properties), but encodes the
-//! rows it has gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows,
-//! then each column's slice of them is written to that column's writer, the columns dealt to
-//! up to one thread per core. That encoding runs in the background while the caller goes on
-//! making the next rows (an export hashing them): the next [`ParquetOut::write`] that has
-//! gathered enough waits for it first, so at most two lots of rows are held (the only extra
-//! memory). A row group is closed at the properties' row count, as `ArrowWriter` closes it.
+//! one core while the others wait. The CLI's Parquet output and `pitlake export` write with
+//! [`ParquetOut`] instead. It writes the same file as `ArrowWriter` with the same properties
+//! (the same schema, Arrow metadata, row groups and pages), but encodes the rows it has
+//! gathered a column per thread: batches are buffered up to [`ENCODE_ROWS`] rows, then each
+//! column's slice of them is written to that column's writer, the columns dealt to up to one
+//! thread per core. That encoding runs in the background while the caller goes on making the
+//! next rows (an export hashing them): the next [`ParquetOut::write`] that has gathered enough
+//! waits for it first, so at most two lots of rows are held (the only extra memory). A row
+//! group is closed at the properties' row count, as `ArrowWriter` closes it.
+//!
+//! With the default properties, the file's properties are settled when the first lot of rows
+//! is encoded: a column of fixed-width values (numbers, times) whose first lot is nearly all
+//! distinct ([`DISTINCT_SHARE`]) is written without a dictionary. `ArrowWriter` would build
+//! one for it and drop it once it outgrew its page (1 MiB, 131,072 eight-byte values): work
+//! and a larger file for nothing, since a dictionary of values that hardly repeat saves no
+//! space. At the shared workload's medium scale (1M rows, 12 random features) that dictionary
+//! work was a third of the encoding. Given properties are used as they are.
 
 use std::io::Write;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{
     ArrowColumnChunk, ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves,
 };
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::errors::{ParquetError, Result};
 use parquet::file::properties::{DEFAULT_MAX_ROW_GROUP_ROW_COUNT, WriterProperties};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 /// Rows gathered before they are encoded on the cores: enough that starting the threads costs
 /// nothing next to the encoding, few enough that the copy held stays small.
 pub const ENCODE_ROWS: usize = 1 << 16;
+
+/// A column's first lot written without a dictionary when at least this share of its non-NULL
+/// values are distinct (estimated, [`distinct`]) and they are at least [`DISTINCT_MIN`].
+pub const DISTINCT_SHARE: f64 = 0.95;
+/// Fewer non-NULL values than this in a first lot say too little: the column keeps the
+/// default.
+const DISTINCT_MIN: usize = 1024;
 
 /// A row group's column writers, per field its leaves' writers.
 type Writers = Vec<Vec<ArrowColumnWriter>>;
 
 /// Writes record batches as one Parquet file, encoding columns in parallel.
 pub struct ParquetOut<W: Write + Send> {
-    file: SerializedFileWriter<W>,
-    factory: ArrowRowGroupWriterFactory,
+    /// The file, once its properties are settled (with the first lot of rows, or at the end).
+    file: Option<(SerializedFileWriter<W>, ArrowRowGroupWriterFactory)>,
+    /// Until then, where it goes and the properties asked for (`None`: the defaults, with
+    /// the dictionaries chosen from the first lot).
+    start: Option<(W, Option<WriterProperties>)>,
     schema: SchemaRef,
     /// The open row group: the thread encoding rows into its writers, which hands them back.
     open: Option<std::thread::JoinHandle<Result<Writers>>>,
@@ -59,18 +78,16 @@ impl<W: Write + Send> ParquetOut<W> {
         props: Option<WriterProperties>,
         threads: usize,
     ) -> Result<Self> {
-        let props = props.unwrap_or_default();
         let max_group_rows = props
-            .max_row_group_row_count()
+            .as_ref()
+            .and_then(|p| p.max_row_group_row_count())
             .unwrap_or(DEFAULT_MAX_ROW_GROUP_ROW_COUNT)
             .max(1);
-        // ArrowWriter sets up the file as it would write it (the Parquet schema, the Arrow
-        // schema in the metadata); its row groups are then written here.
-        let (file, factory) =
-            ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
+        // A schema Parquet cannot hold is refused now, not at the first rows.
+        ArrowSchemaConverter::new().convert(&schema)?;
         Ok(Self {
-            file,
-            factory,
+            file: None,
+            start: Some((out, props)),
             schema,
             open: None,
             group_rows: 0,
@@ -80,6 +97,27 @@ impl<W: Write + Send> ParquetOut<W> {
             pending_rows: 0,
             threads: threads.max(1),
         })
+    }
+
+    /// The file: set up on first use, as `ArrowWriter` sets it up (the Parquet schema, the
+    /// Arrow schema in the metadata), with the properties asked for or chosen from the rows
+    /// about to be encoded (`first`); its row groups are then written here.
+    fn file(
+        &mut self,
+        first: &[RecordBatch],
+    ) -> Result<&mut (SerializedFileWriter<W>, ArrowRowGroupWriterFactory)> {
+        if self.file.is_none() {
+            let Some((out, props)) = self.start.take() else {
+                return Err(ParquetError::General("the Parquet file is gone".into()));
+            };
+            let props = props.unwrap_or_else(|| chosen_properties(&self.schema, first));
+            let writer = ArrowWriter::try_new(out, self.schema.clone(), Some(props))?;
+            self.file = Some(writer.into_serialized_writer()?);
+        }
+        match &mut self.file {
+            Some(file) => Ok(file),
+            None => Err(ParquetError::General("the Parquet file is gone".into())),
+        }
     }
 
     /// Adds `batch`'s rows.
@@ -113,7 +151,10 @@ impl<W: Write + Send> ParquetOut<W> {
     pub fn close(mut self) -> Result<()> {
         self.encode()?;
         self.close_group()?;
-        self.file.close()?;
+        self.file(&[])?;
+        if let Some((file, _)) = self.file.take() {
+            file.close()?;
+        }
         Ok(())
     }
 
@@ -123,11 +164,11 @@ impl<W: Write + Send> ParquetOut<W> {
         if self.pending_rows == 0 {
             return Ok(());
         }
+        let pending = std::mem::take(&mut self.pending);
         let open = match self.open.take() {
             Some(open) => writers(open)?,
-            None => self.new_group()?,
+            None => self.new_group(&pending)?,
         };
-        let pending = std::mem::take(&mut self.pending);
         let (schema, threads) = (self.schema.clone(), self.threads);
         let encoding = std::thread::Builder::new()
             .name("parquet-encode".into())
@@ -139,9 +180,14 @@ impl<W: Write + Send> ParquetOut<W> {
         Ok(())
     }
 
-    /// The writers of the next row group, per field.
-    fn new_group(&self) -> Result<Writers> {
-        let mut writers = self.factory.create_column_writers(self.groups)?.into_iter();
+    /// The writers of the next row group, per field (`first`: its first rows).
+    fn new_group(&mut self, first: &[RecordBatch]) -> Result<Writers> {
+        let groups = self.groups;
+        let mut writers = self
+            .file(first)?
+            .1
+            .create_column_writers(groups)?
+            .into_iter();
         let per_field: Vec<Vec<_>> = self
             .schema
             .fields()
@@ -166,7 +212,7 @@ impl<W: Write + Send> ParquetOut<W> {
         let chunks: Vec<Vec<ArrowColumnChunk>> = on_threads(self.threads, open, |writers| {
             writers.into_iter().map(ArrowColumnWriter::close).collect()
         })?;
-        let mut group = self.file.next_row_group()?;
+        let mut group = self.file(&[])?.0.next_row_group()?;
         for chunk in chunks.into_iter().flatten() {
             chunk.append_to_row_group(&mut group)?;
         }
@@ -214,6 +260,68 @@ fn encode(
     })
 }
 
+/// The default properties, but without a dictionary for each column of fixed-width values
+/// whose values in `first` (the file's first lot of rows) are nearly all distinct.
+fn chosen_properties(schema: &SchemaRef, first: &[RecordBatch]) -> WriterProperties {
+    let mut props = WriterProperties::builder();
+    let mut seen = Vec::new();
+    for (f, field) in schema.fields().iter().enumerate() {
+        let columns: Vec<&dyn Array> = first.iter().map(|b| b.column(f).as_ref()).collect();
+        if let Some((values, estimate)) = distinct(&columns, &mut seen)
+            && values >= DISTINCT_MIN
+            && estimate >= DISTINCT_SHARE * values as f64
+        {
+            props =
+                props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    props.build()
+}
+
+/// Bits of the sketch [`distinct`] counts with: sixteen per value of a full lot.
+const SKETCH_BITS: usize = 1 << 20;
+
+/// For arrays of fixed-width values (numbers, times; `None` for any other type), how many
+/// values are not NULL and about how many of those are distinct: each value's bytes hashed to
+/// one bit of [`SKETCH_BITS`], the count estimated from the bits left clear (linear counting:
+/// within a percent or so for up to a lot of values). `seen` is the sketch, reused.
+fn distinct(arrays: &[&dyn Array], seen: &mut Vec<u64>) -> Option<(usize, f64)> {
+    let width = arrays.first()?.data_type().primitive_width()?;
+    seen.clear();
+    seen.resize(SKETCH_BITS / 64, 0);
+    let mut values = 0;
+    for array in arrays {
+        let data = array.to_data();
+        let bytes = data.buffers().first()?.as_slice();
+        let from = data.offset() * width;
+        for (i, value) in bytes
+            .get(from..from + data.len() * width)?
+            .chunks_exact(width)
+            .enumerate()
+        {
+            if data.is_null(i) {
+                continue;
+            }
+            values += 1;
+            // The value's bytes folded into a word, mixed, its top bits the bit to set.
+            let mut word = 0u64;
+            for part in value.chunks(8) {
+                let mut eight = [0u8; 8];
+                eight[..part.len()].copy_from_slice(part);
+                word = (word ^ u64::from_le_bytes(eight)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            word ^= word >> 29;
+            word = word.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            word ^= word >> 32;
+            let bit = (word >> (64 - SKETCH_BITS.trailing_zeros())) as usize;
+            seen[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+    let clear: u32 = seen.iter().map(|w| w.count_zeros()).sum();
+    let m = SKETCH_BITS as f64;
+    Some((values, -m * (f64::from(clear.max(1)) / m).ln()))
+}
+
 /// How many Parquet leaf columns a field of `data_type` has.
 fn leaves(data_type: &DataType) -> usize {
     match data_type {
@@ -246,7 +354,7 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::array::{
-        ArrayRef, Float64Array, Int64Array, ListArray, StringArray, StructArray,
+        ArrayRef, Float64Array, Int32Array, Int64Array, ListArray, StringArray, StructArray,
         TimestampMicrosecondArray,
     };
     use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
@@ -382,6 +490,155 @@ mod tests {
                 assert_eq!(got, expected, "{sizes:?} on {threads}: not the same bytes");
             }
         }
+    }
+
+    /// A column's leaf chunks' dictionary pages in the file, per row group.
+    fn dictionaries(bytes: &[u8], column: usize) -> Vec<bool> {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes)).unwrap();
+        reader
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.column(column).dictionary_page_offset().is_some())
+            .collect()
+    }
+
+    /// With the default properties, a column of fixed-width values whose first lot is nearly
+    /// all distinct is written without a dictionary, in every row group; repeating values, a
+    /// text column and a mostly NULL one keep theirs. The file is `ArrowWriter`'s with those
+    /// properties, byte for byte, and gives back the rows.
+    #[test]
+    fn distinct_values_are_written_without_a_dictionary() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("f", DataType::Float64, true),
+            Field::new("k", DataType::Int32, false),
+            Field::new("s", DataType::Utf8, false),
+            Field::new("sparse", DataType::Float64, true),
+            Field::new("most", DataType::Int64, false),
+        ]));
+        let batch = |from: i64, n: i64| {
+            let ids = from..from + n;
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(Int64Array::from_iter_values(ids.clone())),
+                Arc::new(Float64Array::from_iter(
+                    ids.clone()
+                        .map(|i| (i % 10 != 0).then_some(i as f64 * 1.37)),
+                )),
+                Arc::new(Int32Array::from_iter_values(
+                    ids.clone().map(|i| (i % 97) as i32),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    ids.clone().map(|i| format!("s{i}")),
+                )),
+                Arc::new(Float64Array::from_iter(
+                    ids.clone().map(|i| (i % 100 == 0).then_some(i as f64)),
+                )),
+                // Nine values in ten distinct: a dictionary still pays.
+                Arc::new(Int64Array::from_iter_values(
+                    ids.clone().map(|i| i - i % 10 * (i % 10 / 9)),
+                )),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        let lots = ENCODE_ROWS as i64;
+        let batches = [
+            batch(0, lots / 3),
+            batch(lots / 3, lots),
+            batch(lots * 4 / 3, lots),
+        ];
+        let mut got = Vec::new();
+        let mut out = ParquetOut::try_new(&mut got, schema.clone(), None, 2).unwrap();
+        for b in &batches {
+            out.write(b).unwrap();
+        }
+        out.close().unwrap();
+        let want = [false, false, true, true, true, true];
+        for (column, dictionary) in want.into_iter().enumerate() {
+            assert_eq!(
+                dictionaries(&got, column),
+                vec![dictionary],
+                "column {column}"
+            );
+        }
+
+        let props = WriterProperties::builder()
+            .set_column_dictionary_enabled(ColumnPath::from("id"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("f"), false)
+            .build();
+        let mut expected = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut expected, schema.clone(), Some(props)).unwrap();
+        for b in &batches {
+            writer.write(b).unwrap();
+        }
+        writer.close().unwrap();
+        assert!(
+            got == expected,
+            "not ArrowWriter's file with those properties"
+        );
+        let (rows, _) = read(got);
+        let all = arrow::compute::concat_batches(&schema, &rows).unwrap();
+        assert_eq!(
+            all,
+            arrow::compute::concat_batches(&schema, &batches).unwrap()
+        );
+    }
+
+    /// A file whose rows are fewer than one lot is settled with what it has; with no rows, or
+    /// under given properties, it is `ArrowWriter`'s default file.
+    #[test]
+    fn short_files_and_given_properties() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let ids = |n: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef],
+            )
+            .unwrap()
+        };
+        let write = |batch: &RecordBatch, props: Option<WriterProperties>| {
+            let mut got = Vec::new();
+            let mut out = ParquetOut::try_new(&mut got, schema.clone(), props, 2).unwrap();
+            out.write(batch).unwrap();
+            out.close().unwrap();
+            got
+        };
+        assert_eq!(dictionaries(&write(&ids(5000), None), 0), vec![false]);
+        // Too few values to judge.
+        assert_eq!(dictionaries(&write(&ids(1000), None), 0), vec![true]);
+        let given = WriterProperties::builder().build();
+        assert_eq!(dictionaries(&write(&ids(5000), Some(given)), 0), vec![true]);
+    }
+
+    /// The estimate of distinct values is within a few percent, NULLs left out, for arrays
+    /// sliced or not, and says nothing for types that are not of fixed width.
+    #[test]
+    fn distinct_values_are_estimated_closely() {
+        let mut seen = Vec::new();
+        for (n, modulo) in [
+            (65_536, 65_536),
+            (65_536, 1000),
+            (65_536, 60_000),
+            (5000, 5000),
+            (70_000, 7),
+        ] {
+            let array = Int64Array::from_iter_values((0..n).map(|i| (i % modulo) * 7919));
+            let (values, estimate) = distinct(&[&array], &mut seen).unwrap();
+            assert_eq!(values, n as usize);
+            let distinct = modulo.min(n) as f64;
+            assert!(
+                (estimate - distinct).abs() <= 0.02 * distinct,
+                "{n} % {modulo}: {estimate}"
+            );
+        }
+        let halves = Float64Array::from_iter((0..40_000).map(|i| (i % 2 == 0).then_some(i as f64)));
+        let sliced = halves.slice(10_000, 30_000);
+        let (values, estimate) = distinct(&[&halves, &sliced], &mut seen).unwrap();
+        assert_eq!(values, 20_000 + 15_000);
+        assert!((estimate - 20_000.0).abs() <= 400.0, "{estimate}");
+        let text = StringArray::from_iter_values(["a", "b"]);
+        assert!(distinct(&[&text], &mut seen).is_none());
     }
 
     #[test]
