@@ -51,7 +51,7 @@ use datafusion::common::{Result, internal_datafusion_err, internal_err};
 
 use super::kernel::{Direction, MatchSpec};
 use super::time::dense_time_keys_into;
-use super::window::{LeftKeys, NO_ENTRY};
+use super::window::{LeftKeys, NO_ENTRY, is_null};
 use crate::memory::prefetch;
 
 /// The sign bit, flipped to order signed values as unsigned words.
@@ -604,10 +604,7 @@ impl LeftIndex {
                 Some(k) => dense_time_keys_into(k.as_ref(), known)?,
                 None => None,
             };
-            let skip = |i: usize| {
-                valid.as_ref().is_some_and(|v| v.is_null(i))
-                    || known_valid.as_ref().is_some_and(|v| v.is_null(i))
-            };
+            let skip = |i: usize| is_null(&valid, i) || is_null(&known_valid, i);
             self.left
                 .groups_of(&right.keys, right.time.len(), skip, group_of)?;
         }

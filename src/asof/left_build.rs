@@ -33,7 +33,7 @@ use super::logical::{AsOfJoinType, Tolerance};
 use super::metrics::AsOfJoinMetrics;
 use super::time::dense_time_keys;
 use super::tolerance::tolerance_bound;
-use super::window::{LeftArrays, LeftKeys};
+use super::window::{LeftArrays, LeftKeys, is_null};
 use crate::parallel::{cores, on_threads};
 
 /// Where an output right column comes from.
@@ -446,9 +446,9 @@ impl LeftBuild {
             .entries(best, offset..offset + rows)
             .enumerate()
             .map(|(i, entry)| {
-                let bound = bounds.as_ref().map(|(keys, valid)| {
-                    (!valid.as_ref().is_some_and(|v| v.is_null(i))).then(|| keys[i])
-                });
+                let bound = bounds
+                    .as_ref()
+                    .map(|(keys, valid)| (!is_null(valid, i)).then(|| keys[i]));
                 index.matched(best, entry, bound)
             })
             .collect();

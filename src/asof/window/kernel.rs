@@ -486,7 +486,7 @@ impl WindowIndex {
         let null_keys = null_keys(keys, &self.spec.keys);
         for (i, t) in times.iter().enumerate() {
             let group = match t {
-                Some(_) if null_keys.as_ref().is_some_and(|n| n.is_null(i)) => None,
+                Some(_) if is_null(&null_keys, i) => None,
                 Some(_) => self.groups.get(&key_view, i),
                 None => None,
             };
@@ -898,14 +898,12 @@ impl WindowIndexBuilder {
             Some(k) => Some(dense_time_keys(k.as_ref())?),
             None => None,
         };
-        let null =
-            |valid: &Option<NullBuffer>, i: usize| valid.as_ref().is_some_and(|v| v.is_null(i));
         let null_keys = null_keys(&right.keys, &spec.keys);
         self.group_of.reserve(n);
         for i in 0..n {
-            if null(&times_valid, i)
-                || known.as_ref().is_some_and(|(_, valid)| null(valid, i))
-                || null(&null_keys, i)
+            if is_null(&times_valid, i)
+                || known.as_ref().is_some_and(|(_, valid)| is_null(valid, i))
+                || is_null(&null_keys, i)
             {
                 self.group_of.push(NO_GROUP);
                 continue;
@@ -1221,4 +1219,11 @@ pub(super) fn null_keys(keys: &[ArrayRef], specs: &[(DataType, bool)]) -> Option
         .fold(None, |nulls, (k, _)| {
             NullBuffer::union(nulls.as_ref(), k.nulls())
         })
+}
+
+/// Whether row `i` is NULL in `valid` (`None`: no row is), a bitmap such as [`null_keys`] or
+/// `dense_time_keys` give.
+#[inline]
+pub(crate) fn is_null(valid: &Option<NullBuffer>, i: usize) -> bool {
+    valid.as_ref().is_some_and(|v| v.is_null(i))
 }

@@ -32,7 +32,6 @@
 //! a window's rows in time order, which only the right-side index has.
 
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
-use arrow::buffer::NullBuffer;
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::{Result, exec_err, internal_err};
@@ -44,7 +43,7 @@ use super::AggFunction;
 use super::fsum::{BIG, ExactSum, round_partials, two_sum};
 use super::kernel::{
     Groups, KeyView, NO_GROUP, RightArrays, Width, WindowSpec, distinct_widths, group_entries,
-    int_key, integers, null_keys,
+    int_key, integers, is_null, null_keys,
 };
 use crate::asof::time::dense_time_keys;
 use crate::memory::prefetch;
@@ -838,10 +837,6 @@ fn add_extremes<T: Copy>(
 /// How many rows ahead [`LabelIndex::apply`] asks for the memory a row will read: its loads
 /// then overlap instead of waiting one after another.
 const AHEAD: usize = 16;
-
-fn is_null(valid: &Option<NullBuffer>, i: usize) -> bool {
-    valid.as_ref().is_some_and(|v| v.is_null(i))
-}
 
 fn floats(arg: &ArrayRef) -> Result<Float64Array> {
     Ok(cast(arg, &DataType::Float64)?

@@ -36,6 +36,7 @@ use datafusion::logical_expr::Expr;
 
 pub use exec::{PhysicalWindowAggregate, WindowBuild, WindowJoinExec};
 pub use fsum::exact_sum;
+pub(crate) use kernel::is_null;
 pub use kernel::{KernelAggregate, RightArrays, WindowIndex, WindowIndexBuilder, WindowSpec};
 pub use labels::{Accumulators, LabelIndex, LeftArrays, Scratch, left_build_computes};
 pub(crate) use labels::{LeftKeys, NO_ENTRY};
