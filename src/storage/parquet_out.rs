@@ -492,7 +492,7 @@ mod tests {
         }
     }
 
-    /// A column's leaf chunks' dictionary pages in the file, per row group.
+    /// Per row group of the file, whether its chunk of `column` has a dictionary page.
     fn dictionaries(bytes: &[u8], column: usize) -> Vec<bool> {
         let reader =
             ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::copy_from_slice(bytes)).unwrap();

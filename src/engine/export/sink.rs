@@ -589,8 +589,6 @@ mod tests {
         );
     }
 
-    /// A device cannot be an export's file: renamed over, it would be replaced by a file.
-    #[cfg(unix)]
     /// The hash of bytes given in pieces of any size, across block boundaries and past what
     /// waits for the hashing thread, is SHA-256 of them all (a file under one block is hashed
     /// without the thread).
@@ -623,6 +621,8 @@ mod tests {
         }
     }
 
+    /// A device cannot be an export's file: renamed over, it would be replaced by a file.
+    #[cfg(unix)]
     #[test]
     fn a_device_is_refused_and_left_alone() {
         let err = ExportSink::create(Destination::Local("/dev/null".into()), "x")
