@@ -61,29 +61,74 @@ const OCCUPIED: u64 = 1 << 63;
 /// How many rows ahead a row's record is fetched.
 const AHEAD: usize = 16;
 
+/// A `match` on a type a record keeps in a word, from the one list of those types: each type
+/// of signed integers (integers, dates, times, timestamps, durations) as `$signed!(Type,
+/// args…)`, each of unsigned integers as `$unsigned!(Type, args…)`, then the arms given (the
+/// booleans', the floats', and the rest's). Both directions of the order keys ([`order_keys`],
+/// [`from_keys`]) and [`word_type`] read it, so none knows a type the others do not.
+macro_rules! match_word_type {
+    (
+        $dt:expr, $signed:ident, $unsigned:ident, ($($args:tt)*),
+        { $($arm:pat => $e:expr),+ $(,)? }
+    ) => {
+        match $dt {
+            DataType::Int8 => $signed!(Int8Type, $($args)*),
+            DataType::Int16 => $signed!(Int16Type, $($args)*),
+            DataType::Int32 => $signed!(Int32Type, $($args)*),
+            DataType::Int64 => $signed!(Int64Type, $($args)*),
+            DataType::UInt8 => $unsigned!(UInt8Type, $($args)*),
+            DataType::UInt16 => $unsigned!(UInt16Type, $($args)*),
+            DataType::UInt32 => $unsigned!(UInt32Type, $($args)*),
+            DataType::UInt64 => $unsigned!(UInt64Type, $($args)*),
+            DataType::Date32 => $signed!(Date32Type, $($args)*),
+            DataType::Date64 => $signed!(Date64Type, $($args)*),
+            DataType::Time32(TimeUnit::Second) => $signed!(Time32SecondType, $($args)*),
+            DataType::Time32(TimeUnit::Millisecond) => {
+                $signed!(Time32MillisecondType, $($args)*)
+            }
+            DataType::Time64(TimeUnit::Microsecond) => {
+                $signed!(Time64MicrosecondType, $($args)*)
+            }
+            DataType::Time64(TimeUnit::Nanosecond) => $signed!(Time64NanosecondType, $($args)*),
+            DataType::Timestamp(TimeUnit::Second, _) => $signed!(TimestampSecondType, $($args)*),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                $signed!(TimestampMillisecondType, $($args)*)
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                $signed!(TimestampMicrosecondType, $($args)*)
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                $signed!(TimestampNanosecondType, $($args)*)
+            }
+            DataType::Duration(TimeUnit::Second) => $signed!(DurationSecondType, $($args)*),
+            DataType::Duration(TimeUnit::Millisecond) => {
+                $signed!(DurationMillisecondType, $($args)*)
+            }
+            DataType::Duration(TimeUnit::Microsecond) => {
+                $signed!(DurationMicrosecondType, $($args)*)
+            }
+            DataType::Duration(TimeUnit::Nanosecond) => {
+                $signed!(DurationNanosecondType, $($args)*)
+            }
+            $($arm => $e,)+
+        }
+    };
+}
+
+/// `true`, for any type of [`match_word_type`]'s list.
+macro_rules! listed {
+    ($t:ty,) => {
+        true
+    };
+}
+
 /// Whether a record keeps values of `data_type` in a word: integers, floats, booleans, dates,
 /// times, timestamps and durations.
 pub(crate) fn word_type(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Boolean
-            | DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Float32
-            | DataType::Float64
-            | DataType::Date32
-            | DataType::Date64
-            | DataType::Time32(_)
-            | DataType::Time64(_)
-            | DataType::Timestamp(_, _)
-            | DataType::Duration(_)
-    )
+    match_word_type!(data_type, listed, listed, (), {
+        DataType::Boolean | DataType::Float32 | DataType::Float64 => true,
+        _ => false,
+    })
 }
 
 /// The most words a record has: the flags word has a bit per tie-break and column, and one for
@@ -147,57 +192,15 @@ fn f32_of(k: u64) -> f32 {
 /// Appends the order key of the value of `array` at each of `rows` (meaningless where it is
 /// NULL): a word that orders as the value does (floats in IEEE total order, `false < true`).
 fn order_keys(array: &dyn Array, rows: &[u32], out: &mut Vec<u64>) -> Result<()> {
-    match array.data_type() {
+    match_word_type!(array.data_type(), keys_signed, keys_unsigned, (array, rows, out), {
         DataType::Boolean => {
             let values = array.as_boolean().values();
             out.extend(rows.iter().map(|&i| u64::from(values.value(i as usize))));
-        }
-        DataType::Int8 => keys_signed!(Int8Type, array, rows, out),
-        DataType::Int16 => keys_signed!(Int16Type, array, rows, out),
-        DataType::Int32 => keys_signed!(Int32Type, array, rows, out),
-        DataType::Int64 => keys_signed!(Int64Type, array, rows, out),
-        DataType::UInt8 => keys_unsigned!(UInt8Type, array, rows, out),
-        DataType::UInt16 => keys_unsigned!(UInt16Type, array, rows, out),
-        DataType::UInt32 => keys_unsigned!(UInt32Type, array, rows, out),
-        DataType::UInt64 => keys_unsigned!(UInt64Type, array, rows, out),
+        },
         DataType::Float32 => keys_at(typed::<Float32Type>(array)?.values(), rows, out, f32_key),
         DataType::Float64 => keys_at(typed::<Float64Type>(array)?.values(), rows, out, f64_key),
-        DataType::Date32 => keys_signed!(Date32Type, array, rows, out),
-        DataType::Date64 => keys_signed!(Date64Type, array, rows, out),
-        DataType::Time32(TimeUnit::Second) => keys_signed!(Time32SecondType, array, rows, out),
-        DataType::Time32(TimeUnit::Millisecond) => {
-            keys_signed!(Time32MillisecondType, array, rows, out)
-        }
-        DataType::Time64(TimeUnit::Microsecond) => {
-            keys_signed!(Time64MicrosecondType, array, rows, out)
-        }
-        DataType::Time64(TimeUnit::Nanosecond) => {
-            keys_signed!(Time64NanosecondType, array, rows, out)
-        }
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            keys_signed!(TimestampSecondType, array, rows, out)
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            keys_signed!(TimestampMillisecondType, array, rows, out)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            keys_signed!(TimestampMicrosecondType, array, rows, out)
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            keys_signed!(TimestampNanosecondType, array, rows, out)
-        }
-        DataType::Duration(TimeUnit::Second) => keys_signed!(DurationSecondType, array, rows, out),
-        DataType::Duration(TimeUnit::Millisecond) => {
-            keys_signed!(DurationMillisecondType, array, rows, out)
-        }
-        DataType::Duration(TimeUnit::Microsecond) => {
-            keys_signed!(DurationMicrosecondType, array, rows, out)
-        }
-        DataType::Duration(TimeUnit::Nanosecond) => {
-            keys_signed!(DurationNanosecondType, array, rows, out)
-        }
         other => return internal_err!("left build: {other} is not kept in a word"),
-    }
+    });
     Ok(())
 }
 
@@ -230,57 +233,17 @@ macro_rules! from_unsigned {
 /// The array of `data_type` whose values have the order keys `keys` ([`order_keys`]' inverse).
 fn from_keys(data_type: &DataType, keys: &[u64], nulls: Option<NullBuffer>) -> Result<ArrayRef> {
     let dt = data_type;
-    Ok(match dt {
-        DataType::Boolean => Arc::new(BooleanArray::new(
-            keys.iter().map(|&k| k != 0).collect::<BooleanBuffer>(),
-            nulls,
-        )),
-        DataType::Int8 => from_signed!(Int8Type, dt, keys, nulls),
-        DataType::Int16 => from_signed!(Int16Type, dt, keys, nulls),
-        DataType::Int32 => from_signed!(Int32Type, dt, keys, nulls),
-        DataType::Int64 => from_signed!(Int64Type, dt, keys, nulls),
-        DataType::UInt8 => from_unsigned!(UInt8Type, dt, keys, nulls),
-        DataType::UInt16 => from_unsigned!(UInt16Type, dt, keys, nulls),
-        DataType::UInt32 => from_unsigned!(UInt32Type, dt, keys, nulls),
-        DataType::UInt64 => from_unsigned!(UInt64Type, dt, keys, nulls),
-        DataType::Float32 => primitive::<Float32Type>(dt, keys, nulls, f32_of),
-        DataType::Float64 => primitive::<Float64Type>(dt, keys, nulls, f64_of),
-        DataType::Date32 => from_signed!(Date32Type, dt, keys, nulls),
-        DataType::Date64 => from_signed!(Date64Type, dt, keys, nulls),
-        DataType::Time32(TimeUnit::Second) => from_signed!(Time32SecondType, dt, keys, nulls),
-        DataType::Time32(TimeUnit::Millisecond) => {
-            from_signed!(Time32MillisecondType, dt, keys, nulls)
-        }
-        DataType::Time64(TimeUnit::Microsecond) => {
-            from_signed!(Time64MicrosecondType, dt, keys, nulls)
-        }
-        DataType::Time64(TimeUnit::Nanosecond) => {
-            from_signed!(Time64NanosecondType, dt, keys, nulls)
-        }
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            from_signed!(TimestampSecondType, dt, keys, nulls)
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            from_signed!(TimestampMillisecondType, dt, keys, nulls)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            from_signed!(TimestampMicrosecondType, dt, keys, nulls)
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            from_signed!(TimestampNanosecondType, dt, keys, nulls)
-        }
-        DataType::Duration(TimeUnit::Second) => from_signed!(DurationSecondType, dt, keys, nulls),
-        DataType::Duration(TimeUnit::Millisecond) => {
-            from_signed!(DurationMillisecondType, dt, keys, nulls)
-        }
-        DataType::Duration(TimeUnit::Microsecond) => {
-            from_signed!(DurationMicrosecondType, dt, keys, nulls)
-        }
-        DataType::Duration(TimeUnit::Nanosecond) => {
-            from_signed!(DurationNanosecondType, dt, keys, nulls)
-        }
-        other => return internal_err!("left build: {other} is not kept in a word"),
-    })
+    Ok(
+        match_word_type!(dt, from_signed, from_unsigned, (dt, keys, nulls), {
+            DataType::Boolean => Arc::new(BooleanArray::new(
+                keys.iter().map(|&k| k != 0).collect::<BooleanBuffer>(),
+                nulls,
+            )),
+            DataType::Float32 => primitive::<Float32Type>(dt, keys, nulls, f32_of),
+            DataType::Float64 => primitive::<Float64Type>(dt, keys, nulls, f64_of),
+            other => return internal_err!("left build: {other} is not kept in a word"),
+        }),
+    )
 }
 
 /// Where a record keeps a right column's value.
@@ -969,6 +932,61 @@ mod tests {
             order_keys(array.as_ref(), &some, &mut picked).unwrap();
             let expected: Vec<u64> = some.iter().map(|&i| keys[i as usize]).collect();
             assert_eq!(picked, expected, "{array:?}");
+        }
+    }
+
+    /// Every type of the one list is a word type whose order keys order and read back (the
+    /// values 0, 1, 2 cast to it); others are not word types.
+    #[test]
+    fn every_listed_type_is_kept_in_a_word() {
+        let listed = [
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Time32(TimeUnit::Second),
+            DataType::Time32(TimeUnit::Millisecond),
+            DataType::Time64(TimeUnit::Microsecond),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Timestamp(TimeUnit::Second, None),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            DataType::Duration(TimeUnit::Second),
+            DataType::Duration(TimeUnit::Millisecond),
+            DataType::Duration(TimeUnit::Microsecond),
+            DataType::Duration(TimeUnit::Nanosecond),
+        ];
+        let values: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![0, 1, 2]));
+        for data_type in listed {
+            assert!(word_type(&data_type), "{data_type}");
+            // Times of 32 bits are cast to from 32-bit integers only.
+            let array = arrow::compute::cast(&values, &data_type)
+                .or_else(|_| {
+                    let narrow = arrow::compute::cast(&values, &DataType::Int32)?;
+                    arrow::compute::cast(&narrow, &data_type)
+                })
+                .unwrap();
+            let mut keys = Vec::new();
+            order_keys(array.as_ref(), &[0, 1, 2], &mut keys).unwrap();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "{data_type}: {keys:?}"
+            );
+            let back = from_keys(&data_type, &keys, None).unwrap();
+            assert_eq!(&back, &array, "{data_type}");
+        }
+        assert!(word_type(&DataType::Boolean));
+        for other in [DataType::Utf8, DataType::Decimal128(10, 2), DataType::Null] {
+            assert!(!word_type(&other), "{other}");
         }
     }
 
