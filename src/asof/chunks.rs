@@ -14,6 +14,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::physical_plan::metrics::Count;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
@@ -84,10 +85,11 @@ impl Input {
     pub(crate) const RANGES_PER_CORE: usize = 16;
 
     /// `partitions` of `plan`, the parts a join reads them in. Where they are all of its
-    /// partitions and `plan` is a file scan that can be split by byte ranges (DataFusion's
-    /// `repartition_file_scans`, `repartition_file_min_size`), into
+    /// partitions and `plan` is a file scan (a Delta or Parquet table's) that can be split by
+    /// byte ranges (DataFusion's `repartition_file_scans`, `repartition_file_min_size`), into
     /// [`Self::RANGES_PER_CORE`] ranges per core, each read on its own; else as they are, read
-    /// at once ([`Parts::start`]).
+    /// at once ([`Parts::start`]). A `RepartitionExec` is read as it is: split finer, it
+    /// would share the rows it deals out with the plan it came from.
     pub(crate) fn of(
         plan: &Arc<dyn ExecutionPlan>,
         partitions: &[usize],
@@ -97,6 +99,7 @@ impl Input {
         let options = context.session_config().options();
         let target = Self::RANGES_PER_CORE * cores();
         if options.optimizer.repartition_file_scans
+            && !plan.is::<RepartitionExec>()
             && target > count
             && partitions.iter().copied().eq(0..count)
             && let Some(finer) = plan.clone().repartitioned(target, options)?
@@ -395,6 +398,7 @@ mod tests {
 
     use arrow::array::{Int64Array, RecordBatch};
     use datafusion::datasource::memory::MemorySourceConfig;
+    use datafusion::physical_plan::displayable;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
@@ -540,6 +544,57 @@ mod tests {
         let input = Input::of(&two, &[1], &context).unwrap();
         assert!(!input.alone);
         assert_eq!(input.partitions, [1]);
+        // A `RepartitionExec` split finer would share its state (the rows it deals out) with
+        // the plan it came from: it is read as it is, its partitions at once.
+        use datafusion::physical_plan::Partitioning;
+        let dealt: Arc<dyn ExecutionPlan> = Arc::new(
+            RepartitionExec::try_new(scan.clone(), Partitioning::RoundRobinBatch(3)).unwrap(),
+        );
+        let input = Input::of(&dealt, &[0, 1, 2], &context).unwrap();
+        assert!(!input.alone);
+        assert!(Arc::ptr_eq(&input.plan, &dealt));
+        assert_eq!(input.partitions, [0, 1, 2]);
+    }
+
+    /// A Delta table's scan (the Delta provider's node over its Parquet scan) is split into
+    /// ranges read alone, as a bare Parquet scan is, and they hold every row once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delta_table_scan_is_split_into_ranges_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let warehouse = crate::WarehouseLocation::parse(&dir.path().display().to_string());
+        let engine = crate::Engine::new(crate::Settings::new(warehouse.unwrap())).unwrap();
+        engine
+            .run_script(
+                "CREATE TABLE t AS SELECT value AS x FROM generate_series(1, 20000); \
+                 SET datafusion.optimizer.repartition_file_min_size = 0",
+                crate::RunOptions::default(),
+            )
+            .await
+            .unwrap();
+        let state = engine.state();
+        let logical = state.create_logical_plan("SELECT x FROM t").await.unwrap();
+        let scan = state.create_physical_plan(&logical).await.unwrap();
+        let count = scan.output_partitioning().partition_count();
+        let context = Arc::new(TaskContext::from(&state));
+        let input = Input::of(&scan, &(0..count).collect::<Vec<_>>(), &context).unwrap();
+        assert!(input.alone, "{}", displayable(scan.as_ref()).indent(false));
+        assert!(input.partitions.len() > count);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let prepare: Prepare<RecordBatch> = Arc::new(|b: &RecordBatch| Ok(b.clone()));
+        let apply: Apply<RecordBatch, ()> = Arc::new(move |_, chunk: &[RecordBatch]| {
+            for b in chunk {
+                let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                record.lock().unwrap().extend(x.values().iter().copied());
+            }
+            Ok(())
+        });
+        in_chunks(&input, &context, 1000, &Count::new(), prepare, apply)
+            .await
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=20000).collect::<Vec<_>>());
     }
 
     /// A task that finds no part left says so: `a_task_idle` returns while another task still
