@@ -1060,9 +1060,11 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
     assert!(resumed > 20, "{resumed} chains ran out of memory part way");
     let together = super::left_build::STREAMED_TOGETHER.load(std::sync::atomic::Ordering::Relaxed);
     let cut = super::left_build::CUT_SHORT.load(std::sync::atomic::Ordering::Relaxed);
+    let narrowed = super::left_build::NARROWED.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        together > 100 && cut > 20,
-        "{together} chains streamed joins side by side, {cut} held fewer than they had"
+        together > 100 && cut > 20 && narrowed > 20,
+        "{together} chains streamed joins side by side, {cut} held fewer than they had, \
+         {narrowed} halved their chunks to hold more"
     );
     assert!(
         rows > 5_000 && matched > rows / 10,

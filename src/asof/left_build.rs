@@ -89,6 +89,9 @@ pub(crate) static STREAMED_TOGETHER: std::sync::atomic::AtomicUsize =
 #[cfg(test)]
 pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
+/// How many times a chain's chunks were halved for the pool to hold more of its joins at once.
+#[cfg(test)]
+pub(crate) static NARROWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
 /// their left side and share its keys and time, over `left`, the innermost join's left input:
@@ -169,23 +172,40 @@ pub(crate) async fn run(
         // As many of the joins from `i` on as the pool holds at once (their records, and per
         // task a chunk of right rows in key order): their right sides' parts are read one
         // after the other by tasks that each take the next when theirs ends, so one join's
-        // last part, alone on its core, does not leave the others idle.
+        // last part, alone on its core, does not leave the others idle. Chunks are as large as
+        // the left side asks for ([`LeftIndex::chunk_rows`]) where the pool holds every
+        // remaining join with them; else half as large, so that it holds more joins at once.
         let mut group = Vec::new();
-        for join in &joins[i..] {
-            let index = Arc::new(LeftIndex::new(
-                keys.clone(),
-                join.spec,
-                join.exprs.known_at.is_some(),
-                join.layout.clone(),
-            )?);
-            let chunk_limit = join.chunk_rows.min(index.chunk_rows());
-            let input = Input::of(&join.right, &join.partitions, &join.context)?;
-            let wanted =
-                index.records_size() + input.readers() * chunk_limit * index.chunk_row_bytes();
-            if reservation.try_grow(wanted).is_err() {
+        for wide in [true, false] {
+            for join in &joins[i..] {
+                let index = Arc::new(LeftIndex::new(
+                    keys.clone(),
+                    join.spec,
+                    join.exprs.known_at.is_some(),
+                    join.layout.clone(),
+                )?);
+                let chunk_limit = join.chunk_rows.min(index.chunk_rows());
+                let chunk_limit = if wide {
+                    chunk_limit
+                } else {
+                    chunk_limit.div_ceil(2)
+                };
+                let input = Input::of(&join.right, &join.partitions, &join.context)?;
+                let wanted =
+                    index.records_size() + input.readers() * chunk_limit * index.chunk_row_bytes();
+                if reservation.try_grow(wanted).is_err() {
+                    break;
+                }
+                group.push((index, input, chunk_limit, wanted));
+            }
+            if !wide || group.len() == joins.len() - i {
                 break;
             }
-            group.push((index, input, chunk_limit, wanted));
+            for (_, _, _, wanted) in group.drain(..) {
+                reservation.shrink(wanted);
+            }
+            #[cfg(test)]
+            NARROWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if group.is_empty() {
             drop(arrays);
