@@ -41,6 +41,7 @@ use super::http_state::{Connection, HttpState};
 use super::metrics::Refusal;
 use super::service::{Executed, Want};
 use crate::engine::manifest_location;
+use crate::storage::chosen_properties;
 
 /// The OpenAPI document of this API, as kept in the repository.
 pub(crate) const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -979,9 +980,16 @@ impl Format {
 /// Writes batches in a format, handing out the bytes as they are made.
 enum Encoder {
     Arrow(arrow::ipc::writer::StreamWriter<Vec<u8>>),
-    Parquet(parquet::arrow::ArrowWriter<Vec<u8>>),
+    /// The writer is made with the first batch, which chooses the columns written without a
+    /// dictionary, as `pitlake sql --format parquet` and exports choose them.
+    Parquet {
+        schema: SchemaRef,
+        writer: Option<parquet::arrow::ArrowWriter<Vec<u8>>>,
+    },
     JsonLines,
-    Csv { header: bool },
+    Csv {
+        header: bool,
+    },
 }
 
 impl Encoder {
@@ -991,10 +999,16 @@ impl Encoder {
                 arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)
                     .map_err(|e| e.to_string())?,
             ),
-            Format::Parquet => Encoder::Parquet(
-                parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, None)
-                    .map_err(|e| e.to_string())?,
-            ),
+            Format::Parquet => {
+                // A schema Parquet cannot hold is refused now, before any row.
+                parquet::arrow::ArrowSchemaConverter::new()
+                    .convert(&schema)
+                    .map_err(|e| e.to_string())?;
+                Encoder::Parquet {
+                    schema,
+                    writer: None,
+                }
+            }
             Format::JsonLines => Encoder::JsonLines,
             Format::Csv => Encoder::Csv { header: true },
         })
@@ -1007,7 +1021,19 @@ impl Encoder {
                 writer.write(batch).map_err(|e| e.to_string())?;
                 Ok(std::mem::take(writer.get_mut()))
             }
-            Encoder::Parquet(writer) => {
+            Encoder::Parquet { schema, writer } => {
+                let writer = match writer {
+                    Some(writer) => writer,
+                    None => {
+                        let props = chosen_properties(schema, std::slice::from_ref(batch));
+                        let made = parquet::arrow::ArrowWriter::try_new(
+                            Vec::new(),
+                            schema.clone(),
+                            Some(props),
+                        );
+                        writer.insert(made.map_err(|e| e.to_string())?)
+                    }
+                };
                 writer.write(batch).map_err(|e| e.to_string())?;
                 if writer.in_progress_size() >= PARQUET_ROW_GROUP_BYTES {
                     writer.flush().map_err(|e| e.to_string())?;
@@ -1041,7 +1067,13 @@ impl Encoder {
                 writer.finish().map_err(|e| e.to_string())?;
                 Ok(std::mem::take(writer.get_mut()))
             }
-            Encoder::Parquet(mut writer) => {
+            Encoder::Parquet { schema, writer } => {
+                let mut writer = match writer {
+                    Some(writer) => writer,
+                    // No rows: the file names the columns all the same.
+                    None => parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, None)
+                        .map_err(|e| e.to_string())?,
+                };
                 writer.finish().map_err(|e| e.to_string())?;
                 Ok(std::mem::take(writer.inner_mut()))
             }

@@ -24,6 +24,7 @@ pub use catalog::{
 pub use log::{CommitSummary, LogListing, format_millis};
 pub use name::{DEFAULT_SCHEMA, TableName};
 pub use parquet_out::ParquetOut;
+pub(crate) use parquet_out::chosen_properties;
 pub use pinned::{PinnedDeltaTable, PinnedTablesCodec};
 pub use replace::Replacement;
 pub use table::{ColumnRange, WarehouseTable, as_warehouse_table, bounded_type};

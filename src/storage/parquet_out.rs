@@ -262,7 +262,7 @@ fn encode(
 
 /// The default properties, but without a dictionary for each column of fixed-width values
 /// whose values in `first` (the file's first lot of rows) are nearly all distinct.
-fn chosen_properties(schema: &SchemaRef, first: &[RecordBatch]) -> WriterProperties {
+pub(crate) fn chosen_properties(schema: &SchemaRef, first: &[RecordBatch]) -> WriterProperties {
     let mut props = WriterProperties::builder();
     let mut seen = Vec::new();
     for (f, field) in schema.fields().iter().enumerate() {

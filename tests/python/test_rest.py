@@ -428,6 +428,20 @@ def test_an_empty_result_keeps_its_columns_in_every_format(rest):
     assert bodies[CSV].decode().splitlines() == ["driver_id,ts,seen_at,note"]
 
 
+def test_parquet_answers_choose_their_dictionaries_as_the_cli_does(rest):
+    # Distinct numbers are written without a dictionary (one would save nothing), a column of
+    # few values with one, as `pitlake sql --format parquet` and exports write them.
+    sql = "SELECT value AS distinct_values, value % 3 AS few_values FROM generate_series(1, 5000)"
+    body = fetch_all_formats(rest["admin"], sql, [PARQUET])[PARQUET]
+    group = pq.ParquetFile(io.BytesIO(body)).metadata.row_group(0)
+    chunks = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    assert not chunks["distinct_values"].has_dictionary_page
+    assert chunks["few_values"].has_dictionary_page
+    table = pq.read_table(io.BytesIO(body))
+    assert table.column("distinct_values").to_pylist() == list(range(1, 5001))
+    assert table.column("few_values").to_pylist() == [v % 3 for v in range(1, 5001)]
+
+
 def test_a_large_result_streams_and_arrives_whole(rest):
     api, base = rest["admin"], rest["base"]
     rows = 5_000_000
