@@ -54,6 +54,7 @@ pub use training::{PinnedInput, TrainingPlan, ViewUse};
 // The engine's API speaks of these; callers above it (the CLI, the server) name them here.
 pub use crate::frontend::dsl::TrainingSetSql;
 pub use crate::frontend::split_statements;
+pub(crate) use crate::storage::chosen_properties;
 pub use crate::storage::{
     ParquetOut, Replacement, TableName, WriteMode, WriteOutcome, format_millis,
 };

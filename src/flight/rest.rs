@@ -40,8 +40,7 @@ use super::auth::Principal;
 use super::http_state::{Connection, HttpState};
 use super::metrics::Refusal;
 use super::service::{Executed, Want};
-use crate::engine::manifest_location;
-use crate::storage::chosen_properties;
+use crate::engine::{chosen_properties, manifest_location};
 
 /// The OpenAPI document of this API, as kept in the repository.
 pub(crate) const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -1024,6 +1023,8 @@ impl Encoder {
             Encoder::Parquet { schema, writer } => {
                 let writer = match writer {
                     Some(writer) => writer,
+                    // The first rows choose, not an empty batch before them.
+                    None if batch.num_rows() == 0 => return Ok(Vec::new()),
                     None => {
                         let props = chosen_properties(schema, std::slice::from_ref(batch));
                         let made = parquet::arrow::ArrowWriter::try_new(
