@@ -106,18 +106,18 @@ impl<W: Write + Send> ParquetOut<W> {
         &mut self,
         first: &[RecordBatch],
     ) -> Result<&mut (SerializedFileWriter<W>, ArrowRowGroupWriterFactory)> {
-        if self.file.is_none() {
-            let Some((out, props)) = self.start.take() else {
-                return Err(ParquetError::General("the Parquet file is gone".into()));
-            };
-            let props = props.unwrap_or_else(|| chosen_properties(&self.schema, first));
-            let writer = ArrowWriter::try_new(out, self.schema.clone(), Some(props))?;
-            self.file = Some(writer.into_serialized_writer()?);
-        }
-        match &mut self.file {
-            Some(file) => Ok(file),
-            None => Err(ParquetError::General("the Parquet file is gone".into())),
-        }
+        let file = match self.file.take() {
+            Some(file) => file,
+            None => {
+                let Some((out, props)) = self.start.take() else {
+                    return Err(ParquetError::General("the Parquet file is gone".into()));
+                };
+                let props = props.unwrap_or_else(|| chosen_properties(&self.schema, first));
+                ArrowWriter::try_new(out, self.schema.clone(), Some(props))?
+                    .into_serialized_writer()?
+            }
+        };
+        Ok(self.file.insert(file))
     }
 
     /// Adds `batch`'s rows.
@@ -267,8 +267,11 @@ pub(crate) fn chosen_properties(schema: &SchemaRef, first: &[RecordBatch]) -> Wr
     let mut seen = Vec::new();
     for (f, field) in schema.fields().iter().enumerate() {
         let columns: Vec<&dyn Array> = first.iter().map(|b| b.column(f).as_ref()).collect();
-        if let Some((values, estimate)) = distinct(&columns, &mut seen)
-            && values >= DISTINCT_MIN
+        // Too few values to choose: no sketch (128 KiB cleared per column) is spent on them,
+        // which a wide schema of few rows would multiply.
+        let values: usize = columns.iter().map(|c| c.len() - c.null_count()).sum();
+        if values >= DISTINCT_MIN
+            && let Some((_, estimate)) = distinct(&columns, &mut seen)
             && estimate >= DISTINCT_SHARE * values as f64
         {
             props =
