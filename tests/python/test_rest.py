@@ -442,6 +442,16 @@ def test_parquet_answers_choose_their_dictionaries_as_the_cli_does(rest):
     assert table.column("few_values").to_pylist() == [v % 3 for v in range(1, 5001)]
 
 
+def test_a_wide_parquet_answer_of_few_rows_is_whole(rest):
+    # 2,000 number columns of one row each: too few values for the dictionary choice to look at
+    # (it spends nothing on them), and the answer is whole.
+    columns = ", ".join(f"{i} AS c{i}" for i in range(2000))
+    body = fetch_all_formats(rest["admin"], f"SELECT {columns}", [PARQUET])[PARQUET]
+    table = pq.read_table(io.BytesIO(body))
+    assert table.num_columns == 2000 and table.num_rows == 1
+    assert [table.column(i)[0].as_py() for i in (0, 999, 1999)] == [0, 999, 1999]
+
+
 def test_a_large_result_streams_and_arrives_whole(rest):
     api, base = rest["admin"], rest["base"]
     rows = 5_000_000
