@@ -129,6 +129,31 @@ impl Input {
     }
 }
 
+/// How many times a chunk of right rows may be halved to fit the memory pool ([`halved`]): a
+/// chunk of a 64th of the rows asked for still costs a pass over the left's groups (its
+/// counting sort), which narrower chunks would let outweigh their rows. A join whose chunks do
+/// not fit the pool at the width it asks for streams its right side through its left index in
+/// narrower ones, more slowly, rather than going the other way (indexing the right side, which
+/// spills): on a machine of many cores a task per core, each holding 2^20 rows, takes
+/// gigabytes.
+pub(crate) const HALVINGS: u32 = 6;
+
+/// `wide` rows halved `halvings` times, rounded up: at least one row.
+pub(crate) fn halved(wide: usize, halvings: u32) -> usize {
+    wide.max(1).div_ceil(1 << halvings)
+}
+
+/// About the bytes one right row of `schema` takes while a task holds it in a chunk: its
+/// decoded columns (a column of fixed-width values its width, any other a guess of 32 bytes,
+/// each with a byte for its validity bit and for slack).
+pub(crate) fn held_row_bytes(schema: &arrow::datatypes::Schema) -> usize {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.data_type().primitive_width().unwrap_or(32) + 1)
+        .sum()
+}
+
 /// What a part's batches become, and what is done with a chunk of them (with the scratch value
 /// of the task doing it).
 pub(crate) type Prepare<T> = Arc<dyn Fn(&RecordBatch) -> Result<T> + Send + Sync>;
@@ -638,5 +663,30 @@ mod tests {
         reading.finished(0).await.unwrap();
         reading.a_task_idle().await.unwrap();
         reading.all_finished().await.unwrap();
+    }
+
+    /// A chunk halved rounds up and keeps a row; halved as often as allowed, it is a 64th.
+    #[test]
+    fn a_chunk_halved_keeps_a_row() {
+        assert_eq!(halved(1 << 20, 0), 1 << 20);
+        assert_eq!(halved(1 << 20, HALVINGS), (1 << 20) / 64);
+        assert_eq!(halved(1000, 1), 500);
+        assert_eq!(halved(1001, 1), 501);
+        assert_eq!(halved(100, HALVINGS), 2);
+        assert_eq!(halved(7, HALVINGS), 1);
+        assert_eq!(halved(0, 0), 1);
+    }
+
+    /// A held row counts each column's width, and a guess for one of no fixed width.
+    #[test]
+    fn a_held_row_counts_its_columns() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("t", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+        ]);
+        assert_eq!(held_row_bytes(&schema), 9 + 5 + 33);
+        assert_eq!(held_row_bytes(&Schema::empty()), 0);
     }
 }

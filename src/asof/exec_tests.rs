@@ -1061,10 +1061,11 @@ async fn a_chain_of_left_builds_matches_the_joins_run_one_by_one() {
     let together = super::left_build::STREAMED_TOGETHER.load(std::sync::atomic::Ordering::Relaxed);
     let cut = super::left_build::CUT_SHORT.load(std::sync::atomic::Ordering::Relaxed);
     let narrowed = super::left_build::NARROWED.load(std::sync::atomic::Ordering::Relaxed);
+    let further = super::left_build::NARROWED_FURTHER.load(std::sync::atomic::Ordering::Relaxed);
     assert!(
-        together > 100 && cut > 20 && narrowed > 20,
+        together > 100 && cut > 20 && narrowed > 20 && further > 20,
         "{together} chains streamed joins side by side, {cut} held fewer than they had, \
-         {narrowed} halved their chunks to hold more"
+         {narrowed} halved their chunks to hold more, {further} halved them again to hold one"
     );
     assert!(
         rows > 5_000 && matched > rows / 10,

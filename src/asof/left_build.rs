@@ -18,7 +18,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::common::{Result, internal_datafusion_err, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{ExecutionPlan, SendableRecordBatchStream};
@@ -26,7 +26,10 @@ use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 
 use super::build::RightExprs;
-use super::chunks::{Apply, Input, LeftInput, Part, Parts, Prepare, read_left, replay_all};
+use super::chunks::{
+    Apply, HALVINGS, Input, LeftInput, Part, Parts, Prepare, halved, held_row_bytes, read_left,
+    replay_all,
+};
 use super::kernel::MatchSpec;
 use super::labels::{Best, Layout, LeftIndex, RightRows, Scratch};
 use super::logical::{AsOfJoinType, Tolerance};
@@ -71,6 +74,10 @@ pub(crate) struct LeftBuild {
     pub chunk_rows: usize,
 }
 
+/// A join of a chain that may stream with the ones before it: its index, its right input, the
+/// chunk it asks for and the bytes a chunk's row takes (held, and in the task's buffers).
+type Candidate = (Arc<LeftIndex>, Input, usize, usize);
+
 /// Runs the join the usual way over a left stream (the batches already read, then the rest).
 pub(crate) type Fallback =
     Box<dyn FnOnce(SendableRecordBatchStream) -> SendableRecordBatchStream + Send>;
@@ -89,9 +96,13 @@ pub(crate) static STREAMED_TOGETHER: std::sync::atomic::AtomicUsize =
 #[cfg(test)]
 pub(crate) static CUT_SHORT: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
-/// How many times a chain's chunks were halved for the pool to hold more of its joins at once.
+/// How many times a chain's chunks were halved for the pool to hold more of its joins at once,
+/// and how many times they were halved again for it to hold one.
 #[cfg(test)]
 pub(crate) static NARROWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+pub(crate) static NARROWED_FURTHER: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// Runs `joins`, a chain of as-of joins (innermost first, `AsOfJoinExec::chain`) that index
 /// their left side and share its keys and time, over `left`, the innermost join's left input:
@@ -169,43 +180,80 @@ pub(crate) async fn run(
     let last = joins.len() - 1;
     let mut i = 0;
     while i < joins.len() {
-        // As many of the joins from `i` on as the pool holds at once (their records, and per
-        // task a chunk of right rows in key order): their right sides' parts are read one
-        // after the other by tasks that each take the next when theirs ends, so one join's
-        // last part, alone on its core, does not leave the others idle. Chunks are as large as
-        // the left side asks for ([`LeftIndex::chunk_rows`]) where the pool holds every
-        // remaining join with them; else half as large, so that it holds more joins at once.
-        let mut group = Vec::new();
-        for wide in [true, false] {
-            for join in &joins[i..] {
-                let index = Arc::new(LeftIndex::new(
-                    keys.clone(),
-                    join.spec,
-                    join.exprs.known_at.is_some(),
-                    join.layout.clone(),
-                )?);
-                let chunk_limit = join.chunk_rows.min(index.chunk_rows());
-                let chunk_limit = if wide {
-                    chunk_limit
-                } else {
-                    chunk_limit.div_ceil(2)
-                };
-                let input = Input::of(&join.right, &join.partitions, &join.context)?;
-                let wanted =
-                    index.records_size() + input.readers() * chunk_limit * index.chunk_row_bytes();
-                if reservation.try_grow(wanted).is_err() {
+        // As many of the joins from `i` on as the pool holds at once: their records, and per
+        // task a chunk of right rows held and put in key order (a task's buffers serve each
+        // join it reads a part of in turn, so they are counted once, at the widest of the
+        // group's rows). Their right sides' parts are read one after the other by tasks that
+        // each take the next when theirs ends, so one join's last part, alone on its core,
+        // does not leave the others idle. Chunks are as large as the left side asks for
+        // ([`LeftIndex::chunk_rows`]) where the pool holds every remaining join with them;
+        // else half as large, so that it holds more joins at once; and where it holds none
+        // even so, narrower still ([`HALVINGS`]) before the joins go the other way.
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(joins.len() - i);
+        for join in &joins[i..] {
+            let index = Arc::new(LeftIndex::new(
+                keys.clone(),
+                join.spec,
+                join.exprs.known_at.is_some(),
+                join.layout.clone(),
+            )?);
+            let input = Input::of(&join.right, &join.partitions, &join.context)?;
+            let wide = join.chunk_rows.min(index.chunk_rows());
+            let row_bytes = index.chunk_row_bytes() + held_row_bytes(&join.right.schema());
+            candidates.push((index, input, wide, row_bytes));
+        }
+        // The bytes of the first `k` candidates with their chunks halved `h` times: per join
+        // its records, and per task the widest chunk of the widest rows.
+        let bytes = |k: usize, h: u32| {
+            let members = &candidates[..k];
+            let most = |of: &dyn Fn(&Candidate) -> usize| members.iter().map(of).max();
+            let tasks = most(&|(_, input, ..)| input.readers()).unwrap_or(0);
+            let rows = most(&|(_, _, wide, _)| halved(*wide, h)).unwrap_or(0);
+            let row_bytes = most(&|(.., row)| *row).unwrap_or(0);
+            let records: usize = members.iter().map(|(index, ..)| index.records_size()).sum();
+            records + tasks * rows * row_bytes
+        };
+        // The most joins the pool holds with chunks halved `h` times, and their bytes, now
+        // reserved.
+        let most = |reservation: &mut MemoryReservation, h: u32| {
+            (1..=candidates.len())
+                .rev()
+                .map(|k| (k, bytes(k, h)))
+                .find(|&(_, wanted)| reservation.try_grow(wanted).is_ok())
+        };
+        let mut chosen = None;
+        for h in 0..=HALVINGS {
+            #[cfg(test)]
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                match h {
+                    0 => {}
+                    1 => _ = NARROWED.fetch_add(1, Relaxed),
+                    _ => _ = NARROWED_FURTHER.fetch_add(1, Relaxed),
+                }
+            }
+            match most(&mut reservation, h) {
+                Some((k, wanted)) if k == candidates.len() || h > 0 => {
+                    chosen = Some((k, h, wanted));
                     break;
                 }
-                group.push((index, input, chunk_limit, wanted));
+                Some((_, wanted)) => reservation.shrink(wanted),
+                None => {}
             }
-            if !wide || group.len() == joins.len() - i {
-                break;
+        }
+        let mut group = Vec::new();
+        if let Some((k, h, wanted)) = chosen {
+            // Each join's records are given back once it is read out; the tasks' chunks with
+            // the group's last.
+            let records: Vec<usize> = candidates[..k]
+                .iter()
+                .map(|(index, ..)| index.records_size())
+                .collect();
+            let chunks = wanted - records.iter().sum::<usize>();
+            for (j, (index, input, wide, _)) in candidates.into_iter().take(k).enumerate() {
+                let freed = records[j] + if j + 1 == k { chunks } else { 0 };
+                group.push((index, input, halved(wide, h), freed));
             }
-            for (_, _, _, wanted) in group.drain(..) {
-                reservation.shrink(wanted);
-            }
-            #[cfg(test)]
-            NARROWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         if group.is_empty() {
             drop(arrays);
@@ -258,7 +306,8 @@ pub(crate) async fn run(
         }
         let mut reading = Parts::start(parts, &first.context);
         let together = group.len();
-        for (k, ((index, _, _, wanted), best)) in group.into_iter().zip(shared).enumerate() {
+        for (k, ((index, _, chunk_rows, wanted), best)) in group.into_iter().zip(shared).enumerate()
+        {
             reading.finished(k).await?;
             if k + 1 < together {
                 // Read out once a task has no part left to take: until then every core is
@@ -310,6 +359,7 @@ pub(crate) async fn run(
                 target: "pitlake::asof",
                 join = i,
                 together,
+                chunk_rows,
                 left_rows = offset,
                 indexed_ms = (started.elapsed() - phase.elapsed()).as_millis() as u64,
                 streamed_ms = streamed.as_millis() as u64,

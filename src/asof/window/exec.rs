@@ -47,7 +47,9 @@ use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
-use crate::asof::chunks::{Input, LeftInput, in_chunks, read_left, replay_all};
+use crate::asof::chunks::{
+    HALVINGS, Input, LeftInput, halved, held_row_bytes, in_chunks, read_left, replay_all,
+};
 use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
 /// One aggregate of the operator, its argument a physical expression over the right input.
@@ -399,6 +401,11 @@ impl WindowJoinExec {
     }
 }
 
+/// How many window joins indexed their left side with chunks narrower than asked for, to fit
+/// the memory pool (the tests check that some do).
+#[cfg(test)]
+pub(crate) static NARROWED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// What building the index needs, detached from the operator.
 struct BuildJob {
     right: Arc<dyn ExecutionPlan>,
@@ -628,15 +635,23 @@ impl PartitionRun {
         drop(arrays);
         let input = Input::of(&self.job.right, &self.job.partitions, &context)?;
         let tasks = input.readers();
-        // The accumulators, and per task a chunk of right rows in key order.
-        let chunk = labels.chunk_rows.min(LabelIndex::CHUNK_ROWS);
-        let wanted = index.memory_size()
-            + index.accumulators_size()
-            + tasks * chunk * LabelIndex::CHUNK_ROW_BYTES;
-        if reservation.try_grow(wanted).is_err() {
+        // The accumulators, and per task a chunk of right rows held and put in key order:
+        // narrower chunks where the pool does not hold those asked for ([`HALVINGS`]).
+        let wide = labels.chunk_rows.min(LabelIndex::CHUNK_ROWS);
+        let row_bytes = LabelIndex::CHUNK_ROW_BYTES + held_row_bytes(&self.job.right.schema());
+        let fixed = index.memory_size() + index.accumulators_size();
+        let Some(chunk) = (0..=HALVINGS).map(|h| halved(wide, h)).find(|&chunk| {
+            reservation
+                .try_grow(fixed + tasks * chunk * row_bytes)
+                .is_ok()
+        }) else {
             drop((index, reservation));
             give_up();
             return self.index_right(replay_all(held, left_schema)).await;
+        };
+        #[cfg(test)]
+        if chunk < wide {
+            NARROWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let indexed = started.elapsed();
         MetricBuilder::new(&self.spill.metrics)
@@ -654,7 +669,7 @@ impl PartitionRun {
         in_chunks(
             &input,
             &context,
-            labels.chunk_rows,
+            chunk,
             rows,
             Arc::new(prepare),
             Arc::new(apply),

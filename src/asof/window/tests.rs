@@ -947,6 +947,47 @@ async fn a_left_side_larger_than_memory_goes_the_other_way() {
     }
 }
 
+/// A left side that fits in the memory limit, though a task's chunk of the width asked for
+/// (2^18 right rows) does not, is still indexed: its right side is streamed in narrower
+/// chunks, with the oracle's answer. Under a limit that holds no chunk at all, it goes the
+/// other way.
+#[tokio::test]
+async fn chunks_too_wide_for_the_memory_limit_are_narrowed() {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let narrowed = || super::exec::NARROWED.load(std::sync::atomic::Ordering::Relaxed);
+    let before = narrowed();
+    for seed in 0..6u64 {
+        let mut rng = StdRng::seed_from_u64(61_000 + seed);
+        let case = random_case_sized(&mut rng, 300, 3000, 20..60);
+        let expected: Vec<Vec<String>> = LEFT_BUILD.iter().map(|&f| case.expected(f)).collect();
+        for (limit, indexed) in [(8 << 20, true), (64 << 10, false)] {
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_limit(limit, 1.0)
+                .build_arc()
+                .unwrap();
+            let config = SessionConfig::new().with_batch_size(64);
+            let ctx = SessionContext::new_with_config_rt(config, runtime);
+            let plan: Arc<dyn ExecutionPlan> = Arc::new(
+                case.join_of(LEFT_BUILD, 1, 2, 64)
+                    .with_build(WindowBuild::Left),
+            );
+            assert_oracle(plan.clone(), &ctx, &expected, |i| {
+                format!(
+                    "seed {seed}, limit {limit}, aggregate {i} {:?}",
+                    FUNCTIONS[LEFT_BUILD[i]]
+                )
+            })
+            .await;
+            assert_eq!(
+                left_indexed_rows(&plan) > 0,
+                indexed,
+                "seed {seed}, limit {limit}: the left indexed or not"
+            );
+        }
+    }
+    assert!(narrowed() >= before + 6, "the chunks were not narrowed");
+}
+
 /// An UNSIGNED BIGINT value past BIGINT's range, summed or averaged, is an error naming the
 /// function and the cast that would do (both builds read integers through this one function),
 /// never a NULL in its place; values in range convert, NULLs stay NULL.
