@@ -13,8 +13,9 @@ use datafusion::common::{Result, internal_err};
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryReservation;
-use datafusion::physical_plan::metrics::Count;
+use datafusion::physical_plan::metrics::{Count, SpillMetrics};
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ExecutionPlan, ExecutionPlanProperties, SendableRecordBatchStream,
@@ -27,15 +28,19 @@ use crate::parallel::cores;
 pub(crate) enum LeftInput {
     /// All of it, held in the reservation.
     Held(Vec<RecordBatch>),
-    /// It did not fit: the batches read so far, then the rest, as one stream again.
+    /// It did not fit: the batches read so far (from a spill file, [`replay_from_disk`]), then
+    /// the rest, as one stream again.
     TooLarge(SendableRecordBatchStream),
 }
 
 /// Reads `left` whole, growing `reservation` by each batch; at the first batch that does not
-/// fit, gives the input back whole ([`replay`]) with the reservation emptied.
+/// fit, gives the input back whole ([`replay_from_disk`], spill counted in `spill`) with the
+/// reservation emptied.
 pub(crate) async fn read_left(
     mut left: SendableRecordBatchStream,
     reservation: &mut MemoryReservation,
+    context: &TaskContext,
+    spill: &SpillMetrics,
 ) -> Result<LeftInput> {
     let mut held = Vec::new();
     while let Some(batch) = left.next().await {
@@ -44,7 +49,9 @@ pub(crate) async fn read_left(
         held.push(batch);
         if grown.is_err() {
             reservation.free();
-            return Ok(LeftInput::TooLarge(replay(held, left)));
+            return Ok(LeftInput::TooLarge(replay_from_disk(
+                held, left, context, spill,
+            )));
         }
     }
     Ok(LeftInput::Held(held))
@@ -65,8 +72,54 @@ pub(crate) fn replay_all(
     held: Vec<RecordBatch>,
     schema: arrow::datatypes::SchemaRef,
 ) -> SendableRecordBatchStream {
-    let rest = RecordBatchStreamAdapter::new(schema, futures::stream::empty());
-    replay(held, Box::pin(rest))
+    replay(held, empty(schema))
+}
+
+/// No batches, of `schema`.
+pub(crate) fn empty(schema: arrow::datatypes::SchemaRef) -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::empty(),
+    ))
+}
+
+/// The batches `held` (of `rest`'s schema), then `rest`, as one stream, `held` written to a
+/// spill file first and read back from it (counted in `spill`). A join whose left side did not
+/// fit goes the other way: it indexes its right side before it reads its left, and batches
+/// kept in memory meanwhile would sit outside the pool, beside a right side that takes the
+/// whole pool (at the shared workload's large scale under `--memory-limit 1GiB`, a peak of
+/// 2.4 GB). Where no spill file can be written (no disk manager), they stay in memory.
+pub(crate) fn replay_from_disk(
+    held: Vec<RecordBatch>,
+    rest: SendableRecordBatchStream,
+    context: &TaskContext,
+    spill: &SpillMetrics,
+) -> SendableRecordBatchStream {
+    if held.is_empty() {
+        return rest;
+    }
+    let schema = rest.schema();
+    let manager = SpillManager::new(context.runtime_env(), spill.clone(), schema.clone());
+    let written = manager
+        .spill_record_batch_and_finish(&held, "AsOfJoin[left held]")
+        .and_then(|file| {
+            file.map(|f| manager.read_spill_as_stream(f, None))
+                .transpose()
+        });
+    match written {
+        Ok(Some(read)) => {
+            drop(held);
+            Box::pin(RecordBatchStreamAdapter::new(schema, read.chain(rest)))
+        }
+        Ok(None) => replay(held, rest),
+        Err(e) => {
+            tracing::debug!(
+                target: "pitlake::asof",
+                "as-of join: the left rows read could not be spilled ({e}); kept in memory"
+            );
+            replay(held, rest)
+        }
+    }
 }
 
 /// The partitions of a right input that a join reads, as the parts it reads them in.
@@ -441,6 +494,73 @@ mod tests {
             .map(|p| (0..=p as i64).map(|b| batch(100 * p as i64 + b)).collect())
             .collect();
         MemorySourceConfig::try_new_exec(&parts, parts[0][0].schema(), None).unwrap()
+    }
+
+    /// A left side larger than the pool is given back whole and in order, the batches read so
+    /// far from a spill file (so they do not wait in memory outside the pool while the join
+    /// indexes its right side), with nothing left reserved; one that fits is held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_left_side_too_large_is_given_back_from_disk() {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+        let whole: Vec<i64> = (0..100).collect();
+        for (limit, fits) in [(1 << 20, true), (500, false)] {
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limit));
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(pool.clone())
+                .build_arc()
+                .unwrap();
+            let context = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+            let context = context.task_ctx();
+            let left = ten_batches();
+            let metrics = ExecutionPlanMetricsSet::new();
+            let spill = SpillMetrics::new(&metrics, 0);
+            let mut reservation = MemoryConsumer::new("left").register(&pool);
+            let stream = left.execute(0, context.clone()).unwrap();
+            let read = read_left(stream, &mut reservation, &context, &spill)
+                .await
+                .unwrap();
+            let batches = match read {
+                LeftInput::Held(held) => {
+                    assert!(fits, "a left of 100 rows held in {limit} bytes");
+                    assert!(reservation.size() > 0);
+                    held
+                }
+                LeftInput::TooLarge(stream) => {
+                    assert!(!fits, "a left of 100 rows not held in {limit} bytes");
+                    assert_eq!(reservation.size(), 0);
+                    assert_eq!(spill.spill_file_count.value(), 1);
+                    assert!(spill.spilled_rows.value() > 0);
+                    futures::TryStreamExt::try_collect::<Vec<_>>(stream)
+                        .await
+                        .unwrap()
+                }
+            };
+            let got: Vec<i64> = batches
+                .iter()
+                .flat_map(|b| {
+                    let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                    x.values().to_vec()
+                })
+                .collect();
+            assert_eq!(got, whole, "limit {limit}");
+        }
+    }
+
+    /// One partition of ten batches of ten rows, 0 to 99 in order.
+    fn ten_batches() -> Arc<dyn ExecutionPlan> {
+        let batches: Vec<RecordBatch> = (0..10)
+            .map(|b| {
+                RecordBatch::try_from_iter([(
+                    "x",
+                    Arc::new(Int64Array::from_iter_values(b * 10..b * 10 + 10)) as _,
+                )])
+                .unwrap()
+            })
+            .collect();
+        let schema = batches[0].schema();
+        MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap()
     }
 
     /// Parts of several jobs, more than there are tasks: every row reaches its job's `apply`

@@ -27,8 +27,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::build::RightExprs;
 use super::chunks::{
-    Apply, HALVINGS, Input, LeftInput, Part, Parts, Prepare, halved, held_row_bytes, read_left,
-    replay_all,
+    Apply, HALVINGS, Input, LeftInput, Part, Parts, Prepare, empty, halved, held_row_bytes,
+    read_left, replay_all, replay_from_disk,
 };
 use super::kernel::MatchSpec;
 use super::labels::{Best, Layout, LeftIndex, RightRows, Scratch};
@@ -128,7 +128,8 @@ pub(crate) async fn run(
         MemoryConsumer::new("AsOfJoinExec[left index]").register(first.context.memory_pool());
     let started = Instant::now();
     let left_schema = left.schema();
-    let held = match read_left(left, &mut reservation).await? {
+    let held = match read_left(left, &mut reservation, &first.context, &first.metrics.spill).await?
+    {
         LeftInput::Held(held) => held,
         LeftInput::TooLarge(left) => {
             tracing::debug!(
@@ -157,13 +158,13 @@ pub(crate) async fn run(
     timer.done();
     if reservation.try_grow(keys.memory_size()).is_err() {
         drop((keys, arrays, reservation));
-        return Ok(resume(
-            joins,
-            fallbacks,
-            0,
-            replay_all(held, left_schema),
-            false,
-        ));
+        let left = replay_from_disk(
+            held,
+            empty(left_schema),
+            &first.context,
+            &first.metrics.spill,
+        );
+        return Ok(resume(joins, fallbacks, 0, left, false));
     }
     let mut offsets = Vec::with_capacity(held.len());
     let mut offset = 0;
@@ -440,13 +441,15 @@ fn resume_done(
     retry: bool,
 ) -> Result<SendableRecordBatchStream> {
     let batches = batches(&schema, columns, kept)?;
-    Ok(resume(
-        joins,
-        fallbacks,
-        i,
-        replay_all(batches, schema),
-        retry,
-    ))
+    // A join run again reads its left whole at once, into the pool; the other way, it reads
+    // it only once its right side is indexed, so meanwhile the rows wait on disk.
+    let left = match (retry, joins.get(i)) {
+        (false, Some(join)) => {
+            replay_from_disk(batches, empty(schema), &join.context, &join.metrics.spill)
+        }
+        _ => replay_all(batches, schema),
+    };
+    Ok(resume(joins, fallbacks, i, left, retry))
 }
 
 /// The batches of `schema` with `columns`, each without the rows `kept` says were dropped.

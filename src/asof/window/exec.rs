@@ -48,7 +48,8 @@ use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
 use crate::asof::chunks::{
-    HALVINGS, Input, LeftInput, halved, held_row_bytes, in_chunks, read_left, replay_all,
+    HALVINGS, Input, LeftInput, empty, halved, held_row_bytes, in_chunks, read_left,
+    replay_from_disk,
 };
 use crate::asof::exec::{AsOfJoinMode, JoinExprs, fmt_on};
 
@@ -615,7 +616,8 @@ impl PartitionRun {
                 "window join: the left side does not fit in memory; indexing the right"
             )
         };
-        let held = match read_left(left, &mut reservation).await? {
+        let spill = SpillMetrics::new(&self.spill.metrics, self.spill.partition);
+        let held = match read_left(left, &mut reservation, &context, &spill).await? {
             LeftInput::Held(held) => held,
             LeftInput::TooLarge(left) => {
                 give_up();
@@ -647,7 +649,8 @@ impl PartitionRun {
         }) else {
             drop((index, reservation));
             give_up();
-            return self.index_right(replay_all(held, left_schema)).await;
+            let left = replay_from_disk(held, empty(left_schema), &context, &spill);
+            return self.index_right(left).await;
         };
         #[cfg(test)]
         if chunk < wide {
