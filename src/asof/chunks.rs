@@ -548,17 +548,19 @@ mod tests {
         }
     }
 
+    /// `count` batches of `rows` rows of one column `x`, counting from 0.
+    fn counting(count: i64, rows: i64) -> Vec<RecordBatch> {
+        (0..count)
+            .map(|b| {
+                let x = Int64Array::from_iter_values(b * rows..(b + 1) * rows);
+                RecordBatch::try_from_iter([("x", Arc::new(x) as _)]).unwrap()
+            })
+            .collect()
+    }
+
     /// One partition of ten batches of ten rows, 0 to 99 in order.
     fn ten_batches() -> Arc<dyn ExecutionPlan> {
-        let batches: Vec<RecordBatch> = (0..10)
-            .map(|b| {
-                RecordBatch::try_from_iter([(
-                    "x",
-                    Arc::new(Int64Array::from_iter_values(b * 10..b * 10 + 10)) as _,
-                )])
-                .unwrap()
-            })
-            .collect();
+        let batches = counting(10, 10);
         let schema = batches[0].schema();
         MemorySourceConfig::try_new_exec(&[batches], schema, None).unwrap()
     }
@@ -638,15 +640,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_scan_is_split_into_ranges_read_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let batches: Vec<RecordBatch> = (0..40)
-            .map(|b| {
-                RecordBatch::try_from_iter([(
-                    "x",
-                    Arc::new(Int64Array::from_iter_values(b * 5..b * 5 + 5)) as _,
-                )])
-                .unwrap()
-            })
-            .collect();
+        let batches = counting(40, 5);
         let path = dir.path().join("x.parquet");
         parquet_file(&path, batches[0].schema(), &batches, 5);
         let scan = parquet_scan(&path, batches[0].schema());

@@ -911,12 +911,28 @@ async fn the_left_build_sums_floats_of_every_magnitude_as_the_right_build_does()
     assert!(hostile >= 50, "only {hostile} cases with NaN or infinities");
 }
 
+/// The case's join of every aggregate a left build computes, indexing its left (one left
+/// partition, two right, batches of 64 rows), and a context whose memory pool holds `limit`
+/// bytes.
+fn left_build_under(case: &Case, limit: usize) -> (Arc<dyn ExecutionPlan>, SessionContext) {
+    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limit, 1.0)
+        .build_arc()
+        .unwrap();
+    let config = SessionConfig::new().with_batch_size(64);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let plan = case
+        .join_of(LEFT_BUILD, 1, 2, 64)
+        .with_build(WindowBuild::Left);
+    (Arc::new(plan), ctx)
+}
+
 /// A left side that does not fit in the memory limit is not indexed: the join indexes its
 /// right (spilling it too when needed) with the left batches already read, and answers as the
 /// oracle does, in the left's order.
 #[tokio::test]
 async fn a_left_side_larger_than_memory_goes_the_other_way() {
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     for seed in 0..6u64 {
         let mut rng = StdRng::seed_from_u64(60_000 + seed);
         let mut case = random_case_sized(&mut rng, 400, 5000, 20..60);
@@ -925,16 +941,7 @@ async fn a_left_side_larger_than_memory_goes_the_other_way() {
             case.left.push((Some(1), Some(5)));
         }
         let expected: Vec<Vec<String>> = LEFT_BUILD.iter().map(|&f| case.expected(f)).collect();
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(64 * 1024, 1.0)
-            .build_arc()
-            .unwrap();
-        let config = SessionConfig::new().with_batch_size(64);
-        let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let plan: Arc<dyn ExecutionPlan> = Arc::new(
-            case.join_of(LEFT_BUILD, 1, 2, 64)
-                .with_build(WindowBuild::Left),
-        );
+        let (plan, ctx) = left_build_under(&case, 64 * 1024);
         assert_oracle(plan.clone(), &ctx, &expected, |i| {
             format!("seed {seed}, aggregate {i} {:?}", FUNCTIONS[LEFT_BUILD[i]])
         })
@@ -953,7 +960,6 @@ async fn a_left_side_larger_than_memory_goes_the_other_way() {
 /// other way.
 #[tokio::test]
 async fn chunks_too_wide_for_the_memory_limit_are_narrowed() {
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     let narrowed = || super::exec::NARROWED.load(std::sync::atomic::Ordering::Relaxed);
     let before = narrowed();
     for seed in 0..6u64 {
@@ -961,16 +967,7 @@ async fn chunks_too_wide_for_the_memory_limit_are_narrowed() {
         let case = random_case_sized(&mut rng, 300, 3000, 20..60);
         let expected: Vec<Vec<String>> = LEFT_BUILD.iter().map(|&f| case.expected(f)).collect();
         for (limit, indexed) in [(8 << 20, true), (64 << 10, false)] {
-            let runtime = RuntimeEnvBuilder::new()
-                .with_memory_limit(limit, 1.0)
-                .build_arc()
-                .unwrap();
-            let config = SessionConfig::new().with_batch_size(64);
-            let ctx = SessionContext::new_with_config_rt(config, runtime);
-            let plan: Arc<dyn ExecutionPlan> = Arc::new(
-                case.join_of(LEFT_BUILD, 1, 2, 64)
-                    .with_build(WindowBuild::Left),
-            );
+            let (plan, ctx) = left_build_under(&case, limit);
             assert_oracle(plan.clone(), &ctx, &expected, |i| {
                 format!(
                     "seed {seed}, limit {limit}, aggregate {i} {:?}",
