@@ -272,6 +272,8 @@ impl BuildJob {
         for batch in builder.map(IndexBuilder::into_batches).unwrap_or_default() {
             self.exprs.spill(&mut writer, &batch)?;
         }
+        // What the pool held is free now, and the rest of the input goes to disk.
+        crate::memory::release_free_memory();
         Ok(writer)
     }
 

@@ -109,6 +109,7 @@ pub(crate) fn replay_from_disk(
     match written {
         Ok(Some(read)) => {
             drop(held);
+            crate::memory::release_free_memory();
             Box::pin(RecordBatchStreamAdapter::new(schema, read.chain(rest)))
         }
         Ok(None) => replay(held, rest),

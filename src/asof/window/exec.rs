@@ -487,6 +487,8 @@ impl BuildJob {
                     reservation.free();
                     buckets = Some(spilled);
                     builder = WindowIndexBuilder::new(self.sides.spec.clone())?;
+                    // What the pool held is free now, and the rest of the input goes to disk.
+                    crate::memory::release_free_memory();
                 }
             }
         }
