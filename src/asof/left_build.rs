@@ -207,10 +207,10 @@ pub(crate) async fn run(
         // its records, and per task the widest chunk of the widest rows.
         let bytes = |k: usize, h: u32| {
             let members = &candidates[..k];
-            let most = |of: &dyn Fn(&Candidate) -> usize| members.iter().map(of).max();
-            let tasks = most(&|(_, input, ..)| input.readers()).unwrap_or(0);
-            let rows = most(&|(_, _, wide, _)| halved(*wide, h)).unwrap_or(0);
-            let row_bytes = most(&|(.., row)| *row).unwrap_or(0);
+            let largest = |of: &dyn Fn(&Candidate) -> usize| members.iter().map(of).max();
+            let tasks = largest(&|(_, input, ..)| input.readers()).unwrap_or(0);
+            let rows = largest(&|(_, _, wide, _)| halved(*wide, h)).unwrap_or(0);
+            let row_bytes = largest(&|(.., row)| *row).unwrap_or(0);
             let records: usize = members.iter().map(|(index, ..)| index.records_size()).sum();
             records + tasks * rows * row_bytes
         };

@@ -618,8 +618,7 @@ impl PartitionRun {
                 "window join: the left side does not fit in memory; indexing the right"
             )
         };
-        let spill = SpillMetrics::new(&self.spill.metrics, self.spill.partition);
-        let held = match read_left(left, &mut reservation, &context, &spill).await? {
+        let held = match read_left(left, &mut reservation, &context, &self.job.spill).await? {
             LeftInput::Held(held) => held,
             LeftInput::TooLarge(left) => {
                 give_up();
@@ -651,7 +650,7 @@ impl PartitionRun {
         }) else {
             drop((index, reservation));
             give_up();
-            let left = replay_from_disk(held, empty(left_schema), &context, &spill);
+            let left = replay_from_disk(held, empty(left_schema), &context, &self.job.spill);
             return self.index_right(left).await;
         };
         #[cfg(test)]
