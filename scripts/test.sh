@@ -21,9 +21,26 @@ fi
 # moto (PyPI, into the Python venv below) and Azurite (npm), started once for the whole run on
 # 127.0.0.1 and stopped at exit. Servers already named by PITLAKE_TEST_S3_ENDPOINT and
 # PITLAKE_TEST_AZURE_ENDPOINT are used as they are.
+#
+# Everything the run writes to a temporary directory (the tests' warehouses, the loopback cluster's
+# logs and shuffle files, the storage servers' data and logs) goes under one directory of its own:
+# removed when the run passes, kept and named when it fails, so a failure's logs can be read.
+RUN_TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/pitlake-test.XXXXXX")"
+export TMPDIR="$RUN_TMPDIR"
+STARTED_STORAGE=""
+finish() {
+  local status=$?
+  if [ -n "$STARTED_STORAGE" ]; then scripts/storage-servers.sh stop || true; fi
+  if [ "$status" -eq 0 ]; then
+    rm -rf "$RUN_TMPDIR" || true
+  else
+    echo "scripts/test.sh failed (exit $status); the run's temporary files and logs are in $RUN_TMPDIR" >&2
+  fi
+}
+trap finish EXIT
 if [ -z "${PITLAKE_TEST_S3_ENDPOINT:-}" ] || [ -z "${PITLAKE_TEST_AZURE_ENDPOINT:-}" ]; then
   eval "$(scripts/storage-servers.sh start)"
-  trap 'scripts/storage-servers.sh stop' EXIT
+  STARTED_STORAGE=1
 fi
 
 # ---- The container and Kubernetes files: hadolint, kubernetes-validate, checkov (no findings).
