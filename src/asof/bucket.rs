@@ -7,11 +7,13 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::compute::{concat_batches, take_record_batch};
 use datafusion::common::Result;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use datafusion::execution::SpillFile;
-use datafusion::physical_plan::spill::SpillManager;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SpillFile, TaskContext};
+use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
+use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
 
 /// How many buckets a spilled as-of join splits each input into.
 pub(crate) const BUCKETS: usize = 64;
@@ -46,19 +48,53 @@ fn appender(manager: &SpillManager, name: &str) -> Result<Appender> {
     }))
 }
 
-/// Writes rows to one spill file per bucket, opening files as buckets receive rows.
+/// A bucket's rows are gathered until they take this many bytes (or make a batch of the
+/// session's batch size) and are then written as one batch. Written as they came, a bucket's
+/// part of an input batch was a 64th of it (128 rows of 8,192): each became an IPC message of
+/// its own (a dozen or more `write` calls, unbuffered), and each, read back, a hand-off between
+/// tasks and a call of the probe.
+pub(crate) const GATHER_BYTES: usize = 256 * 1024;
+
+/// A bucket's rows not written yet.
+#[derive(Default)]
+struct Gathered {
+    parts: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Writes rows to one spill file per bucket, opening files as buckets receive rows. A bucket's
+/// rows are gathered into batches of [`GATHER_BYTES`] or of the session's batch size before
+/// they are written, under a reservation of the pool: when the pool refuses it, every gathered
+/// row is written at once and the writer goes on with the rows as they come.
 pub(crate) struct BucketWriter {
     manager: SpillManager,
     name: String,
     files: Vec<Option<Appender>>,
+    gathered: Vec<Gathered>,
+    reservation: MemoryReservation,
+    batch_rows: usize,
+    /// The largest batch written, in bytes ([`SortedSpillFile::max_record_batch_memory`]).
+    largest: usize,
 }
 
 impl BucketWriter {
-    pub(crate) fn new(manager: SpillManager, name: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        manager: SpillManager,
+        context: &TaskContext,
+        name: impl Into<String>,
+    ) -> Self {
+        let name = name.into();
+        let reservation =
+            MemoryConsumer::new(format!("{name} (gathered rows)")).register(context.memory_pool());
         Self {
             manager,
-            name: name.into(),
             files: (0..BUCKETS).map(|_| None).collect(),
+            gathered: (0..BUCKETS).map(|_| Gathered::default()).collect(),
+            reservation,
+            batch_rows: context.session_config().batch_size().max(1),
+            largest: 0,
+            name,
         }
     }
 
@@ -77,20 +113,70 @@ impl BucketWriter {
             } else {
                 take_record_batch(batch, &UInt32Array::from(indices))?
             };
-            let file = match &mut self.files[bucket] {
-                Some(file) => file,
-                slot => slot.insert(appender(
-                    &self.manager,
-                    &format!("{} bucket {bucket}", self.name),
-                )?),
-            };
-            file(Some(&part))?;
+            self.gather(bucket, part)?;
         }
         Ok(())
     }
 
-    /// Closes every file; the result has one entry per bucket.
-    pub(crate) fn finish(self) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
+    /// Adds `part` to what `bucket` has gathered, writing the bucket once it is large enough.
+    fn gather(&mut self, bucket: usize, part: RecordBatch) -> Result<()> {
+        let bytes = get_record_batch_memory_size(&part);
+        let gathered = &self.gathered[bucket];
+        if gathered.parts.is_empty()
+            && (bytes >= GATHER_BYTES || part.num_rows() >= self.batch_rows)
+        {
+            return self.append(bucket, &part);
+        }
+        if self.reservation.try_grow(bytes).is_err() {
+            for b in 0..BUCKETS {
+                self.flush(b)?;
+            }
+            return self.append(bucket, &part);
+        }
+        let gathered = &mut self.gathered[bucket];
+        gathered.rows += part.num_rows();
+        gathered.bytes += bytes;
+        gathered.parts.push(part);
+        if gathered.bytes >= GATHER_BYTES || gathered.rows >= self.batch_rows {
+            self.flush(bucket)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what `bucket` has gathered, as one batch.
+    fn flush(&mut self, bucket: usize) -> Result<()> {
+        let gathered = std::mem::take(&mut self.gathered[bucket]);
+        let Some(first) = gathered.parts.first() else {
+            return Ok(());
+        };
+        let batch = if gathered.parts.len() == 1 {
+            first.clone()
+        } else {
+            concat_batches(&first.schema(), &gathered.parts)?
+        };
+        drop(gathered.parts);
+        self.reservation.shrink(gathered.bytes);
+        self.append(bucket, &batch)
+    }
+
+    fn append(&mut self, bucket: usize, batch: &RecordBatch) -> Result<()> {
+        self.largest = self.largest.max(get_record_batch_memory_size(batch));
+        let file = match &mut self.files[bucket] {
+            Some(file) => file,
+            slot => slot.insert(appender(
+                &self.manager,
+                &format!("{} bucket {bucket}", self.name),
+            )?),
+        };
+        file(Some(batch))?;
+        Ok(())
+    }
+
+    /// Writes what is gathered and closes every file; the result has one entry per bucket.
+    pub(crate) fn finish(mut self) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
+        for bucket in 0..BUCKETS {
+            self.flush(bucket)?;
+        }
         self.files
             .into_iter()
             .map(|file| match file {
@@ -99,6 +185,43 @@ impl BucketWriter {
             })
             .collect()
     }
+
+    /// [`Self::finish`] for a writer of rows in order (all in bucket 0, say): its files, as the
+    /// merge takes them.
+    pub(crate) fn finish_sorted(self) -> Result<Vec<SortedSpillFile>> {
+        let largest = self.largest;
+        Ok(self
+            .finish()?
+            .into_iter()
+            .flatten()
+            .map(|file| SortedSpillFile {
+                file,
+                max_record_batch_memory: largest,
+            })
+            .collect())
+    }
+}
+
+/// The batches of a bucket read back from its file as one batch with buffers of its own. Read
+/// back, a batch's columns are slices of one buffer per message, which Arrow's size functions
+/// count once per column (and a lone batch would keep them: `concat_batches` of one batch only
+/// slices it), so the index built from it would be charged several times its size.
+pub(crate) fn contiguous(
+    schema: &arrow::datatypes::SchemaRef,
+    parts: &[RecordBatch],
+) -> Result<RecordBatch> {
+    if parts.len() != 1 {
+        return Ok(concat_batches(schema, parts)?);
+    }
+    let columns = parts[0]
+        .columns()
+        .iter()
+        .map(|column| {
+            let empty = arrow::array::new_empty_array(column.data_type());
+            arrow::compute::concat(&[column.as_ref(), empty.as_ref()])
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// Writes `input` to bucket files by the hash of its keys (`keys` of each batch), each row
@@ -108,10 +231,11 @@ pub(crate) async fn bucket_with_ordinal(
     keys: impl Fn(&RecordBatch) -> Result<Vec<ArrayRef>>,
     tagged: arrow::datatypes::SchemaRef,
     manager: SpillManager,
+    context: &TaskContext,
     name: String,
 ) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
     use futures::StreamExt;
-    let mut writer = BucketWriter::new(manager, name);
+    let mut writer = BucketWriter::new(manager, context, name);
     let mut ordinal = 0u64;
     while let Some(batch) = input.next().await {
         let batch = batch?;
@@ -135,7 +259,7 @@ pub(crate) async fn bucket_with_ordinal(
 /// as many files at once as memory allows, merging in passes when it must. `hold` (a turn, say)
 /// lives until the output stream is dropped (finished or cancelled).
 pub(crate) fn merge_by_ordinal<H: Send + 'static>(
-    results: Vec<datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile>,
+    results: Vec<SortedSpillFile>,
     manager: SpillManager,
     results_schema: arrow::datatypes::SchemaRef,
     schema: arrow::datatypes::SchemaRef,
@@ -198,5 +322,121 @@ mod tests {
         let s: ArrayRef = Arc::new(StringArray::from(vec!["k"; 3]));
         assert_eq!(buckets_of(&[s], 3).unwrap().len(), 3);
         assert_eq!(buckets_of(&[], 2).unwrap(), vec![0, 0]);
+    }
+
+    /// Rows written 200 to a batch, spread over the buckets: gathered into a few batches per
+    /// bucket where the pool allows, written as they come where it refuses; either way every
+    /// bucket has its rows, in the order they were written, and nothing stays reserved.
+    #[tokio::test]
+    async fn rows_are_gathered_per_bucket_and_keep_their_order() {
+        use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
+        use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+        use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
+        use datafusion::prelude::{SessionConfig, SessionContext};
+        use futures::TryStreamExt;
+
+        let (batches, rows) = (100, 200);
+        // (pool bytes, session batch size): gathered whole; gathered to 64 rows at a time;
+        // not gathered.
+        for (limit, batch_size) in [(64 << 20, 8192), (64 << 20, 64), (1, 8192)] {
+            let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limit));
+            let runtime = RuntimeEnvBuilder::new()
+                .with_memory_pool(pool.clone())
+                .build_arc()
+                .unwrap();
+            let config = SessionConfig::new().with_batch_size(batch_size);
+            let context = SessionContext::new_with_config_rt(config, runtime).task_ctx();
+            let metrics = ExecutionPlanMetricsSet::new();
+            let spill = SpillMetrics::new(&metrics, 0);
+            let first = counting_batch(0, rows);
+            let manager = SpillManager::new(context.runtime_env(), spill.clone(), first.schema());
+            let mut writer = BucketWriter::new(manager.clone(), &context, "test");
+            let mut expected: Vec<Vec<i64>> = vec![Vec::new(); BUCKETS];
+            for b in 0..batches {
+                let batch = counting_batch(b * rows, rows);
+                let buckets = buckets_of(&[batch.column(0).clone()], batch.num_rows()).unwrap();
+                for (row, bucket) in buckets.iter().enumerate() {
+                    expected[*bucket as usize].push(b * rows + row as i64);
+                }
+                writer.write(&batch, &buckets).unwrap();
+            }
+            let files = writer.finish().unwrap();
+            assert_eq!(pool.reserved(), 0, "limit {limit}");
+            for (bucket, file) in files.into_iter().enumerate() {
+                let Some(file) = file else {
+                    assert!(expected[bucket].is_empty());
+                    continue;
+                };
+                let read: Vec<RecordBatch> = manager
+                    .read_spill_as_stream(file, None)
+                    .unwrap()
+                    .try_collect()
+                    .await
+                    .unwrap();
+                let got: Vec<i64> = read
+                    .iter()
+                    .flat_map(|b| {
+                        let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                        x.values().to_vec()
+                    })
+                    .collect();
+                assert_eq!(got, expected[bucket], "bucket {bucket}, limit {limit}");
+                // About three rows of each batch land in a bucket: 100 parts, gathered into
+                // one batch (300 rows of 8 bytes are far below the bytes and the batch size),
+                // into batches of 64 rows and a few more, or written one by one.
+                let most = read.iter().map(RecordBatch::num_rows).max().unwrap_or(0);
+                match (limit, batch_size) {
+                    (1, _) => assert!(read.len() > batches as usize / 2, "bucket {bucket}"),
+                    (_, 8192) => assert_eq!(read.len(), 1, "bucket {bucket}"),
+                    _ => {
+                        assert!(read.len() >= got.len() / 80, "bucket {bucket}");
+                        assert!((64..80).contains(&most), "bucket {bucket}: {most} rows");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A lone batch read back from a spill file counts its message once per column; made
+    /// contiguous, it counts its own columns, with the same values.
+    #[tokio::test]
+    async fn a_bucket_read_back_is_charged_its_own_size() {
+        use datafusion::execution::runtime_env::RuntimeEnv;
+        use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
+        use futures::TryStreamExt;
+        let columns: Vec<(String, ArrayRef)> = (0..8)
+            .map(|c| {
+                let values = Int64Array::from_iter_values(c * 1000..c * 1000 + 1000);
+                (format!("c{c}"), Arc::new(values) as ArrayRef)
+            })
+            .collect();
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        let metrics = ExecutionPlanMetricsSet::new();
+        let manager = SpillManager::new(
+            Arc::new(RuntimeEnv::default()),
+            SpillMetrics::new(&metrics, 0),
+            batch.schema(),
+        );
+        let file = manager
+            .spill_record_batch_and_finish(std::slice::from_ref(&batch), "test")
+            .unwrap()
+            .unwrap();
+        let read: Vec<RecordBatch> = manager
+            .read_spill_as_stream(file, None)
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(read.len(), 1);
+        let own = batch.get_array_memory_size();
+        assert!(read[0].get_array_memory_size() > 4 * own);
+        let whole = contiguous(&batch.schema(), &read).unwrap();
+        assert_eq!(whole, batch);
+        assert!(whole.get_array_memory_size() <= own + 8 * 64);
+    }
+
+    fn counting_batch(from: i64, rows: i64) -> RecordBatch {
+        let x = Int64Array::from_iter_values(from..from + rows);
+        RecordBatch::try_from_iter([("x", Arc::new(x) as ArrayRef)]).unwrap()
     }
 }

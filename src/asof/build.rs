@@ -224,7 +224,7 @@ impl BuildJob {
                 // of being exceeded.
                 if let Err(err) = reservation.try_resize(b.memory_size()) {
                     out_of_memory(err, has_keys)?;
-                    writer = Some(self.spill_builder(builder.take())?);
+                    writer = Some(self.spill_builder(builder.take(), &reservation)?);
                     reservation.free();
                 }
             }
@@ -241,7 +241,7 @@ impl BuildJob {
         let needed = builder.memory_size() + builder.finish_scratch_size();
         if let Err(err) = reservation.try_resize(needed) {
             out_of_memory(err, has_keys)?;
-            let writer = self.spill_builder(Some(builder))?;
+            let writer = self.spill_builder(Some(builder), &reservation)?;
             reservation.free();
             return self.spilled(writer);
         }
@@ -267,10 +267,19 @@ impl BuildJob {
         })
     }
 
-    fn spill_builder(&self, builder: Option<IndexBuilder>) -> Result<BucketWriter> {
-        let mut writer = BucketWriter::new(self.manager(), "AsOfJoin[build]");
+    /// Writes the batches `builder` holds to bucket files, giving back to the pool what each
+    /// held as it goes (so the writer's gathered rows have room), and returns the writer.
+    fn spill_builder(
+        &self,
+        builder: Option<IndexBuilder>,
+        reservation: &MemoryReservation,
+    ) -> Result<BucketWriter> {
+        let mut writer = BucketWriter::new(self.manager(), &self.context, "AsOfJoin[build]");
         for batch in builder.map(IndexBuilder::into_batches).unwrap_or_default() {
             self.exprs.spill(&mut writer, &batch)?;
+            let size = batch.get_array_memory_size();
+            drop(batch);
+            reservation.shrink(size.min(reservation.size()));
         }
         // What the pool held is free now, and the rest of the input goes to disk.
         crate::memory::release_free_memory();

@@ -18,19 +18,18 @@
 
 use std::sync::Arc;
 
-use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
-use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
+use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tokio::sync::OwnedMutexGuard;
 
-use super::bucket::{BucketWriter, bucket_with_ordinal, merge_by_ordinal};
+use super::bucket::{BucketWriter, bucket_with_ordinal, contiguous, merge_by_ordinal};
 use super::build::{BuildSide, RightExprs, with_ordinal};
 use super::kernel::{IndexBuilder, KernelOptions, RightIndex};
 use super::metrics::AsOfJoinMetrics;
@@ -151,6 +150,7 @@ impl SpilledRun {
             |batch| self.probe.keys(batch),
             tagged,
             manager.clone(),
+            &self.spill.context,
             format!("AsOfJoin[{partition}]"),
         )
         .await?;
@@ -193,7 +193,7 @@ impl SpilledRun {
         let spill = &self.spill;
         let mut builder = IndexBuilder::try_new(spill.kernel.clone(), spill.right_schema.clone())?;
         if !parts.is_empty() {
-            let whole = concat_batches(&spill.right_schema, &parts)?;
+            let whole = contiguous(&spill.right_schema, &parts)?;
             drop(parts);
             spill.right.push(&mut builder, whole)?;
         }
@@ -224,9 +224,9 @@ impl SpilledRun {
         let partition = self.spill.partition;
         let mut out = BucketWriter::new(
             results_manager.clone(),
+            &self.spill.context,
             format!("AsOfJoin[{partition}] out"),
         );
-        let mut largest = 0;
         let mut stream = left.manager.read_spill_as_stream(left_file, None)?;
         while let Some(batch) = stream.next().await {
             let joined = self.probe.join(
@@ -237,19 +237,10 @@ impl SpilledRun {
                 &self.metrics,
             )?;
             if joined.num_rows() > 0 {
-                largest = largest.max(get_record_batch_memory_size(&joined));
                 out.write(&joined, &vec![0; joined.num_rows()])?;
             }
         }
-        Ok(out
-            .finish()?
-            .into_iter()
-            .flatten()
-            .map(|file| SortedSpillFile {
-                file,
-                max_record_batch_memory: largest,
-            })
-            .collect())
+        out.finish_sorted()
     }
 
     /// Merges the buckets' results back into the left's order and drops the ordinal. `turn`

@@ -479,9 +479,14 @@ impl BuildJob {
                         self.spill.clone(),
                         self.right.schema(),
                     );
-                    let mut spilled = RightBuckets::new(manager);
+                    let mut spilled = RightBuckets::new(manager, &context);
+                    // Each batch written gives its share back, so the writer's gathered rows
+                    // have room.
                     for held in batches.drain(..) {
                         spilled.write(&self.sides, &held)?;
+                        let size = 2 * held.get_array_memory_size();
+                        drop(held);
+                        reservation.shrink(size.min(reservation.size()));
                     }
                     spilled.write(&self.sides, &batch)?;
                     reservation.free();

@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
@@ -16,13 +15,14 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, SpillFile, TaskContext};
 use datafusion::physical_expr::PhysicalExprRef;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
-use datafusion::physical_plan::sorts::streaming_merge::SortedSpillFile;
-use datafusion::physical_plan::spill::{SpillManager, get_record_batch_memory_size};
+use datafusion::physical_plan::spill::SpillManager;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 
 use super::kernel::{RightArrays, WindowIndex, WindowSpec};
-use crate::asof::bucket::{BucketWriter, bucket_with_ordinal, buckets_of, merge_by_ordinal};
+use crate::asof::bucket::{
+    BucketWriter, bucket_with_ordinal, buckets_of, contiguous, merge_by_ordinal,
+};
 use crate::asof::build::with_ordinal;
 
 /// The right input in bucket files, and how to read them.
@@ -111,9 +111,9 @@ pub(super) struct RightBuckets {
 }
 
 impl RightBuckets {
-    pub fn new(manager: SpillManager) -> Self {
+    pub fn new(manager: SpillManager, context: &TaskContext) -> Self {
         Self {
-            writer: BucketWriter::new(manager.clone(), "WindowJoin right"),
+            writer: BucketWriter::new(manager.clone(), context, "WindowJoin right"),
             manager,
         }
     }
@@ -175,6 +175,7 @@ pub(super) async fn spilled_window(
         left_keys,
         tagged,
         left_manager.clone(),
+        context,
         format!("WindowJoin[{partition}] left"),
     )
     .await?;
@@ -196,9 +197,9 @@ pub(super) async fn spilled_window(
         let index = index_bucket(right, bucket, sides, &reservation).await?;
         let mut out = BucketWriter::new(
             results_manager.clone(),
+            context,
             format!("WindowJoin[{partition}] out"),
         );
-        let mut largest = 0;
         let mut stream = left_manager.read_spill_as_stream(left_file, None)?;
         while let Some(batch) = stream.next().await {
             let batch = batch?;
@@ -207,20 +208,11 @@ pub(super) async fn spilled_window(
                 sides.aggregate(&index, &batch.project(&(0..width).collect::<Vec<_>>())?)?;
             columns.push(ordinals);
             let joined = RecordBatch::try_new(results_schema.clone(), columns)?;
-            largest = largest.max(get_record_batch_memory_size(&joined));
             out.write(&joined, &vec![0; joined.num_rows()])?;
         }
         drop(index);
         reservation.free();
-        results.extend(
-            out.finish()?
-                .into_iter()
-                .flatten()
-                .map(|file| SortedSpillFile {
-                    file,
-                    max_record_batch_memory: largest,
-                }),
-        );
+        results.extend(out.finish_sorted()?);
     }
     if results.is_empty() {
         return Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -268,7 +260,7 @@ async fn index_bucket(
     while let Some(batch) = stream.next().await {
         parts.push(batch?);
     }
-    let whole = concat_batches(right.manager.schema(), &parts)?;
+    let whole = contiguous(right.manager.schema(), &parts)?;
     drop(parts);
     reservation
         .try_resize(2 * whole.get_array_memory_size())
