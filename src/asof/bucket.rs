@@ -128,9 +128,7 @@ impl BucketWriter {
             return self.append(bucket, &part);
         }
         if self.reservation.try_grow(bytes).is_err() {
-            for b in 0..BUCKETS {
-                self.flush(b)?;
-            }
+            self.flush_all()?;
             return self.append(bucket, &part);
         }
         let gathered = &mut self.gathered[bucket];
@@ -174,9 +172,15 @@ impl BucketWriter {
 
     /// Writes what is gathered and closes every file; the result has one entry per bucket.
     pub(crate) fn finish(mut self) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
-        for bucket in 0..BUCKETS {
-            self.flush(bucket)?;
-        }
+        self.flush_all()?;
+        self.close()
+    }
+
+    fn flush_all(&mut self) -> Result<()> {
+        (0..BUCKETS).try_for_each(|bucket| self.flush(bucket))
+    }
+
+    fn close(self) -> Result<Vec<Option<Arc<dyn SpillFile>>>> {
         self.files
             .into_iter()
             .map(|file| match file {
@@ -187,11 +191,12 @@ impl BucketWriter {
     }
 
     /// [`Self::finish`] for a writer of rows in order (all in bucket 0, say): its files, as the
-    /// merge takes them.
-    pub(crate) fn finish_sorted(self) -> Result<Vec<SortedSpillFile>> {
+    /// merge takes them, with the largest batch written (the last ones gathered too).
+    pub(crate) fn finish_sorted(mut self) -> Result<Vec<SortedSpillFile>> {
+        self.flush_all()?;
         let largest = self.largest;
         Ok(self
-            .finish()?
+            .close()?
             .into_iter()
             .flatten()
             .map(|file| SortedSpillFile {
@@ -395,6 +400,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Rows in order, gathered until the end: the merge is told the size of the batch written
+    /// last, not of none.
+    #[tokio::test]
+    async fn sorted_files_declare_their_largest_batch() {
+        use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
+        use datafusion::prelude::SessionContext;
+        let context = SessionContext::new().task_ctx();
+        let metrics = ExecutionPlanMetricsSet::new();
+        let first = counting_batch(0, 100);
+        let manager = SpillManager::new(
+            context.runtime_env(),
+            SpillMetrics::new(&metrics, 0),
+            first.schema(),
+        );
+        let mut writer = BucketWriter::new(manager, &context, "sorted");
+        for b in 0..3 {
+            writer
+                .write(&counting_batch(b * 100, 100), &[0; 100])
+                .unwrap();
+        }
+        let files = writer.finish_sorted().unwrap();
+        assert_eq!(files.len(), 1);
+        // 300 values of 8 bytes, written as one batch at the end.
+        assert!(files[0].max_record_batch_memory >= 300 * 8);
     }
 
     /// A lone batch read back from a spill file counts its message once per column; made
