@@ -310,7 +310,7 @@ pub(crate) fn merge_by_ordinal<H: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use arrow::array::{Int64Array, StringArray};
 
     use super::*;
@@ -338,7 +338,6 @@ mod tests {
         use datafusion::execution::runtime_env::RuntimeEnvBuilder;
         use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
         use datafusion::prelude::{SessionConfig, SessionContext};
-        use futures::TryStreamExt;
 
         let (batches, rows) = (100, 200);
         // (pool bytes, session batch size): gathered whole; gathered to 64 rows at a time;
@@ -372,19 +371,8 @@ mod tests {
                     assert!(expected[bucket].is_empty());
                     continue;
                 };
-                let read: Vec<RecordBatch> = manager
-                    .read_spill_as_stream(file, None)
-                    .unwrap()
-                    .try_collect()
-                    .await
-                    .unwrap();
-                let got: Vec<i64> = read
-                    .iter()
-                    .flat_map(|b| {
-                        let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                        x.values().to_vec()
-                    })
-                    .collect();
+                let read = read_back(&manager, file).await;
+                let got = first_column(&read);
                 assert_eq!(got, expected[bucket], "bucket {bucket}, limit {limit}");
                 // About three rows of each batch land in a bucket: 100 parts, gathered into
                 // one batch (300 rows of 8 bytes are far below the bytes and the batch size),
@@ -434,7 +422,6 @@ mod tests {
     async fn a_bucket_read_back_is_charged_its_own_size() {
         use datafusion::execution::runtime_env::RuntimeEnv;
         use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, SpillMetrics};
-        use futures::TryStreamExt;
         let columns: Vec<(String, ArrayRef)> = (0..8)
             .map(|c| {
                 let values = Int64Array::from_iter_values(c * 1000..c * 1000 + 1000);
@@ -452,18 +439,31 @@ mod tests {
             .spill_record_batch_and_finish(std::slice::from_ref(&batch), "test")
             .unwrap()
             .unwrap();
-        let read: Vec<RecordBatch> = manager
-            .read_spill_as_stream(file, None)
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let read = read_back(&manager, file).await;
         assert_eq!(read.len(), 1);
         let own = batch.get_array_memory_size();
         assert!(read[0].get_array_memory_size() > 4 * own);
         let whole = contiguous(&batch.schema(), &read).unwrap();
         assert_eq!(whole, batch);
         assert!(whole.get_array_memory_size() <= own + 8 * 64);
+    }
+
+    /// The batches of a spill file, as read back.
+    async fn read_back(manager: &SpillManager, file: Arc<dyn SpillFile>) -> Vec<RecordBatch> {
+        use futures::TryStreamExt;
+        let stream = manager.read_spill_as_stream(file, None).unwrap();
+        stream.try_collect().await.unwrap()
+    }
+
+    /// The values of the batches' first column, an `Int64` one, in order.
+    pub(crate) fn first_column(batches: &[RecordBatch]) -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                x.values().to_vec()
+            })
+            .collect()
     }
 
     fn counting_batch(from: i64, rows: i64) -> RecordBatch {

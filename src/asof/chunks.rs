@@ -538,13 +538,7 @@ mod tests {
                         .unwrap()
                 }
             };
-            let got: Vec<i64> = batches
-                .iter()
-                .flat_map(|b| {
-                    let x = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                    x.values().to_vec()
-                })
-                .collect();
+            let got = crate::asof::bucket::tests::first_column(&batches);
             assert_eq!(got, whole, "limit {limit}");
         }
     }
