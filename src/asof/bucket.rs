@@ -207,6 +207,25 @@ impl BucketWriter {
     }
 }
 
+/// Writes `held`, batches charged to `reservation` (`charge` bytes each), one after the other
+/// with `write`, giving each batch's charge back once it is written and dropped: a build that
+/// goes to disk hands what the pool held to a [`BucketWriter`], whose gathered rows then have
+/// room. The caller makes sure nothing else keeps the batches' buffers alive.
+pub(crate) fn write_giving_back(
+    held: impl IntoIterator<Item = RecordBatch>,
+    reservation: &MemoryReservation,
+    charge: impl Fn(&RecordBatch) -> usize,
+    mut write: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    for batch in held {
+        write(&batch)?;
+        let size = charge(&batch);
+        drop(batch);
+        reservation.shrink(size.min(reservation.size()));
+    }
+    Ok(())
+}
+
 /// The batches of a bucket read back from its file as one batch with buffers of its own. Read
 /// back, a batch's columns are slices of one buffer per message, which Arrow's size functions
 /// count once per column (and a lone batch would keep them: `concat_batches` of one batch only

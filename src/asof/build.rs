@@ -21,7 +21,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::spill::SpillManager;
 use futures::StreamExt;
 
-use super::bucket::{BucketWriter, buckets_of};
+use super::bucket::{BucketWriter, buckets_of, write_giving_back};
 use super::kernel::{IndexBuilder, KernelOptions, PreparedBatch, RightIndex};
 use super::metrics::AsOfJoinMetrics;
 
@@ -268,19 +268,19 @@ impl BuildJob {
     }
 
     /// Writes the batches `builder` holds to bucket files, giving back to the pool what each
-    /// held as it goes (so the writer's gathered rows have room), and returns the writer.
+    /// held as it goes ([`write_giving_back`]), and returns the writer.
     fn spill_builder(
         &self,
         builder: Option<IndexBuilder>,
         reservation: &MemoryReservation,
     ) -> Result<BucketWriter> {
         let mut writer = BucketWriter::new(self.manager(), &self.context, "AsOfJoin[build]");
-        for batch in builder.map(IndexBuilder::into_batches).unwrap_or_default() {
-            self.exprs.spill(&mut writer, &batch)?;
-            let size = batch.get_array_memory_size();
-            drop(batch);
-            reservation.shrink(size.min(reservation.size()));
-        }
+        write_giving_back(
+            builder.map(IndexBuilder::into_batches).unwrap_or_default(),
+            reservation,
+            RecordBatch::get_array_memory_size,
+            |batch| self.exprs.spill(&mut writer, batch),
+        )?;
         // What the pool held is free now, and the rest of the input goes to disk.
         crate::memory::release_free_memory();
         Ok(writer)

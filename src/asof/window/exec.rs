@@ -47,6 +47,7 @@ use super::labels::{LabelIndex, Scratch, left_build_computes};
 use super::spill::{RightBuckets, Sides, SpillRun, SpilledRight, spilled_window};
 use super::{AggFunction, WindowAggregate, fmt_aggregate};
 use crate::asof::Tolerance;
+use crate::asof::bucket::write_giving_back;
 use crate::asof::chunks::{
     HALVINGS, Input, LeftInput, empty, halved, held_row_bytes, in_chunks, read_left,
     replay_from_disk,
@@ -480,18 +481,18 @@ impl BuildJob {
                         self.right.schema(),
                     );
                     let mut spilled = RightBuckets::new(manager, &context);
-                    // Each batch written gives its share back, so the writer's gathered rows
-                    // have room.
-                    for held in batches.drain(..) {
-                        spilled.write(&self.sides, &held)?;
-                        let size = 2 * held.get_array_memory_size();
-                        drop(held);
-                        reservation.shrink(size.min(reservation.size()));
-                    }
+                    // The builder shares the batches' arrays: dropped first, so that each
+                    // batch written frees what it gives back.
+                    builder = WindowIndexBuilder::new(self.sides.spec.clone())?;
+                    write_giving_back(
+                        batches.drain(..),
+                        &reservation,
+                        |held| 2 * held.get_array_memory_size(),
+                        |held| spilled.write(&self.sides, held),
+                    )?;
                     spilled.write(&self.sides, &batch)?;
                     reservation.free();
                     buckets = Some(spilled);
-                    builder = WindowIndexBuilder::new(self.sides.spec.clone())?;
                     // What the pool held is free now, and the rest of the input goes to disk.
                     crate::memory::release_free_memory();
                 }
